@@ -47,6 +47,8 @@ pub enum ErrorKind {
     LsnGap { expected: u64, found: u64 },
     #[error("{len} bytes after the last record of a sealed segment")]
     TrailingBytes { len: u64 },
+    #[error("segment {expected} is missing: segment ids must be dense")]
+    SegmentMissing { expected: u64 },
 }
 
 impl ErrorKind {

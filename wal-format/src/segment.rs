@@ -106,7 +106,10 @@ pub fn scan(
                 on_record(record, offset as u64);
                 records += 1;
                 last_lsn = Some(record.lsn);
-                next_lsn = record.lsn.saturating_add(1);
+                // Wrapping, not saturating: after LSN u64::MAX the expected LSN is 0, which no
+                // valid frame carries, so a second record with u64::MAX is reported as a gap
+                // instead of being accepted as a duplicate.
+                next_lsn = record.lsn.wrapping_add(1);
                 offset += n;
             }
             Err(kind) if !kind.could_be_torn_write() => {

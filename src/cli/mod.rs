@@ -1,0 +1,62 @@
+//! The `sagalog` command line: one file per subcommand. `anyhow` is used only here and in
+//! `main.rs`; the library modules return typed errors.
+//!
+//! Exit codes shared by the offline tools: 0 = fine, 1 = the data is damaged (details printed),
+//! 2 = usage or I/O error.
+
+mod debug;
+mod wal;
+
+pub use debug::crash_payload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for "the data is damaged".
+pub const EXIT_CORRUPT: u8 = 1;
+/// Exit code for usage errors and I/O failures.
+pub const EXIT_USAGE_OR_IO: u8 = 2;
+
+/// sagalog: a durable saga engine that finishes or undoes multi-database operations.
+#[derive(Debug, Parser)]
+#[command(name = "sagalog", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace). `RUST_LOG` overrides this.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and mend the write-ahead log of a data directory (offline).
+    #[command(subcommand)]
+    Wal(wal::WalCommand),
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+/// Logs go to stderr so that stdout stays machine-readable (`wal dump`, `--json`).
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,sagalog=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Wal(cmd) => wal::run(cmd),
+        Command::Debug(cmd) => debug::run(cmd),
+    }
+}

@@ -1,0 +1,247 @@
+//! `sagalog wal verify | dump | repair --data-dir D`: the log itself, offline.
+//!
+//! `verify` and `dump` hold the data directory's shared lock (they refuse while a server
+//! holds it), `repair` the exclusive one. Exit codes: 0 the log opens (a torn tail is only a
+//! warning, since opening repairs it), 1 the log is corrupt, 2 usage or I/O error.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::journal::{self, LogSummary, RepairMode, Severity};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::EXIT_CORRUPT;
+use crate::data_dir::{Access, DataDir};
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Check every segment and checksum; report segments, records, LSN range and the first problem.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every record as a JSON line: lsn, kind, segment, offset and the decoded payload.
+    Dump {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Start at this LSN.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Truncate a torn tail; with --truncate-corrupt, cut the log at the first corruption.
+    Repair {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Cut the log at the first corruption. The damaged segment is first copied to
+        /// D/wal-backup/ and later segments are moved there; records from the cut on leave the log.
+        #[arg(long)]
+        truncate_corrupt: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// The data directory (the journal is in its `journal/` folder).
+    #[arg(long, value_name = "D")]
+    data_dir: PathBuf,
+}
+
+impl DirArg {
+    /// Locks the data directory, refusing to create one that does not exist.
+    fn open(&self, access: Access) -> anyhow::Result<DataDir> {
+        let journal = self.data_dir.join(crate::data_dir::JOURNAL_DIR);
+        if !journal.is_dir() {
+            anyhow::bail!("{} has no journal folder: is it a sagalog data directory?", self.data_dir.display());
+        }
+        Ok(DataDir::open(&self.data_dir, access)?)
+    }
+}
+
+pub fn run(cmd: WalCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WalCommand::Verify { dir, json } => verify(&dir, json),
+        WalCommand::Dump { dir, from } => dump(&dir, from),
+        WalCommand::Repair { dir, truncate_corrupt } => repair(&dir, truncate_corrupt),
+    }
+}
+
+fn exit_for(summary: &LogSummary) -> ExitCode {
+    if summary.is_corrupt() { ExitCode::from(EXIT_CORRUPT) } else { ExitCode::SUCCESS }
+}
+
+fn verify(dir: &DirArg, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = dir.open(Access::Shared)?;
+    let started = Instant::now();
+    let summary = journal::verify(&data_dir.journal_dir())?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!("{}", serde_json::to_string(&verify_json(&summary, seconds))?);
+    } else {
+        print_verify(&data_dir.journal_dir(), &summary, seconds);
+    }
+    Ok(exit_for(&summary))
+}
+
+fn verify_json(summary: &LogSummary, seconds: f64) -> serde_json::Value {
+    let problem = summary.problem.as_ref().map(|p| {
+        serde_json::json!({
+            "severity": match p.severity { Severity::Warning => "warning", Severity::Corrupt => "corrupt" },
+            "path": p.path,
+            "segment": p.error.segment,
+            "offset": p.error.offset,
+            "valid_data_at": p.error.valid_data_at,
+            "message": p.error.kind.to_string(),
+        })
+    });
+    let status = match &summary.problem {
+        None => "ok",
+        Some(p) if p.severity == Severity::Warning => "torn-tail",
+        Some(_) => "corrupt",
+    };
+    serde_json::json!({
+        "status": status,
+        "segments": summary.segments.len(),
+        "records": summary.records,
+        "first_lsn": summary.first_lsn,
+        "last_lsn": summary.last_lsn,
+        "epoch": summary.epoch.map(|e| format!("{e:#018x}")),
+        "verified_bytes": summary.verified_bytes,
+        "seconds": seconds,
+        "stray_files": summary.strays,
+        "problem": problem,
+    })
+}
+
+fn print_verify(journal_dir: &Path, summary: &LogSummary, seconds: f64) {
+    println!("journal:   {}", journal_dir.display());
+    match (summary.segments.first(), summary.segments.last()) {
+        (Some(first), Some(last)) => println!("segments:  {} (ids {}..={})", summary.segments.len(), first.id, last.id),
+        _ => println!("segments:  0"),
+    }
+    match (summary.first_lsn, summary.last_lsn) {
+        (Some(a), Some(b)) => println!("records:   {} (lsn {a}..={b})", summary.records),
+        _ => println!("records:   0"),
+    }
+    let mib = summary.verified_bytes as f64 / (1024.0 * 1024.0);
+    println!("verified:  {mib:.1} MiB in {seconds:.3} s");
+    for stray in &summary.strays {
+        println!("warning:   {} is not a segment file (ignored)", stray.display());
+    }
+    match &summary.problem {
+        None => println!("status:    ok"),
+        Some(p) if p.severity == Severity::Warning => {
+            println!("status:    ok, with a warning");
+            println!("warning:   {p}");
+        }
+        Some(p) => {
+            println!("status:    CORRUPT (the journal will not open)");
+            println!("problem:   {p}");
+            println!(
+                "next step: `sagalog wal repair --data-dir D --truncate-corrupt` cuts the log there after backing it up"
+            );
+        }
+    }
+}
+
+fn dump(dir: &DirArg, from: u64) -> anyhow::Result<ExitCode> {
+    let data_dir = dir.open(Access::Shared)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut write_error = None;
+    let summary = journal::scan(&data_dir.journal_dir(), |record, segment, offset| {
+        if record.lsn < from || write_error.is_some() {
+            return;
+        }
+        let mut line = serde_json::json!({
+            "lsn": record.lsn,
+            "kind": record.kind.name(),
+            "segment": segment,
+            "offset": offset,
+        });
+        match decode_payload(record.payload) {
+            Ok(payload) => line["payload"] = payload,
+            Err(e) => {
+                line["payload_error"] = format!("payload is not MessagePack: {e}").into();
+                line["payload_hex"] = record.payload.iter().map(|b| format!("{b:02x}")).collect::<String>().into();
+            }
+        }
+        if let Err(e) =
+            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
+        {
+            write_error = Some(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        // A closed pipe (`| head`) is not a failure of the dump.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e).context("writing the dump");
+    }
+    if let Err(e) = out.flush() {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing the dump");
+        }
+    }
+    if let Some(problem) = &summary.problem {
+        eprintln!("{}: {problem}", if problem.severity == Severity::Corrupt { "error" } else { "warning" });
+    }
+    Ok(exit_for(&summary))
+}
+
+/// Decodes a whole payload as one MessagePack value; trailing bytes are an error.
+fn decode_payload(payload: &[u8]) -> Result<serde_json::Value, String> {
+    let mut cursor = std::io::Cursor::new(payload);
+    let value =
+        serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor)).map_err(|e| e.to_string())?;
+    match payload.len() as u64 - cursor.position() {
+        0 => Ok(value),
+        n => Err(format!("{n} trailing bytes after the value")),
+    }
+}
+
+fn repair(dir: &DirArg, truncate_corrupt: bool) -> anyhow::Result<ExitCode> {
+    // Check the directory exists before locking (repair locks it exclusively itself).
+    drop(dir.open(Access::Shared)?);
+    let mode = if truncate_corrupt { RepairMode::TruncateCorrupt } else { RepairMode::TornTail };
+    let report = match journal::repair(&dir.data_dir, mode) {
+        Ok(report) => report,
+        Err(journal::Error::Corrupt { path, source }) => {
+            println!("the journal is corrupt in {}: {source}", path.display());
+            println!("nothing was changed. To cut the log at that point (records from there on leave the log,");
+            println!("the damaged segment is backed up first), run again with --truncate-corrupt.");
+            return Ok(ExitCode::from(EXIT_CORRUPT));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if report.nothing_to_do {
+        println!("the journal is clean ({} records); nothing to repair", report.before.records);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for backup in &report.backups {
+        println!("backed up: {}", backup.display());
+    }
+    if let Some((path, offset, bytes)) = &report.truncated {
+        println!("truncated: {} at offset {offset} ({bytes} bytes removed)", path.display());
+    }
+    let after = journal::verify(&dir.data_dir.join(crate::data_dir::JOURNAL_DIR))?;
+    println!(
+        "the journal now holds {} records{}",
+        after.records,
+        match after.last_lsn {
+            Some(l) => format!(" (last lsn {l})"),
+            None => String::new(),
+        }
+    );
+    if after.is_corrupt() {
+        println!("still corrupt: {}", after.problem.map(|p| p.to_string()).unwrap_or_default());
+        return Ok(ExitCode::from(EXIT_CORRUPT));
+    }
+    Ok(ExitCode::SUCCESS)
+}

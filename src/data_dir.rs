@@ -1,0 +1,125 @@
+//! The data directory: where sagalog keeps everything it owns, and who may write it.
+//!
+//! Layout under the directory `D` (`--data-dir D`):
+//! - `D/LOCK`: the lock file. A writer (the server, `wal repair`, offline replay) holds an
+//!   exclusive `flock` on it for as long as it runs; read-only tools hold a shared one. The
+//!   kernel drops the lock when the process dies, so `kill -9` never leaves a stale lock; the
+//!   pid written into the file only serves the error message.
+//! - `D/journal/`: the write-ahead log segments (see the `sagalog-wal-format` README).
+//! - `D/wal-backup/`: copies of damaged segments taken by `sagalog wal repair` before it
+//!   cuts anything.
+//!
+//! This module never deletes anything and never blocks on a lock: a held lock is an error
+//! that names the holder.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Name of the journal folder inside a data directory.
+pub const JOURNAL_DIR: &str = "journal";
+/// Name of the folder that keeps copies of damaged segments.
+pub const BACKUP_DIR: &str = "wal-backup";
+const LOCK_FILE: &str = "LOCK";
+
+/// Why the data directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data directory {path} is in use by another sagalog process{holder}; stop it first")]
+    Locked { path: PathBuf, holder: String },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// How a process holds the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only; several readers may hold the directory at once, but no writer.
+    Shared,
+    /// Reads and writes; excludes every other holder.
+    Exclusive,
+}
+
+/// A held data directory. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    access: Access,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Locks the data directory at `root`, creating it (and its journal folder) if needed.
+    pub fn open(root: impl AsRef<Path>, access: Access) -> Result<DataDir, Error> {
+        let root = root.as_ref().to_path_buf();
+        let journal = root.join(JOURNAL_DIR);
+        std::fs::create_dir_all(&journal).map_err(|source| Error::Io { op: "create", path: journal, source })?;
+        let lock_path = root.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| Error::Io { op: "open", path: lock_path.clone(), source })?;
+        let attempt = match access {
+            Access::Shared => lock.try_lock_shared(),
+            Access::Exclusive => lock.try_lock(),
+        };
+        match attempt {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = lock.read_to_string(&mut text);
+                let holder = match text.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                return Err(Error::Locked { path: root, holder });
+            }
+            Err(TryLockError::Error(source)) => return Err(Error::Io { op: "lock", path: lock_path, source }),
+        }
+        if access == Access::Exclusive {
+            // Only for the message another process prints; correctness rests on the flock.
+            let _ = lock.set_len(0);
+            let _ = lock.seek(SeekFrom::Start(0));
+            let _ = writeln!(lock, "{}", std::process::id());
+        }
+        Ok(DataDir { root, access, _lock: lock })
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join(JOURNAL_DIR)
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.root.join(BACKUP_DIR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_everyone_and_shared_excludes_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = DataDir::open(dir.path(), Access::Exclusive).unwrap();
+        let err = DataDir::open(dir.path(), Access::Shared).unwrap_err();
+        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(matches!(DataDir::open(dir.path(), Access::Exclusive), Err(Error::Locked { .. })));
+        drop(writer);
+        let r1 = DataDir::open(dir.path(), Access::Shared).unwrap();
+        let _r2 = DataDir::open(dir.path(), Access::Shared).unwrap();
+        assert!(matches!(DataDir::open(dir.path(), Access::Exclusive), Err(Error::Locked { .. })));
+        drop(r1);
+    }
+}

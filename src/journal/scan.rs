@@ -1,0 +1,166 @@
+//! Reading and verifying a whole log: every segment in id order, every checksum, LSN and
+//! epoch continuity across segments.
+//!
+//! [`scan`] never changes anything on disk. It stops at the first corruption and reports it as
+//! a [`Problem`] naming the segment file and byte offset; records before it have been handed
+//! to the visitor, records after it are not. A torn or zeroed tail of the *last* segment is a
+//! [`Severity::Warning`]: opening the journal repairs it, since it was never acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use sagalog_wal_format::segment::{self, Expect, Tail};
+use sagalog_wal_format::{DecodeError, ErrorKind, FIRST_LSN, Record};
+
+use super::Error;
+use super::segment::{list, map};
+
+/// One segment as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentReport {
+    pub id: u64,
+    pub path: PathBuf,
+    /// File size.
+    pub bytes: u64,
+    pub first_lsn: u64,
+    pub records: u64,
+    pub last_lsn: Option<u64>,
+    /// Offset just past the last valid record.
+    pub valid_end: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The log opens; opening repairs this (a torn or zero-filled tail of the last segment).
+    Warning,
+    /// The log does not open until an operator repairs it.
+    Corrupt,
+}
+
+/// The first thing wrong with a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub path: PathBuf,
+    pub error: DecodeError,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.severity {
+            Severity::Warning => "torn tail (never acknowledged; opening the journal truncates it)",
+            Severity::Corrupt => "corruption",
+        };
+        write!(f, "{what} in {}: {}", self.path.display(), self.error)
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    /// The log's epoch (from its first segment), if it has a segment.
+    pub epoch: Option<u64>,
+    /// Segments read, in order, up to and including the one with a corruption.
+    pub segments: Vec<SegmentReport>,
+    /// Valid records seen (before any corruption).
+    pub records: u64,
+    pub first_lsn: Option<u64>,
+    pub last_lsn: Option<u64>,
+    /// The LSN the next append gets, if the log opens.
+    pub next_lsn: u64,
+    /// Bytes of valid records and headers (what was checksummed).
+    pub verified_bytes: u64,
+    /// Files in the journal directory that are not segments; never touched.
+    pub strays: Vec<PathBuf>,
+    /// Leftovers of interrupted segment creations; opening removes them.
+    pub leftovers: Vec<PathBuf>,
+    pub problem: Option<Problem>,
+}
+
+impl LogSummary {
+    pub fn is_corrupt(&self) -> bool {
+        self.problem.as_ref().is_some_and(|p| p.severity == Severity::Corrupt)
+    }
+}
+
+/// Scans the log in `dir`, handing every valid record to `visit` in LSN order along with the
+/// segment id and offset it was read from. Only I/O failures are errors; what is wrong with the
+/// bytes is in [`LogSummary::problem`].
+pub fn scan(dir: &Path, mut visit: impl FnMut(Record<'_>, u64, u64)) -> Result<LogSummary, Error> {
+    let listing = list(dir)?;
+    let mut summary = LogSummary {
+        epoch: None,
+        segments: Vec::with_capacity(listing.segments.len()),
+        records: 0,
+        first_lsn: None,
+        last_lsn: None,
+        next_lsn: FIRST_LSN,
+        verified_bytes: 0,
+        strays: listing.strays,
+        leftovers: listing.leftovers,
+        problem: None,
+    };
+    let count = listing.segments.len();
+    let mut expect = Expect::default();
+    for (i, (id, path)) in listing.segments.into_iter().enumerate() {
+        let corrupt = |error: DecodeError| Problem { severity: Severity::Corrupt, path: path.clone(), error };
+        if let Some(expected) = expect.segment_id.filter(|e| *e != id) {
+            summary.problem = Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected })));
+            break;
+        }
+        let mapped = map(&path, None)?;
+        let bytes = mapped.bytes();
+        let scanned = segment::scan(id, bytes, Expect { segment_id: Some(id), ..expect }, |record, offset| {
+            visit(record, id, offset)
+        });
+        let seg = match scanned {
+            Ok(seg) => seg,
+            Err(error) => {
+                summary.problem = Some(corrupt(error));
+                break;
+            }
+        };
+        summary.epoch.get_or_insert(seg.header.epoch);
+        summary.first_lsn = summary.first_lsn.or(seg.last_lsn.map(|_| seg.header.first_lsn));
+        summary.last_lsn = seg.last_lsn.or(summary.last_lsn);
+        summary.records += seg.records;
+        summary.next_lsn = seg.next_lsn();
+        summary.verified_bytes += seg.valid_end;
+        summary.segments.push(SegmentReport {
+            id,
+            path: path.clone(),
+            bytes: bytes.len() as u64,
+            first_lsn: seg.header.first_lsn,
+            records: seg.records,
+            last_lsn: seg.last_lsn,
+            valid_end: seg.valid_end,
+        });
+        let last = i + 1 == count;
+        match (seg.tail, last) {
+            (Tail::Clean, _) => {}
+            // Only the last segment may end in an interrupted append; a sealed one was synced
+            // before its successor was created, so anything after its records is damage.
+            (_, false) => {
+                if let Err(error) = seg.require_clean() {
+                    summary.problem = Some(corrupt(error));
+                }
+                break;
+            }
+            (Tail::Zeroed { offset, .. }, true) => {
+                let error = DecodeError::new(id, offset, ErrorKind::Zeroed);
+                summary.problem = Some(Problem { severity: Severity::Warning, path: path.clone(), error });
+            }
+            (Tail::Torn { offset, kind, .. }, true) => {
+                let error = DecodeError::new(id, offset, kind);
+                summary.problem = Some(Problem { severity: Severity::Warning, path: path.clone(), error });
+            }
+        }
+        expect =
+            Expect { segment_id: id.checked_add(1), first_lsn: Some(seg.next_lsn()), epoch: Some(seg.header.epoch) };
+    }
+    Ok(summary)
+}
+
+/// Scans the log without looking at the records: the check behind `sagalog wal verify`.
+pub fn verify(dir: &Path) -> Result<LogSummary, Error> {
+    scan(dir, |_, _, _| {})
+}

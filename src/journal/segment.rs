@@ -1,0 +1,128 @@
+//! Segment files: listing them, mapping them, creating, truncating and deleting them durably.
+//!
+//! Every operation that changes which segment files exist is followed by an `fsync` of the
+//! journal directory, and a segment appears under its final name only complete: it is written
+//! as `<name>.tmp`, synced, then renamed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+use sagalog_wal_format::{SegmentHeader, parse_segment_file_name, segment_file_name};
+
+use super::Error;
+
+/// Suffix of a segment being created; such a file is never part of the log.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// The journal directory's contents, segments sorted by id.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub segments: Vec<(u64, PathBuf)>,
+    /// Interrupted segment creations (`*.wal.tmp`).
+    pub leftovers: Vec<PathBuf>,
+    /// Files that are neither; reported, never touched.
+    pub strays: Vec<PathBuf>,
+}
+
+pub(crate) fn list(dir: &Path) -> Result<Listing, Error> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
+        let entry = entry.map_err(Error::io("read directory", dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = parse_segment_file_name(&name) {
+            listing.segments.push((id, path));
+        } else if name.strip_suffix(TMP_SUFFIX).and_then(parse_segment_file_name).is_some() {
+            listing.leftovers.push(path);
+        } else {
+            listing.strays.push(path);
+        }
+    }
+    listing.segments.sort();
+    Ok(listing)
+}
+
+/// A read-only view of a segment file's bytes.
+pub(crate) enum Mapped {
+    Map(Mmap),
+    Empty,
+}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Mapped::Map(m) => m,
+            Mapped::Empty => &[],
+        }
+    }
+}
+
+/// Maps the first `len_max` bytes of a segment (all of it when `None`).
+pub(crate) fn map(path: &Path, len_max: Option<u64>) -> Result<Mapped, Error> {
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let file_len = file.metadata().map_err(Error::io("stat", path))?.len();
+    let len = len_max.map_or(file_len, |m| m.min(file_len));
+    if len == 0 {
+        return Ok(Mapped::Empty);
+    }
+    let len = usize::try_from(len).map_err(|_| Error::Options(format!("{} is too large to map", path.display())))?;
+    // SAFETY: mapping a file is unsafe because another party could change or shorten it while
+    // the returned slice is alive, breaking the immutability `&[u8]` promises (a shortened file
+    // turns reads into SIGBUS). sagalog never rewrites bytes of a segment that were written:
+    // the writer only appends beyond what any map covers. The only operations that shorten a
+    // segment are (a) torn-tail truncation at open and `wal repair`, which run under the
+    // exclusive data-directory lock while no map of that segment exists in the process, and
+    // every reader in another process holds the shared lock, which excludes them; and (b) the
+    // writer's rollback after a failed sync, which truncates the active segment only down to
+    // its last durable length, and live readers map no further than that (`len_max`).
+    // Deleting a segment unlinks it, which leaves existing maps valid. Processes that ignore
+    // the lock are out of scope, as for any database file.
+    let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(Error::io("mmap", path))?;
+    Ok(Mapped::Map(map))
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
+}
+
+/// Creates segment `header.segment_id` in `dir` durably and returns it open for appending.
+pub(crate) fn create(dir: &Path, header: &SegmentHeader) -> Result<(PathBuf, File), Error> {
+    let path = dir.join(segment_file_name(header.segment_id));
+    let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(header.segment_id)));
+    {
+        let mut f =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(&header.encode()).map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(Error::io("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
+    fsync_dir(dir)?;
+    let file = open_append(&path)?;
+    Ok((path, file))
+}
+
+pub(crate) fn open_append(path: &Path) -> Result<File, Error> {
+    OpenOptions::new().append(true).open(path).map_err(Error::io("open for append", path))
+}
+
+/// Shortens a segment to `len` bytes and makes the new length durable.
+pub(crate) fn truncate(path: &Path, len: u64) -> Result<(), Error> {
+    let f = OpenOptions::new().write(true).open(path).map_err(Error::io("open", path))?;
+    f.set_len(len).map_err(Error::io("truncate", path))?;
+    f.sync_all().map_err(Error::io("fsync", path))
+}
+
+/// Deletes leftovers of interrupted segment creations.
+pub(crate) fn remove_leftovers(dir: &Path, leftovers: &[PathBuf]) -> Result<(), Error> {
+    for path in leftovers {
+        tracing::warn!(path = %path.display(), "removing leftover of an interrupted segment creation");
+        fs::remove_file(path).map_err(Error::io("remove", path))?;
+    }
+    if !leftovers.is_empty() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
