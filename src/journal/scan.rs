@@ -109,12 +109,19 @@ pub fn scan(dir: &Path, mut visit: impl FnMut(Record<'_>, u64, u64)) -> Result<L
         }
         let mapped = map(&path, None)?;
         let bytes = mapped.bytes();
+        // (records, first LSN, last LSN) visited in this segment.
+        let mut seen: (u64, Option<u64>, Option<u64>) = (0, None, None);
         let scanned = segment::scan(id, bytes, Expect { segment_id: Some(id), ..expect }, |record, offset| {
+            seen = (seen.0 + 1, seen.1.or(Some(record.lsn)), Some(record.lsn));
             visit(record, id, offset)
         });
         let seg = match scanned {
             Ok(seg) => seg,
             Err(error) => {
+                // Records before the damage were verified and visited; count them.
+                summary.records += seen.0;
+                summary.first_lsn = summary.first_lsn.or(seen.1);
+                summary.last_lsn = seen.2.or(summary.last_lsn);
                 summary.problem = Some(corrupt(error));
                 break;
             }

@@ -76,8 +76,9 @@ pub(crate) fn map(path: &Path, len_max: Option<u64>) -> Result<Mapped, Error> {
     // segment are (a) torn-tail truncation at open and `wal repair`, which run under the
     // exclusive data-directory lock while no map of that segment exists in the process, and
     // every reader in another process holds the shared lock, which excludes them; and (b) the
-    // writer's rollback after a failed sync, which truncates the active segment only down to
-    // its last durable length, and live readers map no further than that (`len_max`).
+    // writer's rollback after a failed write or sync, which truncates the active segment only
+    // down to the end of its last acknowledged record, and live readers map no further than
+    // that (`len_max`).
     // Deleting a segment unlinks it, which leaves existing maps valid. Processes that ignore
     // the lock are out of scope, as for any database file.
     let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(Error::io("mmap", path))?;

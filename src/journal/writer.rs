@@ -9,8 +9,8 @@
 //! - with `SyncPolicy::Always`, no LSN is handed out before an `fdatasync` covering it returned;
 //! - a failed write or `fdatasync` poisons the journal for good: nothing retries the sync (the
 //!   kernel may have dropped the dirty pages and would report success next time), every
-//!   waiting and later append fails, and the active segment is cut back to its last durable
-//!   length so the bytes of unacknowledged records do not linger; the next open recovers from
+//!   waiting and later append fails, and the active segment is cut back to the end of its last
+//!   acknowledged record so the bytes of unacknowledged records do not linger; the next open recovers from
 //!   what is on disk;
 //! - a segment is synced before its successor is created, so only the last segment can end in
 //!   a torn record.
@@ -126,7 +126,7 @@ impl Journal {
                     path: last.path.clone(),
                     file,
                     len: last.valid_end,
-                    durable_len: last.valid_end,
+                    acked_len: last.valid_end,
                     records: last.records,
                 };
                 let sealed = rest.iter().map(|s| (s.id, s.first_lsn, s.path.clone())).collect();
@@ -138,7 +138,7 @@ impl Journal {
                 let (path, file) = create(&dir, &header)?;
                 let len = sagalog_wal_format::SEGMENT_HEADER_BYTES as u64;
                 tracing::info!(dir = %dir.display(), epoch = format_args!("{epoch:#018x}"), "created a new journal");
-                (epoch, Active { id: 1, path, file, len, durable_len: len, records: 0 }, VecDeque::new())
+                (epoch, Active { id: 1, path, file, len, acked_len: len, records: 0 }, VecDeque::new())
             }
         };
         let shared = Arc::new(Shared {
@@ -275,8 +275,9 @@ struct Active {
     file: File,
     /// Bytes written (header included).
     len: u64,
-    /// Bytes known durable; a rollback after a failure cuts back to this.
-    durable_len: u64,
+    /// Bytes holding acknowledged records (durable ones under `SyncPolicy::Always`); a rollback
+    /// after a failure cuts back to this, never further.
+    acked_len: u64,
     records: u64,
 }
 
@@ -363,12 +364,20 @@ impl Writer {
             return;
         }
         let mut pending = Vec::with_capacity(batch.len());
+        // Appends not encoded because an earlier one in the batch failed (rotation failure).
+        let mut unwritten = Vec::new();
         let mut result = Ok(());
         for (kind, payload, reply) in batch {
             if result.is_ok() {
-                result = self.encode(kind, &payload).map(|lsn| pending.push(Pending { lsn, reply }));
+                match self.encode(kind, &payload) {
+                    Ok(lsn) => pending.push(Pending { lsn, reply }),
+                    Err(e) => {
+                        result = Err(e);
+                        unwritten.push(reply);
+                    }
+                }
             } else {
-                let _ = reply.send(Err(Error::Closed));
+                unwritten.push(reply);
             }
         }
         let result = result.and_then(|()| self.flush_buf()).and_then(|()| match self.options.sync {
@@ -380,6 +389,7 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                self.active.acked_len = self.active.len;
                 if let Some(last) = pending.last() {
                     self.shared.acked_lsn.store(last.lsn, Ordering::Release);
                 }
@@ -389,8 +399,8 @@ impl Writer {
             }
             Err(error) => {
                 let cause = self.poison(error);
-                for p in pending {
-                    let _ = p.reply.send(Err(Error::Poisoned { cause: cause.clone() }));
+                for reply in pending.into_iter().map(|p| p.reply).chain(unwritten) {
+                    let _ = reply.send(Err(Error::Poisoned { cause: cause.clone() }));
                 }
             }
         }
@@ -442,7 +452,6 @@ impl Writer {
             faults.on_sync().map_err(Error::io("fdatasync", &self.active.path))?;
         }
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
-        self.active.durable_len = self.active.len;
         self.dirty_since = None;
         Ok(())
     }
@@ -457,7 +466,7 @@ impl Writer {
         let old_first_lsn = self.active_first_lsn();
         let old = std::mem::replace(
             &mut self.active,
-            Active { id: header.segment_id, path, file, len, durable_len: len, records: 0 },
+            Active { id: header.segment_id, path, file, len, acked_len: len, records: 0 },
         );
         self.sealed.push_back((old.id, old_first_lsn, old.path));
         tracing::debug!(segment = header.segment_id, first_lsn = header.first_lsn, "started a new journal segment");
@@ -489,13 +498,14 @@ impl Writer {
         self.next_lsn - self.active.records
     }
 
-    /// Poisons the journal and cuts the active segment back to its durable length, best
-    /// effort: the sync that failed is never retried.
+    /// Poisons the journal and cuts the active segment back to its acknowledged length, best
+    /// effort, so the bytes of records nobody was told about do not linger; the sync that failed
+    /// is never retried.
     fn poison(&mut self, error: Error) -> String {
         let cause = error.to_string();
         tracing::error!(error = %cause, "journal write failed; refusing all further appends until restart");
         let _ = self.shared.poisoned.set(cause.clone());
-        let _ = self.active.file.set_len(self.active.durable_len);
+        let _ = self.active.file.set_len(self.active.acked_len);
         self.buf.clear();
         self.dirty_since = None;
         cause
