@@ -62,11 +62,7 @@ impl DataDir {
             .truncate(false)
             .open(&lock_path)
             .map_err(|source| Error::Io { op: "open", path: lock_path.clone(), source })?;
-        let attempt = match access {
-            Access::Shared => lock.try_lock_shared(),
-            Access::Exclusive => lock.try_lock(),
-        };
-        match attempt {
+        match try_lock_briefly(&lock, access) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
@@ -102,6 +98,27 @@ impl DataDir {
 
     pub fn backup_dir(&self) -> PathBuf {
         self.root.join(BACKUP_DIR)
+    }
+}
+
+/// How long a held lock is retried before it is reported. A lock can be held for a moment by
+/// a process that is not sagalog at all: a child forked by this very process shares the locked
+/// file description until its `exec` closes it. Real holders hold for much longer.
+const LOCK_RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn try_lock_briefly(lock: &File, access: Access) -> Result<(), TryLockError> {
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = match access {
+            Access::Shared => lock.try_lock_shared(),
+            Access::Exclusive => lock.try_lock(),
+        };
+        match attempt {
+            Err(TryLockError::WouldBlock) if started.elapsed() < LOCK_RETRY_FOR => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

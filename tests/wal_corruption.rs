@@ -118,7 +118,7 @@ fn repair_cuts_at_corruption_only_when_asked_and_after_a_backup() {
     let (records, summary) = read_all(dir.path());
     assert!(summary.problem.is_none(), "{:?}", summary.problem);
     assert_eq!(records, good_prefix);
-    let opened = Journal::open_dir(dir.path(), fast(4096)).unwrap();
+    let opened = Journal::open_dir(dir.path(), fast(4096)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(opened.journal.append_blocking(RecordKind::Checkpoint, vec![]).unwrap(), records.len() as u64 + 1);
     opened.journal.shutdown_blocking().unwrap();
 }

@@ -184,10 +184,10 @@ fn dump(dir: &DirArg, from: u64) -> anyhow::Result<ExitCode> {
         }
         return Err(e).context("writing the dump");
     }
-    if let Err(e) = out.flush() {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing the dump");
-        }
+    if let Err(e) = out.flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e).context("writing the dump");
     }
     if let Some(problem) = &summary.problem {
         eprintln!("{}: {problem}", if problem.severity == Severity::Corrupt { "error" } else { "warning" });

@@ -63,7 +63,6 @@ impl ErrorKind {
                 | ErrorKind::Zeroed
                 | ErrorKind::LengthTooLarge { .. }
                 | ErrorKind::FrameChecksum { .. }
-                | ErrorKind::ZeroLsn
         )
     }
 }

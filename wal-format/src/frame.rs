@@ -40,7 +40,7 @@ const VERSION_AT: usize = KIND_AT + 1;
 const RESERVED_AT: usize = VERSION_AT + 1;
 
 const _: () = assert!(LSN_AT == 8 && KIND_AT == 16 && RESERVED_AT == 18);
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 const _: () = assert!(FRAME_ALIGN_BYTES.is_power_of_two());
 // The largest frame must fit the u32 arithmetic readers do on lengths.
 const _: () = assert!((PAYLOAD_BYTES_MAX as u64) + (FRAME_HEADER_BYTES + FRAME_ALIGN_BYTES) as u64 <= u32::MAX as u64);
@@ -138,6 +138,11 @@ pub fn decode(bytes: &[u8], epoch: u64) -> Result<(Record<'_>, usize), ErrorKind
         return Err(ErrorKind::FrameReserved);
     }
     Ok((Record { lsn, kind, payload: &frame[FRAME_HEADER_BYTES..payload_end] }, total))
+}
+
+/// The LSN field of a frame header at the start of `bytes`, unchecked.
+pub(crate) fn peek_lsn(bytes: &[u8]) -> Option<u64> {
+    bytes.get(..FRAME_HEADER_BYTES).map(|h| u64_at(h, LSN_AT))
 }
 
 /// A cheap test of whether a *valid* frame could start at `bytes`: the structural fields are

@@ -37,7 +37,7 @@ const CRC_AT: usize = SEGMENT_HEADER_BYTES - 4;
 // The layout is derived field by field; these pin it to the documented table.
 const _: () = assert!(SEGMENT_ID_AT == 16 && FIRST_LSN_AT == 24 && EPOCH_AT == 32);
 const _: () = assert!(RESERVED_B_AT == 40 && CRC_AT == 60);
-const _: () = assert!(SEGMENT_HEADER_BYTES % crate::frame::FRAME_ALIGN_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(crate::frame::FRAME_ALIGN_BYTES));
 
 /// What a segment header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +97,9 @@ impl SegmentHeader {
                 ErrorKind::HeaderLength { found: header_len, expected: SEGMENT_HEADER_BYTES as u16 },
             ));
         }
-        if h[RESERVED_A_AT..SEGMENT_ID_AT].iter().chain(&h[RESERVED_B_AT..CRC_AT]).any(|b| *b != 0) {
-            return Err((RESERVED_A_AT as u64, ErrorKind::HeaderReserved));
+        let reserved = (RESERVED_A_AT..SEGMENT_ID_AT).chain(RESERVED_B_AT..CRC_AT);
+        if let Some(at) = reserved.into_iter().find(|at| h[*at] != 0) {
+            return Err((at as u64, ErrorKind::HeaderReserved));
         }
         Ok(SegmentHeader {
             segment_id: u64_at(h, SEGMENT_ID_AT),

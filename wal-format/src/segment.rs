@@ -116,7 +116,7 @@ pub fn scan(
                 return Err(DecodeError::new(segment, offset as u64, kind));
             }
             Err(kind) => {
-                if let Some(valid) = find_valid_frame(bytes, offset + FRAME_ALIGN_BYTES, epoch) {
+                if let Some(valid) = find_valid_frame(bytes, offset + FRAME_ALIGN_BYTES, epoch, next_lsn) {
                     let mut err = DecodeError::new(segment, offset as u64, kind);
                     err.valid_data_at = Some(valid as u64);
                     return Err(err);
@@ -152,12 +152,18 @@ fn check_header(segment: u64, header: &SegmentHeader, expect: Expect) -> Result<
 }
 
 /// The offset of the first valid frame at or after `from` (frames are aligned, so only aligned
-/// offsets are tried), if any.
-fn find_valid_frame(bytes: &[u8], from: usize, epoch: u64) -> Option<usize> {
+/// offsets are tried) whose LSN could follow the damage: at least `next_lsn` (the damaged
+/// frame's) and no further ahead than the bytes left could hold. The LSN bound keeps a crafted
+/// tail from making the search checksum large candidate frames at every offset.
+fn find_valid_frame(bytes: &[u8], from: usize, epoch: u64, next_lsn: u64) -> Option<usize> {
     let from = from.next_multiple_of(FRAME_ALIGN_BYTES);
-    (from..bytes.len())
-        .step_by(FRAME_ALIGN_BYTES)
-        .find(|at| bytes.get(*at..).is_some_and(|b| frame::is_valid_frame(b, epoch)))
+    let frames_left = (bytes.len().saturating_sub(from) / frame::FRAME_HEADER_BYTES) as u64;
+    let lsn_max = next_lsn.saturating_add(frames_left);
+    (from..bytes.len()).step_by(FRAME_ALIGN_BYTES).find(|at| {
+        bytes.get(*at..).is_some_and(|b| {
+            frame::peek_lsn(b).is_some_and(|lsn| (next_lsn..=lsn_max).contains(&lsn)) && frame::is_valid_frame(b, epoch)
+        })
+    })
 }
 
 #[cfg(test)]
