@@ -128,8 +128,7 @@ fn print_verify(journal_dir: &Path, summary: &LogSummary, seconds: f64) {
         (Some(a), Some(b)) => println!("records:   {} (lsn {a}..={b})", summary.records),
         _ => println!("records:   0"),
     }
-    let mib = summary.verified_bytes as f64 / (1024.0 * 1024.0);
-    println!("verified:  {mib:.1} MiB in {seconds:.3} s");
+    println!("verified:  {} in {seconds:.3} s", human_bytes(summary.verified_bytes));
     for stray in &summary.strays {
         println!("warning:   {} is not a segment file (ignored)", stray.display());
     }
@@ -146,6 +145,15 @@ fn print_verify(journal_dir: &Path, summary: &LogSummary, seconds: f64) {
                 "next step: `sagalog wal repair --data-dir D --truncate-corrupt` cuts the log there after backing it up"
             );
         }
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} bytes"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        b => format!("{:.2} GiB", b as f64 / (1024.0 * 1024.0 * 1024.0)),
     }
 }
 
