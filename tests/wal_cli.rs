@@ -174,7 +174,11 @@ fn verify_and_dump_on_the_golden_vectors() {
         (&["v1-torn-tail.wal"], 0, "torn tail"),
         (&["v1-zero-tail.wal"], 0, "segment 1 offset 336: zero-filled"),
         (&["v1-bitflip-mid.wal"], 1, "segment 1 offset 160: record checksum mismatch"),
-        (&["v1-valid.wal", "v1-other-epoch.wal"], 1, "segment 2 offset 32: segment belongs to log epoch 0x0bade90c00000002"),
+        (
+            &["v1-valid.wal", "v1-other-epoch.wal"],
+            1,
+            "segment 2 offset 32: segment belongs to log epoch 0x0bade90c00000002",
+        ),
     ];
     for (names, code, needle) in cases {
         let dir = from_vectors(names);

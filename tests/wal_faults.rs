@@ -97,3 +97,22 @@ async fn fsync_failure_at_rotation_poisons() {
         "the rollback never removes an acknowledged record, even under sync=never"
     );
 }
+
+/// `interval` acknowledges without waiting for a sync but syncs by itself within its interval;
+/// `never` does not sync until shutdown (both documented as not crash-safe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_policy_syncs_by_itself_and_never_policy_does_not() {
+    for (sync, expect_background_sync) in
+        [(SyncPolicy::Interval(std::time::Duration::from_millis(20)), true), (SyncPolicy::Never, false)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(IoFaults::new());
+        let opened = Journal::open_dir(dir.path(), Options { sync, ..options(&faults) }).unwrap();
+        opened.journal.append(RecordKind::StepStarted, payload(1, 10)).await.unwrap();
+        assert_eq!(faults.syncs(), 0, "{sync:?}: the append was acknowledged before any sync");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(faults.syncs() > 0, expect_background_sync, "{sync:?}");
+        opened.journal.shutdown().await.unwrap();
+        assert!(faults.syncs() > 0, "{sync:?}: a clean shutdown makes everything durable");
+    }
+}

@@ -162,8 +162,8 @@ fn dump(dir: &DirArg, from: u64) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error = None;
-    let summary = journal::scan(&data_dir.journal_dir(), |record, segment, offset| {
-        if record.lsn < from || write_error.is_some() {
+    let summary = journal::scan_from(&data_dir.journal_dir(), from, |record, segment, offset| {
+        if write_error.is_some() {
             return;
         }
         let mut line = serde_json::json!({
