@@ -57,6 +57,12 @@ fn main() {
     let benchmarking = args.iter().any(|a| a == "--bench") && !profiling;
     eprintln!("wal_append: scratch directories under {}", scratch_base().display());
     let rt = runtime();
+    // A quick A/B of the two load-sensitive targets only, for iterating on the writer.
+    if std::env::var_os("SAGALOG_BENCH_CROSS_ONLY").is_some() {
+        cross_check_throughput(&rt, 1024, 64, 6);
+        cross_check_latency(&rt, 1024, 6, 150);
+        return;
+    }
     for payload_bytes in PAYLOAD_SIZES {
         bench_payload_size(&mut criterion, &rt, payload_bytes);
     }
