@@ -7,13 +7,23 @@
 //!   commit, segment rotation, the memory-mapped reader, open-time recovery of a torn tail,
 //!   and the offline `verify` / `repair` operations. The bytes themselves are defined by the
 //!   `sagalog-wal-format` crate;
+//! - [`catalog`] owns the configuration: participants and the named, typed actions clients use,
+//!   and validation of submitted sagas against them;
+//! - [`engine`] is the pure saga state machine: journal records in, next action out;
+//! - [`participant`] holds the `Participant` contract and its implementations (PostgreSQL,
+//!   SQLite, DuckDB, files, and an in-memory one for tests);
+//! - [`executor`] runs sagas journal-first, with retries, timeouts, circuit breakers and
+//!   compensation; [`recovery`] rebuilds sagas from the journal after a crash and hands them
+//!   to it;
 //! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`.
-//!
-//! The engine, executor, participants, recovery and the gRPC API build on the journal and
-//! arrive in their own modules.
 
+pub mod catalog;
 pub mod cli;
 pub mod data_dir;
+pub mod engine;
+pub mod executor;
 pub mod journal;
+pub mod participant;
+pub mod recovery;
 
 pub use sagalog_wal_format as wal_format;

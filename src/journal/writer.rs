@@ -185,6 +185,10 @@ impl Journal {
     }
 
     /// [`Journal::append`] for threads outside the async runtime (tools, tests).
+    ///
+    /// # Panics
+    /// When called from a thread that drives an async runtime (tokio refuses to block one);
+    /// use [`Journal::append`] there.
     pub fn append_blocking(&self, kind: RecordKind, payload: Vec<u8>) -> Result<u64, Error> {
         self.check_append(&payload)?;
         let (reply, rx) = oneshot::channel();
@@ -214,7 +218,8 @@ impl Journal {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// [`Journal::shutdown`] for threads outside the async runtime.
+    /// [`Journal::shutdown`] for threads outside the async runtime (panics inside one, like
+    /// [`Journal::append_blocking`]).
     pub fn shutdown_blocking(&self) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         self.tx.blocking_send(Command::Shutdown { reply }).map_err(|_| self.closed())?;

@@ -1,0 +1,16 @@
+//! The saga engine: definitions, journal records, and the pure state machine.
+//!
+//! Nothing here does I/O or reads a clock. A saga's state changes only by [`Saga::apply`]ing a
+//! journal [`Record`], and what to do next is only ever decided by [`Saga::next`]; the live
+//! executor and crash recovery both go through these two functions, so recovery cannot drift
+//! from normal operation.
+
+pub mod model;
+pub mod record;
+pub mod saga;
+pub mod value;
+
+pub use model::{SagaDefinition, StepCall, StepPolicy};
+pub use record::{Outcome, Record, ResolveDecision};
+pub use saga::{Next, Saga, Status, StepProgress};
+pub use value::Value;

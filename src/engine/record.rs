@@ -1,0 +1,185 @@
+//! Journal records of the saga protocol and their payload encoding.
+//!
+//! Each record is one frame of the write-ahead log: its [`RecordKind`] tag plus a MessagePack
+//! map (field names included, so a later version can add fields and `sagalog wal dump` shows
+//! readable documents). Decoding checks the payload against the tag; a record that does not
+//! decode is an error naming its LSN, never skipped.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{StepCall, StepPolicy};
+use crate::participant::Direction;
+use crate::wal_format::RecordKind;
+
+/// How a saga ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed,
+    Compensated,
+}
+
+/// What an operator decided for a STUCK saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResolveDecision {
+    /// The operator undid the remaining effects by hand: record the saga as compensated.
+    MarkCompensated,
+    /// Try the failing compensation again with a fresh budget.
+    RetryCompensation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub saga: String,
+    pub steps: Vec<StepCall>,
+    pub policies: Vec<StepPolicy>,
+    pub digest: u32,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub saga: String,
+    pub step: u32,
+    pub direction: Direction,
+    pub attempt: u32,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Succeeded {
+    pub saga: String,
+    pub step: u32,
+    pub direction: Direction,
+    pub attempt: u32,
+    /// True when the success was established from the participant's marker (after a crash or
+    /// a lost reply) rather than from the participant's answer.
+    pub by_marker: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    pub saga: String,
+    pub step: u32,
+    pub direction: Direction,
+    pub attempt: u32,
+    pub error: String,
+    /// Whether trying again can help. False only for permanent errors (constraint violation,
+    /// bad parameter): the saga then compensates at once.
+    pub retryable: bool,
+    /// Whether the effect may have been applied despite the failure: true after a retryable
+    /// error or a timeout (the transaction's fate is unknown), false after a permanent error
+    /// (rolled back) or when the participant's marker showed it was not applied.
+    pub maybe_applied: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub saga: String,
+    pub outcome: Outcome,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub saga: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub saga: String,
+    pub decision: ResolveDecision,
+    pub by: String,
+    pub at_ms: u64,
+}
+
+/// A global record: recovery started (every unfinished saga counts one more recovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub reason: String,
+    pub unfinished: u64,
+    pub at_ms: u64,
+}
+
+/// One record of the saga protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    SagaSubmitted(Submitted),
+    StepStarted(Started),
+    StepSucceeded(Succeeded),
+    StepFailed(Failed),
+    SagaFinished(Finished),
+    CancelRequested(CancelRequested),
+    Resolved(Resolved),
+    Checkpoint(Checkpoint),
+}
+
+/// A payload that does not match its record kind.
+#[derive(Debug, thiserror::Error)]
+#[error("record {kind:?} has a payload that does not decode: {source}")]
+pub struct DecodeError {
+    pub kind: RecordKind,
+    #[source]
+    pub source: rmp_serde::decode::Error,
+}
+
+impl Record {
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::SagaSubmitted(_) => RecordKind::SagaSubmitted,
+            Record::StepStarted(_) => RecordKind::StepStarted,
+            Record::StepSucceeded(_) => RecordKind::StepSucceeded,
+            Record::StepFailed(_) => RecordKind::StepFailed,
+            Record::SagaFinished(_) => RecordKind::SagaFinished,
+            Record::CancelRequested(_) => RecordKind::CancelRequested,
+            Record::Resolved(_) => RecordKind::Resolved,
+            Record::Checkpoint(_) => RecordKind::Checkpoint,
+        }
+    }
+
+    /// The saga this record belongs to (`None` for global records).
+    pub fn saga(&self) -> Option<&str> {
+        match self {
+            Record::SagaSubmitted(r) => Some(&r.saga),
+            Record::StepStarted(r) => Some(&r.saga),
+            Record::StepSucceeded(r) => Some(&r.saga),
+            Record::StepFailed(r) => Some(&r.saga),
+            Record::SagaFinished(r) => Some(&r.saga),
+            Record::CancelRequested(r) => Some(&r.saga),
+            Record::Resolved(r) => Some(&r.saga),
+            Record::Checkpoint(_) => None,
+        }
+    }
+
+    /// The payload bytes (a MessagePack map).
+    pub fn encode(&self) -> Vec<u8> {
+        let bytes = match self {
+            Record::SagaSubmitted(r) => rmp_serde::to_vec_named(r),
+            Record::StepStarted(r) => rmp_serde::to_vec_named(r),
+            Record::StepSucceeded(r) => rmp_serde::to_vec_named(r),
+            Record::StepFailed(r) => rmp_serde::to_vec_named(r),
+            Record::SagaFinished(r) => rmp_serde::to_vec_named(r),
+            Record::CancelRequested(r) => rmp_serde::to_vec_named(r),
+            Record::Resolved(r) => rmp_serde::to_vec_named(r),
+            Record::Checkpoint(r) => rmp_serde::to_vec_named(r),
+        };
+        // Encoding plain owned data into a Vec has no failure mode; a failure is a bug.
+        bytes.unwrap_or_else(|e| panic!("encoding a {:?} record cannot fail: {e}", self.kind()))
+    }
+
+    pub fn decode(kind: RecordKind, payload: &[u8]) -> Result<Record, DecodeError> {
+        let err = |source| DecodeError { kind, source };
+        Ok(match kind {
+            RecordKind::SagaSubmitted => Record::SagaSubmitted(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::StepStarted => Record::StepStarted(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::StepSucceeded => Record::StepSucceeded(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::StepFailed => Record::StepFailed(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::SagaFinished => Record::SagaFinished(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::CancelRequested => Record::CancelRequested(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::Resolved => Record::Resolved(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::Checkpoint => Record::Checkpoint(rmp_serde::from_slice(payload).map_err(err)?),
+        })
+    }
+}

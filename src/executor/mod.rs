@@ -1,0 +1,595 @@
+//! The executor: runs sagas' steps against participants, journal first.
+//!
+//! Each saga is driven by one task that owns its [`Saga`] state. The task asks the pure
+//! [`Saga::next`] what to do, journals the intent (`StepStarted`) **before** touching the
+//! participant, journals the outcome after, and applies every record it journals to its state
+//! with [`Saga::apply`], the same function recovery replays the journal through.
+//!
+//! Around each call: exponential back-off with jitter between attempts, a per-step timeout,
+//! and a circuit breaker per participant that parks sagas (no attempt, no journal record)
+//! while the participant is sick. Concurrency is bounded by `max_in_flight`; a saga waiting
+//! for a slot is already durable.
+//!
+//! Never does: touch a participant before its `StepStarted` is durable, decide anything that
+//! `Saga::next` did not say, or hold a lock across an `.await`.
+
+pub mod breaker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::catalog::{Catalog, RetryConfig, ValidationError};
+use crate::engine::record::{CancelRequested, Failed, Finished, Resolved, Started, Submitted, Succeeded};
+use crate::engine::{Next, Record, ResolveDecision, Saga, SagaDefinition, Status};
+use crate::journal::{self, Journal};
+use crate::participant::{Applied, Direction, Participant, StepKey};
+use breaker::{Breaker, BreakerConfig};
+
+/// What a saga looks like from outside: its state, plus whether it is parked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub saga: Saga,
+    pub status: Status,
+    /// The participant whose open breaker this saga is waiting on.
+    pub parked_on: Option<String>,
+}
+
+/// The answer to a submit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    /// Journaled durably now.
+    Accepted,
+    /// The same id with the same definition was submitted before: nothing new was journaled.
+    AlreadyExists(Status),
+}
+
+/// Why a submit, cancel or resolve was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("saga {id:?} already exists with a different definition")]
+    Conflict { id: String },
+    #[error("a submit of saga {id:?} is still being journaled; retry")]
+    SubmitInProgress { id: String },
+    #[error("saga {id:?} not found")]
+    NotFound { id: String },
+    #[error("saga {id:?} is {status}: {what}")]
+    WrongState { id: String, status: &'static str, what: &'static str },
+    #[error("journal unavailable: {0}")]
+    Journal(#[from] journal::Error),
+}
+
+/// Messages from the API to a running saga task.
+enum Control {
+    /// A journaled record the task must apply (cancel, operator resolution).
+    Apply(Record),
+}
+
+struct Entry {
+    view: watch::Sender<Snapshot>,
+    /// True between reserving the id and the durable `SagaSubmitted`.
+    reserved: bool,
+    /// `None` once the saga's task has ended.
+    control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+struct Inner {
+    journal: Journal,
+    catalog: Arc<Catalog>,
+    participants: BTreeMap<String, Arc<dyn Participant>>,
+    breakers: BTreeMap<String, Breaker>,
+    sagas: Mutex<HashMap<String, Entry>>,
+    slots: Arc<Semaphore>,
+}
+
+/// A cheap, cloneable handle to the executor.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Executor {
+    pub fn new(journal: Journal, catalog: Arc<Catalog>, participants: BTreeMap<String, Arc<dyn Participant>>) -> Self {
+        let cfg = &catalog.config.executor;
+        let breaker_config = BreakerConfig {
+            failures_to_open: cfg.breaker_failures.max(1),
+            cooldown: Duration::from_millis(cfg.breaker_cooldown_ms),
+            successes_to_close: cfg.breaker_successes.max(1),
+        };
+        let breakers = participants.keys().map(|name| (name.clone(), Breaker::new(breaker_config))).collect();
+        let slots = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+        Executor {
+            inner: Arc::new(Inner {
+                journal,
+                catalog,
+                participants,
+                breakers,
+                sagas: Mutex::new(HashMap::new()),
+                slots,
+            }),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // Registry updates are single inserts/removals; a poisoned lock still holds a valid map.
+        self.inner.sagas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates and durably journals a saga, then starts it. Returns once `SagaSubmitted` is
+    /// durable. Idempotent by saga id.
+    pub async fn submit(&self, definition: SagaDefinition) -> Result<SubmitOutcome, Error> {
+        let policies = self.inner.catalog.validate(&definition)?;
+        let digest = definition.digest();
+        let (tx, _) = watch::channel(Snapshot {
+            saga: Saga::submitted(&Submitted {
+                saga: definition.id.clone(),
+                steps: Vec::new(),
+                policies: Vec::new(),
+                digest,
+                at_ms: 0,
+            }),
+            status: Status::Pending,
+            parked_on: None,
+        });
+        {
+            // Reserve the id before journaling, so two concurrent submits cannot both win.
+            let mut sagas = self.registry();
+            if let Some(entry) = sagas.get(&definition.id) {
+                if entry.reserved {
+                    return Err(Error::SubmitInProgress { id: definition.id });
+                }
+                let existing = entry.view.borrow();
+                return if existing.saga.digest == digest {
+                    Ok(SubmitOutcome::AlreadyExists(existing.status))
+                } else {
+                    Err(Error::Conflict { id: definition.id })
+                };
+            }
+            sagas.insert(definition.id.clone(), Entry { view: tx, reserved: true, control: None });
+        }
+        let record = Record::SagaSubmitted(Submitted {
+            saga: definition.id.clone(),
+            steps: definition.steps,
+            policies,
+            digest,
+            at_ms: now_ms(),
+        });
+        if let Err(e) = self.inner.journal.append(record.kind(), record.encode()).await {
+            self.registry().remove(&definition.id);
+            return Err(e.into());
+        }
+        let Record::SagaSubmitted(submitted) = &record else { unreachable!("built just above") };
+        self.adopt(Saga::submitted(submitted));
+        Ok(SubmitOutcome::Accepted)
+    }
+
+    /// Registers a saga rebuilt from the journal (or just submitted) and, unless it is finished,
+    /// starts its task.
+    pub fn adopt(&self, saga: Saga) {
+        let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None };
+        let id = saga.id.clone();
+        let finished = saga.is_finished();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let view = {
+            let mut sagas = self.registry();
+            let entry = sagas.entry(id).or_insert_with(|| Entry {
+                view: watch::channel(snapshot.clone()).0,
+                reserved: false,
+                control: None,
+            });
+            entry.reserved = false;
+            entry.view.send_replace(snapshot);
+            if !finished {
+                entry.control = Some(control_tx);
+            }
+            entry.view.clone()
+        };
+        if !finished {
+            let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None };
+            tokio::spawn(task.run());
+        }
+    }
+
+    /// The saga's current snapshot.
+    pub fn get(&self, id: &str) -> Option<Snapshot> {
+        self.registry().get(id).map(|e| e.view.borrow().clone())
+    }
+
+    /// A receiver that sees every new snapshot of the saga.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
+        self.registry().get(id).map(|e| e.view.subscribe())
+    }
+
+    /// Waits until the saga is terminal or STUCK and returns its snapshot.
+    pub async fn wait_settled(&self, id: &str) -> Option<Snapshot> {
+        let mut rx = self.watch(id)?;
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            if snap.status.is_terminal() || snap.status == Status::Stuck {
+                return Some(snap);
+            }
+            if rx.changed().await.is_err() {
+                return Some(snap);
+            }
+        }
+    }
+
+    /// Journals a cancel and hands it to the saga's task: completed steps are compensated in
+    /// reverse order.
+    pub async fn cancel(&self, id: &str) -> Result<(), Error> {
+        let record = Record::CancelRequested(CancelRequested { saga: id.to_owned(), at_ms: now_ms() });
+        self.control(id, record, |s| (!s.is_terminal()).then_some(())).await
+    }
+
+    /// An operator's decision for a STUCK saga.
+    pub async fn resolve(&self, id: &str, decision: ResolveDecision, by: &str) -> Result<(), Error> {
+        let record = Record::Resolved(Resolved { saga: id.to_owned(), decision, by: by.to_owned(), at_ms: now_ms() });
+        self.control(id, record, |s| (s == Status::Stuck).then_some(())).await
+    }
+
+    async fn control(&self, id: &str, record: Record, allowed: impl Fn(Status) -> Option<()>) -> Result<(), Error> {
+        let (status, sender) = {
+            let sagas = self.registry();
+            let entry = sagas.get(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+            let status = entry.view.borrow().status;
+            (status, entry.control.clone())
+        };
+        let (Some(()), Some(sender)) = (allowed(status), sender) else {
+            let what = match record {
+                Record::Resolved(_) => "only a STUCK saga can be resolved",
+                _ => "it has already finished",
+            };
+            return Err(Error::WrongState { id: id.to_owned(), status: status.as_str(), what });
+        };
+        self.inner.journal.append(record.kind(), record.encode()).await?;
+        // The task may have ended in the meantime; then the record is in the journal and
+        // recovery applies it like any other.
+        let _ = sender.send(Control::Apply(record));
+        Ok(())
+    }
+
+    /// Circuit breaker state per participant (for status APIs).
+    pub fn breakers(&self) -> Vec<(String, &'static str)> {
+        self.inner.breakers.iter().map(|(n, b)| (n.clone(), b.state().name())).collect()
+    }
+
+    pub fn reset_breaker(&self, participant: &str) -> bool {
+        self.inner.breakers.get(participant).map(Breaker::reset).is_some()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+}
+
+/// The task that drives one saga.
+struct SagaTask {
+    exec: Executor,
+    saga: Saga,
+    view: watch::Sender<Snapshot>,
+    control: mpsc::UnboundedReceiver<Control>,
+    parked_on: Option<String>,
+}
+
+/// How a step attempt ended, before it is journaled.
+enum Attempt {
+    Succeeded { by_marker: bool },
+    Failed { error: String, retryable: bool, maybe_applied: bool },
+}
+
+impl SagaTask {
+    async fn run(mut self) {
+        let slots = self.exec.inner.slots.clone();
+        let Ok(_slot) = slots.acquire_owned().await else { return };
+        if let Err(e) = self.drive().await {
+            // The journal is poisoned or closed: stop touching participants. The saga stays as
+            // journaled; the next start's recovery finishes it.
+            tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+        }
+        if let Some(entry) = self.exec.registry().get_mut(&self.saga.id) {
+            entry.control = None;
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), journal::Error> {
+        loop {
+            self.drain_control();
+            match self.saga.next() {
+                Next::Done => return Ok(()),
+                Next::Finish(outcome) => {
+                    let saga = self.saga.id.clone();
+                    self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
+                    tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
+                    return Ok(());
+                }
+                Next::Stuck { step } => {
+                    tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
+                        "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    self.publish();
+                    // Wait for an operator's decision (or shutdown).
+                    match self.control.recv().await {
+                        Some(Control::Apply(record)) => self.apply(&record),
+                        None => return Ok(()),
+                    }
+                }
+                Next::Resolve { step, direction } => self.resolve(step, direction).await?,
+                Next::Run { step, direction, attempt, after_failure } => {
+                    self.run_step(step, direction, attempt, after_failure).await?
+                }
+            }
+        }
+    }
+
+    fn drain_control(&mut self) {
+        while let Ok(Control::Apply(record)) = self.control.try_recv() {
+            self.apply(&record);
+        }
+    }
+
+    fn apply(&mut self, record: &Record) {
+        self.saga.apply(record);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let status = self.saga.status();
+        self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
+    }
+
+    async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
+        self.exec.inner.journal.append(record.kind(), record.encode()).await?;
+        self.apply(&record);
+        Ok(())
+    }
+
+    fn key(&self, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: self.saga.id.clone(), step, direction }
+    }
+
+    fn retry_config(&self, step: u32, direction: Direction) -> Option<(RetryConfig, Duration)> {
+        let call = &self.saga.steps.get(step as usize)?.call;
+        let action = self.exec.inner.catalog.action(&call.action)?;
+        let retry = match direction {
+            Direction::Forward => action.retry,
+            Direction::Compensate => action.compensate_retry,
+        };
+        Some((retry, Duration::from_millis(action.timeout_ms)))
+    }
+
+    /// Sleeps, waking early to apply a control record (a cancel must not wait for a back-off).
+    async fn pause(&mut self, duration: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            Some(Control::Apply(record)) = self.control.recv() => self.apply(&record),
+        }
+    }
+
+    /// Waits while the participant's breaker is open. Returns false if a control record arrived
+    /// (the caller re-plans).
+    async fn wait_for_breaker(&mut self, participant: &str) -> bool {
+        let exec = self.exec.clone();
+        let Some(breaker) = exec.inner.breakers.get(participant) else { return true };
+        loop {
+            match breaker.allow(tokio::time::Instant::now()) {
+                Ok(()) => {
+                    if self.parked_on.take().is_some() {
+                        tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
+                        self.publish();
+                    }
+                    return true;
+                }
+                Err(wait) => {
+                    if self.parked_on.is_none() {
+                        tracing::warn!(saga = %self.saga.id, participant, "parked: circuit breaker is open");
+                        self.parked_on = Some(participant.to_owned());
+                        self.publish();
+                    }
+                    let version = self.saga.version;
+                    self.pause(wait).await;
+                    if self.saga.version != version {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_step(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        attempt: u32,
+        after_failure: bool,
+    ) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
+        let resolved = self.exec.inner.catalog.operation(&call, direction).and_then(|(name, op)| {
+            let participant = self.exec.inner.participants.get(&name).cloned();
+            participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
+        });
+        let (participant_name, participant, op) = match resolved {
+            Ok(found) => found,
+            Err(error) => {
+                // The action or participant vanished from the config since submission: no
+                // attempt can succeed. Journaled as a permanent failure of this attempt.
+                let error = format!("cannot run step: {error}");
+                let record = Failed {
+                    saga,
+                    step,
+                    direction,
+                    attempt,
+                    error,
+                    retryable: false,
+                    maybe_applied: false,
+                    at_ms: now_ms(),
+                };
+                return self.journal(Record::StepFailed(record)).await;
+            }
+        };
+        let (retry, timeout) =
+            self.retry_config(step, direction).unwrap_or((RetryConfig::default(), Duration::from_secs(30)));
+        if after_failure {
+            let version = self.saga.version;
+            let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await;
+            if self.saga.version != version {
+                return Ok(()); // a cancel or resolution arrived: re-plan
+            }
+        }
+        if !self.wait_for_breaker(&participant_name).await {
+            return Ok(());
+        }
+        self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
+            .await?;
+        let key = self.key(step, direction);
+        let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
+            Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
+            Ok(Err(e)) => {
+                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }
+            }
+            Err(_) => Attempt::Failed {
+                error: format!("{participant_name}: timed out after {} ms", timeout.as_millis()),
+                retryable: true,
+                maybe_applied: true,
+            },
+        };
+        self.record_breaker(&participant_name, &outcome);
+        let at_ms = now_ms();
+        let record = match outcome {
+            Attempt::Succeeded { by_marker } => {
+                Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms })
+            }
+            Attempt::Failed { error, retryable, maybe_applied } => {
+                tracing::warn!(saga = %self.saga.id, step, ?direction, attempt, retryable, %error, "step attempt failed");
+                Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
+            }
+        };
+        self.journal(record).await
+    }
+
+    fn record_breaker(&self, participant: &str, outcome: &Attempt) {
+        let Some(breaker) = self.exec.inner.breakers.get(participant) else { return };
+        match outcome {
+            Attempt::Failed { retryable: true, .. } => {
+                if breaker.record_failure(tokio::time::Instant::now()) {
+                    tracing::warn!(participant, "circuit breaker opened after consecutive failures");
+                }
+            }
+            _ => breaker.record_success(),
+        }
+    }
+
+    /// Settles an uncertain step by its participant's marker, retrying lookups while the
+    /// participant is unreachable (parked behind its breaker like any call).
+    async fn resolve(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
+        let Ok((name, _)) = self.exec.inner.catalog.operation(&call, direction) else {
+            let error = "cannot resolve step: its action is no longer configured".to_owned();
+            let record = Failed {
+                saga,
+                step,
+                direction,
+                attempt: 0,
+                error,
+                retryable: false,
+                maybe_applied: false,
+                at_ms: now_ms(),
+            };
+            return self.journal(Record::StepFailed(record)).await;
+        };
+        let Some(participant) = self.exec.inner.participants.get(&name).cloned() else {
+            let error = format!("cannot resolve step: participant {name:?} is not configured");
+            let record = Failed {
+                saga,
+                step,
+                direction,
+                attempt: 0,
+                error,
+                retryable: false,
+                maybe_applied: false,
+                at_ms: now_ms(),
+            };
+            return self.journal(Record::StepFailed(record)).await;
+        };
+        let (retry, timeout) =
+            self.retry_config(step, direction).unwrap_or((RetryConfig::default(), Duration::from_secs(30)));
+        let key = self.key(step, direction);
+        let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
+        let mut lookups = 0u32;
+        loop {
+            if !self.wait_for_breaker(&name).await {
+                return Ok(());
+            }
+            let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
+                Ok(Ok(found)) => Some(found),
+                Ok(Err(e)) if !e.is_retryable() => {
+                    let error = format!("cannot read marker: {e}");
+                    let record = Failed {
+                        saga,
+                        step,
+                        direction,
+                        attempt,
+                        error,
+                        retryable: false,
+                        maybe_applied: true,
+                        at_ms: now_ms(),
+                    };
+                    return self.journal(Record::StepFailed(record)).await;
+                }
+                Ok(Err(_)) | Err(_) => None,
+            };
+            if let (Some(_), Some(b)) = (found, self.exec.inner.breakers.get(&name)) {
+                b.record_success();
+            }
+            let at_ms = now_ms();
+            match found {
+                Some(true) => {
+                    tracing::info!(saga = %saga, step, ?direction, "in-doubt step committed (marker present): recorded as succeeded");
+                    return self
+                        .journal(Record::StepSucceeded(Succeeded {
+                            saga,
+                            step,
+                            direction,
+                            attempt,
+                            by_marker: true,
+                            at_ms,
+                        }))
+                        .await;
+                }
+                Some(false) => {
+                    let error = "not applied: no marker after an interrupted attempt".to_owned();
+                    let record =
+                        Failed { saga, step, direction, attempt, error, retryable: true, maybe_applied: false, at_ms };
+                    return self.journal(Record::StepFailed(record)).await;
+                }
+                None => {
+                    if let Some(b) = self.exec.inner.breakers.get(&name) {
+                        b.record_failure(tokio::time::Instant::now());
+                    }
+                    lookups += 1;
+                    let version = self.saga.version;
+                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await;
+                    if self.saga.version != version {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `ms` with up to `jitter` of it randomised (±), so retries of many sagas spread out.
+fn jittered(ms: u64, jitter: f64) -> Duration {
+    let spread = (ms as f64 * jitter.clamp(0.0, 1.0)) as u64;
+    let ms = if spread == 0 { ms } else { ms - spread + rand::random_range(0..=2 * spread) };
+    Duration::from_millis(ms)
+}

@@ -1,0 +1,226 @@
+//! The DuckDB participant: one DuckDB database file, opened once, with a pool of cloned
+//! connections to that one database instance.
+//!
+//! DuckDB lets one process write a database file, and inside that process its transactions are
+//! optimistic: two concurrent writers conflict at commit instead of waiting. This participant
+//! therefore serializes its own `apply` calls with a write lock, so that within the process a
+//! marker check can never race another apply of the same key; reads (`lookup_marker`,
+//! `markers`, `probe`) run concurrently on the other pooled connections. A conflict that still
+//! happens (a statement racing work done through [`Duckdb::connection`]) is retryable.
+//!
+//! `apply` runs the marker check, the step's statement and the marker insert in one
+//! transaction. Every call into DuckDB runs on a blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use duckdb::{Connection, params, params_from_iter};
+
+use super::sqlite::{BlockingPool, now_ms, parse_marker};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use crate::engine::value::Value;
+
+/// The most connections one DuckDB participant keeps.
+pub const POOL_SIZE_MAX: usize = 64;
+
+/// A DuckDB database file acting as a saga participant. Cheap to share behind an `Arc`.
+pub struct Duckdb {
+    name: String,
+    path: PathBuf,
+    /// The connection the pool's connections are cloned from; kept so the database instance
+    /// stays open even when every pooled connection was dropped.
+    base: Arc<Mutex<Connection>>,
+    /// Held by `apply` from before it takes a connection until its transaction ends: one writer
+    /// at a time inside this process, and waiting writers do not hold pooled connections.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    pool: BlockingPool<Connection>,
+}
+
+impl Duckdb {
+    /// Opens (creating if needed) the database at `path` with up to `pool_size` connections
+    /// and creates the marker table.
+    ///
+    /// This does blocking file I/O: call it at startup, or from a blocking thread.
+    pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Duckdb, Error> {
+        if pool_size == 0 || pool_size > POOL_SIZE_MAX {
+            return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
+        }
+        let path = path.into();
+        let base = Connection::open(&path).map_err(|e| classify(name, &format!("open {}", path.display()), &e))?;
+        base.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+                saga_id TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                direction TEXT NOT NULL,
+                applied_at_ms BIGINT NOT NULL,
+                PRIMARY KEY (saga_id, step, direction)
+            )"
+        ))
+        .map_err(|e| classify(name, "create marker table", &e))?;
+        let first = base.try_clone().map_err(|e| classify(name, "clone connection", &e))?;
+        let base = Arc::new(Mutex::new(base));
+        let connector = {
+            let (name, base) = (name.to_owned(), Arc::clone(&base));
+            move || clone_connection(&name, &base)
+        };
+        let pool = BlockingPool::new(name, pool_size, first, connector, |_| true);
+        Ok(Duckdb { name: name.to_owned(), path, base, write_lock: Arc::default(), pool })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new connection to the same database instance, for setup and inspection (tests, tools).
+    /// DuckDB lets only one database instance per file and process exist, so this is the way to
+    /// look at the data while the participant is open. Blocking: use it off the async runtime.
+    pub fn connection(&self) -> Result<Connection, Error> {
+        clone_connection(&self.name, &self.base)
+    }
+
+    async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let name = self.name.clone();
+        self.pool.run(move |conn| work(&name, conn)).await
+    }
+}
+
+impl Participant for Duckdb {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Duckdb
+    }
+
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move {
+            let statement = match op {
+                Operation::Sql { sql, args } => Some((sql.clone(), args.clone())),
+                Operation::Noop => None,
+                Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
+                    return Err(Error::permanent(&self.name, "duckdb participant cannot run a file operation"));
+                }
+            };
+            let key = key.clone();
+            // The guard moves into the blocking task, so it is released when the transaction ends,
+            // not when this future is dropped (a step timeout).
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                apply_blocking(name, conn, &key, statement)
+            })
+            .await
+        })
+    }
+
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        let key = key.clone();
+        Box::pin(self.run(move |name, conn| marker_exists(name, conn, &key)))
+    }
+
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
+        let saga_id = saga_id.to_owned();
+        Box::pin(self.run(move |name, conn| {
+            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?");
+            let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
+            let rows = stmt
+                .query_map([&saga_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| classify(name, "list markers", &e))?;
+            let mut markers =
+                rows.into_iter().map(|(step, dir)| parse_marker(name, step, &dir)).collect::<Result<Vec<_>, _>>()?;
+            markers.sort();
+            Ok(markers)
+        }))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.run(|name, conn| {
+            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, "probe", &e))?;
+            Ok(())
+        }))
+    }
+}
+
+/// The body of `apply`: marker check, statement, marker insert, all in one transaction.
+fn apply_blocking(
+    name: &str,
+    conn: &mut Connection,
+    key: &StepKey,
+    statement: Option<(String, Vec<Value>)>,
+) -> Result<Applied, Error> {
+    let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
+    if marker_exists(name, &tx, key)? {
+        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+        return Ok(Applied::AlreadyApplied);
+    }
+    if let Some((sql, args)) = statement {
+        tx.execute(&sql, params_from_iter(args.iter().map(to_duckdb)))
+            .map_err(|e| classify(name, &format!("step {key}"), &e))?;
+    }
+    let insert = format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)");
+    tx.execute(&insert, params![key.saga_id, key.step, key.direction.as_str(), now_ms()]).map_err(|e| {
+        // The marker check above found nothing, so a duplicate marker means another writer
+        // committed this key meanwhile: a retry will see its marker and report AlreadyApplied.
+        let error = classify(name, "insert marker", &e);
+        if is_constraint(&e) { Error::retryable(name, error.message) } else { error }
+    })?;
+    // Dropping an uncommitted transaction rolls it back, so every early return above leaves
+    // neither the statement's effect nor the marker behind.
+    tx.commit().map_err(|e| classify(name, "commit", &e))?;
+    Ok(Applied::Applied)
+}
+
+fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {
+    let sql = format!("SELECT count(*) FROM {MARKER_TABLE} WHERE saga_id = ? AND step = ? AND direction = ?");
+    let count: i64 = conn
+        .query_row(&sql, params![key.saga_id, key.step, key.direction.as_str()], |row| row.get(0))
+        .map_err(|e| classify(name, "look up marker", &e))?;
+    Ok(count > 0)
+}
+
+fn clone_connection(name: &str, base: &Mutex<Connection>) -> Result<Connection, Error> {
+    // The base connection is only ever cloned, never used for queries, so a poisoned lock still
+    // guards a usable connection.
+    let base = base.lock().unwrap_or_else(PoisonError::into_inner);
+    base.try_clone().map_err(|e| classify(name, "clone connection", &e))
+}
+
+fn to_duckdb(value: &Value) -> duckdb::types::Value {
+    use duckdb::types::Value as V;
+    match value {
+        Value::Null => V::Null,
+        Value::Bool(b) => V::Boolean(*b),
+        Value::Int(i) => V::BigInt(*i),
+        Value::Float(f) => V::Double(*f),
+        Value::Text(s) => V::Text(s.clone()),
+        Value::Bytes(b) => V::Blob(b.clone()),
+    }
+}
+
+fn is_constraint(error: &duckdb::Error) -> bool {
+    error.to_string().starts_with("Constraint Error")
+}
+
+/// Says whether retrying can help. DuckDB reports its error class only as the message prefix
+/// ("Constraint Error: …", "Binder Error: …"), so the classes are matched on the text:
+/// transaction conflicts, lock and I/O trouble and interrupts can pass; constraint, binder,
+/// parser, catalog and conversion errors cannot, nor can anything unrecognised.
+fn classify(name: &str, context: &str, error: &duckdb::Error) -> Error {
+    let text = error.to_string();
+    let message = format!("{context}: {text}");
+    let retryable = matches!(error, duckdb::Error::DuckDBFailure(..))
+        && (text.starts_with("TransactionContext Error")
+            || text.contains("Conflict on")
+            || text.contains("write-write conflict")
+            || text.starts_with("IO Error")
+            || text.starts_with("Interrupt")
+            || text.starts_with("Out of Memory Error"));
+    if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}

@@ -1,0 +1,410 @@
+//! The file-tree participant: puts, deletes and copies files under one root directory.
+//!
+//! A file system has no transactions, so this participant keeps the contract the other way
+//! round: every operation is idempotent, and the marker is a file written *after* the
+//! operation. A crash between the two leaves no marker, and the retry simply re-runs an
+//! operation whose second run changes nothing. `apply` checks the marker first and, when it
+//! exists, touches nothing.
+//!
+//! Writes are atomic and durable: the contents go to `<target>.sagalog-tmp-<random>` in the
+//! same directory, that file is fsynced and renamed over the target, and the directory is
+//! fsynced. Markers live in `<root>/.sagalog-markers/<saga>/<step>.<direction>`, written the
+//! same way; that directory is off limits to operations.
+//!
+//! Every path in an operation is relative to the root and is checked before anything happens:
+//! no absolute paths, no `..`, no `.`, no empty path. Symbolic links inside the root are
+//! followed; whoever can create them inside the root is trusted. Concurrent applies of one key
+//! in this process are serialized (striped locks), so exactly one of them reports `Applied`.
+//! All file I/O runs on blocking threads.
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Semaphore;
+
+use super::{Applied, BoxFuture, Direction, Error, Kind, Operation, Participant, StepKey};
+
+/// The directory under the root that holds the markers.
+pub const MARKER_DIR: &str = ".sagalog-markers";
+/// What a temporary file's name has between the target's name and its random suffix.
+pub const TMP_INFIX: &str = ".sagalog-tmp-";
+/// Operations running on blocking threads at once, per participant.
+pub const CONCURRENCY_MAX: usize = 16;
+/// Longest saga id kept as a plain directory name; others are hex-encoded.
+pub const SAGA_DIR_PLAIN_MAX: usize = 128;
+/// Longest saga id that can be hex-encoded into one directory name (255 bytes on most systems).
+pub const SAGA_ID_ENCODED_MAX: usize = 127;
+/// Striped locks that serialize applies of the same key.
+const KEY_LOCKS: usize = 64;
+
+/// A directory tree acting as a saga participant. Cheap to share behind an `Arc`.
+pub struct Fs {
+    name: String,
+    root: PathBuf,
+    key_locks: Arc<Vec<Mutex<()>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Fs {
+    /// Uses the existing directory `root` and creates its marker directory.
+    ///
+    /// This does blocking file I/O: call it at startup, or from a blocking thread.
+    pub fn open(name: &str, root: PathBuf) -> Result<Fs, Error> {
+        let meta = fs::metadata(&root).map_err(|e| classify(name, &format!("root {}", root.display()), &e))?;
+        if !meta.is_dir() {
+            return Err(Error::permanent(name, format!("root {} is not a directory", root.display())));
+        }
+        create_dirs(&root, Path::new(MARKER_DIR)).map_err(|e| classify(name, "create marker directory", &e))?;
+        Ok(Fs {
+            name: name.to_owned(),
+            root,
+            key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
+            permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs `work` on a blocking thread, at most [`CONCURRENCY_MAX`] at once.
+    async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::retryable(&self.name, "file participant is shut down"))?;
+        // The permit travels with the work, so a dropped future does not free it early.
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(Error::permanent(&self.name, format!("bug: file task panicked: {e}"))),
+            Err(e) => Err(Error::retryable(&self.name, format!("file task was cancelled: {e}"))),
+        }
+    }
+
+    /// Checks the operation's paths before any I/O.
+    fn plan(&self, op: &Operation) -> Result<Plan, Error> {
+        let name = self.name.as_str();
+        Ok(match op {
+            Operation::FilePut { path, contents } => Plan::Put(resolve(name, path)?, contents.clone()),
+            Operation::FileDelete { path } => Plan::Delete(resolve(name, path)?),
+            Operation::FileCopy { from, to } => Plan::Copy(resolve(name, from)?, resolve(name, to)?),
+            Operation::Noop => Plan::Noop,
+            Operation::Sql { .. } => return Err(Error::permanent(name, "fs participant cannot run a SQL statement")),
+        })
+    }
+
+    /// The marker's path relative to the root.
+    fn marker_path(&self, key: &StepKey) -> Result<PathBuf, Error> {
+        Ok(self.saga_dir(&key.saga_id)?.join(format!("{}.{}", key.step, key.direction.as_str())))
+    }
+
+    /// The directory of a saga's markers, relative to the root.
+    fn saga_dir(&self, saga_id: &str) -> Result<PathBuf, Error> {
+        Ok(Path::new(MARKER_DIR).join(saga_dir_name(&self.name, saga_id)?))
+    }
+}
+
+/// An operation with its paths checked; paths are relative to the root.
+enum Plan {
+    Put(PathBuf, Vec<u8>),
+    Delete(PathBuf),
+    /// From, to.
+    Copy(PathBuf, PathBuf),
+    Noop,
+}
+
+impl Participant for Fs {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Fs
+    }
+
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move {
+            let plan = self.plan(op)?;
+            let saga_dir = self.saga_dir(&key.saga_id)?;
+            let marker = self.root.join(self.marker_path(key)?);
+            let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
+            let key_locks = Arc::clone(&self.key_locks);
+            self.run(move || {
+                // The lock guards no data, only the check-then-write sequence below.
+                let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
+                if exists(&marker).map_err(|e| classify(&name, "look up marker", &e))? {
+                    return Ok(Applied::AlreadyApplied);
+                }
+                perform(&name, &root, plan)?;
+                create_dirs(&root, &saga_dir).map_err(|e| classify(&name, "create marker directory", &e))?;
+                write_atomically(&marker, |file| file.write_all(format!("{key}\n").as_bytes()))
+                    .map_err(|e| classify(&name, "write marker", &e))?;
+                Ok(Applied::Applied)
+            })
+            .await
+        })
+    }
+
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let marker = self.root.join(self.marker_path(key)?);
+            let name = self.name.clone();
+            self.run(move || exists(&marker).map_err(|e| classify(&name, "look up marker", &e))).await
+        })
+    }
+
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
+        Box::pin(async move {
+            let dir = self.root.join(self.saga_dir(saga_id)?);
+            let name = self.name.clone();
+            self.run(move || list_markers(&name, &dir)).await
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let markers = self.root.join(MARKER_DIR);
+            let name = self.name.clone();
+            self.run(move || match fs::metadata(&markers) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(Error::permanent(&name, format!("{} is not a directory", markers.display()))),
+                Err(e) => Err(classify(&name, &format!("probe {}", markers.display()), &e)),
+            })
+            .await
+        })
+    }
+}
+
+/// Runs one planned operation; each is idempotent. Messages name paths relative to the root.
+fn perform(name: &str, root: &Path, plan: Plan) -> Result<(), Error> {
+    let parent_of = |path: &Path| path.parent().map(Path::to_path_buf).unwrap_or_default();
+    match plan {
+        Plan::Put(target, contents) => create_dirs(root, &parent_of(&target))
+            .and_then(|()| write_atomically(&root.join(&target), |file| file.write_all(&contents)))
+            .map_err(|e| classify(name, &format!("write {}", target.display()), &e)),
+        Plan::Delete(target) => {
+            remove(&root.join(&target)).map_err(|e| classify(name, &format!("delete {}", target.display()), &e))
+        }
+        Plan::Copy(source, target) => {
+            let mut input = match File::open(root.join(&source)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::permanent(name, format!("copy source {} does not exist", source.display())));
+                }
+                Err(e) => return Err(classify(name, &format!("open {}", source.display()), &e)),
+            };
+            create_dirs(root, &parent_of(&target))
+                .and_then(|()| write_atomically(&root.join(&target), |file| io::copy(&mut input, file).map(drop)))
+                .map_err(|e| classify(name, &format!("copy to {}", target.display()), &e))
+        }
+        Plan::Noop => Ok(()),
+    }
+}
+
+/// Checks that `relative` names something strictly inside the root, outside the marker
+/// directory, and returns it as a relative path.
+fn resolve(name: &str, relative: &str) -> Result<PathBuf, Error> {
+    let refuse = |why: &str| Error::permanent(name, format!("path {relative:?} refused: {why}"));
+    if relative.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if relative.contains('\0') {
+        return Err(refuse("it contains a NUL byte"));
+    }
+    let mut resolved = PathBuf::new();
+    for (i, component) in Path::new(relative).components().enumerate() {
+        match component {
+            Component::Normal(part) if i == 0 && part == MARKER_DIR => {
+                return Err(refuse("the marker directory is reserved"));
+            }
+            Component::Normal(part) => resolved.push(part),
+            Component::ParentDir => return Err(refuse("it contains `..`")),
+            Component::CurDir => return Err(refuse("it contains `.`")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("it is absolute")),
+        }
+    }
+    if resolved.as_os_str().is_empty() {
+        return Err(refuse("it names the root itself"));
+    }
+    Ok(resolved)
+}
+
+/// A saga id as one safe directory name: kept as is when it is plain
+/// (`[A-Za-z0-9._-]{1,128}`, not `.` or `..`), else `%` and its bytes in hex. `%` never occurs
+/// in a plain name, so two ids never share a directory.
+fn saga_dir_name(name: &str, saga_id: &str) -> Result<String, Error> {
+    let plain = (1..=SAGA_DIR_PLAIN_MAX).contains(&saga_id.len())
+        && saga_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && saga_id != "."
+        && saga_id != "..";
+    if plain {
+        return Ok(saga_id.to_owned());
+    }
+    if saga_id.len() > SAGA_ID_ENCODED_MAX {
+        return Err(Error::permanent(
+            name,
+            format!("saga id of {} bytes with special characters is too long for a file participant", saga_id.len()),
+        ));
+    }
+    let mut encoded = String::with_capacity(1 + 2 * saga_id.len());
+    encoded.push('%');
+    for byte in saga_id.bytes() {
+        encoded.push_str(&format!("{byte:02x}"));
+    }
+    Ok(encoded)
+}
+
+fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(classify(name, &format!("list {}", dir.display()), &e)),
+    };
+    let mut markers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| classify(name, &format!("list {}", dir.display()), &e))?;
+        let file_name = entry.file_name();
+        let Some(parsed) = file_name.to_str().and_then(parse_marker_name) else {
+            // Leftover temporary files of an interrupted marker write, or files put there by
+            // someone else: neither is a marker.
+            if !file_name.to_string_lossy().contains(TMP_INFIX) {
+                tracing::warn!(participant = name, file = ?entry.path(), "ignoring a stray file among the markers");
+            }
+            continue;
+        };
+        markers.push(parsed);
+    }
+    markers.sort();
+    Ok(markers)
+}
+
+fn parse_marker_name(file_name: &str) -> Option<(u32, Direction)> {
+    let (step, direction) = file_name.split_once('.')?;
+    let direction = match direction {
+        "forward" => Direction::Forward,
+        "compensate" => Direction::Compensate,
+        _ => return None,
+    };
+    Some((step.parse().ok()?, direction))
+}
+
+fn lock_index(key: &StepKey) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    // The modulo keeps the value below KEY_LOCKS, so the cast cannot truncate.
+    (hasher.finish() % KEY_LOCKS as u64) as usize
+}
+
+fn exists(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a file through a temporary sibling: fill, fsync, rename over `target`, fsync the
+/// directory. A reader sees the old contents or the new ones, never a mix.
+fn write_atomically(target: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let (Some(dir), Some(file_name)) = (target.parent(), target.file_name()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "target has no parent directory"));
+    };
+    let mut tmp_name = OsString::from(file_name);
+    tmp_name.push(format!("{TMP_INFIX}{:016x}", rand::random::<u64>()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        fill(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, target)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Best effort: after a failed rename the temporary file is garbage; after a successful
+        // one it is already gone and this fails harmlessly.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Deletes `target`, treating absence as success, and makes the deletion durable.
+fn remove(target: &Path) -> io::Result<()> {
+    match fs::remove_file(target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Even when the file was already gone, an earlier attempt may have unlinked it without
+    // reaching this fsync: sync the directory every time, if it exists.
+    match target.parent().map(sync_dir) {
+        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Creates each missing directory of `relative` under `base`, fsyncing the parent of each one
+/// it creates.
+fn create_dirs(base: &Path, relative: &Path) -> io::Result<()> {
+    let mut dir = base.to_path_buf();
+    for part in relative.components() {
+        dir.push(part);
+        if !dir.is_dir() {
+            make_dir(&dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => dir.parent().map_or(Ok(()), sync_dir),
+        // Created meanwhile by a concurrent apply, which fsyncs the parent itself.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Says whether retrying can help: a missing or forbidden path, a read-only file system or a
+/// path of the wrong kind stays that way; a full disk, an interrupted call or a device error
+/// may pass.
+fn classify(name: &str, context: &str, error: &io::Error) -> Error {
+    use io::ErrorKind as K;
+    let message = format!("{context}: {error}");
+    let permanent = matches!(
+        error.kind(),
+        K::NotFound
+            | K::PermissionDenied
+            | K::ReadOnlyFilesystem
+            | K::IsADirectory
+            | K::NotADirectory
+            | K::DirectoryNotEmpty
+            | K::InvalidInput
+            | K::InvalidFilename
+            | K::InvalidData
+            | K::FileTooLarge
+            | K::CrossesDevices
+            | K::Unsupported
+            | K::AlreadyExists
+            | K::TooManyLinks
+    );
+    if permanent { Error::permanent(name, message) } else { Error::retryable(name, message) }
+}

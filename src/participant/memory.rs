@@ -1,0 +1,170 @@
+//! An in-memory participant for tests and benchmarks: keeps markers and an effect log in a
+//! map, and can be scripted to fail, hang or go down, so the executor's retry, breaker,
+//! compensation and recovery paths can be driven deterministically.
+//!
+//! It keeps the participant contract exactly: an effect and its marker are recorded together
+//! under one lock, and a second `apply` of the same key changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Applied, BoxFuture, Direction, Error, Kind, Operation, Participant, StepKey};
+
+/// A scripted outcome for the next `apply` calls matching a filter.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Fail with a retryable error.
+    Retryable,
+    /// Fail with a permanent error.
+    Permanent,
+    /// Sleep this long before applying (to trigger step timeouts).
+    Delay(Duration),
+    /// Commit the effect and marker, then report a retryable error (the reply was lost).
+    CommitThenFail,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    markers: BTreeSet<StepKey>,
+    /// Every committed effect, in order: (key, operation).
+    effects: Vec<(StepKey, Operation)>,
+    /// Scripted faults: (step filter, direction filter, fault), consumed in order.
+    faults: VecDeque<(Option<u32>, Option<Direction>, Fault)>,
+    /// While true, every call fails with a retryable "connection refused".
+    down: bool,
+    applies: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    name: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Memory {
+    pub fn new(name: &str) -> Memory {
+        Memory { name: name.to_owned(), state: Arc::default() }
+    }
+
+    /// Queues a fault for the next `apply` of `step` (any step if `None`) in `direction`.
+    pub fn inject(&self, step: Option<u32>, direction: Option<Direction>, fault: Fault) {
+        self.lock().faults.push_back((step, direction, fault));
+    }
+
+    /// Takes the participant down (every call fails as if the connection were refused) or up.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Committed effects for a saga, in commit order.
+    pub fn effects(&self, saga_id: &str) -> Vec<(u32, Direction)> {
+        self.lock().effects.iter().filter(|(k, _)| k.saga_id == saga_id).map(|(k, _)| (k.step, k.direction)).collect()
+    }
+
+    /// Calls to `apply` so far (including failed ones).
+    pub fn applies(&self) -> u64 {
+        self.lock().applies
+    }
+
+    pub fn remove_marker(&self, key: &StepKey) -> bool {
+        self.lock().markers.remove(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a test thread panicked; the state itself is consistent
+        // because every update is a single insert/push.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_fault(&self, key: &StepKey) -> Option<Fault> {
+        let mut st = self.lock();
+        let at = st
+            .faults
+            .iter()
+            .position(|(step, dir, _)| step.is_none_or(|s| s == key.step) && dir.is_none_or(|d| d == key.direction))?;
+        st.faults.remove(at).map(|f| f.2)
+    }
+
+    fn commit(&self, key: &StepKey, op: &Operation) -> Applied {
+        let mut st = self.lock();
+        if !st.markers.insert(key.clone()) {
+            return Applied::AlreadyApplied;
+        }
+        st.effects.push((key.clone(), op.clone()));
+        Applied::Applied
+    }
+}
+
+impl Participant for Memory {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Memory
+    }
+
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move {
+            {
+                let mut st = self.lock();
+                st.applies += 1;
+                if st.down {
+                    return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+                }
+            }
+            match self.take_fault(key) {
+                Some(Fault::Retryable) => {
+                    return Err(Error::retryable(&self.name, format!("injected retryable failure at {key}")));
+                }
+                Some(Fault::Permanent) => {
+                    return Err(Error::permanent(&self.name, format!("injected permanent failure at {key}")));
+                }
+                Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+                Some(Fault::CommitThenFail) => {
+                    self.commit(key, op);
+                    return Err(Error::retryable(&self.name, format!("injected lost reply at {key}")));
+                }
+                None => {}
+            }
+            Ok(self.commit(key, op))
+        })
+    }
+
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let st = self.lock();
+            if st.down {
+                return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+            }
+            Ok(st.markers.contains(key))
+        })
+    }
+
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
+        Box::pin(async move {
+            let st = self.lock();
+            Ok(st.markers.iter().filter(|k| k.saga_id == saga_id).map(|k| (k.step, k.direction)).collect())
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            if self.lock().down {
+                return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Per-saga effect counts across all sagas, for "never applied twice" checks.
+pub fn effect_counts(m: &Memory) -> BTreeMap<StepKey, usize> {
+    let mut counts = BTreeMap::new();
+    for (k, _) in &m.lock().effects {
+        *counts.entry(k.clone()).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,159 @@
+//! Participants: the databases and file trees a saga's steps act on.
+//!
+//! # The contract every participant keeps
+//!
+//! A step is identified by its [`StepKey`] `(saga_id, step, direction)`: the idempotency key.
+//!
+//! - [`Participant::apply`] performs the operation **and** records a completion marker for the
+//!   key **in the same local transaction** (for SQL participants: one database transaction
+//!   holding both the statement and an `INSERT` into the marker table, whose primary key is the
+//!   step key). Either both become durable or neither does.
+//! - If the marker for the key already exists, `apply` changes nothing and returns
+//!   [`Applied::AlreadyApplied`]. A retry may therefore always call `apply` again: it never
+//!   applies an effect twice.
+//! - [`Participant::lookup_marker`] answers, read-only, whether the step's transaction
+//!   committed. Recovery uses it for a step that was started but has no journaled outcome.
+//! - Errors say whether retrying can help ([`ErrorKind::Retryable`]: connection refused or
+//!   reset, timeout, busy/locked, serialization failure) or not ([`ErrorKind::Permanent`]:
+//!   constraint violation, bad parameter, missing table). A retryable error promises nothing
+//!   about whether the transaction committed; the caller resolves that with `lookup_marker`
+//!   or simply by calling `apply` again.
+//! - File participants make every operation idempotent (temp file, fsync, rename, directory
+//!   fsync; delete tolerates absence) and keep their markers as files written after the
+//!   operation, so a crash between the two re-runs an idempotent operation.
+//! - Participants never panic on bad input and never block the async runtime: SQLite and
+//!   DuckDB work runs on blocking threads.
+//! - The marker table (`sagalog_markers`) is created on first use.
+
+#[cfg(feature = "duckdb")]
+pub mod duckdb;
+pub mod fs;
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::value::Value;
+
+/// Name of the marker table every SQL participant keeps.
+pub const MARKER_TABLE: &str = "sagalog_markers";
+
+/// Which way a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Direction {
+    Forward,
+    Compensate,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Compensate => "compensate",
+        }
+    }
+}
+
+/// The idempotency key of one step in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey {
+    pub saga_id: String,
+    pub step: u32,
+    pub direction: Direction,
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.saga_id, self.step, self.direction.as_str())
+    }
+}
+
+/// A concrete operation, with its parameters already bound from the saga's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    /// One SQL statement with positional parameters (`?1`… for SQLite/DuckDB, `$1`… for
+    /// PostgreSQL), bound in order, never pasted into the text.
+    Sql { sql: String, args: Vec<Value> },
+    /// Write `contents` to `path` (relative to the participant's root) atomically.
+    FilePut { path: String, contents: Vec<u8> },
+    /// Delete `path`; absence is success.
+    FileDelete { path: String },
+    /// Copy `from` to `to` atomically (the copy is written like a put).
+    FileCopy { from: String, to: String },
+    /// Do nothing but record the marker (benchmarks, tests).
+    Noop,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The operation and its marker committed now.
+    Applied,
+    /// The marker already existed: nothing was changed.
+    AlreadyApplied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Trying again may succeed (the participant is down, busy, or the transaction lost a race).
+    Retryable,
+    /// Trying again cannot succeed (constraint violation, bad parameter, missing object).
+    Permanent,
+}
+
+/// A participant failure, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{participant}: {message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub participant: String,
+    pub message: String,
+}
+
+impl Error {
+    pub fn retryable(participant: &str, message: impl Into<String>) -> Error {
+        Error { kind: ErrorKind::Retryable, participant: participant.to_owned(), message: message.into() }
+    }
+
+    pub fn permanent(participant: &str, message: impl Into<String>) -> Error {
+        Error { kind: ErrorKind::Permanent, participant: participant.to_owned(), message: message.into() }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+}
+
+/// The kinds of participant a config can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Postgres,
+    Sqlite,
+    Duckdb,
+    Fs,
+    /// In-memory, for tests and benchmarks only.
+    Memory,
+}
+
+/// A boxed future, so participants can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A database or file tree that steps act on. See the module documentation for the contract.
+pub trait Participant: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn kind(&self) -> Kind;
+    /// Performs `op` and records the marker for `key` in one local transaction.
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>>;
+    /// Whether the marker for `key` exists (read-only).
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>>;
+    /// Every marker of a saga, for audits and tests: (step, direction).
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>>;
+    /// A cheap health check: connect and run a trivial query.
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
+}

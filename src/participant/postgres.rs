@@ -1,0 +1,295 @@
+//! The PostgreSQL participant: a deadpool of tokio-postgres connections (no TLS).
+//!
+//! `apply` runs one transaction that first inserts the step's marker with
+//! `ON CONFLICT DO NOTHING`, then runs the step's statement, then commits. Inserting the marker
+//! first makes the primary key the lock: a concurrent apply of the same key waits on the
+//! uncommitted marker row and, once the first commits, inserts nothing and reports
+//! `AlreadyApplied`; if the first rolls back, the second proceeds. No `SELECT … FOR UPDATE`.
+//!
+//! Parameters are bound, never pasted. PostgreSQL infers each `$n`'s type from the statement,
+//! and a [`Value`] is converted to that type: `Int` binds to `bigint`, `integer` and
+//! `smallint` (range-checked), `Float` to `double precision` and `real`, `Text` to text-like
+//! types, `Bytes` to `bytea`, `Bool` to `boolean`, and `Null` to any of these. For any other
+//! column type the statement must cast, e.g. `$1::text::uuid` or `CAST($2 AS text)::jsonb`.
+//!
+//! The marker table is created on first use. Nothing here connects before the first call:
+//! starting the engine while PostgreSQL is down is fine, and `probe` tells when it is back.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use crate::engine::value::Value;
+
+/// The most connections one PostgreSQL participant keeps.
+pub const POOL_SIZE_MAX: usize = 256;
+/// Connect timeout used when the conninfo does not set `connect_timeout`.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How long a call waits for a free pooled connection before failing as retryable.
+pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A PostgreSQL database acting as a saga participant. Cheap to share behind an `Arc`.
+pub struct Postgres {
+    name: String,
+    pool: Pool,
+    /// Set once the marker table is known to exist.
+    schema: OnceCell<()>,
+}
+
+impl Postgres {
+    /// Builds the pool for `conninfo` (libpq key/value or URL form) with up to `pool_size`
+    /// connections. No connection is made yet; a malformed conninfo is a permanent error.
+    pub fn connect(name: &str, conninfo: &str, pool_size: usize) -> Result<Postgres, Error> {
+        if pool_size == 0 || pool_size > POOL_SIZE_MAX {
+            return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
+        }
+        // The conninfo may hold a password: it never goes into a message.
+        let mut config = tokio_postgres::Config::from_str(conninfo)
+            .map_err(|e| Error::permanent(name, format!("invalid postgres conninfo: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT_DEFAULT);
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT_DEFAULT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT_DEFAULT))
+            .build()
+            .map_err(|e| Error::permanent(name, format!("building the connection pool: {e}")))?;
+        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new() })
+    }
+
+    /// A pooled connection, with the marker table created if this is the first use.
+    async fn client(&self) -> Result<Object, Error> {
+        let client = self.pool.get().await.map_err(|e| classify_pool(&self.name, &e))?;
+        self.schema.get_or_try_init(|| create_marker_table(&self.name, &client)).await?;
+        Ok(client)
+    }
+
+    async fn apply_sql(&self, key: &StepKey, statement: Option<(&str, &[Value])>) -> Result<Applied, Error> {
+        let name = self.name.as_str();
+        let step = step_param(name, key.step)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| classify(name, "begin transaction", &e))?;
+        let insert =
+            format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
+        let inserted = tx
+            .execute(&insert, &[&key.saga_id, &step, &key.direction.as_str()])
+            .await
+            .map_err(|e| classify(name, "insert marker", &e))?;
+        if inserted == 0 {
+            tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
+            return Ok(Applied::AlreadyApplied);
+        }
+        if let Some((sql, args)) = statement {
+            let context = format!("step {key}");
+            let stmt = tx.prepare_cached(sql).await.map_err(|e| classify(name, &context, &e))?;
+            let params = bind(name, stmt.params(), args)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
+        }
+        // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
+        // back before the connection runs anything else.
+        tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
+        Ok(Applied::Applied)
+    }
+}
+
+impl Participant for Postgres {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Postgres
+    }
+
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move {
+            match op {
+                Operation::Sql { sql, args } => self.apply_sql(key, Some((sql, args))).await,
+                Operation::Noop => self.apply_sql(key, None).await,
+                Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
+                    Err(Error::permanent(&self.name, "postgres participant cannot run a file operation"))
+                }
+            }
+        })
+    }
+
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let step = step_param(&self.name, key.step)?;
+            let client = self.client().await?;
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
+            );
+            let row = client
+                .query_one(&sql, &[&key.saga_id, &step, &key.direction.as_str()])
+                .await
+                .map_err(|e| classify(&self.name, "look up marker", &e))?;
+            row.try_get::<_, bool>(0).map_err(|e| classify(&self.name, "look up marker", &e))
+        })
+    }
+
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = $1");
+            let rows = client.query(&sql, &[&saga_id]).await.map_err(|e| classify(&self.name, "list markers", &e))?;
+            let mut markers = Vec::with_capacity(rows.len());
+            for row in rows {
+                let step: i32 = row.try_get(0).map_err(|e| classify(&self.name, "list markers", &e))?;
+                let direction: &str = row.try_get(1).map_err(|e| classify(&self.name, "list markers", &e))?;
+                markers.push(super::sqlite::parse_marker(&self.name, i64::from(step), direction)?);
+            }
+            markers.sort();
+            Ok(markers)
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(|e| classify(&self.name, "probe", &e))?;
+            Ok(())
+        })
+    }
+}
+
+async fn create_marker_table(name: &str, client: &Object) -> Result<(), Error> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+            saga_id text NOT NULL,
+            step integer NOT NULL,
+            direction text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (saga_id, step, direction)
+        )"
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // Two sessions running `CREATE TABLE IF NOT EXISTS` at once can both pass the existence
+        // check; the loser fails on the catalog's unique index. The table exists either way.
+        Err(e) if matches!(sqlstate(&e), Some("23505" | "42P07")) => Ok(()),
+        Err(e) => Err(classify(name, "create marker table", &e)),
+    }
+}
+
+/// The marker table's `step` column is an `integer`.
+fn step_param(name: &str, step: u32) -> Result<i32, Error> {
+    i32::try_from(step).map_err(|_| Error::permanent(name, format!("step number {step} does not fit the marker table")))
+}
+
+/// Converts each value to the Rust type matching the PostgreSQL type inferred for its `$n`.
+fn bind(name: &str, types: &[Type], args: &[Value]) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
+    if types.len() != args.len() {
+        return Err(Error::permanent(
+            name,
+            format!("statement has {} parameters but {} values were given", types.len(), args.len()),
+        ));
+    }
+    types.iter().zip(args).enumerate().map(|(i, (ty, value))| bind_one(name, i + 1, ty, value)).collect()
+}
+
+fn bind_one(name: &str, position: usize, ty: &Type, value: &Value) -> Result<Box<dyn ToSql + Sync + Send>, Error> {
+    let mismatch = || {
+        Error::permanent(
+            name,
+            format!(
+                "parameter ${position}: cannot bind a {} value to postgres type {ty}; cast it in the statement",
+                value.type_name()
+            ),
+        )
+    };
+    let out_of_range = |i: i64| Error::permanent(name, format!("parameter ${position}: {i} does not fit {ty}"));
+    let bound: Box<dyn ToSql + Sync + Send> = match value {
+        Value::Null => match *ty {
+            Type::BOOL => Box::new(None::<bool>),
+            Type::INT2 => Box::new(None::<i16>),
+            Type::INT4 => Box::new(None::<i32>),
+            Type::INT8 => Box::new(None::<i64>),
+            Type::FLOAT4 => Box::new(None::<f32>),
+            Type::FLOAT8 => Box::new(None::<f64>),
+            Type::BYTEA => Box::new(None::<Vec<u8>>),
+            _ if <String as ToSql>::accepts(ty) => Box::new(None::<String>),
+            _ => return Err(mismatch()),
+        },
+        Value::Bool(b) if *ty == Type::BOOL => Box::new(*b),
+        Value::Int(i) => match *ty {
+            Type::INT8 => Box::new(*i),
+            Type::INT4 => Box::new(i32::try_from(*i).map_err(|_| out_of_range(*i))?),
+            Type::INT2 => Box::new(i16::try_from(*i).map_err(|_| out_of_range(*i))?),
+            _ => return Err(mismatch()),
+        },
+        Value::Float(f) => match *ty {
+            Type::FLOAT8 => Box::new(*f),
+            // Narrowing to `real` rounds, as PostgreSQL itself does when it casts.
+            #[allow(clippy::cast_possible_truncation)]
+            Type::FLOAT4 => Box::new(*f as f32),
+            _ => return Err(mismatch()),
+        },
+        Value::Text(s) if <String as ToSql>::accepts(ty) => Box::new(s.clone()),
+        Value::Bytes(b) if *ty == Type::BYTEA => Box::new(b.clone()),
+        Value::Bool(_) | Value::Text(_) | Value::Bytes(_) => return Err(mismatch()),
+    };
+    Ok(bound)
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.code().map(|c| c.code())
+}
+
+/// Says whether retrying can help, by SQLSTATE class when the server answered: connection
+/// trouble (08), serialization failure and deadlock (40001, 40P01), lock timeout (55P03),
+/// statement cancelled (57014), server shutting down or starting (57P01-57P03) and
+/// insufficient resources (53) can pass; integrity (23), data (22), syntax and undefined
+/// objects (42) and everything else cannot. Without an answer, a lost or refused connection or
+/// a timeout is retryable and anything else (a bad parameter, an unexpected reply) is not.
+fn classify(name: &str, context: &str, error: &tokio_postgres::Error) -> Error {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        let message = format!("{context}: {} (SQLSTATE {code})", db.message());
+        let retryable = code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03");
+        return if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) };
+    }
+    let text = error.to_string();
+    let message = format!("{context}: {text}");
+    let retryable = error.is_closed()
+        || text.starts_with("error communicating with the server")
+        || text.starts_with("error connecting to server")
+        || text.starts_with("timeout waiting for server")
+        || text.starts_with("error performing TLS handshake")
+        || text.starts_with("unexpected message from server")
+        || has_io_source(error);
+    if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}
+
+fn has_io_source(error: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn classify_pool(name: &str, error: &PoolError) -> Error {
+    match error {
+        PoolError::Backend(e) => classify(name, "connect", e),
+        PoolError::Timeout(kind) => Error::retryable(name, format!("connection pool timed out ({kind:?})")),
+        PoolError::Closed => Error::retryable(name, "connection pool is closed"),
+        PoolError::NoRuntimeSpecified => Error::permanent(name, "bug: connection pool has no runtime"),
+        PoolError::PostCreateHook(e) => Error::retryable(name, format!("connection setup failed: {e}")),
+    }
+}

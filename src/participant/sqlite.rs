@@ -1,0 +1,344 @@
+//! The SQLite participant: a small pool of connections to one database file, and the blocking
+//! pool that the DuckDB participant shares.
+//!
+//! `apply` runs one `BEGIN IMMEDIATE` transaction that checks the marker, runs the step's
+//! statement and inserts the marker, so the statement and its marker commit together or not at
+//! all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same key are
+//! serialized by the database itself, and the second one sees the first one's marker.
+//!
+//! Every call into SQLite runs on a blocking thread (`spawn_blocking`), never on the async
+//! runtime. The database runs in WAL mode with `synchronous=FULL`, so a committed marker is on
+//! disk when `apply` returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior, params, params_from_iter};
+use tokio::sync::Semaphore;
+
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use crate::engine::value::Value;
+
+/// The most connections one SQLite participant keeps. SQLite has one writer at a time, so more
+/// connections only help readers (`lookup_marker`, `markers`).
+pub const POOL_SIZE_MAX: usize = 64;
+
+/// How long a statement waits for another connection's write lock before failing as busy.
+pub const BUSY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// A SQLite database file acting as a saga participant. Cheap to share behind an `Arc`.
+pub struct Sqlite {
+    name: String,
+    path: PathBuf,
+    busy_timeout: Duration,
+    pool: BlockingPool<Connection>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database at `path` with a pool of up to `pool_size`
+    /// connections, switches it to WAL mode and creates the marker table.
+    ///
+    /// This does blocking file I/O: call it at startup, or from a blocking thread.
+    pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Sqlite, Error> {
+        if pool_size == 0 || pool_size > POOL_SIZE_MAX {
+            return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
+        }
+        let path = path.into();
+        let first = connect(name, &path, BUSY_TIMEOUT_DEFAULT)?;
+        first
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+                    saga_id TEXT NOT NULL,
+                    step INTEGER NOT NULL,
+                    direction TEXT NOT NULL,
+                    applied_at_ms INTEGER NOT NULL,
+                    PRIMARY KEY (saga_id, step, direction)
+                )"
+            ))
+            .map_err(|e| classify(name, "create marker table", &e))?;
+        let connector = {
+            let (name, path) = (name.to_owned(), path.clone());
+            move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
+        };
+        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        Ok(Sqlite { name: name.to_owned(), path, busy_timeout: BUSY_TIMEOUT_DEFAULT, pool })
+    }
+
+    /// Sets how long a statement waits for another connection's lock before it fails with a
+    /// retryable "database is locked" error.
+    pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Sqlite {
+        self.busy_timeout = busy_timeout;
+        self
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `PRAGMA quick_check` and returns its answer: `"ok"` for a sound database, otherwise
+    /// the problems it found, one per line.
+    pub async fn quick_check(&self) -> Result<String, Error> {
+        self.run(|name, conn| {
+            let mut stmt = conn.prepare("PRAGMA quick_check").map_err(|e| classify(name, "quick_check", &e))?;
+            let rows = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| classify(name, "quick_check", &e))?;
+            Ok(rows.join("\n"))
+        })
+        .await
+    }
+
+    /// Runs `work` on a pooled connection on a blocking thread, with this participant's busy
+    /// timeout applied.
+    async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let name = self.name.clone();
+        let busy_timeout = self.busy_timeout;
+        self.pool
+            .run(move |conn| {
+                conn.busy_timeout(busy_timeout).map_err(|e| classify(&name, "set busy timeout", &e))?;
+                work(&name, conn)
+            })
+            .await
+    }
+}
+
+impl Participant for Sqlite {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
+    }
+
+    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move {
+            let statement = match op {
+                Operation::Sql { sql, args } => Some((sql.clone(), args.clone())),
+                Operation::Noop => None,
+                Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
+                    return Err(Error::permanent(&self.name, "sqlite participant cannot run a file operation"));
+                }
+            };
+            let key = key.clone();
+            self.run(move |name, conn| apply_blocking(name, conn, &key, statement)).await
+        })
+    }
+
+    fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        let key = key.clone();
+        Box::pin(self.run(move |name, conn| marker_exists(name, conn, &key)))
+    }
+
+    fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
+        let saga_id = saga_id.to_owned();
+        Box::pin(self.run(move |name, conn| {
+            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?1");
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| classify(name, "list markers", &e))?;
+            let rows = stmt
+                .query_map([&saga_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| classify(name, "list markers", &e))?;
+            let mut markers =
+                rows.into_iter().map(|(step, dir)| parse_marker(name, step, &dir)).collect::<Result<Vec<_>, _>>()?;
+            markers.sort();
+            Ok(markers)
+        }))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.run(|name, conn| {
+            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, "probe", &e))?;
+            Ok(())
+        }))
+    }
+}
+
+/// The body of `apply`: marker check, statement, marker insert, all in one write transaction.
+fn apply_blocking(
+    name: &str,
+    conn: &mut Connection,
+    key: &StepKey,
+    statement: Option<(String, Vec<Value>)>,
+) -> Result<Applied, Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(name, "begin transaction", &e))?;
+    if marker_exists(name, &tx, key)? {
+        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+        return Ok(Applied::AlreadyApplied);
+    }
+    if let Some((sql, args)) = statement {
+        let mut stmt = tx.prepare_cached(&sql).map_err(|e| classify(name, "prepare statement", &e))?;
+        stmt.execute(params_from_iter(args.iter().map(to_sqlite)))
+            .map_err(|e| classify(name, &format!("step {key}"), &e))?;
+    }
+    let insert =
+        format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)");
+    tx.prepare_cached(&insert)
+        .and_then(|mut stmt| stmt.execute(params![key.saga_id, key.step, key.direction.as_str(), now_ms()]))
+        .map_err(|e| classify(name, "insert marker", &e))?;
+    // Dropping an uncommitted transaction rolls it back, so every early return above leaves
+    // neither the statement's effect nor the marker behind.
+    tx.commit().map_err(|e| classify(name, "commit", &e))?;
+    Ok(Applied::Applied)
+}
+
+fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {
+    let sql =
+        format!("SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3)");
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row(params![key.saga_id, key.step, key.direction.as_str()], |r| r.get(0)))
+        .map_err(|e| classify(name, "look up marker", &e))
+}
+
+/// Turns a stored `(step, direction)` back into its typed form; anything else in the marker
+/// table was not written by sagalog.
+pub(super) fn parse_marker(name: &str, step: i64, direction: &str) -> Result<(u32, Direction), Error> {
+    let step = u32::try_from(step)
+        .map_err(|_| Error::permanent(name, format!("marker table holds an invalid step number {step}")))?;
+    let direction = match direction {
+        "forward" => Direction::Forward,
+        "compensate" => Direction::Compensate,
+        other => return Err(Error::permanent(name, format!("marker table holds an unknown direction {other:?}"))),
+    };
+    Ok((step, direction))
+}
+
+/// Milliseconds since the Unix epoch, for the marker's `applied_at_ms` (informational only).
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_sqlite(value: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match value {
+        Value::Null => V::Null,
+        Value::Bool(b) => V::Integer(i64::from(*b)),
+        Value::Int(i) => V::Integer(*i),
+        Value::Float(f) => V::Real(*f),
+        Value::Text(s) => V::Text(s.clone()),
+        Value::Bytes(b) => V::Blob(b.clone()),
+    }
+}
+
+/// Opens one pooled connection: WAL, `synchronous=FULL`, foreign keys enforced.
+fn connect(name: &str, path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(|e| classify(name, &format!("open {}", path.display()), &e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| classify(name, "set busy timeout", &e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(|e| classify(name, "enable WAL", &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::permanent(name, format!("{} cannot use WAL (journal mode is {mode})", path.display())));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| classify(name, "set pragmas", &e))?;
+    Ok(conn)
+}
+
+/// Says whether retrying can help: lock contention and I/O trouble can pass; constraint
+/// violations, SQL errors, missing tables and type mismatches cannot.
+fn classify(name: &str, context: &str, error: &rusqlite::Error) -> Error {
+    let message = format!("{context}: {error}");
+    let retryable = match error {
+        rusqlite::Error::SqliteFailure(failure, detail) => {
+            matches!(
+                failure.code,
+                ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::DiskFull
+                    | ErrorCode::OutOfMemory
+                    | ErrorCode::OperationInterrupted
+                    | ErrorCode::FileLockingProtocolFailed
+                    | ErrorCode::SchemaChanged
+            ) || detail.as_deref().is_some_and(|d| d.contains("database is locked"))
+        }
+        _ => false,
+    };
+    if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}
+
+/// A fixed-size pool of connections used only from blocking threads: SQLite's and DuckDB's.
+///
+/// A permit from the semaphore is the right to hold one connection. The permit and the
+/// connection travel into the blocking task together and come back to the pool when that task
+/// ends, even if the future that started it was dropped (a step timeout): the work always runs
+/// to its commit or rollback, and no connection is returned in the middle of a transaction.
+pub(super) struct BlockingPool<C> {
+    participant: String,
+    idle: Arc<Mutex<Vec<C>>>,
+    permits: Arc<Semaphore>,
+    connect: Arc<dyn Fn() -> Result<C, Error> + Send + Sync>,
+    /// Whether a connection may go back to the pool after use (no transaction left open).
+    reusable: fn(&C) -> bool,
+}
+
+impl<C: Send + 'static> BlockingPool<C> {
+    /// A pool of up to `size` connections, starting with `first`; more are opened on demand with
+    /// `connect`, also after a connection was dropped as unusable.
+    pub(super) fn new(
+        participant: &str,
+        size: usize,
+        first: C,
+        connect: impl Fn() -> Result<C, Error> + Send + Sync + 'static,
+        reusable: fn(&C) -> bool,
+    ) -> BlockingPool<C> {
+        BlockingPool {
+            participant: participant.to_owned(),
+            idle: Arc::new(Mutex::new(vec![first])),
+            permits: Arc::new(Semaphore::new(size)),
+            connect: Arc::new(connect),
+            reusable,
+        }
+    }
+
+    /// Runs `work` with a connection on a blocking thread.
+    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut C) -> Result<T, Error> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::retryable(&self.participant, "connection pool is closed"))?;
+        let idle = Arc::clone(&self.idle);
+        let connect = Arc::clone(&self.connect);
+        let reusable = self.reusable;
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pooled = lock(&idle).pop();
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => connect()?,
+            };
+            let result = work(&mut conn);
+            if reusable(&conn) {
+                lock(&idle).push(conn);
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                Err(Error::permanent(&self.participant, format!("bug: database task panicked: {e}")))
+            }
+            Err(e) => Err(Error::retryable(&self.participant, format!("database task was cancelled: {e}"))),
+        }
+    }
+}
+
+fn lock<C>(idle: &Mutex<Vec<C>>) -> MutexGuard<'_, Vec<C>> {
+    // A poisoned lock only means a thread panicked while pushing or popping; the vector of idle
+    // connections is still a valid vector.
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,123 @@
+//! Recovery: the journal → engine state → in-doubt resolution → executor.
+//!
+//! On start, every record is read back (through the same checksummed reader as
+//! `sagalog wal verify`) and applied with [`Saga::apply`], the function live running uses, so a
+//! rebuilt saga is exactly the saga that was running. A `Checkpoint { reason: "recovery" }`
+//! record is journaled to count the recovery for every unfinished saga, and each unfinished
+//! saga is handed to the executor, whose first [`Saga::next`] tells it what to do: a step that
+//! was started but has no outcome is *in doubt* and is settled by its participant's marker
+//! (present → recorded as succeeded without re-running; absent → run again), then the saga
+//! continues forward or keeps compensating. `docs/recovery.md` has the full table.
+//!
+//! Never does: run a participant action itself, or skip a record it cannot decode.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::engine::record::{Checkpoint, DecodeError};
+use crate::engine::{Record, Saga};
+use crate::executor::Executor;
+use crate::journal;
+
+/// What a recovery pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub records: u64,
+    pub sagas: usize,
+    pub unfinished: usize,
+    /// Steps started with no journaled outcome (settled by marker once running).
+    pub in_doubt: usize,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    #[error("journal record at lsn {lsn} cannot be read: {source}")]
+    Record { lsn: u64, source: DecodeError },
+    #[error("journal is corrupt: {0}; run `sagalog wal verify`")]
+    Corrupt(String),
+}
+
+/// Reads the whole journal in `journal_dir` and rebuilds every saga. Pure apart from reading.
+pub fn rebuild(journal_dir: &Path) -> Result<(BTreeMap<String, Saga>, u64), Error> {
+    let mut sagas: BTreeMap<String, Saga> = BTreeMap::new();
+    let mut failure = None;
+    let summary = journal::scan(journal_dir, |r, _, _| {
+        if failure.is_some() {
+            return;
+        }
+        match Record::decode(r.kind, r.payload) {
+            Ok(record) => apply(&mut sagas, &record),
+            Err(source) => failure = Some(Error::Record { lsn: r.lsn, source }),
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(problem) = summary.problem.filter(|p| p.severity == journal::Severity::Corrupt) {
+        return Err(Error::Corrupt(problem.to_string()));
+    }
+    Ok((sagas, summary.records))
+}
+
+/// Applies one record to the set of sagas: the replay step shared by recovery and the
+/// offline tools.
+pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
+    match record {
+        Record::SagaSubmitted(s) => {
+            sagas.entry(s.saga.clone()).or_insert_with(|| Saga::submitted(s));
+        }
+        Record::Checkpoint(c) if c.reason == RECOVERY => sagas.values_mut().for_each(Saga::note_recovery),
+        Record::Checkpoint(_) => {}
+        other => {
+            if let Some(saga) = other.saga().and_then(|id| sagas.get_mut(id)) {
+                saga.apply(other);
+            }
+        }
+    }
+}
+
+const RECOVERY: &str = "recovery";
+
+/// Rebuilds every saga from the journal and hands them to the executor, which settles in-doubt
+/// steps and finishes or compensates each unfinished saga.
+pub async fn recover(executor: &Executor) -> Result<Report, Error> {
+    let started = Instant::now();
+    let journal_dir = executor.journal().dir().to_path_buf();
+    let (mut sagas, records) = tokio::task::spawn_blocking(move || rebuild(&journal_dir))
+        .await
+        .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))??;
+    let unfinished = sagas.values().filter(|s| !s.is_finished()).count();
+    let in_doubt = sagas
+        .values()
+        .flat_map(|s| s.steps.iter())
+        .filter(|st| st.forward.in_flight || st.compensate.in_flight)
+        .count();
+    if unfinished > 0 {
+        let record = Record::Checkpoint(Checkpoint {
+            reason: RECOVERY.into(),
+            unfinished: unfinished as u64,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+        executor.journal().append(record.kind(), record.encode()).await?;
+        apply(&mut sagas, &record);
+    }
+    let report = Report { records, sagas: sagas.len(), unfinished, in_doubt, duration: started.elapsed() };
+    for saga in sagas.into_values() {
+        executor.adopt(saga);
+    }
+    tracing::info!(
+        records,
+        sagas = report.sagas,
+        unfinished,
+        in_doubt,
+        ms = report.duration.as_millis() as u64,
+        "recovery: journal replayed, unfinished sagas resumed"
+    );
+    Ok(report)
+}
