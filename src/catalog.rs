@@ -24,6 +24,8 @@ pub struct Config {
     #[serde(default)]
     pub executor: ExecutorConfig,
     #[serde(default)]
+    pub index: IndexConfig,
+    #[serde(default)]
     pub participants: BTreeMap<String, ParticipantConfig>,
     #[serde(default)]
     pub actions: BTreeMap<String, ActionConfig>,
@@ -74,6 +76,21 @@ impl Default for ExecutorConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Finished sagas older than this are purged from the index (0 keeps them forever).
+    pub retention_hours: u64,
+    /// How often finished sagas are checkpointed so the journal can drop old segments.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { retention_hours: 30 * 24, checkpoint_interval_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantConfig {
     pub kind: Kind,
@@ -86,6 +103,10 @@ pub struct ParticipantConfig {
     pub url: Option<String>,
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// Statements run once when the participant is opened (for example
+    /// `CREATE TABLE IF NOT EXISTS …`), for SQLite and DuckDB participants.
+    #[serde(default)]
+    pub init: Vec<String>,
 }
 
 fn default_pool_size() -> usize {
@@ -234,6 +255,89 @@ pub enum ValidationError {
         "step {step} ({action}): parameter {param:?} is used in a file path and must be a plain name ([A-Za-z0-9._-], not . or ..)"
     )]
     BadPathParam { step: usize, action: String, param: String },
+}
+
+/// The configuration a data directory gets when `serve` is started without `--config`: demo
+/// participants that need nothing installed (SQLite, DuckDB, files) and a demo catalog modelled
+/// on a real cross-database job: record a pipeline execution in SQLite, store its results in
+/// DuckDB, and write an artefact file, each with its compensation. CHECK constraints let a
+/// client make a step fail permanently on purpose (see [`demo_saga`]).
+pub const EMBEDDED_DEFAULT: &str = r#"# sagalog configuration generated for this data directory (the embedded default).
+# Edit it, or start `sagalog serve --config FILE` with your own; docs/example-config.toml has a
+# PostgreSQL participant.
+
+[journal]
+sync = "always"
+
+[executor]
+max_in_flight = 256
+
+[participants.ledger]
+kind = "sqlite"
+path = "demo/ledger.sqlite"
+pool_size = 4
+init = [
+  "CREATE TABLE IF NOT EXISTS executions (run_id TEXT PRIMARY KEY, job TEXT NOT NULL, rows INTEGER NOT NULL CHECK (rows >= 0))",
+]
+
+[participants.warehouse]
+kind = "duckdb"
+path = "demo/warehouse.duckdb"
+pool_size = 2
+init = [
+  "CREATE TABLE IF NOT EXISTS results (run_id VARCHAR PRIMARY KEY, job VARCHAR NOT NULL, rows BIGINT NOT NULL CHECK (rows <= 1000000))",
+]
+
+[participants.artifacts]
+kind = "fs"
+path = "demo/artifacts"
+
+[actions.record_execution]
+participant = "ledger"
+params = { run_id = "text", job = "text", rows = "int" }
+forward = { sql = "INSERT INTO executions (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
+compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
+timeout_ms = 10000
+
+[actions.store_results]
+participant = "warehouse"
+params = { run_id = "text", job = "text", rows = "int" }
+forward = { sql = "INSERT INTO results (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
+compensate = { sql = "DELETE FROM results WHERE run_id = ?1", args = ["run_id"] }
+timeout_ms = 10000
+
+[actions.write_artifact]
+participant = "artifacts"
+params = { run_id = "text", report = "text" }
+forward = { put = "runs/{run_id}.json", contents = "report" }
+compensate = { delete = "runs/{run_id}.json" }
+timeout_ms = 10000
+"#;
+
+/// The demo saga of the embedded default, for run `run_id`. Two values of `rows` fail on
+/// purpose, to exercise compensation: a negative count is refused by the ledger (step 0 fails,
+/// nothing to undo), more than 1,000,000 by the warehouse (step 1 fails, step 0 is undone).
+pub fn demo_saga(saga_id: &str, run_id: &str, rows: i64) -> SagaDefinition {
+    let text = |s: &str| Value::Text(s.to_owned());
+    let report = format!("{{\"run_id\":\"{run_id}\",\"rows\":{rows}}}");
+    let step = |action: &str, params: Vec<(&str, Value)>| StepCall {
+        action: action.to_owned(),
+        params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    SagaDefinition {
+        id: saga_id.to_owned(),
+        steps: vec![
+            step(
+                "record_execution",
+                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
+            ),
+            step(
+                "store_results",
+                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
+            ),
+            step("write_artifact", vec![("run_id", text(run_id)), ("report", text(&report))]),
+        ],
+    }
 }
 
 /// Longest saga id accepted.
@@ -575,5 +679,18 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let r = RetryConfig { max_attempts: 10, initial_backoff_ms: 100, max_backoff_ms: 1000, jitter: 0.0 };
         assert_eq!([2, 3, 4, 5, 6, 40].map(|a| r.backoff_ms(a)), [100, 200, 400, 800, 1000, 1000]);
+    }
+}
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// The embedded default and the documented example config both load.
+    #[test]
+    fn embedded_default_and_example_config_are_valid() {
+        let c = Catalog::parse(EMBEDDED_DEFAULT).unwrap();
+        c.validate(&demo_saga("demo-1", "run-1", 10)).unwrap();
+        Catalog::parse(include_str!("../docs/example-config.toml")).unwrap();
     }
 }

@@ -15,14 +15,20 @@
 //! - [`executor`] runs sagas journal-first, with retries, timeouts, circuit breakers and
 //!   compensation; [`recovery`] rebuilds sagas from the journal after a crash and hands them
 //!   to it;
+//! - [`index`] archives finished sagas in sled, so status queries outlive their journal
+//!   segments; [`checkpoint`] is the file that says from where recovery must replay;
+//! - [`node`] assembles a running instance (lock, journal, participants, executor, recovery);
 //! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`.
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod cli;
 pub mod data_dir;
 pub mod engine;
 pub mod executor;
+pub mod index;
 pub mod journal;
+pub mod node;
 pub mod participant;
 pub mod recovery;
 

@@ -41,16 +41,34 @@ pub enum Error {
     Corrupt(String),
 }
 
-/// Reads the whole journal in `journal_dir` and rebuilds every saga. Pure apart from reading.
-pub fn rebuild(journal_dir: &Path) -> Result<(BTreeMap<String, Saga>, u64), Error> {
-    let mut sagas: BTreeMap<String, Saga> = BTreeMap::new();
+/// Every saga found in the journal, and the LSN of each one's `SagaSubmitted`.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    pub sagas: BTreeMap<String, Saga>,
+    pub first_lsn: BTreeMap<String, u64>,
+    /// Records replayed.
+    pub records: u64,
+}
+
+/// Reads the journal in `journal_dir` from `from_lsn` (every record is still verified) and
+/// rebuilds every saga submitted from there on. Records of sagas submitted earlier belong to
+/// sagas the checkpoint says are finished and archived; they are skipped. Pure apart from
+/// reading.
+pub fn rebuild(journal_dir: &Path, from_lsn: u64) -> Result<Rebuilt, Error> {
+    let mut out = Rebuilt::default();
     let mut failure = None;
-    let summary = journal::scan(journal_dir, |r, _, _| {
+    let summary = journal::scan_from(journal_dir, from_lsn, |r, _, _| {
         if failure.is_some() {
             return;
         }
         match Record::decode(r.kind, r.payload) {
-            Ok(record) => apply(&mut sagas, &record),
+            Ok(record) => {
+                if let Record::SagaSubmitted(s) = &record {
+                    out.first_lsn.entry(s.saga.clone()).or_insert(r.lsn);
+                }
+                out.records += 1;
+                apply(&mut out.sagas, &record);
+            }
             Err(source) => failure = Some(Error::Record { lsn: r.lsn, source }),
         }
     })?;
@@ -60,7 +78,7 @@ pub fn rebuild(journal_dir: &Path) -> Result<(BTreeMap<String, Saga>, u64), Erro
     if let Some(problem) = summary.problem.filter(|p| p.severity == journal::Severity::Corrupt) {
         return Err(Error::Corrupt(problem.to_string()));
     }
-    Ok((sagas, summary.records))
+    Ok(out)
 }
 
 /// Applies one record to the set of sagas: the replay step shared by recovery and the
@@ -82,14 +100,16 @@ pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
 
 const RECOVERY: &str = "recovery";
 
-/// Rebuilds every saga from the journal and hands them to the executor, which settles in-doubt
-/// steps and finishes or compensates each unfinished saga.
-pub async fn recover(executor: &Executor) -> Result<Report, Error> {
+/// Rebuilds every saga from the journal (from the checkpoint's `from_lsn`) and hands them to
+/// the executor, which archives the finished ones, settles in-doubt steps and finishes or
+/// compensates each unfinished saga.
+pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error> {
     let started = Instant::now();
     let journal_dir = executor.journal().dir().to_path_buf();
-    let (mut sagas, records) = tokio::task::spawn_blocking(move || rebuild(&journal_dir))
+    let rebuilt = tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
         .await
         .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))??;
+    let Rebuilt { mut sagas, first_lsn, records } = rebuilt;
     let unfinished = sagas.values().filter(|s| !s.is_finished()).count();
     let in_doubt = sagas
         .values()
@@ -109,7 +129,8 @@ pub async fn recover(executor: &Executor) -> Result<Report, Error> {
     }
     let report = Report { records, sagas: sagas.len(), unfinished, in_doubt, duration: started.elapsed() };
     for saga in sagas.into_values() {
-        executor.adopt(saga);
+        let lsn = first_lsn.get(&saga.id).copied().unwrap_or(from_lsn);
+        executor.adopt(saga, lsn);
     }
     tracing::info!(
         records,

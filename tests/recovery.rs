@@ -62,7 +62,7 @@ async fn committed_before_crash(mem: &Memory, step: u32, direction: Direction) {
 /// Restarts: recovery, then waits for the saga to settle.
 async fn restart(dir: &Path, mem: &Memory) -> sagalog::executor::Snapshot {
     let h = start(dir, mem, CONFIG);
-    recovery::recover(&h.exec).await.unwrap();
+    recovery::recover(&h.exec, 1).await.unwrap();
     settled(&h.exec, ID).await
 }
 
@@ -265,8 +265,8 @@ async fn recoveries_are_counted_across_restarts() {
     {
         // First restart: recovery journals its checkpoint, then "crashes" before running anything.
         let h = start(dir.path(), &Memory::new("mem"), CONFIG);
-        let (sagas, _) = recovery::rebuild(h.journal.dir()).unwrap();
-        assert_eq!(sagas[ID].recoveries, 0);
+        let rebuilt = recovery::rebuild(h.journal.dir(), 1).unwrap();
+        assert_eq!(rebuilt.sagas[ID].recoveries, 0);
         let record = Record::Checkpoint(sagalog::engine::record::Checkpoint {
             reason: "recovery".into(),
             unfinished: 1,

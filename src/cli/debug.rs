@@ -13,6 +13,27 @@ use crate::wal_format::RecordKind;
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
+    /// Start a node (recovering first), then submit demo sagas forever from many tasks,
+    /// printing `ack <saga-id> <expected-status>` once each submit is durable. Every 5th saga
+    /// fails at step 1 and every 7th at step 0 (expected COMPENSATED).
+    SagaLoad {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        concurrency: u64,
+    },
+    /// Start a node (recovering), wait until every saga is COMPLETED, COMPENSATED or STUCK,
+    /// print `saga <id> <STATUS>` for each, and exit.
+    Settle {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Append records forever with `sync=always` from many tasks, printing `ack <lsn> <seed>` for
     /// each acknowledged append. The payload of a record is `crash_payload(seed, bytes)`.
     AppendLoop {
@@ -32,8 +53,83 @@ pub fn crash_payload(seed: u64, bytes: usize) -> Vec<u8> {
     seed.to_le_bytes().iter().copied().cycle().enumerate().map(|(i, b)| b ^ (i as u8)).take(bytes.max(8)).collect()
 }
 
+/// What the load generator's saga number `n` is expected to end as, and its row count.
+pub fn load_plan(n: u64) -> (&'static str, i64) {
+    if n.is_multiple_of(7) {
+        ("COMPENSATED", -1)
+    } else if n.is_multiple_of(5) {
+        ("COMPENSATED", 2_000_000)
+    } else {
+        ("COMPLETED", n as i64)
+    }
+}
+
+async fn saga_load(data_dir: PathBuf, config: Option<PathBuf>, concurrency: u64) -> anyhow::Result<()> {
+    let node = crate::node::Node::start(&data_dir, config.as_deref()).await?;
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let run = format!("{}-{}", std::process::id(), rand::random::<u32>());
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let executor = node.executor.clone();
+        let (out, run) = (out.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in (task..).step_by(concurrency as usize) {
+                let id = format!("load-{run}-{n}");
+                let (expect, rows) = load_plan(n);
+                executor.submit(crate::catalog::demo_saga(&id, &id, rows)).await?;
+                let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
+                writeln!(out, "ack {id} {expect}")?;
+                out.flush()?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn settle(data_dir: PathBuf, config: Option<PathBuf>, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+    let mut node = crate::node::Node::start(&data_dir, config.as_deref()).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    loop {
+        let all = node.executor.list();
+        let settled = all.iter().all(|s| s.status.is_terminal() || s.status == crate::engine::Status::Stuck);
+        if settled || tokio::time::Instant::now() >= deadline {
+            for s in &all {
+                println!("saga {} {}", s.saga.id, s.status.as_str());
+            }
+            let mut token: Option<String> = None;
+            loop {
+                let filter = crate::index::ListFilter::default();
+                let (page, next) = node.index.list(&filter, token.as_deref(), 1000)?;
+                for r in page {
+                    println!("saga {} {}", r.id, r.status);
+                }
+                match next {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            node.shutdown().await?;
+            return Ok(if settled { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_CORRUPT) });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        DebugCommand::SagaLoad { data_dir, config, concurrency } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(saga_load(data_dir, config, concurrency.max(1)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DebugCommand::Settle { data_dir, config, timeout_secs } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(settle(data_dir, config, timeout_secs))
+        }
         DebugCommand::AppendLoop { data_dir, appenders, record_bytes, segment_bytes } => {
             let options = Options { segment_bytes_max: segment_bytes, sync: SyncPolicy::Always, ..Options::default() };
             let opened = Journal::open_dir(&data_dir, options)?;

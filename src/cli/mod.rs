@@ -5,9 +5,10 @@
 //! 2 = usage or I/O error.
 
 mod debug;
+mod serve;
 mod wal;
 
-pub use debug::crash_payload;
+pub use debug::{crash_payload, load_plan};
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the engine on a data directory until SIGINT/SIGTERM, recovering unfinished sagas first.
+    Serve(serve::ServeArgs),
     /// Inspect and mend the write-ahead log of a data directory (offline).
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -56,6 +59,7 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Wal(cmd) => wal::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
     }

@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::catalog::{Catalog, RetryConfig, ValidationError};
 use crate::engine::record::{CancelRequested, Failed, Finished, Resolved, Started, Submitted, Succeeded};
 use crate::engine::{Next, Record, ResolveDecision, Saga, SagaDefinition, Status};
+use crate::index::{Index, SagaRecord};
 use crate::journal::{self, Journal};
 use crate::participant::{Applied, Direction, Participant, StepKey};
 use breaker::{Breaker, BreakerConfig};
@@ -61,6 +62,8 @@ pub enum Error {
     WrongState { id: String, status: &'static str, what: &'static str },
     #[error("journal unavailable: {0}")]
     Journal(#[from] journal::Error),
+    #[error("index unavailable: {0}")]
+    Index(#[from] crate::index::Error),
 }
 
 /// Messages from the API to a running saga task.
@@ -71,6 +74,9 @@ enum Control {
 
 struct Entry {
     view: watch::Sender<Snapshot>,
+    /// LSN of the saga's `SagaSubmitted`: the journal must keep everything from here on
+    /// until the saga is finished and archived.
+    first_lsn: u64,
     /// True between reserving the id and the durable `SagaSubmitted`.
     reserved: bool,
     /// `None` once the saga's task has ended.
@@ -84,6 +90,8 @@ struct Inner {
     breakers: BTreeMap<String, Breaker>,
     sagas: Mutex<HashMap<String, Entry>>,
     slots: Arc<Semaphore>,
+    /// Where finished sagas go (and leave memory). Without one they stay in memory.
+    index: Option<Index>,
 }
 
 /// A cheap, cloneable handle to the executor.
@@ -98,6 +106,17 @@ fn now_ms() -> u64 {
 
 impl Executor {
     pub fn new(journal: Journal, catalog: Arc<Catalog>, participants: BTreeMap<String, Arc<dyn Participant>>) -> Self {
+        Executor::with_index(journal, catalog, participants, None)
+    }
+
+    /// An executor that archives finished sagas into `index` and forgets them, so its memory
+    /// does not grow with the number of finished sagas.
+    pub fn with_index(
+        journal: Journal,
+        catalog: Arc<Catalog>,
+        participants: BTreeMap<String, Arc<dyn Participant>>,
+        index: Option<Index>,
+    ) -> Self {
         let cfg = &catalog.config.executor;
         let breaker_config = BreakerConfig {
             failures_to_open: cfg.breaker_failures.max(1),
@@ -114,6 +133,7 @@ impl Executor {
                 breakers,
                 sagas: Mutex::new(HashMap::new()),
                 slots,
+                index,
             }),
         }
     }
@@ -142,6 +162,13 @@ impl Executor {
         {
             // Reserve the id before journaling, so two concurrent submits cannot both win.
             let mut sagas = self.registry();
+            if let Some(archived) = self.archived(&definition.id)? {
+                return if archived.digest == digest {
+                    Ok(SubmitOutcome::AlreadyExists(archived_status(&archived)))
+                } else {
+                    Err(Error::Conflict { id: definition.id })
+                };
+            }
             if let Some(entry) = sagas.get(&definition.id) {
                 if entry.reserved {
                     return Err(Error::SubmitInProgress { id: definition.id });
@@ -153,7 +180,7 @@ impl Executor {
                     Err(Error::Conflict { id: definition.id })
                 };
             }
-            sagas.insert(definition.id.clone(), Entry { view: tx, reserved: true, control: None });
+            sagas.insert(definition.id.clone(), Entry { view: tx, first_lsn: 0, reserved: true, control: None });
         }
         let record = Record::SagaSubmitted(Submitted {
             saga: definition.id.clone(),
@@ -162,18 +189,25 @@ impl Executor {
             digest,
             at_ms: now_ms(),
         });
-        if let Err(e) = self.inner.journal.append(record.kind(), record.encode()).await {
-            self.registry().remove(&definition.id);
-            return Err(e.into());
-        }
+        let lsn = match self.inner.journal.append(record.kind(), record.encode()).await {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                self.registry().remove(&definition.id);
+                return Err(e.into());
+            }
+        };
         let Record::SagaSubmitted(submitted) = &record else { unreachable!("built just above") };
-        self.adopt(Saga::submitted(submitted));
+        self.adopt(Saga::submitted(submitted), lsn);
         Ok(SubmitOutcome::Accepted)
     }
 
-    /// Registers a saga rebuilt from the journal (or just submitted) and, unless it is finished,
-    /// starts its task.
-    pub fn adopt(&self, saga: Saga) {
+    /// Registers a saga rebuilt from the journal (or just submitted; `first_lsn` is the LSN of
+    /// its `SagaSubmitted`) and, unless it is finished, starts its task. A finished saga goes
+    /// straight to the index when there is one.
+    pub fn adopt(&self, saga: Saga, first_lsn: u64) {
+        if saga.is_finished() && self.archive(&saga) {
+            return;
+        }
         let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None };
         let id = saga.id.clone();
         let finished = saga.is_finished();
@@ -182,10 +216,12 @@ impl Executor {
             let mut sagas = self.registry();
             let entry = sagas.entry(id).or_insert_with(|| Entry {
                 view: watch::channel(snapshot.clone()).0,
+                first_lsn,
                 reserved: false,
                 control: None,
             });
             entry.reserved = false;
+            entry.first_lsn = first_lsn;
             entry.view.send_replace(snapshot);
             if !finished {
                 entry.control = Some(control_tx);
@@ -198,9 +234,49 @@ impl Executor {
         }
     }
 
+    /// Puts a finished saga into the index and forgets it. Returns false (and keeps it in
+    /// memory, which keeps its journal records too) if there is no index or it failed.
+    fn archive(&self, saga: &Saga) -> bool {
+        let Some(index) = &self.inner.index else { return false };
+        match index.put(&SagaRecord::from_saga(saga)) {
+            Ok(()) => {
+                self.registry().remove(&saga.id);
+                true
+            }
+            Err(e) => {
+                tracing::error!(saga = %saga.id, error = %e, "cannot archive a finished saga; keeping it in memory");
+                false
+            }
+        }
+    }
+
+    /// A finished saga from the index (`None` if absent or there is no index).
+    pub fn archived(&self, id: &str) -> Result<Option<SagaRecord>, Error> {
+        match &self.inner.index {
+            Some(index) => Ok(index.get(id)?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn index(&self) -> Option<&Index> {
+        self.inner.index.as_ref()
+    }
+
+    /// The lowest LSN the journal must keep: the `SagaSubmitted` of the oldest saga not yet
+    /// archived, or one past the last acknowledged record if every saga is archived.
+    pub fn checkpoint_lsn(&self) -> u64 {
+        let oldest = self.registry().values().filter(|e| !e.reserved).map(|e| e.first_lsn).min();
+        oldest.unwrap_or_else(|| self.inner.journal.acked_lsn() + 1)
+    }
+
     /// The saga's current snapshot.
     pub fn get(&self, id: &str) -> Option<Snapshot> {
         self.registry().get(id).map(|e| e.view.borrow().clone())
+    }
+
+    /// Snapshots of every saga this executor knows.
+    pub fn list(&self) -> Vec<Snapshot> {
+        self.registry().values().map(|e| e.view.borrow().clone()).collect()
     }
 
     /// A receiver that sees every new snapshot of the saga.
@@ -236,6 +312,12 @@ impl Executor {
     }
 
     async fn control(&self, id: &str, record: Record, allowed: impl Fn(Status) -> Option<()>) -> Result<(), Error> {
+        if !self.registry().contains_key(id)
+            && let Some(archived) = self.archived(id)?
+        {
+            let status = archived_status(&archived).as_str();
+            return Err(Error::WrongState { id: id.to_owned(), status, what: "it has already finished" });
+        }
         let (status, sender) = {
             let sagas = self.registry();
             let entry = sagas.get(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
@@ -296,6 +378,9 @@ impl SagaTask {
         }
         if let Some(entry) = self.exec.registry().get_mut(&self.saga.id) {
             entry.control = None;
+        }
+        if self.saga.is_finished() {
+            self.exec.archive(&self.saga);
         }
     }
 
@@ -584,6 +669,13 @@ impl SagaTask {
                 }
             }
         }
+    }
+}
+
+fn archived_status(record: &SagaRecord) -> Status {
+    match record.status.as_str() {
+        "COMPLETED" => Status::Completed,
+        _ => Status::Compensated,
     }
 }
 

@@ -141,6 +141,78 @@ pub enum Kind {
     Memory,
 }
 
+/// Opens every participant a config declares. Relative paths are under `data_dir`; `init`
+/// statements run before the participant takes its connections. `memory` participants are
+/// created empty.
+pub fn open_all(
+    config: &crate::catalog::Config,
+    data_dir: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, std::sync::Arc<dyn Participant>>, Error> {
+    let mut out: std::collections::BTreeMap<String, std::sync::Arc<dyn Participant>> = Default::default();
+    for (name, p) in &config.participants {
+        let path = || {
+            let rel = p.path.as_deref().unwrap_or_default();
+            let path = data_dir.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", parent.display())))?;
+            }
+            Ok::<_, Error>(path)
+        };
+        let participant: std::sync::Arc<dyn Participant> = match p.kind {
+            Kind::Sqlite => {
+                let path = path()?;
+                run_init_sqlite(name, &path, &p.init)?;
+                std::sync::Arc::new(sqlite::Sqlite::open(name, path, p.pool_size)?)
+            }
+            #[cfg(feature = "duckdb")]
+            Kind::Duckdb => {
+                let path = path()?;
+                let db = duckdb::Duckdb::open(name, path, p.pool_size)?;
+                let conn = db.connection()?;
+                for statement in &p.init {
+                    conn.execute_batch(statement)
+                        .map_err(|e| Error::permanent(name, format!("init statement {statement:?} failed: {e}")))?;
+                }
+                std::sync::Arc::new(db)
+            }
+            #[cfg(not(feature = "duckdb"))]
+            Kind::Duckdb => {
+                return Err(Error::permanent(
+                    name,
+                    "this build has no DuckDB support (built without the `duckdb` feature)",
+                ));
+            }
+            Kind::Postgres => {
+                let url = p.url.as_deref().unwrap_or_default();
+                std::sync::Arc::new(postgres::Postgres::connect(name, url, p.pool_size)?)
+            }
+            Kind::Fs => {
+                let root = path()?;
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", root.display())))?;
+                std::sync::Arc::new(fs::Fs::open(name, root)?)
+            }
+            Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+        };
+        out.insert(name.clone(), participant);
+    }
+    Ok(out)
+}
+
+fn run_init_sqlite(name: &str, path: &std::path::Path, init: &[String]) -> Result<(), Error> {
+    if init.is_empty() {
+        return Ok(());
+    }
+    let conn = rusqlite::Connection::open(path)
+        .map_err(|e| Error::retryable(name, format!("cannot open {}: {e}", path.display())))?;
+    for statement in init {
+        conn.execute_batch(statement)
+            .map_err(|e| Error::permanent(name, format!("init statement {statement:?} failed: {e}")))?;
+    }
+    Ok(())
+}
+
 /// A boxed future, so participants can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,0 +1,314 @@
+//! The archive of finished sagas: status queries keep working after the journal segments
+//! that held a saga's records are deleted.
+//!
+//! The index is a sled database at `<data-dir>/index` with two trees:
+//! - `sagas`: saga id (UTF-8 bytes) → [`SagaRecord`] (a named MessagePack map, see
+//!   [`record`]);
+//! - `by_finish`: `finished_at_ms` (u64 big-endian, so byte order is time order) followed by
+//!   the saga id bytes → the saga's status string. It orders the archive by finish time for
+//!   listing and for retention.
+//!
+//! Invariants: a saga id is in `sagas` exactly when one `by_finish` key names it, and that
+//! key carries the record's `finished_at_ms`. Every write changes both trees in one sled
+//! transaction, so no reader and no crash sees one tree without the other. Only finished
+//! sagas (`COMPLETED`, `COMPENSATED`) are accepted: a STUCK saga is not finished and its
+//! journal records must stay.
+//!
+//! Durability: sled makes writes durable on its own schedule. A caller that is about to
+//! delete journal segments calls [`Index::flush`] first, so that the index holds every saga
+//! before the only other copy of its records is gone.
+//!
+//! A stored record that does not decode is an error naming the saga, never a panic and never
+//! silently skipped. This module never touches the journal.
+
+pub mod record;
+
+use std::convert::Infallible;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult, TransactionError};
+
+pub use record::{FORMAT_VERSION, RecordError, SagaRecord, StepRecord};
+
+/// The most records one [`Index::list`] call returns, whatever the caller asks for.
+pub const LIST_LIMIT_MAX: usize = 1000;
+/// How many records [`Index::purge_finished_before`] removes per transaction.
+const PURGE_BATCH: usize = 256;
+/// Length of the time prefix of a `by_finish` key.
+const FINISH_PREFIX_BYTES: usize = size_of::<u64>();
+
+const SAGAS_TREE: &str = "sagas";
+const BY_FINISH_TREE: &str = "by_finish";
+
+/// Why the index could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("index {}: {source}", path.display())]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("index {}: the record of saga {id} cannot be used: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        id: String,
+        #[source]
+        source: RecordError,
+    },
+    #[error("index {}: by_finish key {key_hex} is damaged (no time prefix or an id that is not UTF-8)", path.display())]
+    BadFinishKey { path: PathBuf, key_hex: String },
+    #[error("index {}: page token {token:?} was not issued by this index", path.display())]
+    BadPageToken { path: PathBuf, token: String },
+}
+
+/// Which archived sagas [`Index::list`] returns. Times are a half-open range:
+/// `finished_since_ms <= finished_at_ms < finished_until_ms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only sagas with this status (`COMPLETED` or `COMPENSATED`).
+    pub status: Option<String>,
+    pub finished_since_ms: Option<u64>,
+    pub finished_until_ms: Option<u64>,
+}
+
+/// A handle on the index; clones share the same database.
+#[derive(Debug, Clone)]
+pub struct Index {
+    path: PathBuf,
+    db: sled::Db,
+    sagas: sled::Tree,
+    by_finish: sled::Tree,
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path`, normally `<data-dir>/index`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Index, Error> {
+        let path = path.as_ref().to_path_buf();
+        let storage = |source| Error::Storage { path: path.clone(), source };
+        let db = sled::Config::new().path(&path).open().map_err(storage)?;
+        let sagas = db.open_tree(SAGAS_TREE).map_err(storage)?;
+        let by_finish = db.open_tree(BY_FINISH_TREE).map_err(storage)?;
+        Ok(Index { path, db, sagas, by_finish })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores `record`, replacing any record of the same saga (and its old `by_finish` key).
+    pub fn put(&self, record: &SagaRecord) -> Result<(), Error> {
+        record.check().map_err(|source| self.record_error(&record.id, source))?;
+        let bytes = record.encode();
+        let id = record.id.as_str();
+        let new_key = finish_key(record.finished_at_ms, id);
+        let result = (&self.sagas, &self.by_finish).transaction(|(sagas, by_finish)| {
+            if let Some(old) = sagas.get(id.as_bytes())? {
+                let old = SagaRecord::decode(id, &old).map_err(ConflictableTransactionError::Abort)?;
+                by_finish.remove(finish_key(old.finished_at_ms, id))?;
+            }
+            sagas.insert(id.as_bytes(), bytes.as_slice())?;
+            by_finish.insert(new_key.as_slice(), record.status.as_bytes())?;
+            Ok(())
+        });
+        result.map_err(|e| self.transaction_error(id, e))
+    }
+
+    /// The record of saga `id`, if it is archived.
+    pub fn get(&self, id: &str) -> Result<Option<SagaRecord>, Error> {
+        let Some(bytes) = self.sagas.get(id.as_bytes()).map_err(|e| self.storage_error(e))? else {
+            return Ok(None);
+        };
+        SagaRecord::decode(id, &bytes).map(Some).map_err(|source| self.record_error(id, source))
+    }
+
+    pub fn contains(&self, id: &str) -> Result<bool, Error> {
+        self.sagas.contains_key(id.as_bytes()).map_err(|e| self.storage_error(e))
+    }
+
+    /// One page of archived sagas matching `filter`, by finish time ascending (ties by id),
+    /// at most `limit` records (clamped to `1..=LIST_LIMIT_MAX`). The returned token, when
+    /// there is one, continues right after the last record returned: records inserted
+    /// meanwhile with a later finish time show up on later pages, and none already listed
+    /// repeats.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        page_token: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<SagaRecord>, Option<String>), Error> {
+        let limit = limit.clamp(1, LIST_LIMIT_MAX);
+        let since = filter.finished_since_ms.unwrap_or(0).to_be_bytes().to_vec();
+        let lower = match page_token {
+            Some(token) => {
+                let after = self.decode_page_token(token)?;
+                if after >= since { Bound::Excluded(after) } else { Bound::Included(since) }
+            }
+            None => Bound::Included(since),
+        };
+        let upper = match filter.finished_until_ms {
+            Some(until) => Bound::Excluded(until.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        if range_is_empty(&lower, &upper) {
+            return Ok((Vec::new(), None));
+        }
+        let mut page = Vec::new();
+        let mut last_key: Option<sled::IVec> = None;
+        for entry in self.by_finish.range::<Vec<u8>, _>((lower, upper)) {
+            let (key, status) = entry.map_err(|e| self.storage_error(e))?;
+            if filter.status.as_deref().is_some_and(|want| want.as_bytes() != status.as_ref()) {
+                continue;
+            }
+            if page.len() == limit {
+                // One more match exists: the listing goes on after the last record returned.
+                return Ok((page, last_key.map(|k| hex_encode(&k))));
+            }
+            let (finished_at_ms, id) = self.split_finish_key(&key)?;
+            // A record purged or re-put since the scan began is gone from here: skip it.
+            let Some(record) = self.get(id)? else { continue };
+            if record.finished_at_ms != finished_at_ms {
+                continue;
+            }
+            page.push(record);
+            last_key = Some(key);
+        }
+        Ok((page, None))
+    }
+
+    /// Removes every saga that finished before `cutoff_ms` from both trees; returns how many.
+    pub fn purge_finished_before(&self, cutoff_ms: u64) -> Result<u64, Error> {
+        let end = cutoff_ms.to_be_bytes();
+        let mut purged = 0u64;
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .by_finish
+                .range(..end)
+                .keys()
+                .take(PURGE_BATCH)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.storage_error(e))?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let (_, id) = self.split_finish_key(key)?;
+                batch.push((key.clone(), id.to_owned()));
+            }
+            // Purging decodes nothing, so it never aborts.
+            let result = (&self.sagas, &self.by_finish).transaction(
+                |(sagas, by_finish)| -> ConflictableTransactionResult<u64, Infallible> {
+                    let mut removed = 0u64;
+                    for (key, id) in &batch {
+                        // A saga re-put since the scan has a new key and stays.
+                        if by_finish.remove(key)?.is_some() {
+                            sagas.remove(id.as_bytes())?;
+                            removed += 1;
+                        }
+                    }
+                    Ok(removed)
+                },
+            );
+            purged += match result {
+                Ok(removed) => removed,
+                Err(TransactionError::Storage(source)) => return Err(self.storage_error(source)),
+                Err(TransactionError::Abort(never)) => match never {},
+            };
+        }
+        tracing::debug!(index = %self.path.display(), cutoff_ms, purged, "purged finished sagas");
+        Ok(purged)
+    }
+
+    /// How many sagas are archived. Counts by scanning: meant for tests and operators.
+    pub fn len(&self) -> usize {
+        self.sagas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sagas.is_empty()
+    }
+
+    /// Makes every write so far durable (sled's `flush`: write out and fsync).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush().map(|_bytes| ()).map_err(|e| self.storage_error(e))
+    }
+
+    fn split_finish_key<'k>(&self, key: &'k [u8]) -> Result<(u64, &'k str), Error> {
+        let bad = || Error::BadFinishKey { path: self.path.clone(), key_hex: hex_encode(key) };
+        let (prefix, id) = key.split_first_chunk::<FINISH_PREFIX_BYTES>().ok_or_else(bad)?;
+        let id = std::str::from_utf8(id).map_err(|_| bad())?;
+        Ok((u64::from_be_bytes(*prefix), id))
+    }
+
+    fn decode_page_token(&self, token: &str) -> Result<Vec<u8>, Error> {
+        let bad = || Error::BadPageToken { path: self.path.clone(), token: token.to_owned() };
+        let key = hex_decode(token).ok_or_else(bad)?;
+        self.split_finish_key(&key).map_err(|_| bad())?;
+        Ok(key)
+    }
+
+    fn storage_error(&self, source: sled::Error) -> Error {
+        Error::Storage { path: self.path.clone(), source }
+    }
+
+    fn record_error(&self, id: &str, source: RecordError) -> Error {
+        Error::Record { path: self.path.clone(), id: id.to_owned(), source }
+    }
+
+    fn transaction_error(&self, id: &str, e: TransactionError<RecordError>) -> Error {
+        match e {
+            TransactionError::Abort(source) => self.record_error(id, source),
+            TransactionError::Storage(source) => self.storage_error(source),
+        }
+    }
+}
+
+/// The `by_finish` key of a saga: big-endian time first, so keys sort by finish time.
+fn finish_key(finished_at_ms: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(FINISH_PREFIX_BYTES + id.len());
+    key.extend_from_slice(&finished_at_ms.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn range_is_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(lo), Bound::Excluded(hi)) | (Bound::Excluded(lo), Bound::Excluded(hi)) => lo >= hi,
+        _ => false,
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    text
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    text.as_bytes().chunks_exact(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Page tokens are hex of a by_finish key and decode back to it.
+    #[test]
+    fn hex_round_trips() {
+        let key = finish_key(0x0102_0304_0506_0708, "saga-ä");
+        assert_eq!(hex_decode(&hex_encode(&key)), Some(key));
+        assert_eq!(hex_decode("abc"), None);
+        assert_eq!(hex_decode("zz"), None);
+    }
+}
