@@ -13,8 +13,9 @@ use crate::wal_format::RecordKind;
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
-    /// Start a node (recovering first), then submit demo sagas forever from many tasks,
-    /// printing `ack <saga-id> <expected-status>` once each submit is durable. Every 5th saga
+    /// Start a node (recovering first), then submit demo sagas forever from `concurrency`
+    /// tasks, each waiting for its saga to settle before the next, printing
+    /// `ack <saga-id> <expected-status>` once each submit is durable. Every 5th saga
     /// fails at step 1 and every 7th at step 0 (expected COMPENSATED).
     SagaLoad {
         #[arg(long)]
@@ -77,9 +78,13 @@ async fn saga_load(data_dir: PathBuf, config: Option<PathBuf>, concurrency: u64)
                 let id = format!("load-{run}-{n}");
                 let (expect, rows) = load_plan(n);
                 executor.submit(crate::catalog::demo_saga(&id, &id, rows)).await?;
-                let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
-                writeln!(out, "ack {id} {expect}")?;
-                out.flush()?;
+                {
+                    let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
+                    writeln!(out, "ack {id} {expect}")?;
+                    out.flush()?;
+                }
+                // Closed loop, like a client waiting for its saga: `concurrency` sagas in flight.
+                executor.wait_settled(&id).await;
             }
             anyhow::Ok(())
         }));

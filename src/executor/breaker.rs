@@ -1,11 +1,13 @@
 //! A circuit breaker per participant: closed → open after N consecutive retryable failures →
-//! half-open after a cool-down → closed after M successful trial calls (any failure while
-//! half-open opens it again).
+//! half-open after a cool-down → closed after M successful health probes in a row (a failed
+//! probe opens it again).
 //!
-//! While a breaker is open, sagas that need the participant are *parked*: they do not start an
-//! attempt (so they burn no retries and journal nothing) and resume by themselves when the
-//! cool-down ends. Only retryable failures count: a permanent error says the request was bad,
-//! not that the participant is sick.
+//! While a breaker is open or half-open, sagas that need the participant are *parked*: they do
+//! not start an attempt (so they burn no retries and journal nothing). In half-open, exactly
+//! one waiter at a time is handed the [`Admission::Probe`] slot and runs the participant's
+//! health probe; saga steps go through again only once the probes closed the breaker. Only
+//! retryable failures count: a permanent error says the request was bad, not that the
+//! participant is sick.
 //!
 //! The clock is passed in, so the transitions are tested without waiting.
 
@@ -24,10 +26,32 @@ pub struct BreakerConfig {
 /// What a breaker is doing, as reported by the status API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant },
-    HalfOpen { successes: u32 },
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probing`: a waiter holds the probe slot.
+    HalfOpen {
+        successes: u32,
+        probing: bool,
+    },
 }
+
+/// What a caller may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Make the call.
+    Go,
+    /// Stay parked this long, then ask again.
+    Wait(Duration),
+    /// Run the participant's health probe and report it with [`Breaker::record_probe`].
+    Probe,
+}
+
+/// How often a parked caller asks again while another one probes.
+const PROBE_POLL: Duration = Duration::from_millis(50);
 
 impl BreakerState {
     pub fn name(&self) -> &'static str {
@@ -59,49 +83,58 @@ impl Breaker {
         *self.lock()
     }
 
-    /// `Ok` if a call may go through now, else how long until the next trial.
-    pub fn allow(&self, now: Instant) -> Result<(), Duration> {
+    /// Whether a call may go through now.
+    pub fn allow(&self, now: Instant) -> Admission {
         let mut state = self.lock();
         match *state {
-            BreakerState::Closed { .. } | BreakerState::HalfOpen { .. } => Ok(()),
-            BreakerState::Open { until } if now >= until => {
-                *state = BreakerState::HalfOpen { successes: 0 };
-                tracing::info!("circuit breaker half-open: letting trial calls through");
-                Ok(())
+            BreakerState::Closed { .. } => Admission::Go,
+            BreakerState::Open { until } if now < until => Admission::Wait(until - now),
+            BreakerState::Open { .. } | BreakerState::HalfOpen { probing: false, .. } => {
+                let successes = match *state {
+                    BreakerState::HalfOpen { successes, .. } => successes,
+                    _ => 0,
+                };
+                *state = BreakerState::HalfOpen { successes, probing: true };
+                Admission::Probe
             }
-            BreakerState::Open { until } => Err(until - now),
+            BreakerState::HalfOpen { probing: true, .. } => Admission::Wait(PROBE_POLL),
         }
     }
 
-    pub fn record_success(&self) {
+    /// Reports the health probe of the caller that was handed [`Admission::Probe`].
+    pub fn record_probe(&self, healthy: bool, now: Instant) {
         let mut state = self.lock();
-        *state = match *state {
-            BreakerState::HalfOpen { successes } if successes + 1 < self.config.successes_to_close => {
-                BreakerState::HalfOpen { successes: successes + 1 }
-            }
-            BreakerState::Open { until } => BreakerState::Open { until },
-            _ => BreakerState::Closed { consecutive_failures: 0 },
+        let BreakerState::HalfOpen { successes, .. } = *state else { return };
+        *state = if !healthy {
+            BreakerState::Open { until: now + self.config.cooldown }
+        } else if successes + 1 >= self.config.successes_to_close {
+            tracing::info!("circuit breaker closed: health probes succeeded");
+            BreakerState::Closed { consecutive_failures: 0 }
+        } else {
+            BreakerState::HalfOpen { successes: successes + 1, probing: false }
         };
     }
 
-    /// Records a retryable failure; returns true if this call opened the breaker.
+    /// Reports a call that the participant answered (success, or a permanent error).
+    pub fn record_success(&self) {
+        let mut state = self.lock();
+        if let BreakerState::Closed { .. } = *state {
+            *state = BreakerState::Closed { consecutive_failures: 0 };
+        }
+    }
+
+    /// Records a retryable failure of a call; returns true if this call opened the breaker.
+    /// Failures of calls admitted before the breaker opened change nothing more.
     pub fn record_failure(&self, now: Instant) -> bool {
         let mut state = self.lock();
-        let open = BreakerState::Open { until: now + self.config.cooldown };
-        let (next, opened) = match *state {
-            BreakerState::Closed { consecutive_failures }
-                if consecutive_failures + 1 >= self.config.failures_to_open =>
-            {
-                (open, true)
-            }
-            BreakerState::Closed { consecutive_failures } => {
-                (BreakerState::Closed { consecutive_failures: consecutive_failures + 1 }, false)
-            }
-            BreakerState::HalfOpen { .. } => (open, true),
-            BreakerState::Open { until } => (BreakerState::Open { until }, false),
-        };
-        *state = next;
-        opened
+        let BreakerState::Closed { consecutive_failures } = *state else { return false };
+        if consecutive_failures + 1 >= self.config.failures_to_open {
+            *state = BreakerState::Open { until: now + self.config.cooldown };
+            true
+        } else {
+            *state = BreakerState::Closed { consecutive_failures: consecutive_failures + 1 };
+            false
+        }
     }
 
     /// An operator's reset: closed, failure count cleared.
@@ -127,30 +160,38 @@ mod tests {
         assert!(!b.record_failure(t));
         assert!(!b.record_failure(t));
         assert!(b.record_failure(t), "the third consecutive failure opens it");
-        assert_eq!(b.allow(t + Duration::from_secs(10)), Err(Duration::from_secs(50)));
+        assert_eq!(b.allow(t + Duration::from_secs(10)), Admission::Wait(Duration::from_secs(50)));
     }
 
     #[test]
-    fn half_open_after_cooldown_closes_after_m_successes_or_reopens_on_failure() {
+    fn half_open_hands_out_one_probe_at_a_time_and_closes_after_m_healthy_probes() {
         let b = breaker();
         let t = Instant::now();
         (0..3).for_each(|_| {
             b.record_failure(t);
         });
         let later = t + Duration::from_secs(60);
-        assert_eq!(b.allow(later), Ok(()));
-        assert_eq!(b.state(), BreakerState::HalfOpen { successes: 0 });
-        b.record_success();
-        assert_eq!(b.state(), BreakerState::HalfOpen { successes: 1 });
-        b.record_success();
+        assert_eq!(b.allow(later), Admission::Probe, "the first caller after the cool-down probes");
+        assert_eq!(b.allow(later), Admission::Wait(PROBE_POLL), "everyone else stays parked");
+        b.record_probe(true, later);
+        assert_eq!(b.state(), BreakerState::HalfOpen { successes: 1, probing: false });
+        assert_eq!(b.allow(later), Admission::Probe);
+        b.record_probe(true, later);
         assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 0 });
+        assert_eq!(b.allow(later), Admission::Go);
+    }
 
+    #[test]
+    fn a_failed_probe_opens_it_again_and_late_failures_do_not_extend_it() {
+        let b = breaker();
+        let t = Instant::now();
         (0..3).for_each(|_| {
-            b.record_failure(later);
+            b.record_failure(t);
         });
-        let trial = later + Duration::from_secs(61);
-        assert_eq!(b.allow(trial), Ok(()));
-        assert!(b.record_failure(trial), "a failed trial opens it again");
-        assert!(b.allow(trial).is_err());
+        assert!(!b.record_failure(t + Duration::from_secs(1)), "a call admitted earlier failing changes nothing");
+        let trial = t + Duration::from_secs(61);
+        assert_eq!(b.allow(trial), Admission::Probe);
+        b.record_probe(false, trial);
+        assert_eq!(b.allow(trial), Admission::Wait(Duration::from_secs(60)));
     }
 }

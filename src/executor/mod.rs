@@ -27,7 +27,10 @@ use crate::engine::{Next, Record, ResolveDecision, Saga, SagaDefinition, Status}
 use crate::index::{Index, SagaRecord};
 use crate::journal::{self, Journal};
 use crate::participant::{Applied, Direction, Participant, StepKey};
-use breaker::{Breaker, BreakerConfig};
+use breaker::{Admission, Breaker, BreakerConfig};
+
+/// How long a circuit breaker's health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a saga looks like from outside: its state, plus whether it is parked.
 #[derive(Debug, Clone, PartialEq)]
@@ -457,21 +460,29 @@ impl SagaTask {
         }
     }
 
-    /// Waits while the participant's breaker is open. Returns false if a control record arrived
-    /// (the caller re-plans).
+    /// Waits while the participant's breaker is open, running its health probe when handed the
+    /// probe slot. Returns false if a control record arrived (the caller re-plans).
     async fn wait_for_breaker(&mut self, participant: &str) -> bool {
         let exec = self.exec.clone();
         let Some(breaker) = exec.inner.breakers.get(participant) else { return true };
         loop {
             match breaker.allow(tokio::time::Instant::now()) {
-                Ok(()) => {
+                Admission::Probe => {
+                    let healthy = match exec.inner.participants.get(participant) {
+                        Some(p) => matches!(tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await, Ok(Ok(()))),
+                        None => false,
+                    };
+                    tracing::info!(participant, healthy, "circuit breaker health probe");
+                    breaker.record_probe(healthy, tokio::time::Instant::now());
+                }
+                Admission::Go => {
                     if self.parked_on.take().is_some() {
                         tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
                     }
                     return true;
                 }
-                Err(wait) => {
+                Admission::Wait(wait) => {
                     if self.parked_on.is_none() {
                         tracing::warn!(saga = %self.saga.id, participant, "parked: circuit breaker is open");
                         self.parked_on = Some(participant.to_owned());
@@ -617,6 +628,9 @@ impl SagaTask {
             let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
                 Ok(Ok(found)) => Some(found),
                 Ok(Err(e)) if !e.is_retryable() => {
+                    if let Some(b) = self.exec.inner.breakers.get(&name) {
+                        b.record_success();
+                    }
                     let error = format!("cannot read marker: {e}");
                     let record = Failed {
                         saga,

@@ -89,6 +89,12 @@ impl Duckdb {
     }
 }
 
+impl std::fmt::Debug for Duckdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Duckdb").field("name", &self.name).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
 impl Participant for Duckdb {
     fn name(&self) -> &str {
         &self.name

@@ -127,6 +127,12 @@ enum Plan {
     Noop,
 }
 
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").field("name", &self.name).field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
 impl Participant for Fs {
     fn name(&self) -> &str {
         &self.name

@@ -102,6 +102,13 @@ impl Postgres {
     }
 }
 
+/// Shows the name only: the conninfo may hold a password.
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 impl Participant for Postgres {
     fn name(&self) -> &str {
         &self.name

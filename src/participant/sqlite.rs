@@ -109,6 +109,12 @@ impl Sqlite {
     }
 }
 
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sqlite").field("name", &self.name).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
 impl Participant for Sqlite {
     fn name(&self) -> &str {
         &self.name
@@ -155,7 +161,9 @@ impl Participant for Sqlite {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.run(|name, conn| {
-            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, "probe", &e))?;
+            // A read succeeds even while another connection holds the write lock (WAL mode), so
+            // the probe takes the write lock and lets it go: that is what a step will need.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK").map_err(|e| classify(name, "probe", &e))?;
             Ok(())
         }))
     }
@@ -176,9 +184,13 @@ fn apply_blocking(
         return Ok(Applied::AlreadyApplied);
     }
     if let Some((sql, args)) = statement {
-        let mut stmt = tx.prepare_cached(&sql).map_err(|e| classify(name, "prepare statement", &e))?;
-        stmt.execute(params_from_iter(args.iter().map(to_sqlite)))
-            .map_err(|e| classify(name, &format!("step {key}"), &e))?;
+        let context = format!("step {key}");
+        let mut stmt = tx.prepare_cached(&sql).map_err(|e| classify(name, &context, &e))?;
+        // Stepping through the rows (rather than `execute`) also runs `… RETURNING` statements
+        // to completion; what they return is not kept.
+        let mut rows =
+            stmt.query(params_from_iter(args.iter().map(to_sqlite))).map_err(|e| classify(name, &context, &e))?;
+        while rows.next().map_err(|e| classify(name, &context, &e))?.is_some() {}
     }
     let insert =
         format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)");

@@ -1,0 +1,637 @@
+//! The participant contract, proven once for every participant kind.
+//!
+//! `cases` holds the behaviours, each written once against `&dyn Participant`; a [`Harness`]
+//! supplies what differs per kind: the text of the effect statement (`?1` for SQLite and
+//! DuckDB, `$1` for PostgreSQL, a file put for the file participant) and a way to count effect
+//! rows behind the participant's back. The `common_suite!`/`sql_suite!` macros instantiate
+//! the cases for each kind; kind-specific tests follow in each kind's module.
+//!
+//! PostgreSQL tests use `SAGALOG_TEST_POSTGRES` (libpq conninfo, default
+//! `host=127.0.0.1 port=5432 user=postgres dbname=test`). Without a server they print
+//! `SKIPPED` and pass, unless `SAGALOG_REQUIRE_POSTGRES=1`. Every harness uses its own effect
+//! table and saga ids with a random suffix, so tests run in parallel against one database.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sagalog::engine::Value;
+#[cfg(feature = "duckdb")]
+use sagalog::participant::duckdb::Duckdb;
+use sagalog::participant::fs::Fs;
+use sagalog::participant::memory::Memory;
+use sagalog::participant::postgres::Postgres;
+use sagalog::participant::sqlite::Sqlite;
+use sagalog::participant::{Applied, Direction, ErrorKind, Operation, Participant, StepKey};
+
+const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// How a kind's effects are inspected directly, bypassing the participant.
+enum Effects {
+    Sqlite(PathBuf),
+    #[cfg(feature = "duckdb")]
+    Duckdb(Arc<Duckdb>),
+    Postgres(tokio_postgres::Client),
+    Fs(PathBuf),
+    Memory(Memory),
+}
+
+/// One participant under test, with its effect table (or directory) and a unique run id.
+struct Harness {
+    participant: Arc<dyn Participant>,
+    effects: Effects,
+    table: String,
+    run_id: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    fn p(&self) -> &dyn Participant {
+        &*self.participant
+    }
+
+    /// A key whose saga id is unique to this harness.
+    fn key(&self, saga: &str, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: format!("{saga}-{}", self.run_id), step, direction }
+    }
+
+    fn is_sql(&self) -> bool {
+        !matches!(self.effects, Effects::Fs(_) | Effects::Memory(_))
+    }
+
+    /// The operation that creates effect row `id` (a file `effects/<id>` for the file kind).
+    fn insert(&self, id: i64, note: &str) -> Operation {
+        self.insert_value(id, Value::Text(note.to_owned()))
+    }
+
+    fn insert_value(&self, id: i64, note: Value) -> Operation {
+        let args = vec![Value::Int(id), note];
+        let sql = match &self.effects {
+            Effects::Postgres(_) => format!("INSERT INTO {} (id, note) VALUES ($1, $2)", self.table),
+            Effects::Fs(_) => {
+                let contents = match &args[1] {
+                    Value::Text(s) => s.clone().into_bytes(),
+                    other => format!("{other:?}").into_bytes(),
+                };
+                return Operation::FilePut { path: format!("effects/{id}"), contents };
+            }
+            _ => format!("INSERT INTO {} (id, note) VALUES (?1, ?2)", self.table),
+        };
+        Operation::Sql { sql, args }
+    }
+
+    /// How many effect rows with `id` exist (for the memory kind: how many effects `saga_id` has).
+    async fn count(&self, saga_id: &str, id: i64) -> i64 {
+        let sql = format!("SELECT count(*) FROM {} WHERE id = ?1", self.table);
+        match &self.effects {
+            Effects::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.query_row(&sql, [id], |r| r.get(0)).unwrap()
+            }
+            #[cfg(feature = "duckdb")]
+            Effects::Duckdb(db) => db.connection().unwrap().query_row(&sql, [id], |r| r.get(0)).unwrap(),
+            Effects::Postgres(client) => {
+                let sql = format!("SELECT count(*) FROM {} WHERE id = $1", self.table);
+                client.query_one(&sql, &[&id]).await.unwrap().get(0)
+            }
+            Effects::Fs(root) => i64::from(root.join("effects").join(id.to_string()).exists()),
+            Effects::Memory(memory) => i64::try_from(memory.effects(saga_id).len()).unwrap(),
+        }
+    }
+
+    /// The stored note of effect row `id` (SQL kinds only).
+    async fn note(&self, id: i64) -> Option<String> {
+        let sql = format!("SELECT note FROM {} WHERE id = ?1", self.table);
+        match &self.effects {
+            Effects::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.query_row(&sql, [id], |r| r.get(0)).unwrap()
+            }
+            #[cfg(feature = "duckdb")]
+            Effects::Duckdb(db) => db.connection().unwrap().query_row(&sql, [id], |r| r.get(0)).unwrap(),
+            Effects::Postgres(client) => {
+                let sql = format!("SELECT note FROM {} WHERE id = $1", self.table);
+                client.query_one(&sql, &[&id]).await.unwrap().get(0)
+            }
+            Effects::Fs(_) | Effects::Memory(_) => panic!("note() is for SQL participants"),
+        }
+    }
+
+    /// Drops what this harness created in a shared database.
+    async fn finish(self) {
+        if let Effects::Postgres(client) = &self.effects {
+            client.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.unwrap();
+            let pattern = format!("%-{}", self.run_id);
+            client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
+        }
+    }
+}
+
+fn run_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn effect_table_ddl(table: &str) -> String {
+    format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT)")
+}
+
+async fn make_sqlite() -> Option<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("participant.sqlite");
+    let sqlite = Sqlite::open("sqlite", &path, 4).unwrap();
+    let (run_id, table) = (run_id(), "effects".to_owned());
+    rusqlite::Connection::open(&path).unwrap().execute_batch(&effect_table_ddl(&table)).unwrap();
+    Some(Harness { participant: Arc::new(sqlite), effects: Effects::Sqlite(path), table, run_id, _dir: Some(dir) })
+}
+
+#[cfg(feature = "duckdb")]
+async fn make_duckdb() -> Option<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let duckdb = Arc::new(Duckdb::open("duckdb", dir.path().join("participant.duckdb"), 4).unwrap());
+    let (run_id, table) = (run_id(), "effects".to_owned());
+    duckdb.connection().unwrap().execute_batch(&effect_table_ddl(&table)).unwrap();
+    Some(Harness { participant: duckdb.clone(), effects: Effects::Duckdb(duckdb), table, run_id, _dir: Some(dir) })
+}
+
+async fn make_fs() -> Option<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::open("fs", dir.path().to_path_buf()).unwrap();
+    Some(Harness {
+        participant: Arc::new(fs),
+        effects: Effects::Fs(dir.path().to_path_buf()),
+        table: "effects".to_owned(),
+        run_id: run_id(),
+        _dir: Some(dir),
+    })
+}
+
+async fn make_memory() -> Option<Harness> {
+    let memory = Memory::new("memory");
+    Some(Harness {
+        participant: Arc::new(memory.clone()),
+        effects: Effects::Memory(memory),
+        table: "effects".to_owned(),
+        run_id: run_id(),
+        _dir: None,
+    })
+}
+
+fn postgres_conninfo() -> String {
+    std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
+}
+
+/// A direct client to the test server, or `None` (after a loud notice) when none answers.
+async fn postgres_client() -> Option<tokio_postgres::Client> {
+    let conninfo = postgres_conninfo();
+    let connected =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+    match connected {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            Some(client)
+        }
+        Err(e) if std::env::var("SAGALOG_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+            panic!("SAGALOG_REQUIRE_POSTGRES=1 but no PostgreSQL at {conninfo:?}: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: participant conformance test: no PostgreSQL at {conninfo:?} ({e})");
+            None
+        }
+    }
+}
+
+async fn make_postgres() -> Option<Harness> {
+    let client = postgres_client().await?;
+    let run_id = run_id();
+    let table = format!("sagalog_conformance_{run_id}");
+    client.batch_execute(&effect_table_ddl(&table)).await.unwrap();
+    let postgres = Postgres::connect("postgres", &postgres_conninfo(), 4).unwrap();
+    Some(Harness { participant: Arc::new(postgres), effects: Effects::Postgres(client), table, run_id, _dir: None })
+}
+
+fn assert_permanent<T: std::fmt::Debug>(result: Result<T, sagalog::participant::Error>) -> String {
+    match result {
+        Err(e) if e.kind == ErrorKind::Permanent => e.message,
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+/// The behaviours every participant shares, written once.
+mod cases {
+    use super::*;
+    use Direction::{Compensate, Forward};
+
+    pub async fn apply_then_lookup(h: &Harness) {
+        let key = h.key("lookup", 0, Forward);
+        assert_eq!(h.p().apply(&key, &h.insert(1, "one")).await.unwrap(), Applied::Applied);
+        assert!(h.p().lookup_marker(&key).await.unwrap());
+        assert_eq!(h.count(&key.saga_id, 1).await, 1);
+    }
+
+    pub async fn second_apply_is_already_applied(h: &Harness) {
+        let key = h.key("twice", 0, Forward);
+        let op = h.insert(2, "two");
+        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.count(&key.saga_id, 2).await, 1);
+    }
+
+    pub async fn directions_are_distinct_keys(h: &Harness) {
+        let forward = h.key("directions", 3, Forward);
+        let compensate = h.key("directions", 3, Compensate);
+        assert_eq!(h.p().apply(&forward, &h.insert(3, "forward")).await.unwrap(), Applied::Applied);
+        assert!(!h.p().lookup_marker(&compensate).await.unwrap());
+        assert_eq!(h.p().apply(&compensate, &h.insert(4, "compensate")).await.unwrap(), Applied::Applied);
+        assert!(h.p().lookup_marker(&forward).await.unwrap());
+        assert!(h.p().lookup_marker(&compensate).await.unwrap());
+    }
+
+    pub async fn lookup_unknown_key_is_false(h: &Harness) {
+        assert!(!h.p().lookup_marker(&h.key("unknown", 0, Forward)).await.unwrap());
+        assert!(!h.p().lookup_marker(&h.key("unknown", u32::MAX / 2, Compensate)).await.unwrap());
+    }
+
+    pub async fn markers_lists_exactly_what_was_applied(h: &Harness) {
+        let listed = h.key("listed", 0, Forward).saga_id;
+        assert_eq!(h.p().markers(&listed).await.unwrap(), vec![]);
+        for (step, direction) in [(0, Forward), (1, Forward), (1, Compensate), (2, Forward)] {
+            h.p().apply(&h.key("listed", step, direction), &Operation::Noop).await.unwrap();
+        }
+        h.p().apply(&h.key("other", 5, Forward), &Operation::Noop).await.unwrap();
+        let mut markers = h.p().markers(&listed).await.unwrap();
+        markers.sort();
+        assert_eq!(markers, vec![(0, Forward), (1, Forward), (1, Compensate), (2, Forward)]);
+    }
+
+    pub async fn probe_succeeds(h: &Harness) {
+        h.p().probe().await.unwrap();
+    }
+
+    pub async fn noop_records_only_the_marker(h: &Harness) {
+        let key = h.key("noop", 0, Forward);
+        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied);
+        assert!(h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    pub async fn concurrent_applies_of_one_key_apply_once(h: &Harness) {
+        let key = h.key("race", 0, Forward);
+        let op = h.insert(5, "race");
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (p, key, op) = (Arc::clone(&h.participant), key.clone(), op.clone());
+            tasks.spawn(async move { p.apply(&key, &op).await });
+        }
+        let mut applied = 0;
+        while let Some(result) = tasks.join_next().await {
+            if result.unwrap().unwrap() == Applied::Applied {
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 1, "exactly one concurrent apply commits");
+        assert_eq!(h.count(&key.saga_id, 5).await, 1);
+    }
+
+    pub async fn constraint_violation_is_permanent_and_leaves_no_marker(h: &Harness) {
+        assert!(h.is_sql());
+        let first = h.key("constraint", 0, Forward);
+        let second = h.key("constraint", 1, Forward);
+        h.p().apply(&first, &h.insert(6, "first")).await.unwrap();
+        assert_permanent(h.p().apply(&second, &h.insert(6, "duplicate")).await);
+        assert!(!h.p().lookup_marker(&second).await.unwrap(), "the failed transaction rolled its marker back");
+        assert_eq!(h.count(&second.saga_id, 6).await, 1);
+        assert_eq!(h.note(6).await.as_deref(), Some("first"));
+    }
+
+    pub async fn bad_sql_is_permanent(h: &Harness) {
+        let statements = ["INSRT INTO nowhere VALUES (1)", "INSERT INTO no_such_table_sagalog (id) VALUES (1)"];
+        for (step, sql) in (0..).zip(statements) {
+            let key = h.key("bad-sql", step, Forward);
+            let op = Operation::Sql { sql: sql.to_owned(), args: vec![] };
+            assert_permanent(h.p().apply(&key, &op).await);
+            assert!(!h.p().lookup_marker(&key).await.unwrap());
+        }
+    }
+
+    pub async fn parameters_are_bound_not_pasted(h: &Harness) {
+        let hostile = format!("x'); DROP TABLE {}; --", h.table);
+        let key = h.key("injection", 0, Forward);
+        h.p().apply(&key, &h.insert(7, &hostile)).await.unwrap();
+        assert_eq!(h.note(7).await, Some(hostile), "stored verbatim");
+        assert_eq!(h.count(&key.saga_id, 7).await, 1, "the table is still there");
+    }
+
+    pub async fn null_binds_as_sql_null(h: &Harness) {
+        let key = h.key("null", 0, Forward);
+        h.p().apply(&key, &h.insert_value(8, Value::Null)).await.unwrap();
+        assert_eq!(h.note(8).await, None);
+        assert_eq!(h.count(&key.saga_id, 8).await, 1);
+    }
+
+    pub async fn returning_statement_commits(h: &Harness) {
+        let key = h.key("returning", 0, Forward);
+        let Operation::Sql { sql, args } = h.insert(9, "returned") else { unreachable!("SQL kinds only") };
+        let op = Operation::Sql { sql: format!("{sql} RETURNING id"), args };
+        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.count(&key.saga_id, 9).await, 1);
+        assert!(h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    pub async fn file_operation_is_permanent(h: &Harness) {
+        let key = h.key("file-op", 0, Forward);
+        let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
+        assert_permanent(h.p().apply(&key, &op).await);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+    }
+}
+
+/// Expands each named case into a `#[tokio::test]` against the harness `$make` builds.
+macro_rules! case_tests {
+    ($make:path => $( $(#[$doc:meta])* $case:ident ),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let Some(h) = $make().await else { return };
+                crate::cases::$case(&h).await;
+                h.finish().await;
+            }
+        )*
+    };
+}
+
+/// The cases every participant kind must pass.
+macro_rules! common_suite {
+    ($make:path) => {
+        case_tests! { $make =>
+            /// An applied step's marker is found and its effect exists exactly once.
+            apply_then_lookup,
+            /// Applying the same key again changes nothing and reports AlreadyApplied.
+            second_apply_is_already_applied,
+            /// A step's forward and compensate markers are separate keys.
+            directions_are_distinct_keys,
+            /// lookup_marker of a key never applied is false.
+            lookup_unknown_key_is_false,
+            /// markers(saga) lists exactly the applied (step, direction) pairs of that saga.
+            markers_lists_exactly_what_was_applied,
+            /// probe succeeds against a healthy participant.
+            probe_succeeds,
+            /// A Noop records its marker and is idempotent like any operation.
+            noop_records_only_the_marker,
+            /// Of concurrent applies of one key exactly one commits; the effect exists once.
+            concurrent_applies_of_one_key_apply_once,
+        }
+    };
+}
+
+/// The cases every SQL participant kind must pass.
+macro_rules! sql_suite {
+    ($make:path) => {
+        case_tests! { $make =>
+            /// A constraint violation is permanent and rolls the marker back with the statement.
+            constraint_violation_is_permanent_and_leaves_no_marker,
+            /// A syntax error or a missing table is permanent and records no marker.
+            bad_sql_is_permanent,
+            /// A hostile text parameter is stored verbatim: parameters are bound, not pasted.
+            parameters_are_bound_not_pasted,
+            /// A Null value binds as SQL NULL into a text column.
+            null_binds_as_sql_null,
+            /// A statement that returns rows (`… RETURNING`) runs and commits with its marker.
+            returning_statement_commits,
+            /// A file operation sent to a SQL participant is permanent and records no marker.
+            file_operation_is_permanent,
+        }
+    };
+}
+
+mod memory {
+    common_suite!(super::make_memory);
+}
+
+mod sqlite {
+    use super::*;
+
+    common_suite!(super::make_sqlite);
+    sql_suite!(super::make_sqlite);
+
+    /// A write lock held past the busy timeout by another connection gives a retryable error,
+    /// and the same apply succeeds once the lock is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locked_database_is_retryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.sqlite");
+        let sqlite = Sqlite::open("sqlite", &path, 2).unwrap().with_busy_timeout(Duration::from_millis(100));
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let key = StepKey { saga_id: "locked".to_owned(), step: 0, direction: Direction::Forward };
+        let error = sqlite.apply(&key, &Operation::Noop).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(sqlite.apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+    }
+
+    /// quick_check reports "ok" for a database the participant has written.
+    #[tokio::test]
+    async fn quick_check_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Sqlite::open("sqlite", dir.path().join("check.sqlite"), 1).unwrap();
+        let key = StepKey { saga_id: "check".to_owned(), step: 0, direction: Direction::Forward };
+        sqlite.apply(&key, &Operation::Noop).await.unwrap();
+        assert_eq!(sqlite.quick_check().await.unwrap(), "ok");
+    }
+
+    /// A pool size of zero is refused as a permanent error.
+    #[test]
+    fn zero_pool_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_permanent(Sqlite::open("sqlite", dir.path().join("zero.sqlite"), 0));
+    }
+}
+
+#[cfg(feature = "duckdb")]
+mod duckdb {
+    common_suite!(super::make_duckdb);
+    sql_suite!(super::make_duckdb);
+}
+
+mod postgres {
+    use super::*;
+
+    common_suite!(super::make_postgres);
+    sql_suite!(super::make_postgres);
+
+    /// A server that does not answer makes probe and apply fail as retryable, not permanent.
+    #[tokio::test]
+    async fn unreachable_server_is_retryable() {
+        let postgres = Postgres::connect("down", "host=127.0.0.1 port=1 user=nobody connect_timeout=2", 1).unwrap();
+        let error = postgres.probe().await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
+        let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward };
+        let error = postgres.apply(&key, &Operation::Noop).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
+    }
+
+    /// A malformed conninfo is a permanent error at construction.
+    #[test]
+    fn malformed_conninfo_is_permanent() {
+        assert_permanent(Postgres::connect("bad", "host='unterminated", 1));
+    }
+
+    /// An Int too large for an `integer` parameter is refused before it reaches the server,
+    /// and the marker is rolled back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn int_out_of_range_for_integer_is_permanent() {
+        let Some(h) = make_postgres().await else { return };
+        let key = h.key("range", 0, Direction::Forward);
+        let sql = format!("INSERT INTO {} (id, note) VALUES ($1::integer, $2)", h.table);
+        let op = Operation::Sql { sql, args: vec![Value::Int(1 << 40), Value::Text("big".to_owned())] };
+        let message = assert_permanent(h.p().apply(&key, &op).await);
+        assert!(message.contains("$1"), "{message}");
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+        h.finish().await;
+    }
+}
+
+mod fs {
+    use super::*;
+
+    async fn read(h: &Harness, relative: &str) -> Option<Vec<u8>> {
+        let Effects::Fs(root) = &h.effects else { unreachable!() };
+        std::fs::read(root.join(relative)).ok()
+    }
+
+    fn root(h: &Harness) -> &Path {
+        let Effects::Fs(root) = &h.effects else { unreachable!() };
+        root
+    }
+
+    fn put(path: &str, contents: &str) -> Operation {
+        Operation::FilePut { path: path.to_owned(), contents: contents.as_bytes().to_vec() }
+    }
+
+    common_suite!(super::make_fs);
+
+    /// Put, copy and delete take visible effect, creating directories as needed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn put_copy_delete_are_visible() {
+        let h = make_fs().await.unwrap();
+        h.p().apply(&h.key("files", 0, Direction::Forward), &put("a/b/c.txt", "hello")).await.unwrap();
+        assert_eq!(read(&h, "a/b/c.txt").await.as_deref(), Some(&b"hello"[..]));
+        let copy = Operation::FileCopy { from: "a/b/c.txt".to_owned(), to: "d/e.txt".to_owned() };
+        h.p().apply(&h.key("files", 1, Direction::Forward), &copy).await.unwrap();
+        assert_eq!(read(&h, "d/e.txt").await.as_deref(), Some(&b"hello"[..]));
+        let delete = Operation::FileDelete { path: "a/b/c.txt".to_owned() };
+        h.p().apply(&h.key("files", 2, Direction::Forward), &delete).await.unwrap();
+        assert_eq!(read(&h, "a/b/c.txt").await, None);
+        let leftovers: Vec<_> =
+            walk(root(&h)).into_iter().filter(|p| p.to_string_lossy().contains(".sagalog-tmp-")).collect();
+        assert!(leftovers.is_empty(), "no temporary files remain: {leftovers:?}");
+    }
+
+    /// A put over an existing file replaces its contents.
+    #[tokio::test]
+    async fn put_replaces_existing_file() {
+        let h = make_fs().await.unwrap();
+        h.p().apply(&h.key("replace", 0, Direction::Forward), &put("f", "old")).await.unwrap();
+        h.p().apply(&h.key("replace", 1, Direction::Forward), &put("f", "new")).await.unwrap();
+        assert_eq!(read(&h, "f").await.as_deref(), Some(&b"new"[..]));
+    }
+
+    /// Deleting a file that does not exist succeeds and records the marker.
+    #[tokio::test]
+    async fn delete_of_missing_file_succeeds() {
+        let h = make_fs().await.unwrap();
+        let key = h.key("delete-missing", 0, Direction::Compensate);
+        let delete = Operation::FileDelete { path: "never/was.txt".to_owned() };
+        assert_eq!(h.p().apply(&key, &delete).await.unwrap(), Applied::Applied);
+        assert!(h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    /// Copying from a source that does not exist is permanent and records no marker.
+    #[tokio::test]
+    async fn copy_of_missing_source_is_permanent() {
+        let h = make_fs().await.unwrap();
+        let key = h.key("copy-missing", 0, Direction::Forward);
+        let copy = Operation::FileCopy { from: "nope".to_owned(), to: "x".to_owned() };
+        let message = assert_permanent(h.p().apply(&key, &copy).await);
+        assert!(message.contains("nope"), "{message}");
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    /// Paths that are empty, absolute, climb out of the root or reach into the marker
+    /// directory are refused as permanent errors, touching nothing.
+    #[tokio::test]
+    async fn path_traversal_is_refused() {
+        let h = make_fs().await.unwrap();
+        let bad = ["../x", "/etc/passwd", "a/../../x", "a/..", "", "./a", ".sagalog-markers/x/0.forward"];
+        for (step, path) in (0..).zip(bad) {
+            let key = h.key("traversal", step, Direction::Forward);
+            let message = assert_permanent(h.p().apply(&key, &put(path, "evil")).await);
+            assert!(message.contains(&format!("{path:?}")), "the error names the path: {message}");
+            assert!(!h.p().lookup_marker(&key).await.unwrap());
+            let copy = Operation::FileCopy { from: path.to_owned(), to: "stolen".to_owned() };
+            assert_permanent(h.p().apply(&key, &copy).await);
+        }
+        assert!(!root(&h).parent().unwrap().join("x").exists());
+        assert_eq!(read(&h, "stolen").await, None);
+    }
+
+    /// With the marker present, apply touches nothing: a changed file stays changed.
+    #[tokio::test]
+    async fn already_applied_touches_nothing() {
+        let h = make_fs().await.unwrap();
+        let key = h.key("untouched", 0, Direction::Forward);
+        h.p().apply(&key, &put("f", "ours")).await.unwrap();
+        std::fs::write(root(&h).join("f"), "changed since").unwrap();
+        assert_eq!(h.p().apply(&key, &put("f", "ours")).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(read(&h, "f").await.as_deref(), Some(&b"changed since"[..]));
+    }
+
+    /// A saga id that is not a safe directory name is encoded: its markers stay inside the
+    /// marker directory and are listed like any other.
+    #[tokio::test]
+    async fn unsafe_saga_id_is_encoded() {
+        let h = make_fs().await.unwrap();
+        for saga_id in ["../../escape", "a/b c", ".", ""] {
+            let key = StepKey { saga_id: saga_id.to_owned(), step: 4, direction: Direction::Forward };
+            assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+            assert!(h.p().lookup_marker(&key).await.unwrap());
+            assert_eq!(h.p().markers(saga_id).await.unwrap(), vec![(4, Direction::Forward)]);
+        }
+        let outside: Vec<_> =
+            walk(root(&h)).into_iter().filter(|p| !p.starts_with(root(&h).join(".sagalog-markers"))).collect();
+        assert!(outside.is_empty(), "markers stay in the marker directory: {outside:?}");
+    }
+
+    /// A SQL statement sent to the file participant is permanent and records no marker.
+    #[tokio::test]
+    async fn sql_operation_is_permanent() {
+        let h = make_fs().await.unwrap();
+        let key = h.key("sql", 0, Direction::Forward);
+        assert_permanent(h.p().apply(&key, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    /// A root that does not exist is refused as a permanent error.
+    #[test]
+    fn missing_root_is_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_permanent(Fs::open("fs", dir.path().join("absent")));
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found
+    }
+}
