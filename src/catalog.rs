@@ -297,21 +297,24 @@ participant = "ledger"
 params = { run_id = "text", job = "text", rows = "int" }
 forward = { sql = "INSERT INTO executions (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
 compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
-timeout_ms = 10000
+retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
+timeout_ms = 30000
 
 [actions.store_results]
 participant = "warehouse"
 params = { run_id = "text", job = "text", rows = "int" }
 forward = { sql = "INSERT INTO results (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
 compensate = { sql = "DELETE FROM results WHERE run_id = ?1", args = ["run_id"] }
-timeout_ms = 10000
+retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
+timeout_ms = 30000
 
 [actions.write_artifact]
 participant = "artifacts"
 params = { run_id = "text", report = "text" }
 forward = { put = "runs/{run_id}.json", contents = "report" }
 compensate = { delete = "runs/{run_id}.json" }
-timeout_ms = 10000
+retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
+timeout_ms = 30000
 "#;
 
 /// The demo saga of the embedded default, for run `run_id`. Two values of `rows` fail on

@@ -71,10 +71,14 @@ fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
         .output()
         .unwrap();
     assert!(out.status.success(), "settle: {}", String::from_utf8_lossy(&out.stderr));
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
     let statuses: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| match l.split(' ').collect::<Vec<_>>().as_slice() {
-            ["saga", id, status] => Some((id.to_string(), status.to_string())),
+        .filter_map(|l| match l.splitn(4, ' ').collect::<Vec<_>>().as_slice() {
+            ["saga", id, status, reason] => {
+                reasons.insert(id.to_string(), reason.to_string());
+                Some((id.to_string(), status.to_string()))
+            }
             _ => None,
         })
         .collect();
@@ -88,7 +92,7 @@ fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
     let duck_markers = markers_duck(&warehouse);
     for (id, expect) in &acked {
         let status = statuses.get(id).unwrap_or_else(|| panic!("acknowledged saga {id} is unknown after recovery"));
-        assert_eq!(status, expect, "saga {id}");
+        assert_eq!(status, expect, "saga {id} (compensation reason: {:?})", reasons.get(id));
         let artifact = d.join("artifacts/runs").join(format!("{id}.json")).exists();
         match expect.as_str() {
             "COMPLETED" => {

@@ -26,7 +26,7 @@ pub enum DebugCommand {
         concurrency: u64,
     },
     /// Start a node (recovering), wait until every saga is COMPLETED, COMPENSATED or STUCK,
-    /// print `saga <id> <STATUS>` for each, and exit.
+    /// print `saga <id> <STATUS> <compensation reason or ->` for each, and exit.
     Settle {
         #[arg(long)]
         data_dir: PathBuf,
@@ -103,14 +103,15 @@ async fn settle(data_dir: PathBuf, config: Option<PathBuf>, timeout_secs: u64) -
         let settled = all.iter().all(|s| s.status.is_terminal() || s.status == crate::engine::Status::Stuck);
         if settled || tokio::time::Instant::now() >= deadline {
             for s in &all {
-                println!("saga {} {}", s.saga.id, s.status.as_str());
+                let reason = s.saga.compensation_reason.as_deref().unwrap_or("-");
+                println!("saga {} {} {reason}", s.saga.id, s.status.as_str());
             }
             let mut token: Option<String> = None;
             loop {
                 let filter = crate::index::ListFilter::default();
                 let (page, next) = node.index.list(&filter, token.as_deref(), 1000)?;
                 for r in page {
-                    println!("saga {} {}", r.id, r.status);
+                    println!("saga {} {} {}", r.id, r.status, r.compensation_reason.as_deref().unwrap_or("-"));
                 }
                 match next {
                     Some(t) => token = Some(t),
