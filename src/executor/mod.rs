@@ -23,10 +23,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::catalog::{Catalog, RetryConfig, ValidationError};
 use crate::engine::record::{CancelRequested, Failed, Finished, Resolved, Started, Submitted, Succeeded};
-use crate::engine::{Next, Record, ResolveDecision, Saga, SagaDefinition, Status};
+use crate::engine::{Next, Record, ResolveDecision, Saga, SagaDefinition, Status, StepCall};
 use crate::index::{Index, SagaRecord};
 use crate::journal::{self, Journal};
-use crate::participant::{Applied, Direction, Participant, StepKey};
+use crate::participant::{Applied, Direction, Operation, Participant, StepKey};
 use breaker::{Admission, Breaker, BreakerConfig};
 
 /// How long a circuit breaker's health probe may take.
@@ -507,27 +507,12 @@ impl SagaTask {
     ) -> Result<(), journal::Error> {
         let saga = self.saga.id.clone();
         let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
-        let resolved = self.exec.inner.catalog.operation(&call, direction).and_then(|(name, op)| {
-            let participant = self.exec.inner.participants.get(&name).cloned();
-            participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
-        });
-        let (participant_name, participant, op) = match resolved {
+        let (participant_name, participant, op) = match self.participant_for(&call, direction) {
             Ok(found) => found,
+            // The action or participant vanished from the config since submission: no attempt
+            // can succeed. Journaled as a permanent failure of this attempt.
             Err(error) => {
-                // The action or participant vanished from the config since submission: no
-                // attempt can succeed. Journaled as a permanent failure of this attempt.
-                let error = format!("cannot run step: {error}");
-                let record = Failed {
-                    saga,
-                    step,
-                    direction,
-                    attempt,
-                    error,
-                    retryable: false,
-                    maybe_applied: false,
-                    at_ms: now_ms(),
-                };
-                return self.journal(Record::StepFailed(record)).await;
+                return self.fail_for_good(step, direction, attempt, format!("cannot run step: {error}"), false).await;
             }
         };
         let (retry, timeout) =
@@ -571,6 +556,32 @@ impl SagaTask {
         self.journal(record).await
     }
 
+    /// The participant and concrete operation of a step, or why there is none.
+    fn participant_for(
+        &self,
+        call: &StepCall,
+        direction: Direction,
+    ) -> Result<(String, Arc<dyn Participant>, Operation), String> {
+        let (name, op) = self.exec.inner.catalog.operation(call, direction)?;
+        let participant = self.exec.inner.participants.get(&name).cloned();
+        participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
+    }
+
+    /// Journals a failure that no retry can fix (the saga compensates, or is STUCK if this was
+    /// a compensation).
+    async fn fail_for_good(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        attempt: u32,
+        error: String,
+        maybe_applied: bool,
+    ) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let record = Failed { saga, step, direction, attempt, error, retryable: false, maybe_applied, at_ms: now_ms() };
+        self.journal(Record::StepFailed(record)).await
+    }
+
     fn record_breaker(&self, participant: &str, outcome: &Attempt) {
         let Some(breaker) = self.exec.inner.breakers.get(participant) else { return };
         match outcome {
@@ -588,33 +599,11 @@ impl SagaTask {
     async fn resolve(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
         let saga = self.saga.id.clone();
         let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
-        let Ok((name, _)) = self.exec.inner.catalog.operation(&call, direction) else {
-            let error = "cannot resolve step: its action is no longer configured".to_owned();
-            let record = Failed {
-                saga,
-                step,
-                direction,
-                attempt: 0,
-                error,
-                retryable: false,
-                maybe_applied: false,
-                at_ms: now_ms(),
-            };
-            return self.journal(Record::StepFailed(record)).await;
-        };
-        let Some(participant) = self.exec.inner.participants.get(&name).cloned() else {
-            let error = format!("cannot resolve step: participant {name:?} is not configured");
-            let record = Failed {
-                saga,
-                step,
-                direction,
-                attempt: 0,
-                error,
-                retryable: false,
-                maybe_applied: false,
-                at_ms: now_ms(),
-            };
-            return self.journal(Record::StepFailed(record)).await;
+        let (name, participant, _) = match self.participant_for(&call, direction) {
+            Ok(found) => found,
+            Err(error) => {
+                return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), false).await;
+            }
         };
         let (retry, timeout) =
             self.retry_config(step, direction).unwrap_or((RetryConfig::default(), Duration::from_secs(30)));
@@ -631,18 +620,9 @@ impl SagaTask {
                     if let Some(b) = self.exec.inner.breakers.get(&name) {
                         b.record_success();
                     }
-                    let error = format!("cannot read marker: {e}");
-                    let record = Failed {
-                        saga,
-                        step,
-                        direction,
-                        attempt,
-                        error,
-                        retryable: false,
-                        maybe_applied: true,
-                        at_ms: now_ms(),
-                    };
-                    return self.journal(Record::StepFailed(record)).await;
+                    return self
+                        .fail_for_good(step, direction, attempt, format!("cannot read marker: {e}"), true)
+                        .await;
                 }
                 Ok(Err(_)) | Err(_) => None,
             };
