@@ -106,13 +106,7 @@ impl Participant for Duckdb {
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
-            let statement = match op {
-                Operation::Sql { sql, args } => Some((sql.clone(), args.clone())),
-                Operation::Noop => None,
-                Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
-                    return Err(Error::permanent(&self.name, "duckdb participant cannot run a file operation"));
-                }
-            };
+            let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction ends,
             // not when this future is dropped (a step timeout).

@@ -89,6 +89,20 @@ pub enum Operation {
     Noop,
 }
 
+impl Operation {
+    /// The statement a SQL participant runs for this operation: `None` for `Noop` (the marker
+    /// alone is recorded); a file operation is a permanent error naming the participant.
+    pub fn sql(&self, participant: &str) -> Result<Option<(&str, &[Value])>, Error> {
+        match self {
+            Operation::Sql { sql, args } => Ok(Some((sql, args))),
+            Operation::Noop => Ok(None),
+            Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
+                Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
+            }
+        }
+    }
+}
+
 /// What `apply` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {

@@ -119,15 +119,7 @@ impl Participant for Postgres {
     }
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
-        Box::pin(async move {
-            match op {
-                Operation::Sql { sql, args } => self.apply_sql(key, Some((sql, args))).await,
-                Operation::Noop => self.apply_sql(key, None).await,
-                Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
-                    Err(Error::permanent(&self.name, "postgres participant cannot run a file operation"))
-                }
-            }
-        })
+        Box::pin(async move { self.apply_sql(key, op.sql(&self.name)?).await })
     }
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
