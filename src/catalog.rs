@@ -82,11 +82,18 @@ pub struct IndexConfig {
     pub retention_hours: u64,
     /// How often finished sagas are checkpointed so the journal can drop old segments.
     pub checkpoint_interval_ms: u64,
+    /// The most memory the index's page cache may use, in bytes. The index holds every
+    /// finished saga; this bound is what keeps the server's memory flat as they accumulate.
+    pub cache_bytes_max: u64,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { retention_hours: 30 * 24, checkpoint_interval_ms: 5_000 }
+        IndexConfig {
+            retention_hours: 30 * 24,
+            checkpoint_interval_ms: 5_000,
+            cache_bytes_max: crate::index::CACHE_BYTES_DEFAULT,
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 
 pub mod breaker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +93,10 @@ struct Inner {
     breakers: BTreeMap<String, Breaker>,
     sagas: Mutex<HashMap<String, Entry>>,
     slots: Arc<Semaphore>,
+    /// Sagas waiting for a slot, oldest first. A queued saga costs its state only, not a task:
+    /// recovery may adopt a hundred thousand at once. Guarded together with slot hand-over
+    /// (see [`Executor::dispatch`]).
+    waiting: Mutex<VecDeque<SagaTask>>,
     /// Where finished sagas go (and leave memory). Without one they stay in memory.
     index: Option<Index>,
 }
@@ -136,6 +140,7 @@ impl Executor {
                 breakers,
                 sagas: Mutex::new(HashMap::new()),
                 slots,
+                waiting: Mutex::new(VecDeque::new()),
                 index,
             }),
         }
@@ -232,8 +237,26 @@ impl Executor {
             entry.view.clone()
         };
         if !finished {
-            let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None };
-            tokio::spawn(task.run());
+            let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None, queued: None };
+            self.dispatch(task);
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<SagaTask>> {
+        self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `task` in a free slot, or queues it for the next slot to free up. Taking a slot and
+    /// queueing happen under the queue's lock, and so does a worker's "queue empty, release my
+    /// slot": a task can never be queued while every slot's worker is leaving.
+    fn dispatch(&self, task: SagaTask) {
+        let mut waiting = self.waiting();
+        match self.inner.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                drop(waiting);
+                tokio::spawn(worker(slot, task));
+            }
+            Err(_) => waiting.push_back(task),
         }
     }
 
@@ -362,6 +385,10 @@ struct SagaTask {
     view: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
     parked_on: Option<String>,
+    /// A step outcome handed to the journal but not yet known durable. The next awaited
+    /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
+    /// where no append follows soon.
+    queued: Option<journal::Queued>,
 }
 
 /// How a step attempt ended, before it is journaled.
@@ -370,15 +397,46 @@ enum Attempt {
     Failed { error: String, retryable: bool, maybe_applied: bool },
 }
 
-impl SagaTask {
-    async fn run(mut self) {
-        let slots = self.exec.inner.slots.clone();
-        let Ok(_slot) = slots.acquire_owned().await else { return };
-        if let Err(e) = self.drive().await {
-            // The journal is poisoned or closed: stop touching participants. The saga stays as
-            // journaled; the next start's recovery finishes it.
-            tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+/// Holds one of `max_in_flight` slots: drives a saga until it ends or needs an operator, then
+/// takes the next waiting saga, until none is left.
+async fn worker(slot: tokio::sync::OwnedSemaphorePermit, mut task: SagaTask) {
+    let exec = task.exec.clone();
+    loop {
+        if let Some(stuck) = task.run().await {
+            // A STUCK saga waits for an operator outside the slots: it must not starve others.
+            tokio::spawn(stuck.wait_for_operator());
         }
+        let mut waiting = exec.waiting();
+        match waiting.pop_front() {
+            Some(next) => task = next,
+            None => {
+                drop(slot);
+                return;
+            }
+        }
+    }
+}
+
+impl SagaTask {
+    /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
+    /// (`Some(self)`).
+    async fn run(mut self) -> Option<SagaTask> {
+        match self.drive().await {
+            Ok(true) => return Some(self),
+            Ok(false) => {}
+            Err(e) => {
+                // The journal is poisoned or closed: stop touching participants. The saga stays
+                // as journaled; the next start's recovery finishes it.
+                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+            }
+        }
+        self.end();
+        None
+    }
+
+    /// The task is over: the API can no longer send it control records, and a finished saga
+    /// moves to the index.
+    fn end(&self) {
         if let Some(entry) = self.exec.registry().get_mut(&self.saga.id) {
             entry.control = None;
         }
@@ -387,25 +445,39 @@ impl SagaTask {
         }
     }
 
-    async fn drive(&mut self) -> Result<(), journal::Error> {
+    /// Waits, holding no slot, for an operator's decision on a STUCK saga, then queues it to
+    /// run again.
+    async fn wait_for_operator(mut self) {
+        match self.control.recv().await {
+            Some(Control::Apply(record)) => {
+                self.apply(&record);
+                let exec = self.exec.clone();
+                exec.dispatch(self);
+            }
+            None => self.end(),
+        }
+    }
+
+    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
+    async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
             self.drain_control();
             match self.saga.next() {
-                Next::Done => return Ok(()),
+                Next::Done => return self.settle().await.map(|()| false),
                 Next::Finish(outcome) => {
                     let saga = self.saga.id.clone();
                     self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
                     tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
-                    return Ok(());
+                    return Ok(false);
                 }
                 Next::Stuck { step } => {
                     tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
                         "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    self.settle().await?;
                     self.publish();
-                    // Wait for an operator's decision (or shutdown).
-                    match self.control.recv().await {
-                        Some(Control::Apply(record)) => self.apply(&record),
-                        None => return Ok(()),
+                    // A decision that already arrived is applied by the next `drain_control`.
+                    if self.control.is_empty() {
+                        return Ok(true);
                     }
                 }
                 Next::Resolve { step, direction } => self.resolve(step, direction).await?,
@@ -428,13 +500,38 @@ impl SagaTask {
     }
 
     fn publish(&self) {
+        if self.queued.is_some() {
+            return; // see `journal_outcome`; `settle` publishes
+        }
         let status = self.saga.status();
         self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
     }
 
+    /// Journals `record`, waits until it (and any queued outcome before it) is durable, and
+    /// applies it.
     async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
         self.exec.inner.journal.append(record.kind(), record.encode()).await?;
+        self.queued = None;
         self.apply(&record);
+        Ok(())
+    }
+
+    /// Journals a step's outcome without waiting for the sync: the saga's next record
+    /// (`StepStarted`, `SagaFinished`) is appended after it and waited for, so both share one
+    /// `fdatasync`. Applied to the state now (so `next` can plan) but published only once
+    /// durable: nobody outside sees an outcome a crash could take back.
+    async fn journal_outcome(&mut self, record: Record) -> Result<(), journal::Error> {
+        self.queued = Some(self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?);
+        self.saga.apply(&record);
+        Ok(())
+    }
+
+    /// Waits for a queued outcome to be durable, then publishes the state.
+    async fn settle(&mut self) -> Result<(), journal::Error> {
+        if let Some(queued) = self.queued.take() {
+            queued.durable().await?;
+            self.publish();
+        }
         Ok(())
     }
 
@@ -453,18 +550,21 @@ impl SagaTask {
     }
 
     /// Sleeps, waking early to apply a control record (a cancel must not wait for a back-off).
-    async fn pause(&mut self, duration: Duration) {
+    /// A queued outcome is made durable (and visible) first.
+    async fn pause(&mut self, duration: Duration) -> Result<(), journal::Error> {
+        self.settle().await?;
         tokio::select! {
             _ = tokio::time::sleep(duration) => {}
             Some(Control::Apply(record)) = self.control.recv() => self.apply(&record),
         }
+        Ok(())
     }
 
     /// Waits while the participant's breaker is open, running its health probe when handed the
     /// probe slot. Returns false if a control record arrived (the caller re-plans).
-    async fn wait_for_breaker(&mut self, participant: &str) -> bool {
+    async fn wait_for_breaker(&mut self, participant: &str) -> Result<bool, journal::Error> {
         let exec = self.exec.clone();
-        let Some(breaker) = exec.inner.breakers.get(participant) else { return true };
+        let Some(breaker) = exec.inner.breakers.get(participant) else { return Ok(true) };
         loop {
             match breaker.allow(tokio::time::Instant::now()) {
                 Admission::Probe => {
@@ -480,7 +580,7 @@ impl SagaTask {
                         tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
                     }
-                    return true;
+                    return Ok(true);
                 }
                 Admission::Wait(wait) => {
                     if self.parked_on.is_none() {
@@ -489,9 +589,9 @@ impl SagaTask {
                         self.publish();
                     }
                     let version = self.saga.version;
-                    self.pause(wait).await;
+                    self.pause(wait).await?;
                     if self.saga.version != version {
-                        return false;
+                        return Ok(false);
                     }
                 }
             }
@@ -520,12 +620,12 @@ impl SagaTask {
         if after_failure {
             let version = self.saga.version;
             let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
-            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await?;
             if self.saga.version != version {
                 return Ok(()); // a cancel or resolution arrived: re-plan
             }
         }
-        if !self.wait_for_breaker(&participant_name).await {
+        if !self.wait_for_breaker(&participant_name).await? {
             return Ok(());
         }
         self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
@@ -553,7 +653,7 @@ impl SagaTask {
                 Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
             }
         };
-        self.journal(record).await
+        self.journal_outcome(record).await
     }
 
     /// The participant and concrete operation of a step, or why there is none.
@@ -611,7 +711,7 @@ impl SagaTask {
         let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
         let mut lookups = 0u32;
         loop {
-            if !self.wait_for_breaker(&name).await {
+            if !self.wait_for_breaker(&name).await? {
                 return Ok(());
             }
             let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
@@ -656,7 +756,7 @@ impl SagaTask {
                     }
                     lookups += 1;
                     let version = self.saga.version;
-                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await;
+                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await?;
                     if self.saga.version != version {
                         return Ok(());
                     }
