@@ -20,6 +20,7 @@
 //! - [`node`] assembles a running instance (lock, journal, participants, executor, recovery);
 //! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`.
 
+pub mod api;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
