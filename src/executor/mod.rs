@@ -706,6 +706,7 @@ impl SagaTask {
         }
         self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
             .await?;
+        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
         let calls = CallGuard::enter(&self.exec.inner);
