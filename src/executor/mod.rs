@@ -283,9 +283,10 @@ impl Executor {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// Whether a task is driving (or queued to drive) the saga now.
+    /// Whether a task is driving (or queued to drive) the saga now, or its submit is still
+    /// being journaled (its task starts when that returns).
     pub fn is_live(&self, id: &str) -> bool {
-        self.registry().get(id).is_some_and(|e| e.control.is_some())
+        self.registry().get(id).is_some_and(|e| e.control.is_some() || e.reserved)
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<SagaTask>> {
