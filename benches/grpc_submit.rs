@@ -11,6 +11,7 @@
 //!   HTTP/2 and gRPC framing: what any call costs before doing anything);
 //! - `submit_1`: one client, `Submit` after `Submit` (each returns once `SagaSubmitted` is
 //!   durable);
+//! - `in-process submit`: `Executor::submit` called in the server's process (no gRPC);
 //! - `submit_64`: 64 clients (tasks sharing 4 HTTP/2 connections) submitting for a fixed time;
 //!   acknowledged submits per second.
 //!
@@ -116,6 +117,22 @@ async fn submit_one_client(channel: Channel, round: usize, n: usize) -> Duration
     p50(samples)
 }
 
+/// `Executor::submit` in process, no gRPC: what the engine's durable acknowledgement costs.
+async fn submit_direct(executor: &sagalog::executor::Executor, round: usize, n: usize) -> Duration {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let step = sagalog::engine::StepCall { action: "noop".into(), params: Default::default() };
+        let definition = sagalog::engine::SagaDefinition {
+            id: format!("direct-{round}-{i}"),
+            steps: vec![step.clone(), step.clone(), step],
+        };
+        let t = Instant::now();
+        executor.submit(definition).await.expect("submit");
+        samples.push(t.elapsed());
+    }
+    p50(samples)
+}
+
 async fn submit_many_clients(channels: &[Channel], round: usize, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -169,14 +186,16 @@ fn main() {
             let fsync = raw_fdatasync(&dir.path().join("data"), samples);
             let rtt = grpc_rtt(channels[0].clone(), samples).await;
             let one = submit_one_client(channels[0].clone(), round, samples).await;
+            let direct = submit_direct(&server.node().executor, round, samples).await;
             let many = submit_many_clients(&channels, round, secs).await;
             let ratio = one.as_secs_f64() / (fsync + rtt).as_secs_f64();
             eprintln!(
                 "round {round}: fdatasync p50 {:>7.1} µs | grpc_rtt p50 {:>6.1} µs | submit_1 p50 {:>7.1} µs \
-                 = {ratio:.2}× (fdatasync + rtt) | submit_64 {many:>7.0}/s",
+                 = {ratio:.2}× (fdatasync + rtt) | in-process submit p50 {:>7.1} µs | submit_64 {many:>7.0}/s",
                 fsync.as_secs_f64() * 1e6,
                 rtt.as_secs_f64() * 1e6,
                 one.as_secs_f64() * 1e6,
+                direct.as_secs_f64() * 1e6,
             );
             rows.push((ratio, many));
         }
