@@ -29,6 +29,9 @@ pub struct Config {
     pub participants: BTreeMap<String, ParticipantConfig>,
     #[serde(default)]
     pub actions: BTreeMap<String, ActionConfig>,
+    /// The gRPC server (only `serve` reads it).
+    #[serde(default)]
+    pub server: crate::server::config::ServerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +281,16 @@ sync = "always"
 
 [executor]
 max_in_flight = 256
+
+# Anonymous mode: calls without a token get the admin role. Fine on a loopback-only demo; for
+# anything else delete this line and add tokens:
+#   [[server.tokens]]
+#   name = "my-app"
+#   token = "a-long-random-secret"   # at least 16 characters
+#   role = "client"                  # "admin" may also call the Admin service
+[server]
+listen = "127.0.0.1:50051"
+anonymous = "admin"
 
 [participants.ledger]
 kind = "sqlite"

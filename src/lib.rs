@@ -31,8 +31,10 @@ pub mod engine;
 pub mod executor;
 pub mod index;
 pub mod journal;
+pub mod metrics;
 pub mod node;
 pub mod participant;
 pub mod recovery;
+pub mod server;
 
 pub use sagalog_wal_format as wal_format;

@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::catalog::{Catalog, RetryConfig, ValidationError};
 use crate::engine::record::{CancelRequested, Failed, Finished, Resolved, Started, Submitted, Succeeded};
@@ -67,6 +69,8 @@ pub enum Error {
     Journal(#[from] journal::Error),
     #[error("index unavailable: {0}")]
     Index(#[from] crate::index::Error),
+    #[error("the server is shutting down and takes no new sagas")]
+    ShuttingDown,
 }
 
 /// Messages from the API to a running saga task.
@@ -97,6 +101,11 @@ struct Inner {
     /// recovery may adopt a hundred thousand at once. Guarded together with slot hand-over
     /// (see [`Executor::dispatch`]).
     waiting: Mutex<VecDeque<SagaTask>>,
+    /// Set by [`Executor::drain`]: no new saga, no new step.
+    draining: AtomicBool,
+    /// Participant calls running now, and a wake-up for when that reaches zero.
+    calls: AtomicUsize,
+    calls_idle: Notify,
     /// Where finished sagas go (and leave memory). Without one they stay in memory.
     index: Option<Index>,
 }
@@ -141,6 +150,9 @@ impl Executor {
                 sagas: Mutex::new(HashMap::new()),
                 slots,
                 waiting: Mutex::new(VecDeque::new()),
+                draining: AtomicBool::new(false),
+                calls: AtomicUsize::new(0),
+                calls_idle: Notify::new(),
                 index,
             }),
         }
@@ -154,6 +166,9 @@ impl Executor {
     /// Validates and durably journals a saga, then starts it. Returns once `SagaSubmitted` is
     /// durable. Idempotent by saga id.
     pub async fn submit(&self, definition: SagaDefinition) -> Result<SubmitOutcome, Error> {
+        if self.draining() {
+            return Err(Error::ShuttingDown);
+        }
         let policies = self.inner.catalog.validate(&definition)?;
         let digest = definition.digest();
         let (tx, _) = watch::channel(Snapshot {
@@ -206,6 +221,7 @@ impl Executor {
         };
         let Record::SagaSubmitted(submitted) = &record else { unreachable!("built just above") };
         self.adopt(Saga::submitted(submitted), lsn);
+        crate::metrics::get().sagas_submitted.inc();
         Ok(SubmitOutcome::Accepted)
     }
 
@@ -240,6 +256,36 @@ impl Executor {
             let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None, queued: None };
             self.dispatch(task);
         }
+    }
+
+    /// Stops taking submits and starting steps, then waits up to `grace` for the participant
+    /// calls under way to return and their outcomes to be journaled. Returns the number of
+    /// calls still running at the deadline (recovery settles those by their markers).
+    /// Sagas stay as journaled; the next start resumes them.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.inner.calls_idle.notified();
+            let running = self.inner.calls.load(Ordering::SeqCst);
+            if running == 0 {
+                // Let the tasks journal the outcomes they just got.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return self.inner.calls.load(Ordering::SeqCst);
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inner.calls.load(Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether a task is driving (or queued to drive) the saga now.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.registry().get(id).is_some_and(|e| e.control.is_some())
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<SagaTask>> {
@@ -369,6 +415,11 @@ impl Executor {
         self.inner.breakers.iter().map(|(n, b)| (n.clone(), b.state().name())).collect()
     }
 
+    /// A configured participant by name.
+    pub fn participant(&self, name: &str) -> Option<Arc<dyn Participant>> {
+        self.inner.participants.get(name).cloned()
+    }
+
     pub fn reset_breaker(&self, participant: &str) -> bool {
         self.inner.breakers.get(participant).map(Breaker::reset).is_some()
     }
@@ -397,6 +448,24 @@ enum Attempt {
     Failed { error: String, retryable: bool, maybe_applied: bool },
 }
 
+/// Counts a participant call in progress (see [`Executor::drain`]).
+struct CallGuard<'a>(&'a Inner);
+
+impl<'a> CallGuard<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.calls.fetch_add(1, Ordering::SeqCst);
+        CallGuard(inner)
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.calls_idle.notify_waiters();
+        }
+    }
+}
+
 /// Holds one of `max_in_flight` slots: drives a saga until it ends or needs an operator, then
 /// takes the next waiting saga, until none is left.
 async fn worker(slot: tokio::sync::OwnedSemaphorePermit, mut task: SagaTask) {
@@ -407,7 +476,9 @@ async fn worker(slot: tokio::sync::OwnedSemaphorePermit, mut task: SagaTask) {
             tokio::spawn(stuck.wait_for_operator());
         }
         let mut waiting = exec.waiting();
-        match waiting.pop_front() {
+        // Draining: queued sagas stay queued (journaled; the next start resumes them).
+        let next = if exec.draining() { None } else { waiting.pop_front() };
+        match next {
             Some(next) => task = next,
             None => {
                 drop(slot);
@@ -461,12 +532,17 @@ impl SagaTask {
     /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
     async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
+            if self.exec.draining() {
+                self.settle().await?;
+                return Ok(false);
+            }
             self.drain_control();
             match self.saga.next() {
                 Next::Done => return self.settle().await.map(|()| false),
                 Next::Finish(outcome) => {
                     let saga = self.saga.id.clone();
                     self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
+                    crate::metrics::get().saga_finished(self.saga.status().as_str());
                     tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
                     return Ok(false);
                 }
@@ -631,6 +707,8 @@ impl SagaTask {
         self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
             .await?;
         let key = self.key(step, direction);
+        let began = std::time::Instant::now();
+        let calls = CallGuard::enter(&self.exec.inner);
         let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
             Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
             Ok(Err(e)) => {
@@ -642,6 +720,13 @@ impl SagaTask {
                 maybe_applied: true,
             },
         };
+        drop(calls);
+        let result = match &outcome {
+            Attempt::Succeeded { .. } => "ok",
+            Attempt::Failed { retryable: true, .. } => "retryable",
+            Attempt::Failed { .. } => "permanent",
+        };
+        crate::metrics::get().step_attempt(&participant_name, direction.as_str(), result, began.elapsed());
         self.record_breaker(&participant_name, &outcome);
         let at_ms = now_ms();
         let record = match outcome {

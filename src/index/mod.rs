@@ -23,6 +23,7 @@
 
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -186,6 +187,17 @@ impl Index {
             last_key = Some(key);
         }
         Ok((page, None))
+    }
+
+    /// How many archived sagas have each status. Reads the small finish-order tree only (one
+    /// key and a status per saga), not the records.
+    pub fn count_by_status(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        for entry in self.by_finish.iter().values() {
+            let status = entry.map_err(|e| self.storage_error(e))?;
+            *counts.entry(String::from_utf8_lossy(&status).into_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 
     /// Removes every saga that finished before `cutoff_ms` from both trees; returns how many.

@@ -382,6 +382,7 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.last_batch_records = batch.len();
+                crate::metrics::get().journal_batch_records.observe(batch.len() as f64);
                 self.commit(std::mem::take(&mut batch));
             }
             match control {
@@ -445,6 +446,7 @@ impl Writer {
                 self.active.acked_len = self.active.len;
                 if let Some(last) = pending.last() {
                     self.shared.acked_lsn.store(last.lsn, Ordering::Release);
+                    crate::metrics::get().journal_lsn.set(last.lsn as i64);
                 }
                 for p in pending {
                     let _ = p.reply.send(Ok(p.lsn));
@@ -517,6 +519,7 @@ impl Writer {
         let started = Instant::now();
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
         self.last_sync = started.elapsed();
+        crate::metrics::get().journal_fsync.observe(self.last_sync.as_secs_f64());
         self.dirty_since = None;
         Ok(())
     }
