@@ -231,9 +231,12 @@ fn steps_summary(saga: &pb::Saga) -> String {
 /// What changed from `before` to `after`, one line each, for `--wait` and `watch`.
 pub fn progress_lines(before: Option<&pb::Saga>, after: &pb::Saga) -> Vec<String> {
     let mut lines = Vec::new();
-    let status = status_name(saga_status(after));
-    if before.is_none_or(|b| b.status != after.status) {
-        lines.push(format!("saga {}: {status} (version {})", after.saga_id, after.version));
+    let status_line =
+        format!("saga {}: {} (version {})", after.saga_id, status_name(saga_status(after)), after.version);
+    // The first state opens with the status; later ones say what happened to the steps first
+    // (step 2 applied, then COMPLETED; step 1 failed, then COMPENSATING).
+    if before.is_none() {
+        lines.push(status_line.clone());
     }
     for step in &after.steps {
         let old = before.and_then(|b| b.steps.iter().find(|s| s.index == step.index));
@@ -249,6 +252,9 @@ pub fn progress_lines(before: Option<&pb::Saga>, after: &pb::Saga) -> Vec<String
     }
     if !after.compensation_reason.is_empty() && before.is_none_or(|b| b.compensation_reason.is_empty()) {
         lines.push(format!("  compensating because: {}", one_line(&after.compensation_reason)));
+    }
+    if before.is_some_and(|b| b.status != after.status) {
+        lines.push(status_line);
     }
     lines
 }
