@@ -114,25 +114,33 @@ impl Error {
 
     /// True when the server itself refused the call (as opposed to not being reachable).
     pub fn is_refusal(&self) -> bool {
-        match self {
-            // A transport failure reaches us as UNAVAILABLE too; tonic's messages for those
-            // start with "error trying to connect" / "transport error". A server's own
-            // UNAVAILABLE (journal poisoned, shutting down) is a refusal.
-            Error::Status { code: Code::Unavailable, message } => !is_transport_message(message),
-            Error::Status { .. } => true,
-            _ => false,
-        }
+        matches!(self, Error::Status { .. })
     }
 
-    /// Errors after which a watch may reconnect and resume.
+    /// Errors after which a watch may reconnect and resume: the server went away (or is
+    /// shutting down), or the stream broke.
     fn is_retryable(&self) -> bool {
-        matches!(self, Error::Status { code: Code::Unavailable | Code::Unknown | Code::Cancelled, .. })
+        matches!(
+            self,
+            Error::Connect { .. } | Error::Status { code: Code::Unavailable | Code::Unknown | Code::Cancelled, .. }
+        )
     }
 }
 
+/// tonic reports a connection that cannot be (re-)established as an UNAVAILABLE status too;
+/// its messages for those say so. A server's own UNAVAILABLE (journal poisoned, shutting
+/// down) reads differently and stays a refusal.
 fn is_transport_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("error trying to connect") || m.contains("transport error") || m.contains("tcp connect error")
+}
+
+/// A failed call's status as an [`Error`]: a lost connection names the server's URL.
+fn status_error(url: &str, status: tonic::Status) -> Error {
+    if status.code() == Code::Unavailable && is_transport_message(status.message()) {
+        return Error::Connect { url: url.to_owned(), reason: status.message().to_owned() };
+    }
+    Error::from(status)
 }
 
 impl From<tonic::Status> for Error {
@@ -247,23 +255,35 @@ impl Client {
         &self.url
     }
 
+    fn call_error(&self, status: tonic::Status) -> Error {
+        status_error(&self.url, status)
+    }
+
     /// Submits a saga; returns whether this call created it, and its state.
     pub async fn submit(&self, saga: &SagaDefinition) -> Result<(bool, pb::Saga), Error> {
-        let response = self.sagas.clone().submit(submit_request(saga)).await?.into_inner();
+        let response =
+            self.sagas.clone().submit(submit_request(saga)).await.map_err(|e| self.call_error(e))?.into_inner();
         let state = response.saga.ok_or_else(|| Error::Protocol("Submit answered without a saga".into()))?;
         Ok((response.created, state))
     }
 
     pub async fn get(&self, saga_id: &str) -> Result<pb::Saga, Error> {
-        Ok(self.sagas.clone().get(pb::GetRequest { saga_id: saga_id.to_owned() }).await?.into_inner())
+        Ok(self
+            .sagas
+            .clone()
+            .get(pb::GetRequest { saga_id: saga_id.to_owned() })
+            .await
+            .map_err(|e| self.call_error(e))?
+            .into_inner())
     }
 
     /// One `Watch` stream: states with a version above `after_version`, ending after the
     /// first terminal one (or when the connection breaks: see [`Client::watch_until_terminal`]).
     pub async fn watch(&self, saga_id: &str, after_version: u64) -> Result<SagaStream, Error> {
         let request = pb::WatchRequest { saga_id: saga_id.to_owned(), after_version };
-        let stream = self.sagas.clone().watch(request).await?.into_inner();
-        Ok(Box::pin(stream.map(|item| item.map_err(Error::from))))
+        let stream = self.sagas.clone().watch(request).await.map_err(|e| self.call_error(e))?.into_inner();
+        let url = self.url.clone();
+        Ok(Box::pin(stream.map(move |item| item.map_err(|status| status_error(&url, status)))))
     }
 
     /// Follows a saga until it is COMPLETED or COMPENSATED, calling `on_state` for every
@@ -352,7 +372,7 @@ impl Client {
             page_size: filter.page_size,
             page_token: page_token.to_owned(),
         };
-        let response = self.sagas.clone().list(request).await?.into_inner();
+        let response = self.sagas.clone().list(request).await.map_err(|e| self.call_error(e))?.into_inner();
         Ok((response.sagas, response.next_page_token))
     }
 
@@ -375,24 +395,37 @@ impl Client {
     }
 
     pub async fn cancel(&self, saga_id: &str) -> Result<pb::Saga, Error> {
-        Ok(self.sagas.clone().cancel(pb::CancelRequest { saga_id: saga_id.to_owned() }).await?.into_inner())
+        Ok(self
+            .sagas
+            .clone()
+            .cancel(pb::CancelRequest { saga_id: saga_id.to_owned() })
+            .await
+            .map_err(|e| self.call_error(e))?
+            .into_inner())
     }
 
     pub async fn recover(&self) -> Result<pb::RecoverResponse, Error> {
-        Ok(self.admin.clone().recover(pb::RecoverRequest {}).await?.into_inner())
+        Ok(self.admin.clone().recover(pb::RecoverRequest {}).await.map_err(|e| self.call_error(e))?.into_inner())
     }
 
     pub async fn reset_breaker(&self, participant: &str) -> Result<pb::ResetBreakerResponse, Error> {
         let request = pb::ResetBreakerRequest { participant: participant.to_owned() };
-        Ok(self.admin.clone().reset_breaker(request).await?.into_inner())
+        Ok(self.admin.clone().reset_breaker(request).await.map_err(|e| self.call_error(e))?.into_inner())
     }
 
     pub async fn participants(&self) -> Result<Vec<pb::Participant>, Error> {
-        Ok(self.admin.clone().participants(pb::ParticipantsRequest {}).await?.into_inner().participants)
+        Ok(self
+            .admin
+            .clone()
+            .participants(pb::ParticipantsRequest {})
+            .await
+            .map_err(|e| self.call_error(e))?
+            .into_inner()
+            .participants)
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, Error> {
-        Ok(self.admin.clone().stats(pb::StatsRequest {}).await?.into_inner())
+        Ok(self.admin.clone().stats(pb::StatsRequest {}).await.map_err(|e| self.call_error(e))?.into_inner())
     }
 
     /// An operator's decision on a STUCK saga; `operator` empty means the token's name.
@@ -407,7 +440,7 @@ impl Client {
             decision: decision as i32,
             operator: operator.unwrap_or_default().to_owned(),
         };
-        Ok(self.admin.clone().resolve(request).await?.into_inner())
+        Ok(self.admin.clone().resolve(request).await.map_err(|e| self.call_error(e))?.into_inner())
     }
 }
 
@@ -657,9 +690,10 @@ mod tests {
         assert_eq!(e.to_string(), "NOT_FOUND: no saga \"x\"");
         assert_eq!(e.code(), Some(Code::NotFound));
         assert!(e.is_refusal());
-        let transport = Error::from(tonic::Status::unavailable("error trying to connect: tcp connect error"));
-        assert!(!transport.is_refusal() && transport.is_retryable());
-        assert!(Error::from(tonic::Status::unavailable("the journal is poisoned")).is_refusal());
+        assert!(is_transport_message("error trying to connect: tcp connect error: Connection refused"));
+        assert!(!is_transport_message("the journal is poisoned"));
+        let shutting_down = Error::from(tonic::Status::unavailable("the server is shutting down"));
+        assert!(shutting_down.is_refusal() && shutting_down.is_retryable());
         let c = Error::Connect { url: "http://127.0.0.1:1".into(), reason: "refused".into() };
         assert_eq!(c.to_string(), "cannot connect to http://127.0.0.1:1: refused");
         assert!(!c.is_refusal());

@@ -89,7 +89,7 @@ impl Server {
 
     fn start_on(data_dir: &Path, config: Option<PathBuf>, port: u16) -> Server {
         let mut server = Server::spawn(data_dir, config, port);
-        server.wait_until_answering(None);
+        server.wait_until_answering(&[]);
         server
     }
 
@@ -105,18 +105,16 @@ impl Server {
         Server { child, url: format!("http://127.0.0.1:{port}"), port, data_dir: data_dir.to_owned(), config }
     }
 
-    /// Polls `admin stats` until the server answers, bounded; fails early if the child died.
-    fn wait_until_answering(&mut self, token: Option<&str>) {
+    /// Polls `admin stats` (with `client_args`) until the server answers, bounded; fails early
+    /// if the child died.
+    fn wait_until_answering(&mut self, client_args: &[&str]) {
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the server exited during start ({status}); log:\n{}", self.log());
             }
             let mut probe = sagalog();
-            probe.args(["admin", "stats", "--connect-timeout", "500ms", "--server", &self.url]);
-            if let Some(token) = token {
-                probe.args(["--token", token]);
-            }
+            probe.args(["admin", "stats", "--connect-timeout", "500ms", "--server", &self.url]).args(client_args);
             let probe = probe.output().unwrap();
             if probe.status.success() {
                 return;
@@ -380,7 +378,7 @@ fn tokens_from_flag_and_environment() {
     let data_dir = dir.path().join("data");
     std::fs::write(data_dir.with_extension("toml"), config).unwrap();
     let mut server = Server::spawn(&data_dir, Some(data_dir.with_extension("toml")), free_port());
-    server.wait_until_answering(Some("admin-token-0123456789"));
+    server.wait_until_answering(&["--token", "admin-token-0123456789"]);
 
     let out = server.run(&["submit", "--demo"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -460,4 +458,106 @@ fn watch_survives_a_server_restart() {
         assert!(v > version, "versions must only grow: {states:?}");
         version = v;
     }
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it with the `openssl` command;
+/// `None` (and a loud message) when there is no `openssl`.
+fn make_certificates(dir: &Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().ok()?;
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        Some(())
+    };
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: no `openssl` command to make test certificates; the TLS test did not run");
+        return None;
+    }
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sagalog-test-ca"],
+    ]
+    .concat())?;
+    run(&[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat())?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    // A second CA that did not sign the server's certificate.
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &["-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=other-ca"],
+    ]
+    .concat())?;
+    Some(())
+}
+
+/// TLS: an `https://` server is reached with `--ca-cert` or `$SAGALOG_CA_CERT`; without a CA
+/// file, or with a CA that did not sign the server's certificate, the client exits 2 naming
+/// the URL.
+#[test]
+fn tls_with_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    if make_certificates(dir.path()).is_none() {
+        return;
+    }
+    let (cert, key, ca) = (dir.path().join("server.pem"), dir.path().join("server.key"), dir.path().join("ca.pem"));
+    let config = format!(
+        "{}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        sqlite_config(),
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let data_dir = dir.path().join("data");
+    std::fs::write(data_dir.with_extension("toml"), config).unwrap();
+    let port = free_port();
+    let mut server = Server::spawn(&data_dir, Some(data_dir.with_extension("toml")), port);
+    server.url = format!("https://127.0.0.1:{port}");
+    let ca = ca.to_str().unwrap();
+    server.wait_until_answering(&["--ca-cert", ca]);
+
+    let out = server.run(&["status", "no-such-saga", "--ca-cert", ca]);
+    assert_eq!(out.status.code(), Some(1), "TLS works, the server answers NOT_FOUND: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"), "{}", text(&out));
+
+    let out = sagalog()
+        .args(["submit", "--demo", "--wait", "--json", "--server", &server.url])
+        .env("SAGALOG_CA_CERT", ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json_of(&out)["status"], "COMPLETED");
+
+    let out = server.run(&["status", "no-such-saga"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a CA certificate"), "{}", text(&out));
+
+    let other = dir.path().join("other.pem");
+    let out = server.run(&["status", "no-such-saga", "--ca-cert", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("cannot connect to {}", server.url)),
+        "{}",
+        text(&out)
+    );
 }
