@@ -561,3 +561,63 @@ fn tls_with_a_ca_file() {
         text(&out)
     );
 }
+
+/// The library itself (`sagalog::client`) against the real server: idempotent resubmit,
+/// `list_all` across many small pages, `watch_until_terminal` from version 0, typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_library_pages_watches_and_keeps_error_codes() {
+    use sagalog::client::{Client, ClientOptions, Error, ListFilter, WatchRetry};
+    use sagalog::engine::{SagaDefinition, StepCall, Value};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = tokio::task::spawn_blocking(move || Server::start(&data_dir, Some(&sqlite_config()))).await.unwrap();
+    let client = Client::connect(ClientOptions::new(server.url.clone())).await.unwrap();
+
+    let saga = |i: usize| SagaDefinition {
+        id: format!("lib-{i:03}"),
+        steps: vec![StepCall {
+            action: "record_execution".into(),
+            params: [
+                ("run_id".to_string(), Value::Text(format!("lib-run-{i}"))),
+                ("job".to_string(), Value::Text("lib".into())),
+                ("rows".to_string(), Value::Int(i as i64)),
+            ]
+            .into_iter()
+            .collect(),
+        }],
+    };
+    const SAGAS: usize = 45;
+    for i in 0..SAGAS {
+        let (created, state) = client.submit(&saga(i)).await.unwrap();
+        assert!(created && state.saga_id == format!("lib-{i:03}"));
+    }
+    let (created, _) = client.submit(&saga(0)).await.unwrap();
+    assert!(!created, "the same id and steps again is accepted, not created");
+    let mut conflicting = saga(0);
+    conflicting.steps[0].params.insert("rows".into(), Value::Int(999));
+    let e = client.submit(&conflicting).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::AlreadyExists), "{e}");
+
+    let mut seen = Vec::new();
+    let end = client.watch_until_terminal("lib-044", 0, WatchRetry::default(), |s| seen.push(s.version)).await.unwrap();
+    assert_eq!(sagalog::client::saga_status(&end), sagalog::api::pb::SagaStatus::Completed);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]) && !seen.is_empty(), "{seen:?}");
+
+    // Every saga once, across pages of 7.
+    let filter = ListFilter { page_size: 7, ..ListFilter::default() };
+    let (first_page, token) = client.list(&filter, "").await.unwrap();
+    assert_eq!(first_page.len(), 7);
+    assert!(!token.is_empty());
+    let mut ids: Vec<String> = client.list_all(&filter).await.unwrap().into_iter().map(|s| s.saga_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), SAGAS, "{ids:?}");
+
+    let e = client.get("lib-nope").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Status { code: tonic::Code::NotFound, message } if message.contains("lib-nope")),
+        "{e}"
+    );
+    tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+}

@@ -85,10 +85,10 @@ pub struct SubmitArgs {
     #[arg(long)]
     demo: bool,
     /// Rows of the demo saga: below 0 fails step 0, above 1000000 fails step 1 (compensation).
-    #[arg(long, value_name = "N", requires = "demo", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", conflicts_with = "file", allow_negative_numbers = true)]
     rows: Option<i64>,
     /// Run id of the demo saga (default: generated).
-    #[arg(long, value_name = "RUN", requires = "demo")]
+    #[arg(long, value_name = "RUN", conflicts_with = "file")]
     run_id: Option<String>,
     /// Saga id (the idempotency key); overrides the file's. Generated and printed if neither has one.
     #[arg(long, value_name = "ID")]
@@ -578,6 +578,63 @@ mod tests {
         assert_eq!(saga_exit_code(&saga(pb::SagaStatus::Stuck)), 4);
         for s in [pb::SagaStatus::Pending, pb::SagaStatus::Running, pb::SagaStatus::Compensating] {
             assert_eq!(saga_exit_code(&saga(s)), 5);
+        }
+    }
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(std::iter::once("sagalog").chain(args.iter().copied()))
+    }
+
+    /// The spellings scripts rely on parse (the contract of issue 4), and clap's own
+    /// consistency checks pass.
+    #[test]
+    fn contract_spellings_parse() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+        let ok = [
+            &["submit", "saga.json"][..],
+            &["submit", "-", "--id", "x", "--wait", "--json", "--server", "http://h:1"],
+            &["submit", "--demo", "--rows", "-5", "--run-id", "r", "--token", "t", "--ca-cert", "ca.pem"],
+            &["status", "--server", "http://h:1", "--json", "ID"],
+            &["watch", "ID", "--after-version", "3"],
+            &["cancel", "--server", "http://h:1", "ID"],
+            &[
+                "list",
+                "--status",
+                "RUNNING,stuck",
+                "--status",
+                "COMPLETED",
+                "--since",
+                "1h",
+                "--until",
+                "2026-01-31",
+                "--json",
+            ],
+            &["admin", "recover"],
+            &["admin", "--server", "http://h:1", "stats", "--json"],
+            &["admin", "reset-breaker", "ledger", "--token", "t"],
+            &["admin", "participants", "--connect-timeout", "250ms"],
+            &["admin", "resolve", "ID", "--decision", "mark-compensated", "--operator", "ana"],
+            &["admin", "resolve", "ID", "--decision", "retry-compensation"],
+        ];
+        for args in ok {
+            if let Err(e) = parse(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+        let refused = [
+            &["submit"][..],
+            &["submit", "saga.json", "--demo"],
+            &["submit", "saga.json", "--rows", "3"],
+            &["list", "--status", "DONE"],
+            &["list", "--since", "soon"],
+            &["admin", "resolve", "ID", "--decision", "forget-it"],
+            &["status"],
+        ];
+        for args in refused {
+            let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} must be refused"));
+            assert_eq!(e.exit_code(), 2, "{args:?}: usage errors exit 2");
         }
     }
 
