@@ -392,9 +392,9 @@ mod tests {
         assert_eq!(
             progress_lines(Some(&c), &d),
             vec![
-                "saga s1: COMPENSATING (version 8)",
                 "  step 1 a1 (ledger): failed: CHECK",
-                "  compensating because: step 1 failed: CHECK"
+                "  compensating because: step 1 failed: CHECK",
+                "saga s1: COMPENSATING (version 8)",
             ]
         );
         assert!(progress_lines(Some(&d), &d).is_empty(), "no change, no line");
