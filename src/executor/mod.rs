@@ -283,9 +283,10 @@ impl Executor {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// Whether a task is driving (or queued to drive) the saga now.
+    /// Whether a task is driving (or queued to drive) the saga now, or its submit is still
+    /// being journaled (its task starts when that returns).
     pub fn is_live(&self, id: &str) -> bool {
-        self.registry().get(id).is_some_and(|e| e.control.is_some())
+        self.registry().get(id).is_some_and(|e| e.control.is_some() || e.reserved)
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<SagaTask>> {
@@ -706,6 +707,7 @@ impl SagaTask {
         }
         self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
             .await?;
+        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
         let calls = CallGuard::enter(&self.exec.inner);

@@ -24,8 +24,6 @@ pub const PAGE_SIZE_MAX: u32 = 1000;
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
 /// How long `Admin.Participants` waits for each health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest saga id, in bytes.
-const SAGA_ID_BYTES_MAX: usize = 200;
 
 /// State shared by both services.
 #[derive(Clone)]
@@ -45,10 +43,11 @@ fn check_id(id: &str) -> Result<(), Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("saga_id is empty"));
     }
-    if id.len() > SAGA_ID_BYTES_MAX {
+    if id.len() > crate::catalog::SAGA_ID_BYTES_MAX {
         return Err(Status::invalid_argument(format!(
-            "saga_id is {} bytes; the limit is {SAGA_ID_BYTES_MAX}",
-            id.len()
+            "saga_id is {} bytes; the limit is {}",
+            id.len(),
+            crate::catalog::SAGA_ID_BYTES_MAX
         )));
     }
     Ok(())
@@ -227,12 +226,6 @@ impl pb::sagas_server::Sagas for Api {
     async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::Saga>, Status> {
         let id = request.into_inner().saga_id;
         check_id(&id)?;
-        if self.executor.get(&id).is_none() {
-            // Archived sagas are finished: name their state rather than "not found".
-            let saga = self.lookup(&id)?;
-            let status = pb::SagaStatus::try_from(saga.status).map_or("finished", |s| s.as_str_name());
-            return Err(Status::failed_precondition(format!("saga {id:?} is {status}: nothing to cancel")));
-        }
         self.executor.cancel(&id).await.map_err(convert::error)?;
         tracing::info!(saga = %id, "cancel requested");
         self.lookup(&id).map(Response::new)
