@@ -137,8 +137,14 @@ fn is_transport_message(message: &str) -> bool {
 
 /// A failed call's status as an [`Error`]: a lost connection names the server's URL.
 fn status_error(url: &str, status: tonic::Status) -> Error {
-    if status.code() == Code::Unavailable && is_transport_message(status.message()) {
-        return Error::Connect { url: url.to_owned(), reason: status.message().to_owned() };
+    if matches!(status.code(), Code::Unavailable | Code::Unknown) && is_transport_message(status.message()) {
+        let mut reason = status.message().to_owned();
+        // The usual cause of a bare transport error on a fresh connection: plaintext against a
+        // TLS port.
+        if url.starts_with("http://") && reason == "transport error" {
+            reason.push_str(" (if the server uses TLS, use https:// and --ca-cert)");
+        }
+        return Error::Connect { url: url.to_owned(), reason };
     }
     Error::from(status)
 }
@@ -327,12 +333,12 @@ impl Client {
                 Ok(mut stream) => loop {
                     match stream.next().await {
                         Some(Ok(state)) => {
-                            failures = 0;
                             // The server only sends higher versions; skip anything else rather
-                            // than report a change twice.
+                            // than report a change twice (and do not count it as progress).
                             if seen_any && state.version <= last_version {
                                 continue;
                             }
+                            failures = 0;
                             seen_any = true;
                             last_version = state.version;
                             on_state(&state);

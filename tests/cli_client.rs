@@ -460,68 +460,17 @@ fn watch_survives_a_server_restart() {
     }
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 signed by it with the `openssl` command;
-/// `None` (and a loud message) when there is no `openssl`.
-fn make_certificates(dir: &Path) -> Option<()> {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().ok()?;
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-        Some(())
-    };
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("SKIPPED: no `openssl` command to make test certificates; the TLS test did not run");
-        return None;
-    }
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"],
-        &ec[..],
-        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sagalog-test-ca"],
-    ]
-    .concat())?;
-    run(&[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat())?;
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])?;
-    // A second CA that did not sign the server's certificate.
-    run(&[
-        &["req", "-x509"],
-        &ec[..],
-        &["-keyout", "other.key", "-out", "other.pem", "-days", "2", "-subj", "/CN=other-ca"],
-    ]
-    .concat())?;
-    Some(())
+/// The test-only TLS material shared with `tests/grpc_tls.rs` (see its README).
+fn tls_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
 }
 
 /// TLS: an `https://` server is reached with `--ca-cert` or `$SAGALOG_CA_CERT`; without a CA
-/// file, or with a CA that did not sign the server's certificate, the client exits 2 naming
-/// the URL.
+/// file, or with a certificate that is not the signing CA, the client exits 2 naming the URL.
 #[test]
 fn tls_with_a_ca_file() {
     let dir = tempfile::tempdir().unwrap();
-    if make_certificates(dir.path()).is_none() {
-        return;
-    }
-    let (cert, key, ca) = (dir.path().join("server.pem"), dir.path().join("server.key"), dir.path().join("ca.pem"));
+    let (cert, key, ca) = (tls_fixture("server.pem"), tls_fixture("server.key"), tls_fixture("ca.pem"));
     let config = format!(
         "{}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
         sqlite_config(),
@@ -552,8 +501,14 @@ fn tls_with_a_ca_file() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a CA certificate"), "{}", text(&out));
 
-    let other = dir.path().join("other.pem");
-    let out = server.run(&["status", "no-such-saga", "--ca-cert", other.to_str().unwrap()]);
+    // Plaintext against the TLS port: a connection problem (exit 2), not a refusal.
+    let plain_url = server.url.replace("https://", "http://");
+    let out = sagalog().args(["status", "no-such-saga", "--server", &plain_url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot connect to {plain_url}")), "{}", text(&out));
+
+    // The server's own certificate is not the CA that signed it: nothing to trust.
+    let out = server.run(&["status", "no-such-saga", "--ca-cert", cert.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("cannot connect to {}", server.url)),
