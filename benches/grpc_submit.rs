@@ -13,6 +13,7 @@
 //!   durable);
 //! - `submit_64`: 64 clients (tasks sharing 4 HTTP/2 connections) submitting for a fixed time;
 //!   acknowledged submits per second.
+//!
 //! Latencies are per-call samples; each round reports the p50. Targets (issue 4): `submit_1`
 //! p50 ≤ 1.5 × (`fdatasync` p50 + `grpc_rtt` p50); `submit_64` ≥ 5,000/s.
 //!

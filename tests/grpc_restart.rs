@@ -90,3 +90,41 @@ async fn killed_mid_saga_and_restarted_the_saga_finishes_and_get_reports_it() {
     };
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
 }
+
+/// SIGTERM waits for the step in flight (up to the grace period); a second SIGTERM exits at
+/// once with status 1, and the next start finishes the saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_and_recovery_finishes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(dir.path(), port);
+    let mut client = connect(port).await;
+    let blocker = rusqlite::Connection::open(dir.path().join("data/ledger.sqlite")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    client.submit(saga("interrupted", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.try_wait().unwrap().is_none(), "the first SIGTERM waits for the step in flight");
+    let second = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = loop {
+        if let Some(exit) = server.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(second.elapsed() < Duration::from_secs(2), "the second SIGTERM did not exit at once");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(1));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    let port = free_port();
+    let mut server = serve(dir.path(), port);
+    let mut client = connect(port).await;
+    assert_eq!(status(&settled(&mut client, "interrupted").await), pb::SagaStatus::Completed);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

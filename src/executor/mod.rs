@@ -203,7 +203,10 @@ impl Executor {
                     Err(Error::Conflict { id: definition.id })
                 };
             }
-            sagas.insert(definition.id.clone(), Entry { view: tx, first_lsn: 0, reserved: true, control: None });
+            // Its `SagaSubmitted` will get an LSN above everything acknowledged so far: the
+            // checkpoint must not pass that point while the submit is in flight.
+            let first_lsn = self.inner.journal.acked_lsn() + 1;
+            sagas.insert(definition.id.clone(), Entry { view: tx, first_lsn, reserved: true, control: None });
         }
         let record = Record::SagaSubmitted(Submitted {
             saga: definition.id.clone(),
@@ -212,15 +215,33 @@ impl Executor {
             digest,
             at_ms: now_ms(),
         });
-        let lsn = match self.inner.journal.append(record.kind(), record.encode()).await {
-            Ok(lsn) => lsn,
+        let queued = match self.inner.journal.append_queued(record.kind(), record.encode()).await {
+            Ok(queued) => queued,
             Err(e) => {
                 self.registry().remove(&definition.id);
                 return Err(e.into());
             }
         };
+        // Start the saga before `SagaSubmitted` is durable, so that its first `StepStarted`
+        // shares that fdatasync. Nothing is touched before: the task waits for its
+        // `StepStarted`, which the writer makes durable after (and only with) this record.
         let Record::SagaSubmitted(submitted) = &record else { unreachable!("built just above") };
-        self.adopt(Saga::submitted(submitted), lsn);
+        let first_lsn = self.registry().get(&definition.id).map_or(0, |e| e.first_lsn);
+        self.start(Saga::submitted(submitted), first_lsn, true);
+        match queued.durable().await {
+            Ok(lsn) => {
+                if let Some(entry) = self.registry().get_mut(&definition.id) {
+                    entry.first_lsn = lsn;
+                    entry.reserved = false;
+                }
+            }
+            Err(e) => {
+                // The journal is poisoned or closed: the task's own append fails the same way
+                // and it stops before touching anything.
+                self.registry().remove(&definition.id);
+                return Err(e.into());
+            }
+        }
         crate::metrics::get().sagas_submitted.inc();
         Ok(SubmitOutcome::Accepted)
     }
@@ -229,6 +250,11 @@ impl Executor {
     /// its `SagaSubmitted`) and, unless it is finished, starts its task. A finished saga goes
     /// straight to the index when there is one.
     pub fn adopt(&self, saga: Saga, first_lsn: u64) {
+        self.start(saga, first_lsn, false);
+    }
+
+    /// [`Executor::adopt`]; `reserved` keeps the id reserved (its submit is not durable yet).
+    fn start(&self, saga: Saga, first_lsn: u64, reserved: bool) {
         if saga.is_finished() && self.archive(&saga) {
             return;
         }
@@ -241,10 +267,10 @@ impl Executor {
             let entry = sagas.entry(id).or_insert_with(|| Entry {
                 view: watch::channel(snapshot.clone()).0,
                 first_lsn,
-                reserved: false,
+                reserved,
                 control: None,
             });
-            entry.reserved = false;
+            entry.reserved = reserved;
             entry.first_lsn = first_lsn;
             entry.view.send_replace(snapshot);
             if !finished {
@@ -338,7 +364,7 @@ impl Executor {
     /// The lowest LSN the journal must keep: the `SagaSubmitted` of the oldest saga not yet
     /// archived, or one past the last acknowledged record if every saga is archived.
     pub fn checkpoint_lsn(&self) -> u64 {
-        let oldest = self.registry().values().filter(|e| !e.reserved).map(|e| e.first_lsn).min();
+        let oldest = self.registry().values().map(|e| e.first_lsn).min();
         oldest.unwrap_or_else(|| self.inner.journal.acked_lsn() + 1)
     }
 
