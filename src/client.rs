@@ -705,6 +705,22 @@ mod tests {
         assert!(!c.is_refusal());
     }
 
+    /// A call that fails in the transport is a connection problem naming the URL (with a
+    /// hint for plaintext against a TLS port); the server's own errors stay refusals.
+    #[test]
+    fn transport_failures_on_calls_name_the_url() {
+        let plain = status_error("http://h:1", tonic::Status::unknown("transport error"));
+        assert_eq!(
+            plain.to_string(),
+            "cannot connect to http://h:1: transport error (if the server uses TLS, use https:// and --ca-cert)"
+        );
+        let gone =
+            status_error("https://h:1", tonic::Status::unavailable("error trying to connect: tcp connect error"));
+        assert!(matches!(&gone, Error::Connect { url, .. } if url == "https://h:1") && gone.is_retryable());
+        let own = status_error("http://h:1", tonic::Status::unknown("something else"));
+        assert!(own.is_refusal());
+    }
+
     /// Bad addresses are refused before any network traffic, naming the URL.
     #[tokio::test]
     async fn bad_urls_name_the_url() {
