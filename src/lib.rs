@@ -18,12 +18,14 @@
 //! - [`index`] archives finished sagas in sled, so status queries outlive their journal
 //!   segments; [`checkpoint`] is the file that says from where recovery must replay;
 //! - [`node`] assembles a running instance (lock, journal, participants, executor, recovery);
-//! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`.
+//! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`;
+//! - [`client`] is the Rust client of the gRPC API, used by the CLI's client commands and tests.
 
 pub mod api;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
+pub mod client;
 pub mod data_dir;
 pub mod engine;
 pub mod executor;

@@ -2,9 +2,12 @@
 //! `main.rs`; the library modules return typed errors.
 //!
 //! Exit codes shared by the offline tools: 0 = fine, 1 = the data is damaged (details printed),
-//! 2 = usage or I/O error.
+//! 2 = usage or I/O error. The client commands add theirs (see `client.rs` and `docs/cli.md`).
 
+mod client;
 mod debug;
+mod saga_file;
+mod saga_view;
 mod serve;
 mod wal;
 
@@ -39,6 +42,18 @@ enum Command {
     Wal(wal::WalCommand),
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
+    /// Submit a saga (JSON or TOML file, `-` for standard input, or --demo) to a server.
+    Submit(client::SubmitArgs),
+    /// Print a saga's state; the exit code says its outcome (0 completed, 3 compensated, 4 stuck, 5 running).
+    Status(client::StatusArgs),
+    /// Follow a saga's changes until it is COMPLETED, COMPENSATED or STUCK.
+    Watch(client::WatchArgs),
+    /// Ask a running saga to stop: its completed steps are compensated.
+    Cancel(client::CancelArgs),
+    /// List sagas, filtered by status and time.
+    List(client::ListArgs),
+    /// Operator calls: recover, reset-breaker, participants, stats, resolve (admin token).
+    Admin(client::AdminArgs),
 }
 
 /// Logs go to stderr so that stdout stays machine-readable (`wal dump`, `--json`).
@@ -62,5 +77,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Wal(cmd) => wal::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Submit(args) => client::submit(args),
+        Command::Status(args) => client::status(args),
+        Command::Watch(args) => client::watch(args),
+        Command::Cancel(args) => client::cancel(args),
+        Command::List(args) => client::list(args),
+        Command::Admin(args) => client::admin(args),
     }
 }
