@@ -132,16 +132,23 @@ impl Error {
 /// down) reads differently and stays a refusal.
 fn is_transport_message(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("error trying to connect") || m.contains("transport error") || m.contains("tcp connect error")
+    m.contains("error trying to connect")
+        || m.contains("transport error")
+        || m.contains("tcp connect error")
+        || m.contains("h2 protocol error")
 }
 
 /// A failed call's status as an [`Error`]: a lost connection names the server's URL.
 fn status_error(url: &str, status: tonic::Status) -> Error {
-    if matches!(status.code(), Code::Unavailable | Code::Unknown) && is_transport_message(status.message()) {
+    // A plaintext client on a TLS port sees the bytes of a TLS alert as HTTP/2: tonic reports
+    // that as an INTERNAL "h2 protocol error", which is the connection's fault, not the server's.
+    if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal)
+        && is_transport_message(status.message())
+    {
         let mut reason = status.message().to_owned();
         // The usual cause of a bare transport error on a fresh connection: plaintext against a
         // TLS port.
-        if url.starts_with("http://") && reason == "transport error" {
+        if url.starts_with("http://") && (reason == "transport error" || reason.contains("h2 protocol error")) {
             reason.push_str(" (if the server uses TLS, use https:// and --ca-cert)");
         }
         return Error::Connect { url: url.to_owned(), reason };
