@@ -268,9 +268,13 @@ fn demo_sagas_through_the_cli() {
     // admin: participants and stats answer (anonymous admin in the embedded default).
     let out = server.run(&["admin", "participants", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let names: Vec<String> =
-        json_of(&out).as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().into()).collect();
-    assert!(names.contains(&"ledger".to_string()) && names.contains(&"warehouse".to_string()), "{names:?}");
+    let participants = json_of(&out);
+    let kind_of =
+        |name: &str| participants.as_array().unwrap().iter().find(|p| p["name"] == name).map(|p| p["kind"].clone());
+    assert_eq!(kind_of("ledger"), Some(Json::from("sqlite")), "{participants}");
+    // With the duckdb feature this is the embedded default itself, DuckDB warehouse included.
+    let warehouse = if cfg!(feature = "duckdb") { "duckdb" } else { "sqlite" };
+    assert_eq!(kind_of("warehouse"), Some(Json::from(warehouse)), "{participants}");
     let out = server.run(&["admin", "stats", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stats = json_of(&out);
