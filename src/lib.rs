@@ -29,6 +29,7 @@ pub mod executor;
 pub mod index;
 pub mod journal;
 pub mod node;
+pub mod ops;
 pub mod participant;
 pub mod recovery;
 
