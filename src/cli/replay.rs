@@ -79,7 +79,10 @@ fn print_plan(r: &DryRun) {
         (Some(a), Some(b)) => format!("lsn {a}..={b}"),
         _ => "empty".into(),
     };
-    println!("journal:   {range}, verified; recovery replays from lsn {} ({} records)", r.replay_from_lsn, r.log.records);
+    println!(
+        "journal:   {range}, verified; recovery replays from lsn {} ({} records)",
+        r.replay_from_lsn, r.log.records
+    );
     if let Some(torn) = &r.log.torn_tail {
         println!("warning:   {torn}");
     }
@@ -110,11 +113,17 @@ fn print_saga(s: &SagaPlan) {
         Expected::Blocked { step, error } => format!("blocked at step {step}: {error}"),
     };
     println!();
-    println!("saga {}  {}  recoveries {}  submitted at lsn {}  → {expected}", s.id, s.status, s.recoveries, s.first_lsn);
+    println!(
+        "saga {}  {}  recoveries {}  submitted at lsn {}  → {expected}",
+        s.id, s.status, s.recoveries, s.first_lsn
+    );
     if let Some(reason) = &s.compensation_reason {
         println!("  compensating because: {reason}");
     }
-    println!("  {:<4} {:<10} {:<20} {:<14} {:<28} {:<16} plan", "step", "direction", "action", "participant", "journal", "marker");
+    println!(
+        "  {:<4} {:<10} {:<20} {:<14} {:<28} {:<16} plan",
+        "step", "direction", "action", "participant", "journal", "marker"
+    );
     for step in &s.steps {
         let participant = step.participant.as_deref().unwrap_or("(undeclared)");
         for (direction, d) in [("forward", &step.forward), ("compensate", &step.compensate)] {
@@ -138,7 +147,8 @@ fn print_saga(s: &SagaPlan) {
 fn journal_text(d: &DirectionPlan) -> String {
     match d.journaled {
         Journaled::NotStarted => "not started".into(),
-        Journaled::Done { by_marker: false } => format!("done ({} attempts)", d.attempts),
+        Journaled::Done { by_marker: false } if d.attempts <= 1 => "done".into(),
+        Journaled::Done { by_marker: false } => format!("done after {} attempts", d.attempts),
         Journaled::Done { by_marker: true } => "done (by marker)".into(),
         Journaled::InDoubt => format!("IN DOUBT (attempt {})", d.attempts),
         Journaled::Failed { retryable: false, .. } => format!("failed permanently ({})", d.attempts),

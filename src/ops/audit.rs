@@ -168,7 +168,8 @@ impl Drop for IndexCopy {
 /// Opens a copy of `D/index` (an empty index if the data directory has none yet).
 pub fn open_index_copy(data_dir: &Path) -> Result<IndexCopy, Error> {
     let source = data_dir.join(crate::node::INDEX_DIR);
-    let dir = std::env::temp_dir().join(format!("sagalog-index-copy-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let dir =
+        std::env::temp_dir().join(format!("sagalog-index-copy-{}-{:016x}", std::process::id(), rand::random::<u64>()));
     let io = |what: &str, path: &Path, e: std::io::Error| Error::Usage(format!("{what} {}: {e}", path.display()));
     std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
     if source.is_dir() {
@@ -315,13 +316,19 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         for key in set {
             let Some(facts) = finished.get(&key.saga_id) else { continue };
             match facts.steps.get(key.step as usize) {
-                None => report.findings.push(finding(FindingKind::UnknownStep, key, name, format!(
-                    "the saga has {} steps", facts.steps.len()
-                ))),
+                None => report.findings.push(finding(
+                    FindingKind::UnknownStep,
+                    key,
+                    name,
+                    format!("the saga has {} steps", facts.steps.len()),
+                )),
                 Some(step) if step.participant.as_deref().is_some_and(|p| p != name) => {
-                    report.findings.push(finding(FindingKind::WrongParticipant, key, name, format!(
-                        "the step runs on participant {}", step.participant.as_deref().unwrap_or("?")
-                    )));
+                    report.findings.push(finding(
+                        FindingKind::WrongParticipant,
+                        key,
+                        name,
+                        format!("the step runs on participant {}", step.participant.as_deref().unwrap_or("?")),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -374,33 +381,60 @@ impl Checker<'_> {
             match facts.status {
                 Status::Completed => {
                     if !forward {
-                        push(FindingKind::MissingMarker, Direction::Forward, "the saga COMPLETED but the step's marker is missing");
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Forward,
+                            "the saga COMPLETED but the step's marker is missing",
+                        );
                     }
                     if compensate {
-                        push(FindingKind::UnexpectedMarker, Direction::Compensate, "a compensation marker on a COMPLETED saga");
+                        push(
+                            FindingKind::UnexpectedMarker,
+                            Direction::Compensate,
+                            "a compensation marker on a COMPLETED saga",
+                        );
                     }
                 }
                 _ if step.by_operator => {}
                 _ if step.applied => {
                     if !forward {
-                        push(FindingKind::MissingMarker, Direction::Forward, "the journal says the step applied but its marker is missing");
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Forward,
+                            "the journal says the step applied but its marker is missing",
+                        );
                     }
                     if !compensate && step.compensated {
-                        push(FindingKind::MissingMarker, Direction::Compensate, "the saga was COMPENSATED but the compensation marker is missing");
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Compensate,
+                            "the saga was COMPENSATED but the compensation marker is missing",
+                        );
                     }
                 }
                 _ => {
                     if forward {
-                        push(FindingKind::UnexpectedMarker, Direction::Forward,
-                            "the marker says the step applied, but the journal says it never did: its effect was never compensated");
+                        push(
+                            FindingKind::UnexpectedMarker,
+                            Direction::Forward,
+                            "the marker says the step applied, but the journal says it never did: its effect was never compensated",
+                        );
                     }
                     if compensate {
-                        push(FindingKind::UnpairedCompensation, Direction::Compensate, "a compensation marker for a step that never applied");
+                        push(
+                            FindingKind::UnpairedCompensation,
+                            Direction::Compensate,
+                            "a compensation marker for a step that never applied",
+                        );
                     }
                 }
             }
             if facts.status == Status::Completed && compensate && !forward {
-                push(FindingKind::UnpairedCompensation, Direction::Compensate, "a compensation marker without its forward marker");
+                push(
+                    FindingKind::UnpairedCompensation,
+                    Direction::Compensate,
+                    "a compensation marker without its forward marker",
+                );
             }
             self.effect(id, i as u32, step, facts.status, forward, report);
         }
@@ -408,7 +442,15 @@ impl Checker<'_> {
 
     /// For file participants: the file a step's `put` (or `copy`) writes must exist after a
     /// completed saga and be gone after a compensated one (when the compensation deletes it).
-    fn effect(&self, id: &str, step: u32, facts: &StepFacts, status: Status, forward_marker: bool, report: &mut AuditReport) {
+    fn effect(
+        &self,
+        id: &str,
+        step: u32,
+        facts: &StepFacts,
+        status: Status,
+        forward_marker: bool,
+        report: &mut AuditReport,
+    ) {
         let (Some(call), Some(name)) = (&facts.call, &facts.participant) else { return };
         let Some(config) = self.catalog.config.participants.get(name) else { return };
         if config.kind != Kind::Fs {
@@ -436,14 +478,20 @@ impl Checker<'_> {
         report.effects_checked += 1;
         let key = StepKey { saga_id: id.to_owned(), step, direction: Direction::Forward };
         match (should_exist, file.exists()) {
-            (true, false) => report.findings.push(finding(FindingKind::EffectMissing, &key, name, format!(
-                "the saga COMPLETED but {} does not exist", file.display()
-            ))),
+            (true, false) => report.findings.push(finding(
+                FindingKind::EffectMissing,
+                &key,
+                name,
+                format!("the saga COMPLETED but {} does not exist", file.display()),
+            )),
             (false, true) => {
                 let why = if forward_marker { "and it was never compensated" } else { "without a marker" };
-                report.findings.push(finding(FindingKind::EffectWithoutMarker, &key, name, format!(
-                    "{} exists although the saga is {} {why}", file.display(), status.as_str()
-                )));
+                report.findings.push(finding(
+                    FindingKind::EffectWithoutMarker,
+                    &key,
+                    name,
+                    format!("{} exists although the saga is {} {why}", file.display(), status.as_str()),
+                ));
             }
             _ => {}
         }

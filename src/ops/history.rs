@@ -47,7 +47,9 @@ impl std::fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConfigSource::File(p) | ConfigSource::DataDir(p) => write!(f, "{}", p.display()),
-            ConfigSource::EmbeddedDefault => f.write_str("the embedded default (no sagalog.toml in the data directory)"),
+            ConfigSource::EmbeddedDefault => {
+                f.write_str("the embedded default (no sagalog.toml in the data directory)")
+            }
         }
     }
 }
@@ -171,12 +173,14 @@ pub fn unfinished(journal_dir: &Path, from_lsn: u64) -> Result<Unfinished, Error
     Ok(out)
 }
 
+type SagaMap = BTreeMap<String, Saga>;
+
 /// Rebuilds just the sagas in `ids`, from every record of theirs from `from_lsn` on.
 fn rebuild_only(
     journal_dir: &Path,
     from_lsn: u64,
     ids: &BTreeSet<String>,
-) -> Result<(BTreeMap<String, Saga>, BTreeMap<String, u64>), Error> {
+) -> Result<(SagaMap, BTreeMap<String, u64>), Error> {
     let mut sagas = BTreeMap::new();
     let mut first_lsn = BTreeMap::new();
     read(journal_dir, from_lsn, |lsn, record| {

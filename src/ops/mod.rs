@@ -60,7 +60,10 @@ impl Error {
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt(_) | Error::Record { .. })
             || matches!(self, Error::Journal(crate::journal::Error::Corrupt { .. }))
-            || matches!(self, Error::Recovery(crate::recovery::Error::Corrupt(_) | crate::recovery::Error::Record { .. }))
+            || matches!(
+                self,
+                Error::Recovery(crate::recovery::Error::Corrupt(_) | crate::recovery::Error::Record { .. })
+            )
             || matches!(self, Error::Node(crate::node::Error::Journal(crate::journal::Error::Corrupt { .. })))
     }
 }

@@ -29,11 +29,16 @@ use crate::participant::{Direction, Participant, StepKey};
 pub enum Journaled {
     NotStarted,
     /// Succeeded (`by_marker`: established from the marker after a crash or a lost reply).
-    Done { by_marker: bool },
+    Done {
+        by_marker: bool,
+    },
     /// Started, no outcome journaled: the participant may or may not have committed.
     InDoubt,
     /// The last attempt failed; `maybe_applied` after a retryable error or a timeout.
-    Failed { retryable: bool, maybe_applied: bool },
+    Failed {
+        retryable: bool,
+        maybe_applied: bool,
+    },
 }
 
 /// What the participant's marker says, when the plan had to ask.
@@ -43,7 +48,9 @@ pub enum MarkerAnswer {
     Present,
     Absent,
     /// The lookup failed (participant unreachable, …); recovery retries it until it answers.
-    Unknown { error: String },
+    Unknown {
+        error: String,
+    },
 }
 
 /// What recovery will do with one direction of one step.
@@ -154,9 +161,14 @@ pub async fn plan(
         for (name, wanted) in asks {
             let keys: Vec<StepKey> = wanted.iter().map(|(_, k)| k.clone()).collect();
             let answers: Vec<MarkerAnswer> = match participants.get(&name) {
-                None => vec![MarkerAnswer::Unknown { error: format!("participant {name:?} is not configured") }; keys.len()],
+                None => {
+                    vec![MarkerAnswer::Unknown { error: format!("participant {name:?} is not configured") }; keys.len()]
+                }
                 Some(p) => match p.lookup_markers(&keys).await {
-                    Ok(found) => found.into_iter().map(|f| if f { MarkerAnswer::Present } else { MarkerAnswer::Absent }).collect(),
+                    Ok(found) => found
+                        .into_iter()
+                        .map(|f| if f { MarkerAnswer::Present } else { MarkerAnswer::Absent })
+                        .collect(),
                     Err(e) => vec![MarkerAnswer::Unknown { error: e.to_string() }; keys.len()],
                 },
             };
@@ -214,7 +226,8 @@ fn slot(direction: Direction) -> usize {
 
 impl Work {
     fn new(saga: &Saga, first_lsn: u64, catalog: &Catalog) -> Work {
-        let participants = saga.steps.iter().map(|s| catalog.action(&s.call.action).map(|a| a.participant.clone())).collect();
+        let participants =
+            saga.steps.iter().map(|s| catalog.action(&s.call.action).map(|a| a.participant.clone())).collect();
         Work {
             journaled: saga.clone(),
             sim: saga.clone(),
@@ -272,10 +285,20 @@ impl Work {
                     }
                     // Tried before the crash (in doubt without a marker, or failed retryably):
                     // this is a re-run; otherwise the step runs for the first time.
-                    let tried = self.journaled.steps.get(step as usize).is_some_and(|s| s.progress_of(direction).total_attempts > 0);
+                    let tried = self
+                        .journaled
+                        .steps
+                        .get(step as usize)
+                        .is_some_and(|s| s.progress_of(direction).total_attempts > 0);
                     self.set_action(step, direction, if tried { Action::Rerun } else { Action::Run });
                     let saga = self.sim.id.clone();
-                    self.sim.apply(&Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: 0 }));
+                    self.sim.apply(&Record::StepStarted(Started {
+                        saga: saga.clone(),
+                        step,
+                        direction,
+                        attempt,
+                        at_ms: 0,
+                    }));
                     self.sim.apply(&Record::StepSucceeded(Succeeded {
                         saga,
                         step,
@@ -308,7 +331,14 @@ impl Work {
         match answer {
             MarkerAnswer::Present => {
                 self.set_action(step, direction, Action::RecordByMarker);
-                self.sim.apply(&Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker: true, at_ms: 0 }));
+                self.sim.apply(&Record::StepSucceeded(Succeeded {
+                    saga,
+                    step,
+                    direction,
+                    attempt,
+                    by_marker: true,
+                    at_ms: 0,
+                }));
             }
             MarkerAnswer::Absent => {
                 self.set_action(step, direction, Action::RecordNotApplied);

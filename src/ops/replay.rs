@@ -208,9 +208,9 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<Since, Error> {
     let at = match humantime::parse_rfc3339_weak(text) {
         Ok(at) => at,
         Err(time_error) => match humantime::parse_duration(text) {
-            Ok(back) => now.checked_sub(back).ok_or_else(|| {
-                Error::Usage(format!("--compensate-since {text:?}: reaches before the Unix epoch"))
-            })?,
+            Ok(back) => now
+                .checked_sub(back)
+                .ok_or_else(|| Error::Usage(format!("--compensate-since {text:?}: reaches before the Unix epoch")))?,
             Err(_) => {
                 return Err(Error::Usage(format!(
                     "--compensate-since {text:?} is neither an LSN (a number), an RFC 3339 time \
@@ -219,7 +219,9 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<Since, Error> {
             }
         },
     };
-    let ms = at.duration_since(UNIX_EPOCH).map_err(|_| Error::Usage(format!("--compensate-since {text:?} is before 1970")))?;
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::Usage(format!("--compensate-since {text:?} is before 1970")))?;
     Ok(Since::TimeMs(u64::try_from(ms.as_millis()).unwrap_or(u64::MAX)))
 }
 
@@ -269,7 +271,11 @@ pub fn select(journal_dir: &Path, index: &Index, since: Since) -> Result<Selecti
     }
     match since {
         Since::TimeMs(ms) => {
-            let filter = ListFilter { status: Some(Status::Completed.as_str().into()), finished_since_ms: Some(ms), finished_until_ms: None };
+            let filter = ListFilter {
+                status: Some(Status::Completed.as_str().into()),
+                finished_since_ms: Some(ms),
+                finished_until_ms: None,
+            };
             let mut token: Option<String> = None;
             loop {
                 let (page, next) = index.list(&filter, token.as_deref(), crate::index::LIST_LIMIT_MAX)?;

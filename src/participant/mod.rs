@@ -300,8 +300,12 @@ pub trait Participant: Send + Sync + 'static {
     /// Every marker of a saga, for audits and tests: (step, direction).
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>>;
     /// Every marker of every saga, sorted by key (read-only): what `sagalog audit` compares
-    /// with the journal and the index, including markers no known saga explains.
-    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>>;
+    /// with the journal and the index, including markers no known saga explains. Every kind in
+    /// this crate implements it; the default (for participants defined elsewhere) says it
+    /// cannot, so adding this method broke no implementation.
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        Box::pin(async move { Err(Error::permanent(self.name(), "this participant cannot list its markers")) })
+    }
     /// [`Participant::lookup_marker`] for many keys at once (read-only), answers in the order
     /// of `keys`. The default asks one key at a time; the SQL kinds answer a batch on one
     /// connection, which `sagalog replay --dry-run` needs for logs with many in-doubt steps.

@@ -98,7 +98,14 @@ impl Sqlite {
             move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
         let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
-        Ok(Sqlite { name: name.to_owned(), path, busy_timeout: BUSY_TIMEOUT_DEFAULT, pool, read_only: true, has_marker_table })
+        Ok(Sqlite {
+            name: name.to_owned(),
+            path,
+            busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            pool,
+            read_only: true,
+            has_marker_table,
+        })
     }
 
     /// Sets how long a statement waits for another connection's lock before it fails with a
@@ -200,7 +207,12 @@ impl Participant for Sqlite {
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
                 .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| classify(name, "list markers", &e))?;
@@ -336,14 +348,37 @@ fn connect(name: &str, path: &Path, busy_timeout: Duration) -> Result<Connection
     Ok(conn)
 }
 
-/// Opens one read-only connection: no pragma that writes (the journal mode stays as the
-/// database has it), no file created.
+/// Opens one read-only connection that changes no file: no pragma that writes (the journal
+/// mode stays as the database has it). Without a `-wal` file the database file alone is the
+/// whole state and it is opened `immutable` (SQLite then creates no `-wal`/`-shm` files, which
+/// a plain read-only open of a WAL database would). With a `-wal` file (left by a crash), it
+/// is opened read-only and SQLite may rebuild its `-shm` wal-index, which holds no persistent
+/// content; the database and its `-wal` are never written.
 fn connect_read_only(name: &str, path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let immutable = !Path::new(&wal).exists();
+    let uri = format!("file:{}?mode=ro{}", uri_path(path), if immutable { "&immutable=1" } else { "" });
+    let conn = Connection::open_with_flags(&uri, flags)
         .map_err(|e| classify(name, &format!("open {} read-only", path.display()), &e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| classify(name, "set busy timeout", &e))?;
     Ok(conn)
+}
+
+/// A file path as the path part of a SQLite `file:` URI: every byte outside the unreserved
+/// set and `/` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Says whether retrying can help: lock contention and I/O trouble can pass; constraint
