@@ -21,6 +21,7 @@ sync = "always"
 
 [executor]
 breaker_failures = 1000
+max_in_flight = 32
 
 [index]
 checkpoint_interval_ms = 200
@@ -39,18 +40,18 @@ participant = "ledger"
 params = { run_id = "text", rows = "int" }
 forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, ?2)", args = ["run_id", "rows"] }
 compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
-retry = { max_attempts = 3, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
-compensate_retry = { max_attempts = 3, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
-timeout_ms = 5000
+retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
+compensate_retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
+timeout_ms = 30000
 
 [actions.write]
 participant = "files"
 params = { run_id = "text", report = "text" }
 forward = { put = "runs/{run_id}.json", contents = "report" }
 compensate = { delete = "runs/{run_id}.json" }
-retry = { max_attempts = 3, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
-compensate_retry = { max_attempts = 3, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
-timeout_ms = 5000
+retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
+compensate_retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
+timeout_ms = 30000
 
 [actions.fragile]
 participant = "ledger"
