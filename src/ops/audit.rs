@@ -66,9 +66,18 @@ pub struct Finding {
     pub kind: FindingKind,
     pub saga: String,
     pub step: Option<u32>,
+    #[serde(serialize_with = "direction_name")]
     pub direction: Option<Direction>,
     pub participant: String,
     pub detail: String,
+}
+
+/// `forward` / `compensate`, as the marker tables spell them.
+fn direction_name<S: serde::Serializer>(direction: &Option<Direction>, s: S) -> Result<S::Ok, S::Error> {
+    match direction {
+        Some(d) => s.serialize_str(d.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
