@@ -249,3 +249,87 @@ fn bad_input_is_reported_not_panicked_on() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
 }
+
+/// The last LSN of the journal of `dir`, from `sagalog wal verify --json`.
+fn last_lsn(dir: &Path) -> u64 {
+    let out = sagalog(&["wal", "verify", "--json"], dir);
+    let v: Json = serde_json::from_str(&stdout(&out)).unwrap();
+    v["last_lsn"].as_u64().unwrap()
+}
+
+/// `--compensate-since LSN`: without `--yes` it lists exactly the sagas completed after the
+/// point and changes nothing; with it, those sagas are compensated (effects undone, journaled
+/// like any compensation), earlier ones stay completed, the audit agrees, and a rerun finds
+/// nothing more to undo.
+#[test]
+fn compensate_since_undoes_exactly_the_sagas_completed_after_the_point() {
+    let dir = data_dir();
+    let d = dir.path();
+    init_participants(d);
+    append(d, &(0..4).map(|n| submitted(&two_steps(&format!("early{n}"), n), 10)).collect::<Vec<_>>());
+    assert!(sagalog(&["replay"], d).status.success());
+    let point = last_lsn(d);
+    let mut late: Vec<Record> = (0..3).map(|n| submitted(&two_steps(&format!("late{n}"), n), 20)).collect();
+    late.push(submitted(&two_steps("late-failed", -1), 20));
+    append(d, &late);
+    assert!(sagalog(&["replay"], d).status.success());
+
+    let before = fingerprint(d);
+    let out = sagalog(&["replay", "--compensate-since", &point.to_string()], d);
+    assert_eq!(out.status.code(), Some(2), "refuses without --yes: {}", stderr(&out));
+    assert!(stderr(&out).contains("without --yes"), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(listed.contains("3 completed sagas will be compensated"), "{listed}");
+    for id in ["late0", "late1", "late2"] {
+        assert!(listed.contains(id), "{listed}");
+    }
+    assert!(!listed.contains("early") && !listed.contains("late-failed"), "{listed}");
+    assert_eq!(fingerprint(d), before, "the preview changed the data directory");
+
+    let out = sagalog(&["replay", "--yes", "--compensate-since", &point.to_string()], d);
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("reopened 3 completed sagas"), "{}", stdout(&out));
+    let statuses = settle(d);
+    for n in 0..4 {
+        assert_eq!(statuses[&format!("early{n}")], "COMPLETED");
+    }
+    for n in 0..3 {
+        assert_eq!(statuses[&format!("late{n}")], "COMPENSATED");
+    }
+    let rows = ledger_rows(d);
+    assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), ["early0", "early1", "early2", "early3"]);
+    assert_eq!(artefacts(d), ["early0", "early1", "early2", "early3"]);
+    let audit = sagalog(&["audit"], d);
+    assert!(audit.status.success(), "{}", stdout(&audit));
+
+    let out = sagalog(&["replay", "--yes", "--compensate-since", &point.to_string()], d);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("0 completed sagas will be compensated"), "{}", stdout(&out));
+}
+
+/// Completed sagas whose journal segments were deleted after a checkpoint are only in the
+/// index, without the step parameters a compensation needs: `--compensate-since TIME` names
+/// them, compensates the others, and exits 1.
+#[test]
+fn compensate_since_reports_sagas_only_in_the_index() {
+    let dir = data_dir();
+    let d = dir.path();
+    let config =
+        CONFIG.replace("[journal]\nsync = \"always\"", "[journal]\nsync = \"always\"\nsegment_bytes_max = 4096");
+    std::fs::write(d.join("sagalog.toml"), config).unwrap();
+    init_participants(d);
+    append(d, &(0..6).map(|n| submitted(&two_steps(&format!("old{n}"), n), 10)).collect::<Vec<_>>());
+    assert!(sagalog(&["replay"], d).status.success());
+    append(d, &[submitted(&two_steps("recent", 1), 20)]);
+    assert!(sagalog(&["replay"], d).status.success());
+
+    let out = sagalog(&["replay", "--yes", "--compensate-since", "1h"], d);
+    assert_eq!(out.status.code(), Some(1), "{} {}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("CANNOT be compensated"), "{text}");
+    let statuses = settle(d);
+    assert_eq!(statuses["recent"], "COMPENSATED");
+    let archived_only = statuses.values().filter(|s| *s == "COMPLETED").count();
+    assert!(archived_only > 0, "the test needs sagas whose segments were deleted: {statuses:?}");
+    assert!(text.contains(&format!("{archived_only} completed sagas after the point CANNOT")), "{text}");
+}
