@@ -195,6 +195,18 @@ impl Participant for Fs {
         })
     }
 
+    fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
+        Box::pin(async move {
+            let markers =
+                keys.iter().map(|k| self.marker_path(k).map(|p| self.root.join(p))).collect::<Result<Vec<_>, _>>()?;
+            let name = self.name.clone();
+            self.run(move || {
+                markers.iter().map(|m| exists(m).map_err(|e| classify(&name, "look up marker", &e))).collect()
+            })
+            .await
+        })
+    }
+
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         Box::pin(async move {
             let dir = self.root.join(self.saga_dir(saga_id)?);
