@@ -333,3 +333,15 @@ fn compensate_since_reports_sagas_only_in_the_index() {
     assert!(archived_only > 0, "the test needs sagas whose segments were deleted: {statuses:?}");
     assert!(text.contains(&format!("{archived_only} completed sagas after the point CANNOT")), "{text}");
 }
+
+/// A build without DuckDB refuses `export` with a message saying why, exit 2.
+#[cfg(not(feature = "duckdb"))]
+#[test]
+fn export_without_duckdb_says_so() {
+    let dir = crafted();
+    let target = dir.path().join("history.duckdb");
+    let out = sagalog(&["export", "--duckdb", target.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("without DuckDB support"), "{}", stderr(&out));
+    assert!(!target.exists());
+}

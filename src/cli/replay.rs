@@ -237,15 +237,14 @@ async fn finish(
         still_running: running,
         ..Summary::default()
     };
-    let journal_dir = offline.journal.dir().to_path_buf();
-    let start_lsn = offline.start_lsn;
-    let settled = summary.still_running.is_empty();
-    if settled {
+    // Counted before closing: the checkpoint written on close may delete the segments that
+    // hold this run's first records.
+    replay::count_work(offline.journal.dir(), offline.start_lsn, &mut summary)?;
+    if summary.still_running.is_empty() {
         offline.close().await?;
     } else {
         offline.abandon().await?;
     }
-    replay::count_work(&journal_dir, start_lsn, &mut summary)?;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     if args.json {
         let mut value = serde_json::to_value(&summary).map_err(|e| ops::Error::Usage(e.to_string()))?;
