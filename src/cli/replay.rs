@@ -5,7 +5,7 @@
 //! still running at the deadline, compensations that could not be selected), 2 usage or I/O
 //! error (a server holds the data directory, a bad argument, no confirmation).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -64,46 +64,59 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
 async fn dry_run(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
     let report = ops::plan::dry_run(&args.data_dir, args.config.as_deref()).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| ops::Error::Usage(e.to_string()))?);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    // Streamed, not built as one string: a plan of 100,000 sagas is a large document.
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from).and_then(|()| writeln!(out))
     } else {
-        print_plan(&report);
+        write_plan(&mut out, &report)
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => {}
+        // A closed pipe (`| head`) is not a failure of the dry run.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(ops::Error::Usage(format!("writing the plan: {e}"))),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plan(r: &DryRun) {
-    println!("recovery plan for {} (dry run: nothing was changed)", r.data_dir.display());
-    println!("config:    {}", r.config);
+fn write_plan(out: &mut impl Write, r: &DryRun) -> std::io::Result<()> {
+    writeln!(out, "recovery plan for {} (dry run: nothing was changed)", r.data_dir.display())?;
+    writeln!(out, "config:    {}", r.config)?;
     let range = match (r.log.first_lsn, r.log.last_lsn) {
         (Some(a), Some(b)) => format!("lsn {a}..={b}"),
         _ => "empty".into(),
     };
-    println!(
-        "journal:   {range}, verified; recovery replays from lsn {} ({} records)",
-        r.replay_from_lsn, r.log.records
-    );
+    writeln!(
+        out,
+        "journal:   {range}, verified; recovery replays from lsn {} ({} records, read in {} ms)",
+        r.replay_from_lsn, r.log.records, r.read_ms
+    )?;
     if let Some(torn) = &r.log.torn_tail {
-        println!("warning:   {torn}");
+        writeln!(out, "warning:   {torn}")?;
     }
     for note in &r.notes {
-        println!("note:      {note}");
+        writeln!(out, "note:      {note}")?;
     }
     let t = &r.totals;
-    println!(
+    writeln!(
+        out,
         "sagas:     {} unfinished: {} will complete, {} will compensate, {} stuck, {} blocked; {} finished will be archived",
         t.unfinished, t.will_complete, t.will_compensate, t.stuck, t.blocked, r.finished_to_archive
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "steps:     {} in doubt, {} settled by marker, {} re-run, {} run for the first time",
         t.in_doubt, t.settled_by_marker, t.to_rerun, t.to_run
-    );
+    )?;
     for saga in &r.sagas {
-        print_saga(saga);
+        write_saga(out, saga)?;
     }
+    Ok(())
 }
 
-fn print_saga(s: &SagaPlan) {
+fn write_saga(out: &mut impl Write, s: &SagaPlan) -> std::io::Result<()> {
     let expected = match &s.expected {
         Expected::Completed => "will COMPLETE".to_owned(),
         Expected::Compensated => "will be COMPENSATED".to_owned(),
@@ -112,25 +125,28 @@ fn print_saga(s: &SagaPlan) {
         }
         Expected::Blocked { step, error } => format!("blocked at step {step}: {error}"),
     };
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "saga {}  {}  recoveries {}  submitted at lsn {}  → {expected}",
         s.id, s.status, s.recoveries, s.first_lsn
-    );
+    )?;
     if let Some(reason) = &s.compensation_reason {
-        println!("  compensating because: {reason}");
+        writeln!(out, "  compensating because: {reason}")?;
     }
-    println!(
+    writeln!(
+        out,
         "  {:<4} {:<10} {:<20} {:<14} {:<28} {:<16} plan",
         "step", "direction", "action", "participant", "journal", "marker"
-    );
+    )?;
     for step in &s.steps {
         let participant = step.participant.as_deref().unwrap_or("(undeclared)");
         for (direction, d) in [("forward", &step.forward), ("compensate", &step.compensate)] {
             if direction == "compensate" && d.journaled == Journaled::NotStarted && d.action == Action::Nothing {
                 continue;
             }
-            println!(
+            writeln!(
+                out,
                 "  {:<4} {:<10} {:<20} {:<14} {:<28} {:<16} {}",
                 step.step,
                 direction,
@@ -139,9 +155,10 @@ fn print_saga(s: &SagaPlan) {
                 journal_text(d),
                 marker_text(d),
                 action_text(d.action, direction)
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 fn journal_text(d: &DirectionPlan) -> String {
