@@ -214,6 +214,19 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// Runs recovery (reading and replaying the whole journal) behind a spinner on a terminal.
+async fn recover_with_spinner(offline: &Offline) -> Result<crate::recovery::Report, ops::Error> {
+    let spinner = progress_bar(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        spinner.set_style(style);
+    }
+    spinner.set_message(format!("replaying the journal from lsn {}", offline.replay_from_lsn));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let report = replay::recover(offline, offline.replay_from_lsn).await;
+    spinner.finish_and_clear();
+    report
+}
+
 /// Waits for sagas to settle with a progress bar; Ctrl-C stops waiting (the journal keeps
 /// everything; a rerun continues).
 async fn settle(offline: &Offline, total: usize, timeout: Duration) -> Vec<(String, Option<String>)> {
@@ -232,7 +245,7 @@ async fn settle(offline: &Offline, total: usize, timeout: Duration) -> Vec<(Stri
 async fn replay(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
     let started = Instant::now();
     let offline = Offline::open(&args.data_dir, args.config.as_deref())?;
-    let report = replay::recover(&offline, offline.replay_from_lsn).await?;
+    let report = recover_with_spinner(&offline).await?;
     let running = settle(&offline, report.unfinished, Duration::from_secs(args.timeout_secs)).await;
     finish(args, offline, report, running, started, None).await
 }
@@ -342,7 +355,7 @@ async fn compensate_since(args: &ReplayArgs, since_text: &str) -> Result<ExitCod
     if !args.json {
         print_selection(args, &selection)?;
     }
-    let report = replay::recover(&offline, offline.replay_from_lsn).await?;
+    let report = recover_with_spinner(&offline).await?;
     let by = format!("sagalog replay --compensate-since {since_text}");
     let reopened = replay::reopen(&offline, &selection.compensable, &by).await?;
     let total = report.unfinished + reopened;
