@@ -518,8 +518,35 @@ mod sqlite {
 
 #[cfg(feature = "duckdb")]
 mod duckdb {
+    use super::*;
+
     common_suite!(super::make_duckdb);
     sql_suite!(super::make_duckdb);
+
+    /// Opened read-only: the same markers, `apply` refused, and a database without a marker
+    /// table has no markers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_markers_and_refuses_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.duckdb");
+        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
+        {
+            let db = Duckdb::open("duckdb", &path, 1).unwrap();
+            db.apply(&key, &Operation::Noop).await.unwrap();
+        }
+        let ro = Duckdb::open_read_only("duckdb", &path, 2).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.lookup_markers(&[key.clone(), StepKey { step: 2, ..key.clone() }]).await.unwrap(), [true, false]);
+        assert_eq!(ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>(), [key.clone()]);
+        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, &Operation::Noop).await);
+        drop(ro);
+
+        let bare = dir.path().join("bare.duckdb");
+        ::duckdb::Connection::open(&bare).unwrap().execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let ro = Duckdb::open_read_only("bare", &bare, 1).unwrap();
+        assert!(!ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.all_markers().await.unwrap(), vec![]);
+    }
 }
 
 mod postgres {

@@ -354,3 +354,22 @@ pub async fn recover(offline: &Offline, from_lsn: u64) -> Result<recovery::Repor
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A number is an LSN; an RFC 3339 time or a duration back from now is a time; anything
+    /// else is refused with a message naming the input.
+    #[test]
+    fn since_parses_lsns_times_and_durations() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_since("42", now).unwrap(), Since::Lsn(42));
+        assert_eq!(parse_since("2026-01-01T10:00:00Z", now).unwrap(), Since::TimeMs(1_767_261_600_000));
+        assert_eq!(parse_since("2h", now).unwrap(), Since::TimeMs(1_800_000_000_000 - 7_200_000));
+        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "99999999999999999999999"] {
+            let message = parse_since(bad, now).unwrap_err().to_string();
+            assert!(message.contains("--compensate-since"), "{bad:?}: {message}");
+        }
+    }
+}
