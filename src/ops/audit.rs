@@ -269,53 +269,12 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     }
     for record in &records {
         known.insert(record.id.clone());
-        finished.entry(record.id.clone()).or_insert_with(|| from_saga_record(record, &catalog));
+        finished.entry(record.id.clone()).or_insert_with(|| from_record(record, &catalog));
     }
     report.sagas_checked = finished.len();
 
-    let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
-    let mut unreadable = BTreeSet::new();
     let retention_hours = catalog.config.index.retention_hours;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
-    for (name, p) in &participants.participants {
-        match p.all_markers().await {
-            Ok(entries) => {
-                report.markers.insert(name.clone(), entries.len());
-                let set = markers.entry(name.clone()).or_default();
-                for MarkerEntry { key, applied_at_ms } in entries {
-                    if !known.contains(&key.saga_id) {
-                        let purged = matches!((purge_cutoff_ms, applied_at_ms), (Some(cut), Some(at)) if at < cut);
-                        if purged {
-                            report.purged_markers += 1;
-                        } else {
-                            report.findings.push(Finding {
-                                kind: FindingKind::Orphan,
-                                saga: key.saga_id.clone(),
-                                step: Some(key.step),
-                                direction: Some(key.direction),
-                                participant: name.clone(),
-                                detail: "marker of a saga neither the journal nor the index knows".into(),
-                            });
-                        }
-                        continue;
-                    }
-                    set.insert(key);
-                }
-            }
-            Err(e) => {
-                unreadable.insert(name.clone());
-                report.findings.push(Finding {
-                    kind: FindingKind::Unreadable,
-                    saga: String::new(),
-                    step: None,
-                    direction: None,
-                    participant: name.clone(),
-                    detail: format!("cannot list markers: {e}"),
-                });
-            }
-        }
-    }
+    let (markers, unreadable) = read_markers(&participants.participants, &known, retention_hours, &mut report).await;
     let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: dir.root() };
     for (id, facts) in &finished {
         checker.saga(id, facts, &mut report);
@@ -349,8 +308,52 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     Ok(report)
 }
 
-fn from_saga_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
-    from_record(record, catalog)
+/// Every participant's markers of known sagas, by participant; orphans and unreadable
+/// participants go straight into the report.
+async fn read_markers(
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+    known: &BTreeSet<String>,
+    retention_hours: u64,
+    report: &mut AuditReport,
+) -> (BTreeMap<String, BTreeSet<StepKey>>, BTreeSet<String>) {
+    let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // Markers older than the retention belong to sagas the index has purged.
+    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
+    for (name, p) in participants {
+        let entries = match p.all_markers().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                unreadable.insert(name.clone());
+                report.findings.push(Finding {
+                    kind: FindingKind::Unreadable,
+                    saga: String::new(),
+                    step: None,
+                    direction: None,
+                    participant: name.clone(),
+                    detail: format!("cannot list markers: {e}"),
+                });
+                continue;
+            }
+        };
+        report.markers.insert(name.clone(), entries.len());
+        let set = markers.entry(name.clone()).or_default();
+        for MarkerEntry { key, applied_at_ms } in entries {
+            if known.contains(&key.saga_id) {
+                set.insert(key);
+                continue;
+            }
+            let purged = matches!((purge_cutoff_ms, applied_at_ms), (Some(cut), Some(at)) if at < cut);
+            if purged {
+                report.purged_markers += 1;
+            } else {
+                let detail = "marker of a saga neither the journal nor the index knows".to_owned();
+                report.findings.push(finding(FindingKind::Orphan, &key, name, detail));
+            }
+        }
+    }
+    (markers, unreadable)
 }
 
 fn finding(kind: FindingKind, key: &StepKey, participant: &str, detail: String) -> Finding {
@@ -506,6 +509,3 @@ impl Checker<'_> {
         }
     }
 }
-
-/// Keeps the participant map type in one place for callers that build their own.
-pub type Participants = BTreeMap<String, Arc<dyn Participant>>;
