@@ -284,6 +284,9 @@ fn compensate_since_undoes_exactly_the_sagas_completed_after_the_point() {
         assert!(listed.contains(id), "{listed}");
     }
     assert!(!listed.contains("early") && !listed.contains("late-failed"), "{listed}");
+    let preview = sagalog(&["replay", "--dry-run", "--yes", "--compensate-since", &point.to_string()], d);
+    assert!(preview.status.success(), "an asked-for preview succeeds: {}", stderr(&preview));
+    assert_eq!(stdout(&preview), listed);
     assert_eq!(fingerprint(d), before, "the preview changed the data directory");
 
     let out = sagalog(&["replay", "--yes", "--compensate-since", &point.to_string()], d);

@@ -343,7 +343,8 @@ async fn compensate_since(args: &ReplayArgs, since_text: &str) -> Result<ExitCod
         let index = ops::audit::open_index_copy(dir.root())?;
         let selection = replay::select(&dir.journal_dir(), index.index(), since)?;
         print_selection(args, &selection)?;
-        if selection.compensable.is_empty() && selection.archived_only.is_empty() {
+        // An asked-for preview (--dry-run) succeeded; a missing confirmation is a usage error.
+        if args.dry_run || (selection.compensable.is_empty() && selection.archived_only.is_empty()) {
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("refusing to compensate without --yes (nothing was changed)");
