@@ -29,6 +29,9 @@ pub struct Config {
     pub participants: BTreeMap<String, ParticipantConfig>,
     #[serde(default)]
     pub actions: BTreeMap<String, ActionConfig>,
+    /// The gRPC server (only `serve` reads it).
+    #[serde(default)]
+    pub server: crate::server::config::ServerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,11 +85,18 @@ pub struct IndexConfig {
     pub retention_hours: u64,
     /// How often finished sagas are checkpointed so the journal can drop old segments.
     pub checkpoint_interval_ms: u64,
+    /// The most memory the index's page cache may use, in bytes. The index holds every
+    /// finished saga; this bound is what keeps the server's memory flat as they accumulate.
+    pub cache_bytes_max: u64,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { retention_hours: 30 * 24, checkpoint_interval_ms: 5_000 }
+        IndexConfig {
+            retention_hours: 30 * 24,
+            checkpoint_interval_ms: 5_000,
+            cache_bytes_max: crate::index::CACHE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -271,6 +281,16 @@ sync = "always"
 
 [executor]
 max_in_flight = 256
+
+# Anonymous mode: calls without a token get the admin role. Fine on a loopback-only demo; for
+# anything else delete this line and add tokens:
+#   [[server.tokens]]
+#   name = "my-app"
+#   token = "a-long-random-secret"   # at least 16 characters
+#   role = "client"                  # "admin" may also call the Admin service
+[server]
+listen = "127.0.0.1:50051"
+anonymous = "admin"
 
 [participants.ledger]
 kind = "sqlite"

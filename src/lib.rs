@@ -20,6 +20,7 @@
 //! - [`node`] assembles a running instance (lock, journal, participants, executor, recovery);
 //! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`.
 
+pub mod api;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
@@ -28,9 +29,11 @@ pub mod engine;
 pub mod executor;
 pub mod index;
 pub mod journal;
+pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod participant;
 pub mod recovery;
+pub mod server;
 
 pub use sagalog_wal_format as wal_format;

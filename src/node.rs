@@ -75,7 +75,7 @@ impl Node {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
         }
         let participants = participant::open_all(&catalog.config, data_dir.root())?;
-        let index = Index::open(data_dir.root().join(INDEX_DIR))?;
+        let index = Index::open_with_cache(data_dir.root().join(INDEX_DIR), catalog.config.index.cache_bytes_max)?;
         // A checkpoint that cannot be read stops the start: replaying from the wrong place
         // could miss sagas.
         let from_lsn = checkpoint::read(data_dir.root())?.map_or(crate::wal_format::FIRST_LSN, |c| c.replay_from_lsn);

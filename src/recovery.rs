@@ -132,6 +132,7 @@ pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error
         let lsn = first_lsn.get(&saga.id).copied().unwrap_or(from_lsn);
         executor.adopt(saga, lsn);
     }
+    crate::metrics::get().recovery(report.duration);
     tracing::info!(
         records,
         sagas = report.sagas,
@@ -140,5 +141,42 @@ pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error
         ms = report.duration.as_millis() as u64,
         "recovery: journal replayed, unfinished sagas resumed"
     );
+    Ok(report)
+}
+
+/// What an on-demand recovery pass ([`recover_missing`]) found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Unfinished sagas in the journal.
+    pub unfinished: usize,
+    /// Of those, sagas that had no running task and were restarted.
+    pub restarted: usize,
+    pub duration: Duration,
+}
+
+/// A recovery pass on a running executor (`Admin.Recover`): re-reads the journal from the
+/// oldest record still needed and restarts every unfinished saga that has no task driving it
+/// (normally none). Sagas with a task are left alone: their in-memory state is ahead of the
+/// journal read here.
+pub async fn recover_missing(executor: &Executor) -> Result<PassReport, Error> {
+    let started = Instant::now();
+    let journal_dir = executor.journal().dir().to_path_buf();
+    let from_lsn = executor.checkpoint_lsn();
+    let Rebuilt { sagas, first_lsn, .. } = tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
+        .await
+        .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))??;
+    let mut report = PassReport::default();
+    for saga in sagas.into_values().filter(|s| !s.is_finished()) {
+        report.unfinished += 1;
+        if executor.is_live(&saga.id) || executor.archived(&saga.id).ok().flatten().is_some() {
+            continue;
+        }
+        tracing::warn!(saga = %saga.id, "recovery pass: unfinished saga had no running task; restarting it");
+        let lsn = first_lsn.get(&saga.id).copied().unwrap_or(from_lsn);
+        executor.adopt(saga, lsn);
+        report.restarted += 1;
+    }
+    report.duration = started.elapsed();
+    crate::metrics::get().recovery(report.duration);
     Ok(report)
 }

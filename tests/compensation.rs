@@ -187,6 +187,73 @@ async fn failing_compensation_is_stuck_until_an_operator_resolves_it() {
     assert_eq!(mem.effects("stuck-b"), vec![fwd(0), fwd(1)], "mark-compensated runs nothing");
 }
 
+/// With one slot (`max_in_flight = 1`), every submitted saga still runs: those beyond the
+/// limit wait in line, and a STUCK saga waiting for an operator does not hold the slot.
+#[tokio::test]
+async fn sagas_beyond_the_limit_wait_in_line_and_a_stuck_saga_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Memory::new("mem");
+    let config = CONFIG
+        .replace("[executor]\n", "[executor]\nmax_in_flight = 1\n")
+        .replace("breaker_failures = 3", "breaker_failures = 100");
+    let h = start(dir.path(), &mem, &config);
+    mem.inject(Some(1), Some(Direction::Forward), Fault::Permanent);
+    for _ in 0..3 {
+        mem.inject(Some(0), Some(Direction::Compensate), Fault::Retryable);
+    }
+    h.exec.submit(saga("stuck", 2)).await.unwrap();
+    assert_eq!(settled(&h.exec, "stuck").await.status, Status::Stuck);
+    let ids: Vec<String> = (0..20).map(|n| format!("line-{n}")).collect();
+    for id in &ids {
+        h.exec.submit(saga(id, 2)).await.unwrap();
+    }
+    for id in &ids {
+        assert_eq!(settled(&h.exec, id).await.status, Status::Completed, "{id} ran although one saga is STUCK");
+        assert_eq!(mem.effects(id), vec![fwd(0), fwd(1)], "{id}");
+    }
+    h.exec.resolve("stuck", ResolveDecision::RetryCompensation, "op").await.unwrap();
+    let mut snap = settled(&h.exec, "stuck").await;
+    for _ in 0..100 {
+        if snap.status != Status::Stuck {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        snap = settled(&h.exec, "stuck").await;
+    }
+    assert_eq!(snap.status, Status::Compensated);
+    assert_eq!(mem.effects("stuck"), vec![fwd(0), comp(0)]);
+}
+
+/// A failed fdatasync poisons the journal: the submit it covered is refused (never
+/// acknowledged), its saga never touches a participant, and later submits are refused too.
+#[tokio::test]
+async fn a_failed_fsync_refuses_the_submit_and_touches_nothing() {
+    use std::sync::Arc;
+
+    use sagalog::catalog::Catalog;
+    use sagalog::executor::Executor;
+    use sagalog::journal::{IoFaults, Journal, Options, SyncPolicy};
+    use sagalog::participant::Participant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(IoFaults::new());
+    let options = Options { sync: SyncPolicy::Always, faults: Some(faults.clone()), ..Options::default() };
+    let journal = Journal::open_dir(dir.path(), options).unwrap().journal;
+    let mem = Memory::new("mem");
+    let participants = [("mem".to_string(), Arc::new(mem.clone()) as Arc<dyn Participant>)].into();
+    let exec = Executor::new(journal, Arc::new(Catalog::parse(engine_support::CONFIG).unwrap()), participants);
+    exec.submit(saga("before", 2)).await.unwrap();
+    assert_eq!(settled(&exec, "before").await.status, Status::Completed);
+
+    faults.fail_sync_in(1);
+    let refused = exec.submit(saga("covered", 2)).await;
+    assert!(matches!(refused, Err(Error::Journal(_))), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(mem.effects("covered").is_empty(), "a saga whose submit failed ran a step");
+    assert!(exec.get("covered").is_none());
+    assert!(matches!(exec.submit(saga("after", 2)).await, Err(Error::Journal(_))));
+}
+
 /// Submits are idempotent by id: the same definition again is accepted without a new saga;
 /// a different definition under the same id is refused; an invalid saga is refused by name.
 #[tokio::test]

@@ -1,13 +1,15 @@
-//! `sagalog serve [--config F] [--data-dir D]`: run the engine until SIGINT or SIGTERM.
+//! `sagalog serve [--config F] [--data-dir D] [--listen ADDR]`: recover, then serve the gRPC
+//! API until SIGINT or SIGTERM.
 //!
-//! Starting recovers whatever a previous run left unfinished. The gRPC API that lets clients
-//! submit sagas arrives with issue 4; until then sagas come from embedding applications (see
-//! `sagalog::node::Node`).
+//! The first signal shuts down gracefully (see `server::run`): no new submits, running steps
+//! get `[server] shutdown_grace_ms` to finish, the journal is synced, exit 0. A second signal
+//! exits at once with status 1; the next start's recovery finishes what was running.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::node::Node;
 
@@ -19,34 +21,54 @@ pub struct ServeArgs {
     /// Data directory: journal, index and (for the embedded default) the demo databases.
     #[arg(long, value_name = "D", default_value = "./sagalog-data")]
     data_dir: PathBuf,
+    /// gRPC listen address [default: the config's `server.listen`, else 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let mut node = Node::start(&args.data_dir, args.config.as_deref()).await?;
-        let r = &node.recovery;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let node = Node::start(&args.data_dir, args.config.as_deref()).await?;
+        let r = node.recovery.clone();
+        let config_path = node.config_path.clone();
+        let mut config = node.catalog.config.server.clone();
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        let mut running = crate::server::start(node, &args.data_dir, config).await?;
         eprintln!(
-            "sagalog serving {} (config {}): recovered {} sagas from {} journal records, {} unfinished resumed, in {} ms",
+            "sagalog: serving gRPC on {}{} (data {}, config {}); recovered {} sagas from {} journal records, {} unfinished resumed, in {} ms",
+            running.addr,
+            running.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default(),
             args.data_dir.display(),
-            node.config_path.display(),
+            config_path.display(),
             r.sagas,
             r.records,
             r.unfinished,
             r.duration.as_millis()
         );
-        wait_for_signal().await?;
-        eprintln!("sagalog: shutting down (syncing the journal)");
-        node.shutdown().await?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            failed = running.failed() => {
+                failed?;
+                anyhow::bail!("the gRPC server stopped unexpectedly");
+            }
+        }
+        eprintln!("sagalog: shutting down: no new sagas; letting running steps finish (a second signal exits at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("sagalog: second signal: exiting now; the next start's recovery finishes running sagas");
+            std::process::exit(1);
+        });
+        let unfinished = running.shutdown().await?;
+        eprintln!("sagalog: stopped cleanly ({unfinished} participant calls left to recovery); journal synced");
         anyhow::Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

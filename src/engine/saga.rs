@@ -23,7 +23,7 @@ use super::record::{Outcome, Record, ResolveDecision, Submitted};
 use crate::participant::Direction;
 
 /// Where a saga stands, as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Status {
     Pending,
     Running,

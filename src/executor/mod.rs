@@ -15,11 +15,13 @@
 
 pub mod breaker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::catalog::{Catalog, RetryConfig, ValidationError};
 use crate::engine::record::{CancelRequested, Failed, Finished, Resolved, Started, Submitted, Succeeded};
@@ -67,6 +69,8 @@ pub enum Error {
     Journal(#[from] journal::Error),
     #[error("index unavailable: {0}")]
     Index(#[from] crate::index::Error),
+    #[error("the server is shutting down and takes no new sagas")]
+    ShuttingDown,
 }
 
 /// Messages from the API to a running saga task.
@@ -93,6 +97,15 @@ struct Inner {
     breakers: BTreeMap<String, Breaker>,
     sagas: Mutex<HashMap<String, Entry>>,
     slots: Arc<Semaphore>,
+    /// Sagas waiting for a slot, oldest first. A queued saga costs its state only, not a task:
+    /// recovery may adopt a hundred thousand at once. Guarded together with slot hand-over
+    /// (see [`Executor::dispatch`]).
+    waiting: Mutex<VecDeque<SagaTask>>,
+    /// Set by [`Executor::drain`]: no new saga, no new step.
+    draining: AtomicBool,
+    /// Participant calls running now, and a wake-up for when that reaches zero.
+    calls: AtomicUsize,
+    calls_idle: Notify,
     /// Where finished sagas go (and leave memory). Without one they stay in memory.
     index: Option<Index>,
 }
@@ -136,6 +149,10 @@ impl Executor {
                 breakers,
                 sagas: Mutex::new(HashMap::new()),
                 slots,
+                waiting: Mutex::new(VecDeque::new()),
+                draining: AtomicBool::new(false),
+                calls: AtomicUsize::new(0),
+                calls_idle: Notify::new(),
                 index,
             }),
         }
@@ -149,6 +166,9 @@ impl Executor {
     /// Validates and durably journals a saga, then starts it. Returns once `SagaSubmitted` is
     /// durable. Idempotent by saga id.
     pub async fn submit(&self, definition: SagaDefinition) -> Result<SubmitOutcome, Error> {
+        if self.draining() {
+            return Err(Error::ShuttingDown);
+        }
         let policies = self.inner.catalog.validate(&definition)?;
         let digest = definition.digest();
         let (tx, _) = watch::channel(Snapshot {
@@ -183,7 +203,10 @@ impl Executor {
                     Err(Error::Conflict { id: definition.id })
                 };
             }
-            sagas.insert(definition.id.clone(), Entry { view: tx, first_lsn: 0, reserved: true, control: None });
+            // Its `SagaSubmitted` will get an LSN above everything acknowledged so far: the
+            // checkpoint must not pass that point while the submit is in flight.
+            let first_lsn = self.inner.journal.acked_lsn() + 1;
+            sagas.insert(definition.id.clone(), Entry { view: tx, first_lsn, reserved: true, control: None });
         }
         let record = Record::SagaSubmitted(Submitted {
             saga: definition.id.clone(),
@@ -192,15 +215,34 @@ impl Executor {
             digest,
             at_ms: now_ms(),
         });
-        let lsn = match self.inner.journal.append(record.kind(), record.encode()).await {
-            Ok(lsn) => lsn,
+        let queued = match self.inner.journal.append_queued(record.kind(), record.encode()).await {
+            Ok(queued) => queued,
             Err(e) => {
                 self.registry().remove(&definition.id);
                 return Err(e.into());
             }
         };
+        // Start the saga before `SagaSubmitted` is durable, so that its first `StepStarted`
+        // shares that fdatasync. Nothing is touched before: the task waits for its
+        // `StepStarted`, which the writer makes durable after (and only with) this record.
         let Record::SagaSubmitted(submitted) = &record else { unreachable!("built just above") };
-        self.adopt(Saga::submitted(submitted), lsn);
+        let first_lsn = self.registry().get(&definition.id).map_or(0, |e| e.first_lsn);
+        self.start(Saga::submitted(submitted), first_lsn, true);
+        match queued.durable().await {
+            Ok(lsn) => {
+                if let Some(entry) = self.registry().get_mut(&definition.id) {
+                    entry.first_lsn = lsn;
+                    entry.reserved = false;
+                }
+            }
+            Err(e) => {
+                // The journal is poisoned or closed: the task's own append fails the same way
+                // and it stops before touching anything.
+                self.registry().remove(&definition.id);
+                return Err(e.into());
+            }
+        }
+        crate::metrics::get().sagas_submitted.inc();
         Ok(SubmitOutcome::Accepted)
     }
 
@@ -208,6 +250,11 @@ impl Executor {
     /// its `SagaSubmitted`) and, unless it is finished, starts its task. A finished saga goes
     /// straight to the index when there is one.
     pub fn adopt(&self, saga: Saga, first_lsn: u64) {
+        self.start(saga, first_lsn, false);
+    }
+
+    /// [`Executor::adopt`]; `reserved` keeps the id reserved (its submit is not durable yet).
+    fn start(&self, saga: Saga, first_lsn: u64, reserved: bool) {
         if saga.is_finished() && self.archive(&saga) {
             return;
         }
@@ -220,10 +267,10 @@ impl Executor {
             let entry = sagas.entry(id).or_insert_with(|| Entry {
                 view: watch::channel(snapshot.clone()).0,
                 first_lsn,
-                reserved: false,
+                reserved,
                 control: None,
             });
-            entry.reserved = false;
+            entry.reserved = reserved;
             entry.first_lsn = first_lsn;
             entry.view.send_replace(snapshot);
             if !finished {
@@ -232,8 +279,57 @@ impl Executor {
             entry.view.clone()
         };
         if !finished {
-            let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None };
-            tokio::spawn(task.run());
+            let task = SagaTask { exec: self.clone(), saga, view, control: control_rx, parked_on: None, queued: None };
+            self.dispatch(task);
+        }
+    }
+
+    /// Stops taking submits and starting steps, then waits up to `grace` for the participant
+    /// calls under way to return and their outcomes to be journaled. Returns the number of
+    /// calls still running at the deadline (recovery settles those by their markers).
+    /// Sagas stay as journaled; the next start resumes them.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.inner.calls_idle.notified();
+            let running = self.inner.calls.load(Ordering::SeqCst);
+            if running == 0 {
+                // Let the tasks journal the outcomes they just got.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return self.inner.calls.load(Ordering::SeqCst);
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inner.calls.load(Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether a task is driving (or queued to drive) the saga now, or its submit is still
+    /// being journaled (its task starts when that returns).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.registry().get(id).is_some_and(|e| e.control.is_some() || e.reserved)
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<SagaTask>> {
+        self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `task` in a free slot, or queues it for the next slot to free up. Taking a slot and
+    /// queueing happen under the queue's lock, and so does a worker's "queue empty, release my
+    /// slot": a task can never be queued while every slot's worker is leaving.
+    fn dispatch(&self, task: SagaTask) {
+        let mut waiting = self.waiting();
+        match self.inner.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                drop(waiting);
+                tokio::spawn(worker(slot, task));
+            }
+            Err(_) => waiting.push_back(task),
         }
     }
 
@@ -268,7 +364,7 @@ impl Executor {
     /// The lowest LSN the journal must keep: the `SagaSubmitted` of the oldest saga not yet
     /// archived, or one past the last acknowledged record if every saga is archived.
     pub fn checkpoint_lsn(&self) -> u64 {
-        let oldest = self.registry().values().filter(|e| !e.reserved).map(|e| e.first_lsn).min();
+        let oldest = self.registry().values().map(|e| e.first_lsn).min();
         oldest.unwrap_or_else(|| self.inner.journal.acked_lsn() + 1)
     }
 
@@ -346,6 +442,11 @@ impl Executor {
         self.inner.breakers.iter().map(|(n, b)| (n.clone(), b.state().name())).collect()
     }
 
+    /// A configured participant by name.
+    pub fn participant(&self, name: &str) -> Option<Arc<dyn Participant>> {
+        self.inner.participants.get(name).cloned()
+    }
+
     pub fn reset_breaker(&self, participant: &str) -> bool {
         self.inner.breakers.get(participant).map(Breaker::reset).is_some()
     }
@@ -362,6 +463,10 @@ struct SagaTask {
     view: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
     parked_on: Option<String>,
+    /// A step outcome handed to the journal but not yet known durable. The next awaited
+    /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
+    /// where no append follows soon.
+    queued: Option<journal::Queued>,
 }
 
 /// How a step attempt ended, before it is journaled.
@@ -370,15 +475,66 @@ enum Attempt {
     Failed { error: String, retryable: bool, maybe_applied: bool },
 }
 
-impl SagaTask {
-    async fn run(mut self) {
-        let slots = self.exec.inner.slots.clone();
-        let Ok(_slot) = slots.acquire_owned().await else { return };
-        if let Err(e) = self.drive().await {
-            // The journal is poisoned or closed: stop touching participants. The saga stays as
-            // journaled; the next start's recovery finishes it.
-            tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+/// Counts a participant call in progress (see [`Executor::drain`]).
+struct CallGuard<'a>(&'a Inner);
+
+impl<'a> CallGuard<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.calls.fetch_add(1, Ordering::SeqCst);
+        CallGuard(inner)
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.calls_idle.notify_waiters();
         }
+    }
+}
+
+/// Holds one of `max_in_flight` slots: drives a saga until it ends or needs an operator, then
+/// takes the next waiting saga, until none is left.
+async fn worker(slot: tokio::sync::OwnedSemaphorePermit, mut task: SagaTask) {
+    let exec = task.exec.clone();
+    loop {
+        if let Some(stuck) = task.run().await {
+            // A STUCK saga waits for an operator outside the slots: it must not starve others.
+            tokio::spawn(stuck.wait_for_operator());
+        }
+        let mut waiting = exec.waiting();
+        // Draining: queued sagas stay queued (journaled; the next start resumes them).
+        let next = if exec.draining() { None } else { waiting.pop_front() };
+        match next {
+            Some(next) => task = next,
+            None => {
+                drop(slot);
+                return;
+            }
+        }
+    }
+}
+
+impl SagaTask {
+    /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
+    /// (`Some(self)`).
+    async fn run(mut self) -> Option<SagaTask> {
+        match self.drive().await {
+            Ok(true) => return Some(self),
+            Ok(false) => {}
+            Err(e) => {
+                // The journal is poisoned or closed: stop touching participants. The saga stays
+                // as journaled; the next start's recovery finishes it.
+                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+            }
+        }
+        self.end();
+        None
+    }
+
+    /// The task is over: the API can no longer send it control records, and a finished saga
+    /// moves to the index.
+    fn end(&self) {
         if let Some(entry) = self.exec.registry().get_mut(&self.saga.id) {
             entry.control = None;
         }
@@ -387,25 +543,44 @@ impl SagaTask {
         }
     }
 
-    async fn drive(&mut self) -> Result<(), journal::Error> {
+    /// Waits, holding no slot, for an operator's decision on a STUCK saga, then queues it to
+    /// run again.
+    async fn wait_for_operator(mut self) {
+        match self.control.recv().await {
+            Some(Control::Apply(record)) => {
+                self.apply(&record);
+                let exec = self.exec.clone();
+                exec.dispatch(self);
+            }
+            None => self.end(),
+        }
+    }
+
+    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
+    async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
+            if self.exec.draining() {
+                self.settle().await?;
+                return Ok(false);
+            }
             self.drain_control();
             match self.saga.next() {
-                Next::Done => return Ok(()),
+                Next::Done => return self.settle().await.map(|()| false),
                 Next::Finish(outcome) => {
                     let saga = self.saga.id.clone();
                     self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
+                    crate::metrics::get().saga_finished(self.saga.status().as_str());
                     tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
-                    return Ok(());
+                    return Ok(false);
                 }
                 Next::Stuck { step } => {
                     tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
                         "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    self.settle().await?;
                     self.publish();
-                    // Wait for an operator's decision (or shutdown).
-                    match self.control.recv().await {
-                        Some(Control::Apply(record)) => self.apply(&record),
-                        None => return Ok(()),
+                    // A decision that already arrived is applied by the next `drain_control`.
+                    if self.control.is_empty() {
+                        return Ok(true);
                     }
                 }
                 Next::Resolve { step, direction } => self.resolve(step, direction).await?,
@@ -428,13 +603,38 @@ impl SagaTask {
     }
 
     fn publish(&self) {
+        if self.queued.is_some() {
+            return; // see `journal_outcome`; `settle` publishes
+        }
         let status = self.saga.status();
         self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
     }
 
+    /// Journals `record`, waits until it (and any queued outcome before it) is durable, and
+    /// applies it.
     async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
         self.exec.inner.journal.append(record.kind(), record.encode()).await?;
+        self.queued = None;
         self.apply(&record);
+        Ok(())
+    }
+
+    /// Journals a step's outcome without waiting for the sync: the saga's next record
+    /// (`StepStarted`, `SagaFinished`) is appended after it and waited for, so both share one
+    /// `fdatasync`. Applied to the state now (so `next` can plan) but published only once
+    /// durable: nobody outside sees an outcome a crash could take back.
+    async fn journal_outcome(&mut self, record: Record) -> Result<(), journal::Error> {
+        self.queued = Some(self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?);
+        self.saga.apply(&record);
+        Ok(())
+    }
+
+    /// Waits for a queued outcome to be durable, then publishes the state.
+    async fn settle(&mut self) -> Result<(), journal::Error> {
+        if let Some(queued) = self.queued.take() {
+            queued.durable().await?;
+            self.publish();
+        }
         Ok(())
     }
 
@@ -453,18 +653,21 @@ impl SagaTask {
     }
 
     /// Sleeps, waking early to apply a control record (a cancel must not wait for a back-off).
-    async fn pause(&mut self, duration: Duration) {
+    /// A queued outcome is made durable (and visible) first.
+    async fn pause(&mut self, duration: Duration) -> Result<(), journal::Error> {
+        self.settle().await?;
         tokio::select! {
             _ = tokio::time::sleep(duration) => {}
             Some(Control::Apply(record)) = self.control.recv() => self.apply(&record),
         }
+        Ok(())
     }
 
     /// Waits while the participant's breaker is open, running its health probe when handed the
     /// probe slot. Returns false if a control record arrived (the caller re-plans).
-    async fn wait_for_breaker(&mut self, participant: &str) -> bool {
+    async fn wait_for_breaker(&mut self, participant: &str) -> Result<bool, journal::Error> {
         let exec = self.exec.clone();
-        let Some(breaker) = exec.inner.breakers.get(participant) else { return true };
+        let Some(breaker) = exec.inner.breakers.get(participant) else { return Ok(true) };
         loop {
             match breaker.allow(tokio::time::Instant::now()) {
                 Admission::Probe => {
@@ -480,7 +683,7 @@ impl SagaTask {
                         tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
                     }
-                    return true;
+                    return Ok(true);
                 }
                 Admission::Wait(wait) => {
                     if self.parked_on.is_none() {
@@ -489,9 +692,9 @@ impl SagaTask {
                         self.publish();
                     }
                     let version = self.saga.version;
-                    self.pause(wait).await;
+                    self.pause(wait).await?;
                     if self.saga.version != version {
-                        return false;
+                        return Ok(false);
                     }
                 }
             }
@@ -520,17 +723,20 @@ impl SagaTask {
         if after_failure {
             let version = self.saga.version;
             let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
-            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await?;
             if self.saga.version != version {
                 return Ok(()); // a cancel or resolution arrived: re-plan
             }
         }
-        if !self.wait_for_breaker(&participant_name).await {
+        if !self.wait_for_breaker(&participant_name).await? {
             return Ok(());
         }
         self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
             .await?;
+        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
+        let began = std::time::Instant::now();
+        let calls = CallGuard::enter(&self.exec.inner);
         let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
             Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
             Ok(Err(e)) => {
@@ -542,6 +748,13 @@ impl SagaTask {
                 maybe_applied: true,
             },
         };
+        drop(calls);
+        let result = match &outcome {
+            Attempt::Succeeded { .. } => "ok",
+            Attempt::Failed { retryable: true, .. } => "retryable",
+            Attempt::Failed { .. } => "permanent",
+        };
+        crate::metrics::get().step_attempt(&participant_name, direction.as_str(), result, began.elapsed());
         self.record_breaker(&participant_name, &outcome);
         let at_ms = now_ms();
         let record = match outcome {
@@ -553,7 +766,7 @@ impl SagaTask {
                 Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
             }
         };
-        self.journal(record).await
+        self.journal_outcome(record).await
     }
 
     /// The participant and concrete operation of a step, or why there is none.
@@ -611,7 +824,7 @@ impl SagaTask {
         let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
         let mut lookups = 0u32;
         loop {
-            if !self.wait_for_breaker(&name).await {
+            if !self.wait_for_breaker(&name).await? {
                 return Ok(());
             }
             let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
@@ -656,7 +869,7 @@ impl SagaTask {
                     }
                     lookups += 1;
                     let version = self.saga.version;
-                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await;
+                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await?;
                     if self.saga.version != version {
                         return Ok(());
                     }

@@ -23,6 +23,7 @@
 
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -83,12 +84,22 @@ pub struct Index {
     by_finish: sled::Tree,
 }
 
+/// The index's default page-cache bound (sled's own default is 1 GiB, which a server with a
+/// million finished sagas would fill).
+pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
 impl Index {
-    /// Opens (or creates) the index at `path`, normally `<data-dir>/index`.
+    /// Opens (or creates) the index at `path`, normally `<data-dir>/index`, with the default
+    /// cache bound.
     pub fn open(path: impl AsRef<Path>) -> Result<Index, Error> {
+        Index::open_with_cache(path, CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`Index::open`] with the page cache bounded to `cache_bytes_max` bytes.
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes_max: u64) -> Result<Index, Error> {
         let path = path.as_ref().to_path_buf();
         let storage = |source| Error::Storage { path: path.clone(), source };
-        let db = sled::Config::new().path(&path).open().map_err(storage)?;
+        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes_max).open().map_err(storage)?;
         let sagas = db.open_tree(SAGAS_TREE).map_err(storage)?;
         let by_finish = db.open_tree(BY_FINISH_TREE).map_err(storage)?;
         Ok(Index { path, db, sagas, by_finish })
@@ -176,6 +187,17 @@ impl Index {
             last_key = Some(key);
         }
         Ok((page, None))
+    }
+
+    /// How many archived sagas have each status. Reads the small finish-order tree only (one
+    /// key and a status per saga), not the records.
+    pub fn count_by_status(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        for entry in self.by_finish.iter().values() {
+            let status = entry.map_err(|e| self.storage_error(e))?;
+            *counts.entry(String::from_utf8_lossy(&status).into_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 
     /// Removes every saga that finished before `cutoff_ms` from both trees; returns how many.

@@ -33,6 +33,10 @@ pub struct SagaRecord {
     pub recoveries: u32,
     pub compensation_reason: Option<String>,
     pub steps: Vec<StepRecord>,
+    /// The saga's version when it finished (what a watcher saw last). Records written before
+    /// this field existed read as 0.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// One step of an archived saga.
@@ -94,6 +98,7 @@ impl SagaRecord {
                     last_error: latest_error(&s.forward, &s.compensate),
                 })
                 .collect(),
+            version: saga.version,
         }
     }
 

@@ -21,4 +21,4 @@ pub use faults::IoFaults;
 pub use options::{Options, SyncPolicy};
 pub use repair::{RepairMode, RepairReport, repair};
 pub use scan::{LogSummary, Problem, SegmentReport, Severity, scan, scan_from, verify};
-pub use writer::{Journal, Opened};
+pub use writer::{Journal, Opened, Queued};

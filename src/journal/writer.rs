@@ -184,6 +184,20 @@ impl Journal {
         rx.await.map_err(|_| self.closed())?
     }
 
+    /// Hands a record to the writer without waiting for it to be durable; await the returned
+    /// [`Queued`] for its LSN once it is.
+    ///
+    /// The writer takes records in the order they were queued, writes them in that order and
+    /// poisons itself on the first failure, so when a record queued later by the same task is
+    /// acknowledged, this one is durable too. The executor relies on that to let a step's
+    /// outcome share an `fdatasync` with the next step's `StepStarted`.
+    pub async fn append_queued(&self, kind: RecordKind, payload: Vec<u8>) -> Result<Queued, Error> {
+        self.check_append(&payload)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Append { kind, payload, reply }).await.map_err(|_| self.closed())?;
+        Ok(Queued { rx, journal: self.clone() })
+    }
+
     /// [`Journal::append`] for threads outside the async runtime (tools, tests).
     ///
     /// # Panics
@@ -259,6 +273,20 @@ impl Journal {
             Some(cause) => Error::Poisoned { cause: cause.to_owned() },
             None => Error::Closed,
         }
+    }
+}
+
+/// A record handed to the writer by [`Journal::append_queued`].
+#[derive(Debug)]
+pub struct Queued {
+    rx: oneshot::Receiver<Result<u64, Error>>,
+    journal: Journal,
+}
+
+impl Queued {
+    /// Waits until the record is durable (under `SyncPolicy::Always`) and returns its LSN.
+    pub async fn durable(self) -> Result<u64, Error> {
+        self.rx.await.map_err(|_| self.journal.closed())?
     }
 }
 
@@ -354,6 +382,7 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.last_batch_records = batch.len();
+                crate::metrics::get().journal_batch_records.observe(batch.len() as f64);
                 self.commit(std::mem::take(&mut batch));
             }
             match control {
@@ -417,6 +446,7 @@ impl Writer {
                 self.active.acked_len = self.active.len;
                 if let Some(last) = pending.last() {
                     self.shared.acked_lsn.store(last.lsn, Ordering::Release);
+                    crate::metrics::get().journal_lsn.set(last.lsn as i64);
                 }
                 for p in pending {
                     let _ = p.reply.send(Ok(p.lsn));
@@ -489,6 +519,7 @@ impl Writer {
         let started = Instant::now();
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
         self.last_sync = started.elapsed();
+        crate::metrics::get().journal_fsync.observe(self.last_sync.as_secs_f64());
         self.dirty_since = None;
         Ok(())
     }

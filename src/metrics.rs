@@ -1,0 +1,261 @@
+//! Process-wide metrics: what the Prometheus endpoint exposes and what `Admin.Stats` reports.
+//!
+//! The executor, the journal writer and recovery record into one global [`Metrics`]; the server
+//! encodes it in the Prometheus text format at `/metrics` on `[server] metrics_listen`. Gauges
+//! that describe current state (sagas by status, breaker states) are filled in by the server
+//! right before each scrape.
+//!
+//! Exposed families (all prefixed `sagalog_`):
+//! - `sagas_submitted_total`, `sagas_finished_total{outcome}`, `sagas{status}` (gauge; running
+//!   sagas in memory, by status);
+//! - `step_duration_seconds{participant,direction}` (histogram of participant calls),
+//!   `step_attempts_total{participant,direction,result}` with `result` one of `ok`,
+//!   `retryable`, `permanent` (retries are the `retryable` ones);
+//! - `breaker_state{participant}` (0 closed, 1 half-open, 2 open);
+//! - `journal_fsync_seconds` (histogram), `journal_batch_records` (histogram of records per
+//!   group commit), `journal_lsn` (gauge);
+//! - `recoveries_total`, `recovery_duration_seconds` (gauge: the last pass).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~52 s, doubling.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 21))
+}
+
+/// Every metric the process records.
+pub struct Metrics {
+    registry: Registry,
+    pub sagas_submitted: Counter,
+    pub sagas_finished: Family<Labels, Counter>,
+    pub sagas: Family<Labels, Gauge>,
+    pub step_duration: HistogramFamily,
+    pub step_attempts: Family<Labels, Counter>,
+    pub breaker_state: Family<Labels, Gauge>,
+    pub journal_fsync: Histogram,
+    pub journal_batch_records: Histogram,
+    pub journal_lsn: Gauge,
+    pub recoveries: Counter,
+    pub recovery_duration: Gauge<f64, AtomicU64>,
+    /// Per-participant latency sketches for `Admin.Stats` percentiles.
+    latencies: Mutex<BTreeMap<String, LatencySketch>>,
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sagalog");
+        let sagas_submitted = Counter::default();
+        registry.register("sagas_submitted", "Sagas journaled by Submit", sagas_submitted.clone());
+        let sagas_finished = Family::<Labels, Counter>::default();
+        registry.register("sagas_finished", "Sagas that reached a terminal state, by outcome", sagas_finished.clone());
+        let sagas = Family::<Labels, Gauge>::default();
+        registry.register("sagas", "Sagas in memory (running or waiting), by status", sagas.clone());
+        let step_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "step_duration_seconds",
+            "Duration of participant calls (one step attempt), by participant and direction",
+            step_duration.clone(),
+        );
+        let step_attempts = Family::<Labels, Counter>::default();
+        registry.register(
+            "step_attempts",
+            "Step attempts by participant, direction and result (ok, retryable, permanent)",
+            step_attempts.clone(),
+        );
+        let breaker_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state per participant: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let journal_fsync = latency_histogram();
+        registry.register("journal_fsync_seconds", "Duration of the journal's fdatasync calls", journal_fsync.clone());
+        let journal_batch_records = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "journal_batch_records",
+            "Records written per journal group commit",
+            journal_batch_records.clone(),
+        );
+        let journal_lsn = Gauge::default();
+        registry.register("journal_lsn", "Highest acknowledged journal LSN", journal_lsn.clone());
+        let recoveries = Counter::default();
+        registry.register("recoveries", "Recovery passes run (at start and by Admin.Recover)", recoveries.clone());
+        let recovery_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "recovery_duration_seconds",
+            "Duration of the last recovery pass (journal read and sagas rebuilt)",
+            recovery_duration.clone(),
+        );
+        Metrics {
+            registry,
+            sagas_submitted,
+            sagas_finished,
+            sagas,
+            step_duration,
+            step_attempts,
+            breaker_state,
+            journal_fsync,
+            journal_batch_records,
+            journal_lsn,
+            recoveries,
+            recovery_duration,
+            latencies: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records one participant call.
+    pub fn step_attempt(&self, participant: &str, direction: &str, result: &str, took: Duration) {
+        let labels =
+            vec![("participant".to_owned(), participant.to_owned()), ("direction".to_owned(), direction.to_owned())];
+        self.step_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        let mut with_result = labels;
+        with_result.push(("result".to_owned(), result.to_owned()));
+        self.step_attempts.get_or_create(&with_result).inc();
+        let mut sketches = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        sketches.entry(participant.to_owned()).or_default().record(took, result == "ok");
+    }
+
+    pub fn saga_finished(&self, outcome: &str) {
+        self.sagas_finished.get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())]).inc();
+    }
+
+    pub fn recovery(&self, took: Duration) {
+        self.recoveries.inc();
+        self.recovery_duration.set(took.as_secs_f64());
+    }
+
+    /// Per participant: calls, succeeded, failed and the p50/p90/p99 latencies (milliseconds).
+    pub fn latency_summary(&self) -> Vec<LatencySummary> {
+        let sketches = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        sketches
+            .iter()
+            .map(|(participant, s)| LatencySummary {
+                participant: participant.clone(),
+                calls: s.count,
+                succeeded: s.succeeded,
+                p50_ms: s.quantile(0.50),
+                p90_ms: s.quantile(0.90),
+                p99_ms: s.quantile(0.99),
+            })
+            .collect()
+    }
+
+    /// The Prometheus text exposition of everything recorded.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySummary {
+    pub participant: String,
+    pub calls: u64,
+    pub succeeded: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Bucket boundaries grow by this factor: a quantile is exact to within ±12%.
+const SKETCH_FACTOR: f64 = 1.25;
+/// The first bucket's upper bound, in microseconds.
+const SKETCH_FIRST_US: f64 = 10.0;
+const SKETCH_BUCKETS: usize = 80; // 10 µs × 1.25^79 ≈ 4.5 hours: every realistic call
+
+/// A log-bucketed latency histogram that can answer quantiles (prometheus-client's histogram
+/// cannot be read back).
+#[derive(Debug, Clone)]
+struct LatencySketch {
+    buckets: [u64; SKETCH_BUCKETS],
+    count: u64,
+    succeeded: u64,
+}
+
+impl Default for LatencySketch {
+    fn default() -> Self {
+        LatencySketch { buckets: [0; SKETCH_BUCKETS], count: 0, succeeded: 0 }
+    }
+}
+
+impl LatencySketch {
+    fn record(&mut self, took: Duration, ok: bool) {
+        let us = took.as_secs_f64() * 1e6;
+        let bucket =
+            if us <= SKETCH_FIRST_US { 0 } else { ((us / SKETCH_FIRST_US).ln() / SKETCH_FACTOR.ln()).ceil() as usize };
+        self.buckets[bucket.min(SKETCH_BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.succeeded += u64::from(ok);
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile, in milliseconds (0 if empty).
+    fn quantile(&self, q: f64) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return SKETCH_FIRST_US * SKETCH_FACTOR.powi(i as i32) / 1000.0;
+            }
+        }
+        SKETCH_FIRST_US * SKETCH_FACTOR.powi(SKETCH_BUCKETS as i32 - 1) / 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sketch_quantiles_are_within_one_bucket() {
+        let mut s = LatencySketch::default();
+        for ms in 1..=100u64 {
+            s.record(Duration::from_millis(ms), true);
+        }
+        for (q, exact) in [(0.5, 50.0), (0.9, 90.0), (0.99, 99.0)] {
+            let got = s.quantile(q);
+            assert!(got >= exact && got <= exact * SKETCH_FACTOR, "q{q}: {got} vs {exact}");
+        }
+        assert_eq!(LatencySketch::default().quantile(0.5), 0.0);
+    }
+
+    #[test]
+    fn exposition_names_the_families() {
+        let m = Metrics::new();
+        m.step_attempt("ledger", "forward", "ok", Duration::from_millis(3));
+        m.saga_finished("COMPLETED");
+        let text = m.encode();
+        for name in [
+            "sagalog_step_duration_seconds_bucket",
+            "sagalog_step_attempts_total{participant=\"ledger\",direction=\"forward\",result=\"ok\"} 1",
+            "sagalog_sagas_finished_total{outcome=\"COMPLETED\"} 1",
+            "sagalog_journal_fsync_seconds_count",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The gRPC server: `sagalog.v1.Sagas`, `sagalog.v1.Admin`, `grpc.health.v1.Health` and server
+//! reflection (v1 and v1alpha) on one port, and the Prometheus endpoint on another.
+
+pub mod auth;
+pub mod config;
+mod convert;
+mod metrics_http;
+mod run;
+mod service;
+
+pub use run::{Error, Running, start};
+pub use service::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};

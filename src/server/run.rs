@@ -1,0 +1,205 @@
+//! Starting and stopping the server around a [`Node`].
+//!
+//! Shutdown order (SIGTERM, or [`Running::shutdown`]):
+//! 1. health turns NOT_SERVING, new submits get UNAVAILABLE, open `Watch` streams end with
+//!    UNAVAILABLE (clients reconnect elsewhere with their last version);
+//! 2. the executor starts no new step and waits up to `shutdown_grace_ms` for the participant
+//!    calls under way, journaling their outcomes;
+//! 3. the gRPC server stops (calls in progress finish);
+//! 4. the node flushes the index and syncs and closes the journal.
+//!
+//! Whatever is unfinished stays journaled; the next start's recovery resumes it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use super::auth::Auth;
+use super::config::{Anonymous, Role, ServerConfig, parse_addr};
+use super::service::Api;
+use crate::api::pb;
+use crate::node::{self, Node};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Node(#[from] node::Error),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen { addr: String, what: &'static str, source: std::io::Error },
+    #[error("TLS: cannot read {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A server that is up.
+pub struct Running {
+    /// Where gRPC listens (the real port when the config said port 0).
+    pub addr: SocketAddr,
+    /// Where `/metrics` is served, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    node: Node,
+    stopping: watch::Sender<bool>,
+    health: tonic_health::server::HealthReporter,
+    stop_grpc: Option<oneshot::Sender<()>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    metrics: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+/// Serves `node` with `config` (its `[server]` block, `listen` possibly overridden).
+pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<Running, Error> {
+    config.check().map_err(Error::Config)?;
+    let listen = parse_addr("server.listen", &config.listen).map_err(Error::Config)?;
+    match config.anonymous {
+        Anonymous::Off => {}
+        mode => tracing::warn!(
+            role = mode.role().map_or("", Role::as_str),
+            listen = %listen,
+            "ANONYMOUS MODE: calls without a token are accepted (server.anonymous); add [[server.tokens]] and set anonymous = \"off\" for anything but a local demo"
+        ),
+    }
+    let listener = TcpListener::bind(listen).await.map_err(|source| Error::Listen {
+        addr: config.listen.clone(),
+        what: "gRPC",
+        source,
+    })?;
+    let addr =
+        listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), what: "gRPC", source })?;
+
+    let (stopping, stopping_rx) = watch::channel(false);
+    let api = Api {
+        executor: node.executor.clone(),
+        catalog: node.catalog.clone(),
+        index: node.index.clone(),
+        submits: Arc::new(Semaphore::new(config.max_pending_submits as usize)),
+        max_pending_submits: config.max_pending_submits,
+        max_message_bytes: config.max_message_bytes,
+        stopping: stopping_rx,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::sagas_server::SagasServer<Api>>().await;
+    health.set_serving::<pb::admin_server::AdminServer<Api>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let sagas = pb::sagas_server::SagasServer::new(api.clone())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let admin = pb::admin_server::AdminServer::new(api).max_decoding_message_size(config.max_message_bytes);
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(data_dir, &tls.cert, &tls.key)?)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(tonic::service::interceptor::InterceptedService::new(sagas, Auth::new(&config, Role::Client)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(admin, Auth::new(&config, Role::Admin)));
+    let (stop_grpc, stop_rx) = oneshot::channel::<()>();
+    let grpc = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    }));
+
+    let (metrics_addr, metrics) = if config.metrics_listen.is_empty() {
+        (None, None)
+    } else {
+        let (addr, task) = super::metrics_http::start(&config.metrics_listen, node.executor.clone()).await?;
+        (Some(addr), Some(task))
+    };
+    tracing::info!(%addr, tls = config.tls.is_some(), metrics = ?metrics_addr, "serving gRPC");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        node,
+        stopping,
+        health,
+        stop_grpc: Some(stop_grpc),
+        grpc: Some(grpc),
+        metrics,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}
+
+fn tls_config(data_dir: &Path, cert: &str, key: &str) -> Result<ServerTlsConfig, Error> {
+    let read = |p: &str| {
+        let path = data_dir.join(p);
+        std::fs::read(&path).map_err(|source| Error::TlsFile { path, source })
+    };
+    let (cert, key) = (read(cert)?, read(key)?);
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+}
+
+impl Running {
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Resolves when the gRPC server task ended by itself (it failed).
+    pub async fn failed(&mut self) -> Result<(), Error> {
+        match self.grpc.as_mut() {
+            Some(task) => match task.await {
+                Ok(result) => {
+                    self.grpc = None;
+                    result.map_err(Error::from)
+                }
+                Err(e) => {
+                    self.grpc = None;
+                    Err(Error::Config(format!("gRPC server task ended: {e}")))
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The graceful shutdown described in the module docs. Returns the number of participant
+    /// calls still running when the grace period ran out (0 normally).
+    pub async fn shutdown(mut self) -> Result<usize, Error> {
+        let _ = self.stopping.send(true);
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health.set_not_serving::<pb::sagas_server::SagasServer<Api>>().await;
+        let unfinished_calls = self.node.executor.drain(self.grace).await;
+        if unfinished_calls > 0 {
+            tracing::warn!(
+                calls = unfinished_calls,
+                "shutdown: participant calls still running after the grace period; recovery settles them by marker"
+            );
+        }
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        if let Some(grpc) = self.grpc.take() {
+            match tokio::time::timeout(Duration::from_secs(5), grpc).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                Err(_) => tracing::warn!("gRPC calls still open after 5 s; closing"),
+                _ => {}
+            }
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.abort();
+        }
+        self.node.shutdown().await?;
+        Ok(unfinished_calls)
+    }
+}

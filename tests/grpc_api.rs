@@ -1,0 +1,365 @@
+//! End to end through gRPC only: a real server on a loopback port, driven by generated
+//! clients. Submit, Get, Watch, List, Cancel, the Admin calls, every error code with a request
+//! that triggers it, auth, Watch resuming after a reconnect, graceful shutdown, and metrics.
+
+mod api_support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use api_support::{ADMIN_TOKEN, CLIENT_TOKEN, CONFIG, admin, saga, sagas, settled, start, status, text};
+use sagalog::api::pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    let e = r.expect_err("the call should fail");
+    (e.code(), e.message().to_owned())
+}
+
+/// Holds the ledger database's write lock (as a backup tool would), so steps on it wait.
+fn lock_ledger(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("data/ledger.sqlite")).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_get_watch_list_cancel_and_idempotent_resubmit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG).await;
+    let mut client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+
+    let reply = client.submit(saga("ok-1", 5)).await.unwrap().into_inner();
+    assert!(reply.created);
+    let submitted = reply.saga.unwrap();
+    assert_eq!(submitted.saga_id, "ok-1");
+    assert_eq!(submitted.steps.len(), 2);
+    assert_eq!(submitted.steps[0].participant, "ledger");
+
+    // Watch from the start: versions grow, the stream ends at the terminal state.
+    let mut stream =
+        client.watch(pb::WatchRequest { saga_id: "ok-1".into(), after_version: 0 }).await.unwrap().into_inner();
+    let mut versions = Vec::new();
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        let s = item.unwrap();
+        versions.push(s.version);
+        last = Some(s);
+    }
+    let last = last.expect("at least one state");
+    assert_eq!(status(&last), pb::SagaStatus::Completed);
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions only grow: {versions:?}");
+    assert!(last.steps.iter().all(|s| s.state == pb::StepState::StepApplied as i32 && s.attempts == 1));
+    assert!(dir.path().join("data/artifacts/runs/ok-1.json").exists());
+
+    // Get after the end, and an idempotent resubmit that runs nothing again.
+    let got = client.get(pb::GetRequest { saga_id: "ok-1".into() }).await.unwrap().into_inner();
+    assert_eq!(status(&got), pb::SagaStatus::Completed);
+    let again = client.submit(saga("ok-1", 5)).await.unwrap().into_inner();
+    assert!(!again.created);
+    assert_eq!(status(again.saga.as_ref().unwrap()), pb::SagaStatus::Completed);
+    assert_eq!(again.saga.unwrap().steps[0].attempts, 1, "a resubmit runs nothing again");
+
+    // A saga that fails at step 0 for good is compensated; nothing to undo there.
+    client.submit(saga("bad-1", -1)).await.unwrap();
+    let bad = settled(&mut client, "bad-1").await;
+    assert_eq!(status(&bad), pb::SagaStatus::Compensated);
+    assert_eq!(bad.steps[0].state, pb::StepState::StepFailed as i32);
+    assert!(bad.steps[0].last_error.contains("CHECK"), "{}", bad.steps[0].last_error);
+    assert!(bad.compensation_reason.contains("step 0"), "{}", bad.compensation_reason);
+
+    // Cancel while a step waits on a locked database: the saga ends COMPENSATED.
+    let blocker = lock_ledger(dir.path());
+    client.submit(saga("cancel-1", 1)).await.unwrap();
+    let cancelled = client.cancel(pb::CancelRequest { saga_id: "cancel-1".into() }).await.unwrap().into_inner();
+    assert_eq!(cancelled.saga_id, "cancel-1");
+    drop(blocker);
+    let cancelled = settled(&mut client, "cancel-1").await;
+    assert_eq!(status(&cancelled), pb::SagaStatus::Compensated);
+    assert_eq!(cancelled.compensation_reason, "cancelled");
+    assert!(!dir.path().join("data/artifacts/runs/cancel-1.json").exists());
+
+    // List: everything, by status, and page by page without repeats.
+    for n in 0..5 {
+        client.submit(saga(&format!("page-{n}"), n)).await.unwrap();
+    }
+    for n in 0..5 {
+        settled(&mut client, &format!("page-{n}")).await;
+    }
+    let all = client.list(pb::ListRequest::default()).await.unwrap().into_inner();
+    let ids: BTreeSet<_> = all.sagas.iter().map(|s| s.saga_id.clone()).collect();
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert!(all.next_page_token.is_empty());
+    let compensated = client
+        .list(pb::ListRequest { status: vec![pb::SagaStatus::Compensated as i32], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: BTreeSet<_> = compensated.sagas.iter().map(|s| s.saga_id.as_str()).collect();
+    assert_eq!(ids, BTreeSet::from(["bad-1", "cancel-1"]));
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest { page_size: 3, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.sagas.len() <= 3);
+        paged.extend(page.sagas.into_iter().map(|s| s.saga_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let unique: BTreeSet<_> = paged.iter().cloned().collect();
+    assert_eq!((paged.len(), unique.len()), (8, 8), "{paged:?}");
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_has_a_request_that_triggers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("shutdown_grace_ms = 3000", "shutdown_grace_ms = 3000\nmax_message_bytes = 65536");
+    let server = start(dir.path(), &config).await;
+    let mut client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+
+    // INVALID_ARGUMENT names the step and the parameter.
+    let mut unknown = saga("inv-1", 1);
+    unknown.steps[1].action = "launch_rockets".into();
+    let (c, m) = code(client.submit(unknown).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("step 1") && m.contains("launch_rockets"), "{m}");
+    let mut mistyped = saga("inv-2", 1);
+    mistyped.steps[0].params.insert("rows".into(), text("many"));
+    let (c, m) = code(client.submit(mistyped).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("step 0") && m.contains("\"rows\"") && m.contains("int"), "{m}");
+    let mut untyped = saga("inv-3", 1);
+    untyped.steps[0].params.insert("rows".into(), pb::Value { kind: None });
+    let (c, m) = code(client.submit(untyped).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("step 0") && m.contains("\"rows\""), "{m}");
+    let mut extra = saga("inv-4", 1);
+    extra.steps[0].params.insert("color".into(), text("red"));
+    assert!(code(client.submit(extra).await).1.contains("\"color\""));
+    assert_eq!(code(client.submit(saga("", 1)).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(client.submit(pb::SubmitRequest { saga_id: "no-steps".into(), steps: vec![] }).await).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(code(client.get(pb::GetRequest { saga_id: String::new() }).await).0, Code::InvalidArgument);
+    let (c, m) = code(client.list(pb::ListRequest { page_size: 5000, ..Default::default() }).await);
+    assert!(c == Code::InvalidArgument && m.contains("page_size"), "{m}");
+    let (c, _) = code(client.list(pb::ListRequest { page_token: "forged".into(), ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument);
+    let (c, _) = code(client.list(pb::ListRequest { page_token: "done:zz".into(), ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument);
+    let (c, _) = code(client.list(pb::ListRequest { status: vec![42], ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument);
+
+    // ALREADY_EXISTS: same id, different definition.
+    client.submit(saga("dup", 1)).await.unwrap();
+    let (c, m) = code(client.submit(saga("dup", 2)).await);
+    assert!(c == Code::AlreadyExists && m.contains("dup"), "{m}");
+
+    // NOT_FOUND.
+    assert_eq!(code(client.get(pb::GetRequest { saga_id: "nope".into() }).await).0, Code::NotFound);
+    assert_eq!(code(client.cancel(pb::CancelRequest { saga_id: "nope".into() }).await).0, Code::NotFound);
+    let mut ops = admin(server.addr, Some(ADMIN_TOKEN)).await;
+    let (c, m) = code(ops.reset_breaker(pb::ResetBreakerRequest { participant: "mainframe".into() }).await);
+    assert!(c == Code::NotFound && m.contains("mainframe"), "{m}");
+
+    // FAILED_PRECONDITION: cancel or resolve a finished saga.
+    settled(&mut client, "dup").await;
+    let (c, m) = code(client.cancel(pb::CancelRequest { saga_id: "dup".into() }).await);
+    assert!(c == Code::FailedPrecondition && m.contains("COMPLETED"), "{m}");
+    let resolve = pb::ResolveRequest {
+        saga_id: "dup".into(),
+        decision: pb::ResolveDecision::RetryCompensation as i32,
+        operator: String::new(),
+    };
+    assert_eq!(code(ops.resolve(resolve).await).0, Code::FailedPrecondition);
+    let no_decision = pb::ResolveRequest { saga_id: "dup".into(), decision: 0, operator: String::new() };
+    assert_eq!(code(ops.resolve(no_decision).await).0, Code::InvalidArgument);
+
+    // UNAUTHENTICATED and PERMISSION_DENIED.
+    let mut anonymous = sagas(server.addr, None).await;
+    let (c, m) = code(anonymous.get(pb::GetRequest { saga_id: "dup".into() }).await);
+    assert!(c == Code::Unauthenticated && m.contains("token"), "{m}");
+    let mut wrong = sagas(server.addr, Some("not-a-known-token-at-all")).await;
+    assert_eq!(code(wrong.get(pb::GetRequest { saga_id: "dup".into() }).await).0, Code::Unauthenticated);
+    let mut client_on_admin = admin(server.addr, Some(CLIENT_TOKEN)).await;
+    let (c, m) = code(client_on_admin.stats(pb::StatsRequest {}).await);
+    assert!(c == Code::PermissionDenied && m.contains("admin"), "{m}");
+    // The admin token may use the Sagas service too.
+    let mut admin_on_sagas = sagas(server.addr, Some(ADMIN_TOKEN)).await;
+    admin_on_sagas.get(pb::GetRequest { saga_id: "dup".into() }).await.unwrap();
+
+    // OUT_OF_RANGE: a message over the size limit.
+    let mut huge = saga("huge", 1);
+    huge.steps[1].params.insert("report".into(), text(&"x".repeat(100_000)));
+    let (c, m) = code(client.submit(huge).await);
+    assert!(c == Code::OutOfRange && m.contains("65536"), "{c:?} {m}");
+    // RESOURCE_EXHAUSTED: more submits at once than the server journals concurrently.
+    server.shutdown().await.unwrap();
+    let config = config.replace("max_message_bytes = 65536", "max_message_bytes = 65536\nmax_pending_submits = 1");
+    let server = start(dir.path(), &config).await;
+    let client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+    let mut calls = Vec::new();
+    for n in 0..200 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move { c.submit(saga(&format!("burst-{n}"), n)).await }));
+    }
+    let (mut accepted, mut exhausted) = (Vec::new(), 0);
+    for (n, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Ok(_) => accepted.push(format!("burst-{n}")),
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(e.message().contains("retry"), "{}", e.message());
+                exhausted += 1
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(exhausted > 0, "200 concurrent submits against max_pending_submits = 1 were all accepted");
+    let mut client = client;
+    for id in &accepted {
+        assert_eq!(status(&settled(&mut client, id).await), pb::SagaStatus::Completed, "{id}");
+    }
+
+    // UNAVAILABLE: submits while the server shuts down (a step holds the drain open).
+    let blocker = lock_ledger(dir.path());
+    client.submit(saga("during-shutdown", 1)).await.unwrap();
+    let mut watch = client
+        .watch(pb::WatchRequest { saga_id: "during-shutdown".into(), after_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c, m) = code(client.submit(saga("too-late", 1)).await);
+    assert!(c == Code::Unavailable && m.contains("shutting down"), "{c:?} {m}");
+    let mut ended = None;
+    while let Some(item) = watch.next().await {
+        if let Err(e) = item {
+            ended = Some(e);
+        }
+    }
+    let ended = ended.expect("the watch stream ends with an error");
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(ended.message().contains("after_version"), "{}", ended.message());
+    drop(blocker);
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_a_reconnect_without_missing_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG).await;
+    let mut client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+    let blocker = lock_ledger(dir.path());
+    client.submit(saga("w-1", 3)).await.unwrap();
+    let mut first =
+        client.watch(pb::WatchRequest { saga_id: "w-1".into(), after_version: 0 }).await.unwrap().into_inner();
+    let seen = first.next().await.unwrap().unwrap();
+    assert!(!matches!(status(&seen), pb::SagaStatus::Completed | pb::SagaStatus::Compensated));
+    drop(first); // the client loses its connection
+
+    drop(blocker);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut resumed = client
+        .watch(pb::WatchRequest { saga_id: "w-1".into(), after_version: seen.version })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut states = Vec::new();
+    while let Some(item) = resumed.next().await {
+        states.push(item.unwrap());
+    }
+    assert!(!states.is_empty());
+    assert!(states.iter().all(|s| s.version > seen.version), "nothing at or before the resume point");
+    assert!(states.windows(2).all(|w| w[0].version < w[1].version));
+    let last = states.last().unwrap();
+    assert_eq!(status(last), pb::SagaStatus::Completed);
+
+    // Resuming from the final version of a finished saga sends nothing and ends.
+    let mut after_end = client
+        .watch(pb::WatchRequest { saga_id: "w-1".into(), after_version: last.version })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after_end.next().await.is_none());
+    // A watcher that starts after the saga finished gets its final state.
+    let mut late =
+        client.watch(pb::WatchRequest { saga_id: "w-1".into(), after_version: 0 }).await.unwrap().into_inner();
+    assert_eq!(late.next().await.unwrap().unwrap().version, last.version);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_report_participants_stats_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        CONFIG.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"");
+    let server = start(dir.path(), &config).await;
+    let mut client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+    let mut ops = admin(server.addr, Some(ADMIN_TOKEN)).await;
+    for n in 0..3 {
+        client.submit(saga(&format!("a-{n}"), n)).await.unwrap();
+    }
+    client.submit(saga("a-bad", -5)).await.unwrap();
+    for id in ["a-0", "a-1", "a-2", "a-bad"] {
+        settled(&mut client, id).await;
+    }
+
+    let participants = ops.participants(pb::ParticipantsRequest {}).await.unwrap().into_inner().participants;
+    let names: Vec<_> = participants.iter().map(|p| (p.name.as_str(), p.kind.as_str(), p.healthy)).collect();
+    assert_eq!(names, vec![("artifacts", "fs", true), ("ledger", "sqlite", true)]);
+    let ledger = participants.iter().find(|p| p.name == "ledger").unwrap();
+    assert_eq!(ledger.breaker_state, "closed");
+    assert!(ledger.calls_succeeded >= 3 && ledger.calls_failed >= 1, "{ledger:?}");
+
+    let stats = ops.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.sagas_by_status.get("COMPLETED"), Some(&3), "{:?}", stats.sagas_by_status);
+    assert_eq!(stats.sagas_by_status.get("COMPENSATED"), Some(&1));
+    assert!(stats.journal_lsn > 0 && stats.journal_bytes > 0);
+    assert!(stats.recoveries >= 1);
+    assert!(stats.step_latency.iter().any(|l| l.participant == "ledger" && l.calls >= 4 && l.p50_ms > 0.0));
+    assert_eq!(stats.limits.unwrap().max_pending_submits, 1024);
+
+    let reset = ops.reset_breaker(pb::ResetBreakerRequest { participant: "ledger".into() }).await.unwrap();
+    assert_eq!(reset.into_inner().previous_state, "closed");
+    let recovered = ops.recover(pb::RecoverRequest {}).await.unwrap().into_inner();
+    assert_eq!(recovered.restarted, 0, "every unfinished saga already has a task");
+
+    // Prometheus text exposition.
+    let addr = server.metrics_addr.expect("metrics address");
+    let body = tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        body
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for family in [
+        "sagalog_step_duration_seconds_bucket{",
+        "sagalog_step_attempts_total{participant=\"ledger\",direction=\"forward\",result=\"permanent\"}",
+        "sagalog_journal_fsync_seconds_count",
+        "sagalog_journal_batch_records_count",
+        "sagalog_breaker_state{participant=\"ledger\"} 0",
+        "sagalog_sagas{status=\"RUNNING\"}",
+        "sagalog_recovery_duration_seconds",
+    ] {
+        assert!(body.contains(family), "missing {family}");
+    }
+    server.shutdown().await.unwrap();
+}
