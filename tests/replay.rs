@@ -348,3 +348,24 @@ fn export_without_duckdb_says_so() {
     assert!(stderr(&out).contains("without DuckDB support"), "{}", stderr(&out));
     assert!(!target.exists());
 }
+
+/// A config that no longer declares an action: recovery fails that step for good (its saga
+/// compensates), and the plan says so instead of looping or guessing.
+#[test]
+fn dry_run_with_an_action_removed_from_the_config() {
+    let dir = crafted();
+    let d = dir.path();
+    let start = CONFIG.find("[actions.write]").unwrap();
+    let end = CONFIG.find("[actions.fragile]").unwrap();
+    let config = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
+    let path = d.join("without-write.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = sagalog(&["replay", "--dry-run", "--json", "--config", path.to_str().unwrap()], d);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Json = serde_json::from_str(&stdout(&out)).unwrap();
+    for id in ["b-in-doubt-without-marker", "h-submitted-only"] {
+        assert_eq!(saga(&plan, id)["expected"], "compensated", "{id}: {:#}", saga(&plan, id));
+        assert_eq!(saga(&plan, id)["steps"][1]["participant"], Json::Null);
+    }
+    assert_eq!(step(&plan, "h-submitted-only", 0, "compensate")["action"], "run");
+}

@@ -284,7 +284,7 @@ impl Work {
                         }
                         // Recovery fails a step it cannot resolve for good (the executor's
                         // `fail_for_good`): the same record here.
-                        None => self.journal_failure(step, direction, false, true),
+                        None => self.journal_failure(step, direction, false, false),
                     }
                 }
                 Next::Run { step, direction, attempt, .. } => {
