@@ -71,7 +71,7 @@ fn healthy_run_reports_nothing() {
     assert_eq!(report["markers"]["ledger"], 6, "{report:#}");
     assert_eq!(report["markers"]["files"], 6, "{report:#}");
     assert!(findings(&report).is_empty(), "{report:#}");
-    assert!(report["effects_checked"].as_u64().unwrap() >= 8, "{report:#}");
+    assert_eq!(report["effects_checked"], 16, "a file and a ledger check per saga: {report:#}");
     let mut after = fingerprint(dir.path());
     after.retain(|p, _| !p.to_string_lossy().ends_with("-shm"));
     let mut before = before;
@@ -123,6 +123,28 @@ fn extra_markers_are_reported() {
             ("unexpected_marker".into(), "s1".into(), Some(0), "compensate".into(), "ledger".into()),
             ("unexpected_marker".into(), "s6".into(), Some(0), "forward".into(), "ledger".into()),
             ("orphan".into(), "ghost".into(), Some(0), "forward".into(), "ledger".into()),
+        ]
+    );
+}
+
+/// An effect without a marker in a SQL participant (a ledger row inserted by hand for a
+/// saga whose step never applied) and a completed saga's row deleted by hand, found through
+/// the action's declared `check` statement.
+#[test]
+fn sql_effect_without_marker_is_reported() {
+    let healthy = healthy();
+    let dir = fresh_copy(healthy.path());
+    let conn = ledger(dir.path());
+    conn.execute("INSERT INTO executions (run_id, rows) VALUES ('s6', 6)", []).unwrap();
+    assert_eq!(conn.execute("DELETE FROM executions WHERE run_id = 's1'", []).unwrap(), 1);
+    drop(conn);
+    let (code, report) = audit(dir.path());
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        findings(&report),
+        vec![
+            ("effect_missing".into(), "s1".into(), Some(0), "forward".into(), "ledger".into()),
+            ("effect_without_marker".into(), "s6".into(), Some(0), "forward".into(), "ledger".into()),
         ]
     );
 }

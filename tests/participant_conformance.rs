@@ -364,6 +364,16 @@ mod cases {
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
+    pub async fn count_runs_an_effect_check(h: &Harness) {
+        let key = h.key("count", 0, Forward);
+        h.p().apply(&key, &h.insert(11, "counted")).await.unwrap();
+        let placeholder = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
+        let sql = format!("SELECT count(*) FROM {} WHERE id = {placeholder}", h.table);
+        assert_eq!(h.p().count(&sql, &[Value::Int(11)]).await.unwrap(), 1);
+        assert_eq!(h.p().count(&sql, &[Value::Int(12)]).await.unwrap(), 0);
+        assert_permanent(h.p().count("SELECT count(*) FROM no_such_table_sagalog", &[]).await);
+    }
+
     pub async fn file_operation_is_permanent(h: &Harness) {
         let key = h.key("file-op", 0, Forward);
         let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
@@ -431,6 +441,8 @@ macro_rules! sql_suite {
             returning_statement_commits,
             /// A file operation sent to a SQL participant is permanent and records no marker.
             file_operation_is_permanent,
+            /// count runs an action's effect check (bound parameters, one count back).
+            count_runs_an_effect_check,
         }
     };
 }

@@ -279,6 +279,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     for (id, facts) in &finished {
         checker.saga(id, facts, &mut report);
     }
+    sql_effects(&catalog, &participants.participants, &finished, &markers, &unreadable, &mut report).await;
     // Markers of known sagas that no step explains (wrong participant, unknown step).
     for (name, set) in &markers {
         for key in set {
@@ -306,6 +307,63 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     drop(dir);
     report.findings.sort();
     Ok(report)
+}
+
+/// For SQL steps whose action declares an effect `check`: the count must be positive after a
+/// completed saga and zero after a compensated one (or a step that never applied).
+async fn sql_effects(
+    catalog: &Catalog,
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+    finished: &BTreeMap<String, SagaFacts>,
+    markers: &BTreeMap<String, BTreeSet<StepKey>>,
+    unreadable: &BTreeSet<String>,
+    report: &mut AuditReport,
+) {
+    for (id, facts) in finished {
+        for (i, step) in facts.steps.iter().enumerate() {
+            let Some(call) = &step.call else { continue };
+            let Some((name, sql, args)) = catalog.check(call) else { continue };
+            let Some(p) = participants.get(&name).filter(|_| !unreadable.contains(&name)) else { continue };
+            let should_exist = match facts.status {
+                Status::Completed => true,
+                _ if step.by_operator => continue,
+                _ => false,
+            };
+            let key = StepKey { saga_id: id.clone(), step: i as u32, direction: Direction::Forward };
+            report.effects_checked += 1;
+            let count = match p.count(&sql, &args).await {
+                Ok(count) => count,
+                Err(e) => {
+                    report.findings.push(finding(
+                        FindingKind::Unreadable,
+                        &key,
+                        &name,
+                        format!("effect check failed: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let forward_marker = markers.get(&name).is_some_and(|set| set.contains(&key));
+            match (should_exist, count > 0) {
+                (true, false) => report.findings.push(finding(
+                    FindingKind::EffectMissing,
+                    &key,
+                    &name,
+                    "the saga COMPLETED but its effect check counts 0".to_owned(),
+                )),
+                (false, true) => {
+                    let why = if forward_marker { "and it was never compensated" } else { "without a marker" };
+                    report.findings.push(finding(
+                        FindingKind::EffectWithoutMarker,
+                        &key,
+                        &name,
+                        format!("the effect check counts {count} although the saga is {} {why}", facts.status.as_str()),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Every participant's markers of known sagas, by participant; orphans and unreadable

@@ -244,6 +244,14 @@ impl Participant for Duckdb {
         }))
     }
 
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let (sql, args) = (sql.to_owned(), args.to_vec());
+        Box::pin(self.run(move |name, conn| {
+            conn.query_row(&sql, params_from_iter(args.iter().map(to_duckdb)), |r| r.get(0))
+                .map_err(|e| classify(name, "effect check", &e))
+        }))
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.run(|name, conn| {
             conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, "probe", &e))?;

@@ -318,6 +318,12 @@ pub trait Participant: Send + Sync + 'static {
             Ok(found)
         })
     }
+    /// Runs a read-only statement that returns one count (an action's effect check, for
+    /// `sagalog audit`). The SQL kinds implement it; the default says the participant cannot.
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let _ = (sql, args);
+        Box::pin(async move { Err(Error::permanent(self.name(), "this participant cannot run effect checks")) })
+    }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
 }

@@ -211,6 +211,18 @@ impl Participant for Postgres {
         })
     }
 
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        Box::pin(async move {
+            let name = self.name.as_str();
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(|e| classify(name, "effect check", &e))?;
+            let params = bind(name, stmt.params(), args)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let row = client.query_one(&stmt, &refs).await.map_err(|e| classify(name, "effect check", &e))?;
+            row.try_get::<_, i64>(0).map_err(|e| classify(name, "effect check", &e))
+        })
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let client = self.client().await?;

@@ -247,6 +247,15 @@ impl Participant for Sqlite {
         }))
     }
 
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let (sql, args) = (sql.to_owned(), args.to_vec());
+        Box::pin(self.run(move |name, conn| {
+            conn.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.query_row(params_from_iter(args.iter().map(to_sqlite)), |r| r.get(0)))
+                .map_err(|e| classify(name, "effect check", &e))
+        }))
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         let read_only = self.read_only;
         Box::pin(self.run(move |name, conn| {

@@ -40,6 +40,7 @@ participant = "ledger"
 params = { run_id = "text", rows = "int" }
 forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, ?2)", args = ["run_id", "rows"] }
 compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
+check = { sql = "SELECT count(*) FROM executions WHERE run_id = ?1", args = ["run_id"] }
 retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
 compensate_retry = { max_attempts = 10, initial_backoff_ms = 5, max_backoff_ms = 50, jitter = 0.0 }
 timeout_ms = 30000
