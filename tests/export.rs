@@ -158,7 +158,7 @@ fn documented_queries_give_the_right_answers() {
         match name.as_str() {
             "success_rate_per_hour" => assert_eq!(
                 got,
-                [["2026-01-01T10:00:00Z", "4", "3", "75.0"], ["2026-01-01T11:00:00Z", "3", "2", "66.7"]],
+                [["2026-01-01T10:00:00Z", "4", "3", "75"], ["2026-01-01T11:00:00Z", "3", "2", "66.7"]],
                 "{name}"
             ),
             "failures_by_participant_and_error" => assert_eq!(
@@ -184,6 +184,7 @@ fn documented_queries_give_the_right_answers() {
         }
     }
     // Exporting again replaces the tables rather than doubling them.
+    drop(conn);
     let out = sagalog(&["export", "--duckdb", file.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let conn = duckdb::Connection::open(&file).unwrap();

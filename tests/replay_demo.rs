@@ -39,6 +39,8 @@ fn toolkit_on_a_crashed_demo_data_directory() {
     };
     let mut before = fingerprint(dir.path());
     keep(&mut before);
+    let wals: Vec<_> = before.keys().filter(|p| p.to_string_lossy().ends_with("wal")).collect();
+    eprintln!("participant write-ahead files left by the crash: {wals:?}");
     let out = sagalog(&["replay", "--dry-run", "--json"], dir.path());
     assert!(out.status.success(), "dry run after a crash: {}", stderr(&out));
     let plan: Json = serde_json::from_str(&stdout(&out)).unwrap();
@@ -52,8 +54,11 @@ fn toolkit_on_a_crashed_demo_data_directory() {
     assert!(out.status.success(), "replay: {} {}", stdout(&out), stderr(&out));
     let summary: Json = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(summary["unfinished"].as_u64(), Some(unfinished), "{summary}");
-    let expected = plan["totals"]["will_complete"].as_u64().unwrap();
-    assert!(summary["completed"].as_u64().unwrap() >= expected, "{summary} vs plan {}", plan["totals"]);
+    // The plan assumes the steps still to run succeed; some demo sagas are built to fail (and
+    // compensate), so only the sum is certain: every unfinished saga finished one way or the other.
+    let finished = summary["completed"].as_u64().unwrap() + summary["compensated"].as_u64().unwrap();
+    assert_eq!(finished, unfinished, "{summary} vs plan {}", plan["totals"]);
+    assert_eq!(summary["stuck"], serde_json::json!([]), "{summary}");
 
     let audit = sagalog(&["audit", "--json"], dir.path());
     assert!(audit.status.success(), "audit after recovery: {}", stdout(&audit));
