@@ -549,7 +549,8 @@ mod duckdb {
         let ro = Duckdb::open_read_only("duckdb", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.lookup_markers(&[key.clone(), StepKey { step: 2, ..key.clone() }]).await.unwrap(), [true, false]);
-        assert_eq!(ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>(), [key.clone()]);
+        let listed: Vec<StepKey> = ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, std::slice::from_ref(&key));
         assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, &Operation::Noop).await);
         drop(ro);
 
