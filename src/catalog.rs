@@ -221,6 +221,21 @@ pub struct ActionConfig {
     pub compensate_retry: RetryConfig,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// For SQL participants, optional: a read-only statement returning one count that is
+    /// positive exactly when the forward effect of a step exists (`SELECT count(*) FROM t
+    /// WHERE id = ?1`). `sagalog audit` runs it to find effects without markers and markers
+    /// without effects; nothing else uses it.
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+}
+
+/// A read-only statement that counts a step's forward effect (see [`ActionConfig::check`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub sql: String,
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 fn default_compensate_retry() -> RetryConfig {
@@ -317,6 +332,7 @@ participant = "ledger"
 params = { run_id = "text", job = "text", rows = "int" }
 forward = { sql = "INSERT INTO executions (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
 compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
+check = { sql = "SELECT count(*) FROM executions WHERE run_id = ?1", args = ["run_id"] }
 retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
 timeout_ms = 30000
 
@@ -325,6 +341,7 @@ participant = "warehouse"
 params = { run_id = "text", job = "text", rows = "int" }
 forward = { sql = "INSERT INTO results (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
 compensate = { sql = "DELETE FROM results WHERE run_id = ?1", args = ["run_id"] }
+check = { sql = "SELECT count(*) FROM results WHERE run_id = ?1", args = ["run_id"] }
 retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
 timeout_ms = 30000
 
@@ -424,6 +441,14 @@ impl Catalog {
             if action.timeout_ms == 0 {
                 return Err(invalid("timeout_ms must be positive".into()));
             }
+            if let Some(check) = &action.check {
+                if !matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb) {
+                    return Err(invalid(format!("check: a {:?} participant cannot run SQL", participant.kind)));
+                }
+                if let Some(arg) = check.args.iter().find(|a| !action.params.contains_key(*a)) {
+                    return Err(invalid(format!("check: uses undeclared parameter {arg:?}")));
+                }
+            }
         }
         Ok(Catalog { config })
     }
@@ -518,6 +543,17 @@ impl Catalog {
             OperationConfig::Noop { .. } => Operation::Noop,
         };
         Ok((action.participant.clone(), operation))
+    }
+}
+
+impl Catalog {
+    /// The effect check of a step (see [`ActionConfig::check`]): its participant, statement and
+    /// bound arguments; `None` when the action declares none (or is no longer declared).
+    pub fn check(&self, call: &StepCall) -> Option<(String, String, Vec<Value>)> {
+        let action = self.action(&call.action)?;
+        let check = action.check.as_ref()?;
+        let args = check.args.iter().map(|a| call.params.get(a).cloned()).collect::<Option<Vec<_>>>()?;
+        Some((action.participant.clone(), check.sql.clone(), args))
     }
 }
 
@@ -690,6 +726,14 @@ mod tests {
             (
                 "[actions.a]\nparticipant = \"ghost\"\nforward = { noop = true }\ncompensate = { noop = true }",
                 "unknown participant",
+            ),
+            (
+                "[participants.f]\nkind = \"fs\"\npath = \"f\"\n[actions.a]\nparticipant = \"f\"\nforward = { noop = true }\ncompensate = { noop = true }\ncheck = { sql = \"SELECT 1\" }",
+                "check: a Fs participant cannot run SQL",
+            ),
+            (
+                "[participants.d]\nkind = \"sqlite\"\npath = \"d\"\n[actions.a]\nparticipant = \"d\"\nforward = { noop = true }\ncompensate = { noop = true }\ncheck = { sql = \"SELECT 1\", args = [\"id\"] }",
+                "check: uses undeclared parameter \"id\"",
             ),
         ];
         for (text, needle) in cases {

@@ -33,6 +33,7 @@ pub mod index;
 pub mod journal;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod participant;
 pub mod recovery;
 pub mod server;

@@ -22,7 +22,7 @@ use sagalog::participant::fs::Fs;
 use sagalog::participant::memory::Memory;
 use sagalog::participant::postgres::Postgres;
 use sagalog::participant::sqlite::Sqlite;
-use sagalog::participant::{Applied, Direction, ErrorKind, Operation, Participant, StepKey};
+use sagalog::participant::{Applied, Direction, ErrorKind, MarkerEntry, Operation, Participant, StepKey};
 
 const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
@@ -266,6 +266,30 @@ mod cases {
         assert_eq!(markers, vec![(0, Forward), (1, Forward), (1, Compensate), (2, Forward)]);
     }
 
+    pub async fn all_markers_lists_every_saga(h: &Harness) {
+        let mine = |e: &MarkerEntry| e.key.saga_id.ends_with(&h.run_id);
+        let listed = || async { h.p().all_markers().await.unwrap().into_iter().filter(mine).collect::<Vec<_>>() };
+        assert_eq!(listed().await, vec![]);
+        let mut keys = vec![h.key("all-a", 0, Forward), h.key("all-a", 0, Compensate), h.key("all-b", 3, Forward)];
+        for key in &keys {
+            h.p().apply(key, &Operation::Noop).await.unwrap();
+        }
+        keys.sort();
+        let entries = listed().await;
+        assert_eq!(entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), keys, "every marker, sorted by key");
+        if !matches!(h.effects, Effects::Memory(_)) {
+            assert!(entries.iter().all(|e| e.applied_at_ms.is_some_and(|ms| ms > 1_600_000_000_000)), "{entries:?}");
+        }
+    }
+
+    pub async fn lookup_markers_answers_in_order(h: &Harness) {
+        let (a, b, c) = (h.key("batch", 0, Forward), h.key("batch", 1, Forward), h.key("batch", 1, Compensate));
+        h.p().apply(&b, &Operation::Noop).await.unwrap();
+        let keys = [a.clone(), b.clone(), c, b, a];
+        assert_eq!(h.p().lookup_markers(&keys).await.unwrap(), vec![false, true, false, true, false]);
+        assert_eq!(h.p().lookup_markers(&[]).await.unwrap(), Vec::<bool>::new());
+    }
+
     pub async fn probe_succeeds(h: &Harness) {
         h.p().probe().await.unwrap();
     }
@@ -340,6 +364,16 @@ mod cases {
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
+    pub async fn count_runs_an_effect_check(h: &Harness) {
+        let key = h.key("count", 0, Forward);
+        h.p().apply(&key, &h.insert(11, "counted")).await.unwrap();
+        let placeholder = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
+        let sql = format!("SELECT count(*) FROM {} WHERE id = {placeholder}", h.table);
+        assert_eq!(h.p().count(&sql, &[Value::Int(11)]).await.unwrap(), 1);
+        assert_eq!(h.p().count(&sql, &[Value::Int(12)]).await.unwrap(), 0);
+        assert_permanent(h.p().count("SELECT count(*) FROM no_such_table_sagalog", &[]).await);
+    }
+
     pub async fn file_operation_is_permanent(h: &Harness) {
         let key = h.key("file-op", 0, Forward);
         let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
@@ -377,6 +411,10 @@ macro_rules! common_suite {
             lookup_unknown_key_is_false,
             /// markers(saga) lists exactly the applied (step, direction) pairs of that saga.
             markers_lists_exactly_what_was_applied,
+            /// all_markers lists every marker of every saga, sorted, with its commit time.
+            all_markers_lists_every_saga,
+            /// lookup_markers answers a batch of keys in order, as lookup_marker would.
+            lookup_markers_answers_in_order,
             /// probe succeeds against a healthy participant.
             probe_succeeds,
             /// A Noop records its marker and is idempotent like any operation.
@@ -403,6 +441,8 @@ macro_rules! sql_suite {
             returning_statement_commits,
             /// A file operation sent to a SQL participant is permanent and records no marker.
             file_operation_is_permanent,
+            /// count runs an action's effect check (bound parameters, one count back).
+            count_runs_an_effect_check,
         }
     };
 }
@@ -443,6 +483,43 @@ mod sqlite {
         assert_eq!(sqlite.quick_check().await.unwrap(), "ok");
     }
 
+    /// Opened read-only (the offline tools): the same markers, `apply` refused, no file
+    /// created or changed (no `-wal`/`-shm` either), and a database without a marker table
+    /// has no markers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_markers_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.sqlite");
+        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
+        {
+            let sqlite = Sqlite::open("sqlite", &path, 1).unwrap();
+            sqlite.apply(&key, &Operation::Noop).await.unwrap();
+        }
+        let files = || {
+            let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files();
+        let ro = Sqlite::open_read_only("sqlite", &path, 2).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.all_markers().await.unwrap().len(), 1);
+        assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, &Operation::Noop).await);
+        drop(ro);
+        assert_eq!(files(), before, "a read-only open changed the directory");
+
+        let bare = dir.path().join("bare.sqlite");
+        rusqlite::Connection::open(&bare).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        let ro = Sqlite::open_read_only("bare", &bare, 1).unwrap();
+        assert!(!ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.all_markers().await.unwrap(), vec![]);
+        assert_eq!(ro.lookup_markers(std::slice::from_ref(&key)).await.unwrap(), vec![false]);
+    }
+
     /// A pool size of zero is refused as a permanent error.
     #[test]
     fn zero_pool_size_is_refused() {
@@ -453,8 +530,36 @@ mod sqlite {
 
 #[cfg(feature = "duckdb")]
 mod duckdb {
+    use super::*;
+
     common_suite!(super::make_duckdb);
     sql_suite!(super::make_duckdb);
+
+    /// Opened read-only: the same markers, `apply` refused, and a database without a marker
+    /// table has no markers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_markers_and_refuses_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.duckdb");
+        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
+        {
+            let db = Duckdb::open("duckdb", &path, 1).unwrap();
+            db.apply(&key, &Operation::Noop).await.unwrap();
+        }
+        let ro = Duckdb::open_read_only("duckdb", &path, 2).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.lookup_markers(&[key.clone(), StepKey { step: 2, ..key.clone() }]).await.unwrap(), [true, false]);
+        let listed: Vec<StepKey> = ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, std::slice::from_ref(&key));
+        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, &Operation::Noop).await);
+        drop(ro);
+
+        let bare = dir.path().join("bare.duckdb");
+        ::duckdb::Connection::open(&bare).unwrap().execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let ro = Duckdb::open_read_only("bare", &bare, 1).unwrap();
+        assert!(!ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.all_markers().await.unwrap(), vec![]);
+    }
 }
 
 mod postgres {
@@ -513,6 +618,36 @@ mod fs {
     }
 
     common_suite!(super::make_fs);
+
+    /// Opened read-only: the same markers, `apply` refused, and a root without a marker
+    /// directory gets none created.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_markers_and_creates_nothing() {
+        let h = make_fs().await.unwrap();
+        let key = h.key("ro", 0, Direction::Forward);
+        h.p().apply(&key, &put("x.txt", "x")).await.unwrap();
+        let ro = Fs::open_read_only("fs", root(&h).to_path_buf()).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        assert_eq!(ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>(), vec![key.clone()]);
+        assert_permanent(ro.apply(&h.key("ro", 1, Direction::Forward), &put("y.txt", "y")).await);
+        assert!(!root(&h).join("y.txt").exists());
+
+        let empty = tempfile::tempdir().unwrap();
+        let ro = Fs::open_read_only("fs", empty.path().to_path_buf()).unwrap();
+        assert_eq!(ro.all_markers().await.unwrap(), vec![]);
+        assert!(!ro.lookup_marker(&key).await.unwrap());
+        assert!(walk(empty.path()).is_empty(), "nothing created");
+    }
+
+    /// Saga ids that needed encoding come back decoded from all_markers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn all_markers_decodes_encoded_saga_ids() {
+        let h = make_fs().await.unwrap();
+        let key = StepKey { saga_id: format!("a/b c:{}", h.run_id), step: 2, direction: Direction::Compensate };
+        h.p().apply(&key, &Operation::Noop).await.unwrap();
+        let all: Vec<StepKey> = h.p().all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
+        assert!(all.contains(&key), "{all:?}");
+    }
 
     /// Put, copy and delete take visible effect, creating directories as needed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

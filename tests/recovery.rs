@@ -280,3 +280,38 @@ async fn recoveries_are_counted_across_restarts() {
     assert_eq!(snap.status, Status::Completed);
     assert_eq!(snap.saga.recoveries, 2);
 }
+
+/// Row 13: a COMPLETED saga reopened by an operator (`Resolved { CompensateCompleted }`, what
+/// `sagalog replay --compensate-since` journals) → every step is compensated, highest first,
+/// and a stray reopen of a saga that is not COMPLETED changes nothing.
+#[tokio::test]
+async fn completed_saga_reopened_by_an_operator_is_compensated() {
+    use sagalog::engine::ResolveDecision;
+    use sagalog::engine::record::Resolved;
+    let dir = tempfile::tempdir().unwrap();
+    let reopen = Record::Resolved(Resolved {
+        saga: ID.into(),
+        decision: ResolveDecision::CompensateCompleted,
+        by: "operator".into(),
+        at_ms: 7,
+    });
+    let records = [
+        submitted(2),
+        reopen.clone(),
+        started(0, Direction::Forward, 1),
+        succeeded(0, Direction::Forward),
+        started(1, Direction::Forward, 1),
+        succeeded(1, Direction::Forward),
+        Record::SagaFinished(Finished { saga: ID.into(), outcome: Outcome::Completed, at_ms: 6 }),
+        reopen,
+    ];
+    crashed_journal(dir.path(), &records).await;
+    let mem = Memory::new("mem");
+    for step in [0, 1] {
+        committed_before_crash(&mem, step, Direction::Forward).await;
+    }
+    let snap = restart(dir.path(), &mem).await;
+    assert_eq!(snap.status, Status::Compensated);
+    assert_eq!(mem.effects(ID), vec![fwd(0), fwd(1), comp(1), comp(0)], "compensated highest first");
+    assert!(snap.saga.compensation_reason.as_deref().is_some_and(|r| r.contains("operator")));
+}

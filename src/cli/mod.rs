@@ -4,8 +4,11 @@
 //! Exit codes shared by the offline tools: 0 = fine, 1 = the data is damaged (details printed),
 //! 2 = usage or I/O error. The client commands add theirs (see `client.rs` and `docs/cli.md`).
 
+mod audit;
 mod client;
 mod debug;
+mod export;
+mod replay;
 mod saga_file;
 mod saga_view;
 mod serve;
@@ -40,6 +43,13 @@ enum Command {
     /// Inspect and mend the write-ahead log of a data directory (offline).
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Recover a data directory offline: --dry-run prints the plan; --compensate-since undoes
+    /// sagas completed after a point.
+    Replay(replay::ReplayArgs),
+    /// Cross-check the journal and the index against every participant's markers (read-only).
+    Audit(audit::AuditArgs),
+    /// Write the saga history into a DuckDB file for SQL analytics.
+    Export(export::ExportArgs),
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
     /// Submit a saga (JSON or TOML file, `-` for standard input, or --demo) to a server.
@@ -76,6 +86,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Wal(cmd) => wal::run(cmd),
+        Command::Replay(args) => replay::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Export(args) => export::run(args),
         Command::Debug(cmd) => debug::run(cmd),
         Command::Submit(args) => client::submit(args),
         Command::Status(args) => client::status(args),

@@ -18,13 +18,22 @@ pub enum Outcome {
     Compensated,
 }
 
-/// What an operator decided for a STUCK saga.
+/// What an operator decided for a saga.
+///
+/// Encoded as its variant name inside the `Resolved` payload. A build that predates a variant
+/// fails to decode a record carrying it, and recovery stops at that LSN instead of misreading
+/// it (the same rule as for any record it cannot read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolveDecision {
-    /// The operator undid the remaining effects by hand: record the saga as compensated.
+    /// For a STUCK saga: the operator undid the remaining effects by hand; record the saga as
+    /// compensated.
     MarkCompensated,
-    /// Try the failing compensation again with a fresh budget.
+    /// For a STUCK saga: try the failing compensation again with a fresh budget.
     RetryCompensation,
+    /// For a COMPLETED saga: undo it. The saga goes back to compensating and every applied
+    /// step is compensated in reverse order, journaled like any compensation (the undo button
+    /// of `sagalog replay --compensate-since`). Ignored for a saga in any other state.
+    CompensateCompleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

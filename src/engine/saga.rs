@@ -9,7 +9,9 @@
 //! - compensation walks the steps in strict reverse order: an uncertain forward step is first
 //!   resolved by its participant's marker, a step that certainly did not apply is skipped,
 //!   every applied step is compensated; a compensation that fails permanently or exhausts its
-//!   budget makes the saga STUCK until an operator resolves it.
+//!   budget makes the saga STUCK until an operator resolves it;
+//! - an operator may reopen a COMPLETED saga (`Resolved { CompensateCompleted }`): it goes back
+//!   to compensating, and every step is compensated like after a failure.
 //!
 //! Records that do not fit the state (a step number out of range, another saga's record) are
 //! ignored with no change: the journal is trusted, and recovery must never panic on it.
@@ -250,6 +252,15 @@ impl Saga {
                     self.start_compensating("cancelled");
                 }
             }
+            Record::Resolved(r) if r.decision == ResolveDecision::CompensateCompleted => {
+                // Only a completed saga is reopened; for any other saga this changes nothing,
+                // so a stray or repeated record is harmless.
+                if self.phase == Phase::Finished(Outcome::Completed) {
+                    self.phase = Phase::Compensating;
+                    self.finished_at_ms = None;
+                    self.compensation_reason = Some(format!("completed saga compensated by {}", r.by));
+                }
+            }
             Record::Resolved(r) => {
                 if self.phase != Phase::Compensating {
                     return;
@@ -272,6 +283,8 @@ impl Saga {
                             c.attempts = 0;
                             c.failed_permanently = false;
                         }
+                        // Handled above, before the phase check.
+                        ResolveDecision::CompensateCompleted => {}
                     }
                 }
             }

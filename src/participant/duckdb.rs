@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use duckdb::{Connection, params, params_from_iter};
 
 use super::sqlite::{BlockingPool, now_ms, parse_marker};
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
 use crate::engine::value::Value;
 
 /// The most connections one DuckDB participant keeps.
@@ -34,6 +34,10 @@ pub struct Duckdb {
     /// at a time inside this process, and waiting writers do not hold pooled connections.
     write_lock: Arc<tokio::sync::Mutex<()>>,
     pool: BlockingPool<Connection>,
+    /// Opened by [`Duckdb::open_read_only`]: `apply` fails, nothing is ever written.
+    read_only: bool,
+    /// False only for a read-only database without a marker table: it holds no markers.
+    has_marker_table: bool,
 }
 
 impl Duckdb {
@@ -64,7 +68,56 @@ impl Duckdb {
             move || clone_connection(&name, &base)
         };
         let pool = BlockingPool::new(name, pool_size, first, connector, |_| true);
-        Ok(Duckdb { name: name.to_owned(), path, base, write_lock: Arc::default(), pool })
+        Ok(Duckdb {
+            name: name.to_owned(),
+            path,
+            base,
+            write_lock: Arc::default(),
+            pool,
+            read_only: false,
+            has_marker_table: true,
+        })
+    }
+
+    /// Opens an existing database file read-only (DuckDB's `access_mode = READ_ONLY`), for
+    /// the offline tools: no table is created, `apply` fails, and a database without a marker
+    /// table reads as having no markers.
+    ///
+    /// This does blocking file I/O: call it at startup, or from a blocking thread.
+    pub fn open_read_only(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Duckdb, Error> {
+        if pool_size == 0 || pool_size > POOL_SIZE_MAX {
+            return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
+        }
+        let path = path.into();
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .map_err(|e| classify(name, "configure read-only access", &e))?;
+        let base = Connection::open_with_flags(&path, config)
+            .map_err(|e| classify(name, &format!("open {} read-only", path.display()), &e))?;
+        let has_marker_table = base
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+                [MARKER_TABLE],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|e| classify(name, "look for the marker table", &e))?
+            > 0;
+        let first = base.try_clone().map_err(|e| classify(name, "clone connection", &e))?;
+        let base = Arc::new(Mutex::new(base));
+        let connector = {
+            let (name, base) = (name.to_owned(), Arc::clone(&base));
+            move || clone_connection(&name, &base)
+        };
+        let pool = BlockingPool::new(name, pool_size, first, connector, |_| true);
+        Ok(Duckdb {
+            name: name.to_owned(),
+            path,
+            base,
+            write_lock: Arc::default(),
+            pool,
+            read_only: true,
+            has_marker_table,
+        })
     }
 
     /// The database file.
@@ -106,6 +159,9 @@ impl Participant for Duckdb {
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
+            }
             let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction ends,
@@ -121,12 +177,60 @@ impl Participant for Duckdb {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         let key = key.clone();
-        Box::pin(self.run(move |name, conn| marker_exists(name, conn, &key)))
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| if has_table { marker_exists(name, conn, &key) } else { Ok(false) }))
+    }
+
+    fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
+        let keys = keys.to_vec();
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(vec![false; keys.len()]);
+            }
+            keys.iter().map(|key| marker_exists(name, conn, key)).collect()
+        }))
+    }
+
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "SELECT saga_id, step, direction, applied_at_ms FROM {MARKER_TABLE} ORDER BY saga_id, step, direction"
+            );
+            let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| classify(name, "list markers", &e))?;
+            let mut markers = Vec::with_capacity(rows.len());
+            for (saga_id, step, direction, at) in rows {
+                let (step, direction) = parse_marker(name, step, &direction)?;
+                let key = StepKey { saga_id, step, direction };
+                markers.push(MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
+            }
+            markers.sort();
+            Ok(markers)
+        }))
     }
 
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         let saga_id = saga_id.to_owned();
+        let has_table = self.has_marker_table;
         Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(Vec::new());
+            }
             let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?");
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
@@ -137,6 +241,14 @@ impl Participant for Duckdb {
                 rows.into_iter().map(|(step, dir)| parse_marker(name, step, &dir)).collect::<Result<Vec<_>, _>>()?;
             markers.sort();
             Ok(markers)
+        }))
+    }
+
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let (sql, args) = (sql.to_owned(), args.to_vec());
+        Box::pin(self.run(move |name, conn| {
+            conn.query_row(&sql, params_from_iter(args.iter().map(to_duckdb)), |r| r.get(0))
+                .map_err(|e| classify(name, "effect check", &e))
         }))
     }
 

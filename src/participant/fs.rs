@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Semaphore;
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
 
 /// The directory under the root that holds the markers.
 pub const MARKER_DIR: &str = ".sagalog-markers";
@@ -48,6 +48,8 @@ pub struct Fs {
     root: PathBuf,
     key_locks: Arc<Vec<Mutex<()>>>,
     permits: Arc<Semaphore>,
+    /// Opened by [`Fs::open_read_only`]: `apply` fails, nothing is ever created.
+    read_only: bool,
 }
 
 impl Fs {
@@ -65,6 +67,23 @@ impl Fs {
             root,
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
+            read_only: false,
+        })
+    }
+
+    /// Uses the existing directory `root` read-only, for the offline tools: the marker
+    /// directory is not created (a root without one holds no markers) and `apply` fails.
+    pub fn open_read_only(name: &str, root: PathBuf) -> Result<Fs, Error> {
+        let meta = fs::metadata(&root).map_err(|e| classify(name, &format!("root {}", root.display()), &e))?;
+        if !meta.is_dir() {
+            return Err(Error::permanent(name, format!("root {} is not a directory", root.display())));
+        }
+        Ok(Fs {
+            name: name.to_owned(),
+            root,
+            key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
+            permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
+            read_only: true,
         })
     }
 
@@ -144,6 +163,9 @@ impl Participant for Fs {
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
+            }
             let plan = self.plan(op)?;
             let saga_dir = self.saga_dir(&key.saga_id)?;
             let marker = self.root.join(self.marker_path(key)?);
@@ -173,11 +195,31 @@ impl Participant for Fs {
         })
     }
 
+    fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
+        Box::pin(async move {
+            let markers =
+                keys.iter().map(|k| self.marker_path(k).map(|p| self.root.join(p))).collect::<Result<Vec<_>, _>>()?;
+            let name = self.name.clone();
+            self.run(move || {
+                markers.iter().map(|m| exists(m).map_err(|e| classify(&name, "look up marker", &e))).collect()
+            })
+            .await
+        })
+    }
+
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         Box::pin(async move {
             let dir = self.root.join(self.saga_dir(saga_id)?);
             let name = self.name.clone();
             self.run(move || list_markers(&name, &dir)).await
+        })
+    }
+
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        Box::pin(async move {
+            let dir = self.root.join(MARKER_DIR);
+            let name = self.name.clone();
+            self.run(move || list_all_markers(&name, &dir)).await
         })
     }
 
@@ -296,6 +338,51 @@ fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> 
     }
     markers.sort();
     Ok(markers)
+}
+
+/// Every marker under the marker directory `dir`, with the marker file's modification time.
+fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
+    let sagas = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(classify(name, &format!("list {}", dir.display()), &e)),
+    };
+    let mut out = Vec::new();
+    for saga in sagas {
+        let saga = saga.map_err(|e| classify(name, &format!("list {}", dir.display()), &e))?;
+        let Some(saga_id) = saga.file_name().to_str().and_then(saga_id_of_dir_name) else {
+            tracing::warn!(participant = name, dir = ?saga.path(), "ignoring a marker directory that names no saga");
+            continue;
+        };
+        let saga_dir = saga.path();
+        for (step, direction) in list_markers(name, &saga_dir)? {
+            let key = StepKey { saga_id: saga_id.clone(), step, direction };
+            let file = saga_dir.join(format!("{step}.{}", direction.as_str()));
+            let applied_at_ms = fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| u64::try_from(d.as_millis()).ok());
+            out.push(MarkerEntry { key, applied_at_ms });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The saga id a marker directory name stands for: the inverse of [`saga_dir_name`].
+fn saga_id_of_dir_name(dir_name: &str) -> Option<String> {
+    let Some(hex) = dir_name.strip_prefix('%') else {
+        return Some(dir_name.to_owned());
+    };
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 fn parse_marker_name(file_name: &str) -> Option<(u32, Direction)> {

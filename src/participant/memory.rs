@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
 
 /// A scripted outcome for the next `apply` calls matching a filter.
 #[derive(Debug, Clone)]
@@ -70,6 +70,11 @@ impl Memory {
 
     pub fn remove_marker(&self, key: &StepKey) -> bool {
         self.lock().markers.remove(key)
+    }
+
+    /// Adds a marker without an effect (for audit tests: a marker no saga explains).
+    pub fn insert_marker(&self, key: StepKey) -> bool {
+        self.lock().markers.insert(key)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -147,6 +152,16 @@ impl Participant for Memory {
         Box::pin(async move {
             let st = self.lock();
             Ok(st.markers.iter().filter(|k| k.saga_id == saga_id).map(|k| (k.step, k.direction)).collect())
+        })
+    }
+
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        Box::pin(async move {
+            let st = self.lock();
+            if st.down {
+                return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+            }
+            Ok(st.markers.iter().map(|key| MarkerEntry { key: key.clone(), applied_at_ms: None }).collect())
         })
     }
 

@@ -23,7 +23,10 @@
 //!   operation, so a crash between the two re-runs an idempotent operation.
 //! - Participants never panic on bad input and never block the async runtime: SQLite and
 //!   DuckDB work runs on blocking threads.
-//! - The marker table (`sagalog_markers`) is created on first use.
+//! - The marker table (`sagalog_markers`) is created on first use, except by a participant
+//!   opened read-only ([`open_all_read_only`], for the offline tools): that one changes nothing
+//!   in the database or file tree, refuses `apply`, and reads a missing marker table as "no
+//!   markers".
 
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
@@ -71,6 +74,15 @@ impl fmt::Display for StepKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.saga_id, self.step, self.direction.as_str())
     }
+}
+
+/// One marker as a participant stores it, for audits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MarkerEntry {
+    pub key: StepKey,
+    /// When the marker was committed, if the participant records it (the SQL kinds do; the
+    /// file kind uses the marker file's modification time; the memory kind has none).
+    pub applied_at_ms: Option<u64>,
 }
 
 /// A concrete operation, with its parameters already bound from the saga's values.
@@ -214,6 +226,53 @@ pub fn open_all(
     Ok(out)
 }
 
+/// Participants opened by [`open_all_read_only`], and what the caller should know about them.
+pub struct ReadOnlySet {
+    pub participants: std::collections::BTreeMap<String, std::sync::Arc<dyn Participant>>,
+    /// One line per participant that could not be opened as configured and stands in as an
+    /// empty participant (no markers), e.g. a database file that does not exist yet.
+    pub notes: Vec<String>,
+}
+
+/// Opens every participant a config declares **without changing anything**: SQLite and DuckDB
+/// files read-only, no `init` statements, no marker table or marker directory created,
+/// PostgreSQL sessions in read-only transactions. A SQLite/DuckDB file or `fs` root that does
+/// not exist has never recorded a marker: it stands in as an empty participant, with a note.
+/// A `memory` participant keeps nothing across processes and is empty too. `apply` on any of
+/// them fails. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
+pub fn open_all_read_only(config: &crate::catalog::Config, data_dir: &std::path::Path) -> Result<ReadOnlySet, Error> {
+    let mut set = ReadOnlySet { participants: Default::default(), notes: Vec::new() };
+    for (name, p) in &config.participants {
+        let path = data_dir.join(p.path.as_deref().unwrap_or_default());
+        let missing = matches!(p.kind, Kind::Sqlite | Kind::Duckdb | Kind::Fs) && !path.exists();
+        let participant: std::sync::Arc<dyn Participant> = if missing {
+            set.notes.push(format!("participant {name}: {} does not exist; it holds no markers", path.display()));
+            std::sync::Arc::new(memory::Memory::new(name))
+        } else {
+            match p.kind {
+                Kind::Sqlite => std::sync::Arc::new(sqlite::Sqlite::open_read_only(name, path, p.pool_size)?),
+                #[cfg(feature = "duckdb")]
+                Kind::Duckdb => std::sync::Arc::new(duckdb::Duckdb::open_read_only(name, path, p.pool_size)?),
+                #[cfg(not(feature = "duckdb"))]
+                Kind::Duckdb => {
+                    return Err(Error::permanent(
+                        name,
+                        "this build has no DuckDB support (built without the `duckdb` feature)",
+                    ));
+                }
+                Kind::Postgres => {
+                    let url = p.url.as_deref().unwrap_or_default();
+                    std::sync::Arc::new(postgres::Postgres::connect_read_only(name, url, p.pool_size)?)
+                }
+                Kind::Fs => std::sync::Arc::new(fs::Fs::open_read_only(name, path)?),
+                Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+            }
+        };
+        set.participants.insert(name.clone(), participant);
+    }
+    Ok(set)
+}
+
 fn run_init_sqlite(name: &str, path: &std::path::Path, init: &[String]) -> Result<(), Error> {
     if init.is_empty() {
         return Ok(());
@@ -240,6 +299,31 @@ pub trait Participant: Send + Sync + 'static {
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>>;
     /// Every marker of a saga, for audits and tests: (step, direction).
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>>;
+    /// Every marker of every saga, sorted by key (read-only): what `sagalog audit` compares
+    /// with the journal and the index, including markers no known saga explains. Every kind in
+    /// this crate implements it; the default (for participants defined elsewhere) says it
+    /// cannot, so adding this method broke no implementation.
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        Box::pin(async move { Err(Error::permanent(self.name(), "this participant cannot list its markers")) })
+    }
+    /// [`Participant::lookup_marker`] for many keys at once (read-only), answers in the order
+    /// of `keys`. The default asks one key at a time; the SQL kinds answer a batch on one
+    /// connection, which `sagalog replay --dry-run` needs for logs with many in-doubt steps.
+    fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
+        Box::pin(async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.lookup_marker(key).await?);
+            }
+            Ok(found)
+        })
+    }
+    /// Runs a read-only statement that returns one count (an action's effect check, for
+    /// `sagalog audit`). The SQL kinds implement it; the default says the participant cannot.
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let _ = (sql, args);
+        Box::pin(async move { Err(Error::permanent(self.name(), "this participant cannot run effect checks")) })
+    }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
 }

@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
 use crate::engine::value::Value;
 
 /// The most connections one PostgreSQL participant keeps.
@@ -39,12 +39,26 @@ pub struct Postgres {
     pool: Pool,
     /// Set once the marker table is known to exist.
     schema: OnceCell<()>,
+    /// Opened by [`Postgres::connect_read_only`]: every session is read-only, no table is
+    /// created, `apply` fails, and a missing marker table reads as "no markers".
+    read_only: bool,
 }
 
 impl Postgres {
     /// Builds the pool for `conninfo` (libpq key/value or URL form) with up to `pool_size`
     /// connections. No connection is made yet; a malformed conninfo is a permanent error.
     pub fn connect(name: &str, conninfo: &str, pool_size: usize) -> Result<Postgres, Error> {
+        Postgres::build(name, conninfo, pool_size, false)
+    }
+
+    /// Like [`Postgres::connect`], for the offline tools: every session runs with
+    /// `default_transaction_read_only = on` (the server refuses writes), the marker table is
+    /// never created, `apply` fails, and a database without a marker table has no markers.
+    pub fn connect_read_only(name: &str, conninfo: &str, pool_size: usize) -> Result<Postgres, Error> {
+        Postgres::build(name, conninfo, pool_size, true)
+    }
+
+    fn build(name: &str, conninfo: &str, pool_size: usize, read_only: bool) -> Result<Postgres, Error> {
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
@@ -53,6 +67,10 @@ impl Postgres {
             .map_err(|e| Error::permanent(name, format!("invalid postgres conninfo: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT_DEFAULT);
+        }
+        if read_only {
+            let options = config.get_options().map(str::to_owned).unwrap_or_default();
+            config.options(format!("{options} -c default_transaction_read_only=on").trim_start());
         }
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -63,13 +81,15 @@ impl Postgres {
             .recycle_timeout(Some(CONNECT_TIMEOUT_DEFAULT))
             .build()
             .map_err(|e| Error::permanent(name, format!("building the connection pool: {e}")))?;
-        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new() })
+        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only })
     }
 
     /// A pooled connection, with the marker table created if this is the first use.
     async fn client(&self) -> Result<Object, Error> {
         let client = self.pool.get().await.map_err(|e| classify_pool(&self.name, &e))?;
-        self.schema.get_or_try_init(|| create_marker_table(&self.name, &client)).await?;
+        if !self.read_only {
+            self.schema.get_or_try_init(|| create_marker_table(&self.name, &client)).await?;
+        }
         Ok(client)
     }
 
@@ -119,7 +139,12 @@ impl Participant for Postgres {
     }
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
-        Box::pin(async move { self.apply_sql(key, op.sql(&self.name)?).await })
+        Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
+            }
+            self.apply_sql(key, op.sql(&self.name)?).await
+        })
     }
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
@@ -129,10 +154,11 @@ impl Participant for Postgres {
             let sql = format!(
                 "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
             );
-            let row = client
-                .query_one(&sql, &[&key.saga_id, &step, &key.direction.as_str()])
-                .await
-                .map_err(|e| classify(&self.name, "look up marker", &e))?;
+            let row = match client.query_one(&sql, &[&key.saga_id, &step, &key.direction.as_str()]).await {
+                Ok(row) => row,
+                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(false),
+                Err(e) => return Err(classify(&self.name, "look up marker", &e)),
+            };
             row.try_get::<_, bool>(0).map_err(|e| classify(&self.name, "look up marker", &e))
         })
     }
@@ -141,7 +167,11 @@ impl Participant for Postgres {
         Box::pin(async move {
             let client = self.client().await?;
             let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = $1");
-            let rows = client.query(&sql, &[&saga_id]).await.map_err(|e| classify(&self.name, "list markers", &e))?;
+            let rows = match client.query(&sql, &[&saga_id]).await {
+                Ok(rows) => rows,
+                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(&self.name, "list markers", &e)),
+            };
             let mut markers = Vec::with_capacity(rows.len());
             for row in rows {
                 let step: i32 = row.try_get(0).map_err(|e| classify(&self.name, "list markers", &e))?;
@@ -150,6 +180,46 @@ impl Participant for Postgres {
             }
             markers.sort();
             Ok(markers)
+        })
+    }
+
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let sql = format!(
+                "SELECT saga_id, step, direction, (extract(epoch FROM applied_at) * 1000)::bigint FROM {MARKER_TABLE} \
+                 ORDER BY saga_id, step, direction"
+            );
+            let rows = match client.query(&sql, &[]).await {
+                Ok(rows) => rows,
+                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(&self.name, "list markers", &e)),
+            };
+            let mut markers = Vec::with_capacity(rows.len());
+            for row in rows {
+                let get = |e: tokio_postgres::Error| classify(&self.name, "list markers", &e);
+                let saga_id: String = row.try_get(0).map_err(get)?;
+                let step: i32 = row.try_get(1).map_err(get)?;
+                let direction: &str = row.try_get(2).map_err(get)?;
+                let at: Option<i64> = row.try_get(3).map_err(get)?;
+                let (step, direction) = super::sqlite::parse_marker(&self.name, i64::from(step), direction)?;
+                let key = StepKey { saga_id, step, direction };
+                markers.push(MarkerEntry { key, applied_at_ms: at.and_then(|ms| u64::try_from(ms).ok()) });
+            }
+            markers.sort();
+            Ok(markers)
+        })
+    }
+
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        Box::pin(async move {
+            let name = self.name.as_str();
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(|e| classify(name, "effect check", &e))?;
+            let params = bind(name, stmt.params(), args)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let row = client.query_one(&stmt, &refs).await.map_err(|e| classify(name, "effect check", &e))?;
+            row.try_get::<_, i64>(0).map_err(|e| classify(name, "effect check", &e))
         })
     }
 
@@ -180,6 +250,9 @@ async fn create_marker_table(name: &str, client: &Object) -> Result<(), Error> {
         Err(e) => Err(classify(name, "create marker table", &e)),
     }
 }
+
+/// SQLSTATE of a relation that does not exist (a read-only session's missing marker table).
+const UNDEFINED_TABLE: &str = "42P01";
 
 /// The marker table's `step` column is an `integer`.
 fn step_param(name: &str, step: u32) -> Result<i32, Error> {

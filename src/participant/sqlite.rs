@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params, params_from_iter};
 use tokio::sync::Semaphore;
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
 use crate::engine::value::Value;
 
 /// The most connections one SQLite participant keeps. SQLite has one writer at a time, so more
@@ -33,6 +33,10 @@ pub struct Sqlite {
     path: PathBuf,
     busy_timeout: Duration,
     pool: BlockingPool<Connection>,
+    /// Opened by [`Sqlite::open_read_only`]: `apply` fails, nothing is ever written.
+    read_only: bool,
+    /// False only for a read-only database without a marker table: it holds no markers.
+    has_marker_table: bool,
 }
 
 impl Sqlite {
@@ -62,7 +66,46 @@ impl Sqlite {
             move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
         let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
-        Ok(Sqlite { name: name.to_owned(), path, busy_timeout: BUSY_TIMEOUT_DEFAULT, pool })
+        Ok(Sqlite {
+            name: name.to_owned(),
+            path,
+            busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            pool,
+            read_only: false,
+            has_marker_table: true,
+        })
+    }
+
+    /// Opens an existing database read-only, for the offline tools: no table is created, no
+    /// pragma is changed, `apply` fails, and a database without a marker table reads as having
+    /// no markers. The file must exist.
+    ///
+    /// This does blocking file I/O: call it at startup, or from a blocking thread.
+    pub fn open_read_only(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Sqlite, Error> {
+        if pool_size == 0 || pool_size > POOL_SIZE_MAX {
+            return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
+        }
+        let path = path.into();
+        let first = connect_read_only(name, &path, BUSY_TIMEOUT_DEFAULT)?;
+        let has_marker_table = first
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [MARKER_TABLE], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| classify(name, "look for the marker table", &e))?
+            > 0;
+        let connector = {
+            let (name, path) = (name.to_owned(), path.clone());
+            move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
+        };
+        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        Ok(Sqlite {
+            name: name.to_owned(),
+            path,
+            busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            pool,
+            read_only: true,
+            has_marker_table,
+        })
     }
 
     /// Sets how long a statement waits for another connection's lock before it fails with a
@@ -126,6 +169,9 @@ impl Participant for Sqlite {
 
     fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
+            }
             let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
             let key = key.clone();
             self.run(move |name, conn| apply_blocking(name, conn, &key, statement)).await
@@ -134,12 +180,60 @@ impl Participant for Sqlite {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         let key = key.clone();
-        Box::pin(self.run(move |name, conn| marker_exists(name, conn, &key)))
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| if has_table { marker_exists(name, conn, &key) } else { Ok(false) }))
+    }
+
+    fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
+        let keys = keys.to_vec();
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(vec![false; keys.len()]);
+            }
+            keys.iter().map(|key| marker_exists(name, conn, key)).collect()
+        }))
+    }
+
+    fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
+        let has_table = self.has_marker_table;
+        Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "SELECT saga_id, step, direction, applied_at_ms FROM {MARKER_TABLE} ORDER BY saga_id, step, direction"
+            );
+            let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| classify(name, "list markers", &e))?;
+            let mut markers = Vec::with_capacity(rows.len());
+            for (saga_id, step, direction, at) in rows {
+                let (step, direction) = parse_marker(name, step, &direction)?;
+                let key = StepKey { saga_id, step, direction };
+                markers.push(MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
+            }
+            markers.sort();
+            Ok(markers)
+        }))
     }
 
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         let saga_id = saga_id.to_owned();
+        let has_table = self.has_marker_table;
         Box::pin(self.run(move |name, conn| {
+            if !has_table {
+                return Ok(Vec::new());
+            }
             let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?1");
             let mut stmt = conn.prepare_cached(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
@@ -153,8 +247,21 @@ impl Participant for Sqlite {
         }))
     }
 
+    fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
+        let (sql, args) = (sql.to_owned(), args.to_vec());
+        Box::pin(self.run(move |name, conn| {
+            conn.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.query_row(params_from_iter(args.iter().map(to_sqlite)), |r| r.get(0)))
+                .map_err(|e| classify(name, "effect check", &e))
+        }))
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(self.run(|name, conn| {
+        let read_only = self.read_only;
+        Box::pin(self.run(move |name, conn| {
+            if read_only {
+                return conn.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| classify(name, "probe", &e));
+            }
             // A read succeeds even while another connection holds the write lock (WAL mode), so
             // the probe takes the write lock and lets it go: that is what a step will need.
             conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK").map_err(|e| classify(name, "probe", &e))?;
@@ -248,6 +355,39 @@ fn connect(name: &str, path: &Path, busy_timeout: Duration) -> Result<Connection
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
         .map_err(|e| classify(name, "set pragmas", &e))?;
     Ok(conn)
+}
+
+/// Opens one read-only connection that changes no file: no pragma that writes (the journal
+/// mode stays as the database has it). Without a `-wal` file the database file alone is the
+/// whole state and it is opened `immutable` (SQLite then creates no `-wal`/`-shm` files, which
+/// a plain read-only open of a WAL database would). With a `-wal` file (left by a crash), it
+/// is opened read-only and SQLite may rebuild its `-shm` wal-index, which holds no persistent
+/// content; the database and its `-wal` are never written.
+fn connect_read_only(name: &str, path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let immutable = !Path::new(&wal).exists();
+    let uri = format!("file:{}?mode=ro{}", uri_path(path), if immutable { "&immutable=1" } else { "" });
+    let conn = Connection::open_with_flags(&uri, flags)
+        .map_err(|e| classify(name, &format!("open {} read-only", path.display()), &e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| classify(name, "set busy timeout", &e))?;
+    Ok(conn)
+}
+
+/// A file path as the path part of a SQLite `file:` URI: every byte outside the unreserved
+/// set and `/` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Says whether retrying can help: lock contention and I/O trouble can pass; constraint

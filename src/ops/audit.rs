@@ -1,0 +1,569 @@
+//! `sagalog audit`: the journal and the index side by side with every participant's markers.
+//!
+//! For every finished saga (in the journal or archived in the index) the audit knows, step by
+//! step, whether the forward action applied and whether it was compensated, and so which
+//! markers must exist on the step's participant:
+//!
+//! | saga        | step                              | forward marker | compensation marker |
+//! |-------------|-----------------------------------|----------------|---------------------|
+//! | COMPLETED   | every step                        | present        | absent              |
+//! | COMPENSATED | applied (and so compensated)      | present        | present             |
+//! | COMPENSATED | never applied                     | absent         | absent              |
+//! | COMPENSATED | compensation marked by an operator| not checked    | not checked         |
+//!
+//! Any other marker is reported: a marker of an unknown saga (an orphan; markers older than
+//! the index retention belong to purged sagas and are only counted), a marker on another
+//! participant than the step's, a marker of a step the saga does not have. For file
+//! participants the effect itself is checked too (the file a `put` wrote must exist after a
+//! completed saga and be gone otherwise), which finds an effect without a marker. Unfinished
+//! sagas are left to recovery (`sagalog replay --dry-run`).
+//!
+//! Never does: write. The data directory is held under its shared lock, participants are
+//! opened read-only, and the index (sled has no read-only mode) is read from a copy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::Error;
+use super::history::{self, ConfigSource};
+use crate::catalog::Catalog;
+use crate::data_dir::Access;
+use crate::engine::{Saga, Status, StepCall};
+use crate::index::{Index, ListFilter, SagaRecord};
+use crate::participant::{Direction, Kind, MarkerEntry, Operation, Participant, StepKey};
+
+/// What kind of disagreement a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// The journal says the step (or its compensation) applied; its marker is not there.
+    MissingMarker,
+    /// A marker the journal does not explain: the step never applied, or a compensation
+    /// marker on a completed saga.
+    UnexpectedMarker,
+    /// A compensation marker without the forward marker it undoes.
+    UnpairedCompensation,
+    /// A marker of a saga neither the journal nor the index knows.
+    Orphan,
+    /// A marker on another participant than the one the step runs on.
+    WrongParticipant,
+    /// A marker of a step number the saga does not have.
+    UnknownStep,
+    /// A file effect that should exist is missing.
+    EffectMissing,
+    /// A file effect exists where the journal and the markers say none should.
+    EffectWithoutMarker,
+    /// The participant could not be read; nothing about it was checked.
+    Unreadable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub saga: String,
+    pub step: Option<u32>,
+    #[serde(serialize_with = "direction_name")]
+    pub direction: Option<Direction>,
+    pub participant: String,
+    pub detail: String,
+}
+
+/// `forward` / `compensate`, as the marker tables spell them.
+fn direction_name<S: serde::Serializer>(direction: &Option<Direction>, s: S) -> Result<S::Ok, S::Error> {
+    match direction {
+        Some(d) => s.serialize_str(d.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub data_dir: PathBuf,
+    pub config: ConfigSource,
+    /// Finished sagas checked (from the journal and the index).
+    pub sagas_checked: usize,
+    /// Unfinished sagas, left to recovery.
+    pub unfinished_skipped: usize,
+    /// Markers read, per participant.
+    pub markers: BTreeMap<String, usize>,
+    /// Markers of unknown sagas older than the index retention (purged sagas), not findings.
+    pub purged_markers: usize,
+    /// File effects checked.
+    pub effects_checked: usize,
+    pub notes: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+impl AuditReport {
+    pub fn agrees(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// One step of a finished saga, as the audit needs it.
+#[derive(Debug, Clone)]
+struct StepFacts {
+    participant: Option<String>,
+    applied: bool,
+    compensated: bool,
+    /// The compensation was recorded by an operator's `MarkCompensated`, not by a marker.
+    by_operator: bool,
+    call: Option<StepCall>,
+}
+
+#[derive(Debug, Clone)]
+struct SagaFacts {
+    status: Status,
+    steps: Vec<StepFacts>,
+}
+
+const MARKED_BY_OPERATOR: &str = "marked compensated by ";
+
+fn from_saga(saga: &Saga, catalog: &Catalog) -> SagaFacts {
+    let steps = saga
+        .steps
+        .iter()
+        .map(|s| StepFacts {
+            participant: catalog.action(&s.call.action).map(|a| a.participant.clone()),
+            applied: s.forward.done,
+            compensated: s.compensate.done,
+            by_operator: s.compensate.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
+            call: Some(s.call.clone()),
+        })
+        .collect();
+    SagaFacts { status: saga.status(), steps }
+}
+
+fn from_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
+    let status = if record.status == Status::Completed.as_str() { Status::Completed } else { Status::Compensated };
+    let steps = record
+        .steps
+        .iter()
+        .map(|s| StepFacts {
+            participant: catalog.action(&s.action).map(|a| a.participant.clone()),
+            applied: s.forward_done,
+            compensated: s.compensated,
+            by_operator: s.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
+            call: None,
+        })
+        .collect();
+    SagaFacts { status, steps }
+}
+
+/// A copy of the data directory's index, opened from a temporary directory that is removed
+/// again on drop: sled has no read-only mode, and opening the live index may write to it.
+pub struct IndexCopy {
+    dir: PathBuf,
+    index: Index,
+}
+
+impl IndexCopy {
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}
+
+impl Drop for IndexCopy {
+    fn drop(&mut self) {
+        // Best effort: a leftover copy in the temporary directory harms nothing.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Opens a copy of `D/index` (an empty index if the data directory has none yet).
+pub fn open_index_copy(data_dir: &Path) -> Result<IndexCopy, Error> {
+    let source = data_dir.join(crate::node::INDEX_DIR);
+    let dir =
+        std::env::temp_dir().join(format!("sagalog-index-copy-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let io = |what: &str, path: &Path, e: std::io::Error| Error::Usage(format!("{what} {}: {e}", path.display()));
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    if source.is_dir() {
+        copy_tree(&source, &dir).map_err(|e| io("copy the index from", &source, e))?;
+    }
+    let index = match Index::open(dir.join("db")) {
+        Ok(index) => index,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    Ok(IndexCopy { dir, index })
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let target = to.join("db");
+    std::fs::create_dir_all(&target)?;
+    let mut stack = vec![(from.to_path_buf(), target)];
+    while let Some((src, dst)) = stack.pop() {
+        for entry in std::fs::read_dir(&src)? {
+            let entry = entry?;
+            let path = entry.path();
+            let out = dst.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                std::fs::create_dir_all(&out)?;
+                stack.push((path, out));
+            } else {
+                std::fs::copy(&path, &out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every archived saga in the index.
+pub fn archived(index: &Index) -> Result<Vec<SagaRecord>, Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (page, next) = index.list(&ListFilter::default(), token.as_deref(), crate::index::LIST_LIMIT_MAX)?;
+        out.extend(page);
+        match next {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Audits the data directory `data_dir` (see the module doc).
+pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport, Error> {
+    let (root, config_path) = (data_dir.to_path_buf(), config.map(Path::to_path_buf));
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let dir = history::open_data_dir(&root, Access::Shared)?;
+        let (catalog, source) = history::load_catalog(dir.root(), config_path.as_deref())?;
+        let journal = history::everything(&dir.journal_dir(), crate::wal_format::FIRST_LSN)?;
+        let index = open_index_copy(dir.root())?;
+        let records = archived(index.index())?;
+        drop(index);
+        let participants = crate::participant::open_all_read_only(&catalog.config, dir.root())?;
+        Ok((dir, catalog, source, journal, records, participants))
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("the audit reader stopped: {e}")))??;
+    let (dir, catalog, source, journal, records, participants) = loaded;
+
+    let mut report = AuditReport {
+        data_dir: data_dir.to_path_buf(),
+        config: source,
+        sagas_checked: 0,
+        unfinished_skipped: 0,
+        markers: BTreeMap::new(),
+        purged_markers: 0,
+        effects_checked: 0,
+        notes: participants.notes.clone(),
+        findings: Vec::new(),
+    };
+    // Every saga the audit knows: the journal's view wins over the index (it is newer).
+    let mut finished: BTreeMap<String, SagaFacts> = BTreeMap::new();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for (id, saga) in &journal.sagas {
+        known.insert(id.clone());
+        if saga.is_finished() {
+            finished.insert(id.clone(), from_saga(saga, &catalog));
+        } else {
+            report.unfinished_skipped += 1;
+        }
+    }
+    for record in &records {
+        known.insert(record.id.clone());
+        finished.entry(record.id.clone()).or_insert_with(|| from_record(record, &catalog));
+    }
+    report.sagas_checked = finished.len();
+
+    let retention_hours = catalog.config.index.retention_hours;
+    let (markers, unreadable) = read_markers(&participants.participants, &known, retention_hours, &mut report).await;
+    let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: dir.root() };
+    for (id, facts) in &finished {
+        checker.saga(id, facts, &mut report);
+    }
+    sql_effects(&catalog, &participants.participants, &finished, &markers, &unreadable, &mut report).await;
+    // Markers of known sagas that no step explains (wrong participant, unknown step).
+    for (name, set) in &markers {
+        for key in set {
+            let Some(facts) = finished.get(&key.saga_id) else { continue };
+            match facts.steps.get(key.step as usize) {
+                None => report.findings.push(finding(
+                    FindingKind::UnknownStep,
+                    key,
+                    name,
+                    format!("the saga has {} steps", facts.steps.len()),
+                )),
+                Some(step) if step.participant.as_deref().is_some_and(|p| p != name) => {
+                    report.findings.push(finding(
+                        FindingKind::WrongParticipant,
+                        key,
+                        name,
+                        format!("the step runs on participant {}", step.participant.as_deref().unwrap_or("?")),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    drop(participants);
+    drop(dir);
+    report.findings.sort();
+    Ok(report)
+}
+
+/// For SQL steps whose action declares an effect `check`: the count must be positive after a
+/// completed saga and zero after a compensated one (or a step that never applied).
+async fn sql_effects(
+    catalog: &Catalog,
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+    finished: &BTreeMap<String, SagaFacts>,
+    markers: &BTreeMap<String, BTreeSet<StepKey>>,
+    unreadable: &BTreeSet<String>,
+    report: &mut AuditReport,
+) {
+    for (id, facts) in finished {
+        for (i, step) in facts.steps.iter().enumerate() {
+            let Some(call) = &step.call else { continue };
+            let Some((name, sql, args)) = catalog.check(call) else { continue };
+            let Some(p) = participants.get(&name).filter(|_| !unreadable.contains(&name)) else { continue };
+            let should_exist = match facts.status {
+                Status::Completed => true,
+                _ if step.by_operator => continue,
+                _ => false,
+            };
+            let key = StepKey { saga_id: id.clone(), step: i as u32, direction: Direction::Forward };
+            report.effects_checked += 1;
+            let count = match p.count(&sql, &args).await {
+                Ok(count) => count,
+                Err(e) => {
+                    report.findings.push(finding(
+                        FindingKind::Unreadable,
+                        &key,
+                        &name,
+                        format!("effect check failed: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let forward_marker = markers.get(&name).is_some_and(|set| set.contains(&key));
+            match (should_exist, count > 0) {
+                (true, false) => report.findings.push(finding(
+                    FindingKind::EffectMissing,
+                    &key,
+                    &name,
+                    "the saga COMPLETED but its effect check counts 0".to_owned(),
+                )),
+                (false, true) => {
+                    let why = if forward_marker { "and it was never compensated" } else { "without a marker" };
+                    report.findings.push(finding(
+                        FindingKind::EffectWithoutMarker,
+                        &key,
+                        &name,
+                        format!("the effect check counts {count} although the saga is {} {why}", facts.status.as_str()),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every participant's markers of known sagas, by participant; orphans and unreadable
+/// participants go straight into the report.
+async fn read_markers(
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+    known: &BTreeSet<String>,
+    retention_hours: u64,
+    report: &mut AuditReport,
+) -> (BTreeMap<String, BTreeSet<StepKey>>, BTreeSet<String>) {
+    let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // Markers older than the retention belong to sagas the index has purged.
+    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
+    for (name, p) in participants {
+        let entries = match p.all_markers().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                unreadable.insert(name.clone());
+                report.findings.push(Finding {
+                    kind: FindingKind::Unreadable,
+                    saga: String::new(),
+                    step: None,
+                    direction: None,
+                    participant: name.clone(),
+                    detail: format!("cannot list markers: {e}"),
+                });
+                continue;
+            }
+        };
+        report.markers.insert(name.clone(), entries.len());
+        let set = markers.entry(name.clone()).or_default();
+        for MarkerEntry { key, applied_at_ms } in entries {
+            if known.contains(&key.saga_id) {
+                set.insert(key);
+                continue;
+            }
+            let purged = matches!((purge_cutoff_ms, applied_at_ms), (Some(cut), Some(at)) if at < cut);
+            if purged {
+                report.purged_markers += 1;
+            } else {
+                let detail = "marker of a saga neither the journal nor the index knows".to_owned();
+                report.findings.push(finding(FindingKind::Orphan, &key, name, detail));
+            }
+        }
+    }
+    (markers, unreadable)
+}
+
+fn finding(kind: FindingKind, key: &StepKey, participant: &str, detail: String) -> Finding {
+    Finding {
+        kind,
+        saga: key.saga_id.clone(),
+        step: Some(key.step),
+        direction: Some(key.direction),
+        participant: participant.to_owned(),
+        detail,
+    }
+}
+
+struct Checker<'a> {
+    catalog: &'a Catalog,
+    markers: &'a BTreeMap<String, BTreeSet<StepKey>>,
+    unreadable: &'a BTreeSet<String>,
+    root: &'a Path,
+}
+
+impl Checker<'_> {
+    fn saga(&self, id: &str, facts: &SagaFacts, report: &mut AuditReport) {
+        for (i, step) in facts.steps.iter().enumerate() {
+            let Some(participant) = step.participant.as_deref() else {
+                report.notes.push(format!("saga {id} step {i}: its action is no longer declared; not checked"));
+                continue;
+            };
+            if self.unreadable.contains(participant) {
+                continue;
+            }
+            let key = |direction| StepKey { saga_id: id.to_owned(), step: i as u32, direction };
+            let has = |direction| self.markers.get(participant).is_some_and(|set| set.contains(&key(direction)));
+            let (forward, compensate) = (has(Direction::Forward), has(Direction::Compensate));
+            let mut push = |kind, direction, detail: &str| {
+                report.findings.push(finding(kind, &key(direction), participant, detail.to_owned()));
+            };
+            match facts.status {
+                Status::Completed => {
+                    if !forward {
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Forward,
+                            "the saga COMPLETED but the step's marker is missing",
+                        );
+                    }
+                    if compensate {
+                        push(
+                            FindingKind::UnexpectedMarker,
+                            Direction::Compensate,
+                            "a compensation marker on a COMPLETED saga",
+                        );
+                    }
+                }
+                _ if step.by_operator => {}
+                _ if step.applied => {
+                    if !forward {
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Forward,
+                            "the journal says the step applied but its marker is missing",
+                        );
+                    }
+                    if !compensate && step.compensated {
+                        push(
+                            FindingKind::MissingMarker,
+                            Direction::Compensate,
+                            "the saga was COMPENSATED but the compensation marker is missing",
+                        );
+                    }
+                }
+                _ => {
+                    if forward {
+                        push(
+                            FindingKind::UnexpectedMarker,
+                            Direction::Forward,
+                            "the marker says the step applied, but the journal says it never did: its effect was never compensated",
+                        );
+                    }
+                    if compensate {
+                        push(
+                            FindingKind::UnpairedCompensation,
+                            Direction::Compensate,
+                            "a compensation marker for a step that never applied",
+                        );
+                    }
+                }
+            }
+            if facts.status == Status::Completed && compensate && !forward {
+                push(
+                    FindingKind::UnpairedCompensation,
+                    Direction::Compensate,
+                    "a compensation marker without its forward marker",
+                );
+            }
+            self.effect(id, i as u32, step, facts.status, forward, report);
+        }
+    }
+
+    /// For file participants: the file a step's `put` (or `copy`) writes must exist after a
+    /// completed saga and be gone after a compensated one (when the compensation deletes it).
+    fn effect(
+        &self,
+        id: &str,
+        step: u32,
+        facts: &StepFacts,
+        status: Status,
+        forward_marker: bool,
+        report: &mut AuditReport,
+    ) {
+        let (Some(call), Some(name)) = (&facts.call, &facts.participant) else { return };
+        let Some(config) = self.catalog.config.participants.get(name) else { return };
+        if config.kind != Kind::Fs {
+            return;
+        }
+        let Ok((_, forward)) = self.catalog.operation(call, Direction::Forward) else { return };
+        let path = match forward {
+            Operation::FilePut { path, .. } => path,
+            Operation::FileCopy { to, .. } => to,
+            _ => return,
+        };
+        let undone = matches!(self.catalog.operation(call, Direction::Compensate), Ok((_, Operation::FileDelete { path: p })) if p == path);
+        let should_exist = match status {
+            Status::Completed => true,
+            _ if facts.by_operator => return,
+            _ if facts.applied => {
+                if !undone {
+                    return;
+                }
+                false
+            }
+            _ => false,
+        };
+        let file = self.root.join(config.path.as_deref().unwrap_or_default()).join(&path);
+        report.effects_checked += 1;
+        let key = StepKey { saga_id: id.to_owned(), step, direction: Direction::Forward };
+        match (should_exist, file.exists()) {
+            (true, false) => report.findings.push(finding(
+                FindingKind::EffectMissing,
+                &key,
+                name,
+                format!("the saga COMPLETED but {} does not exist", file.display()),
+            )),
+            (false, true) => {
+                let why = if forward_marker { "and it was never compensated" } else { "without a marker" };
+                report.findings.push(finding(
+                    FindingKind::EffectWithoutMarker,
+                    &key,
+                    name,
+                    format!("{} exists although the saga is {} {why}", file.display(), status.as_str()),
+                ));
+            }
+            _ => {}
+        }
+    }
+}

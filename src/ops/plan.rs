@@ -1,0 +1,504 @@
+//! The recovery plan: what the next start (or `sagalog replay`) will do with every unfinished
+//! saga, saga by saga and step by step, computed without changing anything.
+//!
+//! The plan runs the engine's own decisions on a copy of each saga: [`Saga::next`] says what
+//! recovery does next; a `Resolve` (an in-doubt step) is answered by the step's participant
+//! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
+//! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
+//! Marker lookups are batched per participant, one round per resolve depth, so a log with
+//! many in-doubt steps costs one pass per participant rather than one call per step.
+//!
+//! Never does: write to a participant, the journal, the index, the checkpoint or the config.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Error;
+use super::history::{self, ConfigSource, LogFacts, Unfinished};
+use crate::catalog::Catalog;
+use crate::data_dir::Access;
+use crate::engine::record::{Failed, Started, Succeeded};
+use crate::engine::{Next, Outcome, Record, Saga, Status, StepProgress};
+use crate::participant::{Direction, Participant, StepKey};
+
+/// What the journal says about one direction of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Journaled {
+    NotStarted,
+    /// Succeeded (`by_marker`: established from the marker after a crash or a lost reply).
+    Done {
+        by_marker: bool,
+    },
+    /// Started, no outcome journaled: the participant may or may not have committed.
+    InDoubt,
+    /// The last attempt failed; `maybe_applied` after a retryable error or a timeout.
+    Failed {
+        retryable: bool,
+        maybe_applied: bool,
+    },
+}
+
+/// What the participant's marker says, when the plan had to ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkerAnswer {
+    Present,
+    Absent,
+    /// The lookup failed (participant unreachable, …); recovery retries it until it answers.
+    Unknown {
+        error: String,
+    },
+}
+
+/// What recovery will do with one direction of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Nothing: already settled, or not needed.
+    Nothing,
+    /// In doubt, marker present: journaled as succeeded without running it again.
+    RecordByMarker,
+    /// Uncertain, marker absent: it did not apply; journaled as not applied.
+    RecordNotApplied,
+    /// Runs for the first time.
+    Run,
+    /// Runs again (in doubt without a marker, or after a retryable failure).
+    Rerun,
+    /// The compensation failed for good: the saga is STUCK and waits for an operator.
+    Stuck,
+    /// Waits for a marker lookup that failed here; recovery retries it.
+    Blocked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectionPlan {
+    pub journaled: Journaled,
+    /// Attempts started so far, in all.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub marker: Option<MarkerAnswer>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepPlan {
+    pub step: u32,
+    pub action: String,
+    /// `None` when the action is no longer declared (recovery then fails the step for good).
+    pub participant: Option<String>,
+    pub forward: DirectionPlan,
+    pub compensate: DirectionPlan,
+}
+
+/// How the saga is expected to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    /// Every step applied (assuming the steps still to run succeed).
+    Completed,
+    /// Every applied step undone.
+    Compensated,
+    /// Waits for an operator at this step (`sagalog status`, then resolve).
+    Stuck { step: u32, error: Option<String> },
+    /// Waits for a participant that did not answer a marker lookup here.
+    Blocked { step: u32, error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaPlan {
+    pub id: String,
+    /// The status as journaled.
+    pub status: &'static str,
+    pub recoveries: u32,
+    pub first_lsn: u64,
+    pub compensation_reason: Option<String>,
+    pub expected: Expected,
+    pub steps: Vec<StepPlan>,
+}
+
+/// Totals over a plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub unfinished: usize,
+    pub will_complete: usize,
+    pub will_compensate: usize,
+    pub stuck: usize,
+    pub blocked: usize,
+    pub in_doubt: usize,
+    pub settled_by_marker: usize,
+    pub to_rerun: usize,
+    pub to_run: usize,
+}
+
+/// Plans every saga of `sagas` (unfinished ones; finished ones plan to nothing).
+pub async fn plan(
+    sagas: BTreeMap<String, Saga>,
+    first_lsn: &BTreeMap<String, u64>,
+    catalog: &Catalog,
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+) -> Vec<SagaPlan> {
+    let mut work: Vec<Work> = sagas
+        .into_values()
+        .filter(|s| !s.is_finished())
+        .map(|s| {
+            let lsn = first_lsn.get(&s.id).copied().unwrap_or(0);
+            Work::new(s, lsn, catalog)
+        })
+        .collect();
+    // Each round advances every saga until it needs a marker, then asks each participant for
+    // all the markers it owes at once. A saga needs at most a few rounds (one per uncertain
+    // step), so the loop is short; the bound only guards against a bug.
+    for _ in 0..ROUNDS_MAX {
+        let mut asks: BTreeMap<String, Vec<(usize, StepKey)>> = BTreeMap::new();
+        for (i, w) in work.iter_mut().enumerate() {
+            if let Some((participant, key)) = w.advance() {
+                asks.entry(participant).or_default().push((i, key));
+            }
+        }
+        if asks.is_empty() {
+            break;
+        }
+        for (name, wanted) in asks {
+            let keys: Vec<StepKey> = wanted.iter().map(|(_, k)| k.clone()).collect();
+            let answers: Vec<MarkerAnswer> = match participants.get(&name) {
+                None => {
+                    vec![MarkerAnswer::Unknown { error: format!("participant {name:?} is not configured") }; keys.len()]
+                }
+                Some(p) => match p.lookup_markers(&keys).await {
+                    Ok(found) => found
+                        .into_iter()
+                        .map(|f| if f { MarkerAnswer::Present } else { MarkerAnswer::Absent })
+                        .collect(),
+                    Err(e) => vec![MarkerAnswer::Unknown { error: e.to_string() }; keys.len()],
+                },
+            };
+            for ((i, key), answer) in wanted.into_iter().zip(answers) {
+                work[i].answer(&key, answer);
+            }
+        }
+    }
+    work.into_iter().map(Work::finish).collect()
+}
+
+/// Rounds of marker lookups at most: a saga has at most one forward step and one
+/// compensation in doubt at a time, plus steps failed with `maybe_applied`.
+const ROUNDS_MAX: usize = 1024;
+
+pub fn totals(plans: &[SagaPlan]) -> Totals {
+    let mut t = Totals { unfinished: plans.len(), ..Totals::default() };
+    for p in plans {
+        match p.expected {
+            Expected::Completed => t.will_complete += 1,
+            Expected::Compensated => t.will_compensate += 1,
+            Expected::Stuck { .. } => t.stuck += 1,
+            Expected::Blocked { .. } => t.blocked += 1,
+        }
+        for d in p.steps.iter().flat_map(|s| [&s.forward, &s.compensate]) {
+            t.in_doubt += usize::from(d.journaled == Journaled::InDoubt);
+            t.settled_by_marker += usize::from(d.action == Action::RecordByMarker);
+            t.to_rerun += usize::from(d.action == Action::Rerun);
+            t.to_run += usize::from(d.action == Action::Run);
+        }
+    }
+    t
+}
+
+/// One saga being planned: the journaled state, a copy the plan drives, and what it found.
+struct Work {
+    journaled: Saga,
+    sim: Saga,
+    first_lsn: u64,
+    participants: Vec<Option<String>>,
+    /// Per step: (forward, compensate) marker answers and actions.
+    markers: Vec<[Option<MarkerAnswer>; 2]>,
+    actions: Vec<[Action; 2]>,
+    expected: Option<Expected>,
+    /// The lookup this saga waits for.
+    pending: Option<StepKey>,
+}
+
+fn slot(direction: Direction) -> usize {
+    match direction {
+        Direction::Forward => 0,
+        Direction::Compensate => 1,
+    }
+}
+
+impl Work {
+    fn new(mut saga: Saga, first_lsn: u64, catalog: &Catalog) -> Work {
+        let participants: Vec<Option<String>> =
+            saga.steps.iter().map(|s| catalog.action(&s.call.action).map(|a| a.participant.clone())).collect();
+        // The plan needs each step's action name and participant, never its parameters: they
+        // are dropped, so that planning 100,000 sagas holds two light copies of each.
+        for step in &mut saga.steps {
+            step.call.params.clear();
+        }
+        let steps = participants.len();
+        Work {
+            sim: saga.clone(),
+            journaled: saga,
+            first_lsn,
+            participants,
+            markers: vec![[None, None]; steps],
+            actions: vec![[Action::Nothing; 2]; steps],
+            expected: None,
+            pending: None,
+        }
+    }
+
+    /// Drives the copy until it needs a marker (returned: participant and key) or ends.
+    fn advance(&mut self) -> Option<(String, StepKey)> {
+        if self.expected.is_some() || self.pending.is_some() {
+            return None;
+        }
+        // Each step of the loop journals at least one record on the copy; a saga needs at
+        // most a handful per step, so this bound only stops a bug from spinning forever.
+        for _ in 0..(self.sim.steps.len() * 16 + 16) {
+            match self.sim.next() {
+                Next::Done => {
+                    self.expected = Some(Expected::Completed);
+                    return None;
+                }
+                Next::Finish(outcome) => {
+                    self.expected = Some(match outcome {
+                        Outcome::Completed => Expected::Completed,
+                        Outcome::Compensated => Expected::Compensated,
+                    });
+                    return None;
+                }
+                Next::Stuck { step } => {
+                    let error = self.sim.steps.get(step as usize).and_then(|s| s.compensate.last_error.clone());
+                    self.set_action(step, Direction::Compensate, Action::Stuck);
+                    self.expected = Some(Expected::Stuck { step, error });
+                    return None;
+                }
+                Next::Resolve { step, direction } => {
+                    let key = StepKey { saga_id: self.sim.id.clone(), step, direction };
+                    match self.participant_of(step) {
+                        Some(name) => {
+                            self.pending = Some(key.clone());
+                            return Some((name, key));
+                        }
+                        // Recovery fails a step it cannot resolve for good (the executor's
+                        // `fail_for_good`): the same record here.
+                        None => self.journal_failure(step, direction, false, false),
+                    }
+                }
+                Next::Run { step, direction, attempt, .. } => {
+                    if self.participant_of(step).is_none() {
+                        self.journal_failure(step, direction, false, false);
+                        continue;
+                    }
+                    // Tried before the crash (in doubt without a marker, or failed retryably):
+                    // this is a re-run; otherwise the step runs for the first time.
+                    let tried = self
+                        .journaled
+                        .steps
+                        .get(step as usize)
+                        .is_some_and(|s| s.progress_of(direction).total_attempts > 0);
+                    self.set_action(step, direction, if tried { Action::Rerun } else { Action::Run });
+                    let saga = self.sim.id.clone();
+                    self.sim.apply(&Record::StepStarted(Started {
+                        saga: saga.clone(),
+                        step,
+                        direction,
+                        attempt,
+                        at_ms: 0,
+                    }));
+                    self.sim.apply(&Record::StepSucceeded(Succeeded {
+                        saga,
+                        step,
+                        direction,
+                        attempt,
+                        by_marker: false,
+                        at_ms: 0,
+                    }));
+                }
+            }
+        }
+        self.expected = Some(Expected::Blocked { step: 0, error: "bug: the plan did not converge".into() });
+        None
+    }
+
+    /// The participant a step runs on, if its action is still declared (both directions of
+    /// an action run on its one participant).
+    fn participant_of(&self, step: u32) -> Option<String> {
+        self.participants.get(step as usize).cloned().flatten()
+    }
+
+    fn answer(&mut self, key: &StepKey, answer: MarkerAnswer) {
+        self.pending = None;
+        let (step, direction) = (key.step, key.direction);
+        if let Some(m) = self.markers.get_mut(step as usize) {
+            m[slot(direction)] = Some(answer.clone());
+        }
+        let saga = self.sim.id.clone();
+        let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.progress_of(direction).total_attempts);
+        match answer {
+            MarkerAnswer::Present => {
+                self.set_action(step, direction, Action::RecordByMarker);
+                self.sim.apply(&Record::StepSucceeded(Succeeded {
+                    saga,
+                    step,
+                    direction,
+                    attempt,
+                    by_marker: true,
+                    at_ms: 0,
+                }));
+            }
+            MarkerAnswer::Absent => {
+                self.set_action(step, direction, Action::RecordNotApplied);
+                self.sim.apply(&Record::StepFailed(Failed {
+                    saga,
+                    step,
+                    direction,
+                    attempt,
+                    error: "not applied: no marker after an interrupted attempt".into(),
+                    retryable: true,
+                    maybe_applied: false,
+                    at_ms: 0,
+                }));
+            }
+            MarkerAnswer::Unknown { error } => {
+                self.set_action(step, direction, Action::Blocked);
+                self.expected = Some(Expected::Blocked { step, error });
+            }
+        }
+    }
+
+    fn journal_failure(&mut self, step: u32, direction: Direction, retryable: bool, maybe_applied: bool) {
+        let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.progress_of(direction).total_attempts);
+        self.sim.apply(&Record::StepFailed(Failed {
+            saga: self.sim.id.clone(),
+            step,
+            direction,
+            attempt,
+            error: "its action is no longer declared".into(),
+            retryable,
+            maybe_applied,
+            at_ms: 0,
+        }));
+    }
+
+    fn set_action(&mut self, step: u32, direction: Direction, action: Action) {
+        if let Some(a) = self.actions.get_mut(step as usize) {
+            a[slot(direction)] = action;
+        }
+    }
+
+    fn finish(self) -> SagaPlan {
+        let steps = self
+            .journaled
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let direction = |p: &StepProgress, d: usize| DirectionPlan {
+                    journaled: journaled(p),
+                    attempts: p.total_attempts,
+                    last_error: p.last_error.clone(),
+                    marker: self.markers[i][d].clone(),
+                    action: self.actions[i][d],
+                };
+                StepPlan {
+                    step: i as u32,
+                    action: s.call.action.clone(),
+                    participant: self.participants[i].clone(),
+                    forward: direction(&s.forward, 0),
+                    compensate: direction(&s.compensate, 1),
+                }
+            })
+            .collect();
+        SagaPlan {
+            id: self.journaled.id.clone(),
+            status: self.journaled.status().as_str(),
+            recoveries: self.journaled.recoveries,
+            first_lsn: self.first_lsn,
+            compensation_reason: self.sim.compensation_reason.clone(),
+            expected: self.expected.unwrap_or(Expected::Blocked { step: 0, error: "no marker answer".into() }),
+            steps,
+        }
+    }
+}
+
+fn journaled(p: &StepProgress) -> Journaled {
+    if p.done {
+        Journaled::Done { by_marker: p.by_marker }
+    } else if p.in_flight {
+        Journaled::InDoubt
+    } else if p.total_attempts > 0 && p.last_error.is_some() {
+        Journaled::Failed { retryable: !p.failed_permanently, maybe_applied: p.maybe_applied }
+    } else {
+        Journaled::NotStarted
+    }
+}
+
+/// The status a plan expects a saga to reach, as clients see it.
+pub fn expected_status(expected: &Expected) -> Status {
+    match expected {
+        Expected::Completed => Status::Completed,
+        Expected::Compensated => Status::Compensated,
+        Expected::Stuck { .. } | Expected::Blocked { .. } => Status::Stuck,
+    }
+}
+
+/// Everything `sagalog replay --dry-run` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub data_dir: std::path::PathBuf,
+    pub config: ConfigSource,
+    /// Where recovery starts reading (the checkpoint's LSN, or 1).
+    pub replay_from_lsn: u64,
+    pub log: LogFacts,
+    /// Sagas finished in the replayed range: recovery only archives them.
+    pub finished_to_archive: u64,
+    /// Participants that stand in as empty (a database file that does not exist, …).
+    pub notes: Vec<String>,
+    pub totals: Totals,
+    /// Time spent reading and replaying the journal, and planning (marker lookups included).
+    pub read_ms: u64,
+    pub plan_ms: u64,
+    pub sagas: Vec<SagaPlan>,
+}
+
+/// Computes the recovery plan of the data directory `data_dir` without changing anything: the
+/// directory is held under its shared lock (refused while a server holds it), the journal is
+/// verified and replayed, and markers are read from participants opened read-only.
+pub async fn dry_run(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> Result<DryRun, Error> {
+    let (root, config_path) = (data_dir.to_path_buf(), config.map(std::path::Path::to_path_buf));
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let dir = history::open_data_dir(&root, Access::Shared)?;
+        let (catalog, source) = history::load_catalog(dir.root(), config_path.as_deref())?;
+        let from = history::replay_from(dir.root())?;
+        let unfinished = history::unfinished(&dir.journal_dir(), from)?;
+        let participants = crate::participant::open_all_read_only(&catalog.config, dir.root())?;
+        Ok((dir, catalog, source, from, unfinished, participants))
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("the journal reader stopped: {e}")))??;
+    let (dir, catalog, source, from, unfinished, participants) = loaded;
+    let read_ms = started.elapsed().as_millis() as u64;
+    let Unfinished { sagas, first_lsn, finished, log } = unfinished;
+    let sagas = plan(sagas, &first_lsn, &catalog, &participants.participants).await;
+    let plan_ms = started.elapsed().as_millis() as u64 - read_ms;
+    let notes = participants.notes;
+    // The participants (their read-only connections) close before the lock is released.
+    drop(participants.participants);
+    drop(dir);
+    Ok(DryRun {
+        data_dir: data_dir.to_path_buf(),
+        config: source,
+        replay_from_lsn: from,
+        log,
+        finished_to_archive: finished,
+        notes,
+        totals: totals(&sagas),
+        read_ms,
+        plan_ms,
+        sagas,
+    })
+}
