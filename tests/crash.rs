@@ -1,87 +1,171 @@
-//! Crash torture: a real `sagalog` process runs many concurrent demo sagas (SQLite, DuckDB and
-//! files; some designed to fail) and is killed with SIGKILL at random moments, round after
-//! round; a final run recovers and settles everything. Then, for every saga whose submit was
-//! acknowledged: it is terminal with the expected outcome; a completed saga's effects exist
-//! exactly once in every participant (rows counted, not just markers) with forward markers; a
-//! compensated saga's effects are gone, with a compensation marker for every forward marker.
+//! Crash torture: the real `sagalog serve` process on the embedded default (SQLite, DuckDB and
+//! files), fed over gRPC by 8 concurrent clients submitting demo sagas (some designed to
+//! fail), is killed with SIGKILL at random moments, round after round; a final run recovers and
+//! settles everything, and the test reads every saga's status back through the API. Then, for
+//! every saga whose submit was acknowledged: it is terminal with the expected outcome; a
+//! completed saga's effects exist exactly once in every participant (rows counted, not just
+//! markers) with forward markers; a compensated saga's effects are gone, with a compensation
+//! marker for every forward marker.
 
 #![cfg(feature = "duckdb")]
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::sagalog_bin;
 use rand::{Rng, SeedableRng};
+use sagalog::api::pb;
+use sagalog::api::pb::sagas_client::SagasClient;
+use sagalog::cli::load_plan;
 
 const TIME_BUDGET: Duration = Duration::from_secs(45);
 const ROUNDS_MAX: usize = 40;
+const CLIENTS: usize = 8;
+/// Submits per client per round: keeps the backlog recovery must settle within what the demo
+/// participants (DuckDB applies one at a time) finish in seconds.
+const SUBMITS_PER_CLIENT: usize = 6;
 
-/// Runs `sagalog debug saga-load` and SIGKILLs it after `after`; returns the acknowledged
-/// (saga id, expected status) pairs it printed.
-fn load_round(dir: &Path, after: Duration) -> Vec<(String, String)> {
-    let mut child = Command::new(sagalog_bin())
-        .args(["debug", "saga-load", "--concurrency", "8", "--data-dir"])
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `sagalog serve` on the embedded default (anonymous on loopback), and a client once it
+/// answers.
+async fn serve(dir: &Path) -> (Child, SagasClient<tonic::transport::Channel>) {
+    let port = free_port();
+    let child = Command::new(sagalog_bin())
+        .args(["serve", "--data-dir"])
         .arg(dir)
-        .stdout(Stdio::piped())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
-    std::thread::sleep(after);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let lines = reader.join().unwrap();
-    lines
-        .iter()
-        .filter_map(|l| match l.split(' ').collect::<Vec<_>>().as_slice() {
-            ["ack", id, expect] => Some((id.to_string(), expect.to_string())),
-            _ => None,
-        })
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = SagasClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return (child, client);
+        }
+        assert!(Instant::now() < deadline, "sagalog serve did not answer within 60 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
-/// Every acknowledged saga is finished as expected, exactly once everywhere, after hundreds of
-/// SIGKILLs spread over many rounds.
-#[test]
-fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
+fn demo(id: &str, rows: i64) -> pb::SubmitRequest {
+    let text = |s: &str| pb::Value { kind: Some(pb::value::Kind::Text(s.to_owned())) };
+    let rows = pb::Value { kind: Some(pb::value::Kind::Int(rows)) };
+    let definition = sagalog::catalog::demo_saga(id, id, 0);
+    let steps = definition
+        .steps
+        .into_iter()
+        .map(|step| {
+            let params = step
+                .params
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = match (k.as_str(), v) {
+                        ("rows", _) => rows.clone(),
+                        (_, sagalog::engine::Value::Text(t)) => text(&t),
+                        (_, other) => panic!("unexpected demo parameter {k}: {other:?}"),
+                    };
+                    (k, value)
+                })
+                .collect();
+            pb::Step { action: step.action, params }
+        })
+        .collect();
+    pb::SubmitRequest { saga_id: id.into(), steps }
+}
+
+/// Starts a server, submits from `CLIENTS` clients, SIGKILLs the server after `after`; returns
+/// the acknowledged (saga id, expected status) pairs.
+async fn load_round(dir: &Path, after: Duration, next: &Arc<AtomicU64>) -> Vec<(String, String)> {
+    let (mut child, client) = serve(dir).await;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut client, acked, next) = (client.clone(), acked.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..SUBMITS_PER_CLIENT {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                let (expect, rows) = load_plan(n);
+                let id = format!("crash-{n}");
+                // Only an Ok reply is an acknowledgement; after the kill every call fails.
+                match client.submit(demo(&id, rows)).await {
+                    Ok(_) => acked.lock().unwrap().push((id, expect.to_owned())),
+                    Err(_) => return,
+                }
+            }
+            // This client's share is in: pause so the kill also lands while steps run.
+        }));
+    }
+    tokio::time::sleep(after).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    std::mem::take(&mut *acked.lock().unwrap())
+}
+
+/// Every acknowledged saga is finished as expected, exactly once everywhere, after many
+/// SIGKILLs of the server spread over many rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
     let seed: u64 = std::env::var("SAGALOG_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("saga crash test seed {seed} (set SAGALOG_CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
+    let next = Arc::new(AtomicU64::new(1));
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     let started = Instant::now();
     let mut rounds = 0;
     while rounds < ROUNDS_MAX && started.elapsed() < TIME_BUDGET {
         rounds += 1;
-        let acks = load_round(dir.path(), Duration::from_millis(rng.random_range(150..1500)));
+        let acks = load_round(dir.path(), Duration::from_millis(rng.random_range(150..1500)), &next).await;
         eprintln!("round {rounds}: {} acks", acks.len());
         acked.extend(acks);
     }
     assert!(acked.len() > 50, "too few sagas acknowledged ({}) for the test to mean anything", acked.len());
 
-    let out = Command::new(sagalog_bin())
-        .args(["debug", "settle", "--timeout-secs", "120", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "settle: {}", String::from_utf8_lossy(&out.stderr));
+    // The final run: recovery settles everything; statuses come back through the API.
+    let (mut child, mut client) = serve(dir.path()).await;
+    let mut statuses: BTreeMap<String, String> = BTreeMap::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
-    let statuses: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| match l.splitn(4, ' ').collect::<Vec<_>>().as_slice() {
-            ["saga", id, status, reason] => {
-                reasons.insert(id.to_string(), reason.to_string());
-                Some((id.to_string(), status.to_string()))
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for id in acked.keys() {
+        loop {
+            let saga = client
+                .get(pb::GetRequest { saga_id: id.clone() })
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged saga {id} is unknown after recovery: {e}"))
+                .into_inner();
+            let status = pb::SagaStatus::try_from(saga.status).unwrap();
+            if matches!(status, pb::SagaStatus::Completed | pb::SagaStatus::Compensated | pb::SagaStatus::Stuck) {
+                statuses.insert(id.clone(), status.as_str_name().to_owned());
+                reasons.insert(id.clone(), saga.compensation_reason);
+                break;
             }
-            _ => None,
-        })
-        .collect();
+            assert!(
+                Instant::now() < deadline,
+                "saga {id} still {} after 180 s: parked on {:?}, steps {:?}",
+                status.as_str_name(),
+                saga.parked_on,
+                saga.steps.iter().map(|s| (s.state, s.attempts, s.last_error.clone())).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A graceful stop releases the databases before they are read.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
 
     let d = dir.path().join("demo");
     let ledger = rusqlite::Connection::open(d.join("ledger.sqlite")).unwrap();
@@ -91,7 +175,7 @@ fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
     let sqlite_markers = markers_sqlite(&ledger);
     let duck_markers = markers_duck(&warehouse);
     for (id, expect) in &acked {
-        let status = statuses.get(id).unwrap_or_else(|| panic!("acknowledged saga {id} is unknown after recovery"));
+        let status = &statuses[id];
         assert_eq!(status, expect, "saga {id} (compensation reason: {:?})", reasons.get(id));
         let artifact = d.join("artifacts/runs").join(format!("{id}.json")).exists();
         match expect.as_str() {
@@ -114,7 +198,11 @@ fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
             }
         }
     }
-    eprintln!("{rounds} rounds, {} acknowledged sagas, {} sagas in all", acked.len(), statuses.len());
+    eprintln!(
+        "{rounds} rounds, {} acknowledged sagas, {} submitted in all",
+        acked.len(),
+        next.load(Ordering::SeqCst) - 1
+    );
 }
 
 fn count_sqlite(c: &rusqlite::Connection, sql: &str) -> BTreeMap<String, i64> {
