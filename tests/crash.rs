@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 /// answers.
 async fn serve(dir: &Path) -> (Child, SagasClient<tonic::transport::Channel>) {
     let port = free_port();
-    let child = Command::new(sagalog_bin())
+    let mut child = Command::new(sagalog_bin())
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -52,7 +52,11 @@ async fn serve(dir: &Path) -> (Child, SagasClient<tonic::transport::Channel>) {
         if let Ok(client) = SagasClient::connect(format!("http://127.0.0.1:{port}")).await {
             return (child, client);
         }
-        assert!(Instant::now() < deadline, "sagalog serve did not answer within 60 s");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sagalog serve did not answer within 60 s");
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
