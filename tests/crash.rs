@@ -35,28 +35,33 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `sagalog serve` on the embedded default (anonymous on loopback), and a client once it
-/// answers.
-async fn serve(dir: &Path) -> (Child, SagasClient<tonic::transport::Channel>) {
-    let port = free_port();
-    let mut child = Command::new(sagalog_bin())
+/// `sagalog serve` on the embedded default (anonymous on loopback), listening on `port`.
+fn spawn_server(dir: &Path, port: u16) -> Child {
+    Command::new(sagalog_bin())
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// A server on the data directory, and a client once it answers.
+async fn serve(dir: &Path) -> (Child, SagasClient<tonic::transport::Channel>) {
+    let port = free_port();
+    let child = spawn_server(dir, port);
+    let client = connect(port).await;
+    (child, client)
+}
+
+async fn connect(port: u16) -> SagasClient<tonic::transport::Channel> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(client) = SagasClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return (child, client);
+            return client;
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sagalog serve did not answer within 60 s");
-        }
+        assert!(Instant::now() < deadline, "sagalog serve did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
