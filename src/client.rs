@@ -24,6 +24,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::api::pb;
 use crate::api::pb::admin_client::AdminClient;
 use crate::api::pb::sagas_client::SagasClient;
+pub use crate::api::{status_from_pb, status_to_pb};
 use crate::engine::{SagaDefinition, Status, StepCall, Value};
 
 /// The server a client talks to when nothing else is said (`$SAGALOG_SERVER` overrides it in
@@ -494,17 +495,10 @@ pub fn is_settled(saga: &pb::Saga) -> bool {
 /// Every status name a client may use, in lifecycle order.
 pub const STATUS_NAMES: [&str; 6] = ["PENDING", "RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED", "STUCK"];
 
-/// The spelled name of a status (`PENDING` … `STUCK`; `UNSPECIFIED` for 0).
+/// The spelled name of a status (`PENDING` … `STUCK`, as [`Status::as_str`] spells it;
+/// `UNSPECIFIED` for 0).
 pub fn status_name(status: pb::SagaStatus) -> &'static str {
-    match status {
-        pb::SagaStatus::Unspecified => "UNSPECIFIED",
-        pb::SagaStatus::Pending => "PENDING",
-        pb::SagaStatus::Running => "RUNNING",
-        pb::SagaStatus::Completed => "COMPLETED",
-        pb::SagaStatus::Compensating => "COMPENSATING",
-        pb::SagaStatus::Compensated => "COMPENSATED",
-        pb::SagaStatus::Stuck => "STUCK",
-    }
+    status_from_pb(status).map_or("UNSPECIFIED", Status::as_str)
 }
 
 /// A status from its name, case-insensitively; `None` for anything but the six names.
@@ -519,31 +513,6 @@ pub fn parse_status(name: &str) -> Option<pb::SagaStatus> {
         _ => return None,
     };
     Some(status)
-}
-
-/// The engine's status as the API spells it.
-pub fn status_to_pb(status: Status) -> pb::SagaStatus {
-    match status {
-        Status::Pending => pb::SagaStatus::Pending,
-        Status::Running => pb::SagaStatus::Running,
-        Status::Completed => pb::SagaStatus::Completed,
-        Status::Compensating => pb::SagaStatus::Compensating,
-        Status::Compensated => pb::SagaStatus::Compensated,
-        Status::Stuck => pb::SagaStatus::Stuck,
-    }
-}
-
-/// The API's status as the engine's; `None` for UNSPECIFIED.
-pub fn status_from_pb(status: pb::SagaStatus) -> Option<Status> {
-    Some(match status {
-        pb::SagaStatus::Unspecified => return None,
-        pb::SagaStatus::Pending => Status::Pending,
-        pb::SagaStatus::Running => Status::Running,
-        pb::SagaStatus::Completed => Status::Completed,
-        pb::SagaStatus::Compensating => Status::Compensating,
-        pb::SagaStatus::Compensated => Status::Compensated,
-        pb::SagaStatus::Stuck => Status::Stuck,
-    })
 }
 
 /// The state of a step as the CLI prints it (`PENDING JOURNALED APPLIED FAILED COMPENSATING

@@ -100,16 +100,20 @@ pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
 
 const RECOVERY: &str = "recovery";
 
+/// [`rebuild`] of the executor's journal on a blocking thread (it reads and decodes the log).
+async fn rebuild_off_runtime(executor: &Executor, from_lsn: u64) -> Result<Rebuilt, Error> {
+    let journal_dir = executor.journal().dir().to_path_buf();
+    tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
+        .await
+        .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))?
+}
+
 /// Rebuilds every saga from the journal (from the checkpoint's `from_lsn`) and hands them to
 /// the executor, which archives the finished ones, settles in-doubt steps and finishes or
 /// compensates each unfinished saga.
 pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error> {
     let started = Instant::now();
-    let journal_dir = executor.journal().dir().to_path_buf();
-    let rebuilt = tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
-        .await
-        .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))??;
-    let Rebuilt { mut sagas, first_lsn, records } = rebuilt;
+    let Rebuilt { mut sagas, first_lsn, records } = rebuild_off_runtime(executor, from_lsn).await?;
     let unfinished = sagas.values().filter(|s| !s.is_finished()).count();
     let in_doubt = sagas
         .values()
@@ -160,11 +164,8 @@ pub struct PassReport {
 /// journal read here.
 pub async fn recover_missing(executor: &Executor) -> Result<PassReport, Error> {
     let started = Instant::now();
-    let journal_dir = executor.journal().dir().to_path_buf();
     let from_lsn = executor.checkpoint_lsn();
-    let Rebuilt { sagas, first_lsn, .. } = tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
-        .await
-        .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))??;
+    let Rebuilt { sagas, first_lsn, .. } = rebuild_off_runtime(executor, from_lsn).await?;
     let mut report = PassReport::default();
     for saga in sagas.into_values().filter(|s| !s.is_finished()) {
         report.unfinished += 1;

@@ -378,6 +378,16 @@ impl Executor {
         self.registry().values().map(|e| e.view.borrow().clone()).collect()
     }
 
+    /// How many sagas in memory have each status (without copying their states, unlike
+    /// [`Executor::list`]).
+    pub fn status_counts(&self) -> BTreeMap<Status, u64> {
+        let mut counts = BTreeMap::new();
+        for entry in self.registry().values() {
+            *counts.entry(entry.view.borrow().status).or_default() += 1;
+        }
+        counts
+    }
+
     /// A receiver that sees every new snapshot of the saga.
     pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
         self.registry().get(id).map(|e| e.view.subscribe())

@@ -167,6 +167,19 @@ pub enum Kind {
     Memory,
 }
 
+impl Kind {
+    /// The name a config spells it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres",
+            Kind::Sqlite => "sqlite",
+            Kind::Duckdb => "duckdb",
+            Kind::Fs => "fs",
+            Kind::Memory => "memory",
+        }
+    }
+}
+
 /// Opens every participant a config declares. Relative paths are under `data_dir`; `init`
 /// statements run before the participant takes its connections. `memory` participants are
 /// created empty.

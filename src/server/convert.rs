@@ -43,30 +43,6 @@ fn value_from(v: pb::Value) -> Option<Value> {
     })
 }
 
-pub fn status_to_pb(s: SagaStatus) -> pb::SagaStatus {
-    match s {
-        SagaStatus::Pending => pb::SagaStatus::Pending,
-        SagaStatus::Running => pb::SagaStatus::Running,
-        SagaStatus::Completed => pb::SagaStatus::Completed,
-        SagaStatus::Compensating => pb::SagaStatus::Compensating,
-        SagaStatus::Compensated => pb::SagaStatus::Compensated,
-        SagaStatus::Stuck => pb::SagaStatus::Stuck,
-    }
-}
-
-/// The status a wire enum value names, if it names one.
-pub fn status_from_pb(value: i32) -> Option<SagaStatus> {
-    Some(match pb::SagaStatus::try_from(value).ok()? {
-        pb::SagaStatus::Unspecified => return None,
-        pb::SagaStatus::Pending => SagaStatus::Pending,
-        pb::SagaStatus::Running => SagaStatus::Running,
-        pb::SagaStatus::Completed => SagaStatus::Completed,
-        pb::SagaStatus::Compensating => SagaStatus::Compensating,
-        pb::SagaStatus::Compensated => SagaStatus::Compensated,
-        pb::SagaStatus::Stuck => SagaStatus::Stuck,
-    })
-}
-
 fn step_state(step: &StepState, saga_status: SagaStatus) -> pb::StepState {
     let (fwd, comp) = (&step.forward, &step.compensate);
     if comp.done {
@@ -111,7 +87,7 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
         .collect();
     pb::Saga {
         saga_id: s.id.clone(),
-        status: status_to_pb(snapshot.status) as i32,
+        status: crate::api::status_to_pb(snapshot.status) as i32,
         version: s.version,
         steps,
         compensation_reason: s.compensation_reason.clone().unwrap_or_default(),

@@ -66,15 +66,11 @@ fn respond(request: &Request<Incoming>, executor: &Executor) -> Response<Full<By
 /// The gauges that describe current state, taken right before a scrape.
 fn refresh_gauges(executor: &Executor) {
     let metrics = crate::metrics::get();
-    let mut counts = [0i64; 6];
+    let counts = executor.status_counts();
     let all =
         [Status::Pending, Status::Running, Status::Completed, Status::Compensating, Status::Compensated, Status::Stuck];
-    for snapshot in executor.list() {
-        if let Some(i) = all.iter().position(|s| *s == snapshot.status) {
-            counts[i] += 1;
-        }
-    }
-    for (status, n) in all.iter().zip(counts) {
+    for status in all {
+        let n = counts.get(&status).copied().unwrap_or(0) as i64;
         metrics.sagas.get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())]).set(n);
     }
     for (participant, state) in executor.breakers() {

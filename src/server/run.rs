@@ -158,18 +158,12 @@ impl Running {
 
     /// Resolves when the gRPC server task ended by itself (it failed).
     pub async fn failed(&mut self) -> Result<(), Error> {
-        match self.grpc.as_mut() {
-            Some(task) => match task.await {
-                Ok(result) => {
-                    self.grpc = None;
-                    result.map_err(Error::from)
-                }
-                Err(e) => {
-                    self.grpc = None;
-                    Err(Error::Config(format!("gRPC server task ended: {e}")))
-                }
-            },
-            None => std::future::pending().await,
+        let Some(task) = self.grpc.as_mut() else { return std::future::pending().await };
+        let ended = task.await;
+        self.grpc = None;
+        match ended {
+            Ok(result) => result.map_err(Error::from),
+            Err(e) => Err(Error::Config(format!("gRPC server task ended: {e}"))),
         }
     }
 

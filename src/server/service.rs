@@ -164,7 +164,9 @@ impl pb::sagas_server::Sagas for Api {
         } as usize;
         let mut statuses = BTreeSet::new();
         for s in &req.status {
-            let status = convert::status_from_pb(*s)
+            let status = pb::SagaStatus::try_from(*s)
+                .ok()
+                .and_then(crate::api::status_from_pb)
                 .ok_or_else(|| Status::invalid_argument(format!("status {s} is not a saga status")))?;
             statuses.insert(status);
         }
@@ -284,10 +286,7 @@ impl pb::admin_server::Admin for Api {
             let (ok, failed) = calls.get(name).copied().unwrap_or_default();
             participants.push(pb::Participant {
                 name: name.clone(),
-                kind: serde_json::to_value(config.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                kind: config.kind.as_str().to_owned(),
                 healthy: probe.is_ok(),
                 probe_error: probe.err().unwrap_or_default(),
                 breaker_state: breakers.get(name).copied().unwrap_or("closed").to_owned(),
@@ -300,8 +299,8 @@ impl pb::admin_server::Admin for Api {
 
     async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let mut sagas_by_status: BTreeMap<String, u64> = BTreeMap::new();
-        for snapshot in self.executor.list() {
-            *sagas_by_status.entry(snapshot.status.as_str().to_owned()).or_default() += 1;
+        for (status, n) in self.executor.status_counts() {
+            *sagas_by_status.entry(status.as_str().to_owned()).or_default() += n;
         }
         let archived = self.index.count_by_status().map_err(|e| Status::internal(e.to_string()))?;
         for (status, n) in archived {
