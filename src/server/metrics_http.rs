@@ -27,7 +27,13 @@ pub async fn start(listen: &str, executor: Executor) -> Result<(SocketAddr, Join
     let task = tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // No Nagle stall on a scrape's response (see the gRPC listener).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "metrics endpoint: cannot set TCP_NODELAY");
+                    }
+                    stream
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "metrics endpoint: accept failed");
