@@ -1,4 +1,6 @@
-//! The server's configuration: participants and the named actions clients may use.
+//! The catalog: the checked configuration, and what it lets clients do. The file's schema
+//! and defaults live in [`crate::config`]; this module checks actions against their
+//! participants, validates submitted sagas, and binds their values to operations.
 //!
 //! Actions are declared here, never sent by clients: a client's saga names actions and passes
 //! typed parameter values, which are bound as statement parameters (or substituted into file
@@ -10,252 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use crate::engine::{SagaDefinition, StepCall, StepPolicy, Value};
-use crate::participant::{Direction, Kind, Operation};
-
-/// The whole config file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub journal: JournalConfig,
-    #[serde(default)]
-    pub executor: ExecutorConfig,
-    #[serde(default)]
-    pub index: IndexConfig,
-    #[serde(default)]
-    pub participants: BTreeMap<String, ParticipantConfig>,
-    #[serde(default)]
-    pub actions: BTreeMap<String, ActionConfig>,
-    /// The gRPC server (only `serve` reads it).
-    #[serde(default)]
-    pub server: crate::server::config::ServerConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JournalConfig {
-    /// `always` (default, crash-safe), `interval:<ms>` or `never` (not crash-safe).
-    pub sync: String,
-    pub segment_bytes_max: u64,
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig { sync: "always".into(), segment_bytes_max: 64 * 1024 * 1024 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExecutorConfig {
-    /// Sagas running at once; further submits wait in line (they are already durable).
-    pub max_in_flight: usize,
-    /// Consecutive retryable failures that open a participant's circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker waits before letting a trial call through.
-    pub breaker_cooldown_ms: u64,
-    /// Successful trial calls that close a half-open breaker.
-    pub breaker_successes: u32,
-    /// The most steps a saga may have.
-    pub max_steps: usize,
-    /// The largest encoded saga definition accepted, in bytes.
-    pub max_saga_bytes: usize,
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        ExecutorConfig {
-            max_in_flight: 256,
-            breaker_failures: 5,
-            breaker_cooldown_ms: 60_000,
-            breaker_successes: 3,
-            max_steps: 64,
-            max_saga_bytes: 1024 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexConfig {
-    /// Finished sagas older than this are purged from the index (0 keeps them forever).
-    pub retention_hours: u64,
-    /// How often finished sagas are checkpointed so the journal can drop old segments.
-    pub checkpoint_interval_ms: u64,
-    /// The most memory the index's page cache may use, in bytes. The index holds every
-    /// finished saga; this bound is what keeps the server's memory flat as they accumulate.
-    pub cache_bytes_max: u64,
-}
-
-impl Default for IndexConfig {
-    fn default() -> Self {
-        IndexConfig {
-            retention_hours: 30 * 24,
-            checkpoint_interval_ms: 5_000,
-            cache_bytes_max: crate::index::CACHE_BYTES_DEFAULT,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParticipantConfig {
-    pub kind: Kind,
-    /// File or directory for `sqlite`, `duckdb` and `fs`, relative to the data directory
-    /// unless absolute.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// libpq connection string for `postgres`.
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Statements run once when the participant is opened (for example
-    /// `CREATE TABLE IF NOT EXISTS …`), for SQLite and DuckDB participants.
-    #[serde(default)]
-    pub init: Vec<String>,
-}
-
-fn default_pool_size() -> usize {
-    4
-}
-
-/// Parameter types an action may declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    Bool,
-    Int,
-    Float,
-    Text,
-    Bytes,
-}
-
-impl ParamType {
-    fn accepts(self, value: &Value) -> bool {
-        matches!(
-            (self, value),
-            (ParamType::Bool, Value::Bool(_))
-                | (ParamType::Int, Value::Int(_))
-                | (ParamType::Float, Value::Float(_) | Value::Int(_))
-                | (ParamType::Text, Value::Text(_))
-                | (ParamType::Bytes, Value::Bytes(_))
-        )
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            ParamType::Bool => "bool",
-            ParamType::Int => "int",
-            ParamType::Float => "float",
-            ParamType::Text => "text",
-            ParamType::Bytes => "bytes",
-        }
-    }
-}
-
-/// One direction of an action: a SQL statement with its argument order, or a file operation
-/// whose `{name}` placeholders are filled with plain-name parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum OperationConfig {
-    Sql {
-        sql: String,
-        #[serde(default)]
-        args: Vec<String>,
-    },
-    Put {
-        put: String,
-        contents: String,
-    },
-    Delete {
-        delete: String,
-    },
-    Copy {
-        copy: String,
-        to: String,
-    },
-    Noop {
-        noop: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub max_attempts: u32,
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    /// Fraction (0..=1) of each back-off that is randomised, so retries spread out.
-    pub jitter: f64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig { max_attempts: 5, initial_backoff_ms: 50, max_backoff_ms: 10_000, jitter: 0.2 }
-    }
-}
-
-impl RetryConfig {
-    /// The back-off before attempt `attempt` (2 = the first retry), without jitter applied.
-    pub fn backoff_ms(&self, attempt: u32) -> u64 {
-        let doublings = attempt.saturating_sub(2).min(32);
-        self.initial_backoff_ms.saturating_mul(1u64 << doublings).min(self.max_backoff_ms)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionConfig {
-    pub participant: String,
-    #[serde(default)]
-    pub params: BTreeMap<String, ParamType>,
-    pub forward: OperationConfig,
-    pub compensate: OperationConfig,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default = "default_compensate_retry")]
-    pub compensate_retry: RetryConfig,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// For SQL participants, optional: a read-only statement returning one count that is
-    /// positive exactly when the forward effect of a step exists (`SELECT count(*) FROM t
-    /// WHERE id = ?1`). `sagalog audit` runs it to find effects without markers and markers
-    /// without effects; nothing else uses it.
-    #[serde(default)]
-    pub check: Option<CheckConfig>,
-}
-
-/// A read-only statement that counts a step's forward effect (see [`ActionConfig::check`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckConfig {
-    pub sql: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-}
-
-fn default_compensate_retry() -> RetryConfig {
-    RetryConfig { max_attempts: 10, ..RetryConfig::default() }
-}
-
-fn default_timeout_ms() -> u64 {
-    30_000
-}
-
-/// Why a config file is not usable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("config {path} is not valid: {message}")]
-    Parse { path: String, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
-}
+use crate::config::Kind;
+pub use crate::config::{
+    ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
+    OperationConfig, ParamType, ParticipantConfig, RetryConfig,
+};
+use crate::engine::{Direction, SagaDefinition, StepCall, StepPolicy, Value};
+use crate::participant::Operation;
 
 /// Why a saga is refused. Every variant names where the problem is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -282,104 +45,6 @@ pub enum ValidationError {
     BadPathParam { step: usize, action: String, param: String },
 }
 
-/// The configuration a data directory gets when `serve` is started without `--config`: demo
-/// participants that need nothing installed (SQLite, DuckDB, files) and a demo catalog modelled
-/// on a real cross-database job: record a pipeline execution in SQLite, store its results in
-/// DuckDB, and write an artefact file, each with its compensation. CHECK constraints let a
-/// client make a step fail permanently on purpose (see [`demo_saga`]).
-pub const EMBEDDED_DEFAULT: &str = r#"# sagalog configuration generated for this data directory (the embedded default).
-# Edit it, or start `sagalog serve --config FILE` with your own; docs/example-config.toml has a
-# PostgreSQL participant.
-
-[journal]
-sync = "always"
-
-[executor]
-max_in_flight = 256
-
-# Anonymous mode: calls without a token get the admin role. Fine on a loopback-only demo; for
-# anything else delete this line and add tokens:
-#   [[server.tokens]]
-#   name = "my-app"
-#   token = "a-long-random-secret"   # at least 16 characters
-#   role = "client"                  # "admin" may also call the Admin service
-[server]
-listen = "127.0.0.1:50051"
-anonymous = "admin"
-
-[participants.ledger]
-kind = "sqlite"
-path = "demo/ledger.sqlite"
-pool_size = 4
-init = [
-  "CREATE TABLE IF NOT EXISTS executions (run_id TEXT PRIMARY KEY, job TEXT NOT NULL, rows INTEGER NOT NULL CHECK (rows >= 0))",
-]
-
-[participants.warehouse]
-kind = "duckdb"
-path = "demo/warehouse.duckdb"
-pool_size = 2
-init = [
-  "CREATE TABLE IF NOT EXISTS results (run_id VARCHAR PRIMARY KEY, job VARCHAR NOT NULL, rows BIGINT NOT NULL CHECK (rows <= 1000000))",
-]
-
-[participants.artifacts]
-kind = "fs"
-path = "demo/artifacts"
-
-[actions.record_execution]
-participant = "ledger"
-params = { run_id = "text", job = "text", rows = "int" }
-forward = { sql = "INSERT INTO executions (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
-compensate = { sql = "DELETE FROM executions WHERE run_id = ?1", args = ["run_id"] }
-check = { sql = "SELECT count(*) FROM executions WHERE run_id = ?1", args = ["run_id"] }
-retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
-timeout_ms = 30000
-
-[actions.store_results]
-participant = "warehouse"
-params = { run_id = "text", job = "text", rows = "int" }
-forward = { sql = "INSERT INTO results (run_id, job, rows) VALUES (?1, ?2, ?3)", args = ["run_id", "job", "rows"] }
-compensate = { sql = "DELETE FROM results WHERE run_id = ?1", args = ["run_id"] }
-check = { sql = "SELECT count(*) FROM results WHERE run_id = ?1", args = ["run_id"] }
-retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
-timeout_ms = 30000
-
-[actions.write_artifact]
-participant = "artifacts"
-params = { run_id = "text", report = "text" }
-forward = { put = "runs/{run_id}.json", contents = "report" }
-compensate = { delete = "runs/{run_id}.json" }
-retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
-timeout_ms = 30000
-"#;
-
-/// The demo saga of the embedded default, for run `run_id`. Two values of `rows` fail on
-/// purpose, to exercise compensation: a negative count is refused by the ledger (step 0 fails,
-/// nothing to undo), more than 1,000,000 by the warehouse (step 1 fails, step 0 is undone).
-pub fn demo_saga(saga_id: &str, run_id: &str, rows: i64) -> SagaDefinition {
-    let text = |s: &str| Value::Text(s.to_owned());
-    let report = format!("{{\"run_id\":\"{run_id}\",\"rows\":{rows}}}");
-    let step = |action: &str, params: Vec<(&str, Value)>| StepCall {
-        action: action.to_owned(),
-        params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-    };
-    SagaDefinition {
-        id: saga_id.to_owned(),
-        steps: vec![
-            step(
-                "record_execution",
-                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
-            ),
-            step(
-                "store_results",
-                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
-            ),
-            step("write_artifact", vec![("run_id", text(run_id)), ("report", text(&report))]),
-        ],
-    }
-}
-
 /// Longest saga id accepted.
 pub const SAGA_ID_BYTES_MAX: usize = 128;
 
@@ -392,25 +57,19 @@ pub struct Catalog {
 impl Catalog {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Catalog, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Catalog::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
-            other => other,
-        })
+        Catalog::new(Config::read(path)?)
     }
 
     /// Parses and checks config text.
     pub fn parse(text: &str) -> Result<Catalog, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
-        Catalog::new(config)
+        Catalog::new(Config::parse(text)?)
     }
 
     /// Checks a config: every action names a declared participant of a kind that can run its
     /// operations, every argument and placeholder names a declared parameter.
     pub fn new(config: Config) -> Result<Catalog, ConfigError> {
         crate::journal::SyncPolicy::parse(&config.journal.sync).map_err(ConfigError::Invalid)?;
+        check_limits(&config).map_err(ConfigError::Invalid)?;
         for (name, p) in &config.participants {
             let needs = match p.kind {
                 Kind::Postgres => p.url.is_none().then_some("url"),
@@ -476,14 +135,14 @@ impl Catalog {
 
     fn validate_step(&self, step: usize, call: &StepCall) -> Result<StepPolicy, ValidationError> {
         let Some(action) = self.action(&call.action) else {
-            return Err(ValidationError::UnknownAction { step, action: call.action.clone() });
+            return Err(ValidationError::UnknownAction { step, action: echo(&call.action) });
         };
-        let named = |param: &str| (step, call.action.clone(), param.to_owned());
-        for (param, ty) in &action.params {
-            let (step, action, param) = named(param);
-            match call.params.get(&param) {
+        let named = |param: &str| (step, echo(&call.action), echo(param));
+        for (name, ty) in &action.params {
+            let (step, action, param) = named(name);
+            match call.params.get(name) {
                 None => return Err(ValidationError::MissingParam { step, action, param, expected: ty.name() }),
-                Some(v) if !ty.accepts(v) => {
+                Some(v) if !accepts(*ty, v) => {
                     return Err(ValidationError::WrongType {
                         step,
                         action,
@@ -557,19 +216,84 @@ impl Catalog {
     }
 }
 
-/// Saga ids are chosen by clients and end up in file names and marker keys.
+/// Room a `SagaSubmitted` record needs beside the encoded definition: its other fields, and
+/// each step's policy.
+const SUBMIT_RECORD_OVERHEAD_BYTES: usize = 4096;
+const STEP_POLICY_BYTES_MAX: usize = 64;
+
+/// Limits where zero (or too much) makes no sense are refused when the config loads, never
+/// clamped later; each message names the key.
+fn check_limits(config: &Config) -> Result<(), String> {
+    let e = &config.executor;
+    let positive = [
+        ("executor.in_flight_max", e.max_in_flight as u64),
+        ("executor.breaker_failures", u64::from(e.breaker_failures)),
+        ("executor.breaker_successes", u64::from(e.breaker_successes)),
+        ("executor.steps_max", e.max_steps as u64),
+        ("executor.saga_bytes_max", e.max_saga_bytes as u64),
+        ("index.checkpoint_interval_ms", config.index.checkpoint_interval_ms),
+    ];
+    if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(format!("{key} must be at least 1"));
+    }
+    // A submitted saga is one journal record: it must fit the frame's payload limit.
+    let payload_max = crate::wal_format::frame::PAYLOAD_BYTES_MAX as usize;
+    let needed = e
+        .max_saga_bytes
+        .saturating_add(e.max_steps.saturating_mul(STEP_POLICY_BYTES_MAX))
+        .saturating_add(SUBMIT_RECORD_OVERHEAD_BYTES);
+    if needed > payload_max {
+        return Err(format!(
+            "executor.saga_bytes_max = {} with executor.steps_max = {} needs journal records of up to {needed} bytes; a record holds at most {payload_max}",
+            e.max_saga_bytes, e.max_steps
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a parameter of type `ty` accepts `value` (an int is a valid float).
+fn accepts(ty: ParamType, value: &Value) -> bool {
+    matches!(
+        (ty, value),
+        (ParamType::Bool, Value::Bool(_))
+            | (ParamType::Int, Value::Int(_))
+            | (ParamType::Float, Value::Float(_) | Value::Int(_))
+            | (ParamType::Text, Value::Text(_))
+            | (ParamType::Bytes, Value::Bytes(_))
+    )
+}
+
+/// Saga ids are chosen by clients and end up in file names and marker keys. The one rule,
+/// checked at submit and on every call that names an id: 1–128 bytes of printable ASCII
+/// without spaces (`!` to `~`), which every participant kind can store.
 pub fn validate_saga_id(id: &str) -> Result<(), ValidationError> {
-    let bad = |reason| Err(ValidationError::BadSagaId { id: id.chars().take(200).collect(), reason });
+    let bad = |reason| Err(ValidationError::BadSagaId { id: echo(id), reason });
     if id.is_empty() {
         return bad("it is empty");
     }
     if id.len() > SAGA_ID_BYTES_MAX {
         return bad("it is longer than 128 bytes");
     }
-    if id.chars().any(|c| c.is_control()) {
+    if id.bytes().any(|b| b.is_ascii_control()) {
         return bad("it contains control characters");
     }
+    if !id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return bad("it may hold only printable ASCII without spaces (! to ~)");
+    }
     Ok(())
+}
+
+/// The most characters of a client's text an error message repeats.
+pub const ECHO_CHARS_MAX: usize = 64;
+
+/// `text` as an error repeats it: at most [`ECHO_CHARS_MAX`] characters, then `…` and the
+/// full length, so a megabyte of name never comes back in an error.
+pub fn echo(text: &str) -> String {
+    if text.chars().count() <= ECHO_CHARS_MAX {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(ECHO_CHARS_MAX).collect();
+    format!("{head}…({} bytes)", text.len())
 }
 
 fn is_plain_name(s: &str) -> bool {
@@ -709,12 +433,61 @@ mod tests {
         assert!(matches!(c.validate(&bad_id), Err(ValidationError::BadSagaId { .. })));
     }
 
+    /// The documented id rule, once: 1–128 bytes of printable ASCII without spaces. Spaces,
+    /// unicode and control characters were accepted before (issue 10, item 18).
+    #[test]
+    fn saga_ids_are_printable_ascii_without_spaces() {
+        for good in ["a", "order-17", "x/y:z@w", &"~".repeat(128), "!\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~"] {
+            assert_eq!(validate_saga_id(good), Ok(()), "{good:?}");
+        }
+        for bad in ["", "has space", "tab\there", "caf\u{e9}", "\u{1f600}", "nul\0", &"a".repeat(129)] {
+            assert!(matches!(validate_saga_id(bad), Err(ValidationError::BadSagaId { .. })), "{bad:?}");
+        }
+    }
+
+    /// A client's huge parameter name, action name or id is not echoed back whole (a name up
+    /// to the saga size limit was repeated in full before).
+    #[test]
+    fn errors_echo_at_most_a_bounded_prefix_of_client_text() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        let huge = "p".repeat(512 * 1024);
+        let mut call = StepCall { action: "insert".into(), params: BTreeMap::new() };
+        call.params.insert("id".into(), Value::Text("a".into()));
+        call.params.insert("n".into(), Value::Int(1));
+        call.params.insert(huge.clone(), Value::Int(1));
+        let saga = SagaDefinition { id: "s".into(), steps: vec![call] };
+        let message = c.validate(&saga).unwrap_err().to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains(&format!("({} bytes)", huge.len())), "{message}");
+        let unknown =
+            SagaDefinition { id: "s".into(), steps: vec![StepCall { action: huge.clone(), params: BTreeMap::new() }] };
+        assert!(c.validate(&unknown).unwrap_err().to_string().len() < 300);
+        assert!(validate_saga_id(&huge).unwrap_err().to_string().len() < 300);
+    }
+
+    /// The limits' old spellings (`max_in_flight`, …) still load, into the same fields.
+    #[test]
+    fn old_limit_spellings_are_still_read() {
+        let old = Catalog::parse("[executor]\nmax_in_flight = 7\nmax_steps = 9\nmax_saga_bytes = 4096\n[server]\nmax_message_bytes = 2048\nmax_pending_submits = 3").unwrap();
+        let new = Catalog::parse("[executor]\nin_flight_max = 7\nsteps_max = 9\nsaga_bytes_max = 4096\n[server]\nmessage_bytes_max = 2048\npending_submits_max = 3").unwrap();
+        assert_eq!(old.config, new.config);
+        assert_eq!((old.config.executor.max_in_flight, old.config.executor.max_steps), (7, 9));
+        assert_eq!(old.config.server.max_pending_submits, 3);
+    }
+
     #[test]
     fn bad_configs_are_refused_with_the_reason() {
         let cases = [
             ("[participants.x]\nkind = \"sqlite\"", "needs `path`"),
             ("[participants.x]\nkind = \"oracle\"\npath = \"a\"", "unknown variant"),
             ("[journal]\nsync = \"sometimes\"", "unknown sync policy"),
+            ("[executor]\nin_flight_max = 0", "executor.in_flight_max must be at least 1"),
+            ("[executor]\nmax_in_flight = 0", "executor.in_flight_max must be at least 1"),
+            ("[executor]\nbreaker_failures = 0", "executor.breaker_failures must be at least 1"),
+            ("[executor]\nbreaker_successes = 0", "executor.breaker_successes must be at least 1"),
+            ("[executor]\nsteps_max = 0", "executor.steps_max must be at least 1"),
+            ("[index]\ncheckpoint_interval_ms = 0", "index.checkpoint_interval_ms must be at least 1"),
+            ("[executor]\nsaga_bytes_max = 16777216", "executor.saga_bytes_max = 16777216"),
             (
                 "[participants.f]\nkind = \"fs\"\npath = \"f\"\n[actions.a]\nparticipant = \"f\"\nforward = { sql = \"x\" }\ncompensate = { noop = true }",
                 "cannot run SQL",
@@ -757,7 +530,7 @@ mod shipped_configs {
     #[test]
     fn embedded_default_and_example_config_are_valid() {
         let c = Catalog::parse(EMBEDDED_DEFAULT).unwrap();
-        c.validate(&demo_saga("demo-1", "run-1", 10)).unwrap();
+        c.validate(&crate::cli::demo::demo_saga("demo-1", "run-1", 10)).unwrap();
         Catalog::parse(include_str!("../docs/example-config.toml")).unwrap();
     }
 }

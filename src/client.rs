@@ -25,7 +25,7 @@ use crate::api::pb;
 use crate::api::pb::admin_client::AdminClient;
 use crate::api::pb::sagas_client::SagasClient;
 pub use crate::api::{status_from_pb, status_to_pb};
-use crate::engine::{SagaDefinition, Status, StepCall, Value};
+use crate::engine::{SagaDefinition, Status};
 
 /// The server a client talks to when nothing else is said (`$SAGALOG_SERVER` overrides it in
 /// the command line).
@@ -529,52 +529,7 @@ pub fn step_state_name(step: &pb::StepStatus) -> &'static str {
     }
 }
 
-pub fn value_to_pb(value: &Value) -> pb::Value {
-    use pb::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::Null(true),
-        Value::Bool(b) => Kind::Bool(*b),
-        Value::Int(i) => Kind::Int(*i),
-        Value::Float(f) => Kind::Float(*f),
-        Value::Text(s) => Kind::Text(s.clone()),
-        Value::Bytes(b) => Kind::Bytes(b.clone()),
-    };
-    pb::Value { kind: Some(kind) }
-}
-
-/// `None` when the value has no kind set (not a valid parameter).
-pub fn value_from_pb(value: &pb::Value) -> Option<Value> {
-    use pb::value::Kind;
-    Some(match value.kind.as_ref()? {
-        Kind::Null(_) => Value::Null,
-        Kind::Bool(b) => Value::Bool(*b),
-        Kind::Int(i) => Value::Int(*i),
-        Kind::Float(f) => Value::Float(*f),
-        Kind::Text(s) => Value::Text(s.clone()),
-        Kind::Bytes(b) => Value::Bytes(b.clone()),
-    })
-}
-
-pub fn step_to_pb(step: &StepCall) -> pb::Step {
-    pb::Step {
-        action: step.action.clone(),
-        params: step.params.iter().map(|(name, value)| (name.clone(), value_to_pb(value))).collect(),
-    }
-}
-
-/// `Err` names the parameter whose value has no kind.
-pub fn step_from_pb(step: &pb::Step) -> Result<StepCall, String> {
-    let mut params = std::collections::BTreeMap::new();
-    for (name, value) in &step.params {
-        let value = value_from_pb(value).ok_or_else(|| format!("parameter {name:?} has no value"))?;
-        params.insert(name.clone(), value);
-    }
-    Ok(StepCall { action: step.action.clone(), params })
-}
-
-pub fn submit_request(saga: &SagaDefinition) -> pb::SubmitRequest {
-    pb::SubmitRequest { saga_id: saga.id.clone(), steps: saga.steps.iter().map(step_to_pb).collect() }
-}
+pub use crate::api::convert::{step_from_pb, step_to_pb, submit_request, value_from_pb, value_to_pb};
 
 /// `Err` names the step and parameter that has no value.
 pub fn saga_from_request(request: &pb::SubmitRequest) -> Result<SagaDefinition, String> {
@@ -600,9 +555,10 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Value;
 
     fn sample() -> SagaDefinition {
-        crate::catalog::demo_saga("s-1", "r-1", 42)
+        crate::cli::demo::demo_saga("s-1", "r-1", 42)
     }
 
     /// A saga survives the trip to the protobuf request and back, every value kind included.

@@ -74,7 +74,7 @@ impl Node {
         if let Some((path, offset, bytes)) = &opened.truncated_tail {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
         }
-        let participants = participant::open_all(&catalog.config, data_dir.root())?;
+        let participants = participant::open_all(&catalog.config.participants, data_dir.root())?;
         let index = Index::open_with_cache(data_dir.root().join(INDEX_DIR), catalog.config.index.cache_bytes_max)?;
         // A checkpoint that cannot be read stops the start: replaying from the wrong place
         // could miss sagas.

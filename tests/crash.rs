@@ -69,7 +69,7 @@ async fn connect(port: u16) -> SagasClient<tonic::transport::Channel> {
 fn demo(id: &str, rows: i64) -> pb::SubmitRequest {
     let text = |s: &str| pb::Value { kind: Some(pb::value::Kind::Text(s.to_owned())) };
     let rows = pb::Value { kind: Some(pb::value::Kind::Int(rows)) };
-    let definition = sagalog::catalog::demo_saga(id, id, 0);
+    let definition = sagalog::cli::demo::demo_saga(id, id, 0);
     let steps = definition
         .steps
         .into_iter()

@@ -409,10 +409,11 @@ compensate = { sql = "undo", args = ["n"] }
     samples.sort();
     let p50 = samples[samples.len() / 2];
     // The stall's signature: before the fix 21–25 of 50 samples took 40–56 ms, the rest
-    // 3–13 ms (debug build, 2 busy cores); after it none reach 35 ms. The p50 bound is loose
-    // because a debug build sharing 2 cores with the other tests gives a p50 of 3–7 ms.
+    // 3–13 ms (debug build, 2 busy cores); after it 0 reach 35 ms on an idle machine and up to
+    // 5 under a load average of 9 (CPU starvation, not Nagle). The p50 bound is loose because a
+    // debug build sharing 2 cores with the other tests gives a p50 of 3–7 ms.
     let stalled = samples.iter().filter(|s| **s >= Duration::from_millis(35)).count();
-    assert!(stalled <= 2, "{stalled} of 50 round trips took >= 35 ms (Nagle + delayed ACK): {samples:?}");
+    assert!(stalled < 15, "{stalled} of 50 round trips took >= 35 ms (Nagle + delayed ACK): {samples:?}");
     assert!(p50 < Duration::from_millis(20), "p50 {p50:?}: {samples:?}");
     server.shutdown().await.unwrap();
 }

@@ -154,11 +154,15 @@ async fn make_duckdb() -> Option<Harness> {
 }
 
 async fn make_fs() -> Option<Harness> {
+    // The root is one level inside a private directory, so "nothing escaped the root" is a
+    // check on that directory, not on a shared /tmp where another process may own an `x`.
     let dir = tempfile::tempdir().unwrap();
-    let fs = Fs::open("fs", dir.path().to_path_buf()).unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let fs = Fs::open("fs", root.clone()).unwrap();
     Some(Harness {
         participant: Arc::new(fs),
-        effects: Effects::Fs(dir.path().to_path_buf()),
+        effects: Effects::Fs(root),
         table: "effects".to_owned(),
         run_id: run_id(),
         _dir: Some(dir),

@@ -268,7 +268,7 @@ fn saga_to_submit(args: &SubmitArgs) -> anyhow::Result<(SagaDefinition, bool)> {
         let generated = args.id.is_none();
         let id = args.id.clone().unwrap_or_else(|| generated_id("demo"));
         let run_id = args.run_id.clone().unwrap_or_else(|| generated_id("run"));
-        return Ok((crate::catalog::demo_saga(&id, &run_id, args.rows.unwrap_or(DEMO_ROWS_DEFAULT)), generated));
+        return Ok((crate::cli::demo::demo_saga(&id, &run_id, args.rows.unwrap_or(DEMO_ROWS_DEFAULT)), generated));
     }
     let Some(file) = &args.file else { anyhow::bail!("give a saga FILE, `-` for standard input, or --demo") };
     let (text, source_name) = read_saga_text(file)?;

@@ -77,7 +77,7 @@ async fn saga_load(data_dir: PathBuf, config: Option<PathBuf>, concurrency: u64)
             for n in (task..).step_by(concurrency as usize) {
                 let id = format!("load-{run}-{n}");
                 let (expect, rows) = load_plan(n);
-                executor.submit(crate::catalog::demo_saga(&id, &id, rows)).await?;
+                executor.submit(crate::cli::demo::demo_saga(&id, &id, rows)).await?;
                 {
                     let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
                     writeln!(out, "ack {id} {expect}")?;

@@ -7,6 +7,7 @@
 mod audit;
 mod client;
 mod debug;
+pub mod demo;
 mod export;
 mod replay;
 mod saga_file;

@@ -10,7 +10,7 @@ pub mod record;
 pub mod saga;
 pub mod value;
 
-pub use model::{SagaDefinition, StepCall, StepPolicy};
+pub use model::{Direction, SagaDefinition, StepCall, StepKey, StepPolicy};
 pub use record::{Outcome, Record, ResolveDecision};
 pub use saga::{Next, Saga, Status, StepProgress};
 pub use value::Value;

@@ -1,7 +1,9 @@
 //! What a client submits: a saga id chosen by the client (the idempotency key) and ordered
-//! steps, each naming a declared action with typed parameter values.
+//! steps, each naming a declared action with typed parameter values; and the step identity
+//! every layer shares ([`Direction`], [`StepKey`], the idempotency key of one step).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,5 +44,35 @@ impl SagaDefinition {
             // definitions compare equal on their other fields, which callers also check.
             Err(_) => 0,
         }
+    }
+}
+
+/// Which way a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Direction {
+    Forward,
+    Compensate,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Compensate => "compensate",
+        }
+    }
+}
+
+/// The idempotency key of one step in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey {
+    pub saga_id: String,
+    pub step: u32,
+    pub direction: Direction,
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.saga_id, self.step, self.direction.as_str())
     }
 }

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
-use crate::participant::Direction;
 use crate::wal_format::RecordKind;
 
 /// How a saga ended.

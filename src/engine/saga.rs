@@ -18,9 +18,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
 use super::record::{Outcome, Record, ResolveDecision, Submitted};
-use crate::participant::Direction;
 
 /// Where a saga stands, as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -84,9 +84,7 @@ pub struct Index {
     by_finish: sled::Tree,
 }
 
-/// The index's default page-cache bound (sled's own default is 1 GiB, which a server with a
-/// million finished sagas would fill).
-pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub use crate::config::CACHE_BYTES_DEFAULT;
 
 impl Index {
     /// Opens (or creates) the index at `path`, normally `<data-dir>/index`, with the default

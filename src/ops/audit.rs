@@ -238,7 +238,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         let index = open_index_copy(dir.root())?;
         let records = archived(index.index())?;
         drop(index);
-        let participants = crate::participant::open_all_read_only(&catalog.config, dir.root())?;
+        let participants = crate::participant::open_all_read_only(&catalog.config.participants, dir.root())?;
         Ok((dir, catalog, source, journal, records, participants))
     })
     .await

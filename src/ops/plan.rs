@@ -475,7 +475,7 @@ pub async fn dry_run(data_dir: &std::path::Path, config: Option<&std::path::Path
         let (catalog, source) = history::load_catalog(dir.root(), config_path.as_deref())?;
         let from = history::replay_from(dir.root())?;
         let unfinished = history::unfinished(&dir.journal_dir(), from)?;
-        let participants = crate::participant::open_all_read_only(&catalog.config, dir.root())?;
+        let participants = crate::participant::open_all_read_only(&catalog.config.participants, dir.root())?;
         Ok((dir, catalog, source, from, unfinished, participants))
     })
     .await

@@ -59,7 +59,7 @@ impl Offline {
         if let Some((path, offset, bytes)) = &opened.truncated_tail {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
         }
-        let participants = participant::open_all(&catalog.config, dir.root())?;
+        let participants = participant::open_all(&catalog.config.participants, dir.root())?;
         let index = Index::open(dir.root().join(INDEX_DIR))?;
         let replay_from_lsn = history::replay_from(dir.root())?;
         let catalog = Arc::new(catalog);

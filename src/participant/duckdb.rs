@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use duckdb::{Connection, params, params_from_iter};
 
-use super::sqlite::{BlockingPool, now_ms, parse_marker};
+use super::marker::{now_ms, parse_marker};
+use super::pool::BlockingPool;
 use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
 use crate::engine::value::Value;
 
@@ -285,7 +286,7 @@ fn apply_blocking(
     })?;
     // Dropping an uncommitted transaction rolls it back, so every early return above leaves
     // neither the statement's effect nor the marker behind.
-    tx.commit().map_err(|e| classify(name, "commit", &e))?;
+    tx.commit().map_err(|e| commit_error(name, &e))?;
     Ok(Applied::Applied)
 }
 
@@ -316,6 +317,14 @@ fn to_duckdb(value: &Value) -> duckdb::types::Value {
     }
 }
 
+/// An error raised by COMMIT itself. DuckDB may have written part of its WAL (an I/O error,
+/// "database invalidated") before failing, so the transaction is in doubt: never "certainly
+/// not applied", which would let compensation skip a step that committed. A retry's marker
+/// check (or recovery's lookup) settles it.
+fn commit_error(name: &str, error: &duckdb::Error) -> Error {
+    Error::retryable(name, format!("commit (outcome in doubt, settled by the marker): {error}"))
+}
+
 fn is_constraint(error: &duckdb::Error) -> bool {
     error.to_string().starts_with("Constraint Error")
 }
@@ -335,4 +344,29 @@ fn classify(name: &str, context: &str, error: &duckdb::Error) -> Error {
             || text.starts_with("Interrupt")
             || text.starts_with("Out of Memory Error"));
     if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error from COMMIT is in doubt, whatever its class: a permanent classification would
+    /// have compensation skip a step whose transaction may have committed (issue 10, item 8).
+    #[test]
+    fn a_commit_error_is_in_doubt_never_permanent() {
+        for error in [
+            duckdb::Error::InvalidParameterName("x".into()),
+            duckdb::Error::ExecuteReturnedResults,
+            duckdb::Error::QueryReturnedNoRows,
+        ] {
+            assert_eq!(
+                classify("w", "commit", &error).kind,
+                super::super::ErrorKind::Permanent,
+                "the classifier alone"
+            );
+            let e = commit_error("w", &error);
+            assert!(e.is_retryable(), "{e}");
+            assert!(e.message.contains("in doubt"), "{e}");
+        }
+    }
 }

@@ -37,8 +37,11 @@ pub const TMP_INFIX: &str = ".sagalog-tmp-";
 pub const CONCURRENCY_MAX: usize = 16;
 /// Longest saga id kept as a plain directory name; others are hex-encoded.
 pub const SAGA_DIR_PLAIN_MAX: usize = 128;
-/// Longest saga id that can be hex-encoded into one directory name (255 bytes on most systems).
+/// Longest saga id that is hex-encoded into one directory name (255 bytes on most systems);
+/// longer ones with special characters are base64url-encoded behind `~` (up to 190 bytes).
 pub const SAGA_ID_ENCODED_MAX: usize = 127;
+/// Longest saga id of any kind a file participant can store (`~` + base64url fits 255 bytes).
+pub const SAGA_ID_BASE64_MAX: usize = 190;
 /// Striped locks that serialize applies of the same key.
 const KEY_LOCKS: usize = 64;
 
@@ -292,8 +295,11 @@ fn resolve(name: &str, relative: &str) -> Result<PathBuf, Error> {
 }
 
 /// A saga id as one safe directory name: kept as is when it is plain
-/// (`[A-Za-z0-9._-]{1,128}`, not `.` or `..`), else `%` and its bytes in hex. `%` never occurs
-/// in a plain name, so two ids never share a directory.
+/// (`[A-Za-z0-9._-]{1,128}`, not `.` or `..`); else `%` and its bytes in hex when that fits
+/// (up to 127 bytes, the original encoding); else `~` and its bytes in base64url (longer ids
+/// with special characters, which the hex form cannot hold). `%` and `~` never occur in a
+/// plain name and the three forms have distinct first characters, so two ids never share a
+/// directory.
 fn saga_dir_name(name: &str, saga_id: &str) -> Result<String, Error> {
     let plain = (1..=SAGA_DIR_PLAIN_MAX).contains(&saga_id.len())
         && saga_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -302,18 +308,50 @@ fn saga_dir_name(name: &str, saga_id: &str) -> Result<String, Error> {
     if plain {
         return Ok(saga_id.to_owned());
     }
-    if saga_id.len() > SAGA_ID_ENCODED_MAX {
+    if saga_id.len() <= SAGA_ID_ENCODED_MAX {
+        let mut encoded = String::with_capacity(1 + 2 * saga_id.len());
+        encoded.push('%');
+        for byte in saga_id.bytes() {
+            encoded.push_str(&format!("{byte:02x}"));
+        }
+        return Ok(encoded);
+    }
+    if saga_id.len() > SAGA_ID_BASE64_MAX {
         return Err(Error::permanent(
             name,
             format!("saga id of {} bytes with special characters is too long for a file participant", saga_id.len()),
         ));
     }
-    let mut encoded = String::with_capacity(1 + 2 * saga_id.len());
-    encoded.push('%');
-    for byte in saga_id.bytes() {
-        encoded.push_str(&format!("{byte:02x}"));
+    Ok(format!("~{}", base64url_encode(saga_id.as_bytes())))
+}
+
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Unpadded base64url (RFC 4648 §5): every output character is a plain-name character.
+fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(BASE64URL[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
     }
-    Ok(encoded)
+    out
+}
+
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let sextet = |c: u8| BASE64URL.iter().position(|x| *x == c).map(|p| p as u32);
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.as_bytes().chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let n = chunk.iter().enumerate().try_fold(0u32, |n, (i, c)| Some(n | (sextet(*c)? << (18 - 6 * i))))?;
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> {
@@ -372,6 +410,9 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
 
 /// The saga id a marker directory name stands for: the inverse of [`saga_dir_name`].
 fn saga_id_of_dir_name(dir_name: &str) -> Option<String> {
+    if let Some(encoded) = dir_name.strip_prefix('~') {
+        return String::from_utf8(base64url_decode(encoded)?).ok();
+    }
     let Some(hex) = dir_name.strip_prefix('%') else {
         return Some(dir_name.to_owned());
     };
@@ -500,4 +541,54 @@ fn classify(name: &str, context: &str, error: &io::Error) -> Error {
             | K::TooManyLinks
     );
     if permanent { Error::permanent(name, message) } else { Error::retryable(name, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every saga id the catalog accepts (1–128 bytes of printable ASCII without spaces) has a
+    /// directory name of at most 255 bytes that reads back to the same id, and distinct ids get
+    /// distinct names. Before, a 128-byte id with a special character was refused (issue 10,
+    /// item 18).
+    #[test]
+    fn every_accepted_saga_id_has_a_directory_name_that_reads_back() {
+        let printable: Vec<u8> = (0x21u8..=0x7e).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut ids = vec!["a".to_owned(), "%".to_owned(), "~".to_owned(), ".".to_owned(), "..".to_owned()];
+        for len in [1usize, 2, 3, 64, 126, 127, 128] {
+            for offset in 0..printable.len() {
+                ids.push((0..len).map(|i| char::from(printable[(offset + i * 7) % printable.len()])).collect());
+            }
+        }
+        ids.push("/".repeat(128));
+        ids.push(format!("{}~", "a".repeat(127)));
+        let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
+        assert!(ids.len() > 500);
+        for id in ids {
+            let dir = saga_dir_name("f", &id).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+            assert!(dir.len() <= 255, "{id:?} → {} bytes", dir.len());
+            assert!(!dir.contains('/') && dir != "." && dir != "..", "{id:?} → {dir:?}");
+            assert_eq!(saga_id_of_dir_name(&dir).as_deref(), Some(id.as_str()), "{dir:?}");
+            assert!(seen.insert(dir.clone()), "two ids share {dir:?}");
+        }
+    }
+
+    /// The hex form of the first version still reads back (existing marker trees keep working).
+    #[test]
+    fn hex_encoded_directory_names_still_read_back() {
+        assert_eq!(saga_id_of_dir_name("%612f62").as_deref(), Some("a/b"));
+        assert_eq!(saga_dir_name("f", "a/b").unwrap(), "%612f62");
+    }
+
+    #[test]
+    fn base64url_round_trips_every_length() {
+        for len in 0..40usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = base64url_encode(&bytes);
+            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert_eq!(base64url_decode(&text), Some(bytes));
+        }
+        assert_eq!(base64url_encode(b"foob"), "Zm9vYg");
+    }
 }

@@ -31,50 +31,24 @@
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
 pub mod fs;
+mod marker;
 pub mod memory;
+mod pool;
 pub mod postgres;
 pub mod sqlite;
+pub mod stores;
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::ParticipantConfig;
 use crate::engine::value::Value;
 
 /// Name of the marker table every SQL participant keeps.
 pub const MARKER_TABLE: &str = "sagalog_markers";
 
-/// Which way a step runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Direction {
-    Forward,
-    Compensate,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Compensate => "compensate",
-        }
-    }
-}
-
-/// The idempotency key of one step in one direction.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StepKey {
-    pub saga_id: String,
-    pub step: u32,
-    pub direction: Direction,
-}
-
-impl fmt::Display for StepKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.saga_id, self.step, self.direction.as_str())
-    }
-}
+pub use crate::config::Kind;
+pub use crate::engine::model::{Direction, StepKey};
 
 /// One marker as a participant stores it, for audits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,88 +129,100 @@ impl Error {
     }
 }
 
-/// The kinds of participant a config can declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Postgres,
-    Sqlite,
-    Duckdb,
-    Fs,
-    /// In-memory, for tests and benchmarks only.
-    Memory,
-}
-
-impl Kind {
-    /// The name a config spells it with.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Postgres => "postgres",
-            Kind::Sqlite => "sqlite",
-            Kind::Duckdb => "duckdb",
-            Kind::Fs => "fs",
-            Kind::Memory => "memory",
-        }
-    }
-}
-
 /// Opens every participant a config declares. Relative paths are under `data_dir`; `init`
 /// statements run before the participant takes its connections. `memory` participants are
-/// created empty.
+/// created empty. A file-backed store (SQLite, DuckDB, `fs`) is created only the first time
+/// (and recorded in `D/stores.json`); one that was created before and is missing now stands
+/// in [`stores::Parked`], failing every call with a reason that names the file (see
+/// [`stores`]).
 pub fn open_all(
-    config: &crate::catalog::Config,
+    participants: &std::collections::BTreeMap<String, ParticipantConfig>,
     data_dir: &std::path::Path,
 ) -> Result<std::collections::BTreeMap<String, std::sync::Arc<dyn Participant>>, Error> {
+    let mut manifest = stores::Manifest::read(data_dir)?;
+    let before = manifest.clone();
     let mut out: std::collections::BTreeMap<String, std::sync::Arc<dyn Participant>> = Default::default();
-    for (name, p) in &config.participants {
-        let path = || {
-            let rel = p.path.as_deref().unwrap_or_default();
-            let path = data_dir.join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", parent.display())))?;
-            }
-            Ok::<_, Error>(path)
+    for (name, p) in participants {
+        let configured = p.path.clone().unwrap_or_default();
+        let store = data_dir.join(&configured);
+        let file_backed = matches!(p.kind, Kind::Sqlite | Kind::Duckdb | Kind::Fs);
+        let decision = if file_backed {
+            stores::decide(&manifest, name, p.kind, &configured, &store)
+        } else {
+            stores::Decision::Open
         };
-        let participant: std::sync::Arc<dyn Participant> = match p.kind {
-            Kind::Sqlite => {
-                let path = path()?;
-                run_init_sqlite(name, &path, &p.init)?;
-                std::sync::Arc::new(sqlite::Sqlite::open(name, path, p.pool_size)?)
+        let participant = match decision {
+            stores::Decision::Park(reason) => {
+                let (name_owned, config, root) = (name.clone(), p.clone(), data_dir.to_path_buf());
+                let reopen: stores::Reopen = Box::new(move || open_one(&name_owned, &config, &root));
+                std::sync::Arc::new(stores::Parked::new(name, p.kind, store.clone(), reason, reopen))
             }
-            #[cfg(feature = "duckdb")]
-            Kind::Duckdb => {
-                let path = path()?;
-                let db = duckdb::Duckdb::open(name, path, p.pool_size)?;
-                let conn = db.connection()?;
-                for statement in &p.init {
-                    conn.execute_batch(statement)
-                        .map_err(|e| Error::permanent(name, format!("init statement {statement:?} failed: {e}")))?;
-                }
-                std::sync::Arc::new(db)
-            }
-            #[cfg(not(feature = "duckdb"))]
-            Kind::Duckdb => {
-                return Err(Error::permanent(
-                    name,
-                    "this build has no DuckDB support (built without the `duckdb` feature)",
-                ));
-            }
-            Kind::Postgres => {
-                let url = p.url.as_deref().unwrap_or_default();
-                std::sync::Arc::new(postgres::Postgres::connect(name, url, p.pool_size)?)
-            }
-            Kind::Fs => {
-                let root = path()?;
-                std::fs::create_dir_all(&root)
-                    .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", root.display())))?;
-                std::sync::Arc::new(fs::Fs::open(name, root)?)
-            }
-            Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+            stores::Decision::Open | stores::Decision::Create => open_one(name, p, data_dir)?,
         };
+        if file_backed && store.exists() {
+            manifest.stores.insert(name.clone(), stores::Store { kind: p.kind, path: configured });
+        }
         out.insert(name.clone(), participant);
     }
+    if manifest != before {
+        manifest.version = 1;
+        manifest.write(data_dir)?;
+    }
     Ok(out)
+}
+
+/// Opens (creating its store if missing) one participant.
+fn open_one(
+    name: &str,
+    p: &ParticipantConfig,
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn Participant>, Error> {
+    let path = || {
+        let rel = p.path.as_deref().unwrap_or_default();
+        let path = data_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", parent.display())))?;
+        }
+        Ok::<_, Error>(path)
+    };
+    let participant: std::sync::Arc<dyn Participant> = match p.kind {
+        Kind::Sqlite => {
+            let path = path()?;
+            run_init_sqlite(name, &path, &p.init)?;
+            std::sync::Arc::new(sqlite::Sqlite::open(name, path, p.pool_size)?)
+        }
+        #[cfg(feature = "duckdb")]
+        Kind::Duckdb => {
+            let path = path()?;
+            let db = duckdb::Duckdb::open(name, path, p.pool_size)?;
+            let conn = db.connection()?;
+            for statement in &p.init {
+                conn.execute_batch(statement)
+                    .map_err(|e| Error::permanent(name, format!("init statement {statement:?} failed: {e}")))?;
+            }
+            std::sync::Arc::new(db)
+        }
+        #[cfg(not(feature = "duckdb"))]
+        Kind::Duckdb => {
+            return Err(Error::permanent(
+                name,
+                "this build has no DuckDB support (built without the `duckdb` feature)",
+            ));
+        }
+        Kind::Postgres => {
+            let url = p.url.as_deref().unwrap_or_default();
+            std::sync::Arc::new(postgres::Postgres::connect(name, url, p.pool_size)?)
+        }
+        Kind::Fs => {
+            let root = path()?;
+            std::fs::create_dir_all(&root)
+                .map_err(|e| Error::permanent(name, format!("cannot create {}: {e}", root.display())))?;
+            std::sync::Arc::new(fs::Fs::open(name, root)?)
+        }
+        Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+    };
+    Ok(participant)
 }
 
 /// Participants opened by [`open_all_read_only`], and what the caller should know about them.
@@ -253,9 +239,12 @@ pub struct ReadOnlySet {
 /// not exist has never recorded a marker: it stands in as an empty participant, with a note.
 /// A `memory` participant keeps nothing across processes and is empty too. `apply` on any of
 /// them fails. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
-pub fn open_all_read_only(config: &crate::catalog::Config, data_dir: &std::path::Path) -> Result<ReadOnlySet, Error> {
+pub fn open_all_read_only(
+    participants: &std::collections::BTreeMap<String, ParticipantConfig>,
+    data_dir: &std::path::Path,
+) -> Result<ReadOnlySet, Error> {
     let mut set = ReadOnlySet { participants: Default::default(), notes: Vec::new() };
-    for (name, p) in &config.participants {
+    for (name, p) in participants {
         let path = data_dir.join(p.path.as_deref().unwrap_or_default());
         let missing = matches!(p.kind, Kind::Sqlite | Kind::Duckdb | Kind::Fs) && !path.exists();
         let participant: std::sync::Arc<dyn Participant> = if missing {

@@ -176,7 +176,7 @@ impl Participant for Postgres {
             for row in rows {
                 let step: i32 = row.try_get(0).map_err(|e| classify(&self.name, "list markers", &e))?;
                 let direction: &str = row.try_get(1).map_err(|e| classify(&self.name, "list markers", &e))?;
-                markers.push(super::sqlite::parse_marker(&self.name, i64::from(step), direction)?);
+                markers.push(super::marker::parse_marker(&self.name, i64::from(step), direction)?);
             }
             markers.sort();
             Ok(markers)
@@ -202,7 +202,7 @@ impl Participant for Postgres {
                 let step: i32 = row.try_get(1).map_err(get)?;
                 let direction: &str = row.try_get(2).map_err(get)?;
                 let at: Option<i64> = row.try_get(3).map_err(get)?;
-                let (step, direction) = super::sqlite::parse_marker(&self.name, i64::from(step), direction)?;
+                let (step, direction) = super::marker::parse_marker(&self.name, i64::from(step), direction)?;
                 let key = StepKey { saga_id, step, direction };
                 markers.push(MarkerEntry { key, applied_at_ms: at.and_then(|ms| u64::try_from(ms).ok()) });
             }

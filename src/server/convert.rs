@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use crate::api::pb;
 use crate::catalog::Catalog;
 use crate::engine::saga::StepState;
-use crate::engine::{Saga, SagaDefinition, Status as SagaStatus, StepCall, Value};
+use crate::engine::{Saga, SagaDefinition, Status as SagaStatus, StepCall};
 use crate::executor::{self, Snapshot};
 use crate::index::SagaRecord;
 
@@ -18,10 +18,11 @@ pub fn definition(req: pb::SubmitRequest) -> Result<SagaDefinition, Status> {
     for (n, step) in req.steps.into_iter().enumerate() {
         let mut params = BTreeMap::new();
         for (name, value) in step.params {
-            let value = value_from(value).ok_or_else(|| {
+            let value = crate::api::convert::value_from_pb(&value).ok_or_else(|| {
                 Status::invalid_argument(format!(
-                    "step {n} ({}): parameter {name:?} has no value (set one of null, bool, int, float, text, bytes)",
-                    step.action
+                    "step {n} ({}): parameter {:?} has no value (set one of null, bool, int, float, text, bytes)",
+                    crate::catalog::echo(&step.action),
+                    crate::catalog::echo(&name)
                 ))
             })?;
             params.insert(name, value);
@@ -29,18 +30,6 @@ pub fn definition(req: pb::SubmitRequest) -> Result<SagaDefinition, Status> {
         steps.push(StepCall { action: step.action, params });
     }
     Ok(SagaDefinition { id: req.saga_id, steps })
-}
-
-fn value_from(v: pb::Value) -> Option<Value> {
-    use pb::value::Kind;
-    Some(match v.kind? {
-        Kind::Null(_) => Value::Null,
-        Kind::Bool(b) => Value::Bool(b),
-        Kind::Int(i) => Value::Int(i),
-        Kind::Float(f) => Value::Float(f),
-        Kind::Text(s) => Value::Text(s),
-        Kind::Bytes(b) => Value::Bytes(b),
-    })
 }
 
 fn step_state(step: &StepState, saga_status: SagaStatus) -> pb::StepState {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::config::parse_addr;
-use super::run::Error;
+use super::error::Error;
 use crate::engine::Status;
 use crate::executor::Executor;
 

@@ -4,9 +4,11 @@
 pub mod auth;
 pub mod config;
 mod convert;
+mod error;
 mod metrics_http;
 mod run;
 mod service;
 
-pub use run::{Error, Running, start};
+pub use error::Error;
+pub use run::{Running, start};
 pub use service::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};

@@ -11,7 +11,7 @@
 //! Whatever is unfinished stays journaled; the next start's recovery resumes it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,25 +23,10 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use super::auth::Auth;
 use super::config::{Anonymous, Role, ServerConfig, parse_addr};
+use super::error::Error;
 use super::service::Api;
 use crate::api::pb;
-use crate::node::{self, Node};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Node(#[from] node::Error),
-    #[error("config: {0}")]
-    Config(String),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Listen { addr: String, what: &'static str, source: std::io::Error },
-    #[error("TLS: cannot read {path}: {source}")]
-    TlsFile { path: PathBuf, source: std::io::Error },
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+use crate::node::Node;
 
 /// A server that is up.
 pub struct Running {

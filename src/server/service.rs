@@ -40,17 +40,9 @@ pub struct Api {
 }
 
 fn check_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("saga_id is empty"));
-    }
-    if id.len() > crate::catalog::SAGA_ID_BYTES_MAX {
-        return Err(Status::invalid_argument(format!(
-            "saga_id is {} bytes; the limit is {}",
-            id.len(),
-            crate::catalog::SAGA_ID_BYTES_MAX
-        )));
-    }
-    Ok(())
+    // The one id rule, the catalog's: a Get or Cancel of an id no submit could have used is
+    // INVALID_ARGUMENT, not NOT_FOUND.
+    crate::catalog::validate_saga_id(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 impl Api {

@@ -158,7 +158,7 @@ pub fn commit(dir: &Path, def: &SagaDefinition, step: u32, direction: Direction)
     let catalog = catalog();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
-        let participants = participant::open_all(&catalog.config, dir).expect("open participants");
+        let participants = participant::open_all(&catalog.config.participants, dir).expect("open participants");
         let (name, op) = catalog.operation(&def.steps[step as usize], direction).expect("operation");
         let key = StepKey { saga_id: def.id.clone(), step, direction };
         participants[&name].apply(&key, &op).await.expect("apply");
@@ -170,7 +170,7 @@ pub fn init_participants(dir: &Path) {
     let catalog = catalog();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        participant::open_all(&catalog.config, dir).expect("open participants");
+        participant::open_all(&catalog.config.participants, dir).expect("open participants");
     });
 }
 

@@ -1,0 +1,30 @@
+//! The demo saga of the embedded default ([`crate::config::EMBEDDED_DEFAULT`]), which
+//! `submit --demo`, the debug commands and the tests run. Builds a definition; never submits it.
+
+use crate::engine::{SagaDefinition, StepCall, Value};
+
+/// The demo saga of the embedded default, for run `run_id`. Two values of `rows` fail on
+/// purpose, to exercise compensation: a negative count is refused by the ledger (step 0 fails,
+/// nothing to undo), more than 1,000,000 by the warehouse (step 1 fails, step 0 is undone).
+pub fn demo_saga(saga_id: &str, run_id: &str, rows: i64) -> SagaDefinition {
+    let text = |s: &str| Value::Text(s.to_owned());
+    let report = format!("{{\"run_id\":\"{run_id}\",\"rows\":{rows}}}");
+    let step = |action: &str, params: Vec<(&str, Value)>| StepCall {
+        action: action.to_owned(),
+        params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    SagaDefinition {
+        id: saga_id.to_owned(),
+        steps: vec![
+            step(
+                "record_execution",
+                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
+            ),
+            step(
+                "store_results",
+                vec![("run_id", text(run_id)), ("job", text("nightly-etl")), ("rows", Value::Int(rows))],
+            ),
+            step("write_artifact", vec![("run_id", text(run_id)), ("report", text(&report))]),
+        ],
+    }
+}

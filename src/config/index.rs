@@ -1,0 +1,26 @@
+//! The `[index]` block: retention, checkpoint interval and the sled page-cache bound.
+//! Schema and defaults only; `index::Index` and the node read them.
+
+use serde::{Deserialize, Serialize};
+
+/// The index's default page-cache bound (sled's own default is 1 GiB, which a server with a
+/// million finished sagas would fill).
+pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Finished sagas older than this are purged from the index (0 keeps them forever).
+    pub retention_hours: u64,
+    /// How often finished sagas are checkpointed so the journal can drop old segments.
+    pub checkpoint_interval_ms: u64,
+    /// The most memory the index's page cache may use, in bytes. The index holds every
+    /// finished saga; this bound is what keeps the server's memory flat as they accumulate.
+    pub cache_bytes_max: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { retention_hours: 30 * 24, checkpoint_interval_ms: 5_000, cache_bytes_max: CACHE_BYTES_DEFAULT }
+    }
+}

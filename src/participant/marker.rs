@@ -1,0 +1,24 @@
+//! What every participant kind shares about its markers: how a stored `(step, direction)`
+//! reads back, and the informational commit time. Never opens a store.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Direction, Error};
+
+/// Turns a stored `(step, direction)` back into its typed form; anything else in the marker
+/// table was not written by sagalog.
+pub(crate) fn parse_marker(name: &str, step: i64, direction: &str) -> Result<(u32, Direction), Error> {
+    let step = u32::try_from(step)
+        .map_err(|_| Error::permanent(name, format!("marker table holds an invalid step number {step}")))?;
+    let direction = match direction {
+        "forward" => Direction::Forward,
+        "compensate" => Direction::Compensate,
+        other => return Err(Error::permanent(name, format!("marker table holds an unknown direction {other:?}"))),
+    };
+    Ok((step, direction))
+}
+
+/// Milliseconds since the Unix epoch, for the marker's `applied_at_ms` (informational only).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
