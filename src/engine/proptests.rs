@@ -383,7 +383,7 @@ impl Sim {
             Next::Done => return false,
             Next::Finish(outcome) => self.write(Record::SagaFinished(Finished { saga: ID.into(), outcome, at_ms: 0 })),
             Next::Stuck { .. } => {
-                let decision = if !benign && choice.outcome % 4 == 0 {
+                let decision = if !benign && choice.outcome.is_multiple_of(4) {
                     self.marked_by_operator = true;
                     ResolveDecision::MarkCompensated
                 } else {
@@ -444,6 +444,36 @@ fn arb_driven() -> impl Strategy<Value = (Vec<StepPolicy>, Vec<Choice>)> {
     (prop::collection::vec(policy, 0..6), prop::collection::vec(arb_choice(), 0..60))
 }
 
+/// Runs the simulation over `choices`, then with a healthy participant until the saga is done,
+/// and checks how it ended. Returns the simulation for the coverage test below.
+fn simulate(policies: Vec<StepPolicy>, choices: &[Choice]) -> Result<Sim, TestCaseError> {
+    let n = policies.len();
+    let mut sim = Sim::new(policies);
+    for choice in choices {
+        sim.act(*choice, false);
+    }
+    let calm = Choice { outcome: 0, fate: false, inject: Inject::Nothing };
+    let mut settled = false;
+    for _ in 0..8 * n + 8 {
+        if !sim.act(calm, true) {
+            settled = true;
+            break;
+        }
+    }
+    prop_assert!(settled, "saga did not finish with a healthy participant: {:?}", sim.saga.next());
+    prop_assert!(sim.saga.status().is_terminal());
+    let Some((last, earlier)) = sim.finishes.split_last() else {
+        return Err(TestCaseError::fail("a finished saga without SagaFinished"));
+    };
+    prop_assert_eq!(*last == Outcome::Completed, sim.saga.status() == Status::Completed);
+    // Every finish but the last was a completed saga reopened by an operator.
+    prop_assert!(earlier.iter().all(|o| *o == Outcome::Completed), "{:?}", sim.finishes);
+    if sim.saga.status() == Status::Compensated && !sim.marked_by_operator {
+        prop_assert!(sim.forward_applied.iter().zip(&sim.compensate_applied).all(|(f, c)| !f || *c));
+    }
+    Ok(sim)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
@@ -451,29 +481,71 @@ proptest! {
     /// saga finishes: COMPLETED with every effect applied, or COMPENSATED with none left.
     #[test]
     fn driven_journals_keep_the_protocol_and_finish((policies, choices) in arb_driven()) {
-        let n = policies.len();
-        let mut sim = Sim::new(policies);
-        for choice in &choices {
-            sim.act(*choice, false);
-        }
-        let calm = Choice { outcome: 0, fate: false, inject: Inject::Nothing };
-        let mut settled = false;
-        for _ in 0..8 * n + 8 {
-            if !sim.act(calm, true) {
-                settled = true;
-                break;
+        simulate(policies, &choices)?;
+    }
+}
+
+/// The driven journals reach every situation the protocol checks are about, or the property
+/// test above proves little: both endings, compensation after a cancel that arrived mid-step,
+/// in-doubt steps resolved by marker, STUCK sagas and both operator decisions, reopened sagas.
+#[test]
+fn driven_journals_reach_every_situation() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = arb_driven();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        let (policies, choices) = strategy.new_tree(&mut runner).unwrap().current();
+        let sim = simulate(policies, &choices).unwrap();
+        let journal = &sim.journal;
+        let compensated = sim.saga.status() == Status::Compensated;
+        let mut cancel_mid = false;
+        for (i, record) in journal.iter().enumerate() {
+            match record {
+                Record::CancelRequested(_) if matches!(journal[i - 1], Record::StepStarted(_)) && compensated => {
+                    cancel_mid = true
+                }
+                Record::StepSucceeded(r) if r.by_marker => {
+                    seen.insert(if r.direction == F { "forward success by marker" } else { "compensation by marker" });
+                }
+                Record::StepFailed(r) if r.retryable && !r.maybe_applied => {
+                    seen.insert("in-doubt step without marker");
+                }
+                Record::Resolved(r) => {
+                    seen.insert(match r.decision {
+                        ResolveDecision::MarkCompensated => "MarkCompensated",
+                        ResolveDecision::RetryCompensation => "RetryCompensation",
+                        ResolveDecision::CompensateCompleted => "CompensateCompleted",
+                    });
+                }
+                _ => {}
             }
         }
-        prop_assert!(settled, "saga did not finish with a healthy participant: {:?}", sim.saga.next());
-        prop_assert!(sim.saga.status().is_terminal());
-        let Some((last, earlier)) = sim.finishes.split_last() else {
-            return Err(TestCaseError::fail("a finished saga without SagaFinished"));
-        };
-        prop_assert_eq!(*last == Outcome::Completed, sim.saga.status() == Status::Completed);
-        // Every finish but the last was a completed saga reopened by an operator.
-        prop_assert!(earlier.iter().all(|o| *o == Outcome::Completed), "{:?}", sim.finishes);
-        if sim.saga.status() == Status::Compensated && !sim.marked_by_operator {
-            prop_assert!(sim.forward_applied.iter().zip(&sim.compensate_applied).all(|(f, c)| !f || *c));
+        if cancel_mid {
+            seen.insert("cancel mid-step, then compensated");
         }
+        if sim.finishes.len() > 1 {
+            seen.insert("completed, reopened, compensated");
+        }
+        if sim.compensate_applied.iter().filter(|c| **c).count() >= 2 {
+            seen.insert("two or more steps compensated");
+        }
+        seen.insert(if compensated { "compensated" } else { "completed" });
+    }
+    let expected = [
+        "forward success by marker",
+        "compensation by marker",
+        "in-doubt step without marker",
+        "MarkCompensated",
+        "RetryCompensation",
+        "CompensateCompleted",
+        "cancel mid-step, then compensated",
+        "completed, reopened, compensated",
+        "two or more steps compensated",
+        "compensated",
+        "completed",
+    ];
+    for situation in expected {
+        assert!(seen.contains(situation), "no driven journal reached {situation:?}; reached {seen:?}");
     }
 }
