@@ -68,10 +68,17 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let Some(module) = module_of(&src, &file) else { continue };
         let text = std::fs::read_to_string(&file).unwrap();
         let mut code = String::new();
-        for line in text.lines() {
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
             let trimmed = line.trim_start();
             if trimmed.starts_with("#[cfg(test)]") {
-                break; // test modules close every file that has one
+                // `#[cfg(test)] mod name;` declares a test file (scanned as its own file); an
+                // inline test module closes every file that has one.
+                if lines.peek().is_some_and(|next| next.trim_end().ends_with(';')) {
+                    lines.next();
+                    continue;
+                }
+                break;
             }
             if trimmed.starts_with("//") {
                 continue;

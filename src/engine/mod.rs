@@ -5,10 +5,21 @@
 //! executor and crash recovery both go through these two functions, so recovery cannot drift
 //! from normal operation.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod record;
 pub mod saga;
 pub mod value;
+
+#[cfg(test)]
+mod fuzz_stable;
+#[cfg(test)]
+mod golden;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use model::{Direction, SagaDefinition, StepCall, StepKey, StepPolicy};
 pub use record::{Outcome, Record, ResolveDecision};

@@ -1,0 +1,284 @@
+//! Golden payload vectors of the journal records (`src/engine/vectors/`): the MessagePack
+//! bytes version 1 writes for each record kind, committed once and never edited.
+//!
+//! For every vector: its length and CRC32 match the fingerprint below (an accidental edit fails
+//! before anything is decoded), it decodes to exactly the value below, field by field, today's
+//! encoder writes it byte for byte, and a payload with one more (unknown) field still decodes
+//! to the same value, which is what lets a later version add fields. The vectors are written
+//! by the ignored `generate_vectors` test, by hand only, and it never overwrites a file:
+//! `cargo test --no-default-features --lib engine::golden -- --ignored generate`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::model::{StepCall, StepPolicy};
+use super::record::{
+    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Started, Submitted,
+    Succeeded,
+};
+use super::value::Value;
+use crate::engine::Direction;
+use crate::wal_format::RecordKind;
+
+pub(crate) fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/engine/vectors")
+}
+
+const SAGA: &str = "order-7";
+const AT_MS: u64 = 1_700_000_000_123;
+
+/// Every vector: file name, length, CRC32 of the bytes, and the record it holds.
+pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
+    let saga = || SAGA.to_owned();
+    let resolved = |decision| Record::Resolved(Resolved { saga: saga(), decision, by: "alice".into(), at_ms: AT_MS });
+    vec![
+        (
+            "v1-saga-submitted.msgpack",
+            275,
+            0x5769_eed2,
+            Record::SagaSubmitted(Submitted {
+                saga: saga(),
+                steps: vec![
+                    StepCall {
+                        action: "reserve".into(),
+                        params: BTreeMap::from([
+                            ("blob".to_owned(), Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff])),
+                            ("express".to_owned(), Value::Bool(true)),
+                            ("note".to_owned(), Value::Null),
+                            ("qty".to_owned(), Value::Int(-42)),
+                            ("ratio".to_owned(), Value::Float(0.5)),
+                            ("sku".to_owned(), Value::Text("A-1".into())),
+                        ]),
+                    },
+                    StepCall { action: "charge".into(), params: BTreeMap::new() },
+                ],
+                policies: vec![
+                    StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
+                    StepPolicy { max_attempts: 1, compensate_max_attempts: 2 },
+                ],
+                digest: 0x1234_abcd,
+                at_ms: AT_MS,
+            }),
+        ),
+        (
+            "v1-step-started.msgpack",
+            62,
+            0x3029_2eb3,
+            Record::StepStarted(Started {
+                saga: saga(),
+                step: 1,
+                direction: Direction::Forward,
+                attempt: 2,
+                at_ms: AT_MS,
+            }),
+        ),
+        (
+            "v1-step-succeeded.msgpack",
+            76,
+            0x1b81_d840,
+            Record::StepSucceeded(Succeeded {
+                saga: saga(),
+                step: 1,
+                direction: Direction::Compensate,
+                attempt: 1,
+                by_marker: true,
+                at_ms: AT_MS,
+            }),
+        ),
+        (
+            "v1-step-failed.msgpack",
+            117,
+            0xb421_6806,
+            Record::StepFailed(Failed {
+                saga: saga(),
+                step: 0,
+                direction: Direction::Forward,
+                attempt: 3,
+                error: "timed out after 500 ms".into(),
+                retryable: true,
+                maybe_applied: true,
+                at_ms: AT_MS,
+            }),
+        ),
+        (
+            "v1-saga-finished.msgpack",
+            49,
+            0xb10c_1912,
+            Record::SagaFinished(Finished { saga: saga(), outcome: Outcome::Compensated, at_ms: AT_MS }),
+        ),
+        (
+            "v1-saga-finished-completed.msgpack",
+            47,
+            0xbace_c0de,
+            Record::SagaFinished(Finished { saga: saga(), outcome: Outcome::Completed, at_ms: AT_MS }),
+        ),
+        (
+            "v1-cancel-requested.msgpack",
+            29,
+            0x3b25_2985,
+            Record::CancelRequested(CancelRequested { saga: saga(), at_ms: AT_MS }),
+        ),
+        ("v1-resolved.msgpack", 63, 0x6134_babd, resolved(ResolveDecision::MarkCompensated)),
+        ("v1-resolved-retry-compensation.msgpack", 65, 0x1170_2bcc, resolved(ResolveDecision::RetryCompensation)),
+        ("v1-resolved-compensate-completed.msgpack", 67, 0x080c_a82b, resolved(ResolveDecision::CompensateCompleted)),
+        (
+            "v1-checkpoint.msgpack",
+            44,
+            0xe7a8_95f2,
+            Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 3, at_ms: AT_MS }),
+        ),
+    ]
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = vectors_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("golden vector {} is missing: {e}", path.display()))
+}
+
+/// The decoded vector, checked field by field. Every pattern names every field, so a new field
+/// does not compile here until its golden value is decided (in a new vector file).
+fn assert_fields(name: &str, decoded: &Record) {
+    match decoded {
+        Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms }) => {
+            assert_eq!((saga.as_str(), *digest, *at_ms), (SAGA, 0x1234_abcd, AT_MS), "{name}");
+            assert_eq!(steps.len(), 2, "{name}");
+            let StepCall { action, params } = &steps[0];
+            assert_eq!(action, "reserve");
+            let keys: Vec<&str> = params.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["blob", "express", "note", "qty", "ratio", "sku"]);
+            assert_eq!(params["blob"], Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff]));
+            assert_eq!(params["express"], Value::Bool(true));
+            assert_eq!(params["note"], Value::Null);
+            assert_eq!(params["qty"], Value::Int(-42));
+            assert_eq!(params["ratio"], Value::Float(0.5));
+            assert_eq!(params["sku"], Value::Text("A-1".into()));
+            let StepCall { action, params } = &steps[1];
+            assert_eq!((action.as_str(), params.len()), ("charge", 0));
+            let [
+                StepPolicy { max_attempts: m0, compensate_max_attempts: c0 },
+                StepPolicy { max_attempts: m1, compensate_max_attempts: c1 },
+            ] = policies[..]
+            else {
+                panic!("{name}: expected 2 policies, got {policies:?}");
+            };
+            assert_eq!((m0, c0, m1, c1), (3, 5, 1, 2), "{name}");
+        }
+        Record::StepStarted(Started { saga, step, direction, attempt, at_ms }) => {
+            assert_eq!((saga.as_str(), *step, *direction, *attempt, *at_ms), (SAGA, 1, Direction::Forward, 2, AT_MS));
+        }
+        Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms }) => {
+            assert_eq!(
+                (saga.as_str(), *step, *direction, *attempt, *by_marker, *at_ms),
+                (SAGA, 1, Direction::Compensate, 1, true, AT_MS)
+            );
+        }
+        Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms }) => {
+            assert_eq!((saga.as_str(), *step, *direction, *attempt), (SAGA, 0, Direction::Forward, 3));
+            assert_eq!(
+                (error.as_str(), *retryable, *maybe_applied, *at_ms),
+                ("timed out after 500 ms", true, true, AT_MS)
+            );
+        }
+        Record::SagaFinished(Finished { saga, outcome, at_ms }) => {
+            let expected = if name.ends_with("-completed.msgpack") { Outcome::Completed } else { Outcome::Compensated };
+            assert_eq!((saga.as_str(), *outcome, *at_ms), (SAGA, expected, AT_MS), "{name}");
+        }
+        Record::CancelRequested(CancelRequested { saga, at_ms }) => {
+            assert_eq!((saga.as_str(), *at_ms), (SAGA, AT_MS));
+        }
+        Record::Resolved(Resolved { saga, decision, by, at_ms }) => {
+            let expected = match name {
+                "v1-resolved.msgpack" => ResolveDecision::MarkCompensated,
+                "v1-resolved-retry-compensation.msgpack" => ResolveDecision::RetryCompensation,
+                "v1-resolved-compensate-completed.msgpack" => ResolveDecision::CompensateCompleted,
+                _ => panic!("no decision recorded for {name}"),
+            };
+            assert_eq!((saga.as_str(), *decision, by.as_str(), *at_ms), (SAGA, expected, "alice", AT_MS), "{name}");
+        }
+        Record::Checkpoint(Checkpoint { reason, unfinished, at_ms }) => {
+            assert_eq!((reason.as_str(), *unfinished, *at_ms), ("recovery", 3, AT_MS));
+        }
+    }
+}
+
+#[test]
+fn every_record_kind_has_a_vector() {
+    let kinds: Vec<RecordKind> = vectors().iter().map(|(_, _, _, r)| r.kind()).collect();
+    for kind in RecordKind::ALL {
+        assert!(kinds.contains(&kind), "no golden vector for {kind:?}");
+    }
+}
+
+#[test]
+fn vectors_are_unchanged() {
+    for (name, len, crc, _) in vectors() {
+        let bytes = read(name);
+        assert_eq!((bytes.len(), crc32fast::hash(&bytes)), (len, crc), "{name} was edited: vectors are never edited");
+    }
+}
+
+#[test]
+fn vectors_decode_field_by_field() {
+    for (name, _, _, record) in vectors() {
+        let decoded = Record::decode(record.kind(), &read(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_fields(name, &decoded);
+        assert_eq!(decoded, record, "{name}");
+    }
+}
+
+#[test]
+fn todays_encoder_writes_the_vectors_byte_for_byte() {
+    for (name, _, _, record) in vectors() {
+        assert_eq!(record.encode(), read(name), "{name}: the encoder changed the v1 payload");
+    }
+}
+
+/// A payload written by a later version with one more field decodes to the same value.
+#[test]
+fn vectors_with_an_unknown_field_still_decode() {
+    for (name, _, _, record) in vectors() {
+        let mut bytes = read(name);
+        assert!((0x80..0x8f).contains(&bytes[0]), "{name} does not start with a fixmap");
+        bytes[0] += 1;
+        bytes.extend_from_slice(b"\xa9new_field\x92\xc3\xa1x");
+        let decoded = Record::decode(record.kind(), &bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(decoded, record, "{name}");
+    }
+}
+
+/// A payload of one kind does not decode as another kind whose required fields it lacks.
+#[test]
+fn vectors_do_not_decode_as_kinds_with_other_fields() {
+    for (name, _, _, record) in vectors() {
+        let bytes = read(name);
+        for kind in RecordKind::ALL {
+            let decodes = Record::decode(kind, &bytes).is_ok();
+            // Unknown fields are ignored, so a payload may decode as a kind whose fields are a
+            // subset of its own (any kind as CancelRequested); the tag is what tells them apart.
+            // But no payload has the fields only these three kinds carry.
+            if kind == record.kind() {
+                assert!(decodes, "{name} as {kind:?}");
+            } else if matches!(kind, RecordKind::SagaSubmitted | RecordKind::StepFailed | RecordKind::Checkpoint) {
+                assert!(!decodes, "{name} decoded as {kind:?}");
+            }
+        }
+    }
+}
+
+/// Writes the vectors that are missing. Never overwrites: an existing file with other bytes
+/// fails the run (the encoder changed, which is a new version, not an edit).
+#[test]
+#[ignore = "writes src/engine/vectors/; run by hand"]
+fn generate_vectors() {
+    let dir = vectors_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, _, _, record) in vectors() {
+        let path = dir.join(name);
+        let bytes = record.encode();
+        match std::fs::read(&path) {
+            Ok(existing) => assert_eq!(existing, bytes, "{name} exists with other bytes; not overwritten"),
+            Err(_) => std::fs::write(&path, &bytes).unwrap(),
+        }
+        println!("{name}: {} bytes, crc32 {:#010x}", bytes.len(), crc32fast::hash(&bytes));
+    }
+}
