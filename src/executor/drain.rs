@@ -82,3 +82,39 @@ impl Drop for CallInFlight<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_the_last_outcome_then_returns_without_polling() {
+        let drain = std::sync::Arc::new(Drain::default());
+        let held = std::sync::Arc::clone(&drain);
+        let (entered, started) = tokio::sync::oneshot::channel();
+        let call = tokio::spawn(async move {
+            let mut in_flight = held.call_started();
+            let _ = entered.send(());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            in_flight.returned();
+            tokio::time::sleep(Duration::from_millis(30)).await; // journaling the outcome
+            drop(in_flight);
+        });
+        started.await.unwrap();
+        let began = std::time::Instant::now();
+        assert_eq!(drain.start(Duration::from_secs(10)).await, 0);
+        assert!(drain.is_draining());
+        assert!(began.elapsed() >= Duration::from_millis(50), "returned before the outcome was journaled");
+        assert!(began.elapsed() < Duration::from_secs(5), "did not wake on the last guard");
+        call.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reports_the_calls_still_running_at_the_deadline() {
+        let drain = Drain::default();
+        let _running = drain.call_started();
+        let mut returned = drain.call_started();
+        returned.returned();
+        assert_eq!(drain.start(Duration::from_millis(20)).await, 1);
+    }
+}
