@@ -383,7 +383,7 @@ impl Writer {
             if !batch.is_empty() {
                 self.last_batch_records = batch.len();
                 crate::metrics::get().journal_batch_records.observe(batch.len() as f64);
-                self.commit(std::mem::take(&mut batch));
+                self.write_batch(std::mem::take(&mut batch));
             }
             match control {
                 None | Some(Command::Append { .. }) => {}
@@ -410,7 +410,7 @@ impl Writer {
     }
 
     /// Writes and (by policy) syncs one batch, then answers its appenders.
-    fn commit(&mut self, batch: Vec<(RecordKind, Vec<u8>, Reply<u64>)>) {
+    fn write_batch(&mut self, batch: Vec<(RecordKind, Vec<u8>, Reply<u64>)>) {
         if let Some(cause) = self.shared.poisoned.get() {
             for (_, _, reply) in batch {
                 let _ = reply.send(Err(Error::Poisoned { cause: cause.clone() }));

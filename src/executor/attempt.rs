@@ -1,0 +1,177 @@
+//! One step attempt: back-off with jitter after a failure, admission through the participant's
+//! circuit breaker (parking the saga while it is open), `StepStarted` made durable, the call
+//! under its timeout, and the outcome journaled.
+//!
+//! Owns the mapping from a call's result to the journaled outcome (retryable, permanent,
+//! maybe applied) and what the breaker is told about it.
+//!
+//! Never does: call the participant before its `StepStarted` is durable, decide whether to
+//! retry (`Saga::next` does, from the journaled outcome), or hold a std `Mutex` across an
+//! `.await`.
+
+use std::time::Duration;
+
+use super::breaker::Admission;
+use super::handle::now_ms;
+use super::task::SagaTask;
+use crate::catalog::RetryConfig;
+use crate::engine::Record;
+use crate::engine::record::{Failed, Started, Succeeded};
+use crate::journal;
+use crate::participant::{Applied, Direction};
+
+/// How long a circuit breaker's health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a step attempt ended, before it is journaled.
+enum Attempt {
+    Succeeded { by_marker: bool },
+    Failed { error: String, retryable: bool, maybe_applied: bool },
+}
+
+impl SagaTask {
+    pub(super) async fn run_step(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        attempt: u32,
+        after_failure: bool,
+    ) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
+        let (participant_name, participant, op) = match self.participant_for(&call, direction) {
+            Ok(found) => found,
+            // The action or participant vanished from the config since submission: no attempt
+            // can succeed. Journaled as a permanent failure of this attempt.
+            Err(error) => {
+                return self.fail_for_good(step, direction, attempt, format!("cannot run step: {error}"), false).await;
+            }
+        };
+        let (retry, timeout) = self.retry_config(step, direction);
+        if after_failure {
+            let version = self.saga.version;
+            let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await?;
+            if self.saga.version != version {
+                return Ok(()); // a cancel or resolution arrived: re-plan
+            }
+        }
+        if !self.wait_for_breaker(&participant_name).await? {
+            return Ok(());
+        }
+        self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
+            .await?;
+        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
+        let key = self.key(step, direction);
+        let began = std::time::Instant::now();
+        let exec = self.exec.clone();
+        let mut in_flight = exec.inner.drain.call_started();
+        let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
+            Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
+            Ok(Err(e)) => {
+                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }
+            }
+            Err(_) => Attempt::Failed {
+                error: format!("{participant_name}: timed out after {} ms", timeout.as_millis()),
+                retryable: true,
+                maybe_applied: true,
+            },
+        };
+        in_flight.returned();
+        let result = match &outcome {
+            Attempt::Succeeded { .. } => "ok",
+            Attempt::Failed { retryable: true, .. } => "retryable",
+            Attempt::Failed { .. } => "permanent",
+        };
+        crate::metrics::get().step_attempt(&participant_name, direction.as_str(), result, began.elapsed());
+        self.record_breaker(&participant_name, &outcome);
+        let at_ms = now_ms();
+        let record = match outcome {
+            Attempt::Succeeded { by_marker } => {
+                Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms })
+            }
+            Attempt::Failed { error, retryable, maybe_applied } => {
+                tracing::warn!(saga = %self.saga.id, step, ?direction, attempt, retryable, %error, "step attempt failed");
+                Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
+            }
+        };
+        self.journal_outcome(record).await?;
+        if exec.draining() {
+            // A drain waits for this outcome; the drive loop would settle it next anyway.
+            self.settle().await?;
+        }
+        drop(in_flight);
+        Ok(())
+    }
+
+    /// The step's retry policy and per-call timeout (defaults if its action vanished from the
+    /// config).
+    pub(super) fn retry_config(&self, step: u32, direction: Direction) -> (RetryConfig, Duration) {
+        let configured = self.saga.steps.get(step as usize).and_then(|s| {
+            let action = self.exec.inner.catalog.action(&s.call.action)?;
+            let retry = match direction {
+                Direction::Forward => action.retry,
+                Direction::Compensate => action.compensate_retry,
+            };
+            Some((retry, Duration::from_millis(action.timeout_ms)))
+        });
+        configured.unwrap_or((RetryConfig::default(), Duration::from_secs(30)))
+    }
+
+    /// Waits while the participant's breaker is open, running its health probe when handed the
+    /// probe slot. Returns false if a control record arrived (the caller re-plans).
+    pub(super) async fn wait_for_breaker(&mut self, participant: &str) -> Result<bool, journal::Error> {
+        let exec = self.exec.clone();
+        let Some(breaker) = exec.inner.breakers.get(participant) else { return Ok(true) };
+        loop {
+            match breaker.allow(tokio::time::Instant::now()) {
+                Admission::Probe => {
+                    let healthy = match exec.inner.participants.get(participant) {
+                        Some(p) => matches!(tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await, Ok(Ok(()))),
+                        None => false,
+                    };
+                    tracing::info!(participant, healthy, "circuit breaker health probe");
+                    breaker.record_probe(healthy, tokio::time::Instant::now());
+                }
+                Admission::Go => {
+                    if self.parked_on.take().is_some() {
+                        tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
+                        self.publish();
+                    }
+                    return Ok(true);
+                }
+                Admission::Wait(wait) => {
+                    if self.parked_on.is_none() {
+                        tracing::warn!(saga = %self.saga.id, participant, "parked: circuit breaker is open");
+                        self.parked_on = Some(participant.to_owned());
+                        self.publish();
+                    }
+                    let version = self.saga.version;
+                    self.pause(wait).await?;
+                    if self.saga.version != version {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_breaker(&self, participant: &str, outcome: &Attempt) {
+        let Some(breaker) = self.exec.inner.breakers.get(participant) else { return };
+        match outcome {
+            Attempt::Failed { retryable: true, .. } => {
+                if breaker.record_failure(tokio::time::Instant::now()) {
+                    tracing::warn!(participant, "circuit breaker opened after consecutive failures");
+                }
+            }
+            _ => breaker.record_success(),
+        }
+    }
+}
+
+/// `ms` with up to `jitter` of it randomised (±), so retries of many sagas spread out.
+pub(super) fn jittered(ms: u64, jitter: f64) -> Duration {
+    let spread = (ms as f64 * jitter.clamp(0.0, 1.0)) as u64;
+    let ms = if spread == 0 { ms } else { ms - spread + rand::random_range(0..=2 * spread) };
+    Duration::from_millis(ms)
+}

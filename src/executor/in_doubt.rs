@@ -1,0 +1,92 @@
+//! In-doubt steps: an attempt whose `StepStarted` is journaled but whose outcome is not (a
+//! crash, a timeout, a lost answer) is settled by the participant's marker: present means the
+//! step committed, absent means it did not.
+//!
+//! Owns the marker lookup loop: lookups are retried (with back-off, parked behind the
+//! participant's breaker like any call) while the participant is unreachable.
+//!
+//! Never does: re-run the step to find out (that could apply it twice), or record a commit or
+//! an absence the marker did not show: an unreachable participant is asked again. Not to be
+//! confused with an operator's `resolve` of a STUCK saga, which arrives as a journaled
+//! `Resolved` record.
+
+use super::attempt::jittered;
+use super::handle::now_ms;
+use super::task::SagaTask;
+use crate::engine::Record;
+use crate::engine::record::{Failed, Succeeded};
+use crate::journal;
+use crate::participant::Direction;
+
+impl SagaTask {
+    /// Settles an uncertain step by its participant's marker, retrying lookups while the
+    /// participant is unreachable (parked behind its breaker like any call).
+    pub(super) async fn settle_by_marker(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
+        let (name, participant, _) = match self.participant_for(&call, direction) {
+            Ok(found) => found,
+            Err(error) => {
+                // The journaled wording predates the rename; the bytes on disk stay.
+                return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), false).await;
+            }
+        };
+        let (retry, timeout) = self.retry_config(step, direction);
+        let key = self.key(step, direction);
+        let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
+        let mut lookups = 0u32;
+        loop {
+            if !self.wait_for_breaker(&name).await? {
+                return Ok(());
+            }
+            let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
+                Ok(Ok(found)) => Some(found),
+                Ok(Err(e)) if !e.is_retryable() => {
+                    if let Some(b) = self.exec.inner.breakers.get(&name) {
+                        b.record_success();
+                    }
+                    return self
+                        .fail_for_good(step, direction, attempt, format!("cannot read marker: {e}"), true)
+                        .await;
+                }
+                Ok(Err(_)) | Err(_) => None,
+            };
+            if let (Some(_), Some(b)) = (found, self.exec.inner.breakers.get(&name)) {
+                b.record_success();
+            }
+            let at_ms = now_ms();
+            match found {
+                Some(true) => {
+                    tracing::info!(saga = %saga, step, ?direction, "in-doubt step committed (marker present): recorded as succeeded");
+                    return self
+                        .journal(Record::StepSucceeded(Succeeded {
+                            saga,
+                            step,
+                            direction,
+                            attempt,
+                            by_marker: true,
+                            at_ms,
+                        }))
+                        .await;
+                }
+                Some(false) => {
+                    let error = "not applied: no marker after an interrupted attempt".to_owned();
+                    let record =
+                        Failed { saga, step, direction, attempt, error, retryable: true, maybe_applied: false, at_ms };
+                    return self.journal(Record::StepFailed(record)).await;
+                }
+                None => {
+                    if let Some(b) = self.exec.inner.breakers.get(&name) {
+                        b.record_failure(tokio::time::Instant::now());
+                    }
+                    lookups += 1;
+                    let version = self.saga.version;
+                    self.pause(jittered(retry.backoff_ms(lookups + 1), retry.jitter)).await?;
+                    if self.saga.version != version {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The registry: which sagas exist, in memory (the id map) or in the index (archived), and
+//! the lowest journal LSN they still need (the checkpoint LSN: what the checkpoint *file*
+//! records as `replay_from_lsn`; unrelated to the `Checkpoint` journal record, which means
+//! "recovery started").
+//!
+//! Owns the id map (one [`Entry`] per saga in memory: its published snapshot, the LSN of its
+//! `SagaSubmitted`, whether its submit is still being journaled, and the sender to its task),
+//! and the index finished sagas move to.
+//!
+//! Never does: hold its lock across an `.await` or across an index (sled) lookup, journal
+//! anything, or decide what a saga does next. Every update under the lock is a single insert,
+//! removal or field assignment, so a poisoned lock still holds a valid map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, watch};
+
+use super::handle::{Error, Snapshot, SubmitOutcome};
+use super::task::Control;
+use crate::engine::{Saga, Status};
+use crate::index::{Index, SagaRecord};
+
+/// One saga in memory.
+pub(super) struct Entry {
+    pub(super) view: watch::Sender<Snapshot>,
+    /// LSN of the saga's `SagaSubmitted`: the journal must keep everything from here on
+    /// until the saga is finished and archived.
+    pub(super) first_lsn: u64,
+    /// True between reserving the id and the durable `SagaSubmitted`.
+    pub(super) reserved: bool,
+    /// `None` once the saga's task has ended.
+    pub(super) control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: HashMap<String, Entry>,
+    /// Ids a submit is looking up in the index right now (outside the lock): how many such
+    /// lookups are running, and whether the saga was archived while they ran (then what they
+    /// read may predate it, and they look again).
+    lookups: HashMap<String, Lookup>,
+}
+
+#[derive(Default)]
+struct Lookup {
+    running: usize,
+    archived: bool,
+}
+
+pub(super) struct Registry {
+    map: Mutex<Map>,
+    /// Where finished sagas go (and leave memory). Without one they stay in memory.
+    index: Option<Index>,
+}
+
+impl Registry {
+    pub(super) fn new(index: Option<Index>) -> Registry {
+        Registry { map: Mutex::new(Map::default()), index }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+
+    /// A finished saga from the index (`None` if absent or there is no index).
+    pub(super) fn archived(&self, id: &str) -> Result<Option<SagaRecord>, Error> {
+        match &self.index {
+            Some(index) => Ok(index.get(id)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Reserves `id` for a submit of a definition with `digest`, so that two concurrent
+    /// submits cannot both win. `Ok(None)`: reserved, with `placeholder` published and
+    /// `first_lsn()` (read under the lock) holding the checkpoint back. `Ok(Some(_))`: the same
+    /// saga exists already, in memory or archived.
+    ///
+    /// The index lookup runs outside the lock; a saga archived while it ran (which can only be
+    /// one that was in memory, or adopted finished, after the first look) sends it round again.
+    pub(super) fn reserve(
+        &self,
+        id: &str,
+        digest: u32,
+        placeholder: Snapshot,
+        first_lsn: impl Fn() -> u64,
+    ) -> Result<Option<SubmitOutcome>, Error> {
+        loop {
+            {
+                let mut map = self.lock();
+                if let Some(entry) = map.entries.get(id) {
+                    return existing(id, entry, digest).map(Some);
+                }
+                map.lookups.entry(id.to_owned()).or_default().running += 1;
+            }
+            let found = self.archived(id);
+            let mut map = self.lock();
+            let raced = match map.lookups.get_mut(id) {
+                Some(lookup) => {
+                    lookup.running -= 1;
+                    let raced = lookup.archived;
+                    if lookup.running == 0 {
+                        map.lookups.remove(id);
+                    }
+                    raced
+                }
+                None => false,
+            };
+            if let Some(archived) = found? {
+                return if archived.digest == digest {
+                    Ok(Some(SubmitOutcome::AlreadyExists(archived_status(&archived))))
+                } else {
+                    Err(Error::Conflict { id: id.to_owned() })
+                };
+            }
+            if let Some(entry) = map.entries.get(id) {
+                return existing(id, entry, digest).map(Some);
+            }
+            if raced {
+                continue;
+            }
+            // Its `SagaSubmitted` will get an LSN above everything acknowledged so far: the
+            // checkpoint must not pass that point while the submit is in flight.
+            let first_lsn = first_lsn();
+            let entry = Entry { view: watch::channel(placeholder).0, first_lsn, reserved: true, control: None };
+            map.entries.insert(id.to_owned(), entry);
+            return Ok(None);
+        }
+    }
+
+    /// The submit's `SagaSubmitted` is durable at `lsn`: the id is no longer reserved.
+    pub(super) fn confirm(&self, id: &str, lsn: u64) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.first_lsn = lsn;
+            entry.reserved = false;
+        }
+    }
+
+    /// Forgets a saga whose submit failed.
+    pub(super) fn remove(&self, id: &str) {
+        self.lock().entries.remove(id);
+    }
+
+    pub(super) fn first_lsn(&self, id: &str) -> Option<u64> {
+        self.lock().entries.get(id).map(|e| e.first_lsn)
+    }
+
+    /// Registers (or updates) a saga about to be driven, publishes `snapshot`, and hands its
+    /// task's sender (`None` for a finished saga, which has no task). Returns the view the task
+    /// publishes to.
+    pub(super) fn register(
+        &self,
+        snapshot: Snapshot,
+        first_lsn: u64,
+        reserved: bool,
+        control: Option<mpsc::UnboundedSender<Control>>,
+    ) -> watch::Sender<Snapshot> {
+        let mut map = self.lock();
+        let entry = map.entries.entry(snapshot.saga.id.clone()).or_insert_with(|| Entry {
+            view: watch::channel(snapshot.clone()).0,
+            first_lsn,
+            reserved,
+            control: None,
+        });
+        entry.reserved = reserved;
+        entry.first_lsn = first_lsn;
+        entry.view.send_replace(snapshot);
+        if control.is_some() {
+            entry.control = control;
+        }
+        entry.view.clone()
+    }
+
+    /// The saga's task has ended: nobody can send it control records any more.
+    pub(super) fn task_ended(&self, id: &str) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.control = None;
+        }
+    }
+
+    /// Puts a finished saga into the index and forgets it. Returns false (and keeps it in
+    /// memory, which keeps its journal records too) if there is no index or it failed.
+    pub(super) fn archive(&self, saga: &Saga) -> bool {
+        let Some(index) = &self.index else { return false };
+        match index.put(&SagaRecord::from_saga(saga)) {
+            Ok(()) => {
+                let mut map = self.lock();
+                map.entries.remove(&saga.id);
+                if let Some(lookup) = map.lookups.get_mut(&saga.id) {
+                    lookup.archived = true;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(saga = %saga.id, error = %e, "cannot archive a finished saga; keeping it in memory");
+                false
+            }
+        }
+    }
+
+    /// Whether a task is driving (or queued to drive) the saga now, or its submit is still
+    /// being journaled.
+    pub(super) fn is_live(&self, id: &str) -> bool {
+        self.lock().entries.get(id).is_some_and(|e| e.control.is_some() || e.reserved)
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.lock().entries.contains_key(id)
+    }
+
+    /// The saga's status and its task's sender (`None` if its task has ended).
+    pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<mpsc::UnboundedSender<Control>>)> {
+        self.lock().entries.get(id).map(|e| (e.view.borrow().status, e.control.clone()))
+    }
+
+    /// The lowest LSN the journal must keep: the `SagaSubmitted` of the oldest saga not yet
+    /// archived, or `after_all()` (one past the last acknowledged record) if every saga is.
+    pub(super) fn checkpoint_lsn(&self, after_all: impl FnOnce() -> u64) -> u64 {
+        let map = self.lock();
+        map.entries.values().map(|e| e.first_lsn).min().unwrap_or_else(after_all)
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<Snapshot> {
+        self.lock().entries.get(id).map(|e| e.view.borrow().clone())
+    }
+
+    pub(super) fn list(&self) -> Vec<Snapshot> {
+        self.lock().entries.values().map(|e| e.view.borrow().clone()).collect()
+    }
+
+    pub(super) fn status_counts(&self) -> BTreeMap<Status, u64> {
+        let mut counts = BTreeMap::new();
+        for entry in self.lock().entries.values() {
+            *counts.entry(entry.view.borrow().status).or_default() += 1;
+        }
+        counts
+    }
+
+    pub(super) fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
+        self.lock().entries.get(id).map(|e| e.view.subscribe())
+    }
+}
+
+/// The answer to a submit of an id already in memory.
+fn existing(id: &str, entry: &Entry, digest: u32) -> Result<SubmitOutcome, Error> {
+    if entry.reserved {
+        return Err(Error::SubmitInProgress { id: id.to_owned() });
+    }
+    let existing = entry.view.borrow();
+    if existing.saga.digest == digest {
+        Ok(SubmitOutcome::AlreadyExists(existing.status))
+    } else {
+        Err(Error::Conflict { id: id.to_owned() })
+    }
+}
+
+pub(super) fn archived_status(record: &SagaRecord) -> Status {
+    match record.status.as_str() {
+        "COMPLETED" => Status::Completed,
+        _ => Status::Compensated,
+    }
+}

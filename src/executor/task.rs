@@ -1,0 +1,218 @@
+//! The per-saga task: the drive loop over [`Saga::next`], journaling, settling and publishing.
+//!
+//! A task owns its saga's [`Saga`] state. It asks the pure `Saga::next` what to do, journals
+//! each record and applies it with [`Saga::apply`] (the same function recovery replays the
+//! journal through), and publishes the state to the saga's watchers. Control records (a
+//! cancel, an operator's resolution) arrive over a channel, already journaled by the handle.
+//! A step's attempt is in `attempt.rs`, settling an in-doubt step by its marker in
+//! `in_doubt.rs`.
+//!
+//! Never does: touch a participant before its `StepStarted` is durable, decide anything that
+//! `Saga::next` did not say, publish an outcome a crash could take back, or hold a std `Mutex`
+//! across an `.await`.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use super::handle::{Executor, Snapshot, now_ms};
+use crate::engine::record::{Failed, Finished};
+use crate::engine::{Next, Record, Saga, StepCall};
+use crate::journal;
+use crate::participant::{Direction, Operation, Participant, StepKey};
+
+/// Messages from the API to a running saga task.
+pub(super) enum Control {
+    /// A journaled record the task must apply (cancel, operator resolution).
+    Apply(Record),
+}
+
+/// The task that drives one saga.
+pub(super) struct SagaTask {
+    pub(super) exec: Executor,
+    pub(super) saga: Saga,
+    view: watch::Sender<Snapshot>,
+    control: mpsc::UnboundedReceiver<Control>,
+    pub(super) parked_on: Option<String>,
+    /// A step outcome handed to the journal but not yet known durable. The next awaited
+    /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
+    /// where no append follows soon.
+    queued: Option<journal::Queued>,
+}
+
+impl SagaTask {
+    pub(super) fn new(
+        exec: Executor,
+        saga: Saga,
+        view: watch::Sender<Snapshot>,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> SagaTask {
+        SagaTask { exec, saga, view, control, parked_on: None, queued: None }
+    }
+
+    /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
+    /// (`Some(self)`).
+    pub(super) async fn run(mut self) -> Option<SagaTask> {
+        match self.drive().await {
+            Ok(true) => return Some(self),
+            Ok(false) => {}
+            Err(e) => {
+                // The journal is poisoned or closed: stop touching participants. The saga stays
+                // as journaled; the next start's recovery finishes it.
+                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+            }
+        }
+        self.end();
+        None
+    }
+
+    /// The task is over: the API can no longer send it control records, and a finished saga
+    /// moves to the index.
+    fn end(&self) {
+        let registry = &self.exec.inner.registry;
+        registry.task_ended(&self.saga.id);
+        if self.saga.is_finished() {
+            registry.archive(&self.saga);
+        }
+    }
+
+    /// Waits, holding no slot, for an operator's decision on a STUCK saga, then queues it to
+    /// run again.
+    pub(super) async fn wait_for_operator(mut self) {
+        match self.control.recv().await {
+            Some(Control::Apply(record)) => {
+                self.apply(&record);
+                let exec = self.exec.clone();
+                exec.inner.slots.dispatch(self);
+            }
+            None => self.end(),
+        }
+    }
+
+    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
+    async fn drive(&mut self) -> Result<bool, journal::Error> {
+        loop {
+            if self.exec.draining() {
+                self.settle().await?;
+                return Ok(false);
+            }
+            self.apply_pending_control();
+            match self.saga.next() {
+                Next::Done => return self.settle().await.map(|()| false),
+                Next::Finish(outcome) => {
+                    let saga = self.saga.id.clone();
+                    self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
+                    crate::metrics::get().saga_finished(self.saga.status().as_str());
+                    tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
+                    return Ok(false);
+                }
+                Next::Stuck { step } => {
+                    tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
+                        "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    self.settle().await?;
+                    self.publish();
+                    // A decision that already arrived is applied by the next
+                    // `apply_pending_control`.
+                    if self.control.is_empty() {
+                        return Ok(true);
+                    }
+                }
+                // The engine's "resolve" here is an in-doubt step to settle by its marker, not
+                // an operator's resolution.
+                Next::Resolve { step, direction } => self.settle_by_marker(step, direction).await?,
+                Next::Run { step, direction, attempt, after_failure } => {
+                    self.run_step(step, direction, attempt, after_failure).await?
+                }
+            }
+        }
+    }
+
+    /// Applies every control record that has arrived.
+    fn apply_pending_control(&mut self) {
+        while let Ok(Control::Apply(record)) = self.control.try_recv() {
+            self.apply(&record);
+        }
+    }
+
+    fn apply(&mut self, record: &Record) {
+        self.saga.apply(record);
+        self.publish();
+    }
+
+    pub(super) fn publish(&self) {
+        if self.queued.is_some() {
+            return; // see `journal_outcome`; `settle` publishes
+        }
+        let status = self.saga.status();
+        self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
+    }
+
+    /// Journals `record`, waits until it (and any queued outcome before it) is durable, and
+    /// applies it.
+    pub(super) async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
+        self.exec.inner.journal.append(record.kind(), record.encode()).await?;
+        self.queued = None;
+        self.apply(&record);
+        Ok(())
+    }
+
+    /// Journals a step's outcome without waiting for the sync: the saga's next record
+    /// (`StepStarted`, `SagaFinished`) is appended after it and waited for, so both share one
+    /// `fdatasync`. Applied to the state now (so `next` can plan) but published only once
+    /// durable: nobody outside sees an outcome a crash could take back.
+    pub(super) async fn journal_outcome(&mut self, record: Record) -> Result<(), journal::Error> {
+        self.queued = Some(self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?);
+        self.saga.apply(&record);
+        Ok(())
+    }
+
+    /// Waits for a queued outcome to be durable, then publishes the state.
+    pub(super) async fn settle(&mut self) -> Result<(), journal::Error> {
+        if let Some(queued) = self.queued.take() {
+            queued.durable().await?;
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Sleeps, waking early to apply a control record (a cancel must not wait for a back-off).
+    /// A queued outcome is made durable (and visible) first.
+    pub(super) async fn pause(&mut self, duration: std::time::Duration) -> Result<(), journal::Error> {
+        self.settle().await?;
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            Some(Control::Apply(record)) = self.control.recv() => self.apply(&record),
+        }
+        Ok(())
+    }
+
+    pub(super) fn key(&self, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: self.saga.id.clone(), step, direction }
+    }
+
+    /// The participant and concrete operation of a step, or why there is none.
+    pub(super) fn participant_for(
+        &self,
+        call: &StepCall,
+        direction: Direction,
+    ) -> Result<(String, Arc<dyn Participant>, Operation), String> {
+        let (name, op) = self.exec.inner.catalog.operation(call, direction)?;
+        let participant = self.exec.inner.participants.get(&name).cloned();
+        participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
+    }
+
+    /// Journals a failure that no retry can fix (the saga compensates, or is STUCK if this was
+    /// a compensation).
+    pub(super) async fn fail_for_good(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        attempt: u32,
+        error: String,
+        maybe_applied: bool,
+    ) -> Result<(), journal::Error> {
+        let saga = self.saga.id.clone();
+        let record = Failed { saga, step, direction, attempt, error, retryable: false, maybe_applied, at_ms: now_ms() };
+        self.journal(Record::StepFailed(record)).await
+    }
+}
