@@ -7,11 +7,14 @@
 //!
 //! Invariants:
 //! - with `SyncPolicy::Always`, no LSN is handed out before an `fdatasync` covering it returned;
-//! - a failed write or `fdatasync` poisons the journal for good: nothing retries the sync (the
-//!   kernel may have dropped the dirty pages and would report success next time), every
-//!   waiting and later append fails, and the active segment is cut back to the end of its last
-//!   acknowledged record so the bytes of unacknowledged records do not linger; the next open recovers from
-//!   what is on disk;
+//! - a failed write, `fdatasync` or segment creation poisons the journal for good: nothing
+//!   retries the sync (the kernel may have dropped the dirty pages and would report success
+//!   next time), every waiting and later append fails, and the active segment is cut back to
+//!   the end of its last acknowledged or synced record, whichever is further, so the bytes of
+//!   unacknowledged records do not linger; the next open recovers from what is on disk;
+//! - no error path cuts a byte that an `fdatasync` covered: rotation syncs records of the
+//!   batch under way into the segment it seals, and the next segment's header (possibly
+//!   already renamed into place when creation fails) names the LSN after them;
 //! - a segment is synced before its successor is created, so only the last segment can end in
 //!   a torn record.
 //!
@@ -130,6 +133,7 @@ impl Journal {
                     file,
                     len: last.valid_end,
                     acked_len: last.valid_end,
+                    synced_len: last.valid_end,
                     records: last.records,
                 };
                 let sealed = rest.iter().map(|s| (s.id, s.first_lsn, s.path.clone())).collect();
@@ -138,10 +142,10 @@ impl Journal {
             None => {
                 let epoch = rand::random::<u64>();
                 let header = SegmentHeader { segment_id: 1, first_lsn: FIRST_LSN, epoch };
-                let (path, file) = create(&dir, &header)?;
+                let (path, file) = create(&dir, &header, options.faults.as_deref())?;
                 let len = sagalog_wal_format::SEGMENT_HEADER_BYTES as u64;
                 tracing::info!(dir = %dir.display(), epoch = format_args!("{epoch:#018x}"), "created a new journal");
-                (epoch, Active { id: 1, path, file, len, acked_len: len, records: 0 }, VecDeque::new())
+                (epoch, Active { id: 1, path, file, len, acked_len: len, synced_len: len, records: 0 }, VecDeque::new())
             }
         };
         let shared = Arc::new(Shared {
@@ -314,8 +318,12 @@ struct Active {
     /// Bytes written (header included).
     len: u64,
     /// Bytes holding acknowledged records (durable ones under `SyncPolicy::Always`); a rollback
-    /// after a failure cuts back to this, never further.
+    /// after a failure cuts back to this or `synced_len`, whichever is further.
     acked_len: u64,
+    /// Bytes covered by the last successful `fdatasync` (or found on disk at open). A rollback
+    /// never cuts below this: rotation syncs records that are not acknowledged yet, and the
+    /// next segment's header already counts them.
+    synced_len: u64,
     records: u64,
 }
 
@@ -519,6 +527,7 @@ impl Writer {
         let started = Instant::now();
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
         self.last_sync = started.elapsed();
+        self.active.synced_len = self.active.len;
         crate::metrics::get().journal_fsync.observe(self.last_sync.as_secs_f64());
         self.dirty_since = None;
         Ok(())
@@ -529,12 +538,12 @@ impl Writer {
     fn rotate(&mut self) -> Result<(), Error> {
         self.sync_if_dirty()?;
         let header = SegmentHeader { segment_id: self.active.id + 1, first_lsn: self.next_lsn, epoch: self.epoch };
-        let (path, file) = create(&self.dir, &header)?;
+        let (path, file) = create(&self.dir, &header, self.faults.as_deref())?;
         let len = sagalog_wal_format::SEGMENT_HEADER_BYTES as u64;
         let old_first_lsn = self.active_first_lsn();
         let old = std::mem::replace(
             &mut self.active,
-            Active { id: header.segment_id, path, file, len, acked_len: len, records: 0 },
+            Active { id: header.segment_id, path, file, len, acked_len: len, synced_len: len, records: 0 },
         );
         self.sealed.push_back((old.id, old_first_lsn, old.path));
         tracing::debug!(segment = header.segment_id, first_lsn = header.first_lsn, "started a new journal segment");
@@ -566,14 +575,16 @@ impl Writer {
         self.next_lsn - self.active.records
     }
 
-    /// Poisons the journal and cuts the active segment back to its acknowledged length, best
-    /// effort, so the bytes of records nobody was told about do not linger; the sync that failed
-    /// is never retried.
+    /// Poisons the journal and cuts the active segment back to its acknowledged or synced length
+    /// (whichever is further), best effort, so the bytes of records nobody was told about and
+    /// no sync covered do not linger; the sync that failed is never retried. Synced bytes are
+    /// never cut: after a failed rotation the next segment may already exist and start at the
+    /// LSN after them, and cutting them would leave a gap the next open refuses.
     fn poison(&mut self, error: Error) -> String {
         let cause = error.to_string();
         tracing::error!(error = %cause, "journal write failed; refusing all further appends until restart");
         let _ = self.shared.poisoned.set(cause.clone());
-        let _ = self.active.file.set_len(self.active.acked_len);
+        let _ = self.active.file.set_len(self.active.acked_len.max(self.active.synced_len));
         self.buf.clear();
         self.dirty_since = None;
         cause
