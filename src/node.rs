@@ -63,6 +63,15 @@ impl Node {
     /// Locks `data_dir`, opens the journal (repairing a torn tail, refusing corruption), opens
     /// the participants, and runs recovery.
     pub async fn start(data_dir: &Path, config: Option<&Path>) -> Result<Node, Error> {
+        Node::start_with_faults(data_dir, config, None).await
+    }
+
+    /// [`Node::start`] with injected journal I/O failures, for tests.
+    pub async fn start_with_faults(
+        data_dir: &Path,
+        config: Option<&Path>,
+        faults: Option<Arc<journal::IoFaults>>,
+    ) -> Result<Node, Error> {
         let data_dir = Arc::new(DataDir::open(data_dir, Access::Exclusive)?);
         let config_path = match config {
             Some(path) => path.to_path_buf(),
@@ -71,7 +80,7 @@ impl Node {
         let catalog = Arc::new(load_config(&config_path)?);
         let sync = SyncPolicy::parse(&catalog.config.journal.sync).map_err(ConfigError::Invalid)?;
         let options =
-            Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, ..Options::default() };
+            Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, faults, ..Options::default() };
         let opened = Journal::open(data_dir.clone(), options)?;
         if let Some((path, offset, bytes)) = &opened.truncated_tail {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
@@ -103,7 +112,7 @@ impl Node {
                 tokio::time::sleep(every).await;
                 match archive_pass(&executor, &journal, &index, data_dir.root(), config.retention_hours, last).await {
                     Ok(lsn) => last = lsn,
-                    Err(Error::Journal(journal::Error::Closed)) => return,
+                    Err(Error::Journal(journal::Error::Closed | journal::Error::Poisoned { .. })) => return,
                     Err(e) => tracing::error!(error = %e, "checkpoint failed; the journal keeps its segments"),
                 }
             }
@@ -113,13 +122,25 @@ impl Node {
     /// Stops the checkpoint task, flushes the index, syncs and closes the journal (which
     /// releases the data directory). Running sagas stop where they are: the next start's
     /// recovery finishes them.
+    ///
+    /// The journal is closed even when the index flush fails, and its failure is the one
+    /// reported: a poisoned journal (`Error::Journal(Poisoned)`) is the cause an operator must
+    /// see, while a full disk usually fails the index flush too.
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         if let Some(archiver) = self.archiver.take() {
             archiver.abort();
             let _ = archiver.await;
         }
-        self.index.flush()?;
-        self.journal.shutdown().await.map_err(Error::from)
+        let flushed = self.index.flush();
+        match self.journal.shutdown().await {
+            Err(e) => {
+                if let Err(index) = flushed {
+                    tracing::error!(error = %index, "index flush failed at shutdown too");
+                }
+                Err(e.into())
+            }
+            Ok(()) => flushed.map_err(Error::from),
+        }
     }
 }
 

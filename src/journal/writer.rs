@@ -31,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sagalog_wal_format::{FIRST_LSN, PAYLOAD_BYTES_MAX, RecordKind, SegmentHeader, frame, frame_bytes};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::faults::IoFaults;
 use super::scan::{LogSummary, Severity, scan};
@@ -70,6 +70,8 @@ struct Shared {
     epoch: u64,
     /// The cause of the failure that poisoned the journal, once it happened.
     poisoned: OnceLock<String>,
+    /// Turns true right after `poisoned` is set, to wake [`Journal::wait_poisoned`].
+    poisoned_signal: watch::Sender<bool>,
     /// Highest LSN acknowledged to an appender (0 before the first).
     acked_lsn: AtomicU64,
 }
@@ -152,6 +154,7 @@ impl Journal {
             dir: dir.clone(),
             epoch,
             poisoned: OnceLock::new(),
+            poisoned_signal: watch::Sender::new(false),
             acked_lsn: AtomicU64::new(summary.last_lsn.unwrap_or(0)),
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity);
@@ -260,6 +263,18 @@ impl Journal {
     /// Why the journal refuses appends, if it does.
     pub fn poisoned(&self) -> Option<&str> {
         self.shared.poisoned.get().map(String::as_str)
+    }
+
+    /// Resolves, with the cause, once the journal is poisoned (at once if it already is). The
+    /// server selects on it to stop serving and exit: a poisoned journal never heals in
+    /// process, recovery from disk at the next start is the cure.
+    pub async fn wait_poisoned(&self) -> String {
+        let mut signal = self.shared.poisoned_signal.subscribe();
+        if signal.wait_for(|poisoned| *poisoned).await.is_err() {
+            // Unreachable: `self` keeps the sender alive.
+            std::future::pending::<()>().await;
+        }
+        self.poisoned().unwrap_or_default().to_owned()
     }
 
     fn check_append(&self, payload: &[u8]) -> Result<(), Error> {
@@ -396,16 +411,17 @@ impl Writer {
             match control {
                 None | Some(Command::Append { .. }) => {}
                 Some(Command::Sync { reply }) => {
-                    let result = self.sync_if_dirty();
+                    let result = self.refuse_if_poisoned().and_then(|()| self.sync_if_dirty());
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
                 }
                 Some(Command::TruncateBefore { lsn, reply }) => {
-                    let _ = reply.send(self.truncate_before(lsn));
+                    let _ = reply.send(self.refuse_if_poisoned().and_then(|()| self.truncate_before(lsn)));
                 }
                 Some(Command::Shutdown { reply }) => {
-                    let result = self.sync_if_dirty();
+                    // A poisoned journal still releases its files and lock, but says it failed.
+                    let result = self.refuse_if_poisoned().and_then(|()| self.sync_if_dirty());
                     // Release files and the directory lock before answering, so that whoever
                     // asked can reopen at once.
                     drop(self);
@@ -415,6 +431,15 @@ impl Writer {
             }
         }
         let _ = self.sync_if_dirty();
+    }
+
+    /// `Err(Poisoned)` once the journal is poisoned: a sync or a shutdown after that must not
+    /// look successful (the records of the failed batch are not durable and never will be).
+    fn refuse_if_poisoned(&self) -> Result<(), Error> {
+        match self.shared.poisoned.get() {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// Writes and (by policy) syncs one batch, then answers its appenders.
@@ -584,6 +609,8 @@ impl Writer {
         let cause = error.to_string();
         tracing::error!(error = %cause, "journal write failed; refusing all further appends until restart");
         let _ = self.shared.poisoned.set(cause.clone());
+        self.shared.poisoned_signal.send_replace(true);
+        crate::metrics::get().journal_poisoned.set(1);
         let _ = self.active.file.set_len(self.active.acked_len.max(self.active.synced_len));
         self.buf.clear();
         self.dirty_since = None;
