@@ -9,6 +9,8 @@
 //! - `D/wal-backup/`: copies of damaged segments taken by `sagalog wal repair` before it
 //!   cuts anything.
 //!
+//! Directories it creates are synced into their parents before it returns.
+//!
 //! This module never deletes anything and never blocks on a lock: a held lock is an error
 //! that names the holder.
 
@@ -53,7 +55,7 @@ impl DataDir {
     pub fn open(root: impl AsRef<Path>, access: Access) -> Result<DataDir, Error> {
         let root = root.as_ref().to_path_buf();
         let journal = root.join(JOURNAL_DIR);
-        std::fs::create_dir_all(&journal).map_err(|source| Error::Io { op: "create", path: journal, source })?;
+        create_dirs_durably(&journal)?;
         let lock_path = root.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -99,6 +101,27 @@ impl DataDir {
     pub fn backup_dir(&self) -> PathBuf {
         self.root.join(BACKUP_DIR)
     }
+}
+
+/// Creates `dir` and its missing ancestors, and syncs each new directory's entry into its
+/// parent: on a first boot the journal must not vanish with a power loss after its first
+/// acknowledged record (a segment's own sync only makes the entries inside `journal/`
+/// durable).
+fn create_dirs_durably(dir: &Path) -> Result<(), Error> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { op: "create", path: dir.to_path_buf(), source })?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|source| Error::Io {
+            op: "fsync directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// How long a held lock is retried before it is reported. A lock can be held for a moment by

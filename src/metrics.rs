@@ -13,7 +13,8 @@
 //!   `retryable`, `permanent` (retries are the `retryable` ones);
 //! - `breaker_state{participant}` (0 closed, 1 half-open, 2 open);
 //! - `journal_fsync_seconds` (histogram), `journal_batch_records` (histogram of records per
-//!   group commit), `journal_lsn` (gauge);
+//!   group commit), `journal_lsn` (gauge), `journal_poisoned` (gauge: 1 once a write or fsync
+//!   failure poisoned the journal);
 //! - `recoveries_total`, `recovery_duration_seconds` (gauge: the last pass).
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub journal_fsync: Histogram,
     pub journal_batch_records: Histogram,
     pub journal_lsn: Gauge,
+    pub journal_poisoned: Gauge,
     pub recoveries: Counter,
     pub recovery_duration: Gauge<f64, AtomicU64>,
     /// Per-participant latency sketches for `Admin.Stats` percentiles.
@@ -97,6 +99,12 @@ impl Metrics {
         );
         let journal_lsn = Gauge::default();
         registry.register("journal_lsn", "Highest acknowledged journal LSN", journal_lsn.clone());
+        let journal_poisoned = Gauge::default();
+        registry.register(
+            "journal_poisoned",
+            "1 once a write or fsync failure poisoned the journal (the server then exits; a restart recovers)",
+            journal_poisoned.clone(),
+        );
         let recoveries = Counter::default();
         registry.register("recoveries", "Recovery passes run (at start and by Admin.Recover)", recoveries.clone());
         let recovery_duration = Gauge::<f64, AtomicU64>::default();
@@ -116,6 +124,7 @@ impl Metrics {
             journal_fsync,
             journal_batch_records,
             journal_lsn,
+            journal_poisoned,
             recoveries,
             recovery_duration,
             latencies: Mutex::new(BTreeMap::new()),
@@ -254,6 +263,7 @@ mod tests {
             "sagalog_step_attempts_total{participant=\"ledger\",direction=\"forward\",result=\"ok\"} 1",
             "sagalog_sagas_finished_total{outcome=\"COMPLETED\"} 1",
             "sagalog_journal_fsync_seconds_count",
+            "sagalog_journal_poisoned 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -3,9 +3,11 @@
 //! previous run left unfinished. `sagalog serve` runs one; tests and tools embed one.
 //!
 //! Configuration: `--config F` if given; otherwise the data directory's own `sagalog.toml`;
-//! otherwise the embedded default is written there first, so later offline commands need only
-//! `--data-dir`.
+//! otherwise the embedded default is written there first (atomically: temporary file, fsync,
+//! rename, directory fsync), so later offline commands need only `--data-dir`. A config that is
+//! empty or cut short is refused as such ([`load_config`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,15 +63,24 @@ impl Node {
     /// Locks `data_dir`, opens the journal (repairing a torn tail, refusing corruption), opens
     /// the participants, and runs recovery.
     pub async fn start(data_dir: &Path, config: Option<&Path>) -> Result<Node, Error> {
+        Node::start_with_faults(data_dir, config, None).await
+    }
+
+    /// [`Node::start`] with injected journal I/O failures, for tests.
+    pub async fn start_with_faults(
+        data_dir: &Path,
+        config: Option<&Path>,
+        faults: Option<Arc<journal::IoFaults>>,
+    ) -> Result<Node, Error> {
         let data_dir = Arc::new(DataDir::open(data_dir, Access::Exclusive)?);
         let config_path = match config {
             Some(path) => path.to_path_buf(),
             None => ensure_default_config(data_dir.root())?,
         };
-        let catalog = Arc::new(Catalog::load(&config_path)?);
+        let catalog = Arc::new(load_config(&config_path)?);
         let sync = SyncPolicy::parse(&catalog.config.journal.sync).map_err(ConfigError::Invalid)?;
         let options =
-            Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, ..Options::default() };
+            Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, faults, ..Options::default() };
         let opened = Journal::open(data_dir.clone(), options)?;
         if let Some((path, offset, bytes)) = &opened.truncated_tail {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
@@ -101,7 +112,7 @@ impl Node {
                 tokio::time::sleep(every).await;
                 match archive_pass(&executor, &journal, &index, data_dir.root(), config.retention_hours, last).await {
                     Ok(lsn) => last = lsn,
-                    Err(Error::Journal(journal::Error::Closed)) => return,
+                    Err(Error::Journal(journal::Error::Closed | journal::Error::Poisoned { .. })) => return,
                     Err(e) => tracing::error!(error = %e, "checkpoint failed; the journal keeps its segments"),
                 }
             }
@@ -111,13 +122,25 @@ impl Node {
     /// Stops the checkpoint task, flushes the index, syncs and closes the journal (which
     /// releases the data directory). Running sagas stop where they are: the next start's
     /// recovery finishes them.
+    ///
+    /// The journal is closed even when the index flush fails, and its failure is the one
+    /// reported: a poisoned journal (`Error::Journal(Poisoned)`) is the cause an operator must
+    /// see, while a full disk usually fails the index flush too.
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         if let Some(archiver) = self.archiver.take() {
             archiver.abort();
             let _ = archiver.await;
         }
-        self.index.flush()?;
-        self.journal.shutdown().await.map_err(Error::from)
+        let flushed = self.index.flush();
+        match self.journal.shutdown().await {
+            Err(e) => {
+                if let Err(index) = flushed {
+                    tracing::error!(error = %index, "index flush failed at shutdown too");
+                }
+                Err(e.into())
+            }
+            Ok(()) => flushed.map_err(Error::from),
+        }
     }
 }
 
@@ -157,10 +180,56 @@ fn ensure_default_config(root: &Path) -> Result<PathBuf, Error> {
     let path = root.join(CONFIG_FILE);
     if !path.exists() {
         let tmp = root.join(format!("{CONFIG_FILE}.tmp"));
-        let write = |p: &Path, bytes: &[u8]| std::fs::write(p, bytes);
-        write(&tmp, EMBEDDED_DEFAULT.as_bytes()).map_err(|source| Error::Write { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Write { path: path.clone(), source })?;
+        write_atomically(&tmp, &path, EMBEDDED_DEFAULT.as_bytes())?;
         tracing::info!(path = %path.display(), "no --config given: wrote the embedded default configuration");
     }
     Ok(path)
+}
+
+/// Writes `bytes` to `path` so that a crash or power loss leaves either no file or all of it:
+/// into `tmp`, `fsync`, rename over `path`, `fsync` of the directory.
+fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let failed = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| Error::Write { path, source }
+    };
+    let mut file = std::fs::File::create(tmp).map_err(failed(tmp))?;
+    file.write_all(bytes).map_err(failed(tmp))?;
+    file.sync_all().map_err(failed(tmp))?;
+    drop(file);
+    std::fs::rename(tmp, path).map_err(failed(path))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed(dir))
+}
+
+/// Reads and checks a config file like [`Catalog::load`], first refusing one that is empty,
+/// zero-filled or a cut-short copy of the generated default, with a message saying so: such a
+/// file is what a power loss or a full disk leaves of a config being written (before the
+/// default was written atomically), and its missing lines would otherwise surface as some
+/// unrelated error, such as "no tokens".
+pub fn load_config(path: &Path) -> Result<Catalog, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let damage = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Some(format!("the file is empty ({} bytes)", bytes.len()))
+    } else if bytes.contains(&0) {
+        Some(format!("the file holds zero bytes (NUL) among its {} bytes", bytes.len()))
+    } else if EMBEDDED_DEFAULT.as_bytes().starts_with(&bytes) && bytes.len() < EMBEDDED_DEFAULT.len() {
+        Some(format!(
+            "the file is cut short: its {} bytes are the start of the {}-byte generated default",
+            bytes.len(),
+            EMBEDDED_DEFAULT.len()
+        ))
+    } else {
+        None
+    };
+    if let Some(damage) = damage {
+        return Err(ConfigError::Parse {
+            path: path.display().to_string(),
+            message: format!(
+                "{damage}, as a power loss or a full disk while it was written leaves it; restore it, or, if it \
+                 was the generated default, delete it and the next `sagalog serve` writes it again"
+            ),
+        });
+    }
+    Catalog::load(path)
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{payload, read_all};
-use sagalog::journal::{Error, IoFaults, Journal, Options, SyncPolicy};
+use sagalog::journal::{CreateStep, Error, IoFaults, Journal, Options, SyncPolicy};
 use sagalog::wal_format::RecordKind;
 
 fn options(faults: &Arc<IoFaults>) -> Options {
@@ -96,6 +96,67 @@ async fn fsync_failure_at_rotation_poisons() {
         acked,
         "the rollback never removes an acknowledged record, even under sync=never"
     );
+}
+
+/// A segment creation that fails at any step (before or after the new segment's rename)
+/// poisons the journal without cutting a byte that a sync made durable: the records of the
+/// failed batch that rotation had already synced into the sealed segment stay, so the next open
+/// finds a contiguous log (the new segment's header names the LSN after them) and keeps them.
+/// The rotation is made to happen inside a batch: the writer is held in the sync of a batch of
+/// one record while the next forty are queued, so they all form the next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_creation_failure_at_any_step_never_cuts_synced_records() {
+    for step in CreateStep::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(IoFaults::new());
+        let opened = Journal::open_dir(dir.path(), options(&faults)).unwrap();
+        let journal = opened.journal;
+        let mut written = Vec::new();
+        for i in 0..3 {
+            let p = payload(i, 200);
+            written.push((journal.append(RecordKind::StepStarted, p.clone()).await.unwrap(), p));
+        }
+        let creates = faults.creates();
+        faults.fail_create_in(1, step);
+        faults.hold_syncs();
+        let single = {
+            let journal = journal.clone();
+            tokio::spawn(async move { journal.append(RecordKind::StepStarted, payload(3, 200)).await })
+        };
+        while !faults.sync_waiting() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut queued = Vec::new();
+        for i in 4..44 {
+            queued.push(journal.append_queued(RecordKind::StepStarted, payload(i, 200)).await.unwrap());
+        }
+        faults.release_syncs();
+        written.push((single.await.unwrap().unwrap(), payload(3, 200)));
+        let acked = written.len();
+        for q in queued {
+            let result = q.durable().await;
+            assert!(matches!(result, Err(Error::Poisoned { .. })), "{step:?}: {result:?}");
+        }
+        assert_eq!(faults.creates(), creates + 1, "{step:?}: the batch rotated once");
+        let _ = journal.shutdown().await;
+
+        let reopened = Journal::open_dir(dir.path(), Options::default())
+            .unwrap_or_else(|e| panic!("{step:?}: a failed rotation must not make the log unopenable: {e}"));
+        let next = reopened.journal.append(RecordKind::StepStarted, b"after".to_vec()).await.unwrap();
+        reopened.journal.shutdown().await.unwrap();
+        let (records, summary) = read_all(dir.path());
+        assert!(summary.problem.is_none(), "{step:?}: {:?}", summary.problem);
+        let records: Vec<_> = records.into_iter().map(|r| (r.0, r.2)).collect();
+        let expected: Vec<_> = (0..44).map(|i| (i as u64 + 1, payload(i, 200))).collect();
+        let kept = records.len() - 1;
+        assert_eq!(records[..kept], expected[..kept], "{step:?}: the log is a prefix of what was appended");
+        assert_eq!(records[kept], (next, b"after".to_vec()), "{step:?}");
+        assert!(
+            kept > acked + 1,
+            "{step:?}: the failed batch's records synced by the rotation are kept (kept {kept}, acknowledged {acked})"
+        );
+        assert!(kept < expected.len(), "{step:?}: nothing was written past the failed rotation");
+    }
 }
 
 /// `interval` acknowledges without waiting for a sync but syncs by itself within its interval;

@@ -4,6 +4,11 @@
 //! The first signal shuts down gracefully (see `server::run`): no new submits, running steps
 //! get `[server] shutdown_grace_ms` to finish, the journal is synced, exit 0. A second signal
 //! exits at once with status 1; the next start's recovery finishes what was running.
+//!
+//! A poisoned journal (a write or fsync failed; a full disk is enough) makes `serve` exit at
+//! once with status 2 and a message naming the poisoning, so that a supervisor restarts it:
+//! recovery from disk is the cure (see `server::run`). A shutdown that finds the journal
+//! poisoned exits 2 the same way.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,9 +55,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             r.unfinished,
             r.duration.as_millis()
         );
+        let journal = running.node().journal.clone();
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
+            cause = journal.wait_poisoned() => {
+                eprintln!("sagalog: the journal is poisoned ({cause}); exiting now: a restart recovers from disk");
+                return Err(running.stop_poisoned().await.into());
+            }
             failed = running.failed() => {
                 failed?;
                 anyhow::bail!("the gRPC server stopped unexpectedly");

@@ -6,7 +6,7 @@
 //!   `dump` and recovery all use it.
 //! - [`repair`] (repair.rs) is the deliberate, backed-up cutting of a damaged log.
 //! - segment.rs owns segment files: listing, mapping, creating, truncating, deleting.
-//! - faults.rs injects write and fsync failures for tests.
+//! - faults.rs injects write, fsync and segment-creation failures for tests.
 
 mod error;
 mod faults;
@@ -17,7 +17,7 @@ mod segment;
 mod writer;
 
 pub use error::Error;
-pub use faults::IoFaults;
+pub use faults::{CreateStep, IoFaults};
 pub use options::{Options, SyncPolicy};
 pub use repair::{RepairMode, RepairReport, repair};
 pub use scan::{LogSummary, Problem, SegmentReport, Severity, scan, scan_from, verify};

@@ -5,13 +5,14 @@
 //! as `<name>.tmp`, synced, then renamed.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 use sagalog_wal_format::{SegmentHeader, parse_segment_file_name, segment_file_name};
 
 use super::Error;
+use super::faults::{CreateStep, IoFaults};
 
 /// Suffix of a segment being created; such a file is never part of the log.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
@@ -90,17 +91,35 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// Creates segment `header.segment_id` in `dir` durably and returns it open for appending.
-pub(crate) fn create(dir: &Path, header: &SegmentHeader) -> Result<(PathBuf, File), Error> {
+///
+/// `faults` (tests only) can make any step fail; see [`CreateStep`]. A failure from
+/// `CreateStep::SyncDir` on leaves the new segment in place under its final name: the caller
+/// must then keep its predecessor exactly as synced, since the new segment's header already
+/// names the LSN that follows it.
+pub(crate) fn create(dir: &Path, header: &SegmentHeader, faults: Option<&IoFaults>) -> Result<(PathBuf, File), Error> {
     let path = dir.join(segment_file_name(header.segment_id));
     let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(header.segment_id)));
+    let fail_at = faults.and_then(IoFaults::on_create);
+    let step = |step: CreateStep, op: &'static str, path: &Path| {
+        if fail_at == Some(step) {
+            return Err(Error::Io { op, path: path.to_path_buf(), source: io::Error::other("injected failure") });
+        }
+        Ok(())
+    };
     {
+        step(CreateStep::CreateTmp, "create", &tmp)?;
         let mut f =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(Error::io("create", &tmp))?;
+        step(CreateStep::WriteHeader, "write", &tmp)?;
         f.write_all(&header.encode()).map_err(Error::io("write", &tmp))?;
+        step(CreateStep::SyncTmp, "fsync", &tmp)?;
         f.sync_all().map_err(Error::io("fsync", &tmp))?;
     }
+    step(CreateStep::Rename, "rename", &tmp)?;
     fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
+    step(CreateStep::SyncDir, "fsync directory", dir)?;
     fsync_dir(dir)?;
+    step(CreateStep::OpenAppend, "open for append", &path)?;
     let file = open_append(&path)?;
     Ok((path, file))
 }

@@ -7,11 +7,14 @@
 //!
 //! Invariants:
 //! - with `SyncPolicy::Always`, no LSN is handed out before an `fdatasync` covering it returned;
-//! - a failed write or `fdatasync` poisons the journal for good: nothing retries the sync (the
-//!   kernel may have dropped the dirty pages and would report success next time), every
-//!   waiting and later append fails, and the active segment is cut back to the end of its last
-//!   acknowledged record so the bytes of unacknowledged records do not linger; the next open recovers from
-//!   what is on disk;
+//! - a failed write, `fdatasync` or segment creation poisons the journal for good: nothing
+//!   retries the sync (the kernel may have dropped the dirty pages and would report success
+//!   next time), every waiting and later append fails, and the active segment is cut back to
+//!   the end of its last acknowledged or synced record, whichever is further, so the bytes of
+//!   unacknowledged records do not linger; the next open recovers from what is on disk;
+//! - no error path cuts a byte that an `fdatasync` covered: rotation syncs records of the
+//!   batch under way into the segment it seals, and the next segment's header (possibly
+//!   already renamed into place when creation fails) names the LSN after them;
 //! - a segment is synced before its successor is created, so only the last segment can end in
 //!   a torn record.
 //!
@@ -28,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sagalog_wal_format::{FIRST_LSN, PAYLOAD_BYTES_MAX, RecordKind, SegmentHeader, frame, frame_bytes};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::faults::IoFaults;
 use super::scan::{LogSummary, Severity, scan};
@@ -67,6 +70,8 @@ struct Shared {
     epoch: u64,
     /// The cause of the failure that poisoned the journal, once it happened.
     poisoned: OnceLock<String>,
+    /// Turns true right after `poisoned` is set, to wake [`Journal::wait_poisoned`].
+    poisoned_signal: watch::Sender<bool>,
     /// Highest LSN acknowledged to an appender (0 before the first).
     acked_lsn: AtomicU64,
 }
@@ -130,6 +135,7 @@ impl Journal {
                     file,
                     len: last.valid_end,
                     acked_len: last.valid_end,
+                    synced_len: last.valid_end,
                     records: last.records,
                 };
                 let sealed = rest.iter().map(|s| (s.id, s.first_lsn, s.path.clone())).collect();
@@ -138,16 +144,17 @@ impl Journal {
             None => {
                 let epoch = rand::random::<u64>();
                 let header = SegmentHeader { segment_id: 1, first_lsn: FIRST_LSN, epoch };
-                let (path, file) = create(&dir, &header)?;
+                let (path, file) = create(&dir, &header, options.faults.as_deref())?;
                 let len = sagalog_wal_format::SEGMENT_HEADER_BYTES as u64;
                 tracing::info!(dir = %dir.display(), epoch = format_args!("{epoch:#018x}"), "created a new journal");
-                (epoch, Active { id: 1, path, file, len, acked_len: len, records: 0 }, VecDeque::new())
+                (epoch, Active { id: 1, path, file, len, acked_len: len, synced_len: len, records: 0 }, VecDeque::new())
             }
         };
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             epoch,
             poisoned: OnceLock::new(),
+            poisoned_signal: watch::Sender::new(false),
             acked_lsn: AtomicU64::new(summary.last_lsn.unwrap_or(0)),
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity);
@@ -258,6 +265,18 @@ impl Journal {
         self.shared.poisoned.get().map(String::as_str)
     }
 
+    /// Resolves, with the cause, once the journal is poisoned (at once if it already is). The
+    /// server selects on it to stop serving and exit: a poisoned journal never heals in
+    /// process, recovery from disk at the next start is the cure.
+    pub async fn wait_poisoned(&self) -> String {
+        let mut signal = self.shared.poisoned_signal.subscribe();
+        if signal.wait_for(|poisoned| *poisoned).await.is_err() {
+            // Unreachable: `self` keeps the sender alive.
+            std::future::pending::<()>().await;
+        }
+        self.poisoned().unwrap_or_default().to_owned()
+    }
+
     fn check_append(&self, payload: &[u8]) -> Result<(), Error> {
         if payload.len() > PAYLOAD_BYTES_MAX as usize {
             return Err(Error::RecordTooLarge { len: payload.len(), max: PAYLOAD_BYTES_MAX });
@@ -314,8 +333,12 @@ struct Active {
     /// Bytes written (header included).
     len: u64,
     /// Bytes holding acknowledged records (durable ones under `SyncPolicy::Always`); a rollback
-    /// after a failure cuts back to this, never further.
+    /// after a failure cuts back to this or `synced_len`, whichever is further.
     acked_len: u64,
+    /// Bytes covered by the last successful `fdatasync` (or found on disk at open). A rollback
+    /// never cuts below this: rotation syncs records that are not acknowledged yet, and the
+    /// next segment's header already counts them.
+    synced_len: u64,
     records: u64,
 }
 
@@ -388,16 +411,17 @@ impl Writer {
             match control {
                 None | Some(Command::Append { .. }) => {}
                 Some(Command::Sync { reply }) => {
-                    let result = self.sync_if_dirty();
+                    let result = self.refuse_if_poisoned().and_then(|()| self.sync_if_dirty());
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
                 }
                 Some(Command::TruncateBefore { lsn, reply }) => {
-                    let _ = reply.send(self.truncate_before(lsn));
+                    let _ = reply.send(self.refuse_if_poisoned().and_then(|()| self.truncate_before(lsn)));
                 }
                 Some(Command::Shutdown { reply }) => {
-                    let result = self.sync_if_dirty();
+                    // A poisoned journal still releases its files and lock, but says it failed.
+                    let result = self.refuse_if_poisoned().and_then(|()| self.sync_if_dirty());
                     // Release files and the directory lock before answering, so that whoever
                     // asked can reopen at once.
                     drop(self);
@@ -407,6 +431,15 @@ impl Writer {
             }
         }
         let _ = self.sync_if_dirty();
+    }
+
+    /// `Err(Poisoned)` once the journal is poisoned: a sync or a shutdown after that must not
+    /// look successful (the records of the failed batch are not durable and never will be).
+    fn refuse_if_poisoned(&self) -> Result<(), Error> {
+        match self.shared.poisoned.get() {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// Writes and (by policy) syncs one batch, then answers its appenders.
@@ -519,6 +552,7 @@ impl Writer {
         let started = Instant::now();
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
         self.last_sync = started.elapsed();
+        self.active.synced_len = self.active.len;
         crate::metrics::get().journal_fsync.observe(self.last_sync.as_secs_f64());
         self.dirty_since = None;
         Ok(())
@@ -529,12 +563,12 @@ impl Writer {
     fn rotate(&mut self) -> Result<(), Error> {
         self.sync_if_dirty()?;
         let header = SegmentHeader { segment_id: self.active.id + 1, first_lsn: self.next_lsn, epoch: self.epoch };
-        let (path, file) = create(&self.dir, &header)?;
+        let (path, file) = create(&self.dir, &header, self.faults.as_deref())?;
         let len = sagalog_wal_format::SEGMENT_HEADER_BYTES as u64;
         let old_first_lsn = self.active_first_lsn();
         let old = std::mem::replace(
             &mut self.active,
-            Active { id: header.segment_id, path, file, len, acked_len: len, records: 0 },
+            Active { id: header.segment_id, path, file, len, acked_len: len, synced_len: len, records: 0 },
         );
         self.sealed.push_back((old.id, old_first_lsn, old.path));
         tracing::debug!(segment = header.segment_id, first_lsn = header.first_lsn, "started a new journal segment");
@@ -566,14 +600,18 @@ impl Writer {
         self.next_lsn - self.active.records
     }
 
-    /// Poisons the journal and cuts the active segment back to its acknowledged length, best
-    /// effort, so the bytes of records nobody was told about do not linger; the sync that failed
-    /// is never retried.
+    /// Poisons the journal and cuts the active segment back to its acknowledged or synced length
+    /// (whichever is further), best effort, so the bytes of records nobody was told about and
+    /// no sync covered do not linger; the sync that failed is never retried. Synced bytes are
+    /// never cut: after a failed rotation the next segment may already exist and start at the
+    /// LSN after them, and cutting them would leave a gap the next open refuses.
     fn poison(&mut self, error: Error) -> String {
         let cause = error.to_string();
         tracing::error!(error = %cause, "journal write failed; refusing all further appends until restart");
         let _ = self.shared.poisoned.set(cause.clone());
-        let _ = self.active.file.set_len(self.active.acked_len);
+        self.shared.poisoned_signal.send_replace(true);
+        crate::metrics::get().journal_poisoned.set(1);
+        let _ = self.active.file.set_len(self.active.acked_len.max(self.active.synced_len));
         self.buf.clear();
         self.dirty_since = None;
         cause

@@ -58,11 +58,11 @@ impl std::fmt::Display for ConfigSource {
 /// embedded default, read without writing it.
 pub fn load_catalog(data_dir: &Path, config: Option<&Path>) -> Result<(Catalog, ConfigSource), Error> {
     if let Some(path) = config {
-        return Ok((Catalog::load(path)?, ConfigSource::File(path.to_path_buf())));
+        return Ok((crate::node::load_config(path)?, ConfigSource::File(path.to_path_buf())));
     }
     let own = data_dir.join(CONFIG_FILE);
     if own.exists() {
-        return Ok((Catalog::load(&own)?, ConfigSource::DataDir(own)));
+        return Ok((crate::node::load_config(&own)?, ConfigSource::DataDir(own)));
     }
     Ok((Catalog::parse(EMBEDDED_DEFAULT)?, ConfigSource::EmbeddedDefault))
 }

@@ -9,6 +9,12 @@
 //! 4. the node flushes the index and syncs and closes the journal.
 //!
 //! Whatever is unfinished stays journaled; the next start's recovery resumes it.
+//!
+//! A poisoned journal (a write or fsync failed, a full disk is enough) never heals in process:
+//! within moments health turns NOT_SERVING and open `Watch` streams end with UNAVAILABLE naming
+//! the poisoning (a task started here watches for it), and `sagalog serve` then exits non-zero
+//! through [`Running::stop_poisoned`] so that a supervisor restarts it: recovery from disk is
+//! the cure. The server never sits refusing every submit while looking alive.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,6 +46,8 @@ pub struct Running {
     stop_grpc: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     metrics: Option<JoinHandle<()>>,
+    /// Turns health NOT_SERVING and ends watches once the journal is poisoned.
+    poison_watch: JoinHandle<()>,
     grace: Duration,
 }
 
@@ -77,6 +85,15 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
     health.set_serving::<pb::sagas_server::SagasServer<Api>>().await;
     health.set_serving::<pb::admin_server::AdminServer<Api>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let poison_watch = {
+        let (journal, health, stopping) = (node.journal.clone(), health.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let cause = journal.wait_poisoned().await;
+            set_not_serving(&health).await;
+            let _ = stopping.send(true);
+            tracing::error!(error = %cause, "journal poisoned: health NOT_SERVING, watches ended; the server exits, a restart recovers from disk");
+        })
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -126,8 +143,15 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         stop_grpc: Some(stop_grpc),
         grpc: Some(grpc),
         metrics,
+        poison_watch,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
+}
+
+async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health.set_not_serving::<pb::sagas_server::SagasServer<Api>>().await;
+    health.set_not_serving::<pb::admin_server::AdminServer<Api>>().await;
 }
 
 fn tls_config(data_dir: &Path, cert: &str, key: &str) -> Result<ServerTlsConfig, Error> {
@@ -157,10 +181,12 @@ impl Running {
 
     /// The graceful shutdown described in the module docs. Returns the number of participant
     /// calls still running when the grace period ran out (0 normally).
+    ///
+    /// A journal poisoned before or during the shutdown is reported as the error.
     pub async fn shutdown(mut self) -> Result<usize, Error> {
+        self.poison_watch.abort();
         let _ = self.stopping.send(true);
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-        self.health.set_not_serving::<pb::sagas_server::SagasServer<Api>>().await;
+        set_not_serving(&self.health).await;
         let unfinished_calls = self.node.executor.drain(self.grace).await;
         if unfinished_calls > 0 {
             tracing::warn!(
@@ -183,5 +209,31 @@ impl Running {
         }
         self.node.shutdown().await?;
         Ok(unfinished_calls)
+    }
+
+    /// Stops at once after the journal was poisoned (see the module docs): health is already
+    /// NOT_SERVING and watches ended; the gRPC server gets a moment to deliver those endings,
+    /// participant calls under way are not waited for (their outcomes could not be journaled;
+    /// recovery settles them by marker), and the journal is closed, releasing the data
+    /// directory. Returns the error to exit with, which names the poisoning.
+    pub async fn stop_poisoned(mut self) -> Error {
+        self.poison_watch.abort();
+        let _ = self.stopping.send(true);
+        set_not_serving(&self.health).await;
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        if let Some(grpc) = self.grpc.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.abort();
+        }
+        match self.node.shutdown().await {
+            Err(e) => Error::Node(e),
+            Ok(()) => Error::Node(node::Error::Journal(crate::journal::Error::Poisoned {
+                cause: self.node.journal.poisoned().unwrap_or("unknown").to_owned(),
+            })),
+        }
     }
 }

@@ -35,7 +35,8 @@ pub struct Api {
     pub submits: Arc<Semaphore>,
     pub max_pending_submits: u32,
     pub max_message_bytes: usize,
-    /// Becomes true when the server starts shutting down: watch streams end with UNAVAILABLE.
+    /// Becomes true when the server starts shutting down or the journal is poisoned: watch
+    /// streams end with UNAVAILABLE.
     pub stopping: watch::Receiver<bool>,
 }
 
@@ -131,11 +132,13 @@ impl pb::sagas_server::Sagas for Api {
                         }
                     }
                     () = async { drop(stopping.wait_for(|s| *s).await) } => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!(
-                                "server shutting down; reconnect with after_version = {last}"
-                            ))))
-                            .await;
+                        let message = match api.executor.journal().poisoned() {
+                            Some(cause) => format!(
+                                "the journal is poisoned ({cause}); the server exits and a restart recovers; reconnect with after_version = {last}"
+                            ),
+                            None => format!("server shutting down; reconnect with after_version = {last}"),
+                        };
+                        let _ = tx.send(Err(Status::unavailable(message))).await;
                         return;
                     }
                     _ = tx.closed() => return,
