@@ -9,6 +9,7 @@
 
 #![cfg(feature = "duckdb")]
 
+#[path = "wal/common.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

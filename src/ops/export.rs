@@ -4,7 +4,7 @@
 //! and every recovery pass), plus the sagas archived in the index whose journal segments were
 //! already deleted (their steps, attempt counts and last errors, without per-attempt rows).
 //! The schema is documented in `docs/operations.md`, with ready-made queries that the test
-//! suite runs against an export (`tests/export.rs`). Times are `TIMESTAMP` (UTC).
+//! suite runs against an export (`tests/ops/export.rs`). Times are `TIMESTAMP` (UTC).
 //!
 //! Tables (each replaced on every export):
 //! - `sagas(saga_id, status, submitted_at, finished_at, duration_ms, steps, recoveries,

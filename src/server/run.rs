@@ -231,7 +231,7 @@ impl Running {
         }
         match self.node.shutdown().await {
             Err(e) => Error::Node(e),
-            Ok(()) => Error::Node(node::Error::Journal(crate::journal::Error::Poisoned {
+            Ok(()) => Error::Node(crate::node::Error::Journal(crate::journal::Error::Poisoned {
                 cause: self.node.journal.poisoned().unwrap_or("unknown").to_owned(),
             })),
         }

@@ -3,7 +3,7 @@
 //! check that every acknowledged LSN is present with its exact payload. Many rounds on the same
 //! data directory, bounded in time.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! The `sagalog wal` command line as operators and scripts use it: exit codes, report contents,
 //! JSON lines from `dump`, and `repair`.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

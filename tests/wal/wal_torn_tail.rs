@@ -1,7 +1,7 @@
 //! A torn tail, what an interrupted append leaves, is cut off at open: every earlier record
 //! survives and appends continue with the next LSN.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 

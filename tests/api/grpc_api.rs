@@ -2,7 +2,7 @@
 //! clients. Submit, Get, Watch, List, Cancel, the Admin calls, every error code with a request
 //! that triggers it, auth, Watch resuming after a reconnect, graceful shutdown, and metrics.
 
-mod api_support;
+use crate::api_support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 
 #![cfg(feature = "duckdb")]
 
-mod ops_support;
+use crate::ops_support;
 
 use ops_support::*;
 use sagalog::engine::record::{Checkpoint, Failed, Finished, Started, Succeeded};

@@ -2,7 +2,7 @@
 //! in a given record, a participant whose marker is present or absent, and what a restart
 //! does. Journals are written record by record as a crashed executor would have left them.
 
-mod engine_support;
+use crate::engine_support;
 
 use std::path::Path;
 

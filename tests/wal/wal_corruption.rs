@@ -3,7 +3,7 @@
 //! and offset; `verify` reports the same place; `repair --truncate-corrupt` cuts there only
 //! after backing the damage up.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

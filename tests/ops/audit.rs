@@ -2,7 +2,7 @@
 //! in a participant (a deleted marker, an extra marker, a marker of no saga, an effect
 //! without a marker) is reported with its saga, step and participant, exit 1.
 
-mod ops_support;
+use crate::ops_support;
 
 use std::path::Path;
 

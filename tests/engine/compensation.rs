@@ -2,7 +2,7 @@
 //! that park instead of failing, compensation in strict reverse order of completed steps,
 //! cancel, STUCK and operator resolution. Participants are scripted in-memory ones.
 
-mod engine_support;
+use crate::engine_support;
 
 use std::time::Duration;
 

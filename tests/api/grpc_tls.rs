@@ -1,7 +1,7 @@
 //! `[server.tls]`: the port speaks TLS only. A client that trusts the CA gets through; a
 //! plaintext client and a client that does not trust the certificate do not.
 
-mod api_support;
+use crate::api_support;
 
 use std::path::PathBuf;
 

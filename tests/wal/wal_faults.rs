@@ -1,7 +1,7 @@
 //! Injected I/O failures: a failed fsync or write poisons the journal. Nothing after it is
 //! acknowledged, the sync is never retried, and reopening sees exactly the acknowledged records.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

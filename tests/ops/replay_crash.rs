@@ -2,7 +2,7 @@
 //! result as an uninterrupted serve-style start: every saga ends as designed, every effect
 //! exists exactly once (or not at all), and the audit finds nothing to report.
 
-mod ops_support;
+use crate::ops_support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! without markers, a STUCK saga, compensating sagas), proven to change no byte; offline
 //! replay ending in the same states as a serve-style start; lock refusal and bad input.
 
-mod ops_support;
+use crate::ops_support;
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 
 #![cfg(feature = "duckdb")]
 
-mod ops_support;
+use crate::ops_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Appending and reading back: what goes in comes out, with the same LSNs, across segment
 //! rotations, reopens and checkpoint truncation.
 
-mod common;
+use crate::common;
 
 use common::{append_all, fast, payload, read_all, segments};
 use proptest::prelude::*;

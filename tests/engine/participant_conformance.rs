@@ -394,7 +394,7 @@ macro_rules! case_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 let Some(h) = $make().await else { return };
-                crate::cases::$case(&h).await;
+                crate::participant_conformance::cases::$case(&h).await;
                 h.finish().await;
             }
         )*

@@ -1,7 +1,7 @@
 //! The real `sagalog serve` process, killed with SIGKILL while a saga is mid-step and started
 //! again: `Get` then reports the saga finished, with its effect applied exactly once.
 
-mod api_support;
+use crate::api_support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

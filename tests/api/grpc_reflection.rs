@@ -3,7 +3,7 @@
 //! and submits and polls a saga with them. No compiled-in sagalog stubs are used here. Also the
 //! standard health service, as grpc_health_probe and Kubernetes probes call it.
 
-mod api_support;
+use crate::api_support;
 
 use std::time::Duration;
 

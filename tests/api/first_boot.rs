@@ -4,7 +4,7 @@
 //! of as whatever its missing lines make it look like. Owns no server: it drives `Node::start`
 //! and the `sagalog serve` binary only as far as their first boot.
 
-mod api_support;
+use crate::api_support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -66,13 +66,16 @@ fn trace_first_boot(data: &Path, config: Option<&Path>) -> Option<Vec<String>> {
     let out = match cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output() {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("SKIPPED first_boot_fsyncs_*: strace is not installed ({e})");
+            api_support::skip_or_fail(&format!("first_boot_fsyncs_*: strace is not installed ({e})"));
             return None;
         }
     };
     let trace = std::fs::read_to_string(&log).unwrap_or_default();
     if !trace.contains("mkdir") {
-        eprintln!("SKIPPED first_boot_fsyncs_*: strace cannot trace here: {}", String::from_utf8_lossy(&out.stderr));
+        api_support::skip_or_fail(&format!(
+            "first_boot_fsyncs_*: strace cannot trace here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
         return None;
     }
     Some(calls(&trace))

@@ -1,0 +1,14 @@
+//! The executor, recovery, the archive and the participants: compensation, cancel, STUCK and
+//! resolve, crash recovery by marker, the sled index, the participant contract (conformance)
+//! and outages behind circuit breakers.
+//!
+//! One test binary for the area (each file is a module), so the suite links a few binaries
+//! instead of one per file.
+
+mod archive;
+mod compensation;
+mod engine_support;
+mod index;
+mod participant_conformance;
+mod participant_outage;
+mod recovery;
