@@ -477,6 +477,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.active.acked_len = self.active.len;
+                // The LSNs handed out are dense and above everything acknowledged before: a
+                // gap or a repeat would be a writer bug that recovery could not tell from loss.
+                let acked = self.shared.acked_lsn.load(Ordering::Acquire);
+                assert!(
+                    pending.first().is_none_or(|p| p.lsn > acked)
+                        && pending.windows(2).all(|w| w[1].lsn == w[0].lsn + 1),
+                    "journal writer bug: batch LSNs {:?} after acknowledged LSN {acked}",
+                    pending.iter().map(|p| p.lsn).collect::<Vec<_>>()
+                );
                 if let Some(last) = pending.last() {
                     self.shared.acked_lsn.store(last.lsn, Ordering::Release);
                     crate::metrics::get().journal_lsn.set(last.lsn as i64);
