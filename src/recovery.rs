@@ -55,9 +55,15 @@ pub struct Rebuilt {
 /// sagas the checkpoint says are finished and archived; they are skipped. Pure apart from
 /// reading.
 pub fn rebuild(journal_dir: &Path, from_lsn: u64) -> Result<Rebuilt, Error> {
+    rebuild_upto(journal_dir, from_lsn, None)
+}
+
+/// [`rebuild`] of a journal that is being written: only records up to `upto_lsn` (the
+/// acknowledged LSN when the pass starts) are read.
+pub fn rebuild_upto(journal_dir: &Path, from_lsn: u64, upto_lsn: Option<u64>) -> Result<Rebuilt, Error> {
     let mut out = Rebuilt::default();
     let mut failure = None;
-    let summary = journal::scan_from(journal_dir, from_lsn, |r, _, _| {
+    let summary = journal::scan_upto(journal_dir, from_lsn, upto_lsn, |r, _, _| {
         if failure.is_some() {
             return;
         }
@@ -101,9 +107,12 @@ pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
 const RECOVERY: &str = "recovery";
 
 /// [`rebuild`] of the executor's journal on a blocking thread (it reads and decodes the log).
-async fn rebuild_off_runtime(executor: &Executor, from_lsn: u64) -> Result<Rebuilt, Error> {
+/// With `live`, only records acknowledged when the pass starts are read (the writer keeps
+/// appending meanwhile).
+async fn rebuild_off_runtime(executor: &Executor, from_lsn: u64, live: bool) -> Result<Rebuilt, Error> {
     let journal_dir = executor.journal().dir().to_path_buf();
-    tokio::task::spawn_blocking(move || rebuild(&journal_dir, from_lsn))
+    let upto = live.then(|| executor.journal().acked_lsn());
+    tokio::task::spawn_blocking(move || rebuild_upto(&journal_dir, from_lsn, upto))
         .await
         .map_err(|e| Error::Corrupt(format!("recovery task failed: {e}")))?
 }
@@ -113,7 +122,7 @@ async fn rebuild_off_runtime(executor: &Executor, from_lsn: u64) -> Result<Rebui
 /// compensates each unfinished saga.
 pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error> {
     let started = Instant::now();
-    let Rebuilt { mut sagas, first_lsn, records } = rebuild_off_runtime(executor, from_lsn).await?;
+    let Rebuilt { mut sagas, first_lsn, records } = rebuild_off_runtime(executor, from_lsn, false).await?;
     let unfinished = sagas.values().filter(|s| !s.is_finished()).count();
     let in_doubt = sagas
         .values()
@@ -165,7 +174,7 @@ pub struct PassReport {
 pub async fn recover_missing(executor: &Executor) -> Result<PassReport, Error> {
     let started = Instant::now();
     let from_lsn = executor.checkpoint_lsn();
-    let Rebuilt { sagas, first_lsn, .. } = rebuild_off_runtime(executor, from_lsn).await?;
+    let Rebuilt { sagas, first_lsn, .. } = rebuild_off_runtime(executor, from_lsn, true).await?;
     let mut report = PassReport::default();
     for saga in sagas.into_values().filter(|s| !s.is_finished()) {
         report.unfinished += 1;

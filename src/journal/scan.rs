@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use sagalog_wal_format::segment::{self, Expect, Tail};
-use sagalog_wal_format::{DecodeError, ErrorKind, FIRST_LSN, Record};
+use sagalog_wal_format::{DecodeError, ErrorKind, FIRST_LSN, Record, SegmentHeader};
 
 use super::Error;
-use super::segment::{list, map};
+use super::segment::{list, read};
 
 /// One segment as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +91,22 @@ pub fn scan(dir: &Path, visit: impl FnMut(Record<'_>, u64, u64)) -> Result<LogSu
 
 /// [`scan`], handing `visit` only the records from `from_lsn` on. Every record is still
 /// verified (checksums, LSN and epoch chains), because a reader that skipped the bytes before
-/// `from_lsn` could not tell a sound log from a damaged one; at memory-map speed this costs
+/// `from_lsn` could not tell a sound log from a damaged one; at read speed this costs
 /// little, and checkpoints keep the log short.
-pub fn scan_from(dir: &Path, from_lsn: u64, mut visit: impl FnMut(Record<'_>, u64, u64)) -> Result<LogSummary, Error> {
+pub fn scan_from(dir: &Path, from_lsn: u64, visit: impl FnMut(Record<'_>, u64, u64)) -> Result<LogSummary, Error> {
+    scan_upto(dir, from_lsn, None, visit)
+}
+
+/// [`scan_from`] of a journal that may be written meanwhile (an `Admin.Recover` pass): only
+/// records up to `upto_lsn`, the acknowledged LSN when the pass started, are read and handed
+/// to `visit`; whatever the writer appends after it (never acknowledged yet) is not looked at.
+/// `None` reads everything, for a journal no one writes.
+pub fn scan_upto(
+    dir: &Path,
+    from_lsn: u64,
+    upto_lsn: Option<u64>,
+    mut visit: impl FnMut(Record<'_>, u64, u64),
+) -> Result<LogSummary, Error> {
     let listing = list(dir)?;
     let mut summary = LogSummary {
         epoch: None,
@@ -115,11 +128,18 @@ pub fn scan_from(dir: &Path, from_lsn: u64, mut visit: impl FnMut(Record<'_>, u6
             summary.problem = Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected })));
             break;
         }
-        let mapped = map(&path, None)?;
-        let bytes = mapped.bytes();
+        let bytes = read(&path, None)?;
+        let bytes = match upto_lsn {
+            // A segment that starts past the bound was created after it: not part of the pass.
+            Some(upto) if SegmentHeader::decode(&bytes).is_ok_and(|h| h.first_lsn > upto) => break,
+            _ => &bytes[..],
+        };
         // (records, first LSN, last LSN) visited in this segment.
         let mut seen: (u64, Option<u64>, Option<u64>) = (0, None, None);
         let scanned = segment::scan(id, bytes, Expect { segment_id: Some(id), ..expect }, |record, offset| {
+            if upto_lsn.is_some_and(|upto| record.lsn > upto) {
+                return;
+            }
             seen = (seen.0 + 1, seen.1.or(Some(record.lsn)), Some(record.lsn));
             if record.lsn >= from_lsn {
                 visit(record, id, offset)

@@ -1,4 +1,4 @@
-//! Segment files: listing them, mapping them, creating, truncating and deleting them durably.
+//! Segment files: listing them, reading them, creating, truncating and deleting them durably.
 //!
 //! Every operation that changes which segment files exist is followed by an `fsync` of the
 //! journal directory, and a segment appears under its final name only complete: it is written
@@ -8,7 +8,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapOptions};
 use sagalog_wal_format::{SegmentHeader, parse_segment_file_name, segment_file_name};
 
 use super::Error;
@@ -46,44 +45,22 @@ pub(crate) fn list(dir: &Path) -> Result<Listing, Error> {
     Ok(listing)
 }
 
-/// A read-only view of a segment file's bytes.
-pub(crate) enum Mapped {
-    Map(Mmap),
-    Empty,
-}
-
-impl Mapped {
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Mapped::Map(m) => m,
-            Mapped::Empty => &[],
-        }
-    }
-}
-
-/// Maps the first `len_max` bytes of a segment (all of it when `None`).
-pub(crate) fn map(path: &Path, len_max: Option<u64>) -> Result<Mapped, Error> {
+/// Reads the first `len_max` bytes of a segment (all of it when `None`) with plain reads.
+///
+/// Not a memory map: an I/O error on a mapped page (a failing disk, EIO) or a file shortened
+/// under a live map (a poisoned writer's rollback) is a SIGBUS that kills the process; a read
+/// reports either as an error naming the file. Readers of a live journal also bound what they
+/// look at by the acknowledged LSN (see `scan::scan_upto`).
+pub(crate) fn read(path: &Path, len_max: Option<u64>) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
     let file = File::open(path).map_err(Error::io("open", path))?;
     let file_len = file.metadata().map_err(Error::io("stat", path))?.len();
     let len = len_max.map_or(file_len, |m| m.min(file_len));
-    if len == 0 {
-        return Ok(Mapped::Empty);
-    }
-    let len = usize::try_from(len).map_err(|_| Error::Options(format!("{} is too large to map", path.display())))?;
-    // SAFETY: mapping a file is unsafe because another party could change or shorten it while
-    // the returned slice is alive, breaking the immutability `&[u8]` promises (a shortened file
-    // turns reads into SIGBUS). sagalog never rewrites bytes of a segment that were written:
-    // the writer only appends beyond what any map covers. The only operations that shorten a
-    // segment are (a) torn-tail truncation at open and `wal repair`, which run under the
-    // exclusive data-directory lock while no map of that segment exists in the process, and
-    // every reader in another process holds the shared lock, which excludes them; and (b) the
-    // writer's rollback after a failed write or sync, which truncates the active segment only
-    // down to the end of its last acknowledged record, and live readers map no further than
-    // that (`len_max`).
-    // Deleting a segment unlinks it, which leaves existing maps valid. Processes that ignore
-    // the lock are out of scope, as for any database file.
-    let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(Error::io("mmap", path))?;
-    Ok(Mapped::Map(map))
+    let capacity =
+        usize::try_from(len).map_err(|_| Error::Options(format!("{} is too large to read", path.display())))?;
+    let mut bytes = Vec::with_capacity(capacity);
+    file.take(len).read_to_end(&mut bytes).map_err(Error::io("read", path))?;
+    Ok(bytes)
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
