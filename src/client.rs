@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
@@ -547,10 +547,7 @@ pub fn rfc3339_ms(ms: u64) -> Option<String> {
     (ms != 0).then(|| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
 }
 
-/// Now, in milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

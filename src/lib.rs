@@ -21,7 +21,8 @@
 //! - [`node`] assembles a running instance (lock, journal, participants, executor, recovery);
 //! - [`api`] holds the generated gRPC types and the status conversion both sides share;
 //!   [`server`] serves them (auth, limits, health, metrics endpoint, graceful shutdown);
-//! - [`metrics`] holds the process-wide Prometheus metrics;
+//! - [`metrics`] holds the process-wide Prometheus metrics; [`clock`] reads the wall clock
+//!   for the timestamps sagalog records;
 //! - [`ops`] is the offline operator toolkit (recovery plan, replay, audit, export);
 //! - [`cli`] is the `sagalog` command line; `anyhow` is used only there and in `main.rs`;
 //! - [`client`] is the Rust client of the gRPC API, used by the CLI's client commands and tests.
@@ -34,6 +35,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod data_dir;
 pub mod engine;

@@ -351,9 +351,7 @@ pub async fn recover(offline: &Offline, from_lsn: u64) -> Result<recovery::Repor
     Ok(recovery::recover(&offline.executor, from_lsn).await?)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,6 @@
 //! What every participant kind shares about its markers: how a stored `(step, direction)`
 //! reads back, and the informational commit time. Never opens a store.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::{Direction, Error};
 
 /// Turns a stored `(step, direction)` back into its typed form; anything else in the marker
@@ -20,5 +18,5 @@ pub(crate) fn parse_marker(name: &str, step: i64, direction: &str) -> Result<(u3
 
 /// Milliseconds since the Unix epoch, for the marker's `applied_at_ms` (informational only).
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
