@@ -30,6 +30,12 @@ pub enum Error {
     Options(String),
     #[error(transparent)]
     DataDir(#[from] crate::data_dir::Error),
+    /// The journal disagrees with the rest of the data directory; refused before opening
+    /// changed anything. The message names what disagrees and what to run.
+    #[error("{message}")]
+    Inconsistent { message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::Error),
 }
 
 impl Error {
