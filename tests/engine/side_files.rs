@@ -192,3 +192,60 @@ async fn checkpoint_past_the_log_refuses_to_start() {
     let message = refused(dir.path(), &config, &checkpoint::path(dir.path())).await;
     assert!(message.contains("past the end of the journal"), "{message}");
 }
+
+/// `wal repair --truncate-corrupt` refuses a cut below the checkpoint's `replay_from_lsn`,
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_refuses_to_cut_below_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    healthy(dir.path()).await;
+    let summary = sagalog::journal::verify(&dir.path().join("journal")).unwrap();
+    let n = summary.segments.len();
+    // Recovery replays from the last segment; the damage is in the one before.
+    let cp = checkpoint::read(dir.path()).unwrap().unwrap();
+    let later = Checkpoint { replay_from_lsn: summary.segments[n - 1].first_lsn, ..cp };
+    checkpoint::write(dir.path(), &later).unwrap();
+    let damaged = &summary.segments[n - 2].path;
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let at = sagalog::wal_format::SEGMENT_HEADER_BYTES + 12;
+    bytes[at] ^= 0xff;
+    std::fs::write(damaged, &bytes).unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> =
+        segments(dir.path()).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+
+    let err = sagalog::journal::repair(dir.path(), sagalog::journal::RepairMode::TruncateCorrupt)
+        .expect_err("a cut below the checkpoint is refused");
+    let message = err.to_string();
+    assert!(message.contains("refusing to cut"), "{message}");
+    assert!(message.contains(&checkpoint::path(dir.path()).display().to_string()), "{message}");
+    assert!(message.contains("wal verify") && message.contains("--dry-run"), "{message}");
+    let after: Vec<(PathBuf, Vec<u8>)> =
+        segments(dir.path()).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    assert_eq!(after, before, "nothing was changed");
+    assert!(!dir.path().join("wal-backup").exists());
+}
+
+/// A cut above the checkpoint's `replay_from_lsn` but below the journal end it recorded goes
+/// ahead, says which acknowledged records left the log, and records the new end, so that the
+/// next start accepts the repaired log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_above_the_checkpoint_records_the_new_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = healthy(dir.path()).await;
+    let summary = sagalog::journal::verify(&dir.path().join("journal")).unwrap();
+    let n = summary.segments.len();
+    let cp = checkpoint::read(dir.path()).unwrap().unwrap();
+    let damaged = &summary.segments[n - 2];
+    assert!(damaged.first_lsn > cp.replay_from_lsn, "the damage lies above the checkpoint");
+    let mut bytes = std::fs::read(&damaged.path).unwrap();
+    bytes[sagalog::wal_format::SEGMENT_HEADER_BYTES + 12] ^= 0xff;
+    std::fs::write(&damaged.path, &bytes).unwrap();
+
+    let report = sagalog::journal::repair(dir.path(), sagalog::journal::RepairMode::TruncateCorrupt).unwrap();
+    assert_eq!(report.checkpoint_end_lowered, Some((cp.journal_next_lsn, damaged.first_lsn)));
+    let after = checkpoint::read(dir.path()).unwrap().unwrap();
+    assert_eq!(after, Checkpoint { journal_next_lsn: damaged.first_lsn, ..cp });
+    let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
+    assert_eq!(node.executor.archived("a0").unwrap().map(|r| r.status), Some("COMPLETED".into()));
+    node.shutdown().await.unwrap();
+}
