@@ -12,14 +12,22 @@
 //! | offset | size | field                 | meaning                                        |
 //! |-------:|-----:|-----------------------|------------------------------------------------|
 //! |      0 |    8 | magic                 | the ASCII bytes `SAGACKPT`                     |
-//! |      8 |    2 | format version (u16)  | [`FORMAT_VERSION`]                             |
+//! |      8 |    2 | format version (u16)  | [`FORMAT_VERSION`] (2)                         |
 //! |     10 |    8 | `replay_from_lsn`     | first LSN recovery replays                     |
 //! |     18 |    8 | `indexed_through_lsn` | the index holds every saga finished up to here |
 //! |     26 |    8 | `written_at_ms`       | wall clock when written, for operators         |
-//! |     34 |    4 | CRC32 (u32)           | `crc32fast` of bytes 0..34                     |
+//! |     34 |    8 | `journal_next_lsn`    | every LSN below it was durable in the journal  |
+//! |     42 |    4 | CRC32 (u32)           | `crc32fast` of bytes 0..42                     |
 //!
-//! A later format version may change anything after the version field; this build reads
-//! version 1 only and reports any other as an error.
+//! Version 1 (written by earlier builds, still read) is the same without `journal_next_lsn`:
+//! 38 bytes, the CRC32 at offset 34 over bytes 0..34. It reads back with `journal_next_lsn`
+//! 0 ("unknown"), and an index written before version 2 carries no
+//! [`crate::index::Index::indexed_through_lsn`] mark, so startup skips the checks that need
+//! them. Any other version is reported as an error.
+//!
+//! Startup cross-checks a checkpoint against the journal and the index (see
+//! `crate::node`): `replay_from_lsn` must lie within the journal, the journal must reach
+//! `journal_next_lsn`, and the index must be marked as holding at least `indexed_through_lsn`.
 //!
 //! # Writing, and what a crash leaves
 //!
@@ -51,23 +59,32 @@ pub const FILE_NAME: &str = "checkpoint";
 pub const TMP_FILE_NAME: &str = "checkpoint.tmp";
 /// The first bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"SAGACKPT";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes (it also reads [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u16 = 2;
+/// The first format version, without `journal_next_lsn`.
+pub const FORMAT_VERSION_1: u16 = 1;
 
 const VERSION_OFFSET: usize = MAGIC.len();
 const REPLAY_FROM_OFFSET: usize = VERSION_OFFSET + size_of::<u16>();
 const INDEXED_THROUGH_OFFSET: usize = REPLAY_FROM_OFFSET + size_of::<u64>();
 const WRITTEN_AT_OFFSET: usize = INDEXED_THROUGH_OFFSET + size_of::<u64>();
-const CRC_OFFSET: usize = WRITTEN_AT_OFFSET + size_of::<u64>();
-/// Size of a checkpoint file in bytes.
+const JOURNAL_NEXT_OFFSET: usize = WRITTEN_AT_OFFSET + size_of::<u64>();
+const CRC_OFFSET: usize = JOURNAL_NEXT_OFFSET + size_of::<u64>();
+/// Size of a checkpoint file (of [`FORMAT_VERSION`]) in bytes.
 pub const FILE_BYTES: usize = CRC_OFFSET + size_of::<u32>();
+/// In a version-1 file the checksum follows `written_at_ms`.
+const V1_CRC_OFFSET: usize = JOURNAL_NEXT_OFFSET;
+/// Size of a version-1 checkpoint file in bytes.
+pub const V1_FILE_BYTES: usize = V1_CRC_OFFSET + size_of::<u32>();
 
 // The byte table in the module doc, checked.
 const _: () = assert!(REPLAY_FROM_OFFSET == 10);
 const _: () = assert!(INDEXED_THROUGH_OFFSET == 18);
 const _: () = assert!(WRITTEN_AT_OFFSET == 26);
-const _: () = assert!(CRC_OFFSET == 34);
-const _: () = assert!(FILE_BYTES == 38);
+const _: () = assert!(JOURNAL_NEXT_OFFSET == 34);
+const _: () = assert!(CRC_OFFSET == 42);
+const _: () = assert!(FILE_BYTES == 46);
+const _: () = assert!(V1_FILE_BYTES == 38);
 
 /// Where recovery starts and how far the index reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +95,24 @@ pub struct Checkpoint {
     /// The index holds every saga that finished at or below this LSN.
     pub indexed_through_lsn: u64,
     pub written_at_ms: u64,
+    /// Every LSN below this was durable in the journal when the checkpoint was written: a
+    /// journal that ends below it lost records (a deleted last segment). 0 when unknown (a
+    /// version-1 file).
+    pub journal_next_lsn: u64,
 }
 
 /// What is wrong with the bytes of a checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
-    #[error("it is {len} bytes long, shorter than the {FILE_BYTES} of a checkpoint")]
-    Short { len: usize },
-    #[error("it is longer than the {FILE_BYTES} bytes of a checkpoint")]
-    Long,
+    #[error("it is {len} bytes long, shorter than the {expected} of a checkpoint")]
+    Short { len: usize, expected: usize },
+    #[error("it is longer than the {expected} bytes of a checkpoint")]
+    Long { expected: usize },
     #[error("it does not start with the magic SAGACKPT")]
     BadMagic,
-    #[error("it has format version {0}, which this sagalog does not read (it reads {FORMAT_VERSION})")]
+    #[error(
+        "it has format version {0}, which this sagalog does not read (it reads {FORMAT_VERSION_1} and {FORMAT_VERSION})"
+    )]
     UnknownVersion(u16),
     #[error("its checksum is {stored:#010x} but its bytes sum to {computed:#010x}")]
     BadChecksum { stored: u32, computed: u32 },
@@ -113,36 +136,59 @@ pub enum Error {
 }
 
 impl Checkpoint {
-    /// The file's bytes, as the module doc lays them out.
+    /// The file's bytes ([`FORMAT_VERSION`]), as the module doc lays them out.
     pub fn encode(&self) -> [u8; FILE_BYTES] {
         let mut bytes = [0u8; FILE_BYTES];
-        bytes[..VERSION_OFFSET].copy_from_slice(&MAGIC);
-        bytes[VERSION_OFFSET..REPLAY_FROM_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes[REPLAY_FROM_OFFSET..INDEXED_THROUGH_OFFSET].copy_from_slice(&self.replay_from_lsn.to_le_bytes());
-        bytes[INDEXED_THROUGH_OFFSET..WRITTEN_AT_OFFSET].copy_from_slice(&self.indexed_through_lsn.to_le_bytes());
-        bytes[WRITTEN_AT_OFFSET..CRC_OFFSET].copy_from_slice(&self.written_at_ms.to_le_bytes());
+        self.encode_common(&mut bytes, FORMAT_VERSION);
+        bytes[JOURNAL_NEXT_OFFSET..CRC_OFFSET].copy_from_slice(&self.journal_next_lsn.to_le_bytes());
         let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
         bytes[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
 
-    /// Decodes a whole checkpoint file. Checks, in order: length, magic, version, checksum.
+    /// The bytes an earlier build wrote ([`FORMAT_VERSION_1`], no `journal_next_lsn`); for
+    /// tests of reading old data directories.
+    pub fn encode_version_1(&self) -> [u8; V1_FILE_BYTES] {
+        let mut bytes = [0u8; V1_FILE_BYTES];
+        self.encode_common(&mut bytes, FORMAT_VERSION_1);
+        let crc = crc32fast::hash(&bytes[..V1_CRC_OFFSET]);
+        bytes[V1_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Magic, version and the fields both versions share.
+    fn encode_common(&self, bytes: &mut [u8], version: u16) {
+        bytes[..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        bytes[VERSION_OFFSET..REPLAY_FROM_OFFSET].copy_from_slice(&version.to_le_bytes());
+        bytes[REPLAY_FROM_OFFSET..INDEXED_THROUGH_OFFSET].copy_from_slice(&self.replay_from_lsn.to_le_bytes());
+        bytes[INDEXED_THROUGH_OFFSET..WRITTEN_AT_OFFSET].copy_from_slice(&self.indexed_through_lsn.to_le_bytes());
+        bytes[WRITTEN_AT_OFFSET..JOURNAL_NEXT_OFFSET].copy_from_slice(&self.written_at_ms.to_le_bytes());
+    }
+
+    /// Decodes a whole checkpoint file of either version. Checks, in order: length of the
+    /// header, magic, version, length for that version, checksum.
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, Problem> {
-        if bytes.len() < FILE_BYTES {
-            return Err(Problem::Short { len: bytes.len() });
+        if bytes.len() < REPLAY_FROM_OFFSET {
+            return Err(Problem::Short { len: bytes.len(), expected: FILE_BYTES });
         }
-        let Ok(bytes) = <&[u8; FILE_BYTES]>::try_from(bytes) else {
-            return Err(Problem::Long);
-        };
         if bytes[..VERSION_OFFSET] != MAGIC {
             return Err(Problem::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
-        if version != FORMAT_VERSION {
-            return Err(Problem::UnknownVersion(version));
+        let crc_offset = match version {
+            FORMAT_VERSION => CRC_OFFSET,
+            FORMAT_VERSION_1 => V1_CRC_OFFSET,
+            other => return Err(Problem::UnknownVersion(other)),
+        };
+        let expected = crc_offset + size_of::<u32>();
+        if bytes.len() < expected {
+            return Err(Problem::Short { len: bytes.len(), expected });
         }
-        let computed = crc32fast::hash(&bytes[..CRC_OFFSET]);
-        let stored = u32::from_le_bytes(le_field(bytes, CRC_OFFSET));
+        if bytes.len() > expected {
+            return Err(Problem::Long { expected });
+        }
+        let computed = crc32fast::hash(&bytes[..crc_offset]);
+        let stored = u32::from_le_bytes(le_field(bytes, crc_offset));
         if stored != computed {
             return Err(Problem::BadChecksum { stored, computed });
         }
@@ -150,12 +196,16 @@ impl Checkpoint {
             replay_from_lsn: u64::from_le_bytes(le_field(bytes, REPLAY_FROM_OFFSET)),
             indexed_through_lsn: u64::from_le_bytes(le_field(bytes, INDEXED_THROUGH_OFFSET)),
             written_at_ms: u64::from_le_bytes(le_field(bytes, WRITTEN_AT_OFFSET)),
+            journal_next_lsn: match version {
+                FORMAT_VERSION => u64::from_le_bytes(le_field(bytes, JOURNAL_NEXT_OFFSET)),
+                _ => 0,
+            },
         })
     }
 }
 
-/// The `N` bytes at `offset`; offsets are the constants above, always in range.
-fn le_field<const N: usize>(bytes: &[u8; FILE_BYTES], offset: usize) -> [u8; N] {
+/// The `N` bytes at `offset`; callers checked the length, so offsets are in range.
+fn le_field<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
     let mut field = [0u8; N];
     field.copy_from_slice(&bytes[offset..offset + N]);
     field
@@ -187,6 +237,7 @@ pub fn write(data_dir: &Path, cp: &Checkpoint) -> Result<(), Error> {
     tracing::debug!(
         replay_from_lsn = cp.replay_from_lsn,
         indexed_through_lsn = cp.indexed_through_lsn,
+        journal_next_lsn = cp.journal_next_lsn,
         "checkpoint written"
     );
     Ok(())

@@ -6,6 +6,12 @@
 //! otherwise the embedded default is written there first (atomically: temporary file, fsync,
 //! rename, directory fsync), so later offline commands need only `--data-dir`. A config that is
 //! empty or cut short is refused as such ([`load_config`]).
+//!
+//! Before anything is opened for writing, startup cross-checks the durable state
+//! ([`check_journal`], [`check_index_mark`]): the checkpoint, the journal's LSN range and the
+//! index must agree, or the start is refused with [`Error::Inconsistent`], naming what
+//! disagrees and what to run. It never guesses and never recreates a missing journal or index
+//! next to a checkpoint: an empty one would drop every saga the missing one held.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,10 +21,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::catalog::{Catalog, ConfigError, EMBEDDED_DEFAULT};
 use crate::checkpoint::{self, Checkpoint};
-use crate::data_dir::{Access, DataDir};
+use crate::data_dir::{Access, DataDir, JOURNAL_DIR};
 use crate::executor::Executor;
 use crate::index::{self, Index};
-use crate::journal::{self, Journal, Options, SyncPolicy};
+use crate::journal::{self, Journal, LogSummary, Options, SyncPolicy};
+use crate::wal_format::FIRST_LSN;
 use crate::{participant, recovery};
 
 /// File name of a data directory's own configuration.
@@ -42,6 +49,9 @@ pub enum Error {
     Index(#[from] index::Error),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::Error),
+    /// The checkpoint, the journal and the index disagree; see [`refusal`].
+    #[error("{message}")]
+    Inconsistent { message: String },
 }
 
 /// Folder of the sled index inside the data directory.
@@ -72,6 +82,7 @@ impl Node {
         config: Option<&Path>,
         faults: Option<Arc<journal::IoFaults>>,
     ) -> Result<Node, Error> {
+        refuse_missing_journal_dir(data_dir)?;
         let data_dir = Arc::new(DataDir::open(data_dir, Access::Exclusive)?);
         let config_path = match config {
             Some(path) => path.to_path_buf(),
@@ -81,15 +92,27 @@ impl Node {
         let sync = SyncPolicy::parse(&catalog.config.journal.sync).map_err(ConfigError::Invalid)?;
         let options =
             Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, faults, ..Options::default() };
-        let opened = Journal::open(data_dir.clone(), options)?;
+        // A checkpoint that cannot be read stops the start: replaying from the wrong place
+        // could miss sagas.
+        let cp = checkpoint::read(data_dir.root())?;
+        let index_dir = data_dir.root().join(INDEX_DIR);
+        // Looked at before sled gets a chance to create an empty index there.
+        let index_existed = index_dir.is_dir();
+        let root = data_dir.root().to_path_buf();
+        let opened = Journal::open_checked(data_dir.clone(), options, |summary| {
+            check_journal(&root, cp.as_ref(), index_existed, summary)
+        })?;
         if let Some((path, offset, bytes)) = &opened.truncated_tail {
             tracing::warn!(segment = %path.display(), offset, bytes, "journal had a torn tail (never acknowledged); truncated");
         }
         let participants = participant::open_all(&catalog.config.participants, data_dir.root())?;
-        let index = Index::open_with_cache(data_dir.root().join(INDEX_DIR), catalog.config.index.cache_bytes_max)?;
-        // A checkpoint that cannot be read stops the start: replaying from the wrong place
-        // could miss sagas.
-        let from_lsn = checkpoint::read(data_dir.root())?.map_or(crate::wal_format::FIRST_LSN, |c| c.replay_from_lsn);
+        let index = Index::open_with_cache(&index_dir, catalog.config.index.cache_bytes_max).map_err(|e| {
+            Error::Inconsistent { message: refusal(&root, &format!("the index cannot be opened: {e}")) }
+        })?;
+        if let Some(cp) = &cp {
+            check_index_mark(&root, cp, &index)?;
+        }
+        let from_lsn = cp.map_or(FIRST_LSN, |c| c.replay_from_lsn);
         let executor = Executor::with_index(opened.journal.clone(), catalog.clone(), participants, Some(index.clone()));
         let recovery = recovery::recover(&executor, from_lsn).await?;
         let mut node =
@@ -131,6 +154,7 @@ impl Node {
             archiver.abort();
             let _ = archiver.await;
         }
+        self.record_journal_end().await;
         let flushed = self.index.flush();
         match self.journal.shutdown().await {
             Err(e) => {
@@ -141,6 +165,36 @@ impl Node {
             }
             Ok(()) => flushed.map_err(Error::from),
         }
+    }
+}
+
+impl Node {
+    /// Records in the checkpoint, if there is one, how far the journal reaches now, so that
+    /// the next start notices a journal whose last segments were lost meanwhile. Best effort:
+    /// a failure is logged and the shutdown goes on (the previous checkpoint stays true).
+    async fn record_journal_end(&self) {
+        let acked = self.journal.acked_lsn();
+        if self.journal.sync().await.is_err() {
+            return; // poisoned or closed: the shutdown reports it
+        }
+        let root = self.data_root();
+        let result = tokio::task::spawn_blocking(move || match checkpoint::read(&root)? {
+            Some(cp) if cp.journal_next_lsn != 0 && cp.journal_next_lsn <= acked => {
+                checkpoint::write(&root, &Checkpoint { journal_next_lsn: acked + 1, ..cp })
+            }
+            _ => Ok(()),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the journal's end in the checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "could not record the journal's end in the checkpoint"),
+        }
+    }
+
+    /// The data directory: the parent of the journal folder.
+    fn data_root(&self) -> PathBuf {
+        self.journal.dir().parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 }
 
@@ -155,9 +209,20 @@ pub async fn archive_pass(
 ) -> Result<u64, Error> {
     let lsn = executor.checkpoint_lsn();
     if lsn > last_lsn {
+        // Everything acknowledged so far is made durable before the checkpoint says so (under
+        // `sync = "never"` an acknowledged record may still be only in the page cache).
+        let acked = journal.acked_lsn();
+        journal.sync().await?;
+        let indexed_through_lsn = lsn.saturating_sub(1);
+        index.mark_indexed_through(indexed_through_lsn)?;
         index.flush()?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let cp = Checkpoint { replay_from_lsn: lsn, indexed_through_lsn: lsn.saturating_sub(1), written_at_ms: now_ms };
+        let cp = Checkpoint {
+            replay_from_lsn: lsn,
+            indexed_through_lsn,
+            written_at_ms: now_ms,
+            journal_next_lsn: acked + 1,
+        };
         let dir = data_dir.to_path_buf();
         tokio::task::spawn_blocking(move || checkpoint::write(&dir, &cp))
             .await
@@ -173,6 +238,128 @@ pub async fn archive_pass(
         }
     }
     Ok(lsn.max(last_lsn))
+}
+
+/// The message of a refused start: what disagrees, then what to run.
+pub fn refusal(root: &Path, what: &str) -> String {
+    let d = root.display();
+    format!(
+        "data directory {d} is inconsistent: {what}. Refusing to start rather than drop acknowledged sagas. \
+         Run `sagalog wal verify --data-dir {d}` and `sagalog replay --data-dir {d} --dry-run` to see what is \
+         there, and restore the missing or damaged file from a backup (see docs/recovery.md, \"Damaged or \
+         missing side files\")"
+    )
+}
+
+/// A journal folder that is gone while the checkpoint or the index is still there: opening
+/// the data directory would create an empty one and every saga of the old one would be lost.
+/// Checked before [`DataDir::open`], which creates the folder.
+fn refuse_missing_journal_dir(root: &Path) -> Result<(), Error> {
+    let journal_dir = root.join(JOURNAL_DIR);
+    if journal_dir.exists() {
+        return Ok(());
+    }
+    let others: Vec<String> = [checkpoint::path(root), root.join(INDEX_DIR)]
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let what =
+        format!("the journal directory {} is missing, but {} exist", journal_dir.display(), others.join(" and "));
+    Err(Error::Inconsistent { message: refusal(root, &what) })
+}
+
+/// Cross-checks the journal's LSN range (the scan of `summary`, before opening changed
+/// anything) against the checkpoint `cp` and the presence of the index folder.
+pub fn check_journal(
+    root: &Path,
+    cp: Option<&Checkpoint>,
+    index_existed: bool,
+    summary: &LogSummary,
+) -> Result<(), String> {
+    let cp_path = checkpoint::path(root);
+    let index_dir = root.join(INDEX_DIR);
+    let journal_dir = root.join(JOURNAL_DIR);
+    let first = summary.segments.first();
+    let end = match (summary.last_lsn, summary.segments.last()) {
+        (Some(last), Some(seg)) => format!("its last record is LSN {last}, in {}", seg.path.display()),
+        (None, Some(seg)) => format!("it holds no record; its last segment is {}", seg.path.display()),
+        _ => format!("{} holds no segment", journal_dir.display()),
+    };
+    let what = match (cp, first) {
+        (Some(cp), _) if !index_existed => format!(
+            "the index {} is missing, but checkpoint {} says every saga finished below LSN {} is archived there",
+            index_dir.display(),
+            cp_path.display(),
+            cp.replay_from_lsn
+        ),
+        (Some(cp), None) => format!(
+            "the journal {} has no segment, but checkpoint {} says recovery replays from LSN {}",
+            journal_dir.display(),
+            cp_path.display(),
+            cp.replay_from_lsn
+        ),
+        (Some(cp), Some(first)) if first.first_lsn > cp.replay_from_lsn => format!(
+            "the journal's lowest segment {} starts at LSN {}, but checkpoint {} says recovery replays from LSN {}: \
+             the segments holding LSNs {}..{} are missing",
+            first.path.display(),
+            first.first_lsn,
+            cp_path.display(),
+            cp.replay_from_lsn,
+            cp.replay_from_lsn,
+            first.first_lsn.saturating_sub(1)
+        ),
+        (Some(cp), Some(_)) if cp.replay_from_lsn > summary.next_lsn => format!(
+            "checkpoint {} says recovery replays from LSN {}, past the end of the journal ({end}): the journal's \
+             last segments are missing, or the checkpoint belongs to another journal",
+            cp_path.display(),
+            cp.replay_from_lsn
+        ),
+        (Some(cp), Some(_)) if cp.journal_next_lsn > summary.next_lsn => format!(
+            "checkpoint {} recorded that the journal held every LSN below {}, but {end}: the journal's last \
+             segments are missing or were cut",
+            cp_path.display(),
+            cp.journal_next_lsn
+        ),
+        (None, Some(first)) if first.first_lsn != FIRST_LSN => format!(
+            "the journal's lowest segment {} starts at LSN {}, not {FIRST_LSN}, and there is no checkpoint {}: \
+             the checkpoint, or the segments holding LSNs {FIRST_LSN}..{}, are missing",
+            first.path.display(),
+            first.first_lsn,
+            cp_path.display(),
+            first.first_lsn.saturating_sub(1)
+        ),
+        _ => return Ok(()),
+    };
+    Err(refusal(root, &what))
+}
+
+/// Checks that the index holds what the checkpoint promises it holds. A checkpoint written
+/// by an earlier build (`journal_next_lsn` 0) comes with an index that carries no mark, and
+/// is not checked.
+fn check_index_mark(root: &Path, cp: &Checkpoint, index: &Index) -> Result<(), Error> {
+    if cp.journal_next_lsn == 0 {
+        return Ok(());
+    }
+    let mark = index.indexed_through_lsn()?;
+    if mark.unwrap_or(0) >= cp.indexed_through_lsn {
+        return Ok(());
+    }
+    let holds = match mark {
+        Some(m) => format!("is marked as holding the sagas finished through LSN {m}"),
+        None => "carries no indexed_through_lsn mark (it is new, emptied or damaged)".to_owned(),
+    };
+    let what = format!(
+        "the index {} {holds}, but checkpoint {} says it holds every saga finished through LSN {}: the index was \
+         replaced, damaged or restored from an older copy",
+        index.path().display(),
+        checkpoint::path(root).display(),
+        cp.indexed_through_lsn
+    );
+    Err(Error::Inconsistent { message: refusal(root, &what) })
 }
 
 /// The data directory's config file, written from the embedded default if it does not exist.

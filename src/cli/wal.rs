@@ -226,6 +226,10 @@ fn repair(dir: &DirArg, truncate_corrupt: bool) -> anyhow::Result<ExitCode> {
             println!("the damaged segment is backed up first), run again with --truncate-corrupt.");
             return Ok(ExitCode::from(EXIT_CORRUPT));
         }
+        Err(e @ journal::Error::BelowCheckpoint { .. }) => {
+            println!("{e}");
+            return Ok(ExitCode::from(EXIT_CORRUPT));
+        }
         Err(e) => return Err(e.into()),
     };
     if report.nothing_to_do {
@@ -237,6 +241,13 @@ fn repair(dir: &DirArg, truncate_corrupt: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some((path, offset, bytes)) = &report.truncated {
         println!("truncated: {} at offset {offset} ({bytes} bytes removed)", path.display());
+    }
+    if let Some((was, now)) = report.checkpoint_end_lowered {
+        println!(
+            "warning:   acknowledged records LSN {now}..{} were cut; the checkpoint now records the journal ending \
+             at LSN {now} (it recorded {was})",
+            was - 1
+        );
     }
     let after = journal::verify(&dir.data_dir.join(crate::data_dir::JOURNAL_DIR))?;
     println!(

@@ -18,6 +18,11 @@
 //! delete journal segments calls [`Index::flush`] first, so that the index holds every saga
 //! before the only other copy of its records is gone.
 //!
+//! Besides the two trees, sled's default tree holds one key, `indexed_through_lsn` (u64
+//! big-endian): the checkpoint writer sets it before each flush, so startup can tell an index
+//! that holds what the checkpoint promises from one that was replaced, damaged or restored
+//! from an older copy ([`Index::indexed_through_lsn`]).
+//!
 //! A stored record that does not decode is an error naming the saga, never a panic and never
 //! silently skipped. This module never touches the journal.
 
@@ -41,6 +46,8 @@ const PURGE_BATCH: usize = 256;
 const FINISH_PREFIX_BYTES: usize = size_of::<u64>();
 
 const SAGAS_TREE: &str = "sagas";
+/// Key, in sled's default tree, of the mark set by [`Index::mark_indexed_through`].
+const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through_lsn";
 const BY_FINISH_TREE: &str = "by_finish";
 
 /// Why the index could not answer.
@@ -61,6 +68,8 @@ pub enum Error {
     },
     #[error("index {}: by_finish key {key_hex} is damaged (no time prefix or an id that is not UTF-8)", path.display())]
     BadFinishKey { path: PathBuf, key_hex: String },
+    #[error("index {}: its indexed_through_lsn mark is {len} bytes long, not 8", path.display())]
+    BadMark { path: PathBuf, len: usize },
     #[error("index {}: page token {token:?} was not issued by this index", path.display())]
     BadPageToken { path: PathBuf, token: String },
 }
@@ -254,6 +263,26 @@ impl Index {
     /// Makes every write so far durable (sled's `flush`: write out and fsync).
     pub fn flush(&self) -> Result<(), Error> {
         self.db.flush().map(|_bytes| ()).map_err(|e| self.storage_error(e))
+    }
+
+    /// Records that the index holds every saga finished at or below `lsn` (durable with the
+    /// next [`Index::flush`]). The mark never goes down.
+    pub fn mark_indexed_through(&self, lsn: u64) -> Result<(), Error> {
+        if self.indexed_through_lsn()?.is_some_and(|marked| marked >= lsn) {
+            return Ok(());
+        }
+        self.db.insert(INDEXED_THROUGH_KEY, &lsn.to_be_bytes()).map(|_old| ()).map_err(|e| self.storage_error(e))
+    }
+
+    /// The highest LSN passed to [`Index::mark_indexed_through`], or `None` if the index was
+    /// never marked (new, written before the mark existed, or damaged).
+    pub fn indexed_through_lsn(&self) -> Result<Option<u64>, Error> {
+        let Some(bytes) = self.db.get(INDEXED_THROUGH_KEY).map_err(|e| self.storage_error(e))? else {
+            return Ok(None);
+        };
+        let mark = <[u8; 8]>::try_from(bytes.as_ref())
+            .map_err(|_| Error::BadMark { path: self.path.clone(), len: bytes.len() })?;
+        Ok(Some(u64::from_be_bytes(mark)))
     }
 
     fn split_finish_key<'k>(&self, key: &'k [u8]) -> Result<(u64, &'k str), Error> {

@@ -30,6 +30,16 @@ pub enum Error {
     Options(String),
     #[error(transparent)]
     DataDir(#[from] crate::data_dir::Error),
+    /// The journal disagrees with the rest of the data directory; refused before opening
+    /// changed anything. The message names what disagrees and what to run.
+    #[error("{message}")]
+    Inconsistent { message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::Error),
+    #[error(
+        "refusing to cut the journal at LSN {cut_lsn} (first corruption in {path}): checkpoint {checkpoint} says          recovery replays from LSN {replay_from_lsn}, so records that recovery needs would be gone and the server          would refuse to start; nothing was changed. Restore the journal from a backup if you have one;          `sagalog wal verify --data-dir D` shows the damage and `sagalog replay --data-dir D --dry-run` what          recovery would do"
+    )]
+    BelowCheckpoint { cut_lsn: u64, replay_from_lsn: u64, path: PathBuf, checkpoint: PathBuf },
 }
 
 impl Error {

@@ -9,6 +9,13 @@
 //!   after the cut are gone from the log, which is why this needs an explicit flag.
 //!
 //! Both run under the exclusive data-directory lock.
+//!
+//! The cut never goes below the checkpoint's `replay_from_lsn` ([`Error::BelowCheckpoint`],
+//! nothing changed): recovery needs the records from there on, and the server would refuse to
+//! start on the result. A cut below the end the checkpoint recorded (`journal_next_lsn`, so
+//! acknowledged records leave the log) is reported in [`RepairReport::checkpoint_end_lowered`],
+//! and the checkpoint is rewritten to record the new end, so the next start accepts the
+//! repaired log.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +26,7 @@ use sagalog_wal_format::SEGMENT_HEADER_BYTES;
 use super::Error;
 use super::scan::{LogSummary, Severity, scan};
 use super::segment::{fsync_dir, list, truncate};
+use crate::checkpoint::{self, Checkpoint};
 use crate::data_dir::{Access, DataDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,9 @@ pub struct RepairReport {
     pub backups: Vec<PathBuf>,
     /// True when the log was already clean and nothing was changed.
     pub nothing_to_do: bool,
+    /// (end the checkpoint recorded, new end): the cut removed acknowledged records at and
+    /// after the new end, and the checkpoint now records that end.
+    pub checkpoint_end_lowered: Option<(u64, u64)>,
 }
 
 /// Repairs the journal of the data directory at `root`.
@@ -45,14 +56,33 @@ pub fn repair(root: &Path, mode: RepairMode) -> Result<RepairReport, Error> {
     let data_dir = DataDir::open(root, Access::Exclusive)?;
     let dir = data_dir.journal_dir();
     let before = scan(&dir, |_, _, _| {})?;
-    let mut report =
-        RepairReport { before: before.clone(), truncated: None, backups: Vec::new(), nothing_to_do: false };
+    let mut report = RepairReport {
+        before: before.clone(),
+        truncated: None,
+        backups: Vec::new(),
+        nothing_to_do: false,
+        checkpoint_end_lowered: None,
+    };
     let Some(problem) = before.problem.clone() else {
         report.nothing_to_do = true;
         return Ok(report);
     };
     if problem.severity == Severity::Corrupt && mode != RepairMode::TruncateCorrupt {
         return Err(Error::Corrupt { path: problem.path, source: problem.error });
+    }
+    // The first LSN the cut removes; a torn tail was never acknowledged and holds none.
+    let cut_lsn = before.next_lsn;
+    let cp = checkpoint::read(data_dir.root())?;
+    if let Some(cp) = &cp
+        && problem.severity == Severity::Corrupt
+        && cut_lsn < cp.replay_from_lsn
+    {
+        return Err(Error::BelowCheckpoint {
+            cut_lsn,
+            replay_from_lsn: cp.replay_from_lsn,
+            path: problem.path,
+            checkpoint: checkpoint::path(data_dir.root()),
+        });
     }
     let (segment, offset) = (problem.error.segment, problem.error.offset);
     let listing = list(&dir)?;
@@ -81,6 +111,10 @@ pub fn repair(root: &Path, mode: RepairMode) -> Result<RepairReport, Error> {
         let len = fs::metadata(path).map_err(Error::io("stat", path))?.len();
         truncate(path, offset)?;
         report.truncated = Some((path.clone(), offset, len.saturating_sub(offset)));
+    }
+    if let Some(cp) = cp.filter(|cp| problem.severity == Severity::Corrupt && cp.journal_next_lsn > cut_lsn) {
+        checkpoint::write(data_dir.root(), &Checkpoint { journal_next_lsn: cut_lsn, ..cp })?;
+        report.checkpoint_end_lowered = Some((cp.journal_next_lsn, cut_lsn));
     }
     tracing::warn!(?report.truncated, backups = report.backups.len(), "repaired the journal");
     Ok(report)

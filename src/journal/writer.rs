@@ -104,6 +104,18 @@ impl Journal {
     /// Opens (or creates) the journal of a data directory held exclusively, recovering a torn
     /// tail and refusing a corrupt log. The writer keeps `data_dir` (and so its lock) alive.
     pub fn open(data_dir: Arc<DataDir>, options: Options) -> Result<Opened, Error> {
+        Journal::open_checked(data_dir, options, |_| Ok(()))
+    }
+
+    /// [`Journal::open`], first handing the scan of the log to `check`, which cross-checks it
+    /// against the rest of the data directory: when it returns a message, opening stops with
+    /// [`Error::Inconsistent`] before anything on disk changed (no torn tail cut, no first
+    /// segment created).
+    pub fn open_checked(
+        data_dir: Arc<DataDir>,
+        options: Options,
+        check: impl FnOnce(&LogSummary) -> Result<(), String>,
+    ) -> Result<Opened, Error> {
         options.validate().map_err(Error::Options)?;
         if data_dir.access() != Access::Exclusive {
             return Err(Error::Options("the journal needs the data directory locked exclusively".into()));
@@ -113,6 +125,7 @@ impl Journal {
         if let Some(problem) = summary.problem.as_ref().filter(|p| p.severity == Severity::Corrupt) {
             return Err(Error::Corrupt { path: problem.path.clone(), source: problem.error.clone() });
         }
+        check(&summary).map_err(|message| Error::Inconsistent { message })?;
         remove_leftovers(&dir, &summary.leftovers)?;
         for stray in &summary.strays {
             tracing::warn!(path = %stray.display(), "ignoring a file in the journal directory that is not a segment");

@@ -313,6 +313,8 @@ pub async fn reopen(offline: &Offline, candidates: &[Candidate], by: &str) -> Re
             replay_from_lsn: lowest,
             indexed_through_lsn: lowest.saturating_sub(1),
             written_at_ms: now_ms(),
+            // Unknown here; the archive pass at the end of the run records it.
+            journal_next_lsn: 0,
         };
         let root = offline.root.clone();
         tokio::task::spawn_blocking(move || checkpoint::write(&root, &cp))

@@ -359,8 +359,12 @@ fn raw_tree_lens(dir: &Path) -> (usize, usize) {
     (db.open_tree("sagas").unwrap().len(), db.open_tree("by_finish").unwrap().len())
 }
 
-const CP: Checkpoint =
-    Checkpoint { replay_from_lsn: 0x0102_0304_0506_0708, indexed_through_lsn: 77, written_at_ms: 1_700_000_000_000 };
+const CP: Checkpoint = Checkpoint {
+    replay_from_lsn: 0x0102_0304_0506_0708,
+    indexed_through_lsn: 77,
+    written_at_ms: 1_700_000_000_000,
+    journal_next_lsn: 0x0102_0304_0506_0709,
+};
 
 /// A checkpoint reads back as written, and a newer one replaces it.
 #[test]
@@ -368,11 +372,22 @@ fn checkpoint_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     checkpoint::write(dir.path(), &CP).unwrap();
     assert_eq!(checkpoint::read(dir.path()).unwrap(), Some(CP));
-    let newer = Checkpoint { replay_from_lsn: 900, indexed_through_lsn: 950, written_at_ms: 5 };
+    let newer = Checkpoint { replay_from_lsn: 900, indexed_through_lsn: 950, written_at_ms: 5, journal_next_lsn: 990 };
     checkpoint::write(dir.path(), &newer).unwrap();
     assert_eq!(checkpoint::read(dir.path()).unwrap(), Some(newer));
     assert_eq!(std::fs::read(dir.path().join("checkpoint")).unwrap().len(), checkpoint::FILE_BYTES);
     assert!(!dir.path().join("checkpoint.tmp").exists());
+}
+
+/// A version-1 checkpoint (38 bytes, written by earlier builds) still reads, with
+/// `journal_next_lsn` 0 ("unknown").
+#[test]
+fn checkpoint_version_1_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = CP.encode_version_1();
+    assert_eq!(old.len(), 38);
+    std::fs::write(dir.path().join("checkpoint"), old).unwrap();
+    assert_eq!(checkpoint::read(dir.path()).unwrap(), Some(Checkpoint { journal_next_lsn: 0, ..CP }));
 }
 
 /// A data directory without a checkpoint has none.

@@ -12,3 +12,4 @@ mod index;
 mod participant_conformance;
 mod participant_outage;
 mod recovery;
+mod side_files;
