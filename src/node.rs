@@ -84,11 +84,15 @@ impl Node {
     ) -> Result<Node, Error> {
         refuse_missing_journal_dir(data_dir)?;
         let data_dir = Arc::new(DataDir::open(data_dir, Access::Exclusive)?);
+        if config.is_none() {
+            refuse_other_config(data_dir.root())?;
+        }
         let config_path = match config {
             Some(path) => path.to_path_buf(),
             None => ensure_default_config(data_dir.root())?,
         };
         let catalog = Arc::new(load_config(&config_path)?);
+        record_config(data_dir.root(), &config_path)?;
         let sync = SyncPolicy::parse(&catalog.config.journal.sync).map_err(ConfigError::Invalid)?;
         let options =
             Options { sync, segment_bytes_max: catalog.config.journal.segment_bytes_max, faults, ..Options::default() };
@@ -363,6 +367,47 @@ fn check_index_mark(root: &Path, cp: &Checkpoint, index: &Index) -> Result<(), E
 }
 
 /// The data directory's config file, written from the embedded default if it does not exist.
+/// The file in the data directory naming the config it was last served with.
+pub const SERVED_WITH_FILE: &str = "served-with";
+
+/// A config path as recorded and compared: absolute, symlinks resolved where possible.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A start without `--config` on a data directory last served with another config refuses,
+/// naming it: the embedded default's actions are not that config's, so in-flight sagas would
+/// go STUCK ("no longer declared") or run other statements.
+fn refuse_other_config(root: &Path) -> Result<(), Error> {
+    let Ok(recorded) = std::fs::read_to_string(root.join(SERVED_WITH_FILE)) else { return Ok(()) };
+    let recorded = PathBuf::from(recorded.trim_end_matches('\n'));
+    let default = canonical(&root.join(CONFIG_FILE));
+    if recorded.as_os_str().is_empty() || recorded == default {
+        return Ok(());
+    }
+    Err(Error::Inconsistent {
+        message: format!(
+            "data directory {} was last served with --config {}; without --config it would run the embedded \
+             default instead, whose actions differ (in-flight sagas would go STUCK or run other statements): start \
+             it with --config {}, or with another --config on purpose (recorded in {})",
+            root.display(),
+            recorded.display(),
+            recorded.display(),
+            root.join(SERVED_WITH_FILE).display()
+        ),
+    })
+}
+
+/// Records the config this start serves with (only after it loaded).
+fn record_config(root: &Path, config: &Path) -> Result<(), Error> {
+    let path = root.join(SERVED_WITH_FILE);
+    let text = format!("{}\n", canonical(config).display());
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    write_atomically(&root.join(format!("{SERVED_WITH_FILE}.tmp")), &path, text.as_bytes())
+}
+
 fn ensure_default_config(root: &Path) -> Result<PathBuf, Error> {
     let path = root.join(CONFIG_FILE);
     if !path.exists() {

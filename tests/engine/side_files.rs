@@ -163,10 +163,19 @@ async fn missing_lowest_segment_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = healthy(dir.path()).await;
     let segs = segments(dir.path());
-    std::fs::remove_file(&segs[0]).unwrap();
-    let message = refused(dir.path(), &config, &segs[1]).await;
+    // The lowest segment recovery needs: the last one starting at or below `replay_from_lsn`
+    // (a clean shutdown may have moved the checkpoint past `segs[0]`, which may then go).
+    let replay_from = checkpoint::read(dir.path()).unwrap().unwrap().replay_from_lsn;
+    let first_lsn =
+        |p: &PathBuf| sagalog::wal_format::SegmentHeader::decode(&std::fs::read(p).unwrap()).unwrap().first_lsn;
+    let needed = segs.iter().rposition(|p| first_lsn(p) <= replay_from).unwrap();
+    assert!(needed + 1 < segs.len(), "a segment must follow the one deleted: {segs:?}");
+    for seg in &segs[..=needed] {
+        std::fs::remove_file(seg).unwrap();
+    }
+    let message = refused(dir.path(), &config, &segs[needed + 1]).await;
     assert!(message.contains("lowest segment"), "{message}");
-    assert_eq!(segments(dir.path()), segs[1..].to_vec(), "nothing on disk changed");
+    assert_eq!(segments(dir.path()), segs[needed + 1..].to_vec(), "nothing on disk changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,4 +257,42 @@ async fn repair_above_the_checkpoint_records_the_new_end() {
     let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
     assert_eq!(node.executor.archived("a0").unwrap().map(|r| r.status), Some("COMPLETED".into()));
     node.shutdown().await.unwrap();
+}
+
+/// `serve` without `--config` on a data directory that was served with one refuses, naming
+/// that config; with it, or with another `--config` on purpose, it starts (issue 10, item 9:
+/// before, the data directory silently fell back to the demo catalog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_without_config_after_one_with_a_config_refuses_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("mine.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut node = Node::start(&data, Some(&config)).await.unwrap();
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    let message = match Node::start(&data, None).await {
+        Ok(_) => panic!("started on the embedded default after being served with {}", config.display()),
+        Err(e) => e.to_string(),
+    };
+    let named = std::fs::canonicalize(&config).unwrap();
+    assert!(message.contains(&format!("--config {}", named.display())), "{message}");
+    assert!(!data.join("sagalog.toml").exists(), "the embedded default was not written");
+
+    let mut node = Node::start(&data, Some(&config)).await.unwrap();
+    node.shutdown().await.unwrap();
+}
+
+/// A data directory served with its generated default keeps starting without `--config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_default_keeps_serving_without_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("sagalog.toml"), CONFIG).unwrap();
+    for _ in 0..2 {
+        let mut node = Node::start(&data, None).await.unwrap();
+        node.shutdown().await.unwrap();
+    }
 }
