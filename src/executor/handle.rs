@@ -4,6 +4,8 @@
 //! Owns the answers to the API's callers ([`Snapshot`], [`SubmitOutcome`], [`Error`]) and the
 //! order of a submit: reserve the id, queue `SagaSubmitted`, start the saga's task (whose first
 //! `StepStarted` shares that fdatasync), and acknowledge only once `SagaSubmitted` is durable.
+//! Everything after the reservation runs in a spawned task the caller awaits, so a dropped
+//! submit (a client deadline, a stream reset) still finishes or undoes its reservation.
 //!
 //! Never does: touch a participant (only a saga's task does, after its `StepStarted` is
 //! durable), or hold a std `Mutex` across an `.await` (the registry and slot locks are taken
@@ -146,6 +148,27 @@ impl Executor {
         {
             return Ok(outcome);
         }
+        // The id is reserved: from here on the work runs in a task of its own, so a caller that
+        // goes away (a client deadline, a stream reset dropping this future) cannot leave the
+        // id reserved, and the checkpoint held, by a submit that never finishes.
+        let this = self.clone();
+        match tokio::spawn(async move { this.journal_submit(definition, policies, digest).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::ShuttingDown), // the runtime is shutting down
+        }
+    }
+
+    /// The journaling half of [`Executor::submit`], once the id is reserved: queues
+    /// `SagaSubmitted`, starts the saga and waits until the record is durable. Runs to the end
+    /// even if the submit's caller is gone.
+    async fn journal_submit(
+        &self,
+        definition: SagaDefinition,
+        policies: Vec<crate::engine::StepPolicy>,
+        digest: u32,
+    ) -> Result<SubmitOutcome, Error> {
+        let registry = &self.inner.registry;
         let record = Record::SagaSubmitted(Submitted {
             saga: definition.id.clone(),
             steps: definition.steps,

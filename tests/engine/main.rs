@@ -11,4 +11,5 @@ mod engine_support;
 mod index;
 mod participant_conformance;
 mod participant_outage;
+mod races;
 mod recovery;
