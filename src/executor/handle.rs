@@ -21,7 +21,7 @@ use super::breaker::{Breaker, BreakerConfig};
 use super::drain::Drain;
 use super::registry::{Registry, archived_status};
 use super::slots::Slots;
-use super::task::{Control, SagaTask};
+use super::task::{self, Control, SagaTask};
 use crate::catalog::{Catalog, ValidationError};
 use crate::engine::record::{CancelRequested, Resolved, Submitted};
 use crate::engine::{Record, ResolveDecision, Saga, SagaDefinition, Status};
@@ -220,8 +220,9 @@ impl Executor {
             return;
         }
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let view = self.inner.registry.register(snapshot, first_lsn, reserved, Some(control_tx));
-        self.inner.slots.dispatch(SagaTask::new(self.clone(), saga, view, control_rx));
+        let gate = task::gate(saga.status(), control_tx);
+        let view = self.inner.registry.register(snapshot, first_lsn, reserved, Some(Arc::clone(&gate)));
+        self.inner.slots.dispatch(SagaTask::new(self.clone(), saga, view, control_rx, gate));
     }
 
     /// Stops taking submits and starting steps, then waits up to `grace` for the participant
@@ -315,18 +316,29 @@ impl Executor {
             let status = archived_status(&archived).as_str();
             return Err(Error::WrongState { id: id.to_owned(), status, what: "it has already finished" });
         }
-        let (status, sender) = registry.control_target(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        let (Some(()), Some(sender)) = (allowed(status), sender) else {
+        let (status, gate) = registry.control_target(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let refused = |status: Status| {
             let what = match record {
                 Record::Resolved(_) => "only a STUCK saga can be resolved",
                 _ => "it has already finished",
             };
-            return Err(Error::WrongState { id: id.to_owned(), status: status.as_str(), what });
+            Error::WrongState { id: id.to_owned(), status: status.as_str(), what }
         };
-        self.inner.journal.append(record.kind(), record.encode()).await?;
-        // The task may have ended in the meantime; then the record is in the journal and
-        // recovery applies it like any other.
-        let _ = sender.send(Control::Apply(record));
+        let Some(gate) = gate else { return Err(refused(status)) };
+        // Under the saga's gate, checked against the status after the task's last append, the
+        // record is handed to the writer and to the task with no `.await` in between: the task
+        // applies it before its next append, so in journal order, even if this future is
+        // dropped while the record becomes durable.
+        let queued = {
+            let gate = gate.lock().await;
+            let (Some(()), Some(sender)) = (allowed(gate.status), gate.control.as_ref()) else {
+                return Err(refused(gate.status));
+            };
+            let queued = self.inner.journal.append_queued(record.kind(), record.encode()).await?;
+            let _ = sender.send(Control::Apply(record.clone()));
+            queued
+        };
+        queued.durable().await?;
         Ok(())
     }
 

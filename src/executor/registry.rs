@@ -4,7 +4,7 @@
 //! "recovery started").
 //!
 //! Owns the id map (one [`Entry`] per saga in memory: its published snapshot, the LSN of its
-//! `SagaSubmitted`, whether its submit is still being journaled, and the sender to its task),
+//! `SagaSubmitted`, whether its submit is still being journaled, and the gate to its task),
 //! and the index finished sagas move to.
 //!
 //! Never does: hold its lock across an `.await` or across an index (sled) lookup, journal
@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::handle::{Error, Snapshot, SubmitOutcome};
-use super::task::Control;
+use super::task::Gate;
 use crate::engine::{Saga, Status};
 use crate::index::{Index, SagaRecord};
 
@@ -29,8 +29,9 @@ pub(super) struct Entry {
     pub(super) first_lsn: u64,
     /// True between reserving the id and the durable `SagaSubmitted`.
     pub(super) reserved: bool,
-    /// `None` once the saga's task has ended.
-    pub(super) control: Option<mpsc::UnboundedSender<Control>>,
+    /// The gate to the saga's task (control records go through it); `None` once the task
+    /// has ended.
+    pub(super) control: Option<Gate>,
 }
 
 #[derive(Default)]
@@ -157,7 +158,7 @@ impl Registry {
         snapshot: Snapshot,
         first_lsn: u64,
         reserved: bool,
-        control: Option<mpsc::UnboundedSender<Control>>,
+        control: Option<Gate>,
     ) -> watch::Sender<Snapshot> {
         let mut map = self.lock();
         let entry = map.entries.entry(snapshot.saga.id.clone()).or_insert_with(|| Entry {
@@ -212,8 +213,8 @@ impl Registry {
         self.lock().entries.contains_key(id)
     }
 
-    /// The saga's status and its task's sender (`None` if its task has ended).
-    pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<mpsc::UnboundedSender<Control>>)> {
+    /// The saga's published status and its task's gate (`None` if its task has ended).
+    pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<Gate>)> {
         self.lock().entries.get(id).map(|e| (e.view.borrow().status, e.control.clone()))
     }
 

@@ -192,7 +192,6 @@ async fn cancel_while_the_last_step_runs_compensates_like_replay() {
 /// does. (Before the fix the task never heard of it and journaled `SagaFinished(Completed)`
 /// after the `CancelRequested`.)
 #[tokio::test]
-#[ignore = "trust item 1: fixed in the next commit"]
 async fn a_dropped_cancel_after_its_append_still_compensates_like_replay() {
     let gated = Gated::new(Some((1, Direction::Forward)));
     let rig = rig(&gated, CONFIG, false);
@@ -218,7 +217,6 @@ async fn a_dropped_cancel_after_its_append_still_compensates_like_replay() {
 /// Trust item 1: an operator's `Resolved` journaled for a STUCK saga, its `resolve()` future
 /// dropped before the acknowledgement, is applied live as replay applies it.
 #[tokio::test]
-#[ignore = "trust item 1: fixed in the next commit"]
 async fn a_dropped_resolve_after_its_append_is_applied_like_replay() {
     let gated = Gated::new(None);
     let rig = rig(&gated, &CONFIG.replace("breaker_failures = 3", "breaker_failures = 100"), false);
@@ -245,7 +243,6 @@ async fn a_dropped_resolve_after_its_append_is_applied_like_replay() {
 /// Trust item 1 (drain): a step waiting in back-off when `drain()` returns never starts, even
 /// once its back-off ends.
 #[tokio::test]
-#[ignore = "trust item 1: fixed in the next commit"]
 async fn a_step_in_back_off_when_drain_returns_never_starts() {
     let gated = Gated::new(None);
     let config =
