@@ -59,13 +59,13 @@ impl SagaTask {
         if !self.wait_for_breaker(&participant_name).await? {
             return Ok(());
         }
-        self.journal(Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() }))
-            .await?;
+        let exec = self.exec.clone();
+        let started = Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() });
+        // Not admitted once a drain has begun, or if a control record changed the plan.
+        let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started).await? else { return Ok(()) };
         tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
-        let exec = self.exec.clone();
-        let mut in_flight = exec.inner.drain.call_started();
         let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
             Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
             Ok(Err(e)) => {

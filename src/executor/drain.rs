@@ -40,6 +40,16 @@ impl Drain {
         CallInFlight { drain: self, calling: true }
     }
 
+    /// [`Drain::call_started`], unless draining: `None` then, and the step must not start.
+    /// The count goes up before the flag is read, and [`Drain::start`] sets the flag before it
+    /// reads the count (both `SeqCst`), so either the drain waits for this call or the call
+    /// sees the flag: no step starts after `start` has returned.
+    pub(super) fn admit(&self) -> Option<CallInFlight<'_>> {
+        let call = self.call_started();
+        // Dropping `call` wakes a drain waiting on it.
+        (!self.is_draining()).then_some(call)
+    }
+
     /// Sets the draining flag, then waits up to `grace` for the calls in flight to return and
     /// their outcomes to be journaled. Returns the number of calls still running then.
     pub(super) async fn start(&self, grace: Duration) -> usize {

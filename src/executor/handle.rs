@@ -4,6 +4,8 @@
 //! Owns the answers to the API's callers ([`Snapshot`], [`SubmitOutcome`], [`Error`]) and the
 //! order of a submit: reserve the id, queue `SagaSubmitted`, start the saga's task (whose first
 //! `StepStarted` shares that fdatasync), and acknowledge only once `SagaSubmitted` is durable.
+//! Everything after the reservation runs in a spawned task the caller awaits, so a dropped
+//! submit (a client deadline, a stream reset) still finishes or undoes its reservation.
 //!
 //! Never does: touch a participant (only a saga's task does, after its `StepStarted` is
 //! durable), or hold a std `Mutex` across an `.await` (the registry and slot locks are taken
@@ -19,7 +21,7 @@ use super::breaker::{Breaker, BreakerConfig};
 use super::drain::Drain;
 use super::registry::{Registry, archived_status};
 use super::slots::Slots;
-use super::task::{Control, SagaTask};
+use super::task::{self, Control, SagaTask};
 use crate::catalog::{Catalog, ValidationError};
 use crate::engine::record::{CancelRequested, Resolved, Submitted};
 use crate::engine::{Record, ResolveDecision, Saga, SagaDefinition, Status};
@@ -146,6 +148,27 @@ impl Executor {
         {
             return Ok(outcome);
         }
+        // The id is reserved: from here on the work runs in a task of its own, so a caller that
+        // goes away (a client deadline, a stream reset dropping this future) cannot leave the
+        // id reserved, and the checkpoint held, by a submit that never finishes.
+        let this = self.clone();
+        match tokio::spawn(async move { this.journal_submit(definition, policies, digest).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::ShuttingDown), // the runtime is shutting down
+        }
+    }
+
+    /// The journaling half of [`Executor::submit`], once the id is reserved: queues
+    /// `SagaSubmitted`, starts the saga and waits until the record is durable. Runs to the end
+    /// even if the submit's caller is gone.
+    async fn journal_submit(
+        &self,
+        definition: SagaDefinition,
+        policies: Vec<crate::engine::StepPolicy>,
+        digest: u32,
+    ) -> Result<SubmitOutcome, Error> {
+        let registry = &self.inner.registry;
         let record = Record::SagaSubmitted(Submitted {
             saga: definition.id.clone(),
             steps: definition.steps,
@@ -197,8 +220,9 @@ impl Executor {
             return;
         }
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let view = self.inner.registry.register(snapshot, first_lsn, reserved, Some(control_tx));
-        self.inner.slots.dispatch(SagaTask::new(self.clone(), saga, view, control_rx));
+        let gate = task::gate(saga.status(), control_tx);
+        let view = self.inner.registry.register(snapshot, first_lsn, reserved, Some(Arc::clone(&gate)));
+        self.inner.slots.dispatch(SagaTask::new(self.clone(), saga, view, control_rx, gate));
     }
 
     /// Stops taking submits and starting steps, then waits up to `grace` for the participant
@@ -292,18 +316,29 @@ impl Executor {
             let status = archived_status(&archived).as_str();
             return Err(Error::WrongState { id: id.to_owned(), status, what: "it has already finished" });
         }
-        let (status, sender) = registry.control_target(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        let (Some(()), Some(sender)) = (allowed(status), sender) else {
+        let (status, gate) = registry.control_target(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let refused = |status: Status| {
             let what = match record {
                 Record::Resolved(_) => "only a STUCK saga can be resolved",
                 _ => "it has already finished",
             };
-            return Err(Error::WrongState { id: id.to_owned(), status: status.as_str(), what });
+            Error::WrongState { id: id.to_owned(), status: status.as_str(), what }
         };
-        self.inner.journal.append(record.kind(), record.encode()).await?;
-        // The task may have ended in the meantime; then the record is in the journal and
-        // recovery applies it like any other.
-        let _ = sender.send(Control::Apply(record));
+        let Some(gate) = gate else { return Err(refused(status)) };
+        // Under the saga's gate, checked against the status after the task's last append, the
+        // record is handed to the writer and to the task with no `.await` in between: the task
+        // applies it before its next append, so in journal order, even if this future is
+        // dropped while the record becomes durable.
+        let queued = {
+            let gate = gate.lock().await;
+            let (Some(()), Some(sender)) = (allowed(gate.status), gate.control.as_ref()) else {
+                return Err(refused(gate.status));
+            };
+            let queued = self.inner.journal.append_queued(record.kind(), record.encode()).await?;
+            let _ = sender.send(Control::Apply(record.clone()));
+            queued
+        };
+        queued.durable().await?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! "recovery started").
 //!
 //! Owns the id map (one [`Entry`] per saga in memory: its published snapshot, the LSN of its
-//! `SagaSubmitted`, whether its submit is still being journaled, and the sender to its task),
+//! `SagaSubmitted`, whether its submit is still being journaled, and the gate to its task),
 //! and the index finished sagas move to.
 //!
 //! Never does: hold its lock across an `.await` or across an index (sled) lookup, journal
@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::handle::{Error, Snapshot, SubmitOutcome};
-use super::task::Control;
+use super::task::Gate;
 use crate::engine::{Saga, Status};
 use crate::index::{Index, SagaRecord};
 
@@ -29,8 +29,9 @@ pub(super) struct Entry {
     pub(super) first_lsn: u64,
     /// True between reserving the id and the durable `SagaSubmitted`.
     pub(super) reserved: bool,
-    /// `None` once the saga's task has ended.
-    pub(super) control: Option<mpsc::UnboundedSender<Control>>,
+    /// The gate to the saga's task (control records go through it); `None` once the task
+    /// has ended.
+    pub(super) control: Option<Gate>,
 }
 
 #[derive(Default)]
@@ -157,7 +158,7 @@ impl Registry {
         snapshot: Snapshot,
         first_lsn: u64,
         reserved: bool,
-        control: Option<mpsc::UnboundedSender<Control>>,
+        control: Option<Gate>,
     ) -> watch::Sender<Snapshot> {
         let mut map = self.lock();
         let entry = map.entries.entry(snapshot.saga.id.clone()).or_insert_with(|| Entry {
@@ -212,14 +213,16 @@ impl Registry {
         self.lock().entries.contains_key(id)
     }
 
-    /// The saga's status and its task's sender (`None` if its task has ended).
-    pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<mpsc::UnboundedSender<Control>>)> {
+    /// The saga's published status and its task's gate (`None` if its task has ended).
+    pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<Gate>)> {
         self.lock().entries.get(id).map(|e| (e.view.borrow().status, e.control.clone()))
     }
 
     /// The lowest LSN the journal must keep: the `SagaSubmitted` of the oldest saga not yet
     /// archived, or `after_all()` (one past the last acknowledged record) if every saga is.
     pub(super) fn checkpoint_lsn(&self, after_all: impl FnOnce() -> u64) -> u64 {
+        // Under the lock, `after_all` included: a submit cannot reserve its id between the
+        // look at the map and the read of the acknowledged LSN (trust item 7).
         let map = self.lock();
         map.entries.values().map(|e| e.first_lsn).min().unwrap_or_else(after_all)
     }
@@ -262,5 +265,55 @@ pub(super) fn archived_status(record: &SagaRecord) -> Status {
     match record.status.as_str() {
         "COMPLETED" => Status::Completed,
         _ => Status::Compensated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::record::Submitted;
+
+    fn placeholder(id: &str) -> Snapshot {
+        let submitted = Submitted { saga: id.into(), steps: Vec::new(), policies: Vec::new(), digest: 7, at_ms: 0 };
+        Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None }
+    }
+
+    /// Trust item 7: the checkpoint LSN is read under the registry lock, so a submit cannot
+    /// reserve its id (and have its `SagaSubmitted` and more acknowledged) between the look at
+    /// the map and the read of the acknowledged LSN. The test forces exactly that interleaving:
+    /// `after_all` (the acknowledged-LSN read) starts the submit and lets it run to the end
+    /// before it reads. Were the read outside the lock, the submit would finish first and the
+    /// checkpoint would pass its `SagaSubmitted`; under the lock the submit waits for the read
+    /// (the bounded wait only ends the attempt, it decides nothing).
+    #[test]
+    fn a_submit_racing_the_checkpoint_read_keeps_its_submitted_record() {
+        let registry = Arc::new(Registry::new(None));
+        let acked = Arc::new(AtomicU64::new(10));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut submitter = None;
+        let checkpoint = registry.checkpoint_lsn(|| {
+            let (registry, shared) = (Arc::clone(&registry), Arc::clone(&acked));
+            submitter = Some(std::thread::spawn(move || {
+                let reserved = registry.reserve("s", 7, placeholder("s"), || shared.load(Ordering::SeqCst) + 1);
+                assert!(matches!(reserved, Ok(None)), "the id was free");
+                let submitted_lsn = shared.fetch_add(1, Ordering::SeqCst) + 1; // `SagaSubmitted`
+                registry.confirm("s", submitted_lsn);
+                shared.fetch_add(4, Ordering::SeqCst); // its steps' records
+                let _ = done_tx.send(());
+                submitted_lsn
+            }));
+            let _ = done_rx.recv_timeout(Duration::from_millis(300));
+            acked.load(Ordering::SeqCst) + 1
+        });
+        let submitted_lsn = submitter.map(|t| t.join().expect("submitter")).expect("after_all ran");
+        assert!(
+            checkpoint <= submitted_lsn,
+            "checkpoint {checkpoint} passed the racing submit's SagaSubmitted at {submitted_lsn}: its segment could be deleted"
+        );
+        assert_eq!(registry.checkpoint_lsn(|| u64::MAX), submitted_lsn, "the saga now holds the checkpoint");
     }
 }

@@ -3,21 +3,28 @@
 //! A task owns its saga's [`Saga`] state. It asks the pure `Saga::next` what to do, journals
 //! each record and applies it with [`Saga::apply`] (the same function recovery replays the
 //! journal through), and publishes the state to the saga's watchers. Control records (a
-//! cancel, an operator's resolution) arrive over a channel, already journaled by the handle.
+//! cancel, an operator's resolution) are handed to the journal writer by the handle under the
+//! saga's [`Gate`], and sent to the task in the same critical section; the task takes the
+//! gate for each of its own appends and first applies every control record that arrived. So
+//! the task applies its saga's records in journal order, exactly as replay does, and a
+//! decision (`StepStarted`, `SagaFinished`) a control record made stale is dropped, not
+//! journaled: the live outcome is always the replayed one.
 //! A step's attempt is in `attempt.rs`, settling an in-doubt step by its marker in
 //! `in_doubt.rs`.
 //!
 //! Never does: touch a participant before its `StepStarted` is durable, decide anything that
-//! `Saga::next` did not say, publish an outcome a crash could take back, or hold a std `Mutex`
-//! across an `.await`.
+//! `Saga::next` did not say, publish an outcome a crash could take back, append to the journal
+//! outside the gate, start a step once a drain has begun, or hold a std `Mutex` across an
+//! `.await` (the gate is a tokio mutex, held only while a record is handed to the writer).
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use super::drain::{CallInFlight, Drain};
 use super::handle::{Executor, Snapshot, now_ms};
 use crate::engine::record::{Failed, Finished};
-use crate::engine::{Next, Record, Saga, StepCall};
+use crate::engine::{Next, Record, Saga, Status, StepCall};
 use crate::journal;
 use crate::participant::{Direction, Operation, Participant, StepKey};
 
@@ -27,12 +34,30 @@ pub(super) enum Control {
     Apply(Record),
 }
 
+/// A saga's journal gate: whoever appends one of the saga's records (its task, or the handle
+/// journaling a control record) holds it while the record is handed to the journal writer.
+pub(super) type Gate = Arc<tokio::sync::Mutex<GateState>>;
+
+pub(super) struct GateState {
+    /// The task's sender; `None` once the task has ended (a control record is then refused).
+    pub(super) control: Option<mpsc::UnboundedSender<Control>>,
+    /// The saga's status after the task's last append: what a control record is checked
+    /// against.
+    pub(super) status: Status,
+}
+
+/// A gate for a saga whose task is about to start.
+pub(super) fn gate(status: Status, control: mpsc::UnboundedSender<Control>) -> Gate {
+    Arc::new(tokio::sync::Mutex::new(GateState { control: Some(control), status }))
+}
+
 /// The task that drives one saga.
 pub(super) struct SagaTask {
     pub(super) exec: Executor,
     pub(super) saga: Saga,
     view: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
+    gate: Gate,
     pub(super) parked_on: Option<String>,
     /// A step outcome handed to the journal but not yet known durable. The next awaited
     /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
@@ -46,8 +71,9 @@ impl SagaTask {
         saga: Saga,
         view: watch::Sender<Snapshot>,
         control: mpsc::UnboundedReceiver<Control>,
+        gate: Gate,
     ) -> SagaTask {
-        SagaTask { exec, saga, view, control, parked_on: None, queued: None }
+        SagaTask { exec, saga, view, control, gate, parked_on: None, queued: None }
     }
 
     /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
@@ -62,13 +88,19 @@ impl SagaTask {
                 tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
             }
         }
-        self.end();
+        self.end().await;
         None
     }
 
     /// The task is over: the API can no longer send it control records, and a finished saga
-    /// moves to the index.
-    fn end(&self) {
+    /// moves to the index. A control record journaled before the gate closed is in the
+    /// journal; recovery applies it like any other.
+    async fn end(&self) {
+        {
+            let mut gate = self.gate.lock().await;
+            gate.control = None;
+            gate.status = self.saga.status();
+        }
         let registry = &self.exec.inner.registry;
         registry.task_ended(&self.saga.id);
         if self.saga.is_finished() {
@@ -82,10 +114,11 @@ impl SagaTask {
         match self.control.recv().await {
             Some(Control::Apply(record)) => {
                 self.apply(&record);
+                self.gate.lock().await.status = self.saga.status();
                 let exec = self.exec.clone();
                 exec.inner.slots.dispatch(self);
             }
-            None => self.end(),
+            None => self.end().await,
         }
     }
 
@@ -101,7 +134,10 @@ impl SagaTask {
                 Next::Done => return self.settle().await.map(|()| false),
                 Next::Finish(outcome) => {
                     let saga = self.saga.id.clone();
-                    self.journal(Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() })).await?;
+                    let finished = Record::SagaFinished(Finished { saga, outcome, at_ms: now_ms() });
+                    if !self.journal_if_planned(finished).await? {
+                        continue; // a control record arrived first: re-plan
+                    }
                     crate::metrics::get().saga_finished(self.saga.status().as_str());
                     tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
                     return Ok(false);
@@ -147,13 +183,75 @@ impl SagaTask {
         self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
     }
 
-    /// Journals `record`, waits until it (and any queued outcome before it) is durable, and
-    /// applies it.
-    pub(super) async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
-        self.exec.inner.journal.append(record.kind(), record.encode()).await?;
+    /// Under the saga's gate: applies the control records journaled before this point, then,
+    /// unless `planned` is set and they made `record` stale (see [`SagaTask::planned`]), hands
+    /// `record` to the journal writer and applies it. `None`: not journaled, re-plan.
+    async fn append(&mut self, record: &Record, planned: bool) -> Result<Option<journal::Queued>, journal::Error> {
+        let gate = Arc::clone(&self.gate);
+        let mut gate = gate.lock().await;
+        // Not published here: `record`, queued after them, is durable only once they are.
+        while let Ok(Control::Apply(control)) = self.control.try_recv() {
+            self.saga.apply(&control);
+        }
+        if planned && !self.planned(record) {
+            gate.status = self.saga.status();
+            return Ok(None);
+        }
+        let queued = self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?;
+        self.saga.apply(record);
+        gate.status = self.saga.status();
+        Ok(Some(queued))
+    }
+
+    /// Whether `record`, a decision (`StepStarted`, `SagaFinished`), is still what `Saga::next`
+    /// says; any other record is a fact and always journaled.
+    fn planned(&self, record: &Record) -> bool {
+        match (record, self.saga.next()) {
+            (Record::StepStarted(r), Next::Run { step, direction, attempt, .. }) => {
+                (r.step, r.direction, r.attempt) == (step, direction, attempt)
+            }
+            (Record::SagaFinished(r), Next::Finish(outcome)) => r.outcome == outcome,
+            (Record::StepStarted(_) | Record::SagaFinished(_), _) => false,
+            _ => true,
+        }
+    }
+
+    /// Waits until `queued` (and any outcome queued before it) is durable, then publishes.
+    async fn durable(&mut self, queued: journal::Queued) -> Result<(), journal::Error> {
+        queued.durable().await?;
         self.queued = None;
-        self.apply(&record);
+        self.publish();
         Ok(())
+    }
+
+    /// Journals `record` (a fact: always journaled), waits until it and any queued outcome
+    /// before it are durable, and publishes the state.
+    pub(super) async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
+        if let Some(queued) = self.append(&record, false).await? {
+            self.durable(queued).await?;
+        }
+        Ok(())
+    }
+
+    /// [`SagaTask::journal`] for a decision: false (nothing journaled) if a control record
+    /// journaled before it made it stale.
+    pub(super) async fn journal_if_planned(&mut self, record: Record) -> Result<bool, journal::Error> {
+        match self.append(&record, true).await? {
+            Some(queued) => self.durable(queued).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Journals a step's `StepStarted` and counts its call in flight, unless a drain has begun
+    /// (then nothing is journaled) or a control record made the attempt stale. `None`: do not
+    /// call the participant.
+    pub(super) async fn journal_start<'d>(
+        &mut self,
+        drain: &'d Drain,
+        started: Record,
+    ) -> Result<Option<CallInFlight<'d>>, journal::Error> {
+        let Some(call) = drain.admit() else { return Ok(None) };
+        Ok(self.journal_if_planned(started).await?.then_some(call))
     }
 
     /// Journals a step's outcome without waiting for the sync: the saga's next record
@@ -161,8 +259,9 @@ impl SagaTask {
     /// `fdatasync`. Applied to the state now (so `next` can plan) but published only once
     /// durable: nobody outside sees an outcome a crash could take back.
     pub(super) async fn journal_outcome(&mut self, record: Record) -> Result<(), journal::Error> {
-        self.queued = Some(self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?);
-        self.saga.apply(&record);
+        if let Some(queued) = self.append(&record, false).await? {
+            self.queued = Some(queued);
+        }
         Ok(())
     }
 

@@ -11,5 +11,6 @@ mod engine_support;
 mod index;
 mod participant_conformance;
 mod participant_outage;
+mod races;
 mod recovery;
 mod side_files;
