@@ -138,6 +138,13 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
             ));
             continue;
         };
+        let mut counts: BTreeMap<(u32, Direction), usize> = BTreeMap::new();
+        for e in effects {
+            *counts.entry((e.key.step, e.key.direction)).or_default() += 1;
+        }
+        for ((step, dir), n) in counts.into_iter().filter(|(_, n)| *n > 1) {
+            out.push(v("effect_applied_twice", id, format!("step {step} {dir:?} committed {n} times")));
+        }
         let find = |step: u32, dir: Direction| effects.iter().find(|e| e.key.step == step && e.key.direction == dir);
         let reopened = per_saga
             .get(*id)

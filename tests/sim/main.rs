@@ -62,8 +62,10 @@ const KNOWN: &[(&str, &str)] = &[
 ];
 
 /// Seeds of the default (CI) run.
-const DEFAULT_SEEDS: u64 = 24;
+const DEFAULT_SEEDS: u64 = 40;
 const DEFAULT_BASE: u64 = 0x5A6A_0000;
+/// Seeds run at once by default: a run mostly waits on timers and fsyncs.
+const DEFAULT_JOBS: usize = 2;
 const PAGE: u64 = 4096;
 
 fn replay_hint(seed: u64) -> String {
@@ -88,7 +90,8 @@ fn simulate() {
     let mut failures = Vec::new();
     let mut known = Vec::new();
     let mut stats = Stats::default();
-    let jobs = std::env::var("SAGALOG_SIM_JOBS").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let jobs =
+        std::env::var("SAGALOG_SIM_JOBS").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(DEFAULT_JOBS).max(1);
     let results = run_all(&seeds, verbose, jobs);
     for (seed, (violations, log, s)) in seeds.iter().copied().zip(results) {
         stats.add(&s);
@@ -222,6 +225,8 @@ struct Run {
     next_id: u64,
     stats: Stats,
     final_view: Option<BTreeMap<String, sagalog::executor::Snapshot>>,
+    /// Sagas with a step scripted to fail permanently, and that step.
+    failing: BTreeMap<String, u32>,
 }
 
 fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
@@ -247,6 +252,7 @@ fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
         next_id: 0,
         stats: Stats::default(),
         final_view: None,
+        failing: BTreeMap::new(),
     };
     let plan = run.plan.clone();
     run.note(format!("seed {seed}: {plan:?}"));
@@ -406,6 +412,13 @@ impl Run {
                 // Hold the writer before its next sync while the sagas keep appending: the batch
                 // it writes meanwhile is the unsynced tail the power loss tears.
                 faults.hold_syncs();
+                // A burst of submits the power loss interrupts: never acknowledged, some of
+                // their records written but not synced.
+                let burst = self.rng.range(0, 6);
+                for _ in 0..burst {
+                    let (exec, def) = (exec.clone(), self.new_saga());
+                    rt.spawn(async move { exec.submit(def).await });
+                }
                 std::thread::sleep(Duration::from_millis(5));
                 let snapshot = read_segments(journal.dir());
                 let acked_lsn = journal.acked_lsn();
@@ -417,7 +430,7 @@ impl Run {
                 let _ = journal.shutdown_blocking();
                 drop(journal);
                 self.wait_unlocked();
-                self.power_loss_image(&journal_dir, snapshot, acked_lsn, loss);
+                self.power_loss_image(&journal_dir, snapshot, acked_lsn, loss, burst);
             }
         }
         Ok(())
@@ -468,7 +481,9 @@ impl Run {
         }
     }
 
-    async fn submit_new(&mut self, exec: &Executor, tick: u64) {
+    /// A fresh saga of 1–4 steps over random participants; 15% have a step scripted to fail
+    /// permanently.
+    fn new_saga(&mut self) -> SagaDefinition {
         let id = format!("s{}", self.next_id);
         self.next_id += 1;
         let steps = self.rng.range(1, 4);
@@ -478,13 +493,20 @@ impl Run {
                 StepCall { action: format!("a{p}"), params: BTreeMap::from([("n".to_string(), Value::Int(n as i64))]) }
             })
             .collect::<Vec<_>>();
-        let failing = self.rng.chance(150).then(|| self.rng.range(0, steps - 1) as u32);
-        if let Some(step) = failing {
+        if self.rng.chance(150) {
+            let step = self.rng.range(0, steps - 1) as u32;
             let p: usize = calls[step as usize].action[1..].parse().unwrap();
             self.parts[p].fail_forward(&id, step);
+            self.failing.insert(id.clone(), step);
         }
         let def = SagaDefinition { id: id.clone(), steps: calls };
-        self.defs.insert(id.clone(), def.clone());
+        self.defs.insert(id, def.clone());
+        def
+    }
+
+    async fn submit_new(&mut self, exec: &Executor, tick: u64) {
+        let def = self.new_saga();
+        let (id, steps, failing) = (def.id.clone(), def.steps.len(), self.failing.get(&def.id).copied());
         let result = exec.submit(def).await;
         self.note(format!("  t{tick}: submit {id} ({steps} steps, failing step {failing:?}) -> {result:?}"));
         match result {
@@ -599,6 +621,7 @@ impl Run {
         snapshot: Vec<(String, Vec<u8>)>,
         acked_lsn: u64,
         loss: PageLoss,
+        burst: u64,
     ) {
         let scratch = tempfile::tempdir().expect("scratch dir");
         for (name, bytes) in &snapshot {
@@ -615,6 +638,13 @@ impl Run {
         .expect("scan snapshot");
         if let Some(p) = summary.problem.as_ref().filter(|p| p.severity == Severity::Corrupt) {
             self.violation("live_journal_corrupt", "-", format!("the running journal's bytes scan as corrupt: {p}"));
+        }
+        // A sealed segment was synced whole before its successor was created (the writer
+        // syncs before it rotates, and creates a segment with fsyncs of the file and the
+        // directory), whether or not its last records were acknowledged yet.
+        let last_id = summary.segments.last().map(|s| s.id);
+        for seg in summary.segments.iter().filter(|s| Some(s.id) != last_id) {
+            synced_end.insert(seg.id, seg.valid_end);
         }
         let ids: BTreeMap<String, u64> = summary
             .segments
@@ -658,7 +688,7 @@ impl Run {
             std::fs::write(journal_dir.join(&name), &bytes).expect("write image");
         }
         self.note(format!(
-            "  power loss ({loss:?}): acked lsn {acked_lsn}, kept {kept_total} and lost {lost_total} unsynced bytes"
+            "  power loss ({loss:?}) during a burst of {burst} submits: acked lsn {acked_lsn}, kept {kept_total} and lost {lost_total} unsynced bytes"
         ));
     }
 
