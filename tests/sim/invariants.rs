@@ -120,7 +120,20 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
         let resolves = recs.iter().filter(|(_, r)| matches!(r, Record::Resolved(_))).count() as u64;
         let bound = 16 + saga.steps.len() as u64 * 40 * (1 + u64::from(saga.recoveries) + resolves);
         if recs.len() as u64 > bound {
-            out.push(v("runaway_journal", id, format!("{} records (bound {bound})", recs.len())));
+            // Mostly permanent failures of one step: the in-doubt loop on a marker that cannot
+            // be read (a permanent lookup error leaves the step uncertain, and it is resolved
+            // again at once).
+            let mut permanent: BTreeMap<(u32, Direction), usize> = BTreeMap::new();
+            for (_, r) in recs {
+                if let Record::StepFailed(x) = r
+                    && !x.retryable
+                {
+                    *permanent.entry((x.step, x.direction)).or_default() += 1;
+                }
+            }
+            let worst = permanent.values().copied().max().unwrap_or(0);
+            let kind = if worst * 2 > recs.len() { "permanent_lookup_loop" } else { "runaway_journal" };
+            out.push(v(kind, id, format!("{} records (bound {bound}): {}", recs.len(), history(recs))));
         }
     }
 

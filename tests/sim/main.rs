@@ -59,6 +59,21 @@ const KNOWN: &[(&str, &str)] = &[
      skips a step whose effect then lands; needs fencing of the timed-out transaction or a \
      lookup that waits it out (seen at seeds 1516896278, 1516896305, 1516896309)",
     ),
+    (
+        "permanent_lookup_loop",
+        "journal growth from a loop (issue 10, the journal never grows without bound): an in-doubt \
+     step whose marker lookup fails permanently (the store vanished) is journaled as \
+     Failed(permanent, maybe_applied) and, since that leaves it uncertain, resolved again at \
+     once: one StepFailed record per lookup for as long as the store is gone, across restarts \
+     (seed 7000099: one saga wrote ~380 records, then compensated once the store came back)",
+    ),
+    (
+        "power_loss_hole_refused",
+        "journal availability after power loss: when a power loss persists a later unsynced page \
+     but not an earlier one (out-of-order writeback), the last segment holds zeroes followed by \
+     valid frames that were never acknowledged; the journal refuses to open it as corruption \
+     and needs `sagalog wal repair`, though no acknowledged record is damaged (seed 7000004)",
+    ),
 ];
 
 /// Seeds of the default (CI) run.
@@ -227,6 +242,8 @@ struct Run {
     final_view: Option<BTreeMap<String, sagalog::executor::Snapshot>>,
     /// Sagas with a step scripted to fail permanently, and that step.
     failing: BTreeMap<String, u32>,
+    /// How the previous run ended.
+    prev_ending: Option<Ending>,
 }
 
 fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
@@ -253,6 +270,7 @@ fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
         stats: Stats::default(),
         final_view: None,
         failing: BTreeMap::new(),
+        prev_ending: None,
     };
     let plan = run.plan.clone();
     run.note(format!("seed {seed}: {plan:?}"));
@@ -342,7 +360,12 @@ impl Run {
         let opened = match Journal::open_dir(&self.dir, Run::journal_options(faults.clone())) {
             Ok(o) => o,
             Err(e) => {
-                self.violation("journal_refuses_to_open", "-", format!("epoch {epoch}: {e}"));
+                // After a power loss that kept a later unsynced page but not an earlier one, the
+                // journal sees zeroes followed by valid (never acknowledged) frames.
+                let hole = self.prev_ending == Some(Ending::PowerLoss(PageLoss::Scattered))
+                    && e.to_string().contains("valid records follow");
+                let kind = if hole { "power_loss_hole_refused" } else { "journal_refuses_to_open" };
+                self.violation(kind, "-", format!("epoch {epoch}: {e}"));
                 return Err(());
             }
         };
@@ -390,6 +413,7 @@ impl Run {
         if last {
             return Ok(());
         }
+        self.prev_ending = Some(ending);
         self.stats.restarts += 1;
         match ending {
             Ending::Clean => {
