@@ -107,8 +107,10 @@ impl SagaTask {
                     return Ok(false);
                 }
                 Next::Stuck { step } => {
-                    tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
-                        "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    let s = &self.saga.steps[step as usize];
+                    let reason = s.compensate.last_error.as_ref().or(s.forward.last_error.as_ref());
+                    tracing::error!(saga = %self.saga.id, step, ?reason,
+                        "saga is STUCK: a compensation or a marker lookup failed for good; an operator must resolve it");
                     self.settle().await?;
                     self.publish();
                     // A decision that already arrived is applied by the next

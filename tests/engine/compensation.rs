@@ -7,7 +7,7 @@ use crate::engine_support;
 use std::time::Duration;
 
 use engine_support::{CONFIG, comp, fwd, saga, settled, start};
-use sagalog::engine::{ResolveDecision, Status};
+use sagalog::engine::{Record, ResolveDecision, Status};
 use sagalog::executor::{Error, SubmitOutcome};
 use sagalog::participant::Direction;
 use sagalog::participant::memory::{Fault, Memory};
@@ -284,4 +284,56 @@ async fn many_concurrent_sagas_complete() {
         assert_eq!(settled(&h.exec, &id).await.status, Status::Completed);
         assert_eq!(h.mem.effects(&id), vec![fwd(0), fwd(1), fwd(2)]);
     }
+}
+
+/// Issue 10 item 10: the marker of an in-doubt step cannot be read (a permanent lookup error,
+/// such as a restored database without the marker table). The saga must not journal lookup
+/// failures in a loop: after the step's compensation budget (3 here) it is STUCK with the
+/// lookup's error as the reason, and an operator's `RetryCompensation` then unblocks it once
+/// the markers are readable again. Before the fix this never settled (one record per lookup,
+/// forever).
+#[tokio::test]
+async fn unreadable_marker_ends_stuck_with_the_reason_after_a_bounded_number_of_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Memory::new("mem");
+    // One forward attempt: its retryable failure (effect maybe applied) starts compensation,
+    // which must first settle step 1 by its marker.
+    mem.inject(Some(1), Some(Direction::Forward), Fault::Retryable);
+    mem.set_markers_unreadable(true);
+    let config = CONFIG.replace("max_attempts = 4,", "max_attempts = 1,");
+    let h = start(dir.path(), &mem, &config);
+    h.exec.submit(saga("unreadable", 2)).await.unwrap();
+    let snap = settled(&h.exec, "unreadable").await;
+    assert_eq!(snap.status, Status::Stuck);
+    let reason = snap.saga.steps[1].forward.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("cannot read marker") && reason.contains("sagalog_markers"), "reason: {reason:?}");
+
+    let lookup_failures = || {
+        let mut n = 0;
+        sagalog::journal::scan(&dir.path().join("journal"), |r, _, _| {
+            if let Ok(Record::StepFailed(f)) = Record::decode(r.kind, r.payload)
+                && f.step == 1
+                && !f.retryable
+                && f.maybe_applied
+            {
+                n += 1;
+            }
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!(lookup_failures(), 3, "one journal record per lookup, bounded by compensate_retry.max_attempts");
+
+    mem.set_markers_unreadable(false);
+    let mut watch = h.exec.watch("unreadable").unwrap();
+    h.exec.resolve("unreadable", ResolveDecision::RetryCompensation, "op").await.unwrap();
+    // Not `settled`: the snapshot may still say STUCK until the task applies the decision.
+    let snap = tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.status.is_terminal()))
+        .await
+        .expect("the resolved saga finishes")
+        .unwrap()
+        .clone();
+    assert_eq!(snap.status, Status::Compensated);
+    assert_eq!(mem.effects("unreadable"), vec![fwd(0), comp(0)], "step 1 had no marker: only step 0 is undone");
+    assert_eq!(lookup_failures(), 3);
 }
