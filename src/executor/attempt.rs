@@ -161,6 +161,11 @@ impl SagaTask {
                         self.parked_on = Some(participant.to_owned());
                         self.publish();
                     }
+                    if self.holds_slot {
+                        // Wait outside the slots (`SagaTask::wait_while_parked`).
+                        self.leave_slot = true;
+                        return Ok(false);
+                    }
                     let version = self.saga.version;
                     // Up to a quarter longer, at random: parked sagas drift apart.
                     self.pause(wait + wait.mul_f64(rand::random_range(0.0..=0.25))).await?;

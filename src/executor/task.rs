@@ -34,6 +34,11 @@ pub(super) struct SagaTask {
     view: watch::Sender<Snapshot>,
     control: mpsc::UnboundedReceiver<Control>,
     pub(super) parked_on: Option<String>,
+    /// Set by the breaker admission instead of waiting in a slot: the drive loop returns and the
+    /// worker hands the slot on (a parked saga must not starve healthy participants' sagas).
+    pub(super) leave_slot: bool,
+    /// False while the task waits outside the slots: breaker waits then sleep in place.
+    pub(super) holds_slot: bool,
     /// A step outcome handed to the journal but not yet known durable. The next awaited
     /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
     /// where no append follows soon.
@@ -47,7 +52,7 @@ impl SagaTask {
         view: watch::Sender<Snapshot>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> SagaTask {
-        SagaTask { exec, saga, view, control, parked_on: None, queued: None }
+        SagaTask { exec, saga, view, control, parked_on: None, leave_slot: false, holds_slot: true, queued: None }
     }
 
     /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
@@ -89,7 +94,35 @@ impl SagaTask {
         }
     }
 
-    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
+    /// Waits, holding no slot, while the breaker of the participant it is parked on stays open
+    /// (running the health probe when handed it), then queues the saga to run again.
+    pub(super) async fn wait_while_parked(mut self) {
+        let Some(participant) = self.parked_on.clone() else { return self.redispatch() };
+        self.holds_slot = false;
+        let waited = self.wait_for_breaker(&participant).await;
+        self.holds_slot = true;
+        match waited {
+            Ok(_) => self.redispatch(),
+            Err(e) => {
+                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                self.end();
+            }
+        }
+    }
+
+    fn redispatch(mut self) {
+        self.leave_slot = false;
+        let exec = self.exec.clone();
+        exec.inner.slots.dispatch(self);
+    }
+
+    /// Whether the task left its slot parked behind a breaker (else it is STUCK).
+    pub(super) fn is_parked(&self) -> bool {
+        self.leave_slot
+    }
+
+    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator, or is parked
+    /// behind a breaker and waits outside the slots.
     async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
             if self.exec.draining() {
@@ -125,6 +158,10 @@ impl SagaTask {
                 Next::Run { step, direction, attempt, after_failure } => {
                     self.run_step(step, direction, attempt, after_failure).await?
                 }
+            }
+            if self.leave_slot {
+                self.settle().await?;
+                return Ok(true);
             }
         }
     }

@@ -337,3 +337,63 @@ async fn unreadable_marker_ends_stuck_with_the_reason_after_a_bounded_number_of_
     assert_eq!(mem.effects("unreadable"), vec![fwd(0), comp(0)], "step 1 had no marker: only step 0 is undone");
     assert_eq!(lookup_failures(), 3);
 }
+
+/// Issue 10 item 14: sagas parked behind an open breaker give their slot up. With as many
+/// parked sagas as `max_in_flight` slots, a saga on a healthy participant still runs (before
+/// the fix it waited in line behind them for as long as the outage lasted), and the parked
+/// ones finish once their participant is back.
+#[tokio::test]
+async fn parked_sagas_free_their_slots_for_a_healthy_participant() {
+    use sagalog::catalog::Catalog;
+    use sagalog::engine::{SagaDefinition, StepCall, Value};
+    use sagalog::executor::Executor;
+    use sagalog::journal::{Journal, Options, SyncPolicy};
+    use sagalog::participant::Participant;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    const PARKED: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[participants.ok]\nkind = \"memory\"\n\n[actions.good]\nparticipant = \"ok\"\nparams = {{ n = \"int\" }}\n\
+         forward = {{ sql = \"do\", args = [\"n\"] }}\ncompensate = {{ sql = \"undo\", args = [\"n\"] }}\n",
+        CONFIG.replace("[executor]\n", &format!("[executor]\nmax_in_flight = {PARKED}\n"))
+    );
+    let (dead, healthy) = (Memory::new("mem"), Memory::new("ok"));
+    dead.set_down(true);
+    let options = Options { sync: SyncPolicy::Never, ..Options::default() };
+    let journal = Journal::open_dir(dir.path(), options).unwrap().journal;
+    let mut participants: BTreeMap<String, Arc<dyn Participant>> = BTreeMap::new();
+    participants.insert("mem".into(), Arc::new(dead.clone()));
+    participants.insert("ok".into(), Arc::new(healthy.clone()));
+    let exec = Executor::new(journal, Arc::new(Catalog::parse(&config).unwrap()), participants);
+
+    let mut watches = Vec::new();
+    for n in 0..PARKED {
+        let id = format!("parked-{n}");
+        exec.submit(saga(&id, 1)).await.unwrap();
+        watches.push(exec.watch(&id).unwrap());
+    }
+    for watch in &mut watches {
+        tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.parked_on.is_some()))
+            .await
+            .expect("every saga on the dead participant parks")
+            .unwrap();
+    }
+    let step = StepCall { action: "good".into(), params: BTreeMap::from([("n".to_string(), Value::Int(0))]) };
+    exec.submit(SagaDefinition { id: "healthy".into(), steps: vec![step] }).await.unwrap();
+    let snap = settled(&exec, "healthy").await;
+    assert_eq!(snap.status, Status::Completed, "a healthy participant's saga waited behind parked ones");
+    assert_eq!(healthy.effects("healthy"), vec![fwd(0)]);
+    for n in 0..PARKED {
+        let parked = exec.get(&format!("parked-{n}")).unwrap();
+        assert_eq!(parked.parked_on.as_deref(), Some("mem"), "still parked while the participant is down");
+    }
+
+    dead.set_down(false);
+    for n in 0..PARKED {
+        let id = format!("parked-{n}");
+        assert_eq!(settled(&exec, &id).await.status, Status::Completed, "{id}");
+        assert_eq!(dead.effects(&id), vec![fwd(0)], "{id}");
+    }
+}
