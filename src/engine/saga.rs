@@ -10,6 +10,9 @@
 //!   resolved by its participant's marker, a step that certainly did not apply is skipped,
 //!   every applied step is compensated; a compensation that fails permanently or exhausts its
 //!   budget makes the saga STUCK until an operator resolves it;
+//! - a marker that cannot be read (a lookup failed permanently: no marker table, an
+//!   invalidated database, EACCES) is asked again at most the step's compensation budget
+//!   times, then the saga is STUCK with the lookup's error: it never loops;
 //! - an operator may reopen a COMPLETED saga (`Resolved { CompensateCompleted }`): it goes back
 //!   to compensating, and every step is compensated like after a failure.
 //!
@@ -68,6 +71,11 @@ pub struct StepProgress {
     pub failed_permanently: bool,
     pub last_error: Option<String>,
     pub by_marker: bool,
+    /// Marker lookups that failed for good (`StepFailed { retryable: false, maybe_applied:
+    /// true }`, which only a lookup journals): the effect's fate could not be learned. Counted
+    /// against the step's compensation budget; an operator's `RetryCompensation` resets it.
+    #[serde(default)]
+    pub unreadable_markers: u32,
     pub first_started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
 }
@@ -120,7 +128,8 @@ pub enum Next {
     Resolve { step: u32, direction: Direction },
     /// Every step is settled: journal `SagaFinished` with this outcome.
     Finish(Outcome),
-    /// A compensation failed for good: wait for an operator.
+    /// A compensation failed for good, or the marker of an in-doubt step could not be read
+    /// within the compensation budget: wait for an operator.
     Stuck { step: u32 },
     /// The saga is finished; nothing to do.
     Done,
@@ -227,6 +236,9 @@ impl Saga {
                 p.maybe_applied = r.maybe_applied;
                 p.failed_permanently = !r.retryable;
                 p.last_error = Some(r.error.clone());
+                if !r.retryable && r.maybe_applied {
+                    p.unreadable_markers += 1;
+                }
                 let exhausted = p.attempts >= budget;
                 if r.direction == Direction::Forward && self.phase == Phase::Forward {
                     if !r.retryable {
@@ -282,6 +294,7 @@ impl Saga {
                         ResolveDecision::RetryCompensation => {
                             c.attempts = 0;
                             c.failed_permanently = false;
+                            step.forward.unreadable_markers = 0;
                         }
                         // Handled above, before the phase check.
                         ResolveDecision::CompensateCompleted => {}
@@ -336,6 +349,10 @@ impl Saga {
                 continue;
             }
             if f.uncertain() {
+                // Bounded: a marker that cannot be read is an operator's call, not a loop.
+                if f.unreadable_markers >= s.policy.compensate_max_attempts.max(1) {
+                    return Next::Stuck { step };
+                }
                 return Next::Resolve { step, direction: Direction::Forward };
             }
             if !f.done {

@@ -753,10 +753,9 @@ fn stuck_saga_waits_and_an_operator_decision_unblocks_it() {
 /// permanent error as `StepFailed { retryable: false, maybe_applied: true }`) stays uncertain
 /// for good: during compensation `next()` asks to resolve it again after every such failure,
 /// and the saga never becomes STUCK, so the executor journals failures in a loop instead of
-/// waiting for an operator. Ignored because the fix belongs in `saga.rs` (and perhaps the
-/// executor's `resolve`), outside the files of this change; run it with `--ignored`.
+/// waiting for an operator. Fixed (issue 10 item 10): such lookups count against the step's
+/// compensation budget, then the saga is STUCK.
 #[test]
-#[ignore = "known engine bug, reported with issue 9 item 3: an unreadable marker never makes the saga STUCK"]
 fn unreadable_marker_of_an_in_doubt_step_ends_stuck_not_in_a_loop() {
     let mut saga = replay(2, policy(3, 2), &[&done(0)[..], &[started(1, F)]].concat());
     let mut lookups = 0;
@@ -769,4 +768,27 @@ fn unreadable_marker_of_an_in_doubt_step_ends_stuck_not_in_a_loop() {
     }
     assert!(lookups <= 100, "still asked to resolve step 1 after 100 permanent lookup failures ({:?})", saga.status());
     assert_eq!(saga.status(), Status::Stuck);
+    assert_eq!(lookups, 2, "one lookup in the forward phase, then the compensation budget (2) in all");
+}
+
+/// A saga STUCK on an unreadable marker is an operator's call like any STUCK saga:
+/// `RetryCompensation` gives the lookups a fresh budget, `MarkCompensated` takes the step (and
+/// every remaining compensation) on the operator's word.
+#[test]
+fn stuck_on_an_unreadable_marker_is_unblocked_by_either_operator_decision() {
+    let unreadable = failed(1, F, false, true);
+    let journal = [&done(0)[..], &[started(1, F), unreadable.clone(), unreadable]].concat();
+    let saga = replay(2, policy(3, 2), &journal);
+    assert_eq!(saga.next(), Next::Stuck { step: 1 });
+    assert_eq!(saga.steps[1].forward.last_error.as_deref(), Some("boom"), "the reason is the lookup's error");
+
+    let mut retry = saga.clone();
+    retry.apply(&resolved(ResolveDecision::RetryCompensation));
+    assert_eq!(retry.next(), Next::Resolve { step: 1, direction: F });
+    retry.apply(&no_marker(1, F));
+    assert!(matches!(retry.next(), Next::Run { step: 0, direction: C, .. }), "{:?}", retry.next());
+
+    let mut marked = saga;
+    marked.apply(&resolved(ResolveDecision::MarkCompensated));
+    assert_eq!(marked.next(), Next::Finish(Outcome::Compensated));
 }

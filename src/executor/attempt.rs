@@ -1,5 +1,6 @@
 //! One step attempt: back-off with jitter after a failure, admission through the participant's
-//! circuit breaker (parking the saga while it is open), `StepStarted` made durable, the call
+//! circuit breaker (parking the saga while it is open, with jittered wake-ups so parked sagas
+//! do not all resume at the same instant), `StepStarted` made durable, the call
 //! under its timeout, and the outcome journaled.
 //!
 //! Owns the mapping from a call's result to the journaled outcome (retryable, permanent,
@@ -22,6 +23,10 @@ use crate::participant::{Applied, Direction};
 
 /// How long a circuit breaker's health probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a saga that was parked waits, at random, before its first call once the
+/// breaker lets calls through: sagas parked together do not all hit the participant at once.
+const RESUME_SPREAD: Duration = Duration::from_millis(200);
 
 /// How a step attempt ended, before it is journaled.
 enum Attempt {
@@ -123,6 +128,7 @@ impl SagaTask {
     pub(super) async fn wait_for_breaker(&mut self, participant: &str) -> Result<bool, journal::Error> {
         let exec = self.exec.clone();
         let Some(breaker) = exec.inner.breakers.get(participant) else { return Ok(true) };
+        let mut spread = false;
         loop {
             match breaker.allow(tokio::time::Instant::now()) {
                 Admission::Probe => {
@@ -134,6 +140,15 @@ impl SagaTask {
                     breaker.record_probe(healthy, tokio::time::Instant::now());
                 }
                 Admission::Go => {
+                    if self.parked_on.is_some() && !spread {
+                        spread = true;
+                        let version = self.saga.version;
+                        self.pause(resume_delay()).await?;
+                        if self.saga.version != version {
+                            return Ok(false);
+                        }
+                        continue; // ask again: the breaker may have opened meanwhile
+                    }
                     if self.parked_on.take().is_some() {
                         tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
@@ -146,8 +161,14 @@ impl SagaTask {
                         self.parked_on = Some(participant.to_owned());
                         self.publish();
                     }
+                    if self.holds_slot {
+                        // Wait outside the slots (`SagaTask::wait_while_parked`).
+                        self.leave_slot = true;
+                        return Ok(false);
+                    }
                     let version = self.saga.version;
-                    self.pause(wait).await?;
+                    // Up to a quarter longer, at random: parked sagas drift apart.
+                    self.pause(wait + wait.mul_f64(rand::random_range(0.0..=0.25))).await?;
                     if self.saga.version != version {
                         return Ok(false);
                     }
@@ -167,6 +188,11 @@ impl SagaTask {
             _ => breaker.record_success(),
         }
     }
+}
+
+/// A random delay in `0..=RESUME_SPREAD`.
+fn resume_delay() -> Duration {
+    RESUME_SPREAD.mul_f64(rand::random_range(0.0..=1.0))
 }
 
 /// `ms` with up to `jitter` of it randomised (±), so retries of many sagas spread out.

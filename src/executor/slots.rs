@@ -1,5 +1,5 @@
 //! Concurrency: `max_in_flight` slots, the queue of sagas waiting for one, and the worker that
-//! holds a slot.
+//! holds a slot. A saga parked behind an open breaker or STUCK gives its slot up.
 //!
 //! A queued saga costs its state only, not a tokio task: recovery may adopt a hundred thousand
 //! at once. Taking a slot and queueing happen under the queue's lock, and so does a worker's
@@ -66,9 +66,14 @@ impl Slots {
 async fn worker(mut slot: OwnedSemaphorePermit, mut task: SagaTask) {
     let exec = task.exec.clone();
     loop {
-        if let Some(stuck) = task.run().await {
-            // A STUCK saga waits for an operator outside the slots: it must not starve others.
-            tokio::spawn(stuck.wait_for_operator());
+        if let Some(waiting) = task.run().await {
+            // A STUCK saga waits for an operator, a parked one for its breaker, outside the
+            // slots: neither must starve others.
+            if waiting.is_parked() {
+                tokio::spawn(waiting.wait_while_parked());
+            } else {
+                tokio::spawn(waiting.wait_for_operator());
+            }
         }
         match exec.inner.slots.next_or_release(slot, &exec.inner.drain) {
             Some((kept, next)) => (slot, task) = (kept, next),

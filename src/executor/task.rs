@@ -59,6 +59,11 @@ pub(super) struct SagaTask {
     control: mpsc::UnboundedReceiver<Control>,
     gate: Gate,
     pub(super) parked_on: Option<String>,
+    /// Set by the breaker admission instead of waiting in a slot: the drive loop returns and the
+    /// worker hands the slot on (a parked saga must not starve healthy participants' sagas).
+    pub(super) leave_slot: bool,
+    /// False while the task waits outside the slots: breaker waits then sleep in place.
+    pub(super) holds_slot: bool,
     /// A step outcome handed to the journal but not yet known durable. The next awaited
     /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
     /// where no append follows soon.
@@ -73,7 +78,7 @@ impl SagaTask {
         control: mpsc::UnboundedReceiver<Control>,
         gate: Gate,
     ) -> SagaTask {
-        SagaTask { exec, saga, view, control, gate, parked_on: None, queued: None }
+        SagaTask { exec, saga, view, control, gate, parked_on: None, leave_slot: false, holds_slot: true, queued: None }
     }
 
     /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
@@ -122,7 +127,35 @@ impl SagaTask {
         }
     }
 
-    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator.
+    /// Waits, holding no slot, while the breaker of the participant it is parked on stays open
+    /// (running the health probe when handed it), then queues the saga to run again.
+    pub(super) async fn wait_while_parked(mut self) {
+        let Some(participant) = self.parked_on.clone() else { return self.redispatch() };
+        self.holds_slot = false;
+        let waited = self.wait_for_breaker(&participant).await;
+        self.holds_slot = true;
+        match waited {
+            Ok(_) => self.redispatch(),
+            Err(e) => {
+                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                self.end().await;
+            }
+        }
+    }
+
+    fn redispatch(mut self) {
+        self.leave_slot = false;
+        let exec = self.exec.clone();
+        exec.inner.slots.dispatch(self);
+    }
+
+    /// Whether the task left its slot parked behind a breaker (else it is STUCK).
+    pub(super) fn is_parked(&self) -> bool {
+        self.leave_slot
+    }
+
+    /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator, or is parked
+    /// behind a breaker and waits outside the slots.
     async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
             if self.exec.draining() {
@@ -143,8 +176,10 @@ impl SagaTask {
                     return Ok(false);
                 }
                 Next::Stuck { step } => {
-                    tracing::error!(saga = %self.saga.id, step, reason = ?self.saga.steps[step as usize].compensate.last_error,
-                        "saga is STUCK: a compensation failed for good; an operator must resolve it");
+                    let s = &self.saga.steps[step as usize];
+                    let reason = s.compensate.last_error.as_ref().or(s.forward.last_error.as_ref());
+                    tracing::error!(saga = %self.saga.id, step, ?reason,
+                        "saga is STUCK: a compensation or a marker lookup failed for good; an operator must resolve it");
                     self.settle().await?;
                     self.publish();
                     // A decision that already arrived is applied by the next
@@ -159,6 +194,10 @@ impl SagaTask {
                 Next::Run { step, direction, attempt, after_failure } => {
                     self.run_step(step, direction, attempt, after_failure).await?
                 }
+            }
+            if self.leave_slot {
+                self.settle().await?;
+                return Ok(true);
             }
         }
     }

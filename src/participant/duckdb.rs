@@ -254,10 +254,31 @@ impl Participant for Duckdb {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(self.run(|name, conn| {
-            conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, "probe", &e))?;
-            Ok(())
-        }))
+        let read_only = self.read_only;
+        Box::pin(async move {
+            if read_only {
+                return self
+                    .run(|name, conn| {
+                        conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                            .map_err(|e| classify(name, "probe", &e))?;
+                        Ok(())
+                    })
+                    .await;
+            }
+            // A read succeeds on an invalidated database or a full disk: the probe writes a
+            // marker row the way `apply` does (under the same write lock), then rolls it back.
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                let tx = conn.transaction().map_err(|e| classify(name, "probe: begin transaction", &e))?;
+                let insert = format!(
+                    "INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
+                );
+                tx.execute(&insert, []).map_err(|e| classify(name, "probe: write a marker row", &e))?;
+                tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
+            })
+            .await
+        })
     }
 }
 

@@ -31,6 +31,9 @@ use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, 
 
 /// The directory under the root that holds the markers.
 pub const MARKER_DIR: &str = ".sagalog-markers";
+/// The health probe's file, directly in the marker directory. The `%` prefix marks a
+/// hex-encoded saga directory, and this name is not valid hex, so it never names a saga.
+pub const PROBE_FILE: &str = "%sagalog-probe";
 /// What a temporary file's name has between the target's name and its random suffix.
 pub const TMP_INFIX: &str = ".sagalog-tmp-";
 /// Operations running on blocking threads at once, per participant.
@@ -229,15 +232,34 @@ impl Participant for Fs {
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let markers = self.root.join(MARKER_DIR);
-            let name = self.name.clone();
+            let (name, read_only) = (self.name.clone(), self.read_only);
             self.run(move || match fs::metadata(&markers) {
-                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(meta) if meta.is_dir() && read_only => Ok(()),
+                Ok(meta) if meta.is_dir() => write_probe(&markers.join(PROBE_FILE))
+                    .map_err(|e| classify(&name, &format!("probe write in {}", markers.display()), &e)),
                 Ok(_) => Err(Error::permanent(&name, format!("{} is not a directory", markers.display()))),
                 Err(e) => Err(classify(&name, &format!("probe {}", markers.display()), &e)),
             })
             .await
         })
     }
+}
+
+/// The write path a marker takes, minus the rename: create, write, fsync, remove. A
+/// participant that can list its markers but not write them (disk full, a read-only
+/// remount, lost permissions) fails here instead of passing as healthy.
+fn write_probe(path: &Path) -> io::Result<()> {
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(b"sagalog health probe\n").and_then(|()| file.sync_all()));
+    let removed = match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    written.and(removed)
 }
 
 /// Runs one planned operation; each is idempotent. Messages name paths relative to the root.
@@ -388,6 +410,9 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
     let mut out = Vec::new();
     for saga in sagas {
         let saga = saga.map_err(|e| classify(name, &format!("list {}", dir.display()), &e))?;
+        if saga.file_name() == PROBE_FILE {
+            continue; // a health probe's file, there for a moment
+        }
         let Some(saga_id) = saga.file_name().to_str().and_then(saga_id_of_dir_name) else {
             tracing::warn!(participant = name, dir = ?saga.path(), "ignoring a marker directory that names no saga");
             continue;

@@ -33,6 +33,9 @@ struct State {
     faults: VecDeque<(Option<u32>, Option<Direction>, Fault)>,
     /// While true, every call fails with a retryable "connection refused".
     down: bool,
+    /// While true, every marker lookup fails with a permanent error (a restored database
+    /// without the marker table, a permission error).
+    markers_unreadable: bool,
     applies: u64,
 }
 
@@ -56,6 +59,11 @@ impl Memory {
     /// Takes the participant down (every call fails as if the connection were refused) or up.
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Makes every marker lookup fail permanently (`true`) or work again (`false`).
+    pub fn set_markers_unreadable(&self, unreadable: bool) {
+        self.lock().markers_unreadable = unreadable;
     }
 
     /// Committed effects for a saga, in commit order.
@@ -143,6 +151,9 @@ impl Participant for Memory {
             let st = self.lock();
             if st.down {
                 return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+            }
+            if st.markers_unreadable {
+                return Err(Error::permanent(&self.name, "no such table: sagalog_markers"));
             }
             Ok(st.markers.contains(key))
         })

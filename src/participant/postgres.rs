@@ -225,8 +225,21 @@ impl Participant for Postgres {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            client.simple_query("SELECT 1").await.map_err(|e| classify(&self.name, "probe", &e))?;
+            let mut client = self.client().await?;
+            if self.read_only {
+                client.simple_query("SELECT 1").await.map_err(|e| classify(&self.name, "probe", &e))?;
+                return Ok(());
+            }
+            // A read succeeds on a server that cannot write (disk full, a read-only standby):
+            // the probe writes a marker row the way a step does, then rolls it back. An error
+            // drops the transaction, which tokio-postgres rolls back.
+            let name = self.name.as_str();
+            let tx = client.transaction().await.map_err(|e| classify(name, "probe: begin transaction", &e))?;
+            let insert = format!(
+                "INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ('', -1, 'probe') ON CONFLICT DO NOTHING"
+            );
+            tx.execute(&insert, &[]).await.map_err(|e| classify(name, "probe: write a marker row", &e))?;
+            tx.rollback().await.map_err(|e| classify(name, "probe: rollback", &e))?;
             Ok(())
         })
     }

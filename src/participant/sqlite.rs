@@ -6,11 +6,17 @@
 //! all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same key are
 //! serialized by the database itself, and the second one sees the first one's marker.
 //!
+//! Writers are serialized inside the process (`write_lock`, as the DuckDB participant does):
+//! SQLite's busy handler sleeps and polls, so writers racing for the lock starve each other
+//! (and fail as busy) when many sagas start at once, for instance when a breaker closes.
+//! Waiting writers wait on the lock, holding no pooled connection; readers are not affected.
+//!
 //! Every call into SQLite runs on a blocking thread (`spawn_blocking`), never on the async
 //! runtime. The database runs in WAL mode with `synchronous=FULL`, so a committed marker is on
 //! disk when `apply` returns.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params, params_from_iter};
@@ -37,6 +43,9 @@ pub struct Sqlite {
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
     has_marker_table: bool,
+    /// Held by `apply` and the write probe from before they take a connection until their
+    /// transaction ends: one writer at a time inside this process.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Sqlite {
@@ -73,6 +82,7 @@ impl Sqlite {
             pool,
             read_only: false,
             has_marker_table: true,
+            write_lock: Arc::default(),
         })
     }
 
@@ -105,6 +115,7 @@ impl Sqlite {
             pool,
             read_only: true,
             has_marker_table,
+            write_lock: Arc::default(),
         })
     }
 
@@ -174,7 +185,14 @@ impl Participant for Sqlite {
             }
             let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
             let key = key.clone();
-            self.run(move |name, conn| apply_blocking(name, conn, &key, statement)).await
+            // The guard moves into the blocking task, so it is released when the transaction
+            // ends, not when this future is dropped (a step timeout).
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                apply_blocking(name, conn, &key, statement)
+            })
+            .await
         })
     }
 
@@ -257,17 +275,37 @@ impl Participant for Sqlite {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
-        let read_only = self.read_only;
-        Box::pin(self.run(move |name, conn| {
-            if read_only {
-                return conn.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| classify(name, "probe", &e));
+        Box::pin(async move {
+            if self.read_only {
+                return self
+                    .run(|name, conn| {
+                        conn.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| classify(name, "probe", &e))
+                    })
+                    .await;
             }
-            // A read succeeds even while another connection holds the write lock (WAL mode), so
-            // the probe takes the write lock and lets it go: that is what a step will need.
-            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK").map_err(|e| classify(name, "probe", &e))?;
-            Ok(())
-        }))
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                probe_write(name, conn)
+            })
+            .await
+        })
     }
+}
+
+/// A read succeeds even while another connection holds the write lock (WAL mode), or while
+/// the disk is full, so the probe walks a step's write path: the write lock, a marker row
+/// inserted, then rolled back. Nothing is left behind; the probe row's step (-1) is one no
+/// step has.
+fn probe_write(name: &str, conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(name, "probe: begin transaction", &e))?;
+    let insert = format!(
+        "INSERT OR REPLACE INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
+    );
+    tx.execute(&insert, []).map_err(|e| classify(name, "probe: write a marker row", &e))?;
+    tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
 }
 
 /// The body of `apply`: marker check, statement, marker insert, all in one write transaction.

@@ -7,7 +7,7 @@ use crate::engine_support;
 use std::time::Duration;
 
 use engine_support::{CONFIG, comp, fwd, saga, settled, start};
-use sagalog::engine::{ResolveDecision, Status};
+use sagalog::engine::{Record, ResolveDecision, Status};
 use sagalog::executor::{Error, SubmitOutcome};
 use sagalog::participant::Direction;
 use sagalog::participant::memory::{Fault, Memory};
@@ -283,5 +283,117 @@ async fn many_concurrent_sagas_complete() {
         let id = format!("m{i}");
         assert_eq!(settled(&h.exec, &id).await.status, Status::Completed);
         assert_eq!(h.mem.effects(&id), vec![fwd(0), fwd(1), fwd(2)]);
+    }
+}
+
+/// Issue 10 item 10: the marker of an in-doubt step cannot be read (a permanent lookup error,
+/// such as a restored database without the marker table). The saga must not journal lookup
+/// failures in a loop: after the step's compensation budget (3 here) it is STUCK with the
+/// lookup's error as the reason, and an operator's `RetryCompensation` then unblocks it once
+/// the markers are readable again. Before the fix this never settled (one record per lookup,
+/// forever).
+#[tokio::test]
+async fn unreadable_marker_ends_stuck_with_the_reason_after_a_bounded_number_of_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Memory::new("mem");
+    // One forward attempt: its retryable failure (effect maybe applied) starts compensation,
+    // which must first settle step 1 by its marker.
+    mem.inject(Some(1), Some(Direction::Forward), Fault::Retryable);
+    mem.set_markers_unreadable(true);
+    let config = CONFIG.replace("max_attempts = 4,", "max_attempts = 1,");
+    let h = start(dir.path(), &mem, &config);
+    h.exec.submit(saga("unreadable", 2)).await.unwrap();
+    let snap = settled(&h.exec, "unreadable").await;
+    assert_eq!(snap.status, Status::Stuck);
+    let reason = snap.saga.steps[1].forward.last_error.clone().unwrap_or_default();
+    assert!(reason.contains("cannot read marker") && reason.contains("sagalog_markers"), "reason: {reason:?}");
+
+    let lookup_failures = || {
+        let mut n = 0;
+        sagalog::journal::scan(&dir.path().join("journal"), |r, _, _| {
+            if let Ok(Record::StepFailed(f)) = Record::decode(r.kind, r.payload)
+                && f.step == 1
+                && !f.retryable
+                && f.maybe_applied
+            {
+                n += 1;
+            }
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!(lookup_failures(), 3, "one journal record per lookup, bounded by compensate_retry.max_attempts");
+
+    mem.set_markers_unreadable(false);
+    let mut watch = h.exec.watch("unreadable").unwrap();
+    h.exec.resolve("unreadable", ResolveDecision::RetryCompensation, "op").await.unwrap();
+    // Not `settled`: the snapshot may still say STUCK until the task applies the decision.
+    let snap = tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.status.is_terminal()))
+        .await
+        .expect("the resolved saga finishes")
+        .unwrap()
+        .clone();
+    assert_eq!(snap.status, Status::Compensated);
+    assert_eq!(mem.effects("unreadable"), vec![fwd(0), comp(0)], "step 1 had no marker: only step 0 is undone");
+    assert_eq!(lookup_failures(), 3);
+}
+
+/// Issue 10 item 14: sagas parked behind an open breaker give their slot up. With as many
+/// parked sagas as `max_in_flight` slots, a saga on a healthy participant still runs (before
+/// the fix it waited in line behind them for as long as the outage lasted), and the parked
+/// ones finish once their participant is back.
+#[tokio::test]
+async fn parked_sagas_free_their_slots_for_a_healthy_participant() {
+    use sagalog::catalog::Catalog;
+    use sagalog::engine::{SagaDefinition, StepCall, Value};
+    use sagalog::executor::Executor;
+    use sagalog::journal::{Journal, Options, SyncPolicy};
+    use sagalog::participant::Participant;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    const PARKED: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[participants.ok]\nkind = \"memory\"\n\n[actions.good]\nparticipant = \"ok\"\nparams = {{ n = \"int\" }}\n\
+         forward = {{ sql = \"do\", args = [\"n\"] }}\ncompensate = {{ sql = \"undo\", args = [\"n\"] }}\n",
+        CONFIG.replace("[executor]\n", &format!("[executor]\nmax_in_flight = {PARKED}\n"))
+    );
+    let (dead, healthy) = (Memory::new("mem"), Memory::new("ok"));
+    dead.set_down(true);
+    let options = Options { sync: SyncPolicy::Never, ..Options::default() };
+    let journal = Journal::open_dir(dir.path(), options).unwrap().journal;
+    let mut participants: BTreeMap<String, Arc<dyn Participant>> = BTreeMap::new();
+    participants.insert("mem".into(), Arc::new(dead.clone()));
+    participants.insert("ok".into(), Arc::new(healthy.clone()));
+    let exec = Executor::new(journal, Arc::new(Catalog::parse(&config).unwrap()), participants);
+
+    let mut watches = Vec::new();
+    for n in 0..PARKED {
+        let id = format!("parked-{n}");
+        exec.submit(saga(&id, 1)).await.unwrap();
+        watches.push(exec.watch(&id).unwrap());
+    }
+    for watch in &mut watches {
+        tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.parked_on.is_some()))
+            .await
+            .expect("every saga on the dead participant parks")
+            .unwrap();
+    }
+    let step = StepCall { action: "good".into(), params: BTreeMap::from([("n".to_string(), Value::Int(0))]) };
+    exec.submit(SagaDefinition { id: "healthy".into(), steps: vec![step] }).await.unwrap();
+    let snap = settled(&exec, "healthy").await;
+    assert_eq!(snap.status, Status::Completed, "a healthy participant's saga waited behind parked ones");
+    assert_eq!(healthy.effects("healthy"), vec![fwd(0)]);
+    for n in 0..PARKED {
+        let parked = exec.get(&format!("parked-{n}")).unwrap();
+        assert_eq!(parked.parked_on.as_deref(), Some("mem"), "still parked while the participant is down");
+    }
+
+    dead.set_down(false);
+    for n in 0..PARKED {
+        let id = format!("parked-{n}");
+        assert_eq!(settled(&exec, &id).await.status, Status::Completed, "{id}");
+        assert_eq!(dead.effects(&id), vec![fwd(0)], "{id}");
     }
 }

@@ -524,6 +524,51 @@ mod sqlite {
         assert_eq!(ro.lookup_markers(std::slice::from_ref(&key)).await.unwrap(), vec![false]);
     }
 
+    /// Issue 10 item 14: a database that reads but cannot write (here a trigger refuses
+    /// marker inserts, as a full disk or an invalidated file would) fails the health probe,
+    /// so a breaker does not close on it; the probe leaves no row behind once writes work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probe_fails_when_markers_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sqlite");
+        let sqlite = Sqlite::open("sqlite", &path, 2).unwrap();
+        let admin = rusqlite::Connection::open(&path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER full BEFORE INSERT ON sagalog_markers \
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+            )
+            .unwrap();
+        let key = StepKey { saga_id: "full".to_owned(), step: 0, direction: Direction::Forward };
+        assert!(!sqlite.lookup_marker(&key).await.unwrap(), "reads still work");
+        assert!(sqlite.probe().await.is_err(), "a probe that only reads passes on a database that cannot write");
+        admin.execute_batch("DROP TRIGGER full").unwrap();
+        sqlite.probe().await.unwrap();
+        assert_eq!(sqlite.all_markers().await.unwrap(), vec![], "the probe's row was rolled back");
+    }
+
+    /// Issue 10 item 14: many sagas writing at once (a breaker closing) through a small pool
+    /// with no busy wait at all: writers are serialized in the process, so none fails as busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_are_serialized_and_none_fails_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.sqlite");
+        let sqlite = Arc::new(Sqlite::open("sqlite", &path, 2).unwrap().with_busy_timeout(Duration::ZERO));
+        let writers: Vec<_> = (0..40u32)
+            .map(|step| {
+                let sqlite = Arc::clone(&sqlite);
+                tokio::spawn(async move {
+                    let key = StepKey { saga_id: "herd".to_owned(), step, direction: Direction::Forward };
+                    sqlite.apply(&key, &Operation::Noop).await
+                })
+            })
+            .collect();
+        for writer in writers {
+            assert_eq!(writer.await.unwrap().unwrap(), Applied::Applied);
+        }
+        assert_eq!(sqlite.markers("herd").await.unwrap().len(), 40);
+    }
+
     /// A pool size of zero is refused as a permanent error.
     #[test]
     fn zero_pool_size_is_refused() {
@@ -622,6 +667,24 @@ mod fs {
     }
 
     common_suite!(super::make_fs);
+
+    /// Issue 10 item 14: the probe walks the marker write path (create, write, fsync,
+    /// remove), so a marker directory that can be listed but not written in fails it. The
+    /// tests run as root, where permissions do not stop writes: the probe's file name is
+    /// taken by a directory instead. A passing probe leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probe_fails_when_the_marker_directory_cannot_be_written() {
+        let h = make_fs().await.unwrap();
+        let markers = root(&h).join(".sagalog-markers");
+        h.p().probe().await.unwrap();
+        assert_eq!(std::fs::read_dir(&markers).unwrap().count(), 0, "the probe left a file");
+        let blocker = markers.join("%sagalog-probe");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(h.p().probe().await.is_err(), "a probe that only reads metadata passes");
+        assert_eq!(h.p().all_markers().await.unwrap(), vec![], "the probe's name is never a saga");
+        std::fs::remove_dir(&blocker).unwrap();
+        h.p().probe().await.unwrap();
+    }
 
     /// Opened read-only: the same markers, `apply` refused, and a root without a marker
     /// directory gets none created.
