@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -66,7 +66,13 @@ pub enum Error {
     Index(#[from] crate::index::Error),
     #[error("the server is shutting down and takes no new sagas")]
     ShuttingDown,
+    #[error("saga {id:?} has {max} control requests waiting to be applied already (the limit); retry later")]
+    ControlQueueFull { id: String, max: usize },
 }
+
+/// The most control records (cancel, resolve) queued to one saga's task and not yet applied;
+/// one more is refused with [`Error::ControlQueueFull`] before anything is journaled.
+pub const CONTROL_QUEUE_MAX: usize = 16;
 
 /// What every handle and saga task shares.
 pub(super) struct Inner {
@@ -85,9 +91,7 @@ pub struct Executor {
     pub(super) inner: Arc<Inner>,
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(super) use crate::clock::now_ms;
 
 impl Executor {
     pub fn new(journal: Journal, catalog: Arc<Catalog>, participants: BTreeMap<String, Arc<dyn Participant>>) -> Self {
@@ -104,9 +108,9 @@ impl Executor {
     ) -> Self {
         let cfg = &catalog.config.executor;
         let breaker_config = BreakerConfig {
-            failures_to_open: cfg.breaker_failures.max(1),
+            failures_to_open: cfg.breaker_failures,
             cooldown: Duration::from_millis(cfg.breaker_cooldown_ms),
-            successes_to_close: cfg.breaker_successes.max(1),
+            successes_to_close: cfg.breaker_successes,
         };
         let breakers = participants.keys().map(|name| (name.clone(), Breaker::new(breaker_config))).collect();
         let slots = Slots::new(cfg.max_in_flight);
@@ -219,7 +223,7 @@ impl Executor {
             self.inner.registry.register(snapshot, first_lsn, reserved, None);
             return;
         }
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
         let gate = task::gate(saga.status(), control_tx);
         let view = self.inner.registry.register(snapshot, first_lsn, reserved, Some(Arc::clone(&gate)));
         self.inner.slots.dispatch(SagaTask::new(self.clone(), saga, view, control_rx, gate));
@@ -334,8 +338,13 @@ impl Executor {
             let (Some(()), Some(sender)) = (allowed(gate.status), gate.control.as_ref()) else {
                 return Err(refused(gate.status));
             };
+            // Only holders of the gate send, so the room seen here is still there below: a
+            // journaled record is always handed to the task.
+            if sender.capacity() == 0 {
+                return Err(Error::ControlQueueFull { id: id.to_owned(), max: CONTROL_QUEUE_MAX });
+            }
             let queued = self.inner.journal.append_queued(record.kind(), record.encode()).await?;
-            let _ = sender.send(Control::Apply(record.clone()));
+            let _ = sender.try_send(Control::Apply(record.clone()));
             queued
         };
         queued.durable().await?;

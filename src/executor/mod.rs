@@ -34,4 +34,4 @@ mod registry;
 mod slots;
 mod task;
 
-pub use handle::{Error, Executor, Snapshot, SubmitOutcome};
+pub use handle::{CONTROL_QUEUE_MAX, Error, Executor, Snapshot, SubmitOutcome};

@@ -26,7 +26,7 @@ pub(super) struct Slots {
 
 impl Slots {
     pub(super) fn new(max_in_flight: usize) -> Slots {
-        Slots { permits: Arc::new(Semaphore::new(max_in_flight.max(1))), waiting: Mutex::new(VecDeque::new()) }
+        Slots { permits: Arc::new(Semaphore::new(max_in_flight)), waiting: Mutex::new(VecDeque::new()) }
     }
 
     fn waiting(&self) -> MutexGuard<'_, VecDeque<SagaTask>> {

@@ -40,14 +40,14 @@ pub(super) type Gate = Arc<tokio::sync::Mutex<GateState>>;
 
 pub(super) struct GateState {
     /// The task's sender; `None` once the task has ended (a control record is then refused).
-    pub(super) control: Option<mpsc::UnboundedSender<Control>>,
+    pub(super) control: Option<mpsc::Sender<Control>>,
     /// The saga's status after the task's last append: what a control record is checked
     /// against.
     pub(super) status: Status,
 }
 
 /// A gate for a saga whose task is about to start.
-pub(super) fn gate(status: Status, control: mpsc::UnboundedSender<Control>) -> Gate {
+pub(super) fn gate(status: Status, control: mpsc::Sender<Control>) -> Gate {
     Arc::new(tokio::sync::Mutex::new(GateState { control: Some(control), status }))
 }
 
@@ -56,7 +56,7 @@ pub(super) struct SagaTask {
     pub(super) exec: Executor,
     pub(super) saga: Saga,
     view: watch::Sender<Snapshot>,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::Receiver<Control>,
     gate: Gate,
     pub(super) parked_on: Option<String>,
     /// Set by the breaker admission instead of waiting in a slot: the drive loop returns and the
@@ -75,7 +75,7 @@ impl SagaTask {
         exec: Executor,
         saga: Saga,
         view: watch::Sender<Snapshot>,
-        control: mpsc::UnboundedReceiver<Control>,
+        control: mpsc::Receiver<Control>,
         gate: Gate,
     ) -> SagaTask {
         SagaTask { exec, saga, view, control, gate, parked_on: None, leave_slot: false, holds_slot: true, queued: None }

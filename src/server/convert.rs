@@ -152,6 +152,7 @@ pub fn error(e: executor::Error) -> Status {
         E::WrongState { .. } => Code::FailedPrecondition,
         E::Journal(_) | E::ShuttingDown => Code::Unavailable,
         E::Index(_) => Code::Internal,
+        E::ControlQueueFull { .. } => Code::ResourceExhausted,
     };
     Status::new(code, message)
 }

@@ -13,7 +13,7 @@ sync = "never"
 segment_bytes_max = 4096
 
 [index]
-checkpoint_interval_ms = 100
+checkpoint_interval_ms = 1000
 
 [participants.mem]
 kind = "memory"

@@ -308,3 +308,24 @@ async fn a_submit_dropped_while_journaling_pins_neither_its_id_nor_the_checkpoin
     assert_eq!(gated.mem.effects("p").len(), 2, "each step applied once");
     assert_eq!(rig.exec.checkpoint_lsn(), rig.journal.acked_lsn() + 1, "the checkpoint is pinned");
 }
+
+/// Issue 9 item 4: a saga's control queue is bounded. While its task is busy in a step, at
+/// most `CONTROL_QUEUE_MAX` cancels wait for it; one more is refused before anything is
+/// journaled, and the saga still ends as its journal says.
+#[tokio::test]
+async fn a_full_control_queue_refuses_more_before_journaling() {
+    let gated = Gated::new(Some((0, Direction::Forward)));
+    let rig = rig(&gated, CONFIG, false);
+    rig.exec.submit(saga("q", 2)).await.unwrap();
+    gated.entered.notified().await;
+    for _ in 0..sagalog::executor::CONTROL_QUEUE_MAX {
+        rig.exec.cancel("q").await.unwrap();
+    }
+    let before = rig.journal.acked_lsn();
+    let refused = rig.exec.cancel("q").await.unwrap_err();
+    assert!(matches!(refused, sagalog::executor::Error::ControlQueueFull { .. }), "{refused}");
+    assert_eq!(rig.journal.acked_lsn(), before, "nothing was journaled for the refused cancel");
+    gated.release.add_permits(1);
+    assert_eq!(terminal(&rig.exec, "q").await, Status::Compensated);
+    assert_eq!(replay(&rig.journal, "q").await.status(), Status::Compensated);
+}

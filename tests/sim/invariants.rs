@@ -25,14 +25,19 @@ fn v(kind: &'static str, saga: &str, detail: impl Into<String>) -> Violation {
     Violation { kind, saga: saga.to_owned(), detail: detail.into() }
 }
 
-/// A STUCK saga must say why: the compensation reason and the failing step's last error.
+/// A STUCK saga must say why: the compensation reason and the failing step's last error (its
+/// compensation's, or its marker lookup's).
 pub fn stuck_has_reason(snap: &Snapshot) -> Option<Violation> {
     if snap.status != Status::Stuck {
         return None;
     }
     let saga = &snap.saga;
     let step_error = match saga.next() {
-        Next::Stuck { step } => saga.steps.get(step as usize).and_then(|s| s.compensate.last_error.clone()),
+        // The compensation's last error, or, for a step whose marker could not be read, the
+        // forward side's (where the lookup's error is kept; the API shows both).
+        Next::Stuck { step } => {
+            saga.steps.get(step as usize).and_then(|s| s.compensate.last_error.clone().or(s.forward.last_error.clone()))
+        }
         _ => None,
     };
     match (&saga.compensation_reason, step_error) {
