@@ -81,7 +81,7 @@ fn history() -> Vec<Record> {
 
 /// The named queries of docs/operations.md: `<!-- query: NAME -->` followed by a sql block.
 fn documented_queries() -> Vec<(String, String)> {
-    let page = include_str!("../docs/operations.md");
+    let page = include_str!("../../docs/operations.md");
     let mut out = Vec::new();
     for chunk in page.split("<!-- query: ").skip(1) {
         let (name, rest) = chunk.split_once(" -->").expect("a query marker ends with -->");
