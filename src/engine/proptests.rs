@@ -413,7 +413,7 @@ impl Sim {
                     self.write(Record::CancelRequested(CancelRequested { saga: ID.into(), at_ms: 0 }));
                 }
                 let already = *self.truth(step, direction);
-                let outcome = if benign { 0 } else { choice.outcome % 6 };
+                let outcome = if benign { 0 } else { choice.outcome % 7 };
                 match outcome {
                     // Success (by marker if an earlier attempt had applied it).
                     0..=2 => {
@@ -431,7 +431,12 @@ impl Sim {
                         self.crash();
                     }
                     // A permanent error rolls back; the participant finds an earlier attempt's marker.
-                    _ if already => self.write(self.succeeded(step, direction, attempt, true)),
+                    5 if already => self.write(self.succeeded(step, direction, attempt, true)),
+                    5 => self.write(self.failed(step, direction, attempt, false, false)),
+                    // A permanent error that says nothing of earlier attempts: it came before the
+                    // participant could read their marker (the store vanished, the participant
+                    // was removed), or an earlier, timed-out attempt commits only afterwards.
+                    // The saga must not conclude "never applied" from it.
                     _ => self.write(self.failed(step, direction, attempt, false, false)),
                 }
                 if matches!(choice.inject, Inject::Crash) && !benign {

@@ -6,6 +6,8 @@
 //!   outcome) or after a failure that may have applied it (retryable error, timeout);
 //! - a retryable failure is retried while the step's budget lasts; a permanent failure, an
 //!   exhausted budget or a cancel switches the saga to compensation;
+//! - once an attempt may have applied the step, the step stays uncertain until it succeeds or
+//!   its marker says "not applied": a later attempt's permanent failure does not clear it;
 //! - compensation walks the steps in strict reverse order: an uncertain forward step is first
 //!   resolved by its participant's marker, a step that certainly did not apply is skipped,
 //!   every applied step is compensated; a compensation that fails permanently or exhausts its
@@ -233,7 +235,15 @@ impl Saga {
                 };
                 let p = step.progress(r.direction);
                 p.in_flight = false;
-                p.maybe_applied = r.maybe_applied;
+                // Only the marker's verdict ("not applied", journaled as a retryable failure
+                // without `maybe_applied`) clears the doubt an earlier attempt left. A permanent
+                // failure speaks for its own attempt alone: an earlier attempt that timed out or
+                // lost its reply may still have committed, so compensation must ask the marker.
+                match (r.retryable, r.maybe_applied) {
+                    (true, false) => p.maybe_applied = false,
+                    (_, true) => p.maybe_applied = true,
+                    (false, false) => {}
+                }
                 p.failed_permanently = !r.retryable;
                 p.last_error = Some(r.error.clone());
                 if !r.retryable && r.maybe_applied {

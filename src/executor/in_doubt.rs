@@ -27,8 +27,10 @@ impl SagaTask {
         let (name, participant, _) = match self.participant_for(&call, direction) {
             Ok(found) => found,
             Err(error) => {
-                // The journaled wording predates the rename; the bytes on disk stay.
-                return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), false).await;
+                // The journaled wording predates the rename; the bytes on disk stay. The step's
+                // fate is unknown, not "not applied": the record counts as a marker that cannot
+                // be read, so compensation asks again within its budget, then the saga is STUCK.
+                return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), true).await;
             }
         };
         let (retry, timeout) = self.retry_config(step, direction);

@@ -36,36 +36,11 @@ use world::{Ending, PageLoss, Plan, Rng};
 /// names the finding; remove it when the fix lands (the run then fails if it comes back).
 const KNOWN: &[(&str, &str)] = &[
     (
-        "acked_cancel_dropped",
-        "executor race (issue 10, executor races): `Executor::cancel` journals CancelRequested, then \
-     messages the saga's task; a task that is mid-step journals the step's outcome and \
-     SagaFinished(Completed) from its state without the cancel, so the journal says Cancel, \
-     Succeeded, Finished(Completed) and the acknowledged cancel is dropped (first seen at seed \
-     1516896259)",
-    ),
-    (
-        "maybe_applied_forgotten",
-        "engine bug: a forward attempt fails retryably after committing (lost reply, so \
-     maybe_applied), the retry fails permanently (the store vanished, or a constraint the first \
-     commit now trips), and `Saga::apply(StepFailed)` overwrites maybe_applied with false: \
-     compensation then skips the step as 'certainly never applied', leaving its effect in place \
-     (Finished(Compensated) with the forward commit uncompensated; seen at seeds 1516896265, \
-     1516896303 in a 60-seed run)",
-    ),
-    (
         "late_commit_uncompensated",
         "protocol limit (issue 10, late commits after timeouts): a step times out, its \
      transaction commits after the executor's marker lookup said 'absent', so compensation \
      skips a step whose effect then lands; needs fencing of the timed-out transaction or a \
      lookup that waits it out (seen at seeds 1516896278, 1516896305, 1516896309)",
-    ),
-    (
-        "permanent_lookup_loop",
-        "journal growth from a loop (issue 10, the journal never grows without bound): an in-doubt \
-     step whose marker lookup fails permanently (the store vanished) is journaled as \
-     Failed(permanent, maybe_applied) and, since that leaves it uncertain, resolved again at \
-     once: one StepFailed record per lookup for as long as the store is gone, across restarts \
-     (seed 7000099: one saga wrote ~380 records, then compensated once the store came back)",
     ),
     (
         "power_loss_hole_refused",
