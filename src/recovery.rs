@@ -171,16 +171,35 @@ pub struct PassReport {
 /// oldest record still needed and restarts every unfinished saga that has no task driving it
 /// (normally none). Sagas with a task are left alone: their in-memory state is ahead of the
 /// journal read here.
+///
+/// The read happens before the look at the executor, so a saga may finish in between: its
+/// task journals `SagaFinished`, ends, and archives it. Such a saga is never restarted: one
+/// the executor holds finished (between the task's end and its archiving, or kept in memory
+/// because archiving failed) is skipped, and one it no longer holds is looked up in the index
+/// (archiving writes the index before it forgets the saga). A saga held unfinished with no
+/// task restarts from the fresher of the two states.
 pub async fn recover_missing(executor: &Executor) -> Result<PassReport, Error> {
     let started = Instant::now();
     let from_lsn = executor.checkpoint_lsn();
     let Rebuilt { sagas, first_lsn, .. } = rebuild_off_runtime(executor, from_lsn, true).await?;
     let mut report = PassReport::default();
-    for saga in sagas.into_values().filter(|s| !s.is_finished()) {
+    for read in sagas.into_values().filter(|s| !s.is_finished()) {
         report.unfinished += 1;
-        if executor.is_live(&saga.id) || executor.archived(&saga.id).ok().flatten().is_some() {
-            continue;
-        }
+        let saga = match executor.known(&read.id) {
+            Some((true, _)) => continue,
+            Some((false, held)) if held.is_finished() => continue,
+            Some((false, held)) if held.version > read.version => held,
+            Some((false, _)) => read,
+            None => match executor.archived(&read.id) {
+                Ok(None) => read,
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    // Neither present nor absent: restarting could run a finished saga again.
+                    tracing::error!(saga = %read.id, error = %e, "recovery pass: cannot read the index; saga left alone");
+                    continue;
+                }
+            },
+        };
         tracing::warn!(saga = %saga.id, "recovery pass: unfinished saga had no running task; restarting it");
         let lsn = first_lsn.get(&saga.id).copied().unwrap_or(from_lsn);
         executor.adopt(saga, lsn);

@@ -247,6 +247,13 @@ impl Executor {
         self.inner.registry.is_live(id)
     }
 
+    /// What a recovery pass must know of a saga it found unfinished in the journal: `None` if
+    /// the executor holds nothing for it; otherwise whether a task drives it now, and the
+    /// state it last published (which may be ahead of a journal read made earlier).
+    pub fn known(&self, id: &str) -> Option<(bool, Saga)> {
+        self.inner.registry.known(id)
+    }
+
     /// A finished saga from the index (`None` if absent or there is no index).
     pub fn archived(&self, id: &str) -> Result<Option<SagaRecord>, Error> {
         self.inner.registry.archived(id)

@@ -209,6 +209,14 @@ impl Registry {
         self.lock().entries.get(id).is_some_and(|e| e.control.is_some() || e.reserved)
     }
 
+    /// What the registry knows of `id` for a recovery pass: `None` if nothing; otherwise
+    /// whether a task drives it (or its submit is being journaled) and its published state.
+    pub(super) fn known(&self, id: &str) -> Option<(bool, Saga)> {
+        let map = self.lock();
+        let entry = map.entries.get(id)?;
+        Some((entry.control.is_some() || entry.reserved, entry.view.borrow().saga.clone()))
+    }
+
     pub(super) fn contains(&self, id: &str) -> bool {
         self.lock().entries.contains_key(id)
     }

@@ -315,3 +315,37 @@ async fn completed_saga_reopened_by_an_operator_is_compensated() {
     assert_eq!(mem.effects(ID), vec![fwd(0), fwd(1), comp(1), comp(0)], "compensated highest first");
     assert!(snap.saga.compensation_reason.as_deref().is_some_and(|r| r.contains("operator")));
 }
+
+/// Trust item A8: an on-demand recovery pass (`Admin.Recover`) reads the journal, then looks
+/// at the registry. A saga that finished in between (its `SagaFinished` came after the read;
+/// its task ended, and it is not archived yet, or cannot be: no index) must not be restarted
+/// from the stale state the pass read. Modelled exactly: the journal holds the saga unfinished,
+/// the executor holds it finished in memory (adopted finished with no index, as a task that
+/// has just ended leaves it).
+#[tokio::test]
+async fn a_recovery_pass_never_restarts_a_saga_that_finished_after_its_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = [submitted(2), started(0, Direction::Forward, 1), succeeded(0, Direction::Forward)];
+    crashed_journal(dir.path(), &on_disk).await;
+    let mem = Memory::new("mem");
+    committed_before_crash(&mem, 0, Direction::Forward).await;
+    let h = start(dir.path(), &mem, CONFIG);
+    let Record::SagaSubmitted(s) = &on_disk[0] else { unreachable!() };
+    let mut finished = sagalog::engine::Saga::submitted(s);
+    let later = [
+        started(1, Direction::Forward, 1),
+        succeeded(1, Direction::Forward),
+        Record::SagaFinished(Finished { saga: ID.into(), outcome: Outcome::Completed, at_ms: 5 }),
+    ];
+    for r in on_disk[1..].iter().chain(&later) {
+        finished.apply(r);
+    }
+    h.exec.adopt(finished, 1);
+    assert_eq!(h.exec.get(ID).map(|s| s.status), Some(Status::Completed));
+
+    let report = recovery::recover_missing(&h.exec).await.unwrap();
+    assert_eq!(report.restarted, 0, "a finished saga was restarted from the journal's stale state");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(mem.effects(ID), vec![fwd(0)], "a stale restart ran the saga's steps again");
+    assert_eq!(h.exec.get(ID).map(|s| s.status), Some(Status::Completed));
+}
