@@ -136,6 +136,7 @@ async fn crashed_journal(root: &Path, sagas: u64) {
                         steps: definition.steps,
                         policies: policies.clone(),
                         at_ms: 1,
+                        actions: Default::default(),
                     });
                     let started = Record::StepStarted(Started {
                         saga: definition.id,

@@ -173,36 +173,52 @@ impl Catalog {
         })
     }
 
-    /// The concrete operation for a validated step, and the participant that runs it.
+    /// The concrete operation for a validated step, and the participant that runs it, from
+    /// today's config. A saga runs the definitions journaled with it ([`bind`]); this is for
+    /// sagas journaled before definitions were.
     pub fn operation(&self, call: &StepCall, direction: Direction) -> Result<(String, Operation), String> {
         let action =
             self.action(&call.action).ok_or_else(|| format!("action {:?} is no longer declared", call.action))?;
-        let op = match direction {
-            Direction::Forward => &action.forward,
-            Direction::Compensate => &action.compensate,
-        };
-        let arg = |name: &str| call.params.get(name).cloned().ok_or_else(|| format!("parameter {name:?} is missing"));
-        let text = |name: &str| match call.params.get(name) {
-            Some(Value::Text(t)) => Ok(t.as_bytes().to_vec()),
-            Some(Value::Bytes(b)) => Ok(b.clone()),
-            Some(other) => Err(format!("parameter {name:?} is {}, not text or bytes", other.type_name())),
-            None => Err(format!("parameter {name:?} is missing")),
-        };
-        let operation = match op {
-            OperationConfig::Sql { sql, args } => {
-                Operation::Sql { sql: sql.clone(), args: args.iter().map(|a| arg(a)).collect::<Result<_, _>>()? }
-            }
-            OperationConfig::Put { put, contents } => {
-                Operation::FilePut { path: fill_path(put, &call.params)?, contents: text(contents)? }
-            }
-            OperationConfig::Delete { delete } => Operation::FileDelete { path: fill_path(delete, &call.params)? },
-            OperationConfig::Copy { copy, to } => {
-                Operation::FileCopy { from: fill_path(copy, &call.params)?, to: fill_path(to, &call.params)? }
-            }
-            OperationConfig::Noop { .. } => Operation::Noop,
-        };
-        Ok((action.participant.clone(), operation))
+        bind(action, call, direction)
     }
+
+    /// The definitions of the actions `saga` calls, as declared now: journaled with its
+    /// `SagaSubmitted`, so that the saga runs them whatever the config says later. Actions
+    /// the catalog does not declare are left out (validation refuses such a saga first).
+    pub fn resolved_actions(&self, saga: &SagaDefinition) -> BTreeMap<String, ActionConfig> {
+        saga.steps.iter().filter_map(|s| self.action(&s.action).map(|a| (s.action.clone(), a.clone()))).collect()
+    }
+}
+
+/// The concrete operation of `call` in `direction` under `action`'s definition, and the
+/// participant that runs it: the saga's values bound as parameters, file path placeholders
+/// filled with plain names.
+pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Result<(String, Operation), String> {
+    let op = match direction {
+        Direction::Forward => &action.forward,
+        Direction::Compensate => &action.compensate,
+    };
+    let arg = |name: &str| call.params.get(name).cloned().ok_or_else(|| format!("parameter {name:?} is missing"));
+    let text = |name: &str| match call.params.get(name) {
+        Some(Value::Text(t)) => Ok(t.as_bytes().to_vec()),
+        Some(Value::Bytes(b)) => Ok(b.clone()),
+        Some(other) => Err(format!("parameter {name:?} is {}, not text or bytes", other.type_name())),
+        None => Err(format!("parameter {name:?} is missing")),
+    };
+    let operation = match op {
+        OperationConfig::Sql { sql, args } => {
+            Operation::Sql { sql: sql.clone(), args: args.iter().map(|a| arg(a)).collect::<Result<_, _>>()? }
+        }
+        OperationConfig::Put { put, contents } => {
+            Operation::FilePut { path: fill_path(put, &call.params)?, contents: text(contents)? }
+        }
+        OperationConfig::Delete { delete } => Operation::FileDelete { path: fill_path(delete, &call.params)? },
+        OperationConfig::Copy { copy, to } => {
+            Operation::FileCopy { from: fill_path(copy, &call.params)?, to: fill_path(to, &call.params)? }
+        }
+        OperationConfig::Noop { .. } => Operation::Noop,
+    };
+    Ok((action.participant.clone(), operation))
 }
 
 impl Catalog {
@@ -236,16 +252,25 @@ fn check_limits(config: &Config) -> Result<(), String> {
     if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(format!("{key} must be at least 1"));
     }
-    // A submitted saga is one journal record: it must fit the frame's payload limit.
+    // A submitted saga is one journal record: it must fit the frame's payload limit, with the
+    // definitions of the actions it calls (at most all of them) journaled beside it.
     let payload_max = crate::wal_format::frame::PAYLOAD_BYTES_MAX as usize;
+    let actions_bytes: usize = config
+        .actions
+        .iter()
+        .map(|(name, action)| {
+            name.len().saturating_add(rmp_serde::to_vec_named(action).map_or(usize::MAX, |b| b.len()))
+        })
+        .fold(0, usize::saturating_add);
     let needed = e
         .max_saga_bytes
         .saturating_add(e.max_steps.saturating_mul(STEP_POLICY_BYTES_MAX))
+        .saturating_add(actions_bytes)
         .saturating_add(SUBMIT_RECORD_OVERHEAD_BYTES);
     if needed > payload_max {
         return Err(format!(
-            "executor.saga_bytes_max = {} with executor.steps_max = {} needs journal records of up to {needed} bytes; a record holds at most {payload_max}",
-            e.max_saga_bytes, e.max_steps
+            "executor.saga_bytes_max = {} with executor.steps_max = {} and {} bytes of action definitions needs journal records of up to {needed} bytes; a record holds at most {payload_max}",
+            e.max_saga_bytes, e.max_steps, actions_bytes
         ));
     }
     Ok(())

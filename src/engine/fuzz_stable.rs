@@ -150,7 +150,14 @@ fn random_record(rng: &mut Rng) -> Record {
             let policies = (0..rng.below(3))
                 .map(|_| StepPolicy { max_attempts: rng.int() as u32, compensate_max_attempts: rng.int() as u32 })
                 .collect();
-            Record::SagaSubmitted(Submitted { saga, steps, policies, digest: rng.int() as u32, at_ms })
+            Record::SagaSubmitted(Submitted {
+                saga,
+                steps,
+                policies,
+                digest: rng.int() as u32,
+                at_ms,
+                actions: Default::default(),
+            })
         }
         1 => Record::StepStarted(Started { saga, step, direction: random_direction(rng), attempt, at_ms }),
         2 => {
@@ -340,6 +347,7 @@ fn generate_corpus() {
                 policies: Vec::new(),
                 digest: 0,
                 at_ms: 0,
+                actions: Default::default(),
             })
             .encode(),
         ),

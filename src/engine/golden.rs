@@ -1,5 +1,6 @@
 //! Golden payload vectors of the journal records (`src/engine/vectors/`): the MessagePack
-//! bytes version 1 writes for each record kind, committed once and never edited.
+//! bytes version 1 writes for each record kind, and the version 2 `SagaSubmitted` with its
+//! action definitions, committed once and never edited.
 //!
 //! For every vector: its length and CRC32 match the fingerprint below (an accidental edit fails
 //! before anything is decoded), it decodes to exactly the value below, field by field, today's
@@ -17,6 +18,7 @@ use super::record::{
     Succeeded,
 };
 use super::value::Value;
+use crate::config::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig};
 use crate::engine::Direction;
 use crate::wal_format::RecordKind;
 
@@ -58,6 +60,36 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
                 ],
                 digest: 0x1234_abcd,
                 at_ms: AT_MS,
+                actions: Default::default(),
+            }),
+        ),
+        (
+            "v2-saga-submitted-actions.msgpack",
+            1341,
+            0x3c7b_f422,
+            Record::SagaSubmitted(Submitted {
+                saga: saga(),
+                steps: vec![
+                    StepCall {
+                        action: "reserve".into(),
+                        params: BTreeMap::from([
+                            ("blob".to_owned(), Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff])),
+                            ("express".to_owned(), Value::Bool(true)),
+                            ("note".to_owned(), Value::Null),
+                            ("qty".to_owned(), Value::Int(-42)),
+                            ("ratio".to_owned(), Value::Float(0.5)),
+                            ("sku".to_owned(), Value::Text("A-1".into())),
+                        ]),
+                    },
+                    StepCall { action: "charge".into(), params: BTreeMap::new() },
+                ],
+                policies: vec![
+                    StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
+                    StepPolicy { max_attempts: 1, compensate_max_attempts: 2 },
+                ],
+                digest: 0x1234_abcd,
+                at_ms: AT_MS,
+                actions: v2_actions(),
             }),
         ),
         (
@@ -130,6 +162,67 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
     ]
 }
 
+/// The action definitions of the v2 `SagaSubmitted` vector: one SQL action with an effect
+/// check and every retry field, one file action, and every `OperationConfig` shape.
+fn v2_actions() -> BTreeMap<String, ActionConfig> {
+    let retry = |max_attempts| RetryConfig { max_attempts, initial_backoff_ms: 25, max_backoff_ms: 4000, jitter: 0.25 };
+    BTreeMap::from([
+        (
+            "charge".to_owned(),
+            ActionConfig {
+                participant: "ledger".into(),
+                params: BTreeMap::from([("amount".to_owned(), ParamType::Int), ("id".to_owned(), ParamType::Text)]),
+                forward: OperationConfig::Sql {
+                    sql: "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2".into(),
+                    args: vec!["amount".into(), "id".into()],
+                },
+                compensate: OperationConfig::Sql {
+                    sql: "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2".into(),
+                    args: vec!["amount".into(), "id".into()],
+                },
+                retry: retry(3),
+                compensate_retry: retry(5),
+                timeout_ms: 1500,
+                check: Some(CheckConfig {
+                    sql: "SELECT count(*) FROM accounts WHERE id = ?1".into(),
+                    args: vec!["id".into()],
+                }),
+            },
+        ),
+        (
+            "reserve".to_owned(),
+            ActionConfig {
+                participant: "files".into(),
+                params: BTreeMap::from([
+                    ("blob".to_owned(), ParamType::Bytes),
+                    ("express".to_owned(), ParamType::Bool),
+                    ("ratio".to_owned(), ParamType::Float),
+                    ("sku".to_owned(), ParamType::Text),
+                ]),
+                forward: OperationConfig::Put { put: "stock/{sku}".into(), contents: "blob".into() },
+                compensate: OperationConfig::Delete { delete: "stock/{sku}".into() },
+                retry: retry(1),
+                compensate_retry: retry(2),
+                timeout_ms: 30_000,
+                check: None,
+            },
+        ),
+        (
+            "archive".to_owned(),
+            ActionConfig {
+                participant: "files".into(),
+                params: BTreeMap::new(),
+                forward: OperationConfig::Copy { copy: "a".into(), to: "b".into() },
+                compensate: OperationConfig::Noop { noop: true },
+                retry: retry(1),
+                compensate_retry: retry(1),
+                timeout_ms: 10,
+                check: None,
+            },
+        ),
+    ])
+}
+
 fn read(name: &str) -> Vec<u8> {
     let path = vectors_dir().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("golden vector {} is missing: {e}", path.display()))
@@ -139,7 +232,7 @@ fn read(name: &str) -> Vec<u8> {
 /// does not compile here until its golden value is decided (in a new vector file).
 fn assert_fields(name: &str, decoded: &Record) {
     match decoded {
-        Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms }) => {
+        Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms, actions }) => {
             assert_eq!((saga.as_str(), *digest, *at_ms), (SAGA, 0x1234_abcd, AT_MS), "{name}");
             assert_eq!(steps.len(), 2, "{name}");
             let StepCall { action, params } = &steps[0];
@@ -162,6 +255,8 @@ fn assert_fields(name: &str, decoded: &Record) {
                 panic!("{name}: expected 2 policies, got {policies:?}");
             };
             assert_eq!((m0, c0, m1, c1), (3, 5, 1, 2), "{name}");
+            let expected = if name.starts_with("v1-") { BTreeMap::new() } else { v2_actions() };
+            assert_eq!(actions, &expected, "{name}");
         }
         Record::StepStarted(Started { saga, step, direction, attempt, at_ms }) => {
             assert_eq!((saga.as_str(), *step, *direction, *attempt, *at_ms), (SAGA, 1, Direction::Forward, 2, AT_MS));

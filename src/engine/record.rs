@@ -5,10 +5,13 @@
 //! readable documents). Decoding checks the payload against the tag; a record that does not
 //! decode is an error naming its LSN, never skipped.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
+use crate::config::ActionConfig;
 use crate::wal_format::RecordKind;
 
 /// How a saga ended.
@@ -43,6 +46,15 @@ pub struct Submitted {
     pub policies: Vec<StepPolicy>,
     pub digest: u32,
     pub at_ms: u64,
+    /// The resolved definition of every action the steps call (participant, operations,
+    /// retry policies, timeout), as the config declared it at submit. The saga runs and
+    /// compensates with these for its whole life, whatever the config says later.
+    ///
+    /// Added in record version 2 of `SagaSubmitted` (a field, so the frame's kind and version
+    /// stay): records written before it have none (the map is left out when empty, so their
+    /// bytes and the golden vectors are unchanged), and their steps follow the config.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub actions: BTreeMap<String, ActionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,11 +21,15 @@
 //! Records that do not fit the state (a step number out of range, another saga's record) are
 //! ignored with no change: the journal is trusted, and recovery must never panic on it.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
 use super::record::{Outcome, Record, ResolveDecision, Submitted};
+use crate::config::ActionConfig;
 
 /// Where a saga stands, as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -153,6 +157,11 @@ pub struct Saga {
     pub version: u64,
     pub submitted_at_ms: u64,
     pub finished_at_ms: Option<u64>,
+    /// The action definitions journaled with `SagaSubmitted` (empty for records that predate
+    /// them): what the executor runs, not today's config. Shared, so that the snapshots
+    /// published to watchers do not copy it.
+    #[serde(default)]
+    pub actions: Arc<BTreeMap<String, ActionConfig>>,
 }
 
 impl Saga {
@@ -180,6 +189,7 @@ impl Saga {
             version: 1,
             submitted_at_ms: record.at_ms,
             finished_at_ms: None,
+            actions: Arc::new(record.actions.clone()),
         }
     }
 

@@ -31,6 +31,7 @@ pub(crate) fn submitted(steps: usize, policy: StepPolicy) -> Submitted {
         policies: vec![policy; steps],
         digest: 7,
         at_ms: 1,
+        actions: Default::default(),
     }
 }
 

@@ -113,7 +113,8 @@ impl SagaTask {
     /// config).
     pub(super) fn retry_config(&self, step: u32, direction: Direction) -> (RetryConfig, Duration) {
         let configured = self.saga.steps.get(step as usize).and_then(|s| {
-            let action = self.exec.inner.catalog.action(&s.call.action)?;
+            let action =
+                self.saga.actions.get(&s.call.action).or_else(|| self.exec.inner.catalog.action(&s.call.action))?;
             let retry = match direction {
                 Direction::Forward => action.retry,
                 Direction::Compensate => action.compensate_retry,

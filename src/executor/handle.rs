@@ -142,6 +142,7 @@ impl Executor {
                 policies: Vec::new(),
                 digest,
                 at_ms: 0,
+                actions: Default::default(),
             }),
             status: Status::Pending,
             parked_on: None,
@@ -173,7 +174,9 @@ impl Executor {
         digest: u32,
     ) -> Result<SubmitOutcome, Error> {
         let registry = &self.inner.registry;
+        let actions = self.inner.catalog.resolved_actions(&definition);
         let record = Record::SagaSubmitted(Submitted {
+            actions,
             saga: definition.id.clone(),
             steps: definition.steps,
             policies,

@@ -286,7 +286,14 @@ mod tests {
     use crate::engine::record::Submitted;
 
     fn placeholder(id: &str) -> Snapshot {
-        let submitted = Submitted { saga: id.into(), steps: Vec::new(), policies: Vec::new(), digest: 7, at_ms: 0 };
+        let submitted = Submitted {
+            saga: id.into(),
+            steps: Vec::new(),
+            policies: Vec::new(),
+            digest: 7,
+            at_ms: 0,
+            actions: Default::default(),
+        };
         Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None }
     }
 

@@ -334,7 +334,12 @@ impl SagaTask {
         call: &StepCall,
         direction: Direction,
     ) -> Result<(String, Arc<dyn Participant>, Operation), String> {
-        let (name, op) = self.exec.inner.catalog.operation(call, direction)?;
+        // The definition journaled with the saga; a saga journaled before definitions were
+        // follows today's config.
+        let (name, op) = match self.saga.actions.get(&call.action) {
+            Some(action) => crate::catalog::bind(action, call, direction)?,
+            None => self.exec.inner.catalog.operation(call, direction)?,
+        };
         let participant = self.exec.inner.participants.get(&name).cloned();
         participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
     }

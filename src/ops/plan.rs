@@ -229,13 +229,25 @@ fn slot(direction: Direction) -> usize {
 
 impl Work {
     fn new(mut saga: Saga, first_lsn: u64, catalog: &Catalog) -> Work {
-        let participants: Vec<Option<String>> =
-            saga.steps.iter().map(|s| catalog.action(&s.call.action).map(|a| a.participant.clone())).collect();
-        // The plan needs each step's action name and participant, never its parameters: they
-        // are dropped, so that planning 100,000 sagas holds two light copies of each.
+        // The participant the executor will call: the journaled definition's, else today's
+        // config's (a saga journaled before definitions were).
+        let participants: Vec<Option<String>> = saga
+            .steps
+            .iter()
+            .map(|s| {
+                saga.actions
+                    .get(&s.call.action)
+                    .or_else(|| catalog.action(&s.call.action))
+                    .map(|a| a.participant.clone())
+            })
+            .collect();
+        // The plan needs each step's action name and participant, never its parameters or
+        // definitions: they are dropped, so that planning 100,000 sagas holds two light copies
+        // of each.
         for step in &mut saga.steps {
             step.call.params.clear();
         }
+        saga.actions = Default::default();
         let steps = participants.len();
         Work {
             sim: saga.clone(),

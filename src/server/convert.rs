@@ -63,7 +63,10 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
             pb::StepStatus {
                 index: i as u32,
                 action: st.call.action.clone(),
-                participant: participant_of(catalog, &st.call.action),
+                participant: match s.actions.get(&st.call.action) {
+                    Some(journaled) => journaled.participant.clone(),
+                    None => participant_of(catalog, &st.call.action),
+                },
                 state: step_state(st, snapshot.status) as i32,
                 attempts: st.forward.total_attempts,
                 compensate_attempts: st.compensate.total_attempts,

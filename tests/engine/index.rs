@@ -20,6 +20,7 @@ fn submitted(id: &str, steps: u32, at_ms: u64) -> Saga {
         policies: vec![POLICY; steps as usize],
         digest: 0xfeed,
         at_ms,
+        actions: Default::default(),
     })
 }
 
@@ -354,8 +355,20 @@ fn undecodable_record_is_an_error_naming_the_saga() {
 }
 
 /// (sagas, by_finish) entry counts, read straight from sled after the index is dropped.
+/// sled releases its file lock from a background thread after the last handle is dropped, so
+/// under load the first open can still find it held: retry for a bounded while.
 fn raw_tree_lens(dir: &Path) -> (usize, usize) {
-    let db = sled::open(dir.join("index")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir.join("index")) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("index still locked after drop ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot reopen the index: {e}"),
+        }
+    };
     (db.open_tree("sagas").unwrap().len(), db.open_tree("by_finish").unwrap().len())
 }
 

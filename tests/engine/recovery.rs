@@ -20,7 +20,14 @@ const ID: &str = "crashed";
 fn submitted(steps: usize) -> Record {
     let def = saga(ID, steps);
     let policies = Catalog::parse(CONFIG).unwrap().validate(&def).unwrap();
-    Record::SagaSubmitted(Submitted { saga: ID.into(), digest: def.digest(), steps: def.steps, policies, at_ms: 1 })
+    Record::SagaSubmitted(Submitted {
+        saga: ID.into(),
+        digest: def.digest(),
+        steps: def.steps,
+        policies,
+        at_ms: 1,
+        actions: Default::default(),
+    })
 }
 
 fn started(step: u32, direction: Direction, attempt: u32) -> Record {
@@ -348,4 +355,36 @@ async fn a_recovery_pass_never_restarts_a_saga_that_finished_after_its_read() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(mem.effects(ID), vec![fwd(0)], "a stale restart ran the saga's steps again");
     assert_eq!(h.exec.get(ID).map(|s| s.status), Some(Status::Completed));
+}
+
+/// Trust item A9: a saga runs, after a restart, the action definitions it was submitted with,
+/// not whatever the config says now. The first run journals the saga while its participant is
+/// down; the restart's config no longer declares the action (renamed, or the data directory
+/// served with another config). Before: the saga went STUCK ("action \"act\" is no longer
+/// declared"). Now it completes with the journaled definition, and compensation would too.
+#[tokio::test]
+async fn a_saga_runs_the_definitions_it_was_submitted_with_after_the_config_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Memory::new("mem");
+    mem.set_down(true);
+    {
+        let h = start(dir.path(), &mem, CONFIG);
+        h.exec.submit(saga(ID, 2)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(mem.effects(ID), vec![], "nothing ran while the participant was down");
+        h.exec.drain(std::time::Duration::from_secs(2)).await;
+        h.journal.shutdown().await.unwrap();
+    }
+    mem.set_down(false);
+    let renamed = CONFIG.replace("[actions.act]", "[actions.act_v2]");
+    let h = start(dir.path(), &mem, &renamed);
+    recovery::recover(&h.exec, 1).await.unwrap();
+    let snap = settled(&h.exec, ID).await;
+    assert_eq!(
+        snap.status,
+        Status::Completed,
+        "reason: {:?}",
+        snap.saga.steps.iter().map(|s| &s.forward.last_error).collect::<Vec<_>>()
+    );
+    assert_eq!(mem.effects(ID), vec![fwd(0), fwd(1)]);
 }

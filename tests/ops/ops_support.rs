@@ -107,6 +107,7 @@ pub fn submitted(def: &SagaDefinition, at_ms: u64) -> Record {
         steps: def.steps.clone(),
         policies,
         at_ms,
+        actions: Default::default(),
     })
 }
 
