@@ -247,6 +247,7 @@ fn check_limits(config: &Config) -> Result<(), String> {
         ("executor.breaker_successes", u64::from(e.breaker_successes)),
         ("executor.steps_max", e.max_steps as u64),
         ("executor.saga_bytes_max", e.max_saga_bytes as u64),
+        ("executor.live_sagas_max", e.live_sagas_max as u64),
         ("index.checkpoint_interval_ms", config.index.checkpoint_interval_ms),
     ];
     if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {

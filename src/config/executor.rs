@@ -23,6 +23,12 @@ pub struct ExecutorConfig {
     /// (`max_saga_bytes` is still read).
     #[serde(rename = "saga_bytes_max", alias = "max_saga_bytes")]
     pub max_saga_bytes: usize,
+    /// The most unfinished sagas held in memory (running, waiting for a slot, parked, STUCK,
+    /// or finished and not archived yet). A submit beyond it is refused with
+    /// RESOURCE_EXHAUSTED naming this key, before anything is journaled, so that sustained
+    /// overload ends in back-pressure, not in OOM. Recovery adopts every acknowledged saga
+    /// whatever the count.
+    pub live_sagas_max: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -34,6 +40,7 @@ impl Default for ExecutorConfig {
             breaker_successes: 3,
             max_steps: 64,
             max_saga_bytes: 1024 * 1024,
+            live_sagas_max: 100_000,
         }
     }
 }

@@ -68,6 +68,8 @@ pub enum Error {
     ShuttingDown,
     #[error("saga {id:?} has {max} control requests waiting to be applied already (the limit); retry later")]
     ControlQueueFull { id: String, max: usize },
+    #[error("{max} sagas are unfinished in memory already (executor.live_sagas_max); retry with back-off")]
+    TooManyLive { max: usize },
 }
 
 /// The most control records (cancel, resolve) queued to one saga's task and not yet applied;
@@ -148,9 +150,13 @@ impl Executor {
             parked_on: None,
         };
         let registry = &self.inner.registry;
-        if let Some(outcome) =
-            registry.reserve(&definition.id, digest, placeholder, || self.inner.journal.acked_lsn() + 1)?
-        {
+        if let Some(outcome) = registry.reserve(
+            &definition.id,
+            digest,
+            placeholder,
+            || self.inner.journal.acked_lsn() + 1,
+            self.inner.catalog.config.executor.live_sagas_max,
+        )? {
             return Ok(outcome);
         }
         // The id is reserved: from here on the work runs in a task of its own, so a caller that
@@ -281,6 +287,13 @@ impl Executor {
     /// Snapshots of every saga this executor knows.
     pub fn list(&self) -> Vec<Snapshot> {
         self.inner.registry.list()
+    }
+
+    /// One page of the sagas in memory: up to `limit` with ids above `after` that `wanted`
+    /// keeps, in id order, and whether more follow. Copies only the page (unlike
+    /// [`Executor::list`]).
+    pub fn list_page(&self, after: &str, limit: usize, wanted: impl Fn(&Snapshot) -> bool) -> (Vec<Snapshot>, bool) {
+        self.inner.registry.page(after, limit, wanted)
     }
 
     /// How many sagas in memory have each status (without copying their states, unlike

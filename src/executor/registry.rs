@@ -83,12 +83,16 @@ impl Registry {
     ///
     /// The index lookup runs outside the lock; a saga archived while it ran (which can only be
     /// one that was in memory, or adopted finished, after the first look) sends it round again.
+    ///
+    /// A new id is refused with [`Error::TooManyLive`] when `live_max` sagas are in memory
+    /// already (a resubmit of one of them is still answered).
     pub(super) fn reserve(
         &self,
         id: &str,
         digest: u32,
         placeholder: Snapshot,
         first_lsn: impl Fn() -> u64,
+        live_max: usize,
     ) -> Result<Option<SubmitOutcome>, Error> {
         loop {
             {
@@ -123,6 +127,9 @@ impl Registry {
             }
             if raced {
                 continue;
+            }
+            if map.entries.len() >= live_max {
+                return Err(Error::TooManyLive { max: live_max });
             }
             // Its `SagaSubmitted` will get an LSN above everything acknowledged so far: the
             // checkpoint must not pass that point while the submit is in flight.
@@ -243,6 +250,26 @@ impl Registry {
         self.lock().entries.values().map(|e| e.view.borrow().clone()).collect()
     }
 
+    /// Up to `limit` snapshots of the sagas with ids above `after` that `wanted` keeps, in id
+    /// order, and whether more follow. Only the page is copied: the lock is held for one pass
+    /// over the ids and statuses, not for a copy of every live saga.
+    pub(super) fn page(&self, after: &str, limit: usize, wanted: impl Fn(&Snapshot) -> bool) -> (Vec<Snapshot>, bool) {
+        let map = self.lock();
+        let mut ids: Vec<&String> = map
+            .entries
+            .iter()
+            .filter(|(id, e)| id.as_str() > after && wanted(&e.view.borrow()))
+            .map(|(id, _)| id)
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        (ids.into_iter().filter_map(|id| map.entries.get(id).map(|e| e.view.borrow().clone())).collect(), more)
+    }
+
     pub(super) fn status_counts(&self) -> BTreeMap<Status, u64> {
         let mut counts = BTreeMap::new();
         for entry in self.lock().entries.values() {
@@ -313,7 +340,8 @@ mod tests {
         let checkpoint = registry.checkpoint_lsn(|| {
             let (registry, shared) = (Arc::clone(&registry), Arc::clone(&acked));
             submitter = Some(std::thread::spawn(move || {
-                let reserved = registry.reserve("s", 7, placeholder("s"), || shared.load(Ordering::SeqCst) + 1);
+                let reserved =
+                    registry.reserve("s", 7, placeholder("s"), || shared.load(Ordering::SeqCst) + 1, usize::MAX);
                 assert!(matches!(reserved, Ok(None)), "the id was free");
                 let submitted_lsn = shared.fetch_add(1, Ordering::SeqCst) + 1; // `SagaSubmitted`
                 registry.confirm("s", submitted_lsn);

@@ -155,7 +155,22 @@ pub fn error(e: executor::Error) -> Status {
         E::WrongState { .. } => Code::FailedPrecondition,
         E::Journal(_) | E::ShuttingDown => Code::Unavailable,
         E::Index(_) => Code::Internal,
-        E::ControlQueueFull { .. } => Code::ResourceExhausted,
+        E::ControlQueueFull { .. } | E::TooManyLive { .. } => Code::ResourceExhausted,
     };
     Status::new(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every limit an executor refuses with is RESOURCE_EXHAUSTED, and names its key.
+    #[test]
+    fn executor_limits_are_resource_exhausted_naming_the_limit() {
+        let live = error(executor::Error::TooManyLive { max: 3 });
+        assert_eq!(live.code(), Code::ResourceExhausted);
+        assert!(live.message().contains("executor.live_sagas_max"), "{}", live.message());
+        let control = error(executor::Error::ControlQueueFull { id: "s".into(), max: 16 });
+        assert_eq!(control.code(), Code::ResourceExhausted);
+    }
 }

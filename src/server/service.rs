@@ -180,15 +180,10 @@ impl pb::sagas_server::Sagas for Api {
 
         let mut sagas = Vec::new();
         if let Some(after) = live_after {
-            let mut live: Vec<_> = self
-                .executor
-                .list()
-                .into_iter()
-                .filter(|s| s.saga.id.as_str() > after.as_str() && wanted(s.status) && in_range(s.saga.submitted_at_ms))
-                .collect();
-            live.sort_by(|a, b| a.saga.id.cmp(&b.saga.id));
-            if live.len() > page_size {
-                live.truncate(page_size);
+            // Only the page is copied out of the registry, not every live saga.
+            let (live, more) =
+                self.executor.list_page(&after, page_size, |s| wanted(s.status) && in_range(s.saga.submitted_at_ms));
+            if more {
                 let next = format!("live:{}", live[page_size - 1].saga.id);
                 let sagas = live.iter().map(|s| convert::saga(s, &self.catalog)).collect();
                 return Ok(Response::new(pb::ListResponse { sagas, next_page_token: next }));
@@ -330,6 +325,7 @@ impl pb::admin_server::Admin for Api {
                 max_steps: cfg.max_steps as u32,
                 max_saga_bytes: cfg.max_saga_bytes as u64,
                 max_pending_submits: self.max_pending_submits,
+                live_sagas_max: cfg.live_sagas_max as u64,
             }),
         }))
     }
