@@ -249,6 +249,7 @@ fn check_limits(config: &Config) -> Result<(), String> {
         ("executor.saga_bytes_max", e.max_saga_bytes as u64),
         ("executor.live_sagas_max", e.live_sagas_max as u64),
         ("index.checkpoint_interval_ms", config.index.checkpoint_interval_ms),
+        ("index.snapshot_lag_records", config.index.snapshot_lag_records),
     ];
     if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(format!("{key} must be at least 1"));

@@ -126,8 +126,9 @@ impl Node {
     }
 
     /// Every `checkpoint_interval_ms`: flush the index, write a checkpoint at the oldest LSN
-    /// still needed, let the journal delete the segments below it, and purge sagas older than
-    /// the retention. The order matters: a segment is deleted only after the index holding its
+    /// still needed, let the journal delete the segments below it, purge sagas older than the
+    /// retention, and ask sagas that pin the checkpoint too far back to re-journal their
+    /// state (`index.snapshot_lag_records`). The order matters: a segment is deleted only after the index holding its
     /// finished sagas is durable and the checkpoint says recovery no longer needs it.
     fn spawn_archiver(&self, data_dir: Arc<DataDir>) -> tokio::task::JoinHandle<()> {
         let (executor, journal, index) = (self.executor.clone(), self.journal.clone(), self.index.clone());
@@ -141,6 +142,15 @@ impl Node {
                     Ok(lsn) => last = lsn,
                     Err(Error::Journal(journal::Error::Closed | journal::Error::Poisoned { .. })) => return,
                     Err(e) => tracing::error!(error = %e, "checkpoint failed; the journal keeps its segments"),
+                }
+                // A saga that has pinned the checkpoint for more than `snapshot_lag_records`
+                // re-journals its state; the next pass can then pass its older records.
+                let below = journal.acked_lsn().saturating_sub(config.snapshot_lag_records);
+                if below > 0 {
+                    let asked = executor.ask_snapshots(below);
+                    if asked > 0 {
+                        tracing::info!(asked, below, "asked long-lived sagas to re-journal their state");
+                    }
                 }
             }
         })

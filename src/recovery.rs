@@ -69,8 +69,15 @@ pub fn rebuild_upto(journal_dir: &Path, from_lsn: u64, upto_lsn: Option<u64>) ->
         }
         match Record::decode(r.kind, r.payload) {
             Ok(record) => {
-                if let Record::SagaSubmitted(s) = &record {
-                    out.first_lsn.entry(s.saga.clone()).or_insert(r.lsn);
+                match &record {
+                    Record::SagaSubmitted(s) => {
+                        out.first_lsn.entry(s.saga.clone()).or_insert(r.lsn);
+                    }
+                    // The saga's records before its latest snapshot are no longer needed.
+                    Record::SagaSnapshot(s) => {
+                        out.first_lsn.insert(s.saga.id.clone(), r.lsn);
+                    }
+                    _ => {}
                 }
                 out.records += 1;
                 apply(&mut out.sagas, &record);
@@ -93,6 +100,11 @@ pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
     match record {
         Record::SagaSubmitted(s) => {
             sagas.entry(s.saga.clone()).or_insert_with(|| Saga::submitted(s));
+        }
+        // A replay that starts at (or passed) the snapshot has the saga from here on.
+        Record::SagaSnapshot(s) => {
+            let saga = sagas.entry(s.saga.id.clone()).or_insert_with(|| (*s.saga).clone());
+            saga.apply(record);
         }
         Record::Checkpoint(c) if c.reason == RECOVERY => sagas.values_mut().for_each(Saga::note_recovery),
         Record::Checkpoint(_) => {}

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 /// million finished sagas would fill).
 pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// The default of [`IndexConfig::snapshot_lag_records`].
+pub const SNAPSHOT_LAG_RECORDS_DEFAULT: u64 = 100_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
@@ -17,10 +20,21 @@ pub struct IndexConfig {
     /// The most memory the index's page cache may use, in bytes. The index holds every
     /// finished saga; this bound is what keeps the server's memory flat as they accumulate.
     pub cache_bytes_max: u64,
+    /// An unfinished saga whose oldest needed record lies more than this many records behind
+    /// the journal's head is asked to re-journal its whole state (a `SagaSnapshot` record),
+    /// so that one long-lived saga (STUCK, parked on a dead participant) does not keep every
+    /// segment since it started: the journal's size and the restart time stay bounded by
+    /// recent activity.
+    pub snapshot_lag_records: u64,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { retention_hours: 30 * 24, checkpoint_interval_ms: 5_000, cache_bytes_max: CACHE_BYTES_DEFAULT }
+        IndexConfig {
+            retention_hours: 30 * 24,
+            checkpoint_interval_ms: 5_000,
+            cache_bytes_max: CACHE_BYTES_DEFAULT,
+            snapshot_lag_records: SNAPSHOT_LAG_RECORDS_DEFAULT,
+        }
     }
 }

@@ -16,8 +16,8 @@ use super::fuzzing::record_decoder;
 use super::golden;
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Started, Submitted,
-    Succeeded,
+    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Snapshotted, Started,
+    Submitted, Succeeded,
 };
 use super::value::Value;
 use crate::engine::Direction;
@@ -139,26 +139,8 @@ fn random_record(rng: &mut Rng) -> Record {
     let at_ms = rng.int();
     let step = rng.int() as u32;
     let attempt = rng.int() as u32;
-    match rng.below(8) {
-        0 => {
-            let steps = (0..rng.below(3))
-                .map(|_| StepCall {
-                    action: rng.text(),
-                    params: (0..rng.below(4)).map(|_| (rng.text(), random_value(rng))).collect::<BTreeMap<_, _>>(),
-                })
-                .collect();
-            let policies = (0..rng.below(3))
-                .map(|_| StepPolicy { max_attempts: rng.int() as u32, compensate_max_attempts: rng.int() as u32 })
-                .collect();
-            Record::SagaSubmitted(Submitted {
-                saga,
-                steps,
-                policies,
-                digest: rng.int() as u32,
-                at_ms,
-                actions: Default::default(),
-            })
-        }
+    match rng.below(9) {
+        0 => random_submitted(rng, saga, at_ms),
         1 => Record::StepStarted(Started { saga, step, direction: random_direction(rng), attempt, at_ms }),
         2 => {
             let (direction, by_marker) = (random_direction(rng), rng.flip());
@@ -188,8 +170,58 @@ fn random_record(rng: &mut Rng) -> Record {
             let decision = decisions[rng.below(3)];
             Record::Resolved(Resolved { saga, decision, by: rng.text(), at_ms })
         }
-        _ => Record::Checkpoint(Checkpoint { reason: rng.text(), unfinished: rng.int(), at_ms }),
+        7 => Record::Checkpoint(Checkpoint { reason: rng.text(), unfinished: rng.int(), at_ms }),
+        // A snapshot of a random saga: a random submit and a few of its records applied.
+        _ => {
+            let Record::SagaSubmitted(submitted) = random_submitted(rng, saga.clone(), at_ms) else {
+                unreachable!("random_submitted builds a SagaSubmitted")
+            };
+            let mut state = super::saga::Saga::submitted(&submitted);
+            for _ in 0..rng.below(6) {
+                let mut record = random_record(rng);
+                if let Some(id) = record_saga_mut(&mut record) {
+                    *id = saga.clone();
+                }
+                state.apply(&record);
+            }
+            Record::SagaSnapshot(Snapshotted { saga: Box::new(state), at_ms })
+        }
     }
+}
+
+/// The saga id field of a saga's record, to point a random record at a chosen saga.
+fn record_saga_mut(record: &mut Record) -> Option<&mut String> {
+    match record {
+        Record::SagaSubmitted(r) => Some(&mut r.saga),
+        Record::StepStarted(r) => Some(&mut r.saga),
+        Record::StepSucceeded(r) => Some(&mut r.saga),
+        Record::StepFailed(r) => Some(&mut r.saga),
+        Record::SagaFinished(r) => Some(&mut r.saga),
+        Record::CancelRequested(r) => Some(&mut r.saga),
+        Record::Resolved(r) => Some(&mut r.saga),
+        Record::Checkpoint(_) | Record::SagaSnapshot(_) => None,
+    }
+}
+
+/// A random `SagaSubmitted` of `saga`.
+fn random_submitted(rng: &mut Rng, saga: String, at_ms: u64) -> Record {
+    let steps = (0..rng.below(3))
+        .map(|_| StepCall {
+            action: rng.text(),
+            params: (0..rng.below(4)).map(|_| (rng.text(), random_value(rng))).collect::<BTreeMap<_, _>>(),
+        })
+        .collect();
+    let policies = (0..rng.below(3))
+        .map(|_| StepPolicy { max_attempts: rng.int() as u32, compensate_max_attempts: rng.int() as u32 })
+        .collect();
+    Record::SagaSubmitted(Submitted {
+        saga,
+        steps,
+        policies,
+        digest: rng.int() as u32,
+        at_ms,
+        actions: Default::default(),
+    })
 }
 
 /// One to three random structural changes: bit flips, byte overwrites, truncation, insertion,

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Started, Submitted,
-    Succeeded,
+    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Snapshotted, Started,
+    Submitted, Succeeded,
 };
 use super::value::Value;
 use crate::config::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig};
@@ -63,35 +63,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
                 actions: Default::default(),
             }),
         ),
-        (
-            "v2-saga-submitted-actions.msgpack",
-            1341,
-            0x3c7b_f422,
-            Record::SagaSubmitted(Submitted {
-                saga: saga(),
-                steps: vec![
-                    StepCall {
-                        action: "reserve".into(),
-                        params: BTreeMap::from([
-                            ("blob".to_owned(), Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff])),
-                            ("express".to_owned(), Value::Bool(true)),
-                            ("note".to_owned(), Value::Null),
-                            ("qty".to_owned(), Value::Int(-42)),
-                            ("ratio".to_owned(), Value::Float(0.5)),
-                            ("sku".to_owned(), Value::Text("A-1".into())),
-                        ]),
-                    },
-                    StepCall { action: "charge".into(), params: BTreeMap::new() },
-                ],
-                policies: vec![
-                    StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
-                    StepPolicy { max_attempts: 1, compensate_max_attempts: 2 },
-                ],
-                digest: 0x1234_abcd,
-                at_ms: AT_MS,
-                actions: v2_actions(),
-            }),
-        ),
+        ("v2-saga-submitted-actions.msgpack", 1341, 0x3c7b_f422, v2_submitted()),
         (
             "v1-step-started.msgpack",
             62,
@@ -159,7 +131,79 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
             0xe7a8_95f2,
             Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 3, at_ms: AT_MS }),
         ),
+        (
+            "v2-saga-snapshot.msgpack",
+            2218,
+            0x2ce6_d2a5,
+            Record::SagaSnapshot(Snapshotted { saga: Box::new(snapshot_saga()), at_ms: AT_MS }),
+        ),
     ]
+}
+
+/// The saga of the v2 `SagaSnapshot` vector: the v2 `SagaSubmitted`, step 0 done, step 1
+/// failed for good (so compensating), step 0's compensation in flight, after a recovery.
+fn snapshot_saga() -> super::saga::Saga {
+    let Record::SagaSubmitted(submitted) = v2_submitted() else { unreachable!() };
+    let mut saga = super::saga::Saga::submitted(&submitted);
+    let at_ms = AT_MS;
+    let started =
+        |step, direction, attempt| Record::StepStarted(Started { saga: SAGA.into(), step, direction, attempt, at_ms });
+    for record in [
+        started(0, Direction::Forward, 1),
+        Record::StepSucceeded(Succeeded {
+            saga: SAGA.into(),
+            step: 0,
+            direction: Direction::Forward,
+            attempt: 1,
+            by_marker: true,
+            at_ms,
+        }),
+        started(1, Direction::Forward, 1),
+        Record::StepFailed(Failed {
+            saga: SAGA.into(),
+            step: 1,
+            direction: Direction::Forward,
+            attempt: 1,
+            error: "declined".into(),
+            retryable: false,
+            maybe_applied: false,
+            at_ms,
+        }),
+        started(0, Direction::Compensate, 1),
+    ] {
+        saga.apply(&record);
+    }
+    saga.note_recovery();
+    saga
+}
+
+/// The v2 `SagaSubmitted` vector's record: the v1 fields, with action definitions.
+fn v2_submitted() -> Record {
+    let saga = || SAGA.to_owned();
+    Record::SagaSubmitted(Submitted {
+        saga: saga(),
+        steps: vec![
+            StepCall {
+                action: "reserve".into(),
+                params: BTreeMap::from([
+                    ("blob".to_owned(), Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff])),
+                    ("express".to_owned(), Value::Bool(true)),
+                    ("note".to_owned(), Value::Null),
+                    ("qty".to_owned(), Value::Int(-42)),
+                    ("ratio".to_owned(), Value::Float(0.5)),
+                    ("sku".to_owned(), Value::Text("A-1".into())),
+                ]),
+            },
+            StepCall { action: "charge".into(), params: BTreeMap::new() },
+        ],
+        policies: vec![
+            StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
+            StepPolicy { max_attempts: 1, compensate_max_attempts: 2 },
+        ],
+        digest: 0x1234_abcd,
+        at_ms: AT_MS,
+        actions: v2_actions(),
+    })
 }
 
 /// The action definitions of the v2 `SagaSubmitted` vector: one SQL action with an effect
@@ -292,6 +336,22 @@ fn assert_fields(name: &str, decoded: &Record) {
         }
         Record::Checkpoint(Checkpoint { reason, unfinished, at_ms }) => {
             assert_eq!((reason.as_str(), *unfinished, *at_ms), ("recovery", 3, AT_MS));
+        }
+        Record::SagaSnapshot(Snapshotted { saga, at_ms }) => {
+            assert_eq!(*at_ms, AT_MS);
+            assert_eq!((saga.id.as_str(), saga.digest, saga.version, saga.recoveries), (SAGA, 0x1234_abcd, 6, 1));
+            assert_eq!(saga.status(), super::saga::Status::Compensating);
+            assert_eq!(saga.compensation_reason.as_deref(), Some("step 1 failed: declined"));
+            assert_eq!(saga.steps.len(), 2);
+            let (f0, c0, f1) = (&saga.steps[0].forward, &saga.steps[0].compensate, &saga.steps[1].forward);
+            assert_eq!(
+                (f0.done, f0.by_marker, f0.total_attempts, f0.first_started_at_ms),
+                (true, true, 1, Some(AT_MS))
+            );
+            assert_eq!((c0.in_flight, c0.attempts), (true, 1));
+            assert_eq!((f1.failed_permanently, f1.last_error.as_deref()), (true, Some("declined")));
+            assert_eq!(*saga.actions, v2_actions());
+            assert_eq!(saga.steps[0].policy, StepPolicy { max_attempts: 3, compensate_max_attempts: 5 });
         }
     }
 }

@@ -560,3 +560,48 @@ fn driven_journals_reach_every_situation() {
         assert!(seen.contains(situation), "no driven journal reached {situation:?}; reached {seen:?}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A `SagaSnapshot` anywhere in a saga's journal changes nothing but the version: replaying
+    /// the journal with it, or only the snapshot and what follows it (what recovery does once
+    /// the checkpoint has passed the saga's older records), gives the state the journal
+    /// without it gives, plus one version (trust item B19).
+    #[test]
+    fn replay_from_a_snapshot_equals_replay_from_the_start((policies, choices) in arb_driven(), cut in any::<prop::sample::Index>()) {
+        let sim = simulate(policies.clone(), &choices)?;
+        let journal = &sim.journal[1..];
+        let k = cut.index(journal.len() + 1);
+        let submitted = submitted(&policies, policies.len());
+        let mut before = Saga::submitted(&submitted);
+        for r in &journal[..k] {
+            before.apply(r);
+        }
+        let snapshot = Record::SagaSnapshot(super::record::Snapshotted { saga: Box::new(before.clone()), at_ms: 5 });
+        let mut plain = Saga::submitted(&submitted);
+        let mut with_snapshot = Saga::submitted(&submitted);
+        for (i, r) in journal.iter().enumerate() {
+            if i == k {
+                with_snapshot.apply(&snapshot);
+            }
+            plain.apply(r);
+            with_snapshot.apply(r);
+        }
+        if k == journal.len() {
+            with_snapshot.apply(&snapshot);
+        }
+        // Recovery's replay once the checkpoint passed the older records: the snapshot first.
+        let Record::SagaSnapshot(s) = &snapshot else { unreachable!() };
+        let mut from_snapshot = (*s.saga).clone();
+        from_snapshot.apply(&snapshot);
+        for r in &journal[k..] {
+            from_snapshot.apply(r);
+        }
+        prop_assert_eq!(&with_snapshot, &from_snapshot);
+        prop_assert_eq!(with_snapshot.version, plain.version + 1);
+        with_snapshot.version = plain.version;
+        prop_assert_eq!(&with_snapshot, &plain);
+        prop_assert_eq!(with_snapshot.next(), plain.next());
+    }
+}

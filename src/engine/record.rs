@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
+use super::saga::Saga;
 use crate::config::ActionConfig;
 use crate::wal_format::RecordKind;
 
@@ -124,6 +125,21 @@ pub struct Checkpoint {
     pub at_ms: u64,
 }
 
+/// A saga's whole state as its records before this one left it, re-journaled by its task
+/// while it waits (STUCK, parked behind a breaker) so that the checkpoint can pass the saga's
+/// older records: replay replaces the saga's state with this one, and recovery need not read
+/// anything of the saga before it (issue 10, B19).
+///
+/// The payload is the serde shape of [`Saga`] (every field by name), so from this record on
+/// that shape is part of the journal format: a field is only ever added, with
+/// `#[serde(default)]`, never renamed or removed (`src/engine/vectors/v2-saga-snapshot.msgpack`
+/// pins it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshotted {
+    pub saga: Box<Saga>,
+    pub at_ms: u64,
+}
+
 /// One record of the saga protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -135,6 +151,7 @@ pub enum Record {
     CancelRequested(CancelRequested),
     Resolved(Resolved),
     Checkpoint(Checkpoint),
+    SagaSnapshot(Snapshotted),
 }
 
 /// A payload that does not match its record kind.
@@ -157,6 +174,7 @@ impl Record {
             Record::CancelRequested(_) => RecordKind::CancelRequested,
             Record::Resolved(_) => RecordKind::Resolved,
             Record::Checkpoint(_) => RecordKind::Checkpoint,
+            Record::SagaSnapshot(_) => RecordKind::SagaSnapshot,
         }
     }
 
@@ -171,6 +189,7 @@ impl Record {
             Record::CancelRequested(r) => Some(&r.saga),
             Record::Resolved(r) => Some(&r.saga),
             Record::Checkpoint(_) => None,
+            Record::SagaSnapshot(r) => Some(&r.saga.id),
         }
     }
 
@@ -185,6 +204,7 @@ impl Record {
             Record::CancelRequested(r) => rmp_serde::to_vec_named(r),
             Record::Resolved(r) => rmp_serde::to_vec_named(r),
             Record::Checkpoint(r) => rmp_serde::to_vec_named(r),
+            Record::SagaSnapshot(r) => rmp_serde::to_vec_named(r),
         };
         // Encoding plain owned data into a Vec has no failure mode; a failure is a bug.
         bytes.unwrap_or_else(|e| panic!("encoding a {:?} record cannot fail: {e}", self.kind()))
@@ -201,6 +221,7 @@ impl Record {
             RecordKind::CancelRequested => Record::CancelRequested(rmp_serde::from_slice(payload).map_err(err)?),
             RecordKind::Resolved => Record::Resolved(rmp_serde::from_slice(payload).map_err(err)?),
             RecordKind::Checkpoint => Record::Checkpoint(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::SagaSnapshot => Record::SagaSnapshot(rmp_serde::from_slice(payload).map_err(err)?),
         })
     }
 }

@@ -217,6 +217,12 @@ impl Saga {
         self.version += 1;
         match record {
             Record::SagaSubmitted(_) | Record::Checkpoint(_) => {}
+            // The state the saga's records before this one built: the same as `self` live, the
+            // only state replay has of the saga when it starts at this record.
+            Record::SagaSnapshot(r) => {
+                *self = (*r.saga).clone();
+                self.version += 1;
+            }
             Record::StepStarted(r) => {
                 let Some(step) = self.steps.get_mut(r.step as usize) else { return };
                 let p = step.progress(r.direction);

@@ -256,6 +256,27 @@ impl Executor {
         self.inner.registry.is_live(id)
     }
 
+    /// Asks every unfinished saga whose oldest needed record lies below `below` to re-journal
+    /// its whole state (a `SagaSnapshot`), so that the checkpoint can pass its older records.
+    /// Returns how many were asked; each answers at its next idle point (STUCK, parked,
+    /// backing off). Never waits.
+    pub fn ask_snapshots(&self, below: u64) -> usize {
+        let registry = &self.inner.registry;
+        let mut asked = 0;
+        for (id, gate) in registry.ask_snapshots(below) {
+            let sent = match gate.try_lock() {
+                Ok(state) => state.control.as_ref().is_some_and(|tx| tx.try_send(Control::Snapshot).is_ok()),
+                Err(_) => false,
+            };
+            if sent {
+                asked += 1;
+            } else {
+                registry.snapshot_not_asked(&id);
+            }
+        }
+        asked
+    }
+
     /// What a recovery pass must know of a saga it found unfinished in the journal: `None` if
     /// the executor holds nothing for it; otherwise whether a task drives it now, and the
     /// state it last published (which may be ahead of a journal read made earlier).

@@ -12,7 +12,7 @@
 //! removal or field assignment, so a poisoned lock still holds a valid map.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
@@ -32,6 +32,8 @@ pub(super) struct Entry {
     /// The gate to the saga's task (control records go through it); `None` once the task
     /// has ended.
     pub(super) control: Option<Gate>,
+    /// The checkpoint asked the task for a snapshot that has not landed yet: not asked again.
+    pub(super) snapshot_asked: bool,
 }
 
 #[derive(Default)]
@@ -134,7 +136,13 @@ impl Registry {
             // Its `SagaSubmitted` will get an LSN above everything acknowledged so far: the
             // checkpoint must not pass that point while the submit is in flight.
             let first_lsn = first_lsn();
-            let entry = Entry { view: watch::channel(placeholder).0, first_lsn, reserved: true, control: None };
+            let entry = Entry {
+                view: watch::channel(placeholder).0,
+                first_lsn,
+                reserved: true,
+                control: None,
+                snapshot_asked: false,
+            };
             map.entries.insert(id.to_owned(), entry);
             return Ok(None);
         }
@@ -173,6 +181,7 @@ impl Registry {
             first_lsn,
             reserved,
             control: None,
+            snapshot_asked: false,
         });
         entry.reserved = reserved;
         entry.first_lsn = first_lsn;
@@ -240,6 +249,41 @@ impl Registry {
         // look at the map and the read of the acknowledged LSN (trust item 7).
         let map = self.lock();
         map.entries.values().map(|e| e.first_lsn).min().unwrap_or_else(after_all)
+    }
+
+    /// The gates of the sagas with a task whose oldest needed record lies below `below` and
+    /// that were not asked yet, marked as asked (the checkpoint sends them
+    /// [`super::task::Control::Snapshot`]).
+    pub(super) fn ask_snapshots(&self, below: u64) -> Vec<(String, Gate)> {
+        let mut map = self.lock();
+        let mut asked = Vec::new();
+        for (id, entry) in map.entries.iter_mut() {
+            if entry.first_lsn < below
+                && !entry.snapshot_asked
+                && !entry.reserved
+                && let Some(gate) = &entry.control
+            {
+                entry.snapshot_asked = true;
+                asked.push((id.clone(), Arc::clone(gate)));
+            }
+        }
+        asked
+    }
+
+    /// The saga's `SagaSnapshot` at `lsn` is durable: nothing of it below `lsn` is needed.
+    pub(super) fn snapshotted(&self, id: &str, lsn: u64) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.first_lsn = entry.first_lsn.max(lsn);
+            entry.snapshot_asked = false;
+        }
+    }
+
+    /// A snapshot request could not be delivered (the task's queue was full or it ended):
+    /// the next checkpoint asks again.
+    pub(super) fn snapshot_not_asked(&self, id: &str) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.snapshot_asked = false;
+        }
     }
 
     pub(super) fn get(&self, id: &str) -> Option<Snapshot> {

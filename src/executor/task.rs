@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::drain::{CallInFlight, Drain};
 use super::handle::{Executor, Snapshot, now_ms};
-use crate::engine::record::{Failed, Finished};
+use crate::engine::record::{Failed, Finished, Snapshotted};
 use crate::engine::{Next, Record, Saga, Status, StepCall};
 use crate::journal;
 use crate::participant::{Direction, Operation, Participant, StepKey};
@@ -32,6 +32,9 @@ use crate::participant::{Direction, Operation, Participant, StepKey};
 pub(super) enum Control {
     /// A journaled record the task must apply (cancel, operator resolution).
     Apply(Record),
+    /// Re-journal the saga's whole state at the next idle point (the checkpoint asks a
+    /// long-lived saga, so that its older records can leave the journal).
+    Snapshot,
 }
 
 /// A saga's journal gate: whoever appends one of the saga's records (its task, or the handle
@@ -68,6 +71,9 @@ pub(super) struct SagaTask {
     /// append covers it (the writer keeps queue order); [`SagaTask::settle`] waits for it
     /// where no append follows soon.
     queued: Option<journal::Queued>,
+    /// The checkpoint asked for a snapshot ([`Control::Snapshot`]); taken at the next idle
+    /// point ([`SagaTask::pause`], a STUCK wait).
+    snapshot_wanted: bool,
 }
 
 impl SagaTask {
@@ -78,7 +84,18 @@ impl SagaTask {
         control: mpsc::Receiver<Control>,
         gate: Gate,
     ) -> SagaTask {
-        SagaTask { exec, saga, view, control, gate, parked_on: None, leave_slot: false, holds_slot: true, queued: None }
+        SagaTask {
+            exec,
+            saga,
+            view,
+            control,
+            gate,
+            parked_on: None,
+            leave_slot: false,
+            holds_slot: true,
+            queued: None,
+            snapshot_wanted: false,
+        }
     }
 
     /// Drives the saga until it ends (`None`) or is STUCK waiting for an operator
@@ -116,14 +133,29 @@ impl SagaTask {
     /// Waits, holding no slot, for an operator's decision on a STUCK saga, then queues it to
     /// run again.
     pub(super) async fn wait_for_operator(mut self) {
-        match self.control.recv().await {
-            Some(Control::Apply(record)) => {
-                self.apply(&record);
-                self.gate.lock().await.status = self.saga.status();
-                let exec = self.exec.clone();
-                exec.inner.slots.dispatch(self);
+        loop {
+            match self.control.recv().await {
+                Some(Control::Apply(record)) => {
+                    self.apply(&record);
+                    self.gate.lock().await.status = self.saga.status();
+                    let exec = self.exec.clone();
+                    exec.inner.slots.dispatch(self);
+                    return;
+                }
+                Some(Control::Snapshot) => {
+                    if let Err(e) = self.journal_snapshot().await {
+                        tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                        return self.end().await;
+                    }
+                    // A decision journaled before the snapshot was applied under the gate.
+                    if self.saga.status() != Status::Stuck {
+                        let exec = self.exec.clone();
+                        exec.inner.slots.dispatch(self);
+                        return;
+                    }
+                }
+                None => return self.end().await,
             }
-            None => self.end().await,
         }
     }
 
@@ -204,9 +236,41 @@ impl SagaTask {
 
     /// Applies every control record that has arrived.
     fn apply_pending_control(&mut self) {
-        while let Ok(Control::Apply(record)) = self.control.try_recv() {
-            self.apply(&record);
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::Apply(record) => self.apply(&record),
+                Control::Snapshot => self.snapshot_wanted = true,
+            }
         }
+    }
+
+    /// Journals the saga's whole state (`SagaSnapshot`), exactly as the records before it
+    /// built it: under the gate, after applying every control record journaled first. Once it
+    /// is durable the registry moves the saga's oldest needed LSN up to it, and the
+    /// checkpoint may pass the saga's older records.
+    pub(super) async fn journal_snapshot(&mut self) -> Result<(), journal::Error> {
+        self.snapshot_wanted = false;
+        self.settle().await?;
+        let queued = {
+            let gate = Arc::clone(&self.gate);
+            let mut gate = gate.lock().await;
+            while let Ok(message) = self.control.try_recv() {
+                match message {
+                    Control::Apply(record) => self.saga.apply(&record),
+                    Control::Snapshot => {}
+                }
+            }
+            let record = Record::SagaSnapshot(Snapshotted { saga: Box::new(self.saga.clone()), at_ms: now_ms() });
+            let queued = self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?;
+            self.saga.apply(&record);
+            gate.status = self.saga.status();
+            queued
+        };
+        let lsn = queued.durable().await?;
+        self.publish();
+        self.exec.inner.registry.snapshotted(&self.saga.id, lsn);
+        tracing::info!(saga = %self.saga.id, lsn, "long-lived saga re-journaled as a snapshot; its older records can go");
+        Ok(())
     }
 
     fn apply(&mut self, record: &Record) {
@@ -229,8 +293,11 @@ impl SagaTask {
         let gate = Arc::clone(&self.gate);
         let mut gate = gate.lock().await;
         // Not published here: `record`, queued after them, is durable only once they are.
-        while let Ok(Control::Apply(control)) = self.control.try_recv() {
-            self.saga.apply(&control);
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::Apply(control) => self.saga.apply(&control),
+                Control::Snapshot => self.snapshot_wanted = true,
+            }
         }
         if planned && !self.planned(record) {
             gate.status = self.saga.status();
@@ -317,9 +384,15 @@ impl SagaTask {
     /// A queued outcome is made durable (and visible) first.
     pub(super) async fn pause(&mut self, duration: std::time::Duration) -> Result<(), journal::Error> {
         self.settle().await?;
+        if self.snapshot_wanted {
+            self.journal_snapshot().await?;
+        }
         tokio::select! {
             _ = tokio::time::sleep(duration) => {}
-            Some(Control::Apply(record)) = self.control.recv() => self.apply(&record),
+            Some(message) = self.control.recv() => match message {
+                Control::Apply(record) => self.apply(&record),
+                Control::Snapshot => self.journal_snapshot().await?,
+            },
         }
         Ok(())
     }

@@ -141,6 +141,11 @@ pub fn unfinished(journal_dir: &Path, from_lsn: u64) -> Result<Unfinished, Error
         {
             out.first_lsn.insert(s.saga.clone(), lsn);
         }
+        // The saga's records before its latest snapshot are no longer needed (recovery too
+        // starts it there).
+        if let Record::SagaSnapshot(s) = &record {
+            out.first_lsn.insert(s.saga.id.clone(), lsn);
+        }
         if let Record::Resolved(r) = &record
             && r.decision == ResolveDecision::CompensateCompleted
             && !out.sagas.contains_key(&r.saga)
@@ -191,8 +196,14 @@ fn rebuild_only(
         if !wanted {
             return;
         }
-        if let Record::SagaSubmitted(s) = &record {
-            first_lsn.entry(s.saga.clone()).or_insert(lsn);
+        match &record {
+            Record::SagaSubmitted(s) => {
+                first_lsn.entry(s.saga.clone()).or_insert(lsn);
+            }
+            Record::SagaSnapshot(s) => {
+                first_lsn.insert(s.saga.id.clone(), lsn);
+            }
+            _ => {}
         }
         recovery::apply(&mut sagas, &record);
     })?;
@@ -216,6 +227,9 @@ pub fn everything(journal_dir: &Path, from_lsn: u64) -> Result<Everything, Error
         match &record {
             Record::SagaSubmitted(s) => {
                 out.first_lsn.entry(s.saga.clone()).or_insert(lsn);
+            }
+            Record::SagaSnapshot(s) => {
+                out.first_lsn.insert(s.saga.id.clone(), lsn);
             }
             Record::SagaFinished(f) if out.sagas.contains_key(&f.saga) => {
                 out.finished_lsn.insert(f.saga.clone(), lsn);

@@ -16,11 +16,14 @@ pub enum RecordKind {
     CancelRequested = 6,
     Resolved = 7,
     Checkpoint = 8,
+    /// A saga's whole state, re-journaled so that the journal before it can go (added after
+    /// version 1; a build that does not know the tag stops at it, never skips it).
+    SagaSnapshot = 9,
 }
 
 impl RecordKind {
     /// Every kind this build knows, in tag order.
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::SagaSubmitted,
         RecordKind::StepStarted,
         RecordKind::StepSucceeded,
@@ -29,6 +32,7 @@ impl RecordKind {
         RecordKind::CancelRequested,
         RecordKind::Resolved,
         RecordKind::Checkpoint,
+        RecordKind::SagaSnapshot,
     ];
 
     /// The tag for a byte read from disk, or `None` if this build does not know it.
@@ -47,6 +51,7 @@ impl RecordKind {
             RecordKind::CancelRequested => "CancelRequested",
             RecordKind::Resolved => "Resolved",
             RecordKind::Checkpoint => "Checkpoint",
+            RecordKind::SagaSnapshot => "SagaSnapshot",
         }
     }
 
@@ -68,6 +73,6 @@ mod tests {
             assert_eq!(RecordKind::from_u8(*kind as u8), Some(*kind));
             assert_eq!(RecordKind::from_name(kind.name()), Some(*kind));
         }
-        assert_eq!(RecordKind::from_u8(9), None);
+        assert_eq!(RecordKind::from_u8(10), None);
     }
 }
