@@ -203,6 +203,10 @@ impl Stats {
 struct Run {
     verbose: bool,
     rng: Rng,
+    /// Draws the operations added after the regression seeds were named (snapshot requests,
+    /// recovery passes), so that `rng`'s stream, and with it each named seed's plan and
+    /// workload, stays what it was.
+    extra: Rng,
     plan: Plan,
     _tmp: tempfile::TempDir,
     dir: PathBuf,
@@ -232,6 +236,7 @@ fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
     let mut run = Run {
         verbose,
         rng,
+        extra: Rng::new(seed ^ 0x5EED_0F_5A6A),
         plan,
         _tmp: tmp,
         dir,
@@ -462,7 +467,21 @@ impl Run {
                     self.parts[p].set_mode(mode);
                     self.note(format!("  t{tick}: p{p} {mode:?}"));
                 }
-                _ => {}
+                _ => match self.extra.range(0, 13) {
+                    // Every live saga re-journals its state (B19): a snapshot then lies anywhere
+                    // in the journal that crashes, power losses and restarts replay.
+                    0 | 1 => {
+                        let asked = exec.ask_snapshots(u64::MAX);
+                        self.note(format!("  t{tick}: snapshots asked of {asked} sagas"));
+                    }
+                    // An operator's recovery pass on the running executor (A8): it must never
+                    // restart a saga a task drives or that finished meanwhile.
+                    2 => {
+                        let result = sagalog::recovery::recover_missing(exec).await;
+                        self.note(format!("  t{tick}: recovery pass -> {result:?}"));
+                    }
+                    _ => {}
+                },
             }
             if tick % 8 == 0 {
                 self.check_stuck_reasons(exec);
