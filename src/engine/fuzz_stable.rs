@@ -205,13 +205,14 @@ fn record_saga_mut(record: &mut Record) -> Option<&mut String> {
 
 /// A random `SagaSubmitted` of `saga`.
 fn random_submitted(rng: &mut Rng, saga: String, at_ms: u64) -> Record {
-    let steps = (0..rng.below(3))
+    let steps: Vec<StepCall> = (0..rng.below(3))
         .map(|_| StepCall {
             action: rng.text(),
             params: (0..rng.below(4)).map(|_| (rng.text(), random_value(rng))).collect::<BTreeMap<_, _>>(),
         })
         .collect();
-    let policies = (0..rng.below(3))
+    // One policy per step, as every writer journals it (a decoder refuses anything else).
+    let policies = (0..steps.len())
         .map(|_| StepPolicy { max_attempts: rng.int() as u32, compensate_max_attempts: rng.int() as u32 })
         .collect();
     Record::SagaSubmitted(Submitted {

@@ -194,7 +194,14 @@ impl Record {
     }
 
     /// The payload bytes (a MessagePack map).
+    ///
+    /// Panics on a `SagaSubmitted` whose policies do not match its steps one for one: every
+    /// writer builds them together (`Catalog::validate`), so a mismatch is a bug, and the
+    /// decoder would refuse the record.
     pub fn encode(&self) -> Vec<u8> {
+        if let Record::SagaSubmitted(s) = self {
+            assert_eq!(s.steps.len(), s.policies.len(), "SagaSubmitted of {:?}: one policy per step", s.saga);
+        }
         let bytes = match self {
             Record::SagaSubmitted(r) => rmp_serde::to_vec_named(r),
             Record::StepStarted(r) => rmp_serde::to_vec_named(r),
@@ -210,7 +217,20 @@ impl Record {
         bytes.unwrap_or_else(|e| panic!("encoding a {:?} record cannot fail: {e}", self.kind()))
     }
 
+    /// Decodes a payload of `kind`. A `SagaSubmitted` whose policies do not match its steps
+    /// one for one is refused: no writer journals one, so it is damage, not a saga.
     pub fn decode(kind: RecordKind, payload: &[u8]) -> Result<Record, DecodeError> {
+        let record = Record::decode_payload(kind, payload)?;
+        if let Record::SagaSubmitted(s) = &record
+            && s.steps.len() != s.policies.len()
+        {
+            let message = format!("{} steps but {} retry policies", s.steps.len(), s.policies.len());
+            return Err(DecodeError { kind, source: rmp_serde::decode::Error::Syntax(message) });
+        }
+        Ok(record)
+    }
+
+    fn decode_payload(kind: RecordKind, payload: &[u8]) -> Result<Record, DecodeError> {
         let err = |source| DecodeError { kind, source };
         Ok(match kind {
             RecordKind::SagaSubmitted => Record::SagaSubmitted(rmp_serde::from_slice(payload).map_err(err)?),

@@ -256,13 +256,13 @@ impl SagaTask {
             let mut gate = gate.lock().await;
             while let Ok(message) = self.control.try_recv() {
                 match message {
-                    Control::Apply(record) => self.saga.apply(&record),
+                    Control::Apply(record) => self.apply_own(&record),
                     Control::Snapshot => {}
                 }
             }
             let record = Record::SagaSnapshot(Snapshotted { saga: Box::new(self.saga.clone()), at_ms: now_ms() });
             let queued = self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?;
-            self.saga.apply(&record);
+            self.apply_own(&record);
             gate.status = self.saga.status();
             queued
         };
@@ -274,8 +274,30 @@ impl SagaTask {
     }
 
     fn apply(&mut self, record: &Record) {
-        self.saga.apply(record);
+        self.apply_own(record);
         self.publish();
+    }
+
+    /// Applies one of this saga's records, checking what live running promises and replay
+    /// tolerates: the record is the saga's own and raises its version by exactly one (replay
+    /// ignores a stray record; live, one is a bug, and the saga must not go on from it).
+    fn apply_own(&mut self, record: &Record) {
+        let before = self.saga.version;
+        assert_eq!(
+            record.saga(),
+            Some(self.saga.id.as_str()),
+            "{:?} record applied to saga {:?}",
+            record.kind(),
+            self.saga.id
+        );
+        self.saga.apply(record);
+        assert_eq!(
+            self.saga.version,
+            before + 1,
+            "{:?} record did not raise saga {:?}'s version by one",
+            record.kind(),
+            self.saga.id
+        );
     }
 
     pub(super) fn publish(&self) {
@@ -295,7 +317,7 @@ impl SagaTask {
         // Not published here: `record`, queued after them, is durable only once they are.
         while let Ok(message) = self.control.try_recv() {
             match message {
-                Control::Apply(control) => self.saga.apply(&control),
+                Control::Apply(control) => self.apply_own(&control),
                 Control::Snapshot => self.snapshot_wanted = true,
             }
         }
@@ -304,7 +326,7 @@ impl SagaTask {
             return Ok(None);
         }
         let queued = self.exec.inner.journal.append_queued(record.kind(), record.encode()).await?;
-        self.saga.apply(record);
+        self.apply_own(record);
         gate.status = self.saga.status();
         Ok(Some(queued))
     }

@@ -236,7 +236,7 @@ fn run_seed(seed: u64, verbose: bool) -> (Vec<Violation>, Vec<String>, Stats) {
     let mut run = Run {
         verbose,
         rng,
-        extra: Rng::new(seed ^ 0x5EED_0F_5A6A),
+        extra: Rng::new(seed ^ 0x005E_ED0F_5A6A),
         plan,
         _tmp: tmp,
         dir,
