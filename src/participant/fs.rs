@@ -56,6 +56,19 @@ pub struct Fs {
     permits: Arc<Semaphore>,
     /// Opened by [`Fs::open_read_only`]: `apply` fails, nothing is ever created.
     read_only: bool,
+    /// A test's injected crash, taken by the next apply that reaches its point.
+    crash: Arc<Mutex<Option<CrashPoint>>>,
+}
+
+/// Where a test makes the next `apply` stop as a crash would ([`Fs::crash_next_apply`]):
+/// nothing after the point runs, nothing is cleaned up, and `apply` returns a retryable error.
+/// Never set in production.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after the operation's effect became visible (the rename or the unlink), before
+    /// anything records it.
+    AfterEffect,
 }
 
 impl Fs {
@@ -74,6 +87,7 @@ impl Fs {
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: false,
+            crash: Arc::default(),
         })
     }
 
@@ -90,7 +104,14 @@ impl Fs {
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: true,
+            crash: Arc::default(),
         })
+    }
+
+    /// Test-only: the next `apply` that reaches `point` stops there as a crash would.
+    #[doc(hidden)]
+    pub fn crash_next_apply(&self, point: CrashPoint) {
+        *self.crash.lock().unwrap_or_else(PoisonError::into_inner) = Some(point);
     }
 
     /// The root directory.
@@ -177,6 +198,7 @@ impl Participant for Fs {
             let marker = self.root.join(self.marker_path(key)?);
             let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
             let key_locks = Arc::clone(&self.key_locks);
+            let crash = Arc::clone(&self.crash);
             self.run(move || {
                 // The lock guards no data, only the check-then-write sequence below.
                 let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
@@ -184,6 +206,9 @@ impl Participant for Fs {
                     return Ok(Applied::AlreadyApplied);
                 }
                 perform(&name, &root, plan)?;
+                if crash.lock().unwrap_or_else(PoisonError::into_inner).take() == Some(CrashPoint::AfterEffect) {
+                    return Err(Error::retryable(&name, "injected crash after the effect"));
+                }
                 create_dirs(&root, &saga_dir).map_err(|e| classify(&name, "create marker directory", &e))?;
                 write_atomically(&marker, |file| file.write_all(format!("{key}\n").as_bytes()))
                     .map_err(|e| classify(&name, "write marker", &e))?;
@@ -596,6 +621,47 @@ mod tests {
             assert!(!dir.contains('/') && dir != "." && dir != "..", "{id:?} → {dir:?}");
             assert_eq!(saga_id_of_dir_name(&dir).as_deref(), Some(id.as_str()), "{dir:?}");
             assert!(seen.insert(dir.clone()), "two ids share {dir:?}");
+        }
+    }
+
+    fn key(saga: &str, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: saga.to_owned(), step, direction }
+    }
+
+    fn put(path: &str, contents: &str) -> Operation {
+        Operation::FilePut { path: path.to_owned(), contents: contents.as_bytes().to_vec() }
+    }
+
+    /// Issue 10 item A5: a crash right after the rename (or the unlink), before anything
+    /// recorded it. The effect exists, so neither the same participant nor one reopened after
+    /// the "crash" may answer "absent" (that answer lets compensation skip the step); after the
+    /// answer the effect is still the operation's. Before the intent records, the lookup said
+    /// "absent" with the file in place.
+    #[tokio::test]
+    async fn a_crash_between_the_effect_and_its_marker_is_never_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::write(root.join("source"), "copied").unwrap();
+        fs::write(root.join("doomed"), "old").unwrap();
+        let cases = [
+            (put("out/put.txt", "new"), "out/put.txt", Some("new")),
+            (Operation::FileCopy { from: "source".into(), to: "out/copy.txt".into() }, "out/copy.txt", Some("copied")),
+            (Operation::FileDelete { path: "doomed".into() }, "doomed", None),
+        ];
+        for (step, (op, path, expected)) in (0u32..).zip(cases) {
+            let fs = Fs::open("fs", root.clone()).unwrap();
+            let key = key("crash", step, Direction::Forward);
+            fs.crash_next_apply(CrashPoint::AfterEffect);
+            let error = fs.apply(&key, &op).await.unwrap_err();
+            assert!(error.is_retryable(), "{error}");
+            let read = || fs::read_to_string(root.join(path)).ok();
+            assert_eq!(read().as_deref(), expected, "step {step}: the effect is visible");
+            assert!(fs.lookup_marker(&key).await.unwrap(), "step {step}: the same participant says absent");
+            let reopened = Fs::open("fs", root.clone()).unwrap();
+            assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}: a reopened participant says absent");
+            assert_eq!(reopened.markers("crash").await.unwrap().len(), step as usize + 1);
+            assert_eq!(reopened.apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+            assert_eq!(read().as_deref(), expected, "step {step}: the effect is the operation's");
         }
     }
 
