@@ -25,6 +25,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
@@ -36,6 +37,8 @@ pub const MARKER_DIR: &str = ".sagalog-markers";
 pub const PROBE_FILE: &str = "%sagalog-probe";
 /// What a temporary file's name has between the target's name and its random suffix.
 pub const TMP_INFIX: &str = ".sagalog-tmp-";
+/// What an intent's file name has after the marker's: `<step>.<direction>.intent`.
+pub const INTENT_SUFFIX: &str = ".intent";
 /// Operations running on blocking threads at once, per participant.
 pub const CONCURRENCY_MAX: usize = 16;
 /// Longest saga id kept as a plain directory name; others are hex-encoded.
@@ -66,6 +69,8 @@ pub struct Fs {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
+    /// Right after the intent is durable, before the effect.
+    BeforeEffect,
     /// Right after the operation's effect became visible (the rename or the unlink), before
     /// anything records it.
     AfterEffect,
@@ -81,6 +86,7 @@ impl Fs {
             return Err(Error::permanent(name, format!("root {} is not a directory", root.display())));
         }
         create_dirs(&root, Path::new(MARKER_DIR)).map_err(|e| classify(name, "create marker directory", &e))?;
+        clean_leftovers(name, &root);
         Ok(Fs {
             name: name.to_owned(),
             root,
@@ -153,15 +159,25 @@ impl Fs {
         })
     }
 
-    /// The marker's path relative to the root.
-    fn marker_path(&self, key: &StepKey) -> Result<PathBuf, Error> {
-        Ok(self.saga_dir(&key.saga_id)?.join(format!("{}.{}", key.step, key.direction.as_str())))
+    /// The marker directory entries of one step.
+    fn step_files(&self, key: &StepKey) -> Result<StepFiles, Error> {
+        let saga_dir = self.saga_dir(&key.saga_id)?;
+        let marker_name = format!("{}.{}", key.step, key.direction.as_str());
+        let intent = saga_dir.join(format!("{marker_name}{INTENT_SUFFIX}"));
+        Ok(StepFiles { marker: saga_dir.join(marker_name), intent, saga_dir })
     }
 
     /// The directory of a saga's markers, relative to the root.
     fn saga_dir(&self, saga_id: &str) -> Result<PathBuf, Error> {
         Ok(Path::new(MARKER_DIR).join(saga_dir_name(&self.name, saga_id)?))
     }
+}
+
+/// Where one step's marker and intent live, relative to the root.
+struct StepFiles {
+    saga_dir: PathBuf,
+    marker: PathBuf,
+    intent: PathBuf,
 }
 
 /// An operation with its paths checked; paths are relative to the root.
@@ -194,25 +210,16 @@ impl Participant for Fs {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let plan = self.plan(op)?;
-            let saga_dir = self.saga_dir(&key.saga_id)?;
-            let marker = self.root.join(self.marker_path(key)?);
+            let step = self.step_files(key)?;
             let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
             let key_locks = Arc::clone(&self.key_locks);
             let crash = Arc::clone(&self.crash);
             self.run(move || {
                 // The lock guards no data, only the check-then-write sequence below.
                 let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
-                if exists(&marker).map_err(|e| classify(&name, "look up marker", &e))? {
-                    return Ok(Applied::AlreadyApplied);
-                }
-                perform(&name, &root, plan)?;
-                if crash.lock().unwrap_or_else(PoisonError::into_inner).take() == Some(CrashPoint::AfterEffect) {
-                    return Err(Error::retryable(&name, "injected crash after the effect"));
-                }
-                create_dirs(&root, &saga_dir).map_err(|e| classify(&name, "create marker directory", &e))?;
-                write_atomically(&marker, |file| file.write_all(format!("{key}\n").as_bytes()))
-                    .map_err(|e| classify(&name, "write marker", &e))?;
-                Ok(Applied::Applied)
+                let crash =
+                    |point| crash.lock().unwrap_or_else(PoisonError::into_inner).take_if(|p| *p == point).is_some();
+                apply_locked(&name, &root, &key, &step, plan, &crash)
             })
             .await
         })
@@ -220,19 +227,31 @@ impl Participant for Fs {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            let marker = self.root.join(self.marker_path(key)?);
-            let name = self.name.clone();
-            self.run(move || exists(&marker).map_err(|e| classify(&name, "look up marker", &e))).await
+            let step = self.step_files(key)?;
+            let (name, root, read_only, key) = (self.name.clone(), self.root.clone(), self.read_only, key.clone());
+            let key_locks = Arc::clone(&self.key_locks);
+            self.run(move || {
+                let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
+                settle(&name, &root, &step, read_only)
+            })
+            .await
         })
     }
 
     fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
         Box::pin(async move {
-            let markers =
-                keys.iter().map(|k| self.marker_path(k).map(|p| self.root.join(p))).collect::<Result<Vec<_>, _>>()?;
-            let name = self.name.clone();
+            let steps =
+                keys.iter().map(|k| self.step_files(k).map(|s| (k.clone(), s))).collect::<Result<Vec<_>, _>>()?;
+            let (name, root, read_only) = (self.name.clone(), self.root.clone(), self.read_only);
+            let key_locks = Arc::clone(&self.key_locks);
             self.run(move || {
-                markers.iter().map(|m| exists(m).map_err(|e| classify(&name, "look up marker", &e))).collect()
+                steps
+                    .iter()
+                    .map(|(key, step)| {
+                        let _key_lock = key_locks[lock_index(key)].lock().unwrap_or_else(PoisonError::into_inner);
+                        settle(&name, &root, step, read_only)
+                    })
+                    .collect()
             })
             .await
         })
@@ -287,15 +306,79 @@ fn write_probe(path: &Path) -> io::Result<()> {
     written.and(removed)
 }
 
-/// Runs one planned operation; each is idempotent. Messages name paths relative to the root.
-fn perform(name: &str, root: &Path, plan: Plan) -> Result<(), Error> {
+/// The redo record a step writes (and fsyncs) before its effect becomes visible; see the
+/// module doc. Renamed into the step's marker once the effect is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Intent {
+    /// Format version ([`INTENT_VERSION`]).
+    intent: u32,
+    /// The step, for people reading the file.
+    key: String,
+    #[serde(flatten)]
+    action: IntentAction,
+}
+
+/// What an intent commits to; paths are relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum IntentAction {
+    /// Rename the fsynced temporary file `tmp` over `target` (a put or a copy).
+    Rename { tmp: PathBuf, target: PathBuf },
+    /// Rename `target` aside to `trash` (the deletion itself), and unlink `trash` once the
+    /// marker is written.
+    Delete { target: PathBuf, trash: PathBuf },
+}
+
+impl IntentAction {
+    /// The temporary file the intent refers to.
+    fn temp_file(&self) -> &Path {
+        match self {
+            IntentAction::Rename { tmp, .. } => tmp,
+            IntentAction::Delete { trash, .. } => trash,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            IntentAction::Rename { tmp, target } => format!("rename {} to {}", tmp.display(), target.display()),
+            IntentAction::Delete { target, trash } => format!("delete {} (via {})", target.display(), trash.display()),
+        }
+    }
+}
+
+/// The one version of the intent record.
+const INTENT_VERSION: u32 = 1;
+
+/// `apply` under the key's lock: marker, then intent, then a fresh run of the operation.
+fn apply_locked(
+    name: &str,
+    root: &Path,
+    key: &StepKey,
+    step: &StepFiles,
+    plan: Plan,
+    crash: &dyn Fn(CrashPoint) -> bool,
+) -> Result<Applied, Error> {
+    if exists(&root.join(&step.marker)).map_err(|e| classify(name, "look up marker", &e))? {
+        return Ok(Applied::AlreadyApplied);
+    }
+    if let Some(intent) = read_intent(name, &root.join(&step.intent))? {
+        // An earlier attempt committed the step: finish what it started. Any failure leaves
+        // the step committed but unfinished, so it is in doubt (retryable), never "not applied".
+        roll_forward(name, root, step, &intent).map_err(|e| Error::retryable(name, e.message))?;
+        return Ok(Applied::AlreadyApplied);
+    }
     let parent_of = |path: &Path| path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match plan {
-        Plan::Put(target, contents) => create_dirs(root, &parent_of(&target))
-            .and_then(|()| write_atomically(&root.join(&target), |file| file.write_all(&contents)))
-            .map_err(|e| classify(name, &format!("write {}", target.display()), &e)),
-        Plan::Delete(target) => {
-            remove(&root.join(&target)).map_err(|e| classify(name, &format!("delete {}", target.display()), &e))
+    let action = match plan {
+        Plan::Noop => {
+            record_marker(name, root, key, step)?;
+            return Ok(Applied::Applied);
+        }
+        Plan::Put(target, contents) => {
+            let tmp = temp_sibling(&target);
+            create_dirs(root, &parent_of(&target))
+                .and_then(|()| write_temp(&root.join(&tmp), |file| file.write_all(&contents)))
+                .map_err(|e| classify(name, &format!("write {}", target.display()), &e))?;
+            IntentAction::Rename { tmp, target }
         }
         Plan::Copy(source, target) => {
             let mut input = match File::open(root.join(&source)) {
@@ -305,12 +388,216 @@ fn perform(name: &str, root: &Path, plan: Plan) -> Result<(), Error> {
                 }
                 Err(e) => return Err(classify(name, &format!("open {}", source.display()), &e)),
             };
+            let tmp = temp_sibling(&target);
             create_dirs(root, &parent_of(&target))
-                .and_then(|()| write_atomically(&root.join(&target), |file| io::copy(&mut input, file).map(drop)))
-                .map_err(|e| classify(name, &format!("copy to {}", target.display()), &e))
+                .and_then(|()| write_temp(&root.join(&tmp), |file| io::copy(&mut input, file).map(drop)))
+                .map_err(|e| classify(name, &format!("copy to {}", target.display()), &e))?;
+            IntentAction::Rename { tmp, target }
         }
-        Plan::Noop => Ok(()),
+        Plan::Delete(target) => match fs::symlink_metadata(root.join(&target)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Nothing to delete. An older build may have unlinked it without reaching the
+                // directory fsync: sync the directory, if it exists.
+                match root.join(&target).parent().map(sync_dir) {
+                    Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(classify(name, &format!("delete {}", target.display()), &e));
+                    }
+                    _ => {}
+                }
+                record_marker(name, root, key, step)?;
+                return Ok(Applied::Applied);
+            }
+            Err(e) => return Err(classify(name, &format!("delete {}", target.display()), &e)),
+            Ok(meta) if meta.is_dir() => {
+                return Err(Error::permanent(name, format!("delete {}: it is a directory", target.display())));
+            }
+            Ok(_) => IntentAction::Delete { trash: temp_sibling(&target), target },
+        },
+    };
+    let intent = Intent { intent: INTENT_VERSION, key: key.to_string(), action };
+    commit_intent(name, root, step, &intent)?;
+    if crash(CrashPoint::BeforeEffect) {
+        return Err(Error::retryable(name, "injected crash before the effect"));
     }
+    match effect(root, &intent.action) {
+        Ok(()) => {}
+        Err(Effect::NotDone(e)) => {
+            let what = intent.action.describe();
+            // Nothing happened: withdraw the intent, so "no intent, no marker" stays true.
+            return match withdraw(root, step, &intent) {
+                Ok(()) => Err(classify(name, &what, &e)),
+                Err(w) => Err(Error::retryable(
+                    name,
+                    format!("{what}: {e}; withdrawing its intent failed too ({w}): the next lookup completes it"),
+                )),
+            };
+        }
+        Err(Effect::Unsynced(e)) => {
+            let what = intent.action.describe();
+            return Err(Error::retryable(name, format!("{what}: directory fsync failed: {e}; the step is in doubt")));
+        }
+    }
+    if crash(CrashPoint::AfterEffect) {
+        return Err(Error::retryable(name, "injected crash after the effect"));
+    }
+    finish(name, root, step, &intent);
+    Ok(Applied::Applied)
+}
+
+/// The marker lookup: the marker, or an intent (rolled forward first unless read-only).
+fn settle(name: &str, root: &Path, step: &StepFiles, read_only: bool) -> Result<bool, Error> {
+    if exists(&root.join(&step.marker)).map_err(|e| classify(name, "look up marker", &e))? {
+        return Ok(true);
+    }
+    match read_intent(name, &root.join(&step.intent))? {
+        None => Ok(false),
+        Some(_) if read_only => Ok(true),
+        Some(intent) => roll_forward(name, root, step, &intent).map(|()| true),
+    }
+}
+
+/// Reads a step's intent; `None` when there is none.
+fn read_intent(name: &str, path: &Path) -> Result<Option<Intent>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(classify(name, &format!("read intent {}", path.display()), &e)),
+    };
+    parse_intent(&bytes).map(Some).map_err(|why| Error::permanent(name, format!("intent {}: {why}", path.display())))
+}
+
+fn parse_intent(bytes: &[u8]) -> Result<Intent, String> {
+    let intent: Intent = serde_json::from_slice(bytes).map_err(|e| format!("damaged: {e}"))?;
+    if intent.intent != INTENT_VERSION {
+        return Err(format!("version {} is not known to this build (it knows {INTENT_VERSION})", intent.intent));
+    }
+    Ok(intent)
+}
+
+/// Writes the intent durably. On failure nothing happened: the intent and the temporary file
+/// are removed (when the intent cannot be removed, the temporary file stays for it).
+fn commit_intent(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<(), Error> {
+    let mut body = serde_json::to_vec_pretty(intent)
+        .map_err(|e| Error::permanent(name, format!("bug: intent does not serialize: {e}")))?;
+    body.push(b'\n');
+    let path = root.join(&step.intent);
+    let written =
+        create_dirs(root, &step.saga_dir).and_then(|()| write_atomically(&path, |file| file.write_all(&body)));
+    let Err(e) = written else { return Ok(()) };
+    match withdraw(root, step, intent) {
+        Ok(()) => Err(classify(name, &format!("write intent {}", step.intent.display()), &e)),
+        Err(w) => Err(Error::retryable(
+            name,
+            format!("write intent {}: {e}; removing it failed too ({w}): the step is in doubt", step.intent.display()),
+        )),
+    }
+}
+
+/// Removes an intent whose effect did not happen, then its temporary file. For a delete the
+/// "temporary file" is the trash name, which does not exist yet: nothing to remove.
+fn withdraw(root: &Path, step: &StepFiles, intent: &Intent) -> io::Result<()> {
+    remove(&root.join(&step.intent))?;
+    if let IntentAction::Rename { tmp, .. } = &intent.action {
+        let _ = fs::remove_file(root.join(tmp));
+    }
+    Ok(())
+}
+
+/// How an effect failed: before anything changed, or after, at the directory fsync.
+enum Effect {
+    NotDone(io::Error),
+    Unsynced(io::Error),
+}
+
+/// The one rename that makes an intent's effect visible, and the fsync of its directory.
+fn effect(root: &Path, action: &IntentAction) -> Result<(), Effect> {
+    let (from, to) = match action {
+        IntentAction::Rename { tmp, target } => (tmp, target),
+        IntentAction::Delete { target, trash } => (target, trash),
+    };
+    let to = root.join(to);
+    fs::rename(root.join(from), &to).map_err(Effect::NotDone)?;
+    to.parent().map_or(Ok(()), sync_dir).map_err(Effect::Unsynced)
+}
+
+/// Finishes a committed step from its intent: performs the rename unless it already happened
+/// (never clobbering a target changed since), then turns the intent into the marker.
+fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<(), Error> {
+    let what = intent.action.describe();
+    let fail = |e: io::Error| classify(name, &format!("complete intent {} ({what})", step.intent.display()), &e);
+    let done = match &intent.action {
+        // The temporary file is gone only once renamed: it was fsynced into its directory
+        // before the intent was written, and the start-up cleanup keeps it.
+        IntentAction::Rename { tmp, .. } => !exists(&root.join(tmp)).map_err(fail)?,
+        // The trash exists only once the deletion happened; the target may have been created
+        // again since, and is then not touched.
+        IntentAction::Delete { target, trash } => {
+            exists(&root.join(trash)).map_err(fail)? || !exists(&root.join(target)).map_err(fail)?
+        }
+    };
+    if done {
+        // An earlier attempt may have renamed without reaching the directory fsync.
+        let target = match &intent.action {
+            IntentAction::Rename { target, .. } | IntentAction::Delete { target, .. } => root.join(target),
+        };
+        match target.parent().map(sync_dir) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e)),
+            _ => {}
+        }
+    } else {
+        match effect(root, &intent.action) {
+            Ok(()) => {}
+            Err(Effect::NotDone(e) | Effect::Unsynced(e)) => return Err(fail(e)),
+        }
+    }
+    tracing::info!(participant = name, intent = %step.intent.display(), what, "completed an interrupted file step from its intent");
+    finish(name, root, step, intent);
+    Ok(())
+}
+
+/// Turns the intent into the marker (one rename) and removes a delete's trash. A failure here
+/// is only logged: the durable intent already records the step, and the next lookup, apply or
+/// start finishes the job.
+fn finish(name: &str, root: &Path, step: &StepFiles, intent: &Intent) {
+    let saga_dir = root.join(&step.saga_dir);
+    if let Err(e) = fs::rename(root.join(&step.intent), root.join(&step.marker)).and_then(|()| sync_dir(&saga_dir)) {
+        tracing::warn!(participant = name, intent = %step.intent.display(), error = %e, "the step is recorded by its intent; turning it into a marker failed");
+        return;
+    }
+    if let IntentAction::Delete { trash, .. } = &intent.action
+        && let Err(e) = remove(&root.join(trash))
+    {
+        tracing::warn!(participant = name, trash = %trash.display(), error = %e, "a deleted file's trash stays until the next start");
+    }
+}
+
+/// Records the marker of a step that has no effect (a no-op, a delete of nothing).
+fn record_marker(name: &str, root: &Path, key: &StepKey, step: &StepFiles) -> Result<(), Error> {
+    create_dirs(root, &step.saga_dir)
+        .and_then(|()| write_atomically(&root.join(&step.marker), |file| file.write_all(format!("{key}\n").as_bytes())))
+        .map_err(|e| classify(name, "write marker", &e))
+}
+
+/// `<path>.sagalog-tmp-<random>`, next to `path`.
+fn temp_sibling(path: &Path) -> PathBuf {
+    let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
+    tmp_name.push(format!("{TMP_INFIX}{:016x}", rand::random::<u64>()));
+    path.with_file_name(tmp_name)
+}
+
+/// Creates `tmp`, fills it, fsyncs it and its directory entry (an intent will rely on both).
+fn write_temp(tmp: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        fill(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        tmp.parent().map_or(Ok(()), sync_dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
 }
 
 /// Checks that `relative` names something strictly inside the root, outside the marker
@@ -402,6 +689,15 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> {
+    Ok(list_marker_files(name, dir)?.into_iter().map(|(marker, _)| marker).collect())
+}
+
+/// A step's marker as `(step, direction)` and the file that records it.
+type MarkerFile = ((u32, Direction), PathBuf);
+
+/// The markers in one saga's directory with the file that records each: the marker, or the
+/// intent of a step committed but not finished (a marker wins over an intent).
+fn list_marker_files(name: &str, dir: &Path) -> Result<Vec<MarkerFile>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -419,10 +715,12 @@ fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> 
             }
             continue;
         };
-        markers.push(parsed);
+        let is_intent = file_name.to_string_lossy().ends_with(INTENT_SUFFIX);
+        markers.push((parsed, is_intent, entry.path()));
     }
     markers.sort();
-    Ok(markers)
+    markers.dedup_by_key(|(parsed, _, _)| *parsed);
+    Ok(markers.into_iter().map(|(parsed, _, path)| (parsed, path)).collect())
 }
 
 /// Every marker under the marker directory `dir`, with the marker file's modification time.
@@ -443,9 +741,8 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
             continue;
         };
         let saga_dir = saga.path();
-        for (step, direction) in list_markers(name, &saga_dir)? {
+        for ((step, direction), file) in list_marker_files(name, &saga_dir)? {
             let key = StepKey { saga_id: saga_id.clone(), step, direction };
-            let file = saga_dir.join(format!("{step}.{}", direction.as_str()));
             let applied_at_ms = fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .ok()
@@ -456,6 +753,127 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What interrupted writes left in a root, as [`leftovers`] finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Temporary files (`*.sagalog-tmp-*`) that no intent refers to, relative to the root.
+    pub stale_temp_files: Vec<PathBuf>,
+    /// Intents not yet turned into markers.
+    pub intents: Vec<PendingIntent>,
+    /// The walk stopped after [`LEFTOVER_SCAN_MAX`] directory entries; more may remain.
+    pub truncated: bool,
+}
+
+/// An intent left by an interrupted step: the step is committed, its effect may be pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIntent {
+    /// The step, from the intent's place in the marker directory (`None` if it names none).
+    pub key: Option<StepKey>,
+    /// The intent file, relative to the root.
+    pub path: PathBuf,
+    /// What it commits to ("rename A to B", "delete A (via T)"), or why it cannot be read.
+    pub detail: String,
+    /// False when the file does not parse: the start-up cleanup then removes nothing.
+    pub readable: bool,
+}
+
+/// Directory entries the start-up cleanup and [`leftovers`] visit at most, per root.
+pub const LEFTOVER_SCAN_MAX: usize = 100_000;
+
+/// Finds, read-only, the temporary files and unfinished intents under `root` (for `audit`).
+/// Visits at most [`LEFTOVER_SCAN_MAX`] entries and does not follow symbolic links.
+pub fn leftovers(root: &Path) -> io::Result<Leftovers> {
+    let mut found = Leftovers::default();
+    let mut referenced = std::collections::BTreeSet::new();
+    let markers = root.join(MARKER_DIR);
+    let sagas = match fs::read_dir(&markers) {
+        Ok(entries) => Some(entries),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    for saga in sagas.into_iter().flatten() {
+        let saga = saga?;
+        if !saga.file_type()?.is_dir() {
+            continue;
+        }
+        let saga_id = saga.file_name().to_str().and_then(saga_id_of_dir_name);
+        for entry in fs::read_dir(saga.path())? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str().filter(|n| n.ends_with(INTENT_SUFFIX)) else { continue };
+            let key = saga_id.clone().zip(parse_marker_name(file_name)).map(|(saga_id, (step, direction))| StepKey {
+                saga_id,
+                step,
+                direction,
+            });
+            let path = Path::new(MARKER_DIR).join(saga.file_name()).join(file_name);
+            let (detail, readable) =
+                match fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| parse_intent(&b)) {
+                    Ok(intent) => {
+                        referenced.insert(intent.action.temp_file().to_path_buf());
+                        (intent.action.describe(), true)
+                    }
+                    Err(why) => (why, false),
+                };
+            found.intents.push(PendingIntent { key, path, detail, readable });
+        }
+    }
+    let mut visited = 0usize;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        for entry in fs::read_dir(root.join(&relative))? {
+            visited += 1;
+            if visited > LEFTOVER_SCAN_MAX {
+                found.truncated = true;
+                stack.clear();
+                break;
+            }
+            let entry = entry?;
+            let path = relative.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().contains(TMP_INFIX) && !referenced.contains(&path) {
+                found.stale_temp_files.push(path);
+            }
+        }
+    }
+    found.stale_temp_files.sort();
+    Ok(found)
+}
+
+/// The start-up cleanup: removes the temporary files no intent refers to (none at all when an
+/// intent cannot be read, since it might refer to any of them). Logs what it did; a failure
+/// is logged too and never stops the start (`audit` reports what remains).
+fn clean_leftovers(name: &str, root: &Path) {
+    let found = match leftovers(root) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(participant = name, root = %root.display(), error = %e, "could not look for stale temporary files");
+            return;
+        }
+    };
+    if found.truncated {
+        tracing::warn!(participant = name, root = %root.display(), max = LEFTOVER_SCAN_MAX, "the stale temporary file scan stopped at its bound; `sagalog audit` lists what remains");
+    }
+    if let Some(bad) = found.intents.iter().find(|i| !i.readable) {
+        tracing::warn!(participant = name, intent = %root.join(&bad.path).display(), detail = %bad.detail, "an unreadable intent: no temporary file is removed");
+        return;
+    }
+    let mut removed = 0usize;
+    for relative in &found.stale_temp_files {
+        match fs::remove_file(root.join(relative)) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(participant = name, file = %root.join(relative).display(), error = %e, "could not remove a stale temporary file");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(participant = name, root = %root.display(), removed, "removed stale temporary files left by interrupted writes");
+    }
 }
 
 /// The saga id a marker directory name stands for: the inverse of [`saga_dir_name`].
@@ -476,7 +894,9 @@ fn saga_id_of_dir_name(dir_name: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// `<step>.<direction>`, or an intent's `<step>.<direction>.intent` (a committed step).
 fn parse_marker_name(file_name: &str) -> Option<(u32, Direction)> {
+    let file_name = file_name.strip_suffix(INTENT_SUFFIX).unwrap_or(file_name);
     let (step, direction) = file_name.split_once('.')?;
     let direction = match direction {
         "forward" => Direction::Forward,
