@@ -1085,6 +1085,123 @@ mod tests {
         }
     }
 
+    fn temp_files(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_string_lossy().contains(TMP_INFIX) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// A crash after the intent is durable but before the effect: the step is committed.
+    /// The lookup (or the next apply) performs the effect, then answers "present"; nothing
+    /// temporary is left.
+    #[tokio::test]
+    async fn a_crash_before_the_effect_is_rolled_forward_by_the_lookup_or_the_next_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::write(root.join("source"), "copied").unwrap();
+        fs::write(root.join("doomed"), "old").unwrap();
+        fs::write(root.join("doomed2"), "old").unwrap();
+        let cases = [
+            (put("out/put.txt", "new"), "out/put.txt", Some("new")),
+            (Operation::FileCopy { from: "source".into(), to: "out/copy.txt".into() }, "out/copy.txt", Some("copied")),
+            (Operation::FileDelete { path: "doomed".into() }, "doomed", None),
+        ];
+        for (step, (op, path, expected)) in (0u32..).zip(cases) {
+            let fs = Fs::open("fs", root.clone()).unwrap();
+            let key = key("before", step, Direction::Compensate);
+            fs.crash_next_apply(CrashPoint::BeforeEffect);
+            assert!(fs.apply(&key, &op).await.unwrap_err().is_retryable());
+            assert_ne!(fs::read_to_string(root.join(path)).ok().as_deref(), expected, "step {step}: not yet visible");
+            let reopened = Fs::open("fs", root.clone()).unwrap();
+            assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}");
+            assert_eq!(fs::read_to_string(root.join(path)).ok().as_deref(), expected, "step {step}: rolled forward");
+            assert!(root.join(MARKER_DIR).join("before").join(format!("{step}.compensate")).exists());
+            assert!(temp_files(&root).is_empty(), "step {step}: {:?}", temp_files(&root));
+        }
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        let key = key("before", 9, Direction::Forward);
+        fs.crash_next_apply(CrashPoint::BeforeEffect);
+        let delete = Operation::FileDelete { path: "doomed2".into() };
+        assert!(fs.apply(&key, &delete).await.is_err());
+        assert!(root.join("doomed2").exists());
+        assert_eq!(fs.apply(&key, &delete).await.unwrap(), Applied::AlreadyApplied);
+        assert!(!root.join("doomed2").exists());
+        assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    }
+
+    /// After a crash right after the effect, someone changes the target before the lookup:
+    /// rolling forward must not redo the rename (which would put the old contents back) or the
+    /// deletion (which would delete the new file).
+    #[tokio::test]
+    async fn rolling_forward_never_clobbers_a_target_changed_since_the_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        fs.crash_next_apply(CrashPoint::AfterEffect);
+        assert!(fs.apply(&key("changed", 0, Direction::Forward), &put("f", "ours")).await.is_err());
+        fs::write(root.join("f"), "changed since").unwrap();
+        assert!(fs.lookup_marker(&key("changed", 0, Direction::Forward)).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "changed since");
+
+        fs.crash_next_apply(CrashPoint::AfterEffect);
+        let delete = Operation::FileDelete { path: "f".into() };
+        assert!(fs.apply(&key("changed", 0, Direction::Compensate), &delete).await.is_err());
+        assert!(!root.join("f").exists());
+        fs::write(root.join("f"), "created again").unwrap();
+        let reopened = Fs::open("fs", root.clone()).unwrap();
+        assert!(reopened.lookup_marker(&key("changed", 0, Direction::Compensate)).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "created again");
+        assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    }
+
+    /// `Fs::open` removes the temporary files a crash left (beside targets and among the
+    /// markers) but keeps the one an unfinished intent still needs, which the lookup then
+    /// renames into place. `open_read_only` removes nothing; `leftovers` lists both kinds.
+    #[tokio::test]
+    async fn the_start_removes_stale_temporary_files_but_keeps_those_an_intent_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        fs.crash_next_apply(CrashPoint::BeforeEffect);
+        let key = key("kept", 0, Direction::Forward);
+        assert!(fs.apply(&key, &put("a/kept.txt", "needed")).await.is_err());
+        let needed = temp_files(&root);
+        assert_eq!(needed.len(), 1, "{needed:?}");
+        fs::create_dir_all(root.join("b/c")).unwrap();
+        let stale = [
+            root.join(format!("b/c/x{TMP_INFIX}0123456789abcdef")),
+            root.join(format!("a/kept.txt{TMP_INFIX}00000000000000aa")),
+            root.join(MARKER_DIR).join("kept").join(format!("1.forward{TMP_INFIX}1111111111111111")),
+        ];
+        for path in &stale {
+            fs::write(path, "partial").unwrap();
+        }
+        let read_only = Fs::open_read_only("fs", root.clone()).unwrap();
+        drop(read_only);
+        assert_eq!(temp_files(&root).len(), 4, "open_read_only removed something");
+        let found = leftovers(&root).unwrap();
+        assert_eq!(found.stale_temp_files.len(), 3, "{found:?}");
+        assert_eq!(found.intents.len(), 1, "{found:?}");
+        assert_eq!(found.intents[0].key.as_ref(), Some(&key));
+        assert!(found.intents[0].detail.contains("a/kept.txt"), "{found:?}");
+
+        let reopened = Fs::open("fs", root.clone()).unwrap();
+        assert_eq!(temp_files(&root), needed, "stale files removed, the needed one kept");
+        assert!(reopened.lookup_marker(&key).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("a/kept.txt")).unwrap(), "needed");
+        assert_eq!(leftovers(&root).unwrap(), Leftovers::default());
+    }
+
     /// The hex form of the first version still reads back (existing marker trees keep working).
     #[test]
     fn hex_encoded_directory_names_still_read_back() {
