@@ -558,14 +558,26 @@ fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> R
 /// Turns the intent into the marker (one rename) and removes a delete's trash. A failure here
 /// is only logged: the durable intent already records the step, and the next lookup, apply or
 /// start finishes the job.
+///
+/// After a rename the saga directory is not fsynced: losing that rename in a power cut brings
+/// the intent back, which answers "present" just the same and rolls forward to a no-op. After
+/// a delete it is, before the trash goes: an intent back without its trash would take a file
+/// created at the target since for one still to delete.
 fn finish(name: &str, root: &Path, step: &StepFiles, intent: &Intent) {
     let saga_dir = root.join(&step.saga_dir);
-    if let Err(e) = fs::rename(root.join(&step.intent), root.join(&step.marker)).and_then(|()| sync_dir(&saga_dir)) {
+    let renamed = fs::rename(root.join(&step.intent), root.join(&step.marker));
+    let durable = match &intent.action {
+        IntentAction::Rename { .. } => renamed,
+        IntentAction::Delete { .. } => renamed.and_then(|()| sync_dir(&saga_dir)),
+    };
+    if let Err(e) = durable {
         tracing::warn!(participant = name, intent = %step.intent.display(), error = %e, "the step is recorded by its intent; turning it into a marker failed");
         return;
     }
+    // The trash is garbage now; losing its unlink in a power cut only leaves it to the start.
     if let IntentAction::Delete { trash, .. } = &intent.action
-        && let Err(e) = remove(&root.join(trash))
+        && let Err(e) = fs::remove_file(root.join(trash))
+        && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(participant = name, trash = %trash.display(), error = %e, "a deleted file's trash stays until the next start");
     }
