@@ -1,21 +1,55 @@
 //! The file-tree participant: puts, deletes and copies files under one root directory.
 //!
-//! A file system has no transactions, so this participant keeps the contract the other way
-//! round: every operation is idempotent, and the marker is a file written *after* the
-//! operation. A crash between the two leaves no marker, and the retry simply re-runs an
-//! operation whose second run changes nothing. `apply` checks the marker first and, when it
-//! exists, touches nothing.
+//! A file system has no transactions, so this participant keeps the contract with a redo
+//! record, the *intent*: "no intent and no marker" must mean "the target was never touched",
+//! since that answer lets compensation skip the step. Each operation runs in this order:
 //!
-//! Writes are atomic and durable: the contents go to `<target>.sagalog-tmp-<random>` in the
-//! same directory, that file is fsynced and renamed over the target, and the directory is
-//! fsynced. Markers live in `<root>/.sagalog-markers/<saga>/<step>.<direction>`, written the
-//! same way; that directory is off limits to operations.
+//! 1. Prepare without touching the target: a put's contents (a copy's, read from its source)
+//!    go to `<target>.sagalog-tmp-<random>` in the target's directory; that file and the
+//!    directory are fsynced. A delete prepares nothing (a missing target needs no intent:
+//!    only the marker is written).
+//! 2. Write the intent `<root>/.sagalog-markers/<saga>/<step>.<direction>.intent` (JSON,
+//!    version 1, naming what is to happen: "rename T over X", "delete X via T"), atomically:
+//!    temporary file, fsync, rename, directory fsync. This is the commit point. If it fails
+//!    (a full or read-only marker directory), nothing happened: the temporary file is removed
+//!    and the error is returned (permanent or retryable as the I/O error says).
+//! 3. The effect, one rename: `T` over `X` for a put or copy; `X` aside to `T` for a delete.
+//!    Then the directory is fsynced. A rename that fails withdraws the intent (nothing
+//!    happened); a failed directory fsync leaves the step committed and reports it retryable.
+//! 4. Rename the intent into the marker `<step>.<direction>`, and unlink a delete's `T`. A
+//!    failure here is only logged: the durable intent already records the step.
+//!
+//! `apply` and `lookup_marker` (and `lookup_markers`) that meet an intent roll it forward
+//! first, under the key's lock: redo the rename unless it already happened, then step 4, then
+//! answer "present" (`apply`: `AlreadyApplied`). Whether the rename happened is read from the
+//! temporary file, never from the target: a put's `T` is gone only once renamed (it was fsynced
+//! into its directory before the intent), a delete's `T` exists only once the deletion
+//! happened. So a target changed by someone after the effect is never clobbered. A failure to
+//! roll forward makes `apply` fail retryably (in doubt) and `lookup_marker` fail as the I/O
+//! error says: a step with an intent is never answered "absent". Compensations are operations
+//! too and take the same path with direction `compensate`. A participant opened read-only
+//! answers "present" for an intent and changes nothing.
+//!
+//! [`Fs::open`] (not [`Fs::open_read_only`]) removes the `*.sagalog-tmp-*` files no intent
+//! refers to, anywhere under the root, marker directory included: leftovers of writes a crash
+//! interrupted. It visits at most [`LEFTOVER_SCAN_MAX`] directory entries, does not follow
+//! symbolic links, removes nothing when an intent cannot be read, logs how many it removed and
+//! never fails the open. [`leftovers`] lists the same things read-only, for `sagalog audit`.
+//! A root is used by one `Fs` at a time (one process, one participant): a second one opening
+//! it could remove the temporary file of a write in progress.
+//!
+//! Markers written before intents existed (contents: the key) read the same; a marker made
+//! from an intent holds the intent's JSON, and nothing reads a marker's contents. A build
+//! without intents ignores an intent (and so reads such a step as "absent").
 //!
 //! Every path in an operation is relative to the root and is checked before anything happens:
-//! no absolute paths, no `..`, no `.`, no empty path. Symbolic links inside the root are
-//! followed; whoever can create them inside the root is trusted. Concurrent applies of one key
-//! in this process are serialized (striped locks), so exactly one of them reports `Applied`.
-//! All file I/O runs on blocking threads.
+//! no absolute paths, no `..`, no `.`, no empty path; the marker directory is off limits.
+//! Symbolic links inside the root are followed; whoever can create them inside the root is
+//! trusted. Concurrent applies and lookups of one key in this process are serialized (striped
+//! locks), so exactly one apply reports `Applied`. All file I/O runs on blocking threads.
+//!
+//! Never does: touch a target before its intent is durable, or answer "absent" for a step that
+//! has an intent.
 
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
@@ -48,6 +82,8 @@ pub const SAGA_DIR_PLAIN_MAX: usize = 128;
 pub const SAGA_ID_ENCODED_MAX: usize = 127;
 /// Longest saga id of any kind a file participant can store (`~` + base64url fits 255 bytes).
 pub const SAGA_ID_BASE64_MAX: usize = 190;
+/// Directory entries the start-up cleanup and [`leftovers`] visit at most, per root.
+pub const LEFTOVER_SCAN_MAX: usize = 100_000;
 /// Striped locks that serialize applies of the same key.
 const KEY_LOCKS: usize = 64;
 
@@ -77,7 +113,8 @@ pub enum CrashPoint {
 }
 
 impl Fs {
-    /// Uses the existing directory `root` and creates its marker directory.
+    /// Uses the existing directory `root`, creates its marker directory and removes the stale
+    /// temporary files a crash left (see the module doc).
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, root: PathBuf) -> Result<Fs, Error> {
@@ -790,9 +827,6 @@ pub struct PendingIntent {
     /// False when the file does not parse: the start-up cleanup then removes nothing.
     pub readable: bool,
 }
-
-/// Directory entries the start-up cleanup and [`leftovers`] visit at most, per root.
-pub const LEFTOVER_SCAN_MAX: usize = 100_000;
 
 /// Finds, read-only, the temporary files and unfinished intents under `root` (for `audit`).
 /// Visits at most [`LEFTOVER_SCAN_MAX`] entries and does not follow symbolic links.
