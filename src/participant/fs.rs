@@ -395,13 +395,15 @@ fn apply_locked(
     plan: Plan,
     crash: &dyn Fn(CrashPoint) -> bool,
 ) -> Result<Applied, Error> {
-    if exists(&root.join(&step.marker)).map_err(|e| classify(name, "look up marker", &e))? {
+    // Until the marker and the intent are known to be absent, an earlier attempt may have
+    // committed the step: every failure is in doubt (retryable), never "not applied".
+    let in_doubt = |e: Error| Error::retryable(name, e.message);
+    if exists(&root.join(&step.marker)).map_err(|e| in_doubt(classify(name, "look up marker", &e)))? {
         return Ok(Applied::AlreadyApplied);
     }
-    if let Some(intent) = read_intent(name, &root.join(&step.intent))? {
-        // An earlier attempt committed the step: finish what it started. Any failure leaves
-        // the step committed but unfinished, so it is in doubt (retryable), never "not applied".
-        roll_forward(name, root, step, &intent).map_err(|e| Error::retryable(name, e.message))?;
+    if let Some(intent) = read_intent(name, &root.join(&step.intent)).map_err(in_doubt)? {
+        // An earlier attempt committed the step: finish what it started.
+        roll_forward(name, root, step, &intent).map_err(in_doubt)?;
         return Ok(Applied::AlreadyApplied);
     }
     let parent_of = |path: &Path| path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -462,6 +464,12 @@ fn apply_locked(
             let what = intent.action.describe();
             // Nothing happened: withdraw the intent, so "no intent, no marker" stays true.
             return match withdraw(root, step, &intent) {
+                // The file went away since it was looked at: a delete of nothing.
+                Ok(())
+                    if matches!(intent.action, IntentAction::Delete { .. }) && e.kind() == io::ErrorKind::NotFound =>
+                {
+                    record_marker(name, root, key, step).map(|()| Applied::Applied)
+                }
                 Ok(()) => Err(classify(name, &what, &e)),
                 Err(w) => Err(Error::retryable(
                     name,
