@@ -1256,6 +1256,30 @@ mod tests {
         assert_eq!(leftovers(&root).unwrap(), Leftovers::default());
     }
 
+    /// An intent that cannot be read (damaged, or from a newer build) may stand for a committed
+    /// step: `apply` fails retryably (in doubt, so compensation settles the step by its marker
+    /// instead of skipping it), the lookup fails permanently (an operator must look: STUCK),
+    /// and neither answers "absent" nor touches the target.
+    #[tokio::test]
+    async fn an_unreadable_intent_is_in_doubt_never_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        let saga_dir = root.join(MARKER_DIR).join("damaged");
+        fs::create_dir_all(&saga_dir).unwrap();
+        for (step, body) in
+            [(0u32, "{\"intent\": 1, \"op\""), (1, "{\"intent\": 2, \"key\": \"k\", \"op\": \"future\"}")]
+        {
+            fs::write(saga_dir.join(format!("{step}.forward{INTENT_SUFFIX}")), body).unwrap();
+            let key = key("damaged", step, Direction::Forward);
+            let error = fs.apply(&key, &put("f", "x")).await.unwrap_err();
+            assert!(error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");
+            let error = fs.lookup_marker(&key).await.unwrap_err();
+            assert!(!error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");
+            assert!(!root.join("f").exists());
+        }
+    }
+
     /// The hex form of the first version still reads back (existing marker trees keep working).
     #[test]
     fn hex_encoded_directory_names_still_read_back() {
