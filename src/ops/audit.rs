@@ -369,7 +369,7 @@ fn fs_leftovers(catalog: &Catalog, data_dir: &Path, unreadable: &BTreeSet<String
                 direction: intent.key.as_ref().map(|k| k.direction),
                 participant: name.clone(),
                 detail: format!(
-                    "{} ({}) was never completed; the step's next marker lookup or apply completes it",
+                    "{} ({}) was never turned into a marker: the step counts as applied, and its next marker lookup or apply completes it",
                     root.join(&intent.path).display(),
                     intent.detail
                 ),

@@ -35,6 +35,10 @@
 //! interrupted. It visits at most [`LEFTOVER_SCAN_MAX`] directory entries, does not follow
 //! symbolic links, removes nothing when an intent cannot be read, logs how many it removed and
 //! never fails the open. [`leftovers`] lists the same things read-only, for `sagalog audit`.
+//! `Fs::open` does not roll intents forward: only a lookup or an apply, which the executor
+//! makes while it still wants the step, does (a step an operator marked compensated must not
+//! gain its effect at the next start).
+//!
 //! A root is used by one `Fs` at a time (one process, one participant): a second one opening
 //! it could remove the temporary file of a write in progress.
 //!
