@@ -11,11 +11,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use sagalog::catalog::Catalog;
-use sagalog::engine::{SagaDefinition, Status, StepCall, Value};
+use sagalog::engine::record::{CancelRequested, Started, Submitted};
+use sagalog::engine::{Record, SagaDefinition, Status, StepCall, Value};
 use sagalog::executor::Executor;
 use sagalog::journal::{Journal, Options, SyncPolicy};
-use sagalog::participant::Participant;
 use sagalog::participant::fs::{CrashPoint, Fs};
+use sagalog::participant::{Direction, Participant, StepKey};
 
 use crate::engine_support::settled;
 
@@ -36,7 +37,6 @@ compensate = { delete = "out/{id}.txt" }
 retry = { max_attempts = MAX_ATTEMPTS, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
 compensate_retry = { max_attempts = 5, initial_backoff_ms = 5, max_backoff_ms = 20, jitter = 0.0 }
 timeout_ms = 5000
-
 "#;
 
 fn executor(journal_dir: &Path, fs: Arc<Fs>, max_attempts: u32) -> Executor {
@@ -72,6 +72,57 @@ async fn a_crash_between_the_rename_and_the_marker_is_compensated() {
     assert_eq!(snap.status, Status::Compensated, "{:?}", snap.saga);
     assert!(snap.saga.steps[0].compensate.done, "step 0 was compensated: {:?}", snap.saga.steps[0]);
     assert!(!root.join("out/crash.txt").exists(), "the compensated saga left its file behind");
+}
+
+/// A real crash: the process died between the rename and the marker, after `StepStarted`
+/// and a cancel reached the journal. The restart's recovery settles the in-doubt step by the
+/// marker of a reopened participant and compensates it: COMPENSATED and the file is gone.
+/// Before the intent records the lookup said "absent" and the file stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_crash_between_the_rename_and_the_marker_compensates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, journal_dir) = (dir.path().join("files"), dir.path().join("journal"));
+    std::fs::create_dir(&root).unwrap();
+    let def = saga("recovered");
+    let catalog = Catalog::parse(&CONFIG.replace("MAX_ATTEMPTS", "3")).unwrap();
+    let policies = catalog.validate(&def).unwrap();
+    let records = [
+        Record::SagaSubmitted(Submitted {
+            saga: def.id.clone(),
+            digest: def.digest(),
+            steps: def.steps.clone(),
+            policies,
+            at_ms: 1,
+        }),
+        Record::StepStarted(Started {
+            saga: def.id.clone(),
+            step: 0,
+            direction: Direction::Forward,
+            attempt: 1,
+            at_ms: 2,
+        }),
+        Record::CancelRequested(CancelRequested { saga: def.id.clone(), at_ms: 3 }),
+    ];
+    let opened = Journal::open_dir(&journal_dir, Options { sync: SyncPolicy::Never, ..Options::default() }).unwrap();
+    for r in &records {
+        opened.journal.append(r.kind(), r.encode()).await.unwrap();
+    }
+    opened.journal.shutdown().await.unwrap();
+    // The crashed process's call: the effect happened, nothing recorded it.
+    let before_crash = Fs::open("files", root.clone()).unwrap();
+    before_crash.crash_next_apply(CrashPoint::AfterEffect);
+    let (_, op) = catalog.operation(&def.steps[0], Direction::Forward).unwrap();
+    let key = StepKey { saga_id: def.id.clone(), step: 0, direction: Direction::Forward };
+    assert!(before_crash.apply(&key, &op).await.is_err());
+    drop(before_crash);
+    assert!(root.join("out/recovered.txt").exists());
+
+    let exec = executor(&journal_dir, Arc::new(Fs::open("files", root.clone()).unwrap()), 3);
+    sagalog::recovery::recover(&exec, 1).await.unwrap();
+    let snap = settled(&exec, "recovered").await;
+    assert_eq!(snap.status, Status::Compensated, "{:?}", snap.saga);
+    assert!(snap.saga.steps[0].forward.by_marker, "settled by its marker: {:?}", snap.saga.steps[0]);
+    assert!(!root.join("out/recovered.txt").exists(), "the compensated saga left its file behind");
 }
 
 /// A marker directory that cannot be written (a read-only mount: EROFS, permanent; a full
