@@ -15,8 +15,10 @@
 //! the index retention belong to purged sagas and are only counted), a marker on another
 //! participant than the step's, a marker of a step the saga does not have. For file
 //! participants the effect itself is checked too (the file a `put` wrote must exist after a
-//! completed saga and be gone otherwise), which finds an effect without a marker. Unfinished
-//! sagas are left to recovery (`sagalog replay --dry-run`).
+//! completed saga and be gone otherwise), which finds an effect without a marker, and so are
+//! the leftovers of interrupted file writes: temporary files (`*.sagalog-tmp-*`) and intents
+//! not yet turned into markers, each named by its path. Unfinished sagas are left to recovery
+//! (`sagalog replay --dry-run`).
 //!
 //! Never does: write. The data directory is held under its shared lock, participants are
 //! opened read-only, and the index (sled has no read-only mode) is read from a copy.
@@ -57,6 +59,12 @@ pub enum FindingKind {
     EffectMissing,
     /// A file effect exists where the journal and the markers say none should.
     EffectWithoutMarker,
+    /// A file participant's temporary file (`*.sagalog-tmp-*`) that an interrupted write left
+    /// and no intent needs (the next `sagalog serve` start removes it).
+    TempFile,
+    /// A file participant's intent not yet turned into a marker: the step is committed, its
+    /// effect may still be pending (the next marker lookup or apply completes it).
+    UnfinishedIntent,
     /// The participant could not be read; nothing about it was checked.
     Unreadable,
 }
@@ -275,6 +283,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
 
     let retention_hours = catalog.config.index.retention_hours;
     let (markers, unreadable) = read_markers(&participants.participants, &known, retention_hours, &mut report).await;
+    fs_leftovers(&catalog, dir.root(), &unreadable, &mut report);
     let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: dir.root() };
     for (id, facts) in &finished {
         checker.saga(id, facts, &mut report);
@@ -307,6 +316,66 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     drop(dir);
     report.findings.sort();
     Ok(report)
+}
+
+/// For file participants: every temporary file an interrupted write left and every intent
+/// not yet turned into a marker, each named by its path (read-only: nothing is removed or
+/// completed here).
+fn fs_leftovers(catalog: &Catalog, data_dir: &Path, unreadable: &BTreeSet<String>, report: &mut AuditReport) {
+    for (name, config) in &catalog.config.participants {
+        if config.kind != Kind::Fs || unreadable.contains(name) {
+            continue;
+        }
+        let root = data_dir.join(config.path.as_deref().unwrap_or_default());
+        let found = match crate::participant::fs::leftovers(&root) {
+            Ok(found) => found,
+            Err(e) => {
+                report.findings.push(Finding {
+                    kind: FindingKind::Unreadable,
+                    saga: String::new(),
+                    step: None,
+                    direction: None,
+                    participant: name.clone(),
+                    detail: format!("cannot look for temporary files under {}: {e}", root.display()),
+                });
+                continue;
+            }
+        };
+        if found.truncated {
+            report.notes.push(format!(
+                "participant {name}: the scan for temporary files stopped after {} entries of {}",
+                crate::participant::fs::LEFTOVER_SCAN_MAX,
+                root.display()
+            ));
+        }
+        for path in found.stale_temp_files {
+            report.findings.push(Finding {
+                kind: FindingKind::TempFile,
+                saga: String::new(),
+                step: None,
+                direction: None,
+                participant: name.clone(),
+                detail: format!(
+                    "{} was left by an interrupted write; the next `sagalog serve` start removes it",
+                    root.join(path).display()
+                ),
+            });
+        }
+        for intent in found.intents {
+            report.findings.push(Finding {
+                kind: FindingKind::UnfinishedIntent,
+                saga: intent.key.as_ref().map(|k| k.saga_id.clone()).unwrap_or_default(),
+                step: intent.key.as_ref().map(|k| k.step),
+                direction: intent.key.as_ref().map(|k| k.direction),
+                participant: name.clone(),
+                detail: format!(
+                    "{} ({}) was never turned into a marker: the step counts as applied, and its next marker lookup or apply completes it",
+                    root.join(&intent.path).display(),
+                    intent.detail
+                ),
+            });
+        }
+    }
 }
 
 /// For SQL steps whose action declares an effect `check`: the count must be positive after a

@@ -1,21 +1,65 @@
 //! The file-tree participant: puts, deletes and copies files under one root directory.
 //!
-//! A file system has no transactions, so this participant keeps the contract the other way
-//! round: every operation is idempotent, and the marker is a file written *after* the
-//! operation. A crash between the two leaves no marker, and the retry simply re-runs an
-//! operation whose second run changes nothing. `apply` checks the marker first and, when it
-//! exists, touches nothing.
+//! A file system has no transactions, so this participant keeps the contract with a redo
+//! record, the *intent*: "no intent and no marker" must mean "the target was never touched",
+//! since that answer lets compensation skip the step. Each operation runs in this order:
 //!
-//! Writes are atomic and durable: the contents go to `<target>.sagalog-tmp-<random>` in the
-//! same directory, that file is fsynced and renamed over the target, and the directory is
-//! fsynced. Markers live in `<root>/.sagalog-markers/<saga>/<step>.<direction>`, written the
-//! same way; that directory is off limits to operations.
+//! 1. Prepare without touching the target: a put's contents (a copy's, read from its source)
+//!    go to `<target>.sagalog-tmp-<random>` in the target's directory; that file and the
+//!    directory are fsynced. A delete prepares nothing (a missing target needs no intent:
+//!    only the marker is written).
+//! 2. Write the intent `<root>/.sagalog-markers/<saga>/<step>.<direction>.intent` (JSON,
+//!    version 1, naming what is to happen: "rename T over X", "delete X via T"), atomically:
+//!    temporary file, fsync, rename, directory fsync. This is the commit point. If it fails
+//!    (a full or read-only marker directory), nothing happened: the temporary file is removed
+//!    and the error is returned (permanent or retryable as the I/O error says).
+//! 3. The effect, one rename: `T` over `X` for a put or copy; `X` aside to `T` for a delete.
+//!    Then the directory is fsynced. A rename that fails withdraws the intent (nothing
+//!    happened); a failed directory fsync leaves the step committed and reports it retryable.
+//! 4. Rename the intent into the marker `<step>.<direction>`, and unlink a delete's `T`. A
+//!    failure here is only logged: the durable intent already records the step. The saga
+//!    directory is fsynced after this rename for a delete only (a lost rename after a put
+//!    brings back an intent that reads the same), so a put costs one fsync more than before
+//!    intents (6 with a new saga directory, was 5) and a delete one more (4, was 3).
+//!
+//! `apply` and `lookup_marker` (and `lookup_markers`) that meet an intent roll it forward
+//! first, under the key's lock: redo the rename unless it already happened, then step 4, then
+//! answer "present" (`apply`: `AlreadyApplied`). Whether the rename happened is read from the
+//! temporary file, never from the target: a put's `T` is gone only once renamed (it was fsynced
+//! into its directory before the intent), a delete's `T` exists only once the deletion
+//! happened. So a target changed by someone after the effect is never clobbered. A failure to
+//! roll forward makes `apply` fail retryably (in doubt) and `lookup_marker` fail as the I/O
+//! error says: a step with an intent is never answered "absent". Compensations are operations
+//! too and take the same path with direction `compensate`. A participant opened read-only
+//! answers "present" for an intent and changes nothing.
+//!
+//! [`Fs::open`] (not [`Fs::open_read_only`]) removes the `*.sagalog-tmp-*` files no intent
+//! refers to, anywhere under the root, marker directory included: leftovers of writes a crash
+//! interrupted. It visits at most [`LEFTOVER_SCAN_MAX`] directory entries, does not follow
+//! symbolic links, removes nothing when an intent cannot be read, logs how many it removed and
+//! never fails the open. [`leftovers`] lists the same things read-only, for `sagalog audit`.
+//! `Fs::open` does not roll intents forward: only a lookup or an apply, which the executor
+//! makes while it still wants the step, does (a step an operator marked compensated must not
+//! gain its effect at the next start).
+//!
+//! A root is used by one `Fs` at a time (one process, one participant): a second one opening
+//! it could remove the temporary file of a write in progress.
+//!
+//! Markers written before intents existed (contents: the key) read the same; a marker made
+//! from an intent holds the intent's JSON, and nothing reads a marker's contents. A build
+//! without intents ignores an intent (and so reads such a step as "absent").
 //!
 //! Every path in an operation is relative to the root and is checked before anything happens:
-//! no absolute paths, no `..`, no `.`, no empty path. Symbolic links inside the root are
-//! followed; whoever can create them inside the root is trusted. Concurrent applies of one key
-//! in this process are serialized (striped locks), so exactly one of them reports `Applied`.
-//! All file I/O runs on blocking threads.
+//! no absolute paths, no `..`, no `.`, no empty path; the marker directory is off limits.
+//! Symbolic links inside the root are followed; whoever can create them inside the root is
+//! trusted. Concurrent applies and lookups of one key in this process are serialized (striped
+//! locks), so exactly one apply reports `Applied`. All file I/O runs on blocking threads.
+//!
+//! [`Fs::crash_next_apply`] is a test-only injection point ([`CrashPoint`]): the next apply
+//! stops there as a crash would. Nothing in production sets it.
+//!
+//! Never does: touch a target before its intent is durable, or answer "absent" for a step that
+//! has an intent.
 
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
@@ -25,6 +69,7 @@ use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
@@ -36,6 +81,8 @@ pub const MARKER_DIR: &str = ".sagalog-markers";
 pub const PROBE_FILE: &str = "%sagalog-probe";
 /// What a temporary file's name has between the target's name and its random suffix.
 pub const TMP_INFIX: &str = ".sagalog-tmp-";
+/// What an intent's file name has after the marker's: `<step>.<direction>.intent`.
+pub const INTENT_SUFFIX: &str = ".intent";
 /// Operations running on blocking threads at once, per participant.
 pub const CONCURRENCY_MAX: usize = 16;
 /// Longest saga id kept as a plain directory name; others are hex-encoded.
@@ -45,6 +92,8 @@ pub const SAGA_DIR_PLAIN_MAX: usize = 128;
 pub const SAGA_ID_ENCODED_MAX: usize = 127;
 /// Longest saga id of any kind a file participant can store (`~` + base64url fits 255 bytes).
 pub const SAGA_ID_BASE64_MAX: usize = 190;
+/// Directory entries the start-up cleanup and [`leftovers`] visit at most, per root.
+pub const LEFTOVER_SCAN_MAX: usize = 100_000;
 /// Striped locks that serialize applies of the same key.
 const KEY_LOCKS: usize = 64;
 
@@ -56,10 +105,26 @@ pub struct Fs {
     permits: Arc<Semaphore>,
     /// Opened by [`Fs::open_read_only`]: `apply` fails, nothing is ever created.
     read_only: bool,
+    /// A test's injected crash, taken by the next apply that reaches its point.
+    crash: Arc<Mutex<Option<CrashPoint>>>,
+}
+
+/// Where a test makes the next `apply` stop as a crash would ([`Fs::crash_next_apply`]):
+/// nothing after the point runs, nothing is cleaned up, and `apply` returns a retryable error.
+/// Never set in production.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Right after the intent is durable, before the effect.
+    BeforeEffect,
+    /// Right after the operation's effect became visible (the rename or the unlink), before
+    /// anything records it.
+    AfterEffect,
 }
 
 impl Fs {
-    /// Uses the existing directory `root` and creates its marker directory.
+    /// Uses the existing directory `root`, creates its marker directory and removes the stale
+    /// temporary files a crash left (see the module doc).
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, root: PathBuf) -> Result<Fs, Error> {
@@ -68,12 +133,14 @@ impl Fs {
             return Err(Error::permanent(name, format!("root {} is not a directory", root.display())));
         }
         create_dirs(&root, Path::new(MARKER_DIR)).map_err(|e| classify(name, "create marker directory", &e))?;
+        clean_leftovers(name, &root);
         Ok(Fs {
             name: name.to_owned(),
             root,
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: false,
+            crash: Arc::default(),
         })
     }
 
@@ -90,7 +157,14 @@ impl Fs {
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: true,
+            crash: Arc::default(),
         })
+    }
+
+    /// Test-only: the next `apply` that reaches `point` stops there as a crash would.
+    #[doc(hidden)]
+    pub fn crash_next_apply(&self, point: CrashPoint) {
+        *self.crash.lock().unwrap_or_else(PoisonError::into_inner) = Some(point);
     }
 
     /// The root directory.
@@ -132,15 +206,25 @@ impl Fs {
         })
     }
 
-    /// The marker's path relative to the root.
-    fn marker_path(&self, key: &StepKey) -> Result<PathBuf, Error> {
-        Ok(self.saga_dir(&key.saga_id)?.join(format!("{}.{}", key.step, key.direction.as_str())))
+    /// The marker directory entries of one step.
+    fn step_files(&self, key: &StepKey) -> Result<StepFiles, Error> {
+        let saga_dir = self.saga_dir(&key.saga_id)?;
+        let marker_name = format!("{}.{}", key.step, key.direction.as_str());
+        let intent = saga_dir.join(format!("{marker_name}{INTENT_SUFFIX}"));
+        Ok(StepFiles { marker: saga_dir.join(marker_name), intent, saga_dir })
     }
 
     /// The directory of a saga's markers, relative to the root.
     fn saga_dir(&self, saga_id: &str) -> Result<PathBuf, Error> {
         Ok(Path::new(MARKER_DIR).join(saga_dir_name(&self.name, saga_id)?))
     }
+}
+
+/// Where one step's marker and intent live, relative to the root.
+struct StepFiles {
+    saga_dir: PathBuf,
+    marker: PathBuf,
+    intent: PathBuf,
 }
 
 /// An operation with its paths checked; paths are relative to the root.
@@ -173,21 +257,16 @@ impl Participant for Fs {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let plan = self.plan(op)?;
-            let saga_dir = self.saga_dir(&key.saga_id)?;
-            let marker = self.root.join(self.marker_path(key)?);
+            let step = self.step_files(key)?;
             let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
             let key_locks = Arc::clone(&self.key_locks);
+            let crash = Arc::clone(&self.crash);
             self.run(move || {
                 // The lock guards no data, only the check-then-write sequence below.
                 let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
-                if exists(&marker).map_err(|e| classify(&name, "look up marker", &e))? {
-                    return Ok(Applied::AlreadyApplied);
-                }
-                perform(&name, &root, plan)?;
-                create_dirs(&root, &saga_dir).map_err(|e| classify(&name, "create marker directory", &e))?;
-                write_atomically(&marker, |file| file.write_all(format!("{key}\n").as_bytes()))
-                    .map_err(|e| classify(&name, "write marker", &e))?;
-                Ok(Applied::Applied)
+                let crash =
+                    |point| crash.lock().unwrap_or_else(PoisonError::into_inner).take_if(|p| *p == point).is_some();
+                apply_locked(&name, &root, &key, &step, plan, &crash)
             })
             .await
         })
@@ -195,19 +274,31 @@ impl Participant for Fs {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            let marker = self.root.join(self.marker_path(key)?);
-            let name = self.name.clone();
-            self.run(move || exists(&marker).map_err(|e| classify(&name, "look up marker", &e))).await
+            let step = self.step_files(key)?;
+            let (name, root, read_only, key) = (self.name.clone(), self.root.clone(), self.read_only, key.clone());
+            let key_locks = Arc::clone(&self.key_locks);
+            self.run(move || {
+                let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
+                settle(&name, &root, &step, read_only)
+            })
+            .await
         })
     }
 
     fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
         Box::pin(async move {
-            let markers =
-                keys.iter().map(|k| self.marker_path(k).map(|p| self.root.join(p))).collect::<Result<Vec<_>, _>>()?;
-            let name = self.name.clone();
+            let steps =
+                keys.iter().map(|k| self.step_files(k).map(|s| (k.clone(), s))).collect::<Result<Vec<_>, _>>()?;
+            let (name, root, read_only) = (self.name.clone(), self.root.clone(), self.read_only);
+            let key_locks = Arc::clone(&self.key_locks);
             self.run(move || {
-                markers.iter().map(|m| exists(m).map_err(|e| classify(&name, "look up marker", &e))).collect()
+                steps
+                    .iter()
+                    .map(|(key, step)| {
+                        let _key_lock = key_locks[lock_index(key)].lock().unwrap_or_else(PoisonError::into_inner);
+                        settle(&name, &root, step, read_only)
+                    })
+                    .collect()
             })
             .await
         })
@@ -262,15 +353,81 @@ fn write_probe(path: &Path) -> io::Result<()> {
     written.and(removed)
 }
 
-/// Runs one planned operation; each is idempotent. Messages name paths relative to the root.
-fn perform(name: &str, root: &Path, plan: Plan) -> Result<(), Error> {
+/// The redo record a step writes (and fsyncs) before its effect becomes visible; see the
+/// module doc. Renamed into the step's marker once the effect is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Intent {
+    /// Format version ([`INTENT_VERSION`]).
+    intent: u32,
+    /// The step, for people reading the file.
+    key: String,
+    #[serde(flatten)]
+    action: IntentAction,
+}
+
+/// What an intent commits to; paths are relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum IntentAction {
+    /// Rename the fsynced temporary file `tmp` over `target` (a put or a copy).
+    Rename { tmp: PathBuf, target: PathBuf },
+    /// Rename `target` aside to `trash` (the deletion itself), and unlink `trash` once the
+    /// marker is written.
+    Delete { target: PathBuf, trash: PathBuf },
+}
+
+impl IntentAction {
+    /// The temporary file the intent refers to.
+    fn temp_file(&self) -> &Path {
+        match self {
+            IntentAction::Rename { tmp, .. } => tmp,
+            IntentAction::Delete { trash, .. } => trash,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            IntentAction::Rename { tmp, target } => format!("rename {} to {}", tmp.display(), target.display()),
+            IntentAction::Delete { target, trash } => format!("delete {} (via {})", target.display(), trash.display()),
+        }
+    }
+}
+
+/// The one version of the intent record.
+const INTENT_VERSION: u32 = 1;
+
+/// `apply` under the key's lock: marker, then intent, then a fresh run of the operation.
+fn apply_locked(
+    name: &str,
+    root: &Path,
+    key: &StepKey,
+    step: &StepFiles,
+    plan: Plan,
+    crash: &dyn Fn(CrashPoint) -> bool,
+) -> Result<Applied, Error> {
+    // Until the marker and the intent are known to be absent, an earlier attempt may have
+    // committed the step: every failure is in doubt (retryable), never "not applied".
+    let in_doubt = |e: Error| Error::retryable(name, e.message);
+    if exists(&root.join(&step.marker)).map_err(|e| in_doubt(classify(name, "look up marker", &e)))? {
+        return Ok(Applied::AlreadyApplied);
+    }
+    if let Some(intent) = read_intent(name, &root.join(&step.intent)).map_err(in_doubt)? {
+        // An earlier attempt committed the step: finish what it started.
+        roll_forward(name, root, step, &intent).map_err(in_doubt)?;
+        return Ok(Applied::AlreadyApplied);
+    }
     let parent_of = |path: &Path| path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match plan {
-        Plan::Put(target, contents) => create_dirs(root, &parent_of(&target))
-            .and_then(|()| write_atomically(&root.join(&target), |file| file.write_all(&contents)))
-            .map_err(|e| classify(name, &format!("write {}", target.display()), &e)),
-        Plan::Delete(target) => {
-            remove(&root.join(&target)).map_err(|e| classify(name, &format!("delete {}", target.display()), &e))
+    let action = match plan {
+        Plan::Noop => {
+            record_marker(name, root, key, step)?;
+            return Ok(Applied::Applied);
+        }
+        Plan::Put(target, contents) => {
+            let tmp = temp_sibling(&target);
+            create_dirs(root, &parent_of(&target))
+                .and_then(|()| write_temp(&root.join(&tmp), |file| file.write_all(&contents)))
+                .map_err(|e| classify(name, &format!("write {}", target.display()), &e))?;
+            IntentAction::Rename { tmp, target }
         }
         Plan::Copy(source, target) => {
             let mut input = match File::open(root.join(&source)) {
@@ -280,12 +437,234 @@ fn perform(name: &str, root: &Path, plan: Plan) -> Result<(), Error> {
                 }
                 Err(e) => return Err(classify(name, &format!("open {}", source.display()), &e)),
             };
+            let tmp = temp_sibling(&target);
             create_dirs(root, &parent_of(&target))
-                .and_then(|()| write_atomically(&root.join(&target), |file| io::copy(&mut input, file).map(drop)))
-                .map_err(|e| classify(name, &format!("copy to {}", target.display()), &e))
+                .and_then(|()| write_temp(&root.join(&tmp), |file| io::copy(&mut input, file).map(drop)))
+                .map_err(|e| classify(name, &format!("copy to {}", target.display()), &e))?;
+            IntentAction::Rename { tmp, target }
         }
-        Plan::Noop => Ok(()),
+        Plan::Delete(target) => match fs::symlink_metadata(root.join(&target)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Nothing to delete. An older build may have unlinked it without reaching the
+                // directory fsync: sync the directory, if it exists.
+                match root.join(&target).parent().map(sync_dir) {
+                    Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(classify(name, &format!("delete {}", target.display()), &e));
+                    }
+                    _ => {}
+                }
+                record_marker(name, root, key, step)?;
+                return Ok(Applied::Applied);
+            }
+            Err(e) => return Err(classify(name, &format!("delete {}", target.display()), &e)),
+            Ok(meta) if meta.is_dir() => {
+                return Err(Error::permanent(name, format!("delete {}: it is a directory", target.display())));
+            }
+            Ok(_) => IntentAction::Delete { trash: temp_sibling(&target), target },
+        },
+    };
+    let intent = Intent { intent: INTENT_VERSION, key: key.to_string(), action };
+    commit_intent(name, root, step, &intent)?;
+    if crash(CrashPoint::BeforeEffect) {
+        return Err(Error::retryable(name, "injected crash before the effect"));
     }
+    match effect(root, &intent.action) {
+        Ok(()) => {}
+        Err(Effect::NotDone(e)) => {
+            let what = intent.action.describe();
+            // Nothing happened: withdraw the intent, so "no intent, no marker" stays true.
+            return match withdraw(root, step, &intent) {
+                // The file went away since it was looked at: a delete of nothing.
+                Ok(())
+                    if matches!(intent.action, IntentAction::Delete { .. }) && e.kind() == io::ErrorKind::NotFound =>
+                {
+                    record_marker(name, root, key, step).map(|()| Applied::Applied)
+                }
+                Ok(()) => Err(classify(name, &what, &e)),
+                Err(w) => Err(Error::retryable(
+                    name,
+                    format!("{what}: {e}; withdrawing its intent failed too ({w}): the next lookup completes it"),
+                )),
+            };
+        }
+        Err(Effect::Unsynced(e)) => {
+            let what = intent.action.describe();
+            return Err(Error::retryable(name, format!("{what}: directory fsync failed: {e}; the step is in doubt")));
+        }
+    }
+    if crash(CrashPoint::AfterEffect) {
+        return Err(Error::retryable(name, "injected crash after the effect"));
+    }
+    finish(name, root, step, &intent);
+    Ok(Applied::Applied)
+}
+
+/// The marker lookup: the marker, or an intent (rolled forward first unless read-only).
+fn settle(name: &str, root: &Path, step: &StepFiles, read_only: bool) -> Result<bool, Error> {
+    if exists(&root.join(&step.marker)).map_err(|e| classify(name, "look up marker", &e))? {
+        return Ok(true);
+    }
+    match read_intent(name, &root.join(&step.intent))? {
+        None => Ok(false),
+        Some(_) if read_only => Ok(true),
+        Some(intent) => roll_forward(name, root, step, &intent).map(|()| true),
+    }
+}
+
+/// Reads a step's intent; `None` when there is none.
+fn read_intent(name: &str, path: &Path) -> Result<Option<Intent>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(classify(name, &format!("read intent {}", path.display()), &e)),
+    };
+    parse_intent(&bytes).map(Some).map_err(|why| Error::permanent(name, format!("intent {}: {why}", path.display())))
+}
+
+fn parse_intent(bytes: &[u8]) -> Result<Intent, String> {
+    let intent: Intent = serde_json::from_slice(bytes).map_err(|e| format!("damaged: {e}"))?;
+    if intent.intent != INTENT_VERSION {
+        return Err(format!("version {} is not known to this build (it knows {INTENT_VERSION})", intent.intent));
+    }
+    Ok(intent)
+}
+
+/// Writes the intent durably. On failure nothing happened: the intent and the temporary file
+/// are removed (when the intent cannot be removed, the temporary file stays for it).
+fn commit_intent(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<(), Error> {
+    let mut body = serde_json::to_vec_pretty(intent)
+        .map_err(|e| Error::permanent(name, format!("bug: intent does not serialize: {e}")))?;
+    body.push(b'\n');
+    let path = root.join(&step.intent);
+    let written =
+        create_dirs(root, &step.saga_dir).and_then(|()| write_atomically(&path, |file| file.write_all(&body)));
+    let Err(e) = written else { return Ok(()) };
+    match withdraw(root, step, intent) {
+        Ok(()) => Err(classify(name, &format!("write intent {}", step.intent.display()), &e)),
+        Err(w) => Err(Error::retryable(
+            name,
+            format!("write intent {}: {e}; removing it failed too ({w}): the step is in doubt", step.intent.display()),
+        )),
+    }
+}
+
+/// Removes an intent whose effect did not happen, then its temporary file. For a delete the
+/// "temporary file" is the trash name, which does not exist yet: nothing to remove.
+fn withdraw(root: &Path, step: &StepFiles, intent: &Intent) -> io::Result<()> {
+    remove(&root.join(&step.intent))?;
+    if let IntentAction::Rename { tmp, .. } = &intent.action {
+        let _ = fs::remove_file(root.join(tmp));
+    }
+    Ok(())
+}
+
+/// How an effect failed: before anything changed, or after, at the directory fsync.
+enum Effect {
+    NotDone(io::Error),
+    Unsynced(io::Error),
+}
+
+/// The one rename that makes an intent's effect visible, and the fsync of its directory.
+fn effect(root: &Path, action: &IntentAction) -> Result<(), Effect> {
+    let (from, to) = match action {
+        IntentAction::Rename { tmp, target } => (tmp, target),
+        IntentAction::Delete { target, trash } => (target, trash),
+    };
+    let to = root.join(to);
+    fs::rename(root.join(from), &to).map_err(Effect::NotDone)?;
+    to.parent().map_or(Ok(()), sync_dir).map_err(Effect::Unsynced)
+}
+
+/// Finishes a committed step from its intent: performs the rename unless it already happened
+/// (never clobbering a target changed since), then turns the intent into the marker.
+fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<(), Error> {
+    let what = intent.action.describe();
+    let fail = |e: io::Error| classify(name, &format!("complete intent {} ({what})", step.intent.display()), &e);
+    let done = match &intent.action {
+        // The temporary file is gone only once renamed: it was fsynced into its directory
+        // before the intent was written, and the start-up cleanup keeps it.
+        IntentAction::Rename { tmp, .. } => !exists(&root.join(tmp)).map_err(fail)?,
+        // The trash exists only once the deletion happened; the target may have been created
+        // again since, and is then not touched.
+        IntentAction::Delete { target, trash } => {
+            exists(&root.join(trash)).map_err(fail)? || !exists(&root.join(target)).map_err(fail)?
+        }
+    };
+    if done {
+        // An earlier attempt may have renamed without reaching the directory fsync.
+        let target = match &intent.action {
+            IntentAction::Rename { target, .. } | IntentAction::Delete { target, .. } => root.join(target),
+        };
+        match target.parent().map(sync_dir) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e)),
+            _ => {}
+        }
+    } else {
+        match effect(root, &intent.action) {
+            Ok(()) => {}
+            Err(Effect::NotDone(e) | Effect::Unsynced(e)) => return Err(fail(e)),
+        }
+    }
+    tracing::info!(participant = name, intent = %step.intent.display(), what, "completed an interrupted file step from its intent");
+    finish(name, root, step, intent);
+    Ok(())
+}
+
+/// Turns the intent into the marker (one rename) and removes a delete's trash. A failure here
+/// is only logged: the durable intent already records the step, and the next lookup, apply or
+/// start finishes the job.
+///
+/// After a rename the saga directory is not fsynced: losing that rename in a power cut brings
+/// the intent back, which answers "present" just the same and rolls forward to a no-op. After
+/// a delete it is, before the trash goes: an intent back without its trash would take a file
+/// created at the target since for one still to delete.
+fn finish(name: &str, root: &Path, step: &StepFiles, intent: &Intent) {
+    let saga_dir = root.join(&step.saga_dir);
+    let renamed = fs::rename(root.join(&step.intent), root.join(&step.marker));
+    let durable = match &intent.action {
+        IntentAction::Rename { .. } => renamed,
+        IntentAction::Delete { .. } => renamed.and_then(|()| sync_dir(&saga_dir)),
+    };
+    if let Err(e) = durable {
+        tracing::warn!(participant = name, intent = %step.intent.display(), error = %e, "the step is recorded by its intent; turning it into a marker failed");
+        return;
+    }
+    // The trash is garbage now; losing its unlink in a power cut only leaves it to the start.
+    if let IntentAction::Delete { trash, .. } = &intent.action
+        && let Err(e) = fs::remove_file(root.join(trash))
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(participant = name, trash = %trash.display(), error = %e, "a deleted file's trash stays until the next start");
+    }
+}
+
+/// Records the marker of a step that has no effect (a no-op, a delete of nothing).
+fn record_marker(name: &str, root: &Path, key: &StepKey, step: &StepFiles) -> Result<(), Error> {
+    create_dirs(root, &step.saga_dir)
+        .and_then(|()| write_atomically(&root.join(&step.marker), |file| file.write_all(format!("{key}\n").as_bytes())))
+        .map_err(|e| classify(name, "write marker", &e))
+}
+
+/// `<path>.sagalog-tmp-<random>`, next to `path`.
+fn temp_sibling(path: &Path) -> PathBuf {
+    let mut tmp_name = path.file_name().map(OsString::from).unwrap_or_default();
+    tmp_name.push(format!("{TMP_INFIX}{:016x}", rand::random::<u64>()));
+    path.with_file_name(tmp_name)
+}
+
+/// Creates `tmp`, fills it, fsyncs it and its directory entry (an intent will rely on both).
+fn write_temp(tmp: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+        fill(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        tmp.parent().map_or(Ok(()), sync_dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
 }
 
 /// Checks that `relative` names something strictly inside the root, outside the marker
@@ -377,6 +756,15 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> {
+    Ok(list_marker_files(name, dir)?.into_iter().map(|(marker, _)| marker).collect())
+}
+
+/// A step's marker as `(step, direction)` and the file that records it.
+type MarkerFile = ((u32, Direction), PathBuf);
+
+/// The markers in one saga's directory with the file that records each: the marker, or the
+/// intent of a step committed but not finished (a marker wins over an intent).
+fn list_marker_files(name: &str, dir: &Path) -> Result<Vec<MarkerFile>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -394,10 +782,12 @@ fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> 
             }
             continue;
         };
-        markers.push(parsed);
+        let is_intent = file_name.to_string_lossy().ends_with(INTENT_SUFFIX);
+        markers.push((parsed, is_intent, entry.path()));
     }
     markers.sort();
-    Ok(markers)
+    markers.dedup_by_key(|(parsed, _, _)| *parsed);
+    Ok(markers.into_iter().map(|(parsed, _, path)| (parsed, path)).collect())
 }
 
 /// Every marker under the marker directory `dir`, with the marker file's modification time.
@@ -418,9 +808,8 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
             continue;
         };
         let saga_dir = saga.path();
-        for (step, direction) in list_markers(name, &saga_dir)? {
+        for ((step, direction), file) in list_marker_files(name, &saga_dir)? {
             let key = StepKey { saga_id: saga_id.clone(), step, direction };
-            let file = saga_dir.join(format!("{step}.{}", direction.as_str()));
             let applied_at_ms = fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .ok()
@@ -431,6 +820,124 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What interrupted writes left in a root, as [`leftovers`] finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Temporary files (`*.sagalog-tmp-*`) that no intent refers to, relative to the root.
+    pub stale_temp_files: Vec<PathBuf>,
+    /// Intents not yet turned into markers.
+    pub intents: Vec<PendingIntent>,
+    /// The walk stopped after [`LEFTOVER_SCAN_MAX`] directory entries; more may remain.
+    pub truncated: bool,
+}
+
+/// An intent left by an interrupted step: the step is committed, its effect may be pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIntent {
+    /// The step, from the intent's place in the marker directory (`None` if it names none).
+    pub key: Option<StepKey>,
+    /// The intent file, relative to the root.
+    pub path: PathBuf,
+    /// What it commits to ("rename A to B", "delete A (via T)"), or why it cannot be read.
+    pub detail: String,
+    /// False when the file does not parse: the start-up cleanup then removes nothing.
+    pub readable: bool,
+}
+
+/// Finds, read-only, the temporary files and unfinished intents under `root` (for `audit`).
+/// Visits at most [`LEFTOVER_SCAN_MAX`] entries and does not follow symbolic links.
+pub fn leftovers(root: &Path) -> io::Result<Leftovers> {
+    let mut found = Leftovers::default();
+    let mut referenced = std::collections::BTreeSet::new();
+    let markers = root.join(MARKER_DIR);
+    let sagas = match fs::read_dir(&markers) {
+        Ok(entries) => Some(entries),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    for saga in sagas.into_iter().flatten() {
+        let saga = saga?;
+        if !saga.file_type()?.is_dir() {
+            continue;
+        }
+        let saga_id = saga.file_name().to_str().and_then(saga_id_of_dir_name);
+        for entry in fs::read_dir(saga.path())? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str().filter(|n| n.ends_with(INTENT_SUFFIX)) else { continue };
+            let key = saga_id.clone().zip(parse_marker_name(file_name)).map(|(saga_id, (step, direction))| StepKey {
+                saga_id,
+                step,
+                direction,
+            });
+            let path = Path::new(MARKER_DIR).join(saga.file_name()).join(file_name);
+            let (detail, readable) =
+                match fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| parse_intent(&b)) {
+                    Ok(intent) => {
+                        referenced.insert(intent.action.temp_file().to_path_buf());
+                        (intent.action.describe(), true)
+                    }
+                    Err(why) => (why, false),
+                };
+            found.intents.push(PendingIntent { key, path, detail, readable });
+        }
+    }
+    let mut visited = 0usize;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        for entry in fs::read_dir(root.join(&relative))? {
+            visited += 1;
+            if visited > LEFTOVER_SCAN_MAX {
+                found.truncated = true;
+                stack.clear();
+                break;
+            }
+            let entry = entry?;
+            let path = relative.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().contains(TMP_INFIX) && !referenced.contains(&path) {
+                found.stale_temp_files.push(path);
+            }
+        }
+    }
+    found.stale_temp_files.sort();
+    Ok(found)
+}
+
+/// The start-up cleanup: removes the temporary files no intent refers to (none at all when an
+/// intent cannot be read, since it might refer to any of them). Logs what it did; a failure
+/// is logged too and never stops the start (`audit` reports what remains).
+fn clean_leftovers(name: &str, root: &Path) {
+    let found = match leftovers(root) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(participant = name, root = %root.display(), error = %e, "could not look for stale temporary files");
+            return;
+        }
+    };
+    if found.truncated {
+        tracing::warn!(participant = name, root = %root.display(), max = LEFTOVER_SCAN_MAX, "the stale temporary file scan stopped at its bound; `sagalog audit` lists what remains");
+    }
+    if let Some(bad) = found.intents.iter().find(|i| !i.readable) {
+        tracing::warn!(participant = name, intent = %root.join(&bad.path).display(), detail = %bad.detail, "an unreadable intent: no temporary file is removed");
+        return;
+    }
+    let mut removed = 0usize;
+    for relative in &found.stale_temp_files {
+        match fs::remove_file(root.join(relative)) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(participant = name, file = %root.join(relative).display(), error = %e, "could not remove a stale temporary file");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(participant = name, root = %root.display(), removed, "removed stale temporary files left by interrupted writes");
+    }
 }
 
 /// The saga id a marker directory name stands for: the inverse of [`saga_dir_name`].
@@ -451,7 +958,9 @@ fn saga_id_of_dir_name(dir_name: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// `<step>.<direction>`, or an intent's `<step>.<direction>.intent` (a committed step).
 fn parse_marker_name(file_name: &str) -> Option<(u32, Direction)> {
+    let file_name = file_name.strip_suffix(INTENT_SUFFIX).unwrap_or(file_name);
     let (step, direction) = file_name.split_once('.')?;
     let direction = match direction {
         "forward" => Direction::Forward,
@@ -596,6 +1105,188 @@ mod tests {
             assert!(!dir.contains('/') && dir != "." && dir != "..", "{id:?} → {dir:?}");
             assert_eq!(saga_id_of_dir_name(&dir).as_deref(), Some(id.as_str()), "{dir:?}");
             assert!(seen.insert(dir.clone()), "two ids share {dir:?}");
+        }
+    }
+
+    fn key(saga: &str, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: saga.to_owned(), step, direction }
+    }
+
+    fn put(path: &str, contents: &str) -> Operation {
+        Operation::FilePut { path: path.to_owned(), contents: contents.as_bytes().to_vec() }
+    }
+
+    /// Issue 10 item A5: a crash right after the rename (or the unlink), before anything
+    /// recorded it. The effect exists, so neither the same participant nor one reopened after
+    /// the "crash" may answer "absent" (that answer lets compensation skip the step); after the
+    /// answer the effect is still the operation's. Before the intent records, the lookup said
+    /// "absent" with the file in place.
+    #[tokio::test]
+    async fn a_crash_between_the_effect_and_its_marker_is_never_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::write(root.join("source"), "copied").unwrap();
+        fs::write(root.join("doomed"), "old").unwrap();
+        let cases = [
+            (put("out/put.txt", "new"), "out/put.txt", Some("new")),
+            (Operation::FileCopy { from: "source".into(), to: "out/copy.txt".into() }, "out/copy.txt", Some("copied")),
+            (Operation::FileDelete { path: "doomed".into() }, "doomed", None),
+        ];
+        for (step, (op, path, expected)) in (0u32..).zip(cases) {
+            let fs = Fs::open("fs", root.clone()).unwrap();
+            let key = key("crash", step, Direction::Forward);
+            fs.crash_next_apply(CrashPoint::AfterEffect);
+            let error = fs.apply(&key, &op).await.unwrap_err();
+            assert!(error.is_retryable(), "{error}");
+            let read = || fs::read_to_string(root.join(path)).ok();
+            assert_eq!(read().as_deref(), expected, "step {step}: the effect is visible");
+            assert!(fs.lookup_marker(&key).await.unwrap(), "step {step}: the same participant says absent");
+            let reopened = Fs::open("fs", root.clone()).unwrap();
+            assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}: a reopened participant says absent");
+            assert_eq!(reopened.markers("crash").await.unwrap().len(), step as usize + 1);
+            assert_eq!(reopened.apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+            assert_eq!(read().as_deref(), expected, "step {step}: the effect is the operation's");
+        }
+    }
+
+    fn temp_files(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_string_lossy().contains(TMP_INFIX) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// A crash after the intent is durable but before the effect: the step is committed.
+    /// The lookup (or the next apply) performs the effect, then answers "present"; nothing
+    /// temporary is left.
+    #[tokio::test]
+    async fn a_crash_before_the_effect_is_rolled_forward_by_the_lookup_or_the_next_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::write(root.join("source"), "copied").unwrap();
+        fs::write(root.join("doomed"), "old").unwrap();
+        fs::write(root.join("doomed2"), "old").unwrap();
+        let cases = [
+            (put("out/put.txt", "new"), "out/put.txt", Some("new")),
+            (Operation::FileCopy { from: "source".into(), to: "out/copy.txt".into() }, "out/copy.txt", Some("copied")),
+            (Operation::FileDelete { path: "doomed".into() }, "doomed", None),
+        ];
+        for (step, (op, path, expected)) in (0u32..).zip(cases) {
+            let fs = Fs::open("fs", root.clone()).unwrap();
+            let key = key("before", step, Direction::Compensate);
+            fs.crash_next_apply(CrashPoint::BeforeEffect);
+            assert!(fs.apply(&key, &op).await.unwrap_err().is_retryable());
+            assert_ne!(fs::read_to_string(root.join(path)).ok().as_deref(), expected, "step {step}: not yet visible");
+            let reopened = Fs::open("fs", root.clone()).unwrap();
+            assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}");
+            assert_eq!(fs::read_to_string(root.join(path)).ok().as_deref(), expected, "step {step}: rolled forward");
+            assert!(root.join(MARKER_DIR).join("before").join(format!("{step}.compensate")).exists());
+            assert!(temp_files(&root).is_empty(), "step {step}: {:?}", temp_files(&root));
+        }
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        let key = key("before", 9, Direction::Forward);
+        fs.crash_next_apply(CrashPoint::BeforeEffect);
+        let delete = Operation::FileDelete { path: "doomed2".into() };
+        assert!(fs.apply(&key, &delete).await.is_err());
+        assert!(root.join("doomed2").exists());
+        assert_eq!(fs.apply(&key, &delete).await.unwrap(), Applied::AlreadyApplied);
+        assert!(!root.join("doomed2").exists());
+        assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    }
+
+    /// After a crash right after the effect, someone changes the target before the lookup:
+    /// rolling forward must not redo the rename (which would put the old contents back) or the
+    /// deletion (which would delete the new file).
+    #[tokio::test]
+    async fn rolling_forward_never_clobbers_a_target_changed_since_the_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        fs.crash_next_apply(CrashPoint::AfterEffect);
+        assert!(fs.apply(&key("changed", 0, Direction::Forward), &put("f", "ours")).await.is_err());
+        fs::write(root.join("f"), "changed since").unwrap();
+        assert!(fs.lookup_marker(&key("changed", 0, Direction::Forward)).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "changed since");
+
+        fs.crash_next_apply(CrashPoint::AfterEffect);
+        let delete = Operation::FileDelete { path: "f".into() };
+        assert!(fs.apply(&key("changed", 0, Direction::Compensate), &delete).await.is_err());
+        assert!(!root.join("f").exists());
+        fs::write(root.join("f"), "created again").unwrap();
+        let reopened = Fs::open("fs", root.clone()).unwrap();
+        assert!(reopened.lookup_marker(&key("changed", 0, Direction::Compensate)).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "created again");
+        assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    }
+
+    /// `Fs::open` removes the temporary files a crash left (beside targets and among the
+    /// markers) but keeps the one an unfinished intent still needs, which the lookup then
+    /// renames into place. `open_read_only` removes nothing; `leftovers` lists both kinds.
+    #[tokio::test]
+    async fn the_start_removes_stale_temporary_files_but_keeps_those_an_intent_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        fs.crash_next_apply(CrashPoint::BeforeEffect);
+        let key = key("kept", 0, Direction::Forward);
+        assert!(fs.apply(&key, &put("a/kept.txt", "needed")).await.is_err());
+        let needed = temp_files(&root);
+        assert_eq!(needed.len(), 1, "{needed:?}");
+        fs::create_dir_all(root.join("b/c")).unwrap();
+        let stale = [
+            root.join(format!("b/c/x{TMP_INFIX}0123456789abcdef")),
+            root.join(format!("a/kept.txt{TMP_INFIX}00000000000000aa")),
+            root.join(MARKER_DIR).join("kept").join(format!("1.forward{TMP_INFIX}1111111111111111")),
+        ];
+        for path in &stale {
+            fs::write(path, "partial").unwrap();
+        }
+        let read_only = Fs::open_read_only("fs", root.clone()).unwrap();
+        drop(read_only);
+        assert_eq!(temp_files(&root).len(), 4, "open_read_only removed something");
+        let found = leftovers(&root).unwrap();
+        assert_eq!(found.stale_temp_files.len(), 3, "{found:?}");
+        assert_eq!(found.intents.len(), 1, "{found:?}");
+        assert_eq!(found.intents[0].key.as_ref(), Some(&key));
+        assert!(found.intents[0].detail.contains("a/kept.txt"), "{found:?}");
+
+        let reopened = Fs::open("fs", root.clone()).unwrap();
+        assert_eq!(temp_files(&root), needed, "stale files removed, the needed one kept");
+        assert!(reopened.lookup_marker(&key).await.unwrap());
+        assert_eq!(fs::read_to_string(root.join("a/kept.txt")).unwrap(), "needed");
+        assert_eq!(leftovers(&root).unwrap(), Leftovers::default());
+    }
+
+    /// An intent that cannot be read (damaged, or from a newer build) may stand for a committed
+    /// step: `apply` fails retryably (in doubt, so compensation settles the step by its marker
+    /// instead of skipping it), the lookup fails permanently (an operator must look: STUCK),
+    /// and neither answers "absent" nor touches the target.
+    #[tokio::test]
+    async fn an_unreadable_intent_is_in_doubt_never_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let fs = Fs::open("fs", root.clone()).unwrap();
+        let saga_dir = root.join(MARKER_DIR).join("damaged");
+        fs::create_dir_all(&saga_dir).unwrap();
+        for (step, body) in
+            [(0u32, "{\"intent\": 1, \"op\""), (1, "{\"intent\": 2, \"key\": \"k\", \"op\": \"future\"}")]
+        {
+            fs::write(saga_dir.join(format!("{step}.forward{INTENT_SUFFIX}")), body).unwrap();
+            let key = key("damaged", step, Direction::Forward);
+            let error = fs.apply(&key, &put("f", "x")).await.unwrap_err();
+            assert!(error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");
+            let error = fs.lookup_marker(&key).await.unwrap_err();
+            assert!(!error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");
+            assert!(!root.join("f").exists());
         }
     }
 

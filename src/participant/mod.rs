@@ -18,9 +18,11 @@
 //!   constraint violation, bad parameter, missing table). A retryable error promises nothing
 //!   about whether the transaction committed; the caller resolves that with `lookup_marker`
 //!   or simply by calling `apply` again.
-//! - File participants make every operation idempotent (temp file, fsync, rename, directory
-//!   fsync; delete tolerates absence) and keep their markers as files written after the
-//!   operation, so a crash between the two re-runs an idempotent operation.
+//! - File participants have no transactions: they write and fsync an *intent* (a redo record
+//!   naming the one rename that makes the effect visible) before the effect, and turn it into
+//!   the marker after. `apply` and `lookup_marker` roll an intent forward and then answer
+//!   "present", so "no marker" still means "certainly not applied"; a write that fails before
+//!   the intent is durable changes nothing (see [`fs`]).
 //! - Participants never panic on bad input and never block the async runtime: SQLite and
 //!   DuckDB work runs on blocking threads.
 //! - The marker table (`sagalog_markers`) is created on first use, except by a participant

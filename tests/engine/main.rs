@@ -8,6 +8,7 @@
 mod archive;
 mod compensation;
 mod engine_support;
+mod fs_marker;
 mod index;
 mod limits;
 mod participant_conformance;
