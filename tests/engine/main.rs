@@ -9,6 +9,7 @@ mod archive;
 mod compensation;
 mod engine_support;
 mod index;
+mod late_commit;
 mod participant_conformance;
 mod participant_outage;
 mod races;

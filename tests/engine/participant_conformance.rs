@@ -230,7 +230,7 @@ mod cases {
 
     pub async fn apply_then_lookup(h: &Harness) {
         let key = h.key("lookup", 0, Forward);
-        assert_eq!(h.p().apply(&key, &h.insert(1, "one")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &h.insert(1, "one")).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
         assert_eq!(h.count(&key.saga_id, 1).await, 1);
     }
@@ -238,17 +238,17 @@ mod cases {
     pub async fn second_apply_is_already_applied(h: &Harness) {
         let key = h.key("twice", 0, Forward);
         let op = h.insert(2, "two");
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::AlreadyApplied);
         assert_eq!(h.count(&key.saga_id, 2).await, 1);
     }
 
     pub async fn directions_are_distinct_keys(h: &Harness) {
         let forward = h.key("directions", 3, Forward);
         let compensate = h.key("directions", 3, Compensate);
-        assert_eq!(h.p().apply(&forward, &h.insert(3, "forward")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&forward, 1, &h.insert(3, "forward")).await.unwrap(), Applied::Applied);
         assert!(!h.p().lookup_marker(&compensate).await.unwrap());
-        assert_eq!(h.p().apply(&compensate, &h.insert(4, "compensate")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&compensate, 1, &h.insert(4, "compensate")).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&forward).await.unwrap());
         assert!(h.p().lookup_marker(&compensate).await.unwrap());
     }
@@ -262,9 +262,9 @@ mod cases {
         let listed = h.key("listed", 0, Forward).saga_id;
         assert_eq!(h.p().markers(&listed).await.unwrap(), vec![]);
         for (step, direction) in [(0, Forward), (1, Forward), (1, Compensate), (2, Forward)] {
-            h.p().apply(&h.key("listed", step, direction), &Operation::Noop).await.unwrap();
+            h.p().apply(&h.key("listed", step, direction), 1, &Operation::Noop).await.unwrap();
         }
-        h.p().apply(&h.key("other", 5, Forward), &Operation::Noop).await.unwrap();
+        h.p().apply(&h.key("other", 5, Forward), 1, &Operation::Noop).await.unwrap();
         let mut markers = h.p().markers(&listed).await.unwrap();
         markers.sort();
         assert_eq!(markers, vec![(0, Forward), (1, Forward), (1, Compensate), (2, Forward)]);
@@ -276,7 +276,7 @@ mod cases {
         assert_eq!(listed().await, vec![]);
         let mut keys = vec![h.key("all-a", 0, Forward), h.key("all-a", 0, Compensate), h.key("all-b", 3, Forward)];
         for key in &keys {
-            h.p().apply(key, &Operation::Noop).await.unwrap();
+            h.p().apply(key, 1, &Operation::Noop).await.unwrap();
         }
         keys.sort();
         let entries = listed().await;
@@ -288,7 +288,7 @@ mod cases {
 
     pub async fn lookup_markers_answers_in_order(h: &Harness) {
         let (a, b, c) = (h.key("batch", 0, Forward), h.key("batch", 1, Forward), h.key("batch", 1, Compensate));
-        h.p().apply(&b, &Operation::Noop).await.unwrap();
+        h.p().apply(&b, 1, &Operation::Noop).await.unwrap();
         let keys = [a.clone(), b.clone(), c, b, a];
         assert_eq!(h.p().lookup_markers(&keys).await.unwrap(), vec![false, true, false, true, false]);
         assert_eq!(h.p().lookup_markers(&[]).await.unwrap(), Vec::<bool>::new());
@@ -300,8 +300,8 @@ mod cases {
 
     pub async fn noop_records_only_the_marker(h: &Harness) {
         let key = h.key("noop", 0, Forward);
-        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
-        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -311,7 +311,7 @@ mod cases {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let (p, key, op) = (Arc::clone(&h.participant), key.clone(), op.clone());
-            tasks.spawn(async move { p.apply(&key, &op).await });
+            tasks.spawn(async move { p.apply(&key, 1, &op).await });
         }
         let mut applied = 0;
         while let Some(result) = tasks.join_next().await {
@@ -327,8 +327,8 @@ mod cases {
         assert!(h.is_sql());
         let first = h.key("constraint", 0, Forward);
         let second = h.key("constraint", 1, Forward);
-        h.p().apply(&first, &h.insert(6, "first")).await.unwrap();
-        assert_permanent(h.p().apply(&second, &h.insert(6, "duplicate")).await);
+        h.p().apply(&first, 1, &h.insert(6, "first")).await.unwrap();
+        assert_permanent(h.p().apply(&second, 1, &h.insert(6, "duplicate")).await);
         assert!(!h.p().lookup_marker(&second).await.unwrap(), "the failed transaction rolled its marker back");
         assert_eq!(h.count(&second.saga_id, 6).await, 1);
         assert_eq!(h.note(6).await.as_deref(), Some("first"));
@@ -339,7 +339,7 @@ mod cases {
         for (step, sql) in (0..).zip(statements) {
             let key = h.key("bad-sql", step, Forward);
             let op = Operation::Sql { sql: sql.to_owned(), args: vec![] };
-            assert_permanent(h.p().apply(&key, &op).await);
+            assert_permanent(h.p().apply(&key, 1, &op).await);
             assert!(!h.p().lookup_marker(&key).await.unwrap());
         }
     }
@@ -347,14 +347,14 @@ mod cases {
     pub async fn parameters_are_bound_not_pasted(h: &Harness) {
         let hostile = format!("x'); DROP TABLE {}; --", h.table);
         let key = h.key("injection", 0, Forward);
-        h.p().apply(&key, &h.insert(7, &hostile)).await.unwrap();
+        h.p().apply(&key, 1, &h.insert(7, &hostile)).await.unwrap();
         assert_eq!(h.note(7).await, Some(hostile), "stored verbatim");
         assert_eq!(h.count(&key.saga_id, 7).await, 1, "the table is still there");
     }
 
     pub async fn null_binds_as_sql_null(h: &Harness) {
         let key = h.key("null", 0, Forward);
-        h.p().apply(&key, &h.insert_value(8, Value::Null)).await.unwrap();
+        h.p().apply(&key, 1, &h.insert_value(8, Value::Null)).await.unwrap();
         assert_eq!(h.note(8).await, None);
         assert_eq!(h.count(&key.saga_id, 8).await, 1);
     }
@@ -363,14 +363,14 @@ mod cases {
         let key = h.key("returning", 0, Forward);
         let Operation::Sql { sql, args } = h.insert(9, "returned") else { unreachable!("SQL kinds only") };
         let op = Operation::Sql { sql: format!("{sql} RETURNING id"), args };
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::Applied);
         assert_eq!(h.count(&key.saga_id, 9).await, 1);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
     pub async fn count_runs_an_effect_check(h: &Harness) {
         let key = h.key("count", 0, Forward);
-        h.p().apply(&key, &h.insert(11, "counted")).await.unwrap();
+        h.p().apply(&key, 1, &h.insert(11, "counted")).await.unwrap();
         let placeholder = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
         let sql = format!("SELECT count(*) FROM {} WHERE id = {placeholder}", h.table);
         assert_eq!(h.p().count(&sql, &[Value::Int(11)]).await.unwrap(), 1);
@@ -381,7 +381,7 @@ mod cases {
     pub async fn file_operation_is_permanent(h: &Harness) {
         let key = h.key("file-op", 0, Forward);
         let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
-        assert_permanent(h.p().apply(&key, &op).await);
+        assert_permanent(h.p().apply(&key, 1, &op).await);
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 }
@@ -471,10 +471,10 @@ mod sqlite {
         let holder = rusqlite::Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let key = StepKey { saga_id: "locked".to_owned(), step: 0, direction: Direction::Forward };
-        let error = sqlite.apply(&key, &Operation::Noop).await.unwrap_err();
+        let error = sqlite.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         holder.execute_batch("ROLLBACK").unwrap();
-        assert_eq!(sqlite.apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert_eq!(sqlite.apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
     }
 
     /// quick_check reports "ok" for a database the participant has written.
@@ -483,7 +483,7 @@ mod sqlite {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Sqlite::open("sqlite", dir.path().join("check.sqlite"), 1).unwrap();
         let key = StepKey { saga_id: "check".to_owned(), step: 0, direction: Direction::Forward };
-        sqlite.apply(&key, &Operation::Noop).await.unwrap();
+        sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
         assert_eq!(sqlite.quick_check().await.unwrap(), "ok");
     }
 
@@ -497,7 +497,7 @@ mod sqlite {
         let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
         {
             let sqlite = Sqlite::open("sqlite", &path, 1).unwrap();
-            sqlite.apply(&key, &Operation::Noop).await.unwrap();
+            sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
         }
         let files = || {
             let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
@@ -512,7 +512,7 @@ mod sqlite {
         let ro = Sqlite::open_read_only("sqlite", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.all_markers().await.unwrap().len(), 1);
-        assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, &Operation::Noop).await);
+        assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, 1, &Operation::Noop).await);
         drop(ro);
         assert_eq!(files(), before, "a read-only open changed the directory");
 
@@ -559,7 +559,7 @@ mod sqlite {
                 let sqlite = Arc::clone(&sqlite);
                 tokio::spawn(async move {
                     let key = StepKey { saga_id: "herd".to_owned(), step, direction: Direction::Forward };
-                    sqlite.apply(&key, &Operation::Noop).await
+                    sqlite.apply(&key, 1, &Operation::Noop).await
                 })
             })
             .collect();
@@ -593,14 +593,14 @@ mod duckdb {
         let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
         {
             let db = Duckdb::open("duckdb", &path, 1).unwrap();
-            db.apply(&key, &Operation::Noop).await.unwrap();
+            db.apply(&key, 1, &Operation::Noop).await.unwrap();
         }
         let ro = Duckdb::open_read_only("duckdb", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.lookup_markers(&[key.clone(), StepKey { step: 2, ..key.clone() }]).await.unwrap(), [true, false]);
         let listed: Vec<StepKey> = ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(listed, std::slice::from_ref(&key));
-        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, &Operation::Noop).await);
+        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, 1, &Operation::Noop).await);
         drop(ro);
 
         let bare = dir.path().join("bare.duckdb");
@@ -624,7 +624,7 @@ mod postgres {
         let error = postgres.probe().await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward };
-        let error = postgres.apply(&key, &Operation::Noop).await.unwrap_err();
+        let error = postgres.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
     }
 
@@ -642,7 +642,7 @@ mod postgres {
         let key = h.key("range", 0, Direction::Forward);
         let sql = format!("INSERT INTO {} (id, note) VALUES ($1::integer, $2)", h.table);
         let op = Operation::Sql { sql, args: vec![Value::Int(1 << 40), Value::Text("big".to_owned())] };
-        let message = assert_permanent(h.p().apply(&key, &op).await);
+        let message = assert_permanent(h.p().apply(&key, 1, &op).await);
         assert!(message.contains("$1"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
         h.finish().await;
@@ -692,11 +692,11 @@ mod fs {
     async fn read_only_open_reads_markers_and_creates_nothing() {
         let h = make_fs().await.unwrap();
         let key = h.key("ro", 0, Direction::Forward);
-        h.p().apply(&key, &put("x.txt", "x")).await.unwrap();
+        h.p().apply(&key, 1, &put("x.txt", "x")).await.unwrap();
         let ro = Fs::open_read_only("fs", root(&h).to_path_buf()).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>(), vec![key.clone()]);
-        assert_permanent(ro.apply(&h.key("ro", 1, Direction::Forward), &put("y.txt", "y")).await);
+        assert_permanent(ro.apply(&h.key("ro", 1, Direction::Forward), 1, &put("y.txt", "y")).await);
         assert!(!root(&h).join("y.txt").exists());
 
         let empty = tempfile::tempdir().unwrap();
@@ -711,7 +711,7 @@ mod fs {
     async fn all_markers_decodes_encoded_saga_ids() {
         let h = make_fs().await.unwrap();
         let key = StepKey { saga_id: format!("a/b c:{}", h.run_id), step: 2, direction: Direction::Compensate };
-        h.p().apply(&key, &Operation::Noop).await.unwrap();
+        h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
         let all: Vec<StepKey> = h.p().all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert!(all.contains(&key), "{all:?}");
     }
@@ -720,13 +720,13 @@ mod fs {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn put_copy_delete_are_visible() {
         let h = make_fs().await.unwrap();
-        h.p().apply(&h.key("files", 0, Direction::Forward), &put("a/b/c.txt", "hello")).await.unwrap();
+        h.p().apply(&h.key("files", 0, Direction::Forward), 1, &put("a/b/c.txt", "hello")).await.unwrap();
         assert_eq!(read(&h, "a/b/c.txt").await.as_deref(), Some(&b"hello"[..]));
         let copy = Operation::FileCopy { from: "a/b/c.txt".to_owned(), to: "d/e.txt".to_owned() };
-        h.p().apply(&h.key("files", 1, Direction::Forward), &copy).await.unwrap();
+        h.p().apply(&h.key("files", 1, Direction::Forward), 1, &copy).await.unwrap();
         assert_eq!(read(&h, "d/e.txt").await.as_deref(), Some(&b"hello"[..]));
         let delete = Operation::FileDelete { path: "a/b/c.txt".to_owned() };
-        h.p().apply(&h.key("files", 2, Direction::Forward), &delete).await.unwrap();
+        h.p().apply(&h.key("files", 2, Direction::Forward), 1, &delete).await.unwrap();
         assert_eq!(read(&h, "a/b/c.txt").await, None);
         let leftovers: Vec<_> =
             walk(root(&h)).into_iter().filter(|p| p.to_string_lossy().contains(".sagalog-tmp-")).collect();
@@ -737,8 +737,8 @@ mod fs {
     #[tokio::test]
     async fn put_replaces_existing_file() {
         let h = make_fs().await.unwrap();
-        h.p().apply(&h.key("replace", 0, Direction::Forward), &put("f", "old")).await.unwrap();
-        h.p().apply(&h.key("replace", 1, Direction::Forward), &put("f", "new")).await.unwrap();
+        h.p().apply(&h.key("replace", 0, Direction::Forward), 1, &put("f", "old")).await.unwrap();
+        h.p().apply(&h.key("replace", 1, Direction::Forward), 1, &put("f", "new")).await.unwrap();
         assert_eq!(read(&h, "f").await.as_deref(), Some(&b"new"[..]));
     }
 
@@ -748,7 +748,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         let key = h.key("delete-missing", 0, Direction::Compensate);
         let delete = Operation::FileDelete { path: "never/was.txt".to_owned() };
-        assert_eq!(h.p().apply(&key, &delete).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &delete).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -758,7 +758,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         let key = h.key("copy-missing", 0, Direction::Forward);
         let copy = Operation::FileCopy { from: "nope".to_owned(), to: "x".to_owned() };
-        let message = assert_permanent(h.p().apply(&key, &copy).await);
+        let message = assert_permanent(h.p().apply(&key, 1, &copy).await);
         assert!(message.contains("nope"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
@@ -771,11 +771,11 @@ mod fs {
         let bad = ["../x", "/etc/passwd", "a/../../x", "a/..", "", "./a", ".sagalog-markers/x/0.forward"];
         for (step, path) in (0..).zip(bad) {
             let key = h.key("traversal", step, Direction::Forward);
-            let message = assert_permanent(h.p().apply(&key, &put(path, "evil")).await);
+            let message = assert_permanent(h.p().apply(&key, 1, &put(path, "evil")).await);
             assert!(message.contains(&format!("{path:?}")), "the error names the path: {message}");
             assert!(!h.p().lookup_marker(&key).await.unwrap());
             let copy = Operation::FileCopy { from: path.to_owned(), to: "stolen".to_owned() };
-            assert_permanent(h.p().apply(&key, &copy).await);
+            assert_permanent(h.p().apply(&key, 1, &copy).await);
         }
         assert!(!root(&h).parent().unwrap().join("x").exists());
         assert_eq!(read(&h, "stolen").await, None);
@@ -786,9 +786,9 @@ mod fs {
     async fn already_applied_touches_nothing() {
         let h = make_fs().await.unwrap();
         let key = h.key("untouched", 0, Direction::Forward);
-        h.p().apply(&key, &put("f", "ours")).await.unwrap();
+        h.p().apply(&key, 1, &put("f", "ours")).await.unwrap();
         std::fs::write(root(&h).join("f"), "changed since").unwrap();
-        assert_eq!(h.p().apply(&key, &put("f", "ours")).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &put("f", "ours")).await.unwrap(), Applied::AlreadyApplied);
         assert_eq!(read(&h, "f").await.as_deref(), Some(&b"changed since"[..]));
     }
 
@@ -799,7 +799,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         for saga_id in ["../../escape", "a/b c", ".", ""] {
             let key = StepKey { saga_id: saga_id.to_owned(), step: 4, direction: Direction::Forward };
-            assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+            assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
             assert!(h.p().lookup_marker(&key).await.unwrap());
             assert_eq!(h.p().markers(saga_id).await.unwrap(), vec![(4, Direction::Forward)]);
         }
@@ -813,7 +813,7 @@ mod fs {
     async fn sql_operation_is_permanent() {
         let h = make_fs().await.unwrap();
         let key = h.key("sql", 0, Direction::Forward);
-        assert_permanent(h.p().apply(&key, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
+        assert_permanent(h.p().apply(&key, 1, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 

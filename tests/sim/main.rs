@@ -53,13 +53,6 @@ const KNOWN: &[(&str, &str)] = &[
      1516896303 in a 60-seed run)",
     ),
     (
-        "late_commit_uncompensated",
-        "protocol limit (issue 10, late commits after timeouts): a step times out, its \
-     transaction commits after the executor's marker lookup said 'absent', so compensation \
-     skips a step whose effect then lands; needs fencing of the timed-out transaction or a \
-     lookup that waits it out (seen at seeds 1516896278, 1516896305, 1516896309)",
-    ),
-    (
         "permanent_lookup_loop",
         "journal growth from a loop (issue 10, the journal never grows without bound): an in-doubt \
      step whose marker lookup fails permanently (the store vanished) is journaled as \
@@ -128,7 +121,7 @@ fn simulate() {
     }
     let elapsed = started.elapsed();
     loud(format!(
-        "simulator: {} seeds in {:.1}s ({:.0} seeds/min); {} sagas, {} acked, {} cancels, {} restarts ({} crashes, {} power losses), {} journal faults",
+        "simulator: {} seeds in {:.1}s ({:.0} seeds/min); {} sagas, {} acked, {} cancels, {} restarts ({} crashes, {} power losses), {} journal faults, {} late commits fenced off",
         seeds.len(),
         elapsed.as_secs_f64(),
         seeds.len() as f64 * 60.0 / elapsed.as_secs_f64().max(0.001),
@@ -139,6 +132,7 @@ fn simulate() {
         stats.crashes,
         stats.power_losses,
         stats.journal_faults,
+        stats.late_commits_fenced,
     ));
     for (seed, vs) in &known {
         loud(format!("simulator: KNOWN FAILURE at seed {seed} (allowed by KNOWN, not fixed):"));
@@ -211,6 +205,8 @@ struct Stats {
     crashes: u64,
     power_losses: u64,
     journal_faults: u64,
+    /// Late commits a fence refused (they would have landed after a lookup said "absent").
+    late_commits_fenced: u64,
 }
 
 impl Stats {
@@ -222,6 +218,7 @@ impl Stats {
         self.crashes += o.crashes;
         self.power_losses += o.power_losses;
         self.journal_faults += o.journal_faults;
+        self.late_commits_fenced += o.late_commits_fenced;
     }
 }
 
@@ -743,6 +740,7 @@ impl Run {
         let mut effects: Vec<_> = self.parts.iter().flat_map(Sim::effects).collect();
         effects.sort_by_key(|e| e.stamp);
         let view = self.final_view.take().unwrap_or_default();
+        let refusals: Vec<_> = self.parts.iter().flat_map(Sim::refusals).collect();
         let found = invariants::check(&invariants::Inputs {
             acked: &self.acked,
             acked_cancels: &self.acked_cancels,
@@ -750,15 +748,19 @@ impl Run {
             rebuilt: &rebuilt,
             view: &view,
             effects: &effects,
+            refusals: &refusals,
         });
         let calls: u64 = self.parts.iter().map(Sim::calls).sum();
+        let fenced_late = refusals.iter().filter(|r| r.late).count();
+        self.stats.late_commits_fenced += fenced_late as u64;
         self.note(format!(
-            "final: {} records, {} sagas ({} acked), {} effects, {} participant calls",
+            "final: {} records, {} sagas ({} acked), {} effects, {} participant calls, {} late commits fenced off",
             records.len(),
             rebuilt.len(),
             self.acked.len(),
             effects.len(),
-            calls
+            calls,
+            fenced_late
         ));
         for v in found {
             self.note(format!("VIOLATION {v}"));
