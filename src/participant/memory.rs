@@ -25,6 +25,10 @@ pub enum Fault {
     Delay(Duration),
     /// Commit the effect and marker, then report a retryable error (the reply was lost).
     CommitThenFail,
+    /// Never answer, while the "transaction" commits this long after the call on a thread of
+    /// its own, whatever happens to the call: a timed-out attempt whose transaction goes on.
+    /// The commit checks the fence like any other, so a fenced-off attempt never lands.
+    LateCommit(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +158,15 @@ impl Participant for Memory {
                 Some(Fault::CommitThenFail) => {
                     self.commit(key, attempt, op)?;
                     return Err(Error::retryable(&self.name, format!("injected lost reply at {key}")));
+                }
+                Some(Fault::LateCommit(after)) => {
+                    let (late, key, op) = (self.clone(), key.clone(), op.clone());
+                    std::thread::spawn(move || {
+                        std::thread::sleep(after);
+                        // Refused (nothing lands) if a fencing lookup fenced the attempt off.
+                        let _ = late.commit(&key, attempt, &op);
+                    });
+                    return std::future::pending().await;
                 }
                 None => {}
             }

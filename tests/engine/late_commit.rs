@@ -147,3 +147,32 @@ async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
     );
     assert_eq!(rows, i64::from(present), "the effect and its marker commit together");
 }
+
+/// The executor: a forward step's only attempt times out while its transaction goes on and
+/// commits later; the saga compensates, and compensation settles the step with the fencing
+/// lookup. The late commit is refused, so what compensation decided ("not applied, nothing to
+/// undo") stays true. Before the fence, the effect landed after the saga was COMPENSATED and
+/// was never undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_a_late_commit_after_the_lookup_never_lands() {
+    use crate::engine_support::{CONFIG, comp, fwd, saga, settled, start};
+    use sagalog::engine::Status;
+    use sagalog::participant::memory::{Fault, Memory};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Memory::new("mem");
+    mem.inject(Some(1), Some(Direction::Forward), Fault::LateCommit(Duration::from_millis(600)));
+    let config = CONFIG
+        .replace("retry = { max_attempts = 4,", "retry = { max_attempts = 1,")
+        .replace("timeout_ms = 300", "timeout_ms = 100");
+    let h = start(dir.path(), &mem, &config);
+    h.exec.submit(saga("late", 2)).await.unwrap();
+    let snap = settled(&h.exec, "late").await;
+    assert_eq!(snap.status, Status::Compensated);
+    assert_eq!(mem.effects("late"), vec![fwd(0), comp(0)]);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(mem.effects("late"), vec![fwd(0), comp(0)], "a late commit landed after compensation skipped it");
+    let key = StepKey { saga_id: "late".to_owned(), step: 1, direction: Direction::Forward };
+    assert!(!mem.lookup_marker(&key).await.unwrap());
+    assert_eq!(mem.fenced_through(&key), Some(1), "compensation settled attempt 1 with the fencing lookup");
+}

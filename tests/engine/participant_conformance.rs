@@ -123,6 +123,7 @@ impl Harness {
             client.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.unwrap();
             let pattern = format!("%-{}", self.run_id);
             client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
+            client.execute("DELETE FROM sagalog_fences WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
         }
     }
 }
@@ -378,6 +379,44 @@ mod cases {
         assert_permanent(h.p().count("SELECT count(*) FROM no_such_table_sagalog", &[]).await);
     }
 
+    pub async fn a_fence_refuses_attempts_through_it_and_the_next_one_applies(h: &Harness) {
+        let key = h.key("fence", 0, Forward);
+        let op = h.insert(12, "fenced");
+        assert!(!h.p().settle_marker(&key, 2).await.unwrap(), "no marker: the lookup says absent");
+        for attempt in [1, 2] {
+            let message = assert_permanent(h.p().apply(&key, attempt, &op).await);
+            assert!(message.contains(&format!("attempt {attempt} was fenced off")), "{message}");
+        }
+        assert_eq!(h.count(&key.saga_id, 12).await, 0, "a fenced-off attempt applies nothing");
+        assert!(!h.p().lookup_marker(&key).await.unwrap(), "nor records a marker");
+        // A lower fence later does not lower it; the next attempt applies.
+        assert!(!h.p().settle_marker(&key, 1).await.unwrap());
+        assert_permanent(h.p().apply(&key, 2, &op).await);
+        assert_eq!(h.p().apply(&key, 3, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.count(&key.saga_id, 12).await, 1);
+        assert!(h.p().settle_marker(&key, 3).await.unwrap(), "present once attempt 3 committed");
+        assert_eq!(h.p().apply(&key, 4, &op).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.count(&key.saga_id, 12).await, 1);
+    }
+
+    pub async fn a_fence_holds_for_its_key_only(h: &Harness) {
+        let fenced = h.key("fence-key", 0, Forward);
+        assert!(!h.p().settle_marker(&fenced, 5).await.unwrap());
+        for other in
+            [h.key("fence-key", 0, Compensate), h.key("fence-key", 1, Forward), h.key("fence-other", 0, Forward)]
+        {
+            assert_eq!(h.p().apply(&other, 1, &Operation::Noop).await.unwrap(), Applied::Applied, "{other}");
+        }
+        assert_permanent(h.p().apply(&fenced, 5, &Operation::Noop).await);
+    }
+
+    pub async fn the_read_only_lookup_fences_nothing(h: &Harness) {
+        let key = h.key("plain-lookup", 0, Forward);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+        assert_eq!(h.p().lookup_markers(std::slice::from_ref(&key)).await.unwrap(), vec![false]);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+    }
+
     pub async fn file_operation_is_permanent(h: &Harness) {
         let key = h.key("file-op", 0, Forward);
         let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
@@ -429,6 +468,21 @@ macro_rules! common_suite {
     };
 }
 
+/// The fencing lookup: every kind that fences by attempt (all but the file kind).
+macro_rules! fence_suite {
+    ($make:path) => {
+        case_tests! { $make =>
+            /// settle_marker through attempt N found no marker: attempts 1..=N are refused
+            /// (permanently, nothing applied), N+1 applies; a lower fence does not lower it.
+            a_fence_refuses_attempts_through_it_and_the_next_one_applies,
+            /// A fence holds for its own key: the other direction, step and saga still apply.
+            a_fence_holds_for_its_key_only,
+            /// lookup_marker and lookup_markers (the offline tools') write no fence.
+            the_read_only_lookup_fences_nothing,
+        }
+    };
+}
+
 /// The cases every SQL participant kind must pass.
 macro_rules! sql_suite {
     ($make:path) => {
@@ -453,6 +507,7 @@ macro_rules! sql_suite {
 
 mod memory {
     common_suite!(super::make_memory);
+    fence_suite!(super::make_memory);
 }
 
 mod sqlite {
@@ -460,6 +515,7 @@ mod sqlite {
 
     common_suite!(super::make_sqlite);
     sql_suite!(super::make_sqlite);
+    fence_suite!(super::make_sqlite);
 
     /// A write lock held past the busy timeout by another connection gives a retryable error,
     /// and the same apply succeeds once the lock is gone.
@@ -513,6 +569,7 @@ mod sqlite {
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.all_markers().await.unwrap().len(), 1);
         assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, 1, &Operation::Noop).await);
+        assert_permanent(ro.settle_marker(&StepKey { step: 2, ..key.clone() }, 1).await);
         drop(ro);
         assert_eq!(files(), before, "a read-only open changed the directory");
 
@@ -569,6 +626,40 @@ mod sqlite {
         assert_eq!(sqlite.markers("herd").await.unwrap().len(), 40);
     }
 
+    /// A database whose marker table an earlier build created (no fence table): its markers
+    /// read back unchanged, read-only too, and a read-write open adds the fence table beside
+    /// it, so fencing works on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_from_before_fences_keeps_its_markers_and_gets_a_fence_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE sagalog_markers (saga_id TEXT NOT NULL, step INTEGER NOT NULL, direction TEXT NOT NULL, \
+             applied_at_ms INTEGER NOT NULL, PRIMARY KEY (saga_id, step, direction));
+             INSERT INTO sagalog_markers VALUES ('old', 0, 'forward', 1700000000000);",
+        )
+        .unwrap();
+        let tables = |conn: &rusqlite::Connection| -> Vec<String> {
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let done = StepKey { saga_id: "old".to_owned(), step: 0, direction: Direction::Forward };
+        let ro = Sqlite::open_read_only("sqlite", &path, 1).unwrap();
+        assert!(ro.lookup_marker(&done).await.unwrap());
+        drop(ro);
+        assert_eq!(tables(&old), ["sagalog_markers"], "a read-only open created no table");
+
+        let sqlite = Sqlite::open("sqlite", &path, 2).unwrap();
+        assert_eq!(tables(&old), ["sagalog_fences", "sagalog_markers"]);
+        assert!(sqlite.lookup_marker(&done).await.unwrap());
+        assert!(sqlite.settle_marker(&done, 1).await.unwrap(), "the old marker settles as present");
+        let open = StepKey { step: 1, ..done.clone() };
+        assert!(!sqlite.settle_marker(&open, 1).await.unwrap());
+        assert_permanent(sqlite.apply(&open, 1, &Operation::Noop).await);
+        assert_eq!(sqlite.apply(&open, 2, &Operation::Noop).await.unwrap(), Applied::Applied);
+    }
+
     /// A pool size of zero is refused as a permanent error.
     #[test]
     fn zero_pool_size_is_refused() {
@@ -583,6 +674,7 @@ mod duckdb {
 
     common_suite!(super::make_duckdb);
     sql_suite!(super::make_duckdb);
+    fence_suite!(super::make_duckdb);
 
     /// Opened read-only: the same markers, `apply` refused, and a database without a marker
     /// table has no markers.
@@ -601,6 +693,7 @@ mod duckdb {
         let listed: Vec<StepKey> = ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(listed, std::slice::from_ref(&key));
         assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, 1, &Operation::Noop).await);
+        assert_permanent(ro.settle_marker(&StepKey { step: 3, ..key.clone() }, 1).await);
         drop(ro);
 
         let bare = dir.path().join("bare.duckdb");
@@ -616,6 +709,7 @@ mod postgres {
 
     common_suite!(super::make_postgres);
     sql_suite!(super::make_postgres);
+    fence_suite!(super::make_postgres);
 
     /// A server that does not answer makes probe and apply fail as retryable, not permanent.
     #[tokio::test]
@@ -626,6 +720,20 @@ mod postgres {
         let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward };
         let error = postgres.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
+    }
+
+    /// Opened read-only (the offline tools): the fencing lookup is refused (it would write),
+    /// and the plain lookup still reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_refuses_the_fencing_lookup() {
+        let Some(h) = make_postgres().await else { return };
+        let key = h.key("ro-fence", 0, Direction::Forward);
+        h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
+        let ro = Postgres::connect_read_only("ro", &postgres_conninfo(), 1).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        let message = assert_permanent(ro.settle_marker(&StepKey { step: 1, ..key.clone() }, 1).await);
+        assert!(message.contains("read-only"), "{message}");
+        h.finish().await;
     }
 
     /// A malformed conninfo is a permanent error at construction.
