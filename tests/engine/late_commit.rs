@@ -176,3 +176,53 @@ async fn executor_a_late_commit_after_the_lookup_never_lands() {
     assert!(!mem.lookup_marker(&key).await.unwrap());
     assert_eq!(mem.fenced_through(&key), Some(1), "compensation settled attempt 1 with the fencing lookup");
 }
+
+/// PostgreSQL, the other order: a fencing lookup is in its transaction (it holds the key's
+/// advisory lock and has written its fence, not yet committed) when attempt 1's apply starts.
+/// The apply waits for the lock, then sees the fence committed while it waited (it runs at
+/// READ COMMITTED, whatever the server's default: here SERIALIZABLE), and is refused without
+/// applying anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_apply_that_starts_during_a_lookup_sees_its_fence() {
+    let Some(mut client) = postgres_client().await else { return };
+    let pg = Arc::new(Postgres::connect("postgres", &postgres_conninfo(), 2).unwrap());
+    let key = key("during");
+    // First use creates the tables.
+    assert!(!pg.settle_marker(&StepKey { step: 9, ..key.clone() }, 1).await.unwrap());
+    // The lookup, as `settle_marker` runs it, stopped before its COMMIT; the server's default
+    // isolation is made SERIALIZABLE for the apply's sessions (a snapshot taken at the first
+    // statement would predate the lock wait).
+    let lookup = client.transaction().await.unwrap();
+    lookup
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&sagalog::participant::postgres::key_lock_id(&key)])
+        .await
+        .unwrap();
+    lookup
+        .execute(
+            "INSERT INTO sagalog_fences (saga_id, step, direction, through_attempt) VALUES ($1, 0, 'forward', 1)",
+            &[&key.saga_id],
+        )
+        .await
+        .unwrap();
+    let serializable = format!("{} options='-c default_transaction_isolation=serializable'", postgres_conninfo());
+    let rr = Arc::new(Postgres::connect("postgres", &serializable, 1).unwrap());
+    let apply = tokio::spawn({
+        let (rr, key) = (Arc::clone(&rr), key.clone());
+        async move { rr.apply(&key, 1, &Operation::Noop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if apply.is_finished() {
+        panic!("the apply did not wait for the lookup's lock: {:?}", apply.await);
+    }
+    lookup.commit().await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), apply).await.unwrap().unwrap();
+    let message = match result {
+        Err(e) if e.kind == sagalog::participant::ErrorKind::Permanent => e.message,
+        other => panic!("attempt 1 should have been fenced off, got {other:?}"),
+    };
+    assert!(message.contains("attempt 1 was fenced off"), "{message}");
+    assert!(!pg.lookup_marker(&key).await.unwrap(), "nothing was applied");
+    assert_eq!(rr.apply(&key, 2, &Operation::Noop).await.unwrap(), Applied::Applied, "attempt 2 still applies");
+    client.execute("DELETE FROM sagalog_markers WHERE saga_id = $1", &[&key.saga_id]).await.unwrap();
+    client.execute("DELETE FROM sagalog_fences WHERE saga_id = $1", &[&key.saga_id]).await.unwrap();
+}
