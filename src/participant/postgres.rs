@@ -118,19 +118,36 @@ impl Postgres {
         let step = step_param(name, key.step)?;
         let mut client = self.client().await?;
         let tx = begin(name, &mut client).await?;
-        lock_key(name, &tx, key).await?;
-        if let Some(through) = fenced_through(name, &tx, key).await?
+        let insert =
+            format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
+        let fence = fence_sql();
+        let (lock, fence, insert) =
+            tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&fence), tx.prepare_cached(&insert))
+                .map_err(|e| classify(name, "prepare the marker statements", &e))?;
+        // One round trip: the lock, the fence check and the marker insert are sent together
+        // (pipelined, in this order; see `LOCK_SQL`). A fenced-off attempt rolls the marker
+        // insert back with everything else.
+        let direction = key.direction.as_str();
+        let (_, fence, inserted) = tokio::try_join!(
+            biased;
+            async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
+            async {
+                tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                    .await
+                    .map_err(|e| classify(name, "look up fence", &e))
+            },
+            async {
+                tx.execute(&insert, &[&key.saga_id, &step, &direction])
+                    .await
+                    .map_err(|e| classify(name, "insert marker", &e))
+            },
+        )?;
+        if let Some(through) = fenced_row(name, key, &fence)?
             && through >= attempt
         {
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Err(fenced_off(name, key, attempt, through));
         }
-        let insert =
-            format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
-        let inserted = tx
-            .execute(&insert, &[&key.saga_id, &step, &key.direction.as_str()])
-            .await
-            .map_err(|e| classify(name, "insert marker", &e))?;
         if inserted == 0 {
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Ok(Applied::AlreadyApplied);
@@ -183,21 +200,35 @@ impl Participant for Postgres {
             let step = step_param(name, key.step)?;
             let mut client = self.client().await?;
             let tx = begin(name, &mut client).await?;
-            // Waits for an apply transaction of this key that is still running.
-            lock_key(name, &tx, key).await?;
-            let sql = format!(
+            let exists = format!(
                 "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
             );
-            let stmt = tx.prepare_cached(&sql).await.map_err(|e| classify(name, "fence: look up marker", &e))?;
-            let row = tx
-                .query_one(&stmt, &[&key.saga_id, &step, &key.direction.as_str()])
-                .await
-                .map_err(|e| classify(name, "fence: look up marker", &e))?;
-            if row.try_get::<_, bool>(0).map_err(|e| classify(name, "fence: look up marker", &e))? {
+            let fence = fence_sql();
+            let (lock, exists, fence) =
+                tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&exists), tx.prepare_cached(&fence))
+                    .map_err(|e| classify(name, "fence: prepare", &e))?;
+            // Pipelined as in `apply`: the lock waits for an apply transaction of this key that
+            // is still running; the marker and fence reads run after it is granted.
+            let direction = key.direction.as_str();
+            let (_, marker, fence) = tokio::try_join!(
+                biased;
+                async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
+                async {
+                    tx.query_one(&exists, &[&key.saga_id, &step, &direction])
+                        .await
+                        .map_err(|e| classify(name, "fence: look up marker", &e))
+                },
+                async {
+                    tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                        .await
+                        .map_err(|e| classify(name, "look up fence", &e))
+                },
+            )?;
+            if marker.try_get::<_, bool>(0).map_err(|e| classify(name, "fence: look up marker", &e))? {
                 tx.rollback().await.map_err(|e| classify(name, "fence: rollback", &e))?;
                 return Ok(true);
             }
-            if fenced_through(name, &tx, key).await?.is_none_or(|through| through < through_attempt) {
+            if fenced_row(name, key, &fence)?.is_none_or(|through| through < through_attempt) {
                 let insert = format!(
                     "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT DO NOTHING"
@@ -339,30 +370,25 @@ async fn begin<'a>(name: &str, client: &'a mut Object) -> Result<deadpool_postgr
         .map_err(|e| classify(name, "begin transaction", &e))
 }
 
-/// Takes the key's transaction-scoped advisory lock, waiting for whoever holds it.
-async fn lock_key(name: &str, tx: &deadpool_postgres::Transaction<'_>, key: &StepKey) -> Result<(), Error> {
-    let stmt = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await
-        .map_err(|e| classify(name, "lock the step key", &e))?;
-    tx.execute(&stmt, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e))?;
-    Ok(())
+/// Takes the key's transaction-scoped advisory lock, waiting for whoever holds it
+/// (`$1` = [`key_lock_id`]).
+///
+/// `apply` and `settle_marker` send it pipelined with the reads that must follow it: the
+/// futures are polled in order (`try_join!(biased; …)`), and tokio-postgres sends a prepared
+/// statement's request on its future's first poll, so the server receives the lock first.
+/// The server runs each request to completion before it starts the next, and at READ
+/// COMMITTED every statement takes its snapshot when it starts: the reads after the lock see
+/// everything that committed while the lock was awaited (`tests/engine/late_commit.rs` tests
+/// both orders).
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The highest attempt of a key ($1-$3) a fencing lookup fenced off: one row, NULL if none.
+fn fence_sql() -> String {
+    format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3")
 }
 
-/// The highest attempt of `key` a fencing lookup fenced off, if any (read under the key lock).
-async fn fenced_through(
-    name: &str,
-    tx: &deadpool_postgres::Transaction<'_>,
-    key: &StepKey,
-) -> Result<Option<u32>, Error> {
-    let step = step_param(name, key.step)?;
-    let sql =
-        format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3");
-    let stmt = tx.prepare_cached(&sql).await.map_err(|e| classify(name, "look up fence", &e))?;
-    let row = tx
-        .query_one(&stmt, &[&key.saga_id, &step, &key.direction.as_str()])
-        .await
-        .map_err(|e| classify(name, "look up fence", &e))?;
+/// The fenced-off attempt that a `fence_sql` row holds, if any.
+fn fenced_row(name: &str, key: &StepKey, row: &tokio_postgres::Row) -> Result<Option<u32>, Error> {
     let through: Option<i64> = row.try_get(0).map_err(|e| classify(name, "look up fence", &e))?;
     through
         .map(|t| {
