@@ -260,7 +260,7 @@ pub struct ReadOnlySet {
 /// PostgreSQL sessions in read-only transactions. A SQLite/DuckDB file or `fs` root that does
 /// not exist has never recorded a marker: it stands in as an empty participant, with a note.
 /// A `memory` participant keeps nothing across processes and is empty too. `apply` on any of
-/// them fails. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
+/// them fails, and so does `settle_marker` (it writes a fence) on the SQL and file kinds. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
 pub fn open_all_read_only(
     participants: &std::collections::BTreeMap<String, ParticipantConfig>,
     data_dir: &std::path::Path,
