@@ -139,6 +139,7 @@ async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
     let rows: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
     client.batch_execute(&format!("DROP TABLE {table}; DROP FUNCTION {function}();")).await.unwrap();
     client.execute("DELETE FROM sagalog_markers WHERE saga_id = $1", &[&key.saga_id]).await.unwrap();
+    client.execute("DELETE FROM sagalog_fences WHERE saga_id = $1", &[&key.saga_id]).await.unwrap();
     assert_eq!(
         said,
         present,
