@@ -512,11 +512,20 @@ impl Participant for Null {
         Kind::Memory
     }
 
-    fn apply<'a>(&'a self, _key: &'a StepKey, _op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(
+        &'a self,
+        _key: &'a StepKey,
+        _attempt: u32,
+        _op: &'a Operation,
+    ) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async { Ok(Applied::Applied) })
     }
 
     fn lookup_marker<'a>(&'a self, _key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn settle_marker<'a>(&'a self, _key: &'a StepKey, _through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async { Ok(false) })
     }
 

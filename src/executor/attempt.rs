@@ -71,7 +71,9 @@ impl SagaTask {
         tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
-        let outcome = match tokio::time::timeout(timeout, participant.apply(&key, &op)).await {
+        // The attempt number lets the participant refuse an attempt that a fencing lookup
+        // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
+        let outcome = match tokio::time::timeout(timeout, participant.apply(&key, attempt, &op)).await {
             Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
             Ok(Err(e)) => {
                 Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }

@@ -3,7 +3,14 @@
 //! step committed, absent means it did not.
 //!
 //! Owns the marker lookup loop: lookups are retried (with back-off, parked behind the
-//! participant's breaker like any call) while the participant is unreachable.
+//! participant's breaker like any call) while the participant is unreachable. Every lookup is
+//! the participant's fencing lookup ([`Participant::settle_marker`]) through the step's
+//! attempts so far (`total_attempts` of the direction): once it answers "absent", no attempt
+//! up to that one can commit any more (a timed-out attempt still running in the database, or
+//! one of a crashed process), so "not applied" stays true; the next attempt, numbered above
+//! it, may still apply.
+//!
+//! [`Participant::settle_marker`]: crate::participant::Participant::settle_marker
 //!
 //! Never does: re-run the step to find out (that could apply it twice), or record a commit or
 //! an absence the marker did not show: an unreachable participant is asked again. Not to be
@@ -41,7 +48,7 @@ impl SagaTask {
             if !self.wait_for_breaker(&name).await? {
                 return Ok(());
             }
-            let found = match tokio::time::timeout(timeout, participant.lookup_marker(&key)).await {
+            let found = match tokio::time::timeout(timeout, participant.settle_marker(&key, attempt)).await {
                 Ok(Ok(found)) => Some(found),
                 Ok(Err(e)) if !e.is_retryable() => {
                     if let Some(b) = self.exec.inner.breakers.get(&name) {

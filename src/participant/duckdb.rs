@@ -8,8 +8,14 @@
 //! `markers`, `probe`) run concurrently on the other pooled connections. A conflict that still
 //! happens (a statement racing work done through [`Duckdb::connection`]) is retryable.
 //!
-//! `apply` runs the marker check, the step's statement and the marker insert in one
-//! transaction. Every call into DuckDB runs on a blocking thread.
+//! `apply` runs the fence check, the marker check, the step's statement and the marker insert
+//! in one transaction. `settle_marker` (the executor's fencing lookup) takes the same write
+//! lock, reads the marker and, when there is none, inserts a fence row (`sagalog_fences`) in
+//! one transaction: a timed-out apply still running on its blocking thread holds the write
+//! lock until its transaction ends, so the lookup waits for it; an apply of a fenced-off
+//! attempt that starts later finds the fence and fails permanently. (DuckDB lets one process
+//! write a file, so the in-process lock serializes every writer.) Every call into DuckDB runs
+//! on a blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +24,10 @@ use duckdb::{Connection, params, params_from_iter};
 
 use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
+use super::{
+    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
+    StepKey, fenced_off,
+};
 use crate::engine::value::Value;
 
 /// The most connections one DuckDB participant keeps.
@@ -31,8 +40,9 @@ pub struct Duckdb {
     /// The connection the pool's connections are cloned from; kept so the database instance
     /// stays open even when every pooled connection was dropped.
     base: Arc<Mutex<Connection>>,
-    /// Held by `apply` from before it takes a connection until its transaction ends: one writer
-    /// at a time inside this process, and waiting writers do not hold pooled connections.
+    /// Held by `apply`, `settle_marker` and the write probe from before they take a connection
+    /// until their transaction ends: one writer at a time inside this process, and waiting
+    /// writers do not hold pooled connections.
     write_lock: Arc<tokio::sync::Mutex<()>>,
     pool: BlockingPool<Connection>,
     /// Opened by [`Duckdb::open_read_only`]: `apply` fails, nothing is ever written.
@@ -43,7 +53,7 @@ pub struct Duckdb {
 
 impl Duckdb {
     /// Opens (creating if needed) the database at `path` with up to `pool_size` connections
-    /// and creates the marker table.
+    /// and creates the marker and fence tables.
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Duckdb, Error> {
@@ -62,6 +72,17 @@ impl Duckdb {
             )"
         ))
         .map_err(|e| classify(name, "create marker table", &e))?;
+        base.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+                saga_id TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                direction TEXT NOT NULL,
+                through_attempt BIGINT NOT NULL,
+                fenced_at_ms BIGINT NOT NULL,
+                PRIMARY KEY (saga_id, step, direction, through_attempt)
+            )"
+        ))
+        .map_err(|e| classify(name, "create fence table", &e))?;
         let first = base.try_clone().map_err(|e| classify(name, "clone connection", &e))?;
         let base = Arc::new(Mutex::new(base));
         let connector = {
@@ -158,7 +179,7 @@ impl Participant for Duckdb {
         Kind::Duckdb
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
@@ -170,7 +191,23 @@ impl Participant for Duckdb {
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
             self.run(move |name, conn| {
                 let _writer = writer;
-                apply_blocking(name, conn, &key, statement)
+                apply_blocking(name, conn, &key, attempt, statement)
+            })
+            .await
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot fence a step's attempts"));
+            }
+            let key = key.clone();
+            // As in `apply`: the guard travels with the transaction.
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                settle_blocking(name, conn, &key, through_attempt)
             })
             .await
         })
@@ -282,14 +319,22 @@ impl Participant for Duckdb {
     }
 }
 
-/// The body of `apply`: marker check, statement, marker insert, all in one transaction.
+/// The body of `apply`: fence check, marker check, statement, marker insert, all in one
+/// transaction.
 fn apply_blocking(
     name: &str,
     conn: &mut Connection,
     key: &StepKey,
+    attempt: u32,
     statement: Option<(String, Vec<Value>)>,
 ) -> Result<Applied, Error> {
     let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
+    if let Some(through) = fenced_through(name, &tx, key)?
+        && through >= attempt
+    {
+        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+        return Err(fenced_off(name, key, attempt, through));
+    }
     if marker_exists(name, &tx, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
@@ -309,6 +354,43 @@ fn apply_blocking(
     // neither the statement's effect nor the marker behind.
     tx.commit().map_err(|e| commit_error(name, &e))?;
     Ok(Applied::Applied)
+}
+
+/// The body of `settle_marker`, under the write lock: the marker, or a fence through
+/// `through_attempt` committed before the answer "absent" is given.
+fn settle_blocking(name: &str, conn: &mut Connection, key: &StepKey, through_attempt: u32) -> Result<bool, Error> {
+    let tx = conn.transaction().map_err(|e| classify(name, "fence: begin transaction", &e))?;
+    if marker_exists(name, &tx, key)? {
+        tx.rollback().map_err(|e| classify(name, "fence: rollback", &e))?;
+        return Ok(true);
+    }
+    if fenced_through(name, &tx, key)?.is_none_or(|through| through < through_attempt) {
+        let insert = format!(
+            "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt, fenced_at_ms) VALUES (?, ?, ?, ?, ?)"
+        );
+        tx.execute(&insert, params![key.saga_id, key.step, key.direction.as_str(), through_attempt, now_ms()])
+            .map_err(|e| classify(name, "insert fence", &e))?;
+    }
+    // An error from this COMMIT is in doubt like any DuckDB COMMIT error: retryable, never
+    // "absent" (the lookup is asked again and writes the fence again if it is missing).
+    tx.commit().map_err(|e| Error::retryable(name, format!("fence: commit (outcome in doubt): {e}")))?;
+    Ok(false)
+}
+
+/// The highest attempt of `key` a fencing lookup fenced off, if any.
+fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option<u32>, Error> {
+    let sql =
+        format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = ? AND step = ? AND direction = ?");
+    let through: Option<i64> = conn
+        .query_row(&sql, params![key.saga_id, key.step, key.direction.as_str()], |row| row.get(0))
+        .map_err(|e| classify(name, "look up fence", &e))?;
+    through
+        .map(|t| {
+            u32::try_from(t).map_err(|_| {
+                Error::permanent(name, format!("fence table holds an invalid attempt number {t} for {key}"))
+            })
+        })
+        .transpose()
 }
 
 fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {

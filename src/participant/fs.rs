@@ -61,6 +61,7 @@
 //! Never does: touch a target before its intent is durable, or answer "absent" for a step that
 //! has an intent.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -107,6 +108,10 @@ pub struct Fs {
     read_only: bool,
     /// A test's injected crash, taken by the next apply that reaches its point.
     crash: Arc<Mutex<Option<CrashPoint>>>,
+    /// Attempts a fencing lookup ([`Participant::settle_marker`]) found not applied, per key:
+    /// an apply of one of them that reaches the key's lock afterwards refuses to run. In
+    /// memory is enough: a file apply runs only in this process, and a crash ends it.
+    fences: Arc<Mutex<HashMap<StepKey, u32>>>,
 }
 
 /// Where a test makes the next `apply` stop as a crash would ([`Fs::crash_next_apply`]):
@@ -138,6 +143,7 @@ impl Fs {
             name: name.to_owned(),
             root,
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
+            fences: Arc::default(),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: false,
             crash: Arc::default(),
@@ -155,6 +161,7 @@ impl Fs {
             name: name.to_owned(),
             root,
             key_locks: Arc::new((0..KEY_LOCKS).map(|_| Mutex::new(())).collect()),
+            fences: Arc::default(),
             permits: Arc::new(Semaphore::new(CONCURRENCY_MAX)),
             read_only: true,
             crash: Arc::default(),
@@ -251,7 +258,7 @@ impl Participant for Fs {
         Kind::Fs
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
@@ -261,9 +268,17 @@ impl Participant for Fs {
             let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
             let key_locks = Arc::clone(&self.key_locks);
             let crash = Arc::clone(&self.crash);
+            let fences = Arc::clone(&self.fences);
             self.run(move || {
                 // The lock guards no data, only the check-then-write sequence below.
                 let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
+                let fenced = fences.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
+                if let Some(through) = fenced.filter(|through| attempt <= *through) {
+                    return Err(Error::permanent(
+                        &name,
+                        format!("attempt {attempt} was fenced off by a marker lookup (through attempt {through}); nothing was applied"),
+                    ));
+                }
                 let crash =
                     |point| crash.lock().unwrap_or_else(PoisonError::into_inner).take_if(|p| *p == point).is_some();
                 apply_locked(&name, &root, &key, &step, plan, &crash)
@@ -280,6 +295,32 @@ impl Participant for Fs {
             self.run(move || {
                 let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
                 settle(&name, &root, &step, read_only)
+            })
+            .await
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot fence a step's attempts"));
+            }
+            let step = self.step_files(key)?;
+            let (name, root, key) = (self.name.clone(), self.root.clone(), key.clone());
+            let key_locks = Arc::clone(&self.key_locks);
+            let fences = Arc::clone(&self.fences);
+            self.run(move || {
+                // The key's lock: an apply of this key that is running in this process ends
+                // (its intent finished, or withdrawn) before the step is read; one that takes
+                // the lock later finds the fence and refuses.
+                let _key_lock = key_locks[lock_index(&key)].lock().unwrap_or_else(PoisonError::into_inner);
+                let present = settle(&name, &root, &step, false)?;
+                if !present {
+                    let mut fences = fences.lock().unwrap_or_else(PoisonError::into_inner);
+                    let through = fences.entry(key).or_default();
+                    *through = (*through).max(through_attempt);
+                }
+                Ok(present)
             })
             .await
         })
@@ -1136,7 +1177,7 @@ mod tests {
             let fs = Fs::open("fs", root.clone()).unwrap();
             let key = key("crash", step, Direction::Forward);
             fs.crash_next_apply(CrashPoint::AfterEffect);
-            let error = fs.apply(&key, &op).await.unwrap_err();
+            let error = fs.apply(&key, 1, &op).await.unwrap_err();
             assert!(error.is_retryable(), "{error}");
             let read = || fs::read_to_string(root.join(path)).ok();
             assert_eq!(read().as_deref(), expected, "step {step}: the effect is visible");
@@ -1144,7 +1185,7 @@ mod tests {
             let reopened = Fs::open("fs", root.clone()).unwrap();
             assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}: a reopened participant says absent");
             assert_eq!(reopened.markers("crash").await.unwrap().len(), step as usize + 1);
-            assert_eq!(reopened.apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+            assert_eq!(reopened.apply(&key, 1, &op).await.unwrap(), Applied::AlreadyApplied);
             assert_eq!(read().as_deref(), expected, "step {step}: the effect is the operation's");
         }
     }
@@ -1184,7 +1225,7 @@ mod tests {
             let fs = Fs::open("fs", root.clone()).unwrap();
             let key = key("before", step, Direction::Compensate);
             fs.crash_next_apply(CrashPoint::BeforeEffect);
-            assert!(fs.apply(&key, &op).await.unwrap_err().is_retryable());
+            assert!(fs.apply(&key, 1, &op).await.unwrap_err().is_retryable());
             assert_ne!(fs::read_to_string(root.join(path)).ok().as_deref(), expected, "step {step}: not yet visible");
             let reopened = Fs::open("fs", root.clone()).unwrap();
             assert!(reopened.lookup_marker(&key).await.unwrap(), "step {step}");
@@ -1196,9 +1237,9 @@ mod tests {
         let key = key("before", 9, Direction::Forward);
         fs.crash_next_apply(CrashPoint::BeforeEffect);
         let delete = Operation::FileDelete { path: "doomed2".into() };
-        assert!(fs.apply(&key, &delete).await.is_err());
+        assert!(fs.apply(&key, 1, &delete).await.is_err());
         assert!(root.join("doomed2").exists());
-        assert_eq!(fs.apply(&key, &delete).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(fs.apply(&key, 1, &delete).await.unwrap(), Applied::AlreadyApplied);
         assert!(!root.join("doomed2").exists());
         assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
     }
@@ -1212,14 +1253,14 @@ mod tests {
         let root = dir.path().to_path_buf();
         let fs = Fs::open("fs", root.clone()).unwrap();
         fs.crash_next_apply(CrashPoint::AfterEffect);
-        assert!(fs.apply(&key("changed", 0, Direction::Forward), &put("f", "ours")).await.is_err());
+        assert!(fs.apply(&key("changed", 0, Direction::Forward), 1, &put("f", "ours")).await.is_err());
         fs::write(root.join("f"), "changed since").unwrap();
         assert!(fs.lookup_marker(&key("changed", 0, Direction::Forward)).await.unwrap());
         assert_eq!(fs::read_to_string(root.join("f")).unwrap(), "changed since");
 
         fs.crash_next_apply(CrashPoint::AfterEffect);
         let delete = Operation::FileDelete { path: "f".into() };
-        assert!(fs.apply(&key("changed", 0, Direction::Compensate), &delete).await.is_err());
+        assert!(fs.apply(&key("changed", 0, Direction::Compensate), 1, &delete).await.is_err());
         assert!(!root.join("f").exists());
         fs::write(root.join("f"), "created again").unwrap();
         let reopened = Fs::open("fs", root.clone()).unwrap();
@@ -1238,7 +1279,7 @@ mod tests {
         let fs = Fs::open("fs", root.clone()).unwrap();
         fs.crash_next_apply(CrashPoint::BeforeEffect);
         let key = key("kept", 0, Direction::Forward);
-        assert!(fs.apply(&key, &put("a/kept.txt", "needed")).await.is_err());
+        assert!(fs.apply(&key, 1, &put("a/kept.txt", "needed")).await.is_err());
         let needed = temp_files(&root);
         assert_eq!(needed.len(), 1, "{needed:?}");
         fs::create_dir_all(root.join("b/c")).unwrap();
@@ -1282,7 +1323,7 @@ mod tests {
         {
             fs::write(saga_dir.join(format!("{step}.forward{INTENT_SUFFIX}")), body).unwrap();
             let key = key("damaged", step, Direction::Forward);
-            let error = fs.apply(&key, &put("f", "x")).await.unwrap_err();
+            let error = fs.apply(&key, 1, &put("f", "x")).await.unwrap_err();
             assert!(error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");
             let error = fs.lookup_marker(&key).await.unwrap_err();
             assert!(!error.is_retryable() && error.message.contains(".intent"), "step {step}: {error}");

@@ -3,13 +3,16 @@
 //! compensation and recovery paths can be driven deterministically.
 //!
 //! It keeps the participant contract exactly: an effect and its marker are recorded together
-//! under one lock, and a second `apply` of the same key changes nothing.
+//! under one lock, and a second `apply` of the same key changes nothing. Fences too:
+//! `settle_marker` reads the marker and records its fence under that lock, and a commit (also
+//! one delayed by a [`Fault::Delay`]) checks the fence under it, so a fenced-off attempt never
+//! commits.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
+use super::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey, fenced_off};
 
 /// A scripted outcome for the next `apply` calls matching a filter.
 #[derive(Debug, Clone)]
@@ -22,11 +25,17 @@ pub enum Fault {
     Delay(Duration),
     /// Commit the effect and marker, then report a retryable error (the reply was lost).
     CommitThenFail,
+    /// Never answer, while the "transaction" commits this long after the call on a thread of
+    /// its own, whatever happens to the call: a timed-out attempt whose transaction goes on.
+    /// The commit checks the fence like any other, so a fenced-off attempt never lands.
+    LateCommit(Duration),
 }
 
 #[derive(Debug, Default)]
 struct State {
     markers: BTreeSet<StepKey>,
+    /// The highest attempt of each key a fencing lookup fenced off.
+    fences: BTreeMap<StepKey, u32>,
     /// Every committed effect, in order: (key, operation).
     effects: Vec<(StepKey, Operation)>,
     /// Scripted faults: (step filter, direction filter, fault), consumed in order.
@@ -100,13 +109,23 @@ impl Memory {
         st.faults.remove(at).map(|f| f.2)
     }
 
-    fn commit(&self, key: &StepKey, op: &Operation) -> Applied {
+    /// The highest attempt of `key` fenced off by a fencing lookup, if any.
+    pub fn fenced_through(&self, key: &StepKey) -> Option<u32> {
+        self.lock().fences.get(key).copied()
+    }
+
+    fn commit(&self, key: &StepKey, attempt: u32, op: &Operation) -> Result<Applied, Error> {
         let mut st = self.lock();
+        if let Some(&through) = st.fences.get(key)
+            && through >= attempt
+        {
+            return Err(fenced_off(&self.name, key, attempt, through));
+        }
         if !st.markers.insert(key.clone()) {
-            return Applied::AlreadyApplied;
+            return Ok(Applied::AlreadyApplied);
         }
         st.effects.push((key.clone(), op.clone()));
-        Applied::Applied
+        Ok(Applied::Applied)
     }
 }
 
@@ -119,7 +138,7 @@ impl Participant for Memory {
         Kind::Memory
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             {
                 let mut st = self.lock();
@@ -137,12 +156,39 @@ impl Participant for Memory {
                 }
                 Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
                 Some(Fault::CommitThenFail) => {
-                    self.commit(key, op);
+                    self.commit(key, attempt, op)?;
                     return Err(Error::retryable(&self.name, format!("injected lost reply at {key}")));
+                }
+                Some(Fault::LateCommit(after)) => {
+                    let (late, key, op) = (self.clone(), key.clone(), op.clone());
+                    std::thread::spawn(move || {
+                        std::thread::sleep(after);
+                        // Refused (nothing lands) if a fencing lookup fenced the attempt off.
+                        let _ = late.commit(&key, attempt, &op);
+                    });
+                    return std::future::pending().await;
                 }
                 None => {}
             }
-            Ok(self.commit(key, op))
+            self.commit(key, attempt, op)
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            if st.down {
+                return Err(Error::retryable(&self.name, "connection refused (participant is down)"));
+            }
+            if st.markers_unreadable {
+                return Err(Error::permanent(&self.name, "no such table: sagalog_markers"));
+            }
+            if st.markers.contains(key) {
+                return Ok(true);
+            }
+            let through = st.fences.entry(key.clone()).or_insert(through_attempt);
+            *through = (*through).max(through_attempt);
+            Ok(false)
         })
     }
 

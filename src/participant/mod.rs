@@ -12,7 +12,23 @@
 //!   [`Applied::AlreadyApplied`]. A retry may therefore always call `apply` again: it never
 //!   applies an effect twice.
 //! - [`Participant::lookup_marker`] answers, read-only, whether the step's transaction
-//!   committed. Recovery uses it for a step that was started but has no journaled outcome.
+//!   committed. The offline tools use it (and [`Participant::lookup_markers`]); they write
+//!   nothing.
+//! - [`Participant::settle_marker`] is the executor's in-doubt lookup, for a step that was
+//!   started but has no journaled outcome (a crash, a timeout, a lost reply). It is a
+//!   *fencing* lookup: it knows the attempt it settles (`through_attempt`), and once it has
+//!   answered "absent", **no attempt `<= through_attempt` of that key ever commits**, whether
+//!   that attempt's transaction is still running in this process (a timed-out future whose
+//!   blocking task goes on), its statements are still on their way to the server, or it
+//!   belongs to a crashed process. Every `apply` knows its attempt number (the one journaled
+//!   in its `StepStarted`); an apply of a fenced-off attempt changes nothing and fails
+//!   permanently. Later attempts are not affected. The SQL kinds write the fence into the
+//!   fence table (`sagalog_fences`) in the transaction that reads the marker, and serialize
+//!   the two transactions (SQLite and DuckDB: the in-process write lock and, for SQLite,
+//!   `BEGIN IMMEDIATE`; PostgreSQL: `pg_advisory_xact_lock` on a 64-bit hash of the key,
+//!   taken first in both), so a lookup waits for an apply transaction already running, and
+//!   an apply that starts later finds the fence (see `docs/recovery.md`, "A late commit after
+//!   a timeout").
 //! - Errors say whether retrying can help ([`ErrorKind::Retryable`]: connection refused or
 //!   reset, timeout, busy/locked, serialization failure) or not ([`ErrorKind::Permanent`]:
 //!   constraint violation, bad parameter, missing table). A retryable error promises nothing
@@ -25,10 +41,10 @@
 //!   the intent is durable changes nothing (see [`fs`]).
 //! - Participants never panic on bad input and never block the async runtime: SQLite and
 //!   DuckDB work runs on blocking threads.
-//! - The marker table (`sagalog_markers`) is created on first use, except by a participant
-//!   opened read-only ([`open_all_read_only`], for the offline tools): that one changes nothing
-//!   in the database or file tree, refuses `apply`, and reads a missing marker table as "no
-//!   markers".
+//! - The marker table (`sagalog_markers`) and the fence table (`sagalog_fences`) are created
+//!   on first use, except by a participant opened read-only ([`open_all_read_only`], for the
+//!   offline tools): that one changes nothing in the database or file tree, refuses `apply`
+//!   and `settle_marker`, and reads a missing marker table as "no markers".
 
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
@@ -48,6 +64,12 @@ use crate::engine::value::Value;
 
 /// Name of the marker table every SQL participant keeps.
 pub const MARKER_TABLE: &str = "sagalog_markers";
+
+/// Name of the fence table every SQL participant keeps: one row per fencing lookup that found
+/// no marker, `(saga_id, step, direction, through_attempt)`; an apply of an attempt
+/// `<= through_attempt` of that key is refused. A table of its own, so marker tables created
+/// by earlier builds are used unchanged.
+pub const FENCE_TABLE: &str = "sagalog_fences";
 
 pub use crate::config::Kind;
 pub use crate::engine::model::{Direction, StepKey};
@@ -240,7 +262,7 @@ pub struct ReadOnlySet {
 /// PostgreSQL sessions in read-only transactions. A SQLite/DuckDB file or `fs` root that does
 /// not exist has never recorded a marker: it stands in as an empty participant, with a note.
 /// A `memory` participant keeps nothing across processes and is empty too. `apply` on any of
-/// them fails. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
+/// them fails, and so does `settle_marker` (it writes a fence) on the SQL and file kinds. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
 pub fn open_all_read_only(
     participants: &std::collections::BTreeMap<String, ParticipantConfig>,
     data_dir: &std::path::Path,
@@ -290,6 +312,18 @@ fn run_init_sqlite(name: &str, path: &std::path::Path, init: &[String]) -> Resul
     Ok(())
 }
 
+/// The permanent error of an apply whose attempt a fencing lookup fenced off: nothing was
+/// applied, and nothing will be.
+pub fn fenced_off(participant: &str, key: &StepKey, attempt: u32, through_attempt: u32) -> Error {
+    Error::permanent(
+        participant,
+        format!(
+            "step {key}: attempt {attempt} was fenced off by a marker lookup (no attempt up to {through_attempt} may \
+             commit after the lookup found no marker); nothing was applied"
+        ),
+    )
+}
+
 /// A boxed future, so participants can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -297,10 +331,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Participant: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn kind(&self) -> Kind;
-    /// Performs `op` and records the marker for `key` in one local transaction.
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>>;
-    /// Whether the marker for `key` exists (read-only).
+    /// Performs `op` and records the marker for `key` in one local transaction, as attempt
+    /// `attempt` of the step (the number its `StepStarted` journaled, from 1). If a fencing
+    /// lookup ([`Participant::settle_marker`]) fenced off this attempt, nothing changes and the
+    /// error is permanent (see [`fenced_off`]).
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>>;
+    /// Whether the marker for `key` exists (read-only: writes nothing, fences nothing).
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>>;
+    /// The executor's in-doubt lookup: whether the marker for `key` exists and, when it does
+    /// not, a fence through `through_attempt`: once this has answered `false`, no apply of an
+    /// attempt `<= through_attempt` of `key` commits, ever (one still running is waited for
+    /// first, one that starts later is refused). Attempts above it still apply. A participant
+    /// opened read-only refuses it (it would have to write).
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>>;
     /// Every marker of a saga, for audits and tests: (step, direction).
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>>;
     /// Every marker of every saga, sorted by key (read-only): what `sagalog audit` compares

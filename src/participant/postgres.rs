@@ -6,6 +6,18 @@
 //! uncommitted marker row and, once the first commits, inserts nothing and reports
 //! `AlreadyApplied`; if the first rolls back, the second proceeds. No `SELECT … FOR UPDATE`.
 //!
+//! Fencing (`settle_marker`, the executor's in-doubt lookup): both `apply` and
+//! `settle_marker` start their transaction with `pg_advisory_xact_lock(<key hash>)` (FNV-1a,
+//! 64 bits, over the step key: [`key_lock_id`]), held until the transaction ends. The lookup
+//! therefore waits for an apply transaction that is still running in the server (a timed-out
+//! attempt whose COMMIT was already sent, or one of a crashed process), then reads the marker
+//! and, when there is none, inserts a fence row (`sagalog_fences`) and commits it before it
+//! answers "absent". An apply that gets the lock later reads the fence and fails permanently
+//! when its attempt is fenced off. Both transactions run at READ COMMITTED whatever the
+//! server's default isolation, so the statements after the lock see what committed while they
+//! waited for it (under REPEATABLE READ the snapshot would predate the wait). A hash collision
+//! only makes two keys wait for each other.
+//!
 //! Parameters are bound, never pasted. PostgreSQL infers each `$n`'s type from the statement,
 //! and a [`Value`] is converted to that type: `Int` binds to `bigint`, `integer` and
 //! `smallint` (range-checked), `Float` to `double precision` and `real`, `Text` to text-like
@@ -20,10 +32,13 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{IsolationLevel, NoTls};
 
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
+use super::{
+    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
+    StepKey, fenced_off,
+};
 use crate::engine::value::Value;
 
 /// The most connections one PostgreSQL participant keeps.
@@ -37,7 +52,7 @@ pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Postgres {
     name: String,
     pool: Pool,
-    /// Set once the marker table is known to exist.
+    /// Set once the marker and fence tables are known to exist.
     schema: OnceCell<()>,
     /// Opened by [`Postgres::connect_read_only`]: every session is read-only, no table is
     /// created, `apply` fails, and a missing marker table reads as "no markers".
@@ -84,26 +99,55 @@ impl Postgres {
         Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only })
     }
 
-    /// A pooled connection, with the marker table created if this is the first use.
+    /// A pooled connection, with the marker and fence tables created if this is the first use.
     async fn client(&self) -> Result<Object, Error> {
         let client = self.pool.get().await.map_err(|e| classify_pool(&self.name, &e))?;
         if !self.read_only {
-            self.schema.get_or_try_init(|| create_marker_table(&self.name, &client)).await?;
+            self.schema.get_or_try_init(|| create_tables(&self.name, &client)).await?;
         }
         Ok(client)
     }
 
-    async fn apply_sql(&self, key: &StepKey, statement: Option<(&str, &[Value])>) -> Result<Applied, Error> {
+    async fn apply_sql(
+        &self,
+        key: &StepKey,
+        attempt: u32,
+        statement: Option<(&str, &[Value])>,
+    ) -> Result<Applied, Error> {
         let name = self.name.as_str();
         let step = step_param(name, key.step)?;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| classify(name, "begin transaction", &e))?;
+        let tx = begin(name, &mut client).await?;
         let insert =
             format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
-        let inserted = tx
-            .execute(&insert, &[&key.saga_id, &step, &key.direction.as_str()])
-            .await
-            .map_err(|e| classify(name, "insert marker", &e))?;
+        let fence = fence_sql();
+        let (lock, fence, insert) =
+            tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&fence), tx.prepare_cached(&insert))
+                .map_err(|e| classify(name, "prepare the marker statements", &e))?;
+        // One round trip: the lock, the fence check and the marker insert are sent together
+        // (pipelined, in this order; see `LOCK_SQL`). A fenced-off attempt rolls the marker
+        // insert back with everything else.
+        let direction = key.direction.as_str();
+        let (_, fence, inserted) = tokio::try_join!(
+            biased;
+            async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
+            async {
+                tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                    .await
+                    .map_err(|e| classify(name, "look up fence", &e))
+            },
+            async {
+                tx.execute(&insert, &[&key.saga_id, &step, &direction])
+                    .await
+                    .map_err(|e| classify(name, "insert marker", &e))
+            },
+        )?;
+        if let Some(through) = fenced_row(name, key, &fence)?
+            && through >= attempt
+        {
+            tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
+            return Err(fenced_off(name, key, attempt, through));
+        }
         if inserted == 0 {
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Ok(Applied::AlreadyApplied);
@@ -138,12 +182,66 @@ impl Participant for Postgres {
         Kind::Postgres
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
-            self.apply_sql(key, op.sql(&self.name)?).await
+            self.apply_sql(key, attempt, op.sql(&self.name)?).await
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let name = self.name.as_str();
+            if self.read_only {
+                return Err(Error::permanent(name, "opened read-only: it cannot fence a step's attempts"));
+            }
+            let step = step_param(name, key.step)?;
+            let mut client = self.client().await?;
+            let tx = begin(name, &mut client).await?;
+            let exists = format!(
+                "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
+            );
+            let fence = fence_sql();
+            let (lock, exists, fence) =
+                tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&exists), tx.prepare_cached(&fence))
+                    .map_err(|e| classify(name, "fence: prepare", &e))?;
+            // Pipelined as in `apply`: the lock waits for an apply transaction of this key that
+            // is still running; the marker and fence reads run after it is granted.
+            let direction = key.direction.as_str();
+            let (_, marker, fence) = tokio::try_join!(
+                biased;
+                async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
+                async {
+                    tx.query_one(&exists, &[&key.saga_id, &step, &direction])
+                        .await
+                        .map_err(|e| classify(name, "fence: look up marker", &e))
+                },
+                async {
+                    tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                        .await
+                        .map_err(|e| classify(name, "look up fence", &e))
+                },
+            )?;
+            if marker.try_get::<_, bool>(0).map_err(|e| classify(name, "fence: look up marker", &e))? {
+                tx.rollback().await.map_err(|e| classify(name, "fence: rollback", &e))?;
+                return Ok(true);
+            }
+            if fenced_row(name, key, &fence)?.is_none_or(|through| through < through_attempt) {
+                let insert = format!(
+                    "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING"
+                );
+                let stmt = tx.prepare_cached(&insert).await.map_err(|e| classify(name, "insert fence", &e))?;
+                tx.execute(&stmt, &[&key.saga_id, &step, &key.direction.as_str(), &i64::from(through_attempt)])
+                    .await
+                    .map_err(|e| classify(name, "insert fence", &e))?;
+            }
+            // "Absent" only once the fence is committed; a failed or lost COMMIT is an error
+            // (retryable if the connection went), never "absent".
+            tx.commit().await.map_err(|e| classify(name, "fence: commit", &e))?;
+            Ok(false)
         })
     }
 
@@ -242,6 +340,83 @@ impl Participant for Postgres {
             tx.rollback().await.map_err(|e| classify(name, "probe: rollback", &e))?;
             Ok(())
         })
+    }
+}
+
+/// The 64-bit advisory lock id of a step key: FNV-1a over the saga id, a 0xFF separator (no
+/// UTF-8 text holds that byte), the step (4 bytes, little-endian) and the direction's name.
+/// Every build must compute the same id for the same key (a crashed process's transaction and
+/// the next process's lookup lock the same id): never change it.
+pub fn key_lock_id(key: &StepKey) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let step = key.step.to_le_bytes();
+    let bytes = key.saga_id.as_bytes().iter().chain(&[0xFF]).chain(&step).chain(key.direction.as_str().as_bytes());
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    i64::from_le_bytes(hash.to_le_bytes())
+}
+
+/// Begins a READ COMMITTED transaction (see the module documentation).
+async fn begin<'a>(name: &str, client: &'a mut Object) -> Result<deadpool_postgres::Transaction<'a>, Error> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(|e| classify(name, "begin transaction", &e))
+}
+
+/// Takes the key's transaction-scoped advisory lock, waiting for whoever holds it
+/// (`$1` = [`key_lock_id`]).
+///
+/// `apply` and `settle_marker` send it pipelined with the reads that must follow it: the
+/// futures are polled in order (`try_join!(biased; …)`), and tokio-postgres sends a prepared
+/// statement's request on its future's first poll, so the server receives the lock first.
+/// The server runs each request to completion before it starts the next, and at READ
+/// COMMITTED every statement takes its snapshot when it starts: the reads after the lock see
+/// everything that committed while the lock was awaited (`tests/engine/late_commit.rs` tests
+/// both orders).
+const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The highest attempt of a key ($1-$3) a fencing lookup fenced off: one row, NULL if none.
+fn fence_sql() -> String {
+    format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3")
+}
+
+/// The fenced-off attempt that a `fence_sql` row holds, if any.
+fn fenced_row(name: &str, key: &StepKey, row: &tokio_postgres::Row) -> Result<Option<u32>, Error> {
+    let through: Option<i64> = row.try_get(0).map_err(|e| classify(name, "look up fence", &e))?;
+    through
+        .map(|t| {
+            u32::try_from(t).map_err(|_| {
+                Error::permanent(name, format!("fence table holds an invalid attempt number {t} for {key}"))
+            })
+        })
+        .transpose()
+}
+
+/// Creates the marker and the fence table, each on its own (a race lost on one must not skip
+/// the other).
+async fn create_tables(name: &str, client: &Object) -> Result<(), Error> {
+    create_marker_table(name, client).await?;
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+            saga_id text NOT NULL,
+            step integer NOT NULL,
+            direction text NOT NULL,
+            through_attempt bigint NOT NULL,
+            fenced_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (saga_id, step, direction, through_attempt)
+        )"
+    );
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(sqlstate(&e), Some("23505" | "42P07")) => Ok(()),
+        Err(e) => Err(classify(name, "create fence table", &e)),
     }
 }
 

@@ -1,10 +1,17 @@
 //! The SQLite participant: a small pool of connections to one database file, and the blocking
 //! pool that the DuckDB participant shares.
 //!
-//! `apply` runs one `BEGIN IMMEDIATE` transaction that checks the marker, runs the step's
-//! statement and inserts the marker, so the statement and its marker commit together or not at
-//! all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same key are
-//! serialized by the database itself, and the second one sees the first one's marker.
+//! `apply` runs one `BEGIN IMMEDIATE` transaction that checks the fence and the marker, runs
+//! the step's statement and inserts the marker, so the statement and its marker commit together
+//! or not at all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same
+//! key are serialized by the database itself, and the second one sees the first one's marker.
+//!
+//! `settle_marker` (the executor's fencing lookup) is a writer too: it takes the write lock
+//! below and `BEGIN IMMEDIATE`, reads the marker and, when there is none, inserts a fence row
+//! (`sagalog_fences`) in the same transaction. A timed-out apply still running on its blocking
+//! thread holds the write lock until its transaction ends, so the lookup waits for it and sees
+//! its marker; an apply of a fenced-off attempt that starts later finds the fence and fails
+//! permanently, changing nothing.
 //!
 //! Writers are serialized inside the process (`write_lock`, as the DuckDB participant does):
 //! SQLite's busy handler sleeps and polls, so writers racing for the lock starve each other
@@ -23,7 +30,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params, pa
 
 use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
-use super::{Applied, BoxFuture, Direction, Error, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant, StepKey};
+use super::{
+    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
+    StepKey, fenced_off,
+};
 use crate::engine::value::Value;
 
 /// The most connections one SQLite participant keeps. SQLite has one writer at a time, so more
@@ -43,14 +53,14 @@ pub struct Sqlite {
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
     has_marker_table: bool,
-    /// Held by `apply` and the write probe from before they take a connection until their
-    /// transaction ends: one writer at a time inside this process.
+    /// Held by `apply`, `settle_marker` and the write probe from before they take a connection
+    /// until their transaction ends: one writer at a time inside this process.
     write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` with a pool of up to `pool_size`
-    /// connections, switches it to WAL mode and creates the marker table.
+    /// connections, switches it to WAL mode and creates the marker and fence tables.
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Sqlite, Error> {
@@ -70,6 +80,18 @@ impl Sqlite {
                 )"
             ))
             .map_err(|e| classify(name, "create marker table", &e))?;
+        first
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+                    saga_id TEXT NOT NULL,
+                    step INTEGER NOT NULL,
+                    direction TEXT NOT NULL,
+                    through_attempt INTEGER NOT NULL,
+                    fenced_at_ms INTEGER NOT NULL,
+                    PRIMARY KEY (saga_id, step, direction, through_attempt)
+                )"
+            ))
+            .map_err(|e| classify(name, "create fence table", &e))?;
         let connector = {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
@@ -178,7 +200,7 @@ impl Participant for Sqlite {
         Kind::Sqlite
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
@@ -190,7 +212,24 @@ impl Participant for Sqlite {
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
             self.run(move |name, conn| {
                 let _writer = writer;
-                apply_blocking(name, conn, &key, statement)
+                apply_blocking(name, conn, &key, attempt, statement)
+            })
+            .await
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            if self.read_only {
+                return Err(Error::permanent(&self.name, "opened read-only: it cannot fence a step's attempts"));
+            }
+            let key = key.clone();
+            // As in `apply`: the guard travels with the transaction, so a lookup that timed out
+            // still ends its transaction before another writer starts.
+            let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            self.run(move |name, conn| {
+                let _writer = writer;
+                settle_blocking(name, conn, &key, through_attempt)
             })
             .await
         })
@@ -308,16 +347,24 @@ fn probe_write(name: &str, conn: &mut Connection) -> Result<(), Error> {
     tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
 }
 
-/// The body of `apply`: marker check, statement, marker insert, all in one write transaction.
+/// The body of `apply`: fence check, marker check, statement, marker insert, all in one write
+/// transaction.
 fn apply_blocking(
     name: &str,
     conn: &mut Connection,
     key: &StepKey,
+    attempt: u32,
     statement: Option<(String, Vec<Value>)>,
 ) -> Result<Applied, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(name, "begin transaction", &e))?;
+    if let Some(through) = fenced_through(name, &tx, key)?
+        && through >= attempt
+    {
+        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+        return Err(fenced_off(name, key, attempt, through));
+    }
     if marker_exists(name, &tx, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
@@ -340,6 +387,48 @@ fn apply_blocking(
     // neither the statement's effect nor the marker behind.
     tx.commit().map_err(|e| classify(name, "commit", &e))?;
     Ok(Applied::Applied)
+}
+
+/// The body of `settle_marker`: under the write lock and `BEGIN IMMEDIATE`, the marker, or a
+/// fence through `through_attempt` committed before the answer "absent" is given.
+fn settle_blocking(name: &str, conn: &mut Connection, key: &StepKey, through_attempt: u32) -> Result<bool, Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(name, "fence: begin transaction", &e))?;
+    if marker_exists(name, &tx, key)? {
+        tx.rollback().map_err(|e| classify(name, "fence: rollback", &e))?;
+        return Ok(true);
+    }
+    if fenced_through(name, &tx, key)?.is_none_or(|through| through < through_attempt) {
+        let insert = format!(
+            "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt, fenced_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)"
+        );
+        tx.prepare_cached(&insert)
+            .and_then(|mut stmt| {
+                stmt.execute(params![key.saga_id, key.step, key.direction.as_str(), through_attempt, now_ms()])
+            })
+            .map_err(|e| classify(name, "insert fence", &e))?;
+    }
+    tx.commit().map_err(|e| classify(name, "fence: commit", &e))?;
+    Ok(false)
+}
+
+/// The highest attempt of `key` a fencing lookup fenced off, if any.
+fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option<u32>, Error> {
+    let sql =
+        format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3");
+    let through: Option<i64> = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row(params![key.saga_id, key.step, key.direction.as_str()], |r| r.get(0)))
+        .map_err(|e| classify(name, "look up fence", &e))?;
+    through
+        .map(|t| {
+            u32::try_from(t).map_err(|_| {
+                Error::permanent(name, format!("fence table holds an invalid attempt number {t} for {key}"))
+            })
+        })
+        .transpose()
 }
 
 fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {

@@ -171,8 +171,12 @@ impl Participant for Parked {
         self.kind
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
-        Box::pin(async move { self.current()?.apply(key, op).await })
+    fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move { self.current()?.apply(key, attempt, op).await })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move { self.current()?.settle_marker(key, through_attempt).await })
     }
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
@@ -233,9 +237,9 @@ mod tests {
         let configs = configs();
         let open = super::super::open_all(&configs, dir.path()).unwrap();
         let sql = Operation::Sql { sql: "INSERT INTO t (id) VALUES ('a')".into(), args: vec![] };
-        assert_eq!(open["ledger"].apply(&key("s"), &sql).await.unwrap(), Applied::Applied);
+        assert_eq!(open["ledger"].apply(&key("s"), 1, &sql).await.unwrap(), Applied::Applied);
         let put = Operation::FilePut { path: "a.txt".into(), contents: b"x".to_vec() };
-        assert_eq!(open["files"].apply(&key("s"), &put).await.unwrap(), Applied::Applied);
+        assert_eq!(open["files"].apply(&key("s"), 1, &put).await.unwrap(), Applied::Applied);
         drop(open);
         let manifest = Manifest::read(dir.path()).unwrap();
         assert_eq!(manifest.stores.keys().collect::<Vec<_>>(), ["files", "ledger"]);
@@ -248,7 +252,7 @@ mod tests {
             assert!(e.is_retryable(), "{e}");
             assert!(e.message.contains("vol/") && e.message.contains("missing"), "{e}");
             assert!(parked[name].probe().await.is_err());
-            assert!(parked[name].apply(&key("t"), &Operation::Noop).await.is_err());
+            assert!(parked[name].apply(&key("t"), 1, &Operation::Noop).await.is_err());
         }
         assert!(!dir.path().join("vol").exists(), "nothing was created");
 

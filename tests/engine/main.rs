@@ -10,6 +10,7 @@ mod compensation;
 mod engine_support;
 mod fs_marker;
 mod index;
+mod late_commit;
 mod limits;
 mod participant_conformance;
 mod participant_outage;

@@ -123,6 +123,7 @@ impl Harness {
             client.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.unwrap();
             let pattern = format!("%-{}", self.run_id);
             client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
+            client.execute("DELETE FROM sagalog_fences WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
         }
     }
 }
@@ -230,7 +231,7 @@ mod cases {
 
     pub async fn apply_then_lookup(h: &Harness) {
         let key = h.key("lookup", 0, Forward);
-        assert_eq!(h.p().apply(&key, &h.insert(1, "one")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &h.insert(1, "one")).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
         assert_eq!(h.count(&key.saga_id, 1).await, 1);
     }
@@ -238,17 +239,17 @@ mod cases {
     pub async fn second_apply_is_already_applied(h: &Harness) {
         let key = h.key("twice", 0, Forward);
         let op = h.insert(2, "two");
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::AlreadyApplied);
         assert_eq!(h.count(&key.saga_id, 2).await, 1);
     }
 
     pub async fn directions_are_distinct_keys(h: &Harness) {
         let forward = h.key("directions", 3, Forward);
         let compensate = h.key("directions", 3, Compensate);
-        assert_eq!(h.p().apply(&forward, &h.insert(3, "forward")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&forward, 1, &h.insert(3, "forward")).await.unwrap(), Applied::Applied);
         assert!(!h.p().lookup_marker(&compensate).await.unwrap());
-        assert_eq!(h.p().apply(&compensate, &h.insert(4, "compensate")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&compensate, 1, &h.insert(4, "compensate")).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&forward).await.unwrap());
         assert!(h.p().lookup_marker(&compensate).await.unwrap());
     }
@@ -262,9 +263,9 @@ mod cases {
         let listed = h.key("listed", 0, Forward).saga_id;
         assert_eq!(h.p().markers(&listed).await.unwrap(), vec![]);
         for (step, direction) in [(0, Forward), (1, Forward), (1, Compensate), (2, Forward)] {
-            h.p().apply(&h.key("listed", step, direction), &Operation::Noop).await.unwrap();
+            h.p().apply(&h.key("listed", step, direction), 1, &Operation::Noop).await.unwrap();
         }
-        h.p().apply(&h.key("other", 5, Forward), &Operation::Noop).await.unwrap();
+        h.p().apply(&h.key("other", 5, Forward), 1, &Operation::Noop).await.unwrap();
         let mut markers = h.p().markers(&listed).await.unwrap();
         markers.sort();
         assert_eq!(markers, vec![(0, Forward), (1, Forward), (1, Compensate), (2, Forward)]);
@@ -276,7 +277,7 @@ mod cases {
         assert_eq!(listed().await, vec![]);
         let mut keys = vec![h.key("all-a", 0, Forward), h.key("all-a", 0, Compensate), h.key("all-b", 3, Forward)];
         for key in &keys {
-            h.p().apply(key, &Operation::Noop).await.unwrap();
+            h.p().apply(key, 1, &Operation::Noop).await.unwrap();
         }
         keys.sort();
         let entries = listed().await;
@@ -288,7 +289,7 @@ mod cases {
 
     pub async fn lookup_markers_answers_in_order(h: &Harness) {
         let (a, b, c) = (h.key("batch", 0, Forward), h.key("batch", 1, Forward), h.key("batch", 1, Compensate));
-        h.p().apply(&b, &Operation::Noop).await.unwrap();
+        h.p().apply(&b, 1, &Operation::Noop).await.unwrap();
         let keys = [a.clone(), b.clone(), c, b, a];
         assert_eq!(h.p().lookup_markers(&keys).await.unwrap(), vec![false, true, false, true, false]);
         assert_eq!(h.p().lookup_markers(&[]).await.unwrap(), Vec::<bool>::new());
@@ -300,8 +301,8 @@ mod cases {
 
     pub async fn noop_records_only_the_marker(h: &Harness) {
         let key = h.key("noop", 0, Forward);
-        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
-        assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -311,7 +312,7 @@ mod cases {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let (p, key, op) = (Arc::clone(&h.participant), key.clone(), op.clone());
-            tasks.spawn(async move { p.apply(&key, &op).await });
+            tasks.spawn(async move { p.apply(&key, 1, &op).await });
         }
         let mut applied = 0;
         while let Some(result) = tasks.join_next().await {
@@ -327,8 +328,8 @@ mod cases {
         assert!(h.is_sql());
         let first = h.key("constraint", 0, Forward);
         let second = h.key("constraint", 1, Forward);
-        h.p().apply(&first, &h.insert(6, "first")).await.unwrap();
-        assert_permanent(h.p().apply(&second, &h.insert(6, "duplicate")).await);
+        h.p().apply(&first, 1, &h.insert(6, "first")).await.unwrap();
+        assert_permanent(h.p().apply(&second, 1, &h.insert(6, "duplicate")).await);
         assert!(!h.p().lookup_marker(&second).await.unwrap(), "the failed transaction rolled its marker back");
         assert_eq!(h.count(&second.saga_id, 6).await, 1);
         assert_eq!(h.note(6).await.as_deref(), Some("first"));
@@ -339,7 +340,7 @@ mod cases {
         for (step, sql) in (0..).zip(statements) {
             let key = h.key("bad-sql", step, Forward);
             let op = Operation::Sql { sql: sql.to_owned(), args: vec![] };
-            assert_permanent(h.p().apply(&key, &op).await);
+            assert_permanent(h.p().apply(&key, 1, &op).await);
             assert!(!h.p().lookup_marker(&key).await.unwrap());
         }
     }
@@ -347,14 +348,14 @@ mod cases {
     pub async fn parameters_are_bound_not_pasted(h: &Harness) {
         let hostile = format!("x'); DROP TABLE {}; --", h.table);
         let key = h.key("injection", 0, Forward);
-        h.p().apply(&key, &h.insert(7, &hostile)).await.unwrap();
+        h.p().apply(&key, 1, &h.insert(7, &hostile)).await.unwrap();
         assert_eq!(h.note(7).await, Some(hostile), "stored verbatim");
         assert_eq!(h.count(&key.saga_id, 7).await, 1, "the table is still there");
     }
 
     pub async fn null_binds_as_sql_null(h: &Harness) {
         let key = h.key("null", 0, Forward);
-        h.p().apply(&key, &h.insert_value(8, Value::Null)).await.unwrap();
+        h.p().apply(&key, 1, &h.insert_value(8, Value::Null)).await.unwrap();
         assert_eq!(h.note(8).await, None);
         assert_eq!(h.count(&key.saga_id, 8).await, 1);
     }
@@ -363,14 +364,14 @@ mod cases {
         let key = h.key("returning", 0, Forward);
         let Operation::Sql { sql, args } = h.insert(9, "returned") else { unreachable!("SQL kinds only") };
         let op = Operation::Sql { sql: format!("{sql} RETURNING id"), args };
-        assert_eq!(h.p().apply(&key, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::Applied);
         assert_eq!(h.count(&key.saga_id, 9).await, 1);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
     pub async fn count_runs_an_effect_check(h: &Harness) {
         let key = h.key("count", 0, Forward);
-        h.p().apply(&key, &h.insert(11, "counted")).await.unwrap();
+        h.p().apply(&key, 1, &h.insert(11, "counted")).await.unwrap();
         let placeholder = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
         let sql = format!("SELECT count(*) FROM {} WHERE id = {placeholder}", h.table);
         assert_eq!(h.p().count(&sql, &[Value::Int(11)]).await.unwrap(), 1);
@@ -378,10 +379,48 @@ mod cases {
         assert_permanent(h.p().count("SELECT count(*) FROM no_such_table_sagalog", &[]).await);
     }
 
+    pub async fn a_fence_refuses_attempts_through_it_and_the_next_one_applies(h: &Harness) {
+        let key = h.key("fence", 0, Forward);
+        let op = h.insert(12, "fenced");
+        assert!(!h.p().settle_marker(&key, 2).await.unwrap(), "no marker: the lookup says absent");
+        for attempt in [1, 2] {
+            let message = assert_permanent(h.p().apply(&key, attempt, &op).await);
+            assert!(message.contains(&format!("attempt {attempt} was fenced off")), "{message}");
+        }
+        assert_eq!(h.count(&key.saga_id, 12).await, 0, "a fenced-off attempt applies nothing");
+        assert!(!h.p().lookup_marker(&key).await.unwrap(), "nor records a marker");
+        // A lower fence later does not lower it; the next attempt applies.
+        assert!(!h.p().settle_marker(&key, 1).await.unwrap());
+        assert_permanent(h.p().apply(&key, 2, &op).await);
+        assert_eq!(h.p().apply(&key, 3, &op).await.unwrap(), Applied::Applied);
+        assert_eq!(h.count(&key.saga_id, 12).await, 1);
+        assert!(h.p().settle_marker(&key, 3).await.unwrap(), "present once attempt 3 committed");
+        assert_eq!(h.p().apply(&key, 4, &op).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.count(&key.saga_id, 12).await, 1);
+    }
+
+    pub async fn a_fence_holds_for_its_key_only(h: &Harness) {
+        let fenced = h.key("fence-key", 0, Forward);
+        assert!(!h.p().settle_marker(&fenced, 5).await.unwrap());
+        for other in
+            [h.key("fence-key", 0, Compensate), h.key("fence-key", 1, Forward), h.key("fence-other", 0, Forward)]
+        {
+            assert_eq!(h.p().apply(&other, 1, &Operation::Noop).await.unwrap(), Applied::Applied, "{other}");
+        }
+        assert_permanent(h.p().apply(&fenced, 5, &Operation::Noop).await);
+    }
+
+    pub async fn the_read_only_lookup_fences_nothing(h: &Harness) {
+        let key = h.key("plain-lookup", 0, Forward);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+        assert_eq!(h.p().lookup_markers(std::slice::from_ref(&key)).await.unwrap(), vec![false]);
+        assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+    }
+
     pub async fn file_operation_is_permanent(h: &Harness) {
         let key = h.key("file-op", 0, Forward);
         let op = Operation::FilePut { path: "x".to_owned(), contents: vec![1] };
-        assert_permanent(h.p().apply(&key, &op).await);
+        assert_permanent(h.p().apply(&key, 1, &op).await);
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 }
@@ -429,6 +468,22 @@ macro_rules! common_suite {
     };
 }
 
+/// The fencing lookup: every kind fences by attempt (the file kind in memory: its applies run
+/// only in this process).
+macro_rules! fence_suite {
+    ($make:path) => {
+        case_tests! { $make =>
+            /// settle_marker through attempt N found no marker: attempts 1..=N are refused
+            /// (permanently, nothing applied), N+1 applies; a lower fence does not lower it.
+            a_fence_refuses_attempts_through_it_and_the_next_one_applies,
+            /// A fence holds for its own key: the other direction, step and saga still apply.
+            a_fence_holds_for_its_key_only,
+            /// lookup_marker and lookup_markers (the offline tools') write no fence.
+            the_read_only_lookup_fences_nothing,
+        }
+    };
+}
+
 /// The cases every SQL participant kind must pass.
 macro_rules! sql_suite {
     ($make:path) => {
@@ -453,6 +508,7 @@ macro_rules! sql_suite {
 
 mod memory {
     common_suite!(super::make_memory);
+    fence_suite!(super::make_memory);
 }
 
 mod sqlite {
@@ -460,6 +516,7 @@ mod sqlite {
 
     common_suite!(super::make_sqlite);
     sql_suite!(super::make_sqlite);
+    fence_suite!(super::make_sqlite);
 
     /// A write lock held past the busy timeout by another connection gives a retryable error,
     /// and the same apply succeeds once the lock is gone.
@@ -471,10 +528,10 @@ mod sqlite {
         let holder = rusqlite::Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let key = StepKey { saga_id: "locked".to_owned(), step: 0, direction: Direction::Forward };
-        let error = sqlite.apply(&key, &Operation::Noop).await.unwrap_err();
+        let error = sqlite.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         holder.execute_batch("ROLLBACK").unwrap();
-        assert_eq!(sqlite.apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert_eq!(sqlite.apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
     }
 
     /// quick_check reports "ok" for a database the participant has written.
@@ -483,7 +540,7 @@ mod sqlite {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Sqlite::open("sqlite", dir.path().join("check.sqlite"), 1).unwrap();
         let key = StepKey { saga_id: "check".to_owned(), step: 0, direction: Direction::Forward };
-        sqlite.apply(&key, &Operation::Noop).await.unwrap();
+        sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
         assert_eq!(sqlite.quick_check().await.unwrap(), "ok");
     }
 
@@ -497,7 +554,7 @@ mod sqlite {
         let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
         {
             let sqlite = Sqlite::open("sqlite", &path, 1).unwrap();
-            sqlite.apply(&key, &Operation::Noop).await.unwrap();
+            sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
         }
         let files = || {
             let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
@@ -512,7 +569,8 @@ mod sqlite {
         let ro = Sqlite::open_read_only("sqlite", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.all_markers().await.unwrap().len(), 1);
-        assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, &Operation::Noop).await);
+        assert_permanent(ro.apply(&StepKey { step: 2, ..key.clone() }, 1, &Operation::Noop).await);
+        assert_permanent(ro.settle_marker(&StepKey { step: 2, ..key.clone() }, 1).await);
         drop(ro);
         assert_eq!(files(), before, "a read-only open changed the directory");
 
@@ -559,7 +617,7 @@ mod sqlite {
                 let sqlite = Arc::clone(&sqlite);
                 tokio::spawn(async move {
                     let key = StepKey { saga_id: "herd".to_owned(), step, direction: Direction::Forward };
-                    sqlite.apply(&key, &Operation::Noop).await
+                    sqlite.apply(&key, 1, &Operation::Noop).await
                 })
             })
             .collect();
@@ -567,6 +625,40 @@ mod sqlite {
             assert_eq!(writer.await.unwrap().unwrap(), Applied::Applied);
         }
         assert_eq!(sqlite.markers("herd").await.unwrap().len(), 40);
+    }
+
+    /// A database whose marker table an earlier build created (no fence table): its markers
+    /// read back unchanged, read-only too, and a read-write open adds the fence table beside
+    /// it, so fencing works on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_from_before_fences_keeps_its_markers_and_gets_a_fence_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE sagalog_markers (saga_id TEXT NOT NULL, step INTEGER NOT NULL, direction TEXT NOT NULL, \
+             applied_at_ms INTEGER NOT NULL, PRIMARY KEY (saga_id, step, direction));
+             INSERT INTO sagalog_markers VALUES ('old', 0, 'forward', 1700000000000);",
+        )
+        .unwrap();
+        let tables = |conn: &rusqlite::Connection| -> Vec<String> {
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let done = StepKey { saga_id: "old".to_owned(), step: 0, direction: Direction::Forward };
+        let ro = Sqlite::open_read_only("sqlite", &path, 1).unwrap();
+        assert!(ro.lookup_marker(&done).await.unwrap());
+        drop(ro);
+        assert_eq!(tables(&old), ["sagalog_markers"], "a read-only open created no table");
+
+        let sqlite = Sqlite::open("sqlite", &path, 2).unwrap();
+        assert_eq!(tables(&old), ["sagalog_fences", "sagalog_markers"]);
+        assert!(sqlite.lookup_marker(&done).await.unwrap());
+        assert!(sqlite.settle_marker(&done, 1).await.unwrap(), "the old marker settles as present");
+        let open = StepKey { step: 1, ..done.clone() };
+        assert!(!sqlite.settle_marker(&open, 1).await.unwrap());
+        assert_permanent(sqlite.apply(&open, 1, &Operation::Noop).await);
+        assert_eq!(sqlite.apply(&open, 2, &Operation::Noop).await.unwrap(), Applied::Applied);
     }
 
     /// A pool size of zero is refused as a permanent error.
@@ -583,6 +675,7 @@ mod duckdb {
 
     common_suite!(super::make_duckdb);
     sql_suite!(super::make_duckdb);
+    fence_suite!(super::make_duckdb);
 
     /// Opened read-only: the same markers, `apply` refused, and a database without a marker
     /// table has no markers.
@@ -593,14 +686,15 @@ mod duckdb {
         let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
         {
             let db = Duckdb::open("duckdb", &path, 1).unwrap();
-            db.apply(&key, &Operation::Noop).await.unwrap();
+            db.apply(&key, 1, &Operation::Noop).await.unwrap();
         }
         let ro = Duckdb::open_read_only("duckdb", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.lookup_markers(&[key.clone(), StepKey { step: 2, ..key.clone() }]).await.unwrap(), [true, false]);
         let listed: Vec<StepKey> = ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(listed, std::slice::from_ref(&key));
-        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, &Operation::Noop).await);
+        assert_permanent(ro.apply(&StepKey { step: 3, ..key.clone() }, 1, &Operation::Noop).await);
+        assert_permanent(ro.settle_marker(&StepKey { step: 3, ..key.clone() }, 1).await);
         drop(ro);
 
         let bare = dir.path().join("bare.duckdb");
@@ -616,6 +710,7 @@ mod postgres {
 
     common_suite!(super::make_postgres);
     sql_suite!(super::make_postgres);
+    fence_suite!(super::make_postgres);
 
     /// A server that does not answer makes probe and apply fail as retryable, not permanent.
     #[tokio::test]
@@ -624,8 +719,22 @@ mod postgres {
         let error = postgres.probe().await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward };
-        let error = postgres.apply(&key, &Operation::Noop).await.unwrap_err();
+        let error = postgres.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
+    }
+
+    /// Opened read-only (the offline tools): the fencing lookup is refused (it would write),
+    /// and the plain lookup still reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_refuses_the_fencing_lookup() {
+        let Some(h) = make_postgres().await else { return };
+        let key = h.key("ro-fence", 0, Direction::Forward);
+        h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
+        let ro = Postgres::connect_read_only("ro", &postgres_conninfo(), 1).unwrap();
+        assert!(ro.lookup_marker(&key).await.unwrap());
+        let message = assert_permanent(ro.settle_marker(&StepKey { step: 1, ..key.clone() }, 1).await);
+        assert!(message.contains("read-only"), "{message}");
+        h.finish().await;
     }
 
     /// A malformed conninfo is a permanent error at construction.
@@ -642,7 +751,7 @@ mod postgres {
         let key = h.key("range", 0, Direction::Forward);
         let sql = format!("INSERT INTO {} (id, note) VALUES ($1::integer, $2)", h.table);
         let op = Operation::Sql { sql, args: vec![Value::Int(1 << 40), Value::Text("big".to_owned())] };
-        let message = assert_permanent(h.p().apply(&key, &op).await);
+        let message = assert_permanent(h.p().apply(&key, 1, &op).await);
         assert!(message.contains("$1"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
         h.finish().await;
@@ -667,6 +776,7 @@ mod fs {
     }
 
     common_suite!(super::make_fs);
+    fence_suite!(super::make_fs);
 
     /// Issue 10 item 14: the probe walks the marker write path (create, write, fsync,
     /// remove), so a marker directory that can be listed but not written in fails it. The
@@ -692,11 +802,11 @@ mod fs {
     async fn read_only_open_reads_markers_and_creates_nothing() {
         let h = make_fs().await.unwrap();
         let key = h.key("ro", 0, Direction::Forward);
-        h.p().apply(&key, &put("x.txt", "x")).await.unwrap();
+        h.p().apply(&key, 1, &put("x.txt", "x")).await.unwrap();
         let ro = Fs::open_read_only("fs", root(&h).to_path_buf()).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         assert_eq!(ro.all_markers().await.unwrap().into_iter().map(|e| e.key).collect::<Vec<_>>(), vec![key.clone()]);
-        assert_permanent(ro.apply(&h.key("ro", 1, Direction::Forward), &put("y.txt", "y")).await);
+        assert_permanent(ro.apply(&h.key("ro", 1, Direction::Forward), 1, &put("y.txt", "y")).await);
         assert!(!root(&h).join("y.txt").exists());
 
         let empty = tempfile::tempdir().unwrap();
@@ -711,7 +821,7 @@ mod fs {
     async fn all_markers_decodes_encoded_saga_ids() {
         let h = make_fs().await.unwrap();
         let key = StepKey { saga_id: format!("a/b c:{}", h.run_id), step: 2, direction: Direction::Compensate };
-        h.p().apply(&key, &Operation::Noop).await.unwrap();
+        h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
         let all: Vec<StepKey> = h.p().all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert!(all.contains(&key), "{all:?}");
     }
@@ -720,13 +830,13 @@ mod fs {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn put_copy_delete_are_visible() {
         let h = make_fs().await.unwrap();
-        h.p().apply(&h.key("files", 0, Direction::Forward), &put("a/b/c.txt", "hello")).await.unwrap();
+        h.p().apply(&h.key("files", 0, Direction::Forward), 1, &put("a/b/c.txt", "hello")).await.unwrap();
         assert_eq!(read(&h, "a/b/c.txt").await.as_deref(), Some(&b"hello"[..]));
         let copy = Operation::FileCopy { from: "a/b/c.txt".to_owned(), to: "d/e.txt".to_owned() };
-        h.p().apply(&h.key("files", 1, Direction::Forward), &copy).await.unwrap();
+        h.p().apply(&h.key("files", 1, Direction::Forward), 1, &copy).await.unwrap();
         assert_eq!(read(&h, "d/e.txt").await.as_deref(), Some(&b"hello"[..]));
         let delete = Operation::FileDelete { path: "a/b/c.txt".to_owned() };
-        h.p().apply(&h.key("files", 2, Direction::Forward), &delete).await.unwrap();
+        h.p().apply(&h.key("files", 2, Direction::Forward), 1, &delete).await.unwrap();
         assert_eq!(read(&h, "a/b/c.txt").await, None);
         let leftovers: Vec<_> =
             walk(root(&h)).into_iter().filter(|p| p.to_string_lossy().contains(".sagalog-tmp-")).collect();
@@ -737,8 +847,8 @@ mod fs {
     #[tokio::test]
     async fn put_replaces_existing_file() {
         let h = make_fs().await.unwrap();
-        h.p().apply(&h.key("replace", 0, Direction::Forward), &put("f", "old")).await.unwrap();
-        h.p().apply(&h.key("replace", 1, Direction::Forward), &put("f", "new")).await.unwrap();
+        h.p().apply(&h.key("replace", 0, Direction::Forward), 1, &put("f", "old")).await.unwrap();
+        h.p().apply(&h.key("replace", 1, Direction::Forward), 1, &put("f", "new")).await.unwrap();
         assert_eq!(read(&h, "f").await.as_deref(), Some(&b"new"[..]));
     }
 
@@ -748,7 +858,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         let key = h.key("delete-missing", 0, Direction::Compensate);
         let delete = Operation::FileDelete { path: "never/was.txt".to_owned() };
-        assert_eq!(h.p().apply(&key, &delete).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&key, 1, &delete).await.unwrap(), Applied::Applied);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -758,7 +868,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         let key = h.key("copy-missing", 0, Direction::Forward);
         let copy = Operation::FileCopy { from: "nope".to_owned(), to: "x".to_owned() };
-        let message = assert_permanent(h.p().apply(&key, &copy).await);
+        let message = assert_permanent(h.p().apply(&key, 1, &copy).await);
         assert!(message.contains("nope"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
@@ -771,11 +881,11 @@ mod fs {
         let bad = ["../x", "/etc/passwd", "a/../../x", "a/..", "", "./a", ".sagalog-markers/x/0.forward"];
         for (step, path) in (0..).zip(bad) {
             let key = h.key("traversal", step, Direction::Forward);
-            let message = assert_permanent(h.p().apply(&key, &put(path, "evil")).await);
+            let message = assert_permanent(h.p().apply(&key, 1, &put(path, "evil")).await);
             assert!(message.contains(&format!("{path:?}")), "the error names the path: {message}");
             assert!(!h.p().lookup_marker(&key).await.unwrap());
             let copy = Operation::FileCopy { from: path.to_owned(), to: "stolen".to_owned() };
-            assert_permanent(h.p().apply(&key, &copy).await);
+            assert_permanent(h.p().apply(&key, 1, &copy).await);
         }
         assert!(!root(&h).parent().unwrap().join("x").exists());
         assert_eq!(read(&h, "stolen").await, None);
@@ -786,9 +896,9 @@ mod fs {
     async fn already_applied_touches_nothing() {
         let h = make_fs().await.unwrap();
         let key = h.key("untouched", 0, Direction::Forward);
-        h.p().apply(&key, &put("f", "ours")).await.unwrap();
+        h.p().apply(&key, 1, &put("f", "ours")).await.unwrap();
         std::fs::write(root(&h).join("f"), "changed since").unwrap();
-        assert_eq!(h.p().apply(&key, &put("f", "ours")).await.unwrap(), Applied::AlreadyApplied);
+        assert_eq!(h.p().apply(&key, 1, &put("f", "ours")).await.unwrap(), Applied::AlreadyApplied);
         assert_eq!(read(&h, "f").await.as_deref(), Some(&b"changed since"[..]));
     }
 
@@ -799,7 +909,7 @@ mod fs {
         let h = make_fs().await.unwrap();
         for saga_id in ["../../escape", "a/b c", ".", ""] {
             let key = StepKey { saga_id: saga_id.to_owned(), step: 4, direction: Direction::Forward };
-            assert_eq!(h.p().apply(&key, &Operation::Noop).await.unwrap(), Applied::Applied);
+            assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
             assert!(h.p().lookup_marker(&key).await.unwrap());
             assert_eq!(h.p().markers(saga_id).await.unwrap(), vec![(4, Direction::Forward)]);
         }
@@ -813,7 +923,7 @@ mod fs {
     async fn sql_operation_is_permanent() {
         let h = make_fs().await.unwrap();
         let key = h.key("sql", 0, Direction::Forward);
-        assert_permanent(h.p().apply(&key, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
+        assert_permanent(h.p().apply(&key, 1, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 

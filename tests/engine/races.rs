@@ -59,6 +59,7 @@ impl Participant for Gated {
     fn apply<'a>(
         &'a self,
         key: &'a StepKey,
+        attempt: u32,
         op: &'a Operation,
     ) -> BoxFuture<'a, Result<Applied, sagalog::participant::Error>> {
         Box::pin(async move {
@@ -67,13 +68,20 @@ impl Participant for Gated {
                 self.entered.notify_one();
                 self.release.acquire().await.expect("gate open").forget();
             }
-            let result = self.mem.apply(key, op).await;
+            let result = self.mem.apply(key, attempt, op).await;
             self.returned.notify_one();
             result
         })
     }
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, sagalog::participant::Error>> {
         self.mem.lookup_marker(key)
+    }
+    fn settle_marker<'a>(
+        &'a self,
+        key: &'a StepKey,
+        through_attempt: u32,
+    ) -> BoxFuture<'a, Result<bool, sagalog::participant::Error>> {
+        self.mem.settle_marker(key, through_attempt)
     }
     fn markers<'a>(
         &'a self,

@@ -63,7 +63,7 @@ async fn crashed_journal(dir: &Path, records: &[Record]) {
 /// Commits `step` in `direction` in the participant, as the crashed executor's call did.
 async fn committed_before_crash(mem: &Memory, step: u32, direction: Direction) {
     let key = StepKey { saga_id: ID.into(), step, direction };
-    mem.apply(&key, &Operation::Noop).await.unwrap();
+    mem.apply(&key, 1, &Operation::Noop).await.unwrap();
 }
 
 /// Restarts: recovery, then waits for the saga to settle.

@@ -191,7 +191,7 @@ fn interrupted_file_writes_are_reported() {
         fs.crash_next_apply(CrashPoint::BeforeEffect);
         let key = StepKey { saga_id: "ghost".into(), step: 0, direction: Direction::Forward };
         let op = Operation::FilePut { path: "runs/ghost.json".into(), contents: b"{}".to_vec() };
-        assert!(fs.apply(&key, &op).await.is_err(), "the injected crash");
+        assert!(fs.apply(&key, 1, &op).await.is_err(), "the injected crash");
     });
     let stale = root.join("runs/s1.json.sagalog-tmp-0123456789abcdef");
     std::fs::write(&stale, b"partial").unwrap();

@@ -162,7 +162,7 @@ pub fn commit(dir: &Path, def: &SagaDefinition, step: u32, direction: Direction)
         let participants = participant::open_all(&catalog.config.participants, dir).expect("open participants");
         let (name, op) = catalog.operation(&def.steps[step as usize], direction).expect("operation");
         let key = StepKey { saga_id: def.id.clone(), step, direction };
-        participants[&name].apply(&key, &op).await.expect("apply");
+        participants[&name].apply(&key, 1, &op).await.expect("apply");
     });
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sagalog::engine::{Direction, Next, Outcome, Record, Saga, Status};
 use sagalog::executor::Snapshot;
 
-use crate::participant::Effect;
+use crate::participant::{Effect, Refusal};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
@@ -61,10 +61,24 @@ pub struct Inputs<'a> {
     pub view: &'a BTreeMap<String, Snapshot>,
     /// Every committed effect of every participant, in commit order.
     pub effects: &'a [Effect],
+    /// Every apply a participant refused because its attempt was fenced off.
+    pub refusals: &'a [Refusal],
 }
 
 pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
+    // A fence refuses late commits of attempts the executor settled; the executor itself must
+    // never start an attempt at or below one it settled (its numbering would be wrong).
+    for r in inp.refusals.iter().filter(|r| !r.late) {
+        out.push(v(
+            "fenced_attempt_started",
+            &r.key.saga_id,
+            format!(
+                "attempt {} of {} started after a lookup fenced off attempts through {}",
+                r.attempt, r.key, r.through
+            ),
+        ));
+    }
     for id in inp.acked {
         if !inp.rebuilt.contains_key(id) {
             out.push(v("acked_submit_lost", id, "submit was acknowledged but the journal has no such saga"));
@@ -181,12 +195,7 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
             Status::Compensated if !reopened => {
                 for step in 0..saga.steps.len() as u32 {
                     match (find(step, Direction::Forward), find(step, Direction::Compensate)) {
-                        (Some(f), None) if f.late => out.push(v(
-                            "late_commit_uncompensated",
-                            id,
-                            format!("step {step}: a forward commit landed after its call was dropped, and was never compensated"),
-                        )),
-                        (Some(_), None) => {
+                        (Some(f), None) => {
                             // Did an attempt that may have applied get followed by a permanent
                             // failure, which the engine takes as "certainly not applied"?
                             let recs = per_saga.get(*id).map(Vec::as_slice).unwrap_or_default();
@@ -204,8 +213,27 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
                                     }
                                 }
                             }
-                            let kind = if forgotten { "maybe_applied_forgotten" } else { "applied_not_compensated" };
-                            out.push(v(kind, id, format!("step {step} applied, never compensated")))
+                            // A forgotten maybe-applied comes first: compensation then never
+                            // settles the step, so no fencing lookup could refuse a late commit.
+                            if forgotten {
+                                out.push(v(
+                                    "maybe_applied_forgotten",
+                                    id,
+                                    format!("step {step} applied, never compensated"),
+                                ))
+                            } else if f.late {
+                                out.push(v(
+                                    "late_commit_uncompensated",
+                                    id,
+                                    format!("step {step}: a forward commit landed after its call was dropped, and was never compensated"),
+                                ))
+                            } else {
+                                out.push(v(
+                                    "applied_not_compensated",
+                                    id,
+                                    format!("step {step} applied, never compensated"),
+                                ))
+                            }
                         }
                         (None, Some(_)) => out.push(v(
                             "compensated_not_applied",

@@ -4,13 +4,23 @@
 //! step timeout, late commits (the apply future is dropped by the timeout, but the commit lands
 //! later, on its own thread, even across a simulated crash), failing lookups, outages,
 //! read-only phases, and a store that vanishes and comes back.
+//!
+//! Fences, as the SQL participants keep them: `settle_marker` (the executor's in-doubt lookup)
+//! reads the marker and, when it is absent, records a fence through the attempt it settles,
+//! under the same lock as every commit; a commit (a late one included) of a fenced-off attempt
+//! is refused. `lookup_marker` stays a plain read that fences nothing, so an executor that
+//! settled with it would let late commits land after "absent" (`late_commit_uncompensated`).
+//! An apply the executor *starts* for a fenced-off attempt is recorded as a refusal: it means
+//! the executor numbered an attempt at or below one it had settled (`fenced_attempt_started`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sagalog::participant::{Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey};
+use sagalog::participant::{
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, StepKey, fenced_off,
+};
 
 use crate::world::{Rates, Rng};
 
@@ -27,6 +37,17 @@ pub enum Mode {
     Vanished,
 }
 
+/// An apply refused because a fencing lookup had fenced off its attempt.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub key: StepKey,
+    pub attempt: u32,
+    pub through: u32,
+    /// A late commit (the call had been dropped): what fences are for. A refusal that is not
+    /// late is an apply the executor started for an attempt it had settled already.
+    pub late: bool,
+}
+
 /// One committed effect.
 #[derive(Debug, Clone)]
 pub struct Effect {
@@ -39,6 +60,9 @@ pub struct Effect {
 
 struct State {
     markers: BTreeSet<StepKey>,
+    /// The highest attempt of each key a fencing lookup fenced off.
+    fences: BTreeMap<StepKey, u32>,
+    refusals: Vec<Refusal>,
     log: Vec<Effect>,
     mode: Mode,
     rng: Rng,
@@ -60,6 +84,8 @@ impl Sim {
     pub fn new(name: &str, rng: Rng, rates: Rates, clock: Arc<AtomicU64>) -> Sim {
         let state = State {
             markers: BTreeSet::new(),
+            fences: BTreeMap::new(),
+            refusals: Vec::new(),
             log: Vec::new(),
             mode: Mode::Up,
             rng,
@@ -103,14 +129,32 @@ impl Sim {
         self.lock().log.clone()
     }
 
-    fn commit(state: &Mutex<State>, clock: &AtomicU64, key: &StepKey, late: bool) -> Applied {
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.lock().refusals.clone()
+    }
+
+    /// The transaction's commit point: the fence check, the marker and the effect under one
+    /// lock. `Err(through)` when a fencing lookup fenced this attempt off (nothing changes).
+    fn commit(
+        state: &Mutex<State>,
+        clock: &AtomicU64,
+        key: &StepKey,
+        attempt: u32,
+        late: bool,
+    ) -> Result<Applied, u32> {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&through) = st.fences.get(key)
+            && through >= attempt
+        {
+            st.refusals.push(Refusal { key: key.clone(), attempt, through, late });
+            return Err(through);
+        }
         if !st.markers.insert(key.clone()) {
-            return Applied::AlreadyApplied;
+            return Ok(Applied::AlreadyApplied);
         }
         let stamp = clock.fetch_add(1, Ordering::SeqCst);
         st.log.push(Effect { stamp, key: key.clone(), late });
-        Applied::Applied
+        Ok(Applied::Applied)
     }
 
     fn mode_error(&self, mode: Mode, write: bool) -> Option<Error> {
@@ -143,7 +187,12 @@ impl Participant for Sim {
         Kind::Memory
     }
 
-    fn apply<'a>(&'a self, key: &'a StepKey, _op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+    fn apply<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        _op: &'a Operation,
+    ) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move {
             let plan = {
                 let mut st = self.lock();
@@ -173,7 +222,9 @@ impl Participant for Sim {
             match plan {
                 Plan::Fail(e) => Err(e),
                 Plan::LostReply => {
-                    Sim::commit(&self.state, &self.clock, key, false);
+                    if let Err(through) = Sim::commit(&self.state, &self.clock, key, attempt, false) {
+                        return Err(fenced_off(&self.name, key, attempt, through));
+                    }
                     Err(Error::retryable(&self.name, format!("connection reset after commit at {key} (simulated)")))
                 }
                 Plan::Late(after) => {
@@ -183,7 +234,8 @@ impl Participant for Sim {
                     let (state, clock, key) = (self.state.clone(), self.clock.clone(), key.clone());
                     std::thread::spawn(move || {
                         std::thread::sleep(after);
-                        Sim::commit(&state, &clock, &key, true);
+                        // A fenced-off late commit is refused (recorded), as the database would.
+                        let _ = Sim::commit(&state, &clock, &key, attempt, true);
                         state.lock().unwrap_or_else(|p| p.into_inner()).late_pending -= 1;
                     });
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -193,7 +245,8 @@ impl Participant for Sim {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Err(Error::retryable(&self.name, "unreachable: the step timeout drops this call"))
                 }
-                Plan::Commit => Ok(Sim::commit(&self.state, &self.clock, key, false)),
+                Plan::Commit => Sim::commit(&self.state, &self.clock, key, attempt, false)
+                    .map_err(|through| fenced_off(&self.name, key, attempt, through)),
             }
         })
     }
@@ -213,6 +266,33 @@ impl Participant for Sim {
                 return Err(Error::permanent(&self.name, format!("simulated permission denied looking up {key}")));
             }
             Ok(st.markers.contains(key))
+        })
+    }
+
+    fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            st.calls += 1;
+            let r = st.rates;
+            if let Some(e) = self.mode_error(st.mode, false) {
+                return Err(e);
+            }
+            if st.rng.chance(r.lookup_retryable) {
+                return Err(Error::retryable(&self.name, format!("simulated timeout looking up {key}")));
+            }
+            if st.rng.chance(r.lookup_permanent) {
+                return Err(Error::permanent(&self.name, format!("simulated permission denied looking up {key}")));
+            }
+            if st.markers.contains(key) {
+                return Ok(true);
+            }
+            // Writing the fence is a write: a read-only store cannot answer "absent".
+            if let Some(e) = self.mode_error(st.mode, true) {
+                return Err(e);
+            }
+            let through = st.fences.entry(key.clone()).or_insert(through_attempt);
+            *through = (*through).max(through_attempt);
+            Ok(false)
         })
     }
 
