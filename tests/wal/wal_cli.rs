@@ -76,7 +76,7 @@ fn corruption_exit_codes_and_deliberate_repair() {
     let dir = tempfile::tempdir().unwrap();
     append_all(
         dir.path(),
-        fast(1 << 20),
+        common::synced(1 << 20),
         &(0..5).map(|i| (RecordKind::StepStarted, payload(i, 64))).collect::<Vec<_>>(),
     );
     let seg = segments(dir.path())[0].clone();
