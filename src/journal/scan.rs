@@ -61,9 +61,9 @@ impl std::fmt::Display for Problem {
             }
             (Severity::Warning, Some(at)) => write!(
                 f,
-                "unsynced tail (a last batch that was never synced nor acknowledged, of which a later page \
-                 reached the disk before an earlier one; its valid frames from offset {at} on carry sync \
-                 watermarks below the damage; opening the journal truncates it)"
+                "unsynced tail (the last batch was never synced, so under sync = always never acknowledged, \
+                 and a later page of it reached the disk before an earlier one: the valid frames from offset \
+                 {at} on carry sync watermarks below the damage; opening the journal truncates it)"
             )?,
             (Severity::Corrupt, _) => write!(f, "corruption")?,
         }

@@ -67,13 +67,6 @@ const KNOWN: &[(&str, &str)] = &[
      once: one StepFailed record per lookup for as long as the store is gone, across restarts \
      (seed 7000099: one saga wrote ~380 records, then compensated once the store came back)",
     ),
-    (
-        "power_loss_hole_refused",
-        "journal availability after power loss: when a power loss persists a later unsynced page \
-     but not an earlier one (out-of-order writeback), the last segment holds zeroes followed by \
-     valid frames that were never acknowledged; the journal refuses to open it as corruption \
-     and needs `sagalog wal repair`, though no acknowledged record is damaged (seed 7000004)",
-    ),
 ];
 
 /// Seeds of the default (CI) run.

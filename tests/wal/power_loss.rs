@@ -496,3 +496,208 @@ fn hole_in_the_last_batch_is_cut_at_the_hole() {
     assert!(summary.problem.is_none());
     assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
 }
+
+/// A config for `sagalog serve` with one `fs` participant (no DuckDB needed) and anonymous
+/// admin calls on the loopback address.
+const SERVE_CONFIG: &str = r#"
+[journal]
+sync = "always"
+
+[server]
+listen = "127.0.0.1:0"
+anonymous = "admin"
+
+[participants.artifacts]
+kind = "fs"
+path = "artifacts"
+
+[actions.write_artifact]
+participant = "artifacts"
+params = { run_id = "text", report = "text" }
+forward = { put = "runs/{run_id}.json", contents = "report" }
+compensate = { delete = "runs/{run_id}.json" }
+"#;
+
+/// A `sagalog serve` child; killed (SIGKILL, a crash) when dropped.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(data_dir: &Path, config: &Path) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = std::process::Command::new(common::sagalog_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut serve = Serve { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("sagalog serve exited during start ({status}); log:\n{log}");
+            }
+            if serve.run(&["admin", "stats", "--connect-timeout", "500ms"]).status.success() {
+                return serve;
+            }
+            assert!(Instant::now() < deadline, "sagalog serve did not answer within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(common::sagalog_bin())
+            .env_remove("SAGALOG_SERVER")
+            .env_remove("SAGALOG_TOKEN")
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self, id: &str) -> (Option<i32>, String) {
+        let out = self.run(&["status", "--json", id]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wal_verify_json(data_dir: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = std::process::Command::new(common::sagalog_bin())
+        .args(["wal", "verify", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("wal verify --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    });
+    (out.status.code(), json)
+}
+
+/// The power loss on real files, end to end: a real server journals three sagas (synced and
+/// acknowledged) and is killed; then a last batch of never-acknowledged frames, as the writer
+/// encodes them (the format's encoder, with the writer's sync watermark), is laid over the
+/// real segment the way the simulated disk keeps it: (1) its first page lost, the later pages
+/// on disk; (2) its first page torn at a sector, the second holding a stale block of the same
+/// segment, the third on disk. `sagalog wal verify` reports an unsynced tail (exit 0) and
+/// `sagalog serve` starts unattended and serves the acknowledged sagas.
+#[test]
+fn power_loss_on_real_files_serve_and_verify_start_unattended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("sagalog.toml");
+    std::fs::write(&config, SERVE_CONFIG).unwrap();
+    let data = tmp.path().join("data");
+    let ids = ["ok-1", "ok-2", "ok-3"];
+    {
+        let serve = Serve::start(&data, &config);
+        for id in ids {
+            let saga = tmp.path().join(format!("{id}.json"));
+            let body = format!(
+                r#"{{"id": "{id}", "steps": [{{"action": "write_artifact", "params": {{"run_id": "{id}", "report": "{{}}"}}}}]}}"#
+            );
+            std::fs::write(&saga, body).unwrap();
+            let out = serve.run(&["submit", saga.to_str().unwrap(), "--wait"]);
+            assert_eq!(out.status.code(), Some(0), "submit {id}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    } // SIGKILL: everything acknowledged was synced (sync = "always").
+    let journal_dir = data.join("journal");
+    let seg = segments(&data).pop().unwrap();
+    let synced = std::fs::read(&seg).unwrap();
+    let mut submitted = None;
+    let summary = journal::scan(&journal_dir, |r, _, _| {
+        if r.kind == RecordKind::SagaSubmitted {
+            submitted.get_or_insert_with(|| r.payload.to_vec());
+        }
+    })
+    .unwrap();
+    assert!(summary.problem.is_none(), "{:?}", summary.problem);
+    let (epoch, last_lsn) = (summary.epoch.unwrap(), summary.last_lsn.unwrap());
+    let records = summary.records;
+    // The last batch: a dozen records (copies of a SagaSubmitted payload: never acknowledged,
+    // they must all be dropped, whatever they say), each carrying the watermark `last_lsn`.
+    let mut batch = Vec::new();
+    let payload = submitted.unwrap();
+    let mut lsn = last_lsn + 1;
+    while batch.len() < 3 * PAGE {
+        sagalog::wal_format::frame::encode_v2(&mut batch, epoch, lsn, RecordKind::SagaSubmitted, &payload, last_lsn)
+            .unwrap();
+        lsn += 1;
+    }
+    let written = [&synced[..], &batch[..]].concat();
+    let page = |i: usize| {
+        let start = if i == 0 { synced.len() } else { (synced.len() / PAGE + i) * PAGE };
+        start.min(written.len())..((synced.len() / PAGE + i + 1) * PAGE).min(written.len())
+    };
+    let mut first_lost = written.clone();
+    first_lost[page(0)].fill(0);
+    let mut torn_and_stale = written.clone();
+    let first = page(0);
+    let torn_at = (first.start / SECTOR + 1) * SECTOR;
+    torn_and_stale[torn_at.max(first.start + 8)..first.end].fill(0);
+    let stale_block = synced[..PAGE.min(synced.len())].to_vec();
+    let second = page(1);
+    let stale = &stale_block[second.start % PAGE..(second.start % PAGE + second.len()).min(stale_block.len())];
+    torn_and_stale[second.start..second.start + stale.len()].copy_from_slice(stale);
+
+    for (i, (shape, image)) in [("first page lost", first_lost), ("torn first page, stale second page", torn_and_stale)]
+        .into_iter()
+        .enumerate()
+    {
+        // Each shape on its own copy of the data directory as the killed server left it.
+        let data = tmp.path().join(format!("shape-{i}"));
+        copy_dir(&tmp.path().join("data"), &data);
+        let seg = data.join("journal").join(seg.file_name().unwrap());
+        std::fs::write(&seg, &image).unwrap();
+        let (code, json) = wal_verify_json(&data);
+        assert_eq!(code, Some(0), "{shape}: {json}");
+        assert_eq!(json["status"], "torn-tail", "{shape}: {json}");
+        assert_eq!(json["records"], records, "{shape}: only the synced records verify: {json}");
+        assert_eq!(json["problem"]["offset"], synced.len(), "{shape}: {json}");
+        let text = std::process::Command::new(common::sagalog_bin())
+            .args(["wal", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        assert!(text.contains("warning:   unsynced tail"), "{shape}: {text}");
+
+        let serve = Serve::start(&data, &config);
+        for id in ids {
+            let (code, out) = serve.status(id);
+            assert_eq!(code, Some(0), "{shape}: status {id}: {out}");
+            assert!(out.contains("COMPLETED"), "{shape}: status {id}: {out}");
+        }
+        drop(serve);
+        let (code, json) = wal_verify_json(&data);
+        assert_eq!((code, &json["status"]), (Some(0), &serde_json::json!("ok")), "{shape}: after serve: {json}");
+        assert!(json["records"].as_u64().unwrap() >= records, "{shape}: {json}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
