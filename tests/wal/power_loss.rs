@@ -436,7 +436,7 @@ fn power_loss_with_several_unsynced_batches_opens_unattended() {
     }
     eprintln!("power_loss (sync = never): {coverage:?}");
     if coverage.cases > 1 {
-        assert!(coverage.unsynced_tails >= 3 && coverage.stale_blocks >= 3, "the cases tested little: {coverage:?}");
+        assert!(coverage.unsynced_tails >= 3 && coverage.stale_blocks >= 1, "the cases tested little: {coverage:?}");
     }
 }
 
@@ -700,4 +700,32 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A log written by a version 1 build: opening it for writing syncs and seals its last segment
+/// (version 1) untouched and continues in a version 2 segment, whose frames carry watermarks;
+/// both verify, each by its own version's rules.
+#[test]
+fn a_version_1_log_continues_in_a_version_2_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join("journal");
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let vector = Path::new(env!("CARGO_MANIFEST_DIR")).join("wal-format/vectors/v1-valid.wal");
+    let v1 = std::fs::read(&vector).unwrap();
+    std::fs::write(journal_dir.join(sagalog::wal_format::segment_file_name(1)), &v1).unwrap();
+    let opened = Journal::open_dir(dir.path(), Options::default()).unwrap();
+    let lsns: Vec<u64> =
+        (0..2).map(|i| opened.journal.append_blocking(RecordKind::StepStarted, payload(i, 10)).unwrap()).collect();
+    opened.journal.shutdown_blocking().unwrap();
+    assert_eq!(lsns, vec![6, 7]);
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(std::fs::read(&segs[0]).unwrap(), v1, "the version 1 segment is sealed as it was");
+    let summary = journal::verify(&journal_dir).unwrap();
+    assert!(summary.problem.is_none(), "{:?}", summary.problem);
+    let versions: Vec<u16> = summary.segments.iter().map(|s| s.format_version).collect();
+    assert_eq!(versions, vec![1, 2]);
+    let frames = frames_of(&journal_dir);
+    let watermarks: Vec<(u64, Option<u64>)> = frames.iter().map(|f| (f.lsn, f.synced_lsn)).collect();
+    assert_eq!(watermarks, vec![(1, None), (2, None), (3, None), (4, None), (5, None), (6, Some(5)), (7, Some(6))]);
 }

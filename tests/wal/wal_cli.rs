@@ -165,8 +165,9 @@ fn from_vectors(names: &[&str]) -> tempfile::TempDir {
 }
 
 /// `sagalog wal verify` and `dump` on the golden vectors give the results the vectors' README
-/// records: valid (exit 0), torn and zero tails (warnings, exit 0), a mid-log bit flip and a
-/// segment of another epoch (corruption, exit 1, at the documented offsets).
+/// records: valid (exit 0), torn, zero and unsynced tails (warnings, exit 0), a mid-log bit
+/// flip, damage to synced data and a segment of another epoch (corruption, exit 1, at the
+/// documented offsets).
 #[test]
 fn verify_and_dump_on_the_golden_vectors() {
     let cases: &[(&[&str], i32, &str)] = &[
@@ -178,6 +179,15 @@ fn verify_and_dump_on_the_golden_vectors() {
             &["v1-valid.wal", "v1-other-epoch.wal"],
             1,
             "segment 2 offset 32: segment belongs to log epoch 0x0bade90c00000002",
+        ),
+        (&["v2-valid.wal"], 0, "records:   5 (lsn 1..=5)"),
+        (&["v2-torn-tail.wal"], 0, "torn tail"),
+        (&["v2-hole-last-batch.wal"], 0, "unsynced tail"),
+        (&["v2-bitflip-last.wal"], 0, "segment 1 offset 280: record checksum mismatch"),
+        (
+            &["v2-damage-synced.wal"],
+            1,
+            "offset 160: record checksum mismatch (stored 0x994e9647, computed 0xa2d13503); valid records follow at offset 280, written when records up to lsn 4 were synced",
         ),
     ];
     for (names, code, needle) in cases {
