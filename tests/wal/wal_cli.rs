@@ -69,6 +69,23 @@ fn torn_tail_is_a_warning_and_repair_fixes_it() {
     assert!(text(&wal(&["verify"], dir.path())).contains("status:    ok\n"));
 }
 
+/// An unsynced tail (the hole of `v2-hole-last-batch.wal`: a lost first page of the last
+/// batch, later frames intact) is a warning like a torn tail; plain `repair` cuts it at the
+/// hole, valid never-synced frames included, without a backup or the corruption flag.
+#[test]
+fn unsynced_tail_is_a_warning_and_plain_repair_cuts_it_at_the_hole() {
+    let dir = from_vectors(&["v2-hole-last-batch.wal"]);
+    let out = wal(&["verify"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("unsynced tail") && text(&out).contains("offset 336"), "{}", text(&out));
+    let out = wal(&["repair"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seg = segments(dir.path())[0].clone();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 336);
+    assert!(!dir.path().join("wal-backup").exists(), "a tail is cut without a backup");
+    assert!(text(&wal(&["verify"], dir.path())).contains("records:   5 (lsn 1..=5)"));
+}
+
 /// Corruption: verify exits 1 naming segment and offset; repair without the flag exits 1 and
 /// changes nothing; with --truncate-corrupt it backs up, cuts, and verify is clean again.
 #[test]
