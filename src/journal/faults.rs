@@ -6,7 +6,8 @@
 //! before each step of creating a segment. A failed write is made realistic: half of the
 //! buffer is written first, as a short write followed by an error would leave it. Counters let
 //! a test assert that a failed fsync is never retried. A test can also hold the writer inside
-//! its next sync, to decide exactly which appends form the next batch.
+//! its next sync, to decide exactly which appends form the next batch, and let held syncs
+//! through one at a time.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +58,8 @@ pub struct IoFaults {
     held_changed: Condvar,
     /// True while the writer waits in a held sync.
     waiting: AtomicBool,
+    /// Held syncs still allowed through (see [`IoFaults::let_syncs_through`]).
+    passes: AtomicU64,
 }
 
 impl IoFaults {
@@ -84,6 +87,15 @@ impl IoFaults {
     /// Makes every sync from now on wait, before it runs, until [`IoFaults::release_syncs`].
     pub fn hold_syncs(&self) {
         *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// While syncs are held, lets the next `n` of them run (the one waiting now first); the
+    /// sync after them is held again. A test uses it to make the writer sync one batch and
+    /// stop inside the next one's sync, with everything queued meanwhile written in it.
+    pub fn let_syncs_through(&self, n: u64) {
+        let _held = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        self.passes.fetch_add(n, Ordering::SeqCst);
+        self.held_changed.notify_all();
     }
 
     /// Lets held syncs go on.
@@ -116,6 +128,10 @@ impl IoFaults {
     pub(crate) fn on_sync(&self) -> io::Result<()> {
         let mut held = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
         while *held {
+            if self.passes.load(Ordering::SeqCst) > 0 {
+                self.passes.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
             self.waiting.store(true, Ordering::SeqCst);
             held = self.held_changed.wait(held).unwrap_or_else(PoisonError::into_inner);
         }

@@ -3,8 +3,11 @@
 //!
 //! [`scan`] never changes anything on disk. It stops at the first corruption and reports it as
 //! a [`Problem`] naming the segment file and byte offset; records before it have been handed
-//! to the visitor, records after it are not. A torn or zeroed tail of the *last* segment is a
-//! [`Severity::Warning`]: opening the journal repairs it, since it was never acknowledged.
+//! to the visitor, records after it are not. A torn, zeroed or unsynced tail of the *last*
+//! segment is a [`Severity::Warning`]: opening the journal repairs it, since it was never
+//! acknowledged. An unsynced tail (format version 2) is the hole a power loss leaves in the
+//! last batch when a later page reached the disk but not an earlier one: valid frames follow
+//! the damage, but none carries a sync watermark reaching it, so none was ever synced.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,8 @@ pub struct SegmentReport {
     /// File size.
     pub bytes: u64,
     pub first_lsn: u64,
+    /// The segment's format version (1 or 2).
+    pub format_version: u16,
     pub records: u64,
     pub last_lsn: Option<u64>,
     /// Offset just past the last valid record.
@@ -42,15 +47,27 @@ pub struct Problem {
     pub severity: Severity,
     pub path: PathBuf,
     pub error: DecodeError,
+    /// For an unsynced tail: the offset of the first valid frame after the damage. It and every
+    /// frame after it were never synced (no sync watermark reaches the damage) and are cut with
+    /// the tail.
+    pub unsynced_valid_at: Option<u64>,
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.severity {
-            Severity::Warning => "torn tail (never acknowledged; opening the journal truncates it)",
-            Severity::Corrupt => "corruption",
-        };
-        write!(f, "{what} in {}: {}", self.path.display(), self.error)
+        match (self.severity, self.unsynced_valid_at) {
+            (Severity::Warning, None) => {
+                write!(f, "torn tail (never acknowledged; opening the journal truncates it)")?;
+            }
+            (Severity::Warning, Some(at)) => write!(
+                f,
+                "unsynced tail (the last batch was never synced, so under sync = always never acknowledged, \
+                 and a later page of it reached the disk before an earlier one: the valid frames from offset \
+                 {at} on carry sync watermarks below the damage; opening the journal truncates it)"
+            )?,
+            (Severity::Corrupt, _) => write!(f, "corruption")?,
+        }
+        write!(f, " in {}: {}", self.path.display(), self.error)
     }
 }
 
@@ -123,7 +140,12 @@ pub fn scan_upto(
     let count = listing.segments.len();
     let mut expect = Expect::default();
     for (i, (id, path)) in listing.segments.into_iter().enumerate() {
-        let corrupt = |error: DecodeError| Problem { severity: Severity::Corrupt, path: path.clone(), error };
+        let corrupt = |error: DecodeError| Problem {
+            severity: Severity::Corrupt,
+            path: path.clone(),
+            error,
+            unsynced_valid_at: None,
+        };
         if let Some(expected) = expect.segment_id.filter(|e| *e != id) {
             summary.problem = Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected })));
             break;
@@ -167,6 +189,7 @@ pub fn scan_upto(
             path: path.clone(),
             bytes: bytes.len() as u64,
             first_lsn: seg.header.first_lsn,
+            format_version: seg.format_version,
             records: seg.records,
             last_lsn: seg.last_lsn,
             valid_end: seg.valid_end,
@@ -184,11 +207,21 @@ pub fn scan_upto(
             }
             (Tail::Zeroed { offset, .. }, true) => {
                 let error = DecodeError::new(id, offset, ErrorKind::Zeroed);
-                summary.problem = Some(Problem { severity: Severity::Warning, path: path.clone(), error });
+                let unsynced_valid_at = None;
+                summary.problem =
+                    Some(Problem { severity: Severity::Warning, path: path.clone(), error, unsynced_valid_at });
             }
             (Tail::Torn { offset, kind, .. }, true) => {
                 let error = DecodeError::new(id, offset, kind);
-                summary.problem = Some(Problem { severity: Severity::Warning, path: path.clone(), error });
+                let unsynced_valid_at = None;
+                summary.problem =
+                    Some(Problem { severity: Severity::Warning, path: path.clone(), error, unsynced_valid_at });
+            }
+            (Tail::Unsynced { offset, kind, valid_at, .. }, true) => {
+                let error = DecodeError::new(id, offset, kind);
+                let unsynced_valid_at = Some(valid_at);
+                summary.problem =
+                    Some(Problem { severity: Severity::Warning, path: path.clone(), error, unsynced_valid_at });
             }
         }
         expect =

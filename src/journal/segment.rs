@@ -67,7 +67,8 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
 }
 
-/// Creates segment `header.segment_id` in `dir` durably and returns it open for appending.
+/// Creates segment `header.segment_id` in `dir` durably, in the current format version (2),
+/// and returns it open for appending.
 ///
 /// `faults` (tests only) can make any step fail; see [`CreateStep`]. A failure from
 /// `CreateStep::SyncDir` on leaves the new segment in place under its final name: the caller
@@ -88,7 +89,7 @@ pub(crate) fn create(dir: &Path, header: &SegmentHeader, faults: Option<&IoFault
         let mut f =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(Error::io("create", &tmp))?;
         step(CreateStep::WriteHeader, "write", &tmp)?;
-        f.write_all(&header.encode()).map_err(Error::io("write", &tmp))?;
+        f.write_all(&header.encode_v2()).map_err(Error::io("write", &tmp))?;
         step(CreateStep::SyncTmp, "fsync", &tmp)?;
         f.sync_all().map_err(Error::io("fsync", &tmp))?;
     }

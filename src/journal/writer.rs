@@ -16,7 +16,14 @@
 //!   batch under way into the segment it seals, and the next segment's header (possibly
 //!   already renamed into place when creation fails) names the LSN after them;
 //! - a segment is synced before its successor is created, so only the last segment can end in
-//!   a torn record.
+//!   a torn record;
+//! - every frame carries the writer's *sync watermark* (format version 2): the highest LSN an
+//!   `fdatasync` had made durable when the frame was encoded, never more. Records found on
+//!   disk at open count as durable only after open has synced the last segment. This is what
+//!   lets the next open tell a hole in a never-synced last batch (cut it) from damage to
+//!   synced data (refuse); see `wal-format/README.md`, Crash analysis;
+//! - new segments are written in format version 2; a log whose last segment is version 1 gets
+//!   a fresh version 2 segment at open, and the version 1 segment is sealed untouched.
 //!
 //! The writer is a plain OS thread rather than an async task because `write` and `fdatasync`
 //! block; running them on the async runtime would stall unrelated work.
@@ -142,6 +149,10 @@ impl Journal {
             Some((last, rest)) => {
                 let epoch = summary.epoch.unwrap_or_default();
                 let file = open_append(&last.path)?;
+                // What is found on disk may only be in the page cache (a process crash between a
+                // write and its fdatasync): make it durable before any frame's sync watermark
+                // claims it. Sealed segments were synced before their successors existed.
+                file.sync_data().map_err(Error::io("fdatasync", &last.path))?;
                 let active = Active {
                     id: last.id,
                     path: last.path.clone(),
@@ -174,10 +185,12 @@ impl Journal {
         if let SyncPolicy::Interval(every) = options.sync {
             spawn_ticker(tx.downgrade(), every)?;
         }
-        let writer = Writer {
+        let upgrade = summary.segments.last().is_some_and(|s| s.format_version < sagalog_wal_format::FORMAT_VERSION);
+        let mut writer = Writer {
             dir,
             epoch,
             next_lsn: summary.next_lsn,
+            synced_lsn: summary.next_lsn - 1,
             active,
             sealed,
             buf: Vec::new(),
@@ -189,6 +202,15 @@ impl Journal {
             shared: shared.clone(),
             _data_dir: data_dir,
         };
+        if upgrade {
+            // A version 1 segment holds version 1 frames only: seal it as it is (synced above)
+            // and append to a version 2 segment, whose frames carry sync watermarks.
+            writer.rotate()?;
+            tracing::info!(
+                segment = writer.active.id,
+                "started a format version 2 journal segment after a version 1 one"
+            );
+        }
         thread::Builder::new()
             .name("sagalog-journal".into())
             .spawn(move || writer.run(rx))
@@ -364,6 +386,9 @@ struct Writer {
     dir: PathBuf,
     epoch: u64,
     next_lsn: u64,
+    /// The sync watermark: the highest LSN an `fdatasync` has made durable (0 when none). Every
+    /// frame encoded carries it; it must never run ahead of what is durable.
+    synced_lsn: u64,
     active: Active,
     /// Sealed segments, oldest first: (id, first LSN, path).
     sealed: VecDeque<(u64, u64, PathBuf)>,
@@ -526,7 +551,7 @@ impl Writer {
             self.rotate()?;
         }
         let lsn = self.next_lsn;
-        frame::encode(&mut self.buf, self.epoch, lsn, kind, payload)
+        frame::encode_v2(&mut self.buf, self.epoch, lsn, kind, payload, self.synced_lsn)
             .map_err(|e| Error::Options(format!("cannot encode record {lsn}: {e}")))?;
         self.next_lsn += 1;
         self.active.records += 1;
@@ -575,6 +600,10 @@ impl Writer {
         self.active.file.sync_data().map_err(Error::io("fdatasync", &self.active.path))?;
         self.last_sync = started.elapsed();
         self.active.synced_len = self.active.len;
+        // Every record encoded so far has been written (syncs only run with an empty buffer),
+        // so this sync covered all of them.
+        debug_assert!(self.buf.is_empty(), "sync with frames still buffered");
+        self.synced_lsn = self.next_lsn - 1;
         crate::metrics::get().journal_fsync.observe(self.last_sync.as_secs_f64());
         self.dirty_since = None;
         Ok(())

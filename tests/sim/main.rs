@@ -34,13 +34,7 @@ use world::{Ending, PageLoss, Plan, Rng};
 /// Violation kinds the simulator has found and that are not fixed yet. They are reported
 /// loudly on every run but do not fail it, so CI stays green and nothing is hidden. Each entry
 /// names the finding; remove it when the fix lands (the run then fails if it comes back).
-const KNOWN: &[(&str, &str)] = &[(
-    "power_loss_hole_refused",
-    "journal availability after power loss: when a power loss persists a later unsynced page \
-     but not an earlier one (out-of-order writeback), the last segment holds zeroes followed by \
-     valid frames that were never acknowledged; the journal refuses to open it as corruption \
-     and needs `sagalog wal repair`, though no acknowledged record is damaged (seed 7000004)",
-)];
+const KNOWN: &[(&str, &str)] = &[];
 
 /// Seeds of the default (CI) run.
 const DEFAULT_SEEDS: u64 = 40;

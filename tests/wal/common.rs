@@ -22,6 +22,14 @@ pub fn fast(segment_bytes_max: u64) -> Options {
     Options { segment_bytes_max, sync: SyncPolicy::Never, ..Options::default() }
 }
 
+/// Options for corruption tests: every append is synced before the next is written, so each
+/// record's sync watermark covers the record before it, and damage followed by a later record
+/// is provably damage to synced data (under `fast`, nothing is synced before shutdown, and
+/// such damage reads as a never-synced tail).
+pub fn synced(segment_bytes_max: u64) -> Options {
+    Options { segment_bytes_max, sync: SyncPolicy::Always, ..Options::default() }
+}
+
 /// Opens, appends `payloads` one by one, shuts down; returns the LSNs handed out.
 pub fn append_all(data_dir: &Path, options: Options, payloads: &[(RecordKind, Vec<u8>)]) -> Vec<u64> {
     let opened = Journal::open_dir(data_dir, options).expect("open journal");

@@ -69,6 +69,23 @@ fn torn_tail_is_a_warning_and_repair_fixes_it() {
     assert!(text(&wal(&["verify"], dir.path())).contains("status:    ok\n"));
 }
 
+/// An unsynced tail (the hole of `v2-hole-last-batch.wal`: a lost first page of the last
+/// batch, later frames intact) is a warning like a torn tail; plain `repair` cuts it at the
+/// hole, valid never-synced frames included, without a backup or the corruption flag.
+#[test]
+fn unsynced_tail_is_a_warning_and_plain_repair_cuts_it_at_the_hole() {
+    let dir = from_vectors(&["v2-hole-last-batch.wal"]);
+    let out = wal(&["verify"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("unsynced tail") && text(&out).contains("offset 336"), "{}", text(&out));
+    let out = wal(&["repair"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seg = segments(dir.path())[0].clone();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 336);
+    assert!(!dir.path().join("wal-backup").exists(), "a tail is cut without a backup");
+    assert!(text(&wal(&["verify"], dir.path())).contains("records:   5 (lsn 1..=5)"));
+}
+
 /// Corruption: verify exits 1 naming segment and offset; repair without the flag exits 1 and
 /// changes nothing; with --truncate-corrupt it backs up, cuts, and verify is clean again.
 #[test]
@@ -76,7 +93,7 @@ fn corruption_exit_codes_and_deliberate_repair() {
     let dir = tempfile::tempdir().unwrap();
     append_all(
         dir.path(),
-        fast(1 << 20),
+        common::synced(1 << 20),
         &(0..5).map(|i| (RecordKind::StepStarted, payload(i, 64))).collect::<Vec<_>>(),
     );
     let seg = segments(dir.path())[0].clone();
@@ -165,8 +182,9 @@ fn from_vectors(names: &[&str]) -> tempfile::TempDir {
 }
 
 /// `sagalog wal verify` and `dump` on the golden vectors give the results the vectors' README
-/// records: valid (exit 0), torn and zero tails (warnings, exit 0), a mid-log bit flip and a
-/// segment of another epoch (corruption, exit 1, at the documented offsets).
+/// records: valid (exit 0), torn, zero and unsynced tails (warnings, exit 0), a mid-log bit
+/// flip, damage to synced data and a segment of another epoch (corruption, exit 1, at the
+/// documented offsets).
 #[test]
 fn verify_and_dump_on_the_golden_vectors() {
     let cases: &[(&[&str], i32, &str)] = &[
@@ -178,6 +196,15 @@ fn verify_and_dump_on_the_golden_vectors() {
             &["v1-valid.wal", "v1-other-epoch.wal"],
             1,
             "segment 2 offset 32: segment belongs to log epoch 0x0bade90c00000002",
+        ),
+        (&["v2-valid.wal"], 0, "records:   5 (lsn 1..=5)"),
+        (&["v2-torn-tail.wal"], 0, "torn tail"),
+        (&["v2-hole-last-batch.wal"], 0, "unsynced tail"),
+        (&["v2-bitflip-last.wal"], 0, "segment 1 offset 280: record checksum mismatch"),
+        (
+            &["v2-damage-synced.wal"],
+            1,
+            "offset 160: record checksum mismatch (stored 0x994e9647, computed 0xa2d13503); valid records follow at offset 280, written when records up to lsn 4 were synced",
         ),
     ];
     for (names, code, needle) in cases {

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::process::Command;
 
-use common::{append_all, copy_data_dir, fast, payload, read_all, sagalog_bin, segments};
+use common::{append_all, copy_data_dir, fast, payload, read_all, sagalog_bin, segments, synced};
 use sagalog::journal::{self, Error, Journal, RepairMode, Severity};
 use sagalog::wal_format::{ErrorKind, RecordKind, SEGMENT_HEADER_BYTES, frame_bytes};
 
@@ -15,12 +15,13 @@ fn five_records() -> Vec<(RecordKind, Vec<u8>)> {
     (0..5).map(|i| (RecordKind::StepStarted, payload(i, 40))).collect()
 }
 
-/// Flipping any single bit of a record in the middle of the last segment: open refuses and
+/// Flipping any single bit of a record in the middle of the last segment (each record synced
+/// before the next was written, so the next one's sync watermark proves it): open refuses and
 /// names that record's offset; the library verify and `sagalog wal verify` (exit 1) agree.
 #[test]
 fn every_bit_flip_in_a_middle_record_is_refused_with_its_offset() {
     let base = tempfile::tempdir().unwrap();
-    append_all(base.path(), fast(1 << 20), &five_records());
+    append_all(base.path(), synced(1 << 20), &five_records());
     let frame = frame_bytes(40);
     let record_at = SEGMENT_HEADER_BYTES + 2 * frame; // the third of five records
     let seg_name = segments(base.path())[0].file_name().unwrap().to_owned();
@@ -49,6 +50,38 @@ fn every_bit_flip_in_a_middle_record_is_refused_with_its_offset() {
             assert!(text.contains("CORRUPT") && text.contains(&format!("offset {record_at}")), "bit {bit}: {text}");
         }
     }
+}
+
+/// The limit of the format (wal-format/README.md, Crash analysis): damage to records that no
+/// later frame's sync watermark covers reads exactly like a power loss in a never-synced batch.
+/// Under `sync = never` nothing is synced before shutdown, so a flip in the middle of what was
+/// written since the last open is cut as an unsynced tail, never refused; the records before
+/// it stay, and one reopen (which syncs) later, damage there is refused again.
+#[test]
+fn damage_no_watermark_covers_is_cut_like_a_power_loss() {
+    let base = tempfile::tempdir().unwrap();
+    append_all(base.path(), fast(1 << 20), &five_records());
+    let record_at = SEGMENT_HEADER_BYTES + 2 * frame_bytes(40);
+    let dir = copy_data_dir(base.path());
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[record_at + 30] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let opened = Journal::open_dir(dir.path(), fast(1 << 20)).unwrap();
+    assert_eq!(opened.summary.records, 2);
+    assert_eq!(opened.truncated_tail.as_ref().map(|t| t.1), Some(record_at as u64));
+    opened.journal.shutdown_blocking().unwrap();
+
+    // Reopened, the log was synced at open; records appended now carry that watermark.
+    append_all(base.path(), fast(1 << 20), &five_records()[..1]);
+    let dir = copy_data_dir(base.path());
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[record_at + 30] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Journal::open_dir(dir.path(), fast(1 << 20)).unwrap_err();
+    let Error::Corrupt { source, .. } = &err else { panic!("expected corruption, got {err}") };
+    assert_eq!((source.offset, source.synced_lsn_at_valid), (record_at as u64, Some(5)), "{err}");
 }
 
 /// Damage to the last record of a *sealed* segment is corruption, not a torn tail: that segment

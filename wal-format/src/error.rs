@@ -43,6 +43,12 @@ pub enum ErrorKind {
     UnknownKind { found: u8 },
     #[error("record frame reserved bytes are not zero")]
     FrameReserved,
+    #[error(
+        "record {lsn} has synced distance {distance}, outside 1..={lsn} (its sync watermark would not be below it)"
+    )]
+    SyncedDistance { lsn: u64, distance: u64 },
+    #[error("record format version {found} in a segment of format version {segment_version}")]
+    RecordVersionMismatch { found: u8, segment_version: u16 },
     #[error("record has lsn {found}, expected {expected} (a gap or a duplicate)")]
     LsnGap { expected: u64, found: u64 },
     #[error("{len} bytes after the last record of a sealed segment")]
@@ -77,19 +83,31 @@ pub struct DecodeError {
     /// For an invalid frame that is followed by a valid one: the offset where valid data
     /// resumes. Its presence is what makes the problem corruption rather than a torn tail.
     pub valid_data_at: Option<u64>,
+    /// Version 2 segments: the sync watermark of the frame at `valid_data_at`, at or past the
+    /// LSN the damaged frame should carry. It proves the damage hit synced data: that frame was
+    /// written after an `fdatasync` covering the damaged record had returned.
+    pub synced_lsn_at_valid: Option<u64>,
 }
 
 impl DecodeError {
     pub fn new(segment: u64, offset: u64, kind: ErrorKind) -> Self {
-        DecodeError { segment, offset, kind, valid_data_at: None }
+        DecodeError { segment, offset, kind, valid_data_at: None, synced_lsn_at_valid: None }
     }
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "segment {} offset {}: {}", self.segment, self.offset, self.kind)?;
-        if let Some(at) = self.valid_data_at {
-            write!(f, "; valid records follow at offset {at}, so this is corruption, not a torn tail")?;
+        match (self.valid_data_at, self.synced_lsn_at_valid) {
+            (Some(at), Some(synced)) => write!(
+                f,
+                "; valid records follow at offset {at}, written when records up to lsn {synced} were synced, \
+                 so this damages synced data: corruption, not a torn tail"
+            )?,
+            (Some(at), None) => {
+                write!(f, "; valid records follow at offset {at}, so this is corruption, not a torn tail")?
+            }
+            (None, _) => {}
         }
         Ok(())
     }
@@ -105,4 +123,6 @@ pub enum EncodeError {
     PayloadTooLarge { len: usize, max: u32 },
     #[error("lsn 0 is reserved and never written")]
     ZeroLsn,
+    #[error("sync watermark {synced_lsn} is not below the record's lsn {lsn}")]
+    SyncedLsnNotBelow { lsn: u64, synced_lsn: u64 },
 }

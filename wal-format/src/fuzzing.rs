@@ -13,8 +13,11 @@ pub fn frame_decoder(data: &[u8]) {
     if let Ok((record, n)) = frame::decode(bytes, epoch) {
         assert!(n <= bytes.len(), "a decoded frame must lie within the input");
         let mut again = Vec::new();
-        let written = frame::encode(&mut again, epoch, record.lsn, record.kind, record.payload)
-            .expect("a decoded record must be encodable");
+        let written = match record.synced_lsn {
+            None => frame::encode(&mut again, epoch, record.lsn, record.kind, record.payload),
+            Some(synced) => frame::encode_v2(&mut again, epoch, record.lsn, record.kind, record.payload, synced),
+        }
+        .expect("a decoded record must be encodable");
         assert_eq!(written, n);
         assert_eq!(again.as_slice(), &bytes[..n], "decode/encode must round-trip byte for byte");
     }
@@ -40,6 +43,16 @@ pub fn segment_reader(data: &[u8]) {
             Tail::Zeroed { offset, len } | Tail::Torn { offset, len, .. } => {
                 assert_eq!(offset, summary.valid_end);
                 assert_eq!(offset + len, data.len() as u64);
+            }
+            Tail::Unsynced { offset, len, valid_at, .. } => {
+                assert_eq!(
+                    summary.format_version,
+                    crate::FORMAT_VERSION,
+                    "only version 2 segments have unsynced tails"
+                );
+                assert_eq!(offset, summary.valid_end);
+                assert_eq!(offset + len, data.len() as u64);
+                assert!((offset..offset + len).contains(&valid_at), "the valid frame lies inside the tail");
             }
         }
     }

@@ -5,7 +5,7 @@
 //! | offset | bytes | field                          |
 //! |-------:|------:|--------------------------------|
 //! |      0 |     8 | magic `SAGAWAL\0`              |
-//! |      8 |     2 | format version (1)             |
+//! |      8 |     2 | format version (1 or 2)        |
 //! |     10 |     2 | header length (64)             |
 //! |     12 |     4 | reserved, zero                 |
 //! |     16 |     8 | segment id                     |
@@ -13,13 +13,19 @@
 //! |     32 |     8 | log epoch                      |
 //! |     40 |    20 | reserved, zero                 |
 //! |     60 |     4 | CRC32 of bytes 0..60           |
+//!
+//! Both versions have this layout. The version says which record frames the segment holds and
+//! which rules a reader applies after damage (see `segment::scan`): version 1 segments hold
+//! version 1 frames, version 2 segments version 2 frames, which carry a sync watermark.
 
 use crate::error::ErrorKind;
 
 /// The first eight bytes of every segment file.
 pub const MAGIC: [u8; 8] = *b"SAGAWAL\0";
 /// The segment format version this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The first segment format version: version 1 frames, no sync watermarks.
+pub const FORMAT_VERSION_1: u16 = 1;
 /// Size of the segment header; the first record frame starts right after it.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 
@@ -52,11 +58,21 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// The header's exact bytes.
+    /// The exact bytes of this header as a **version 1** segment's (kept so that the version 1
+    /// vectors stay reproducible; the journal writes version 2 with [`SegmentHeader::encode_v2`]).
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        self.encode_version(FORMAT_VERSION_1)
+    }
+
+    /// The exact bytes of this header as a version 2 segment's: what the journal writes.
+    pub fn encode_v2(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        self.encode_version(FORMAT_VERSION)
+    }
+
+    fn encode_version(&self, version: u16) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
-        out[VERSION_AT..HEADER_LEN_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[VERSION_AT..HEADER_LEN_AT].copy_from_slice(&version.to_le_bytes());
         out[HEADER_LEN_AT..RESERVED_A_AT].copy_from_slice(&(SEGMENT_HEADER_BYTES as u16).to_le_bytes());
         out[SEGMENT_ID_AT..FIRST_LSN_AT].copy_from_slice(&self.segment_id.to_le_bytes());
         out[FIRST_LSN_AT..EPOCH_AT].copy_from_slice(&self.first_lsn.to_le_bytes());
@@ -69,6 +85,11 @@ impl SegmentHeader {
     /// Decodes the header at the start of `bytes`. On error, the `u64` is the offset of the
     /// offending field within the header.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, (u64, ErrorKind)> {
+        SegmentHeader::decode_versioned(bytes).map(|(header, _)| header)
+    }
+
+    /// [`SegmentHeader::decode`], also returning the segment's format version.
+    pub fn decode_versioned(bytes: &[u8]) -> Result<(SegmentHeader, u16), (u64, ErrorKind)> {
         let Some(h) = bytes.get(..SEGMENT_HEADER_BYTES) else {
             return Err((
                 0,
@@ -101,11 +122,12 @@ impl SegmentHeader {
         if let Some(at) = reserved.into_iter().find(|at| h[*at] != 0) {
             return Err((at as u64, ErrorKind::HeaderReserved));
         }
-        Ok(SegmentHeader {
+        let header = SegmentHeader {
             segment_id: u64_at(h, SEGMENT_ID_AT),
             first_lsn: u64_at(h, FIRST_LSN_AT),
             epoch: u64_at(h, EPOCH_AT),
-        })
+        };
+        Ok((header, version))
     }
 }
 
@@ -129,16 +151,18 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        assert_eq!(SegmentHeader::decode(&H.encode()), Ok(H));
+        assert_eq!(SegmentHeader::decode_versioned(&H.encode()), Ok((H, 1)));
+        assert_eq!(SegmentHeader::decode_versioned(&H.encode_v2()), Ok((H, 2)));
     }
 
     #[test]
     fn every_single_bit_flip_in_the_header_is_detected() {
-        let good = H.encode();
-        for bit in 0..SEGMENT_HEADER_BYTES * 8 {
-            let mut bad = good;
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&bad).is_err(), "flip of bit {bit} went unnoticed");
+        for good in [H.encode(), H.encode_v2()] {
+            for bit in 0..SEGMENT_HEADER_BYTES * 8 {
+                let mut bad = good;
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(SegmentHeader::decode(&bad).is_err(), "flip of bit {bit} went unnoticed");
+            }
         }
     }
 

@@ -8,8 +8,10 @@
 //! Invariants every function here keeps:
 //! - no input makes it panic, and every length read from the input is bounded before it is
 //!   used to index or allocate;
-//! - an invalid frame is only ever reported as a *torn tail* when no valid frame follows it in
-//!   the same segment; anything else is corruption (see [`segment::scan`]);
+//! - an invalid frame is only ever reported as a *torn tail* when nothing after it in the same
+//!   segment proves it was synced: in a version 1 segment, no valid frame follows it; in a
+//!   version 2 segment, no valid frame after it carries a sync watermark at or past it.
+//!   Anything else is corruption (see [`segment::scan`]);
 //! - every format version ever written stays decodable; `vectors/` holds golden files that
 //!   prove it. The normative specification is this crate's `README.md`.
 
@@ -21,8 +23,10 @@ pub mod kind;
 pub mod segment;
 
 pub use error::{DecodeError, EncodeError, ErrorKind};
-pub use frame::{FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX, Record, frame_bytes};
-pub use header::{FORMAT_VERSION, MAGIC, SEGMENT_HEADER_BYTES, SegmentHeader};
+pub use frame::{
+    FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_VERSION, RECORD_VERSION_1, Record, frame_bytes,
+};
+pub use header::{FORMAT_VERSION, FORMAT_VERSION_1, MAGIC, SEGMENT_HEADER_BYTES, SegmentHeader};
 pub use kind::RecordKind;
 pub use segment::{Expect, SegmentSummary, Tail};
 

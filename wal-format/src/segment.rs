@@ -7,18 +7,27 @@
 //! The rule: after the last valid frame, the rest of the segment is either
 //! - nothing ([`Tail::Clean`]);
 //! - zeros only ([`Tail::Zeroed`]), which a preallocating or crashed file system can leave;
-//! - an invalid frame with **no valid frame anywhere after it** ([`Tail::Torn`]): the remains
-//!   of an append that never completed;
+//! - an invalid frame with **nothing after it that proves it was synced**: the remains of an
+//!   append that never completed ([`Tail::Torn`]), or, in a version 2 segment, of a last batch
+//!   whose pages reached the disk out of order ([`Tail::Unsynced`]);
 //!
-//! and anything else, an invalid frame followed by a valid one, is corruption, reported as a
-//! [`DecodeError`] with `valid_data_at` set. Treating it as the end of the log would silently
-//! drop records that may have been acknowledged. Whether a zeroed or torn tail is acceptable
-//! depends on where the segment sits in the log; that is the caller's decision
-//! ([`SegmentSummary::require_clean`]).
+//! and anything else is corruption, reported as a [`DecodeError`] with `valid_data_at` set.
+//! What counts as proof depends on the segment's format version:
+//! - version 1: any valid frame after the damage (the format cannot tell more);
+//! - version 2: a valid frame after the damage whose sync watermark is at or past the LSN the
+//!   damaged frame should carry: it was written after an `fdatasync` covering that record
+//!   returned, so the damage hit synced data. Valid frames with a lower watermark belong to
+//!   the same never-synced batch (or a later unsynced one) and are cut with it. In a version 2
+//!   segment a frame with a valid checksum but the wrong LSN or record version is debris too (a
+//!   stale block of an older segment of the same log), judged by the same proof.
+//!
+//! Treating proven damage as the end of the log would silently drop acknowledged records.
+//! Whether a zeroed, torn or unsynced tail is acceptable depends on where the segment sits in
+//! the log; that is the caller's decision ([`SegmentSummary::require_clean`]).
 
 use crate::error::{DecodeError, ErrorKind};
-use crate::frame::{self, FRAME_ALIGN_BYTES, Record};
-use crate::header::{EPOCH_AT, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::frame::{self, FRAME_ALIGN_BYTES, RECORD_VERSION, RECORD_VERSION_1, Record};
+use crate::header::{EPOCH_AT, FORMAT_VERSION_1, SEGMENT_HEADER_BYTES, SegmentHeader};
 
 /// What the caller already knows about the segment it is reading; each `Some` is checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,12 +49,19 @@ pub enum Tail {
     Zeroed { offset: u64, len: u64 },
     /// An incomplete or damaged frame at `offset`, with nothing valid after it.
     Torn { offset: u64, len: u64, kind: ErrorKind },
+    /// Version 2 segments only: damage at `offset` followed by valid frames (the first at
+    /// `valid_at`), none of whose sync watermarks reaches the damaged record: a never-synced
+    /// batch whose later pages reached the disk but not an earlier one. Nothing from `offset`
+    /// on was ever durable, so, like a torn tail, it is cut there.
+    Unsynced { offset: u64, len: u64, kind: ErrorKind, valid_at: u64 },
 }
 
 /// The result of scanning a segment that is not corrupt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentSummary {
     pub header: SegmentHeader,
+    /// The header's format version: which frames and which damage rules apply.
+    pub format_version: u16,
     /// Valid records in the segment.
     pub records: u64,
     /// LSN of the last valid record, if any.
@@ -70,22 +86,29 @@ impl SegmentSummary {
             Tail::Zeroed { offset, len } => {
                 Err(DecodeError::new(segment, *offset, ErrorKind::TrailingBytes { len: *len }))
             }
-            Tail::Torn { offset, kind, .. } => Err(DecodeError::new(segment, *offset, *kind)),
+            Tail::Torn { offset, kind, .. } | Tail::Unsynced { offset, kind, .. } => {
+                Err(DecodeError::new(segment, *offset, *kind))
+            }
         }
     }
 }
 
 /// Scans one segment's bytes, calling `on_record(record, offset)` for each valid record in
 /// order. `segment` is the id used in errors before the header has been read (normally the id
-/// from the file name). Never panics, whatever `bytes` holds.
+/// from the file name). Never panics, whatever `bytes` holds. The search past damage (for
+/// proof that it hit synced data) runs only when an invalid frame is met, never on a clean
+/// segment.
 pub fn scan(
     segment: u64,
     bytes: &[u8],
     expect: Expect,
     mut on_record: impl FnMut(Record<'_>, u64),
 ) -> Result<SegmentSummary, DecodeError> {
-    let header = SegmentHeader::decode(bytes).map_err(|(at, kind)| DecodeError::new(segment, at, kind))?;
+    let (header, format_version) =
+        SegmentHeader::decode_versioned(bytes).map_err(|(at, kind)| DecodeError::new(segment, at, kind))?;
     check_header(segment, &header, expect)?;
+    let v1 = format_version == FORMAT_VERSION_1;
+    let record_version = if v1 { RECORD_VERSION_1 } else { RECORD_VERSION };
     let segment = header.segment_id;
     let epoch = header.epoch;
     let len = bytes.len() as u64;
@@ -97,12 +120,8 @@ pub fn scan(
         let Some(rest) = bytes.get(offset..).filter(|r| !r.is_empty()) else {
             break Tail::Clean;
         };
-        match frame::decode(rest, epoch) {
-            Ok((record, n)) => {
-                if record.lsn != next_lsn {
-                    let kind = ErrorKind::LsnGap { expected: next_lsn, found: record.lsn };
-                    return Err(DecodeError::new(segment, offset as u64, kind));
-                }
+        let kind = match frame::decode(rest, epoch) {
+            Ok((record, n)) if record.version == record_version && record.lsn == next_lsn => {
                 on_record(record, offset as u64);
                 records += 1;
                 last_lsn = Some(record.lsn);
@@ -111,25 +130,53 @@ pub fn scan(
                 // instead of being accepted as a duplicate.
                 next_lsn = record.lsn.wrapping_add(1);
                 offset += n;
+                continue;
+            }
+            Ok((record, _)) => {
+                let kind = if record.version != record_version {
+                    ErrorKind::RecordVersionMismatch { found: record.version, segment_version: format_version }
+                } else {
+                    ErrorKind::LsnGap { expected: next_lsn, found: record.lsn }
+                };
+                // Version 1: a complete frame with a valid checksum is never debris. Version 2:
+                // it may be a stale block of an older segment of this log where the last
+                // batch's page never arrived; the proof below decides.
+                if v1 {
+                    return Err(DecodeError::new(segment, offset as u64, kind));
+                }
+                kind
             }
             Err(kind) if !kind.could_be_torn_write() => {
                 return Err(DecodeError::new(segment, offset as u64, kind));
             }
-            Err(kind) => {
-                if let Some(valid) = find_valid_frame(bytes, offset + FRAME_ALIGN_BYTES, epoch, next_lsn) {
-                    let mut err = DecodeError::new(segment, offset as u64, kind);
-                    err.valid_data_at = Some(valid as u64);
-                    return Err(err);
-                }
-                let rest_len = len - offset as u64;
-                if rest.iter().all(|b| *b == 0) {
-                    break Tail::Zeroed { offset: offset as u64, len: rest_len };
-                }
-                break Tail::Torn { offset: offset as u64, len: rest_len, kind };
+            Err(kind) => kind,
+        };
+        let rest_len = len - offset as u64;
+        let at = offset as u64;
+        if v1 {
+            if let Some(valid) = find_valid_frame_v1(bytes, offset + FRAME_ALIGN_BYTES, epoch, next_lsn) {
+                let mut err = DecodeError::new(segment, at, kind);
+                err.valid_data_at = Some(valid as u64);
+                return Err(err);
+            }
+        } else {
+            let found = find_sync_proof(bytes, offset, epoch, next_lsn);
+            if let Some((valid, synced)) = found.proof {
+                let mut err = DecodeError::new(segment, at, kind);
+                err.valid_data_at = Some(valid as u64);
+                err.synced_lsn_at_valid = Some(synced);
+                return Err(err);
+            }
+            if let Some(valid) = found.first_valid {
+                break Tail::Unsynced { offset: at, len: rest_len, kind, valid_at: valid as u64 };
             }
         }
+        if rest.iter().all(|b| *b == 0) {
+            break Tail::Zeroed { offset: at, len: rest_len };
+        }
+        break Tail::Torn { offset: at, len: rest_len, kind };
     };
-    Ok(SegmentSummary { header, records, last_lsn, valid_end: offset as u64, tail })
+    Ok(SegmentSummary { header, format_version, records, last_lsn, valid_end: offset as u64, tail })
 }
 
 fn check_header(segment: u64, header: &SegmentHeader, expect: Expect) -> Result<(), DecodeError> {
@@ -151,19 +198,51 @@ fn check_header(segment: u64, header: &SegmentHeader, expect: Expect) -> Result<
     Ok(())
 }
 
-/// The offset of the first valid frame at or after `from` (frames are aligned, so only aligned
-/// offsets are tried) whose LSN could follow the damage: at least `next_lsn` (the damaged
-/// frame's) and no further ahead than the bytes left could hold. The LSN bound keeps a crafted
+/// The LSNs a frame found at or after `from` may carry to count: at least `next_lsn` (the
+/// damaged frame's) and no further ahead than the bytes left could hold. The bound costs
+/// nothing for real logs (a record after the damage carries a later LSN) and keeps a crafted
 /// tail from making the search checksum large candidate frames at every offset.
-fn find_valid_frame(bytes: &[u8], from: usize, epoch: u64, next_lsn: u64) -> Option<usize> {
+fn candidates(bytes: &[u8], from: usize, next_lsn: u64) -> impl Iterator<Item = (usize, &[u8])> {
     let from = from.next_multiple_of(FRAME_ALIGN_BYTES);
     let frames_left = (bytes.len().saturating_sub(from) / frame::FRAME_HEADER_BYTES) as u64;
     let lsn_max = next_lsn.saturating_add(frames_left);
-    (from..bytes.len()).step_by(FRAME_ALIGN_BYTES).find(|at| {
-        bytes.get(*at..).is_some_and(|b| {
-            frame::peek_lsn(b).is_some_and(|lsn| (next_lsn..=lsn_max).contains(&lsn)) && frame::is_valid_frame(b, epoch)
-        })
+    (from..bytes.len()).step_by(FRAME_ALIGN_BYTES).filter_map(move |at| {
+        let b = bytes.get(at..)?;
+        frame::peek_lsn(b).filter(|lsn| (next_lsn..=lsn_max).contains(lsn)).map(|_| (at, b))
     })
+}
+
+/// Version 1: the offset of the first valid version 1 frame at or after `from` (frames are
+/// aligned, so only aligned offsets are tried) whose LSN could follow the damage.
+fn find_valid_frame_v1(bytes: &[u8], from: usize, epoch: u64, next_lsn: u64) -> Option<usize> {
+    candidates(bytes, from, next_lsn)
+        .find(|(_, b)| frame::valid_frame(b, epoch, RECORD_VERSION_1).is_some())
+        .map(|c| c.0)
+}
+
+/// What the version 2 search past damage found.
+struct Found {
+    /// The first valid frame whose sync watermark is at or past the damaged record, and that
+    /// watermark: proof that the damage hit synced data.
+    proof: Option<(usize, u64)>,
+    /// The first valid frame (proof or not) whose LSN could follow the damage.
+    first_valid: Option<usize>,
+}
+
+/// Version 2: looks at every aligned offset from `from` (the damage itself included, since in
+/// a version 2 segment a valid frame with the wrong LSN is debris) for a valid version 2 frame
+/// whose watermark reaches `next_lsn`, the LSN of the damaged record.
+fn find_sync_proof(bytes: &[u8], from: usize, epoch: u64, next_lsn: u64) -> Found {
+    let mut found = Found { proof: None, first_valid: None };
+    for (at, b) in candidates(bytes, from, next_lsn) {
+        let Some(record) = frame::valid_frame(b, epoch, RECORD_VERSION) else { continue };
+        found.first_valid.get_or_insert(at);
+        if let Some(synced) = record.synced_lsn.filter(|s| *s >= next_lsn) {
+            found.proof = Some((at, synced));
+            break;
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -266,5 +345,82 @@ mod tests {
             e(Expect { first_lsn: Some(2), ..Expect::default() }).kind,
             ErrorKind::FirstLsnMismatch { .. }
         ));
+    }
+
+    /// A version 2 segment of `batches`: each batch's frames carry the LSN before the batch as
+    /// their sync watermark (what a `sync = always` writer does). Returns the bytes and the
+    /// offsets of every frame.
+    fn segment_v2(first_lsn: u64, batches: &[&[&[u8]]]) -> (Vec<u8>, Vec<usize>) {
+        let header = SegmentHeader { segment_id: 3, first_lsn, epoch: EPOCH };
+        let mut v = header.encode_v2().to_vec();
+        let mut offsets = Vec::new();
+        let mut lsn = first_lsn;
+        for batch in batches {
+            let synced = lsn - 1;
+            for p in *batch {
+                offsets.push(v.len());
+                frame::encode_v2(&mut v, EPOCH, lsn, RecordKind::StepStarted, p, synced).unwrap();
+                lsn += 1;
+            }
+        }
+        (v, offsets)
+    }
+
+    #[test]
+    fn v2_hole_in_the_last_batch_is_an_unsynced_tail_cut_at_the_hole() {
+        let (mut v, offsets) = segment_v2(1, &[&[b"one", b"two"], &[b"three", b"four", b"five"]]);
+        // The first frame of the last batch never reached the disk; the later ones did.
+        v[offsets[2]..offsets[3]].fill(0);
+        let (seen, s) = lsns(&v).unwrap();
+        assert_eq!(seen, vec![1, 2], "only the synced prefix is kept");
+        assert_eq!(s.valid_end, offsets[2] as u64);
+        let len = (v.len() - offsets[2]) as u64;
+        let expected =
+            Tail::Unsynced { offset: offsets[2] as u64, len, kind: ErrorKind::Zeroed, valid_at: offsets[3] as u64 };
+        assert_eq!(s.tail, expected);
+        assert!(s.require_clean().is_err(), "a sealed segment never has an unsynced tail");
+    }
+
+    #[test]
+    fn v2_damage_before_a_later_batch_is_corruption_with_its_proof() {
+        let (mut v, offsets) = segment_v2(1, &[&[b"one", b"two"], &[b"three"], &[b"four"]]);
+        // Record 2 was synced before batch 3 (record 3's watermark is 2) was written.
+        v[offsets[1] + 26] ^= 0x01;
+        let err = lsns(&v).unwrap_err();
+        assert_eq!(
+            (err.offset, err.valid_data_at, err.synced_lsn_at_valid),
+            (offsets[1] as u64, Some(offsets[2] as u64), Some(2))
+        );
+        assert!(matches!(err.kind, ErrorKind::FrameChecksum { .. }));
+        assert!(err.to_string().contains("synced data"), "{err}");
+    }
+
+    #[test]
+    fn v2_stale_frame_of_an_older_segment_is_debris() {
+        let (mut v, offsets) = segment_v2(10, &[&[b"ten"], &[b"eleven", b"twelve"]]);
+        // Where record 11 should be, a valid frame of this log with an older LSN (a block of an
+        // older segment, never overwritten): not a record, and no proof of synced damage.
+        let mut stale = Vec::new();
+        frame::encode_v2(&mut stale, EPOCH, 4, RecordKind::StepStarted, b"old!!!", 3).unwrap();
+        v[offsets[1]..offsets[1] + stale.len()].copy_from_slice(&stale);
+        let (seen, s) = lsns(&v).unwrap();
+        assert_eq!(seen, vec![10]);
+        // Record 12 after it is valid but of the same unsynced batch (watermark 10): cut too.
+        let kind = ErrorKind::LsnGap { expected: 11, found: 4 };
+        let len = (v.len() - offsets[1]) as u64;
+        assert_eq!(s.tail, Tail::Unsynced { offset: offsets[1] as u64, len, kind, valid_at: offsets[2] as u64 });
+    }
+
+    #[test]
+    fn v1_rules_are_unchanged_in_v1_segments() {
+        // A v2 frame in a v1 segment is refused, never read or cut as debris.
+        let (mut v, _) = segment(1, &[b"a"]);
+        let at = v.len();
+        frame::encode_v2(&mut v, EPOCH, 2, RecordKind::StepStarted, b"b", 1).unwrap();
+        let err = lsns(&v).unwrap_err();
+        assert_eq!(
+            (err.offset, err.kind),
+            (at as u64, ErrorKind::RecordVersionMismatch { found: 2, segment_version: 1 })
+        );
     }
 }

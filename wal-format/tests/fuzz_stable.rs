@@ -180,19 +180,27 @@ fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// A valid segment with random header fields and records, and the offsets of its frames.
+/// A valid segment with random header fields and records, and the offsets of its frames:
+/// format version 1 or 2 (version 2 frames get random sync watermarks below their LSNs).
 fn random_segment(rng: &mut Rng) -> (Vec<u8>, Vec<usize>, u64) {
     let epoch = rng.next();
     let first_lsn = if rng.below(8) == 0 { u64::MAX - rng.below(3) as u64 } else { 1 + rng.below(1000) as u64 };
     let header = SegmentHeader { segment_id: rng.next() % 100, first_lsn, epoch };
-    let mut bytes = header.encode().to_vec();
+    let v2 = rng.below(2) == 0;
+    let mut bytes = if v2 { header.encode_v2().to_vec() } else { header.encode().to_vec() };
     let mut offsets = Vec::new();
     for i in 0..rng.below(6) {
         offsets.push(bytes.len());
         let kind = *rng.pick(&RecordKind::ALL);
         let len = rng.below(40);
         let payload = rng.bytes(len);
-        frame::encode(&mut bytes, epoch, first_lsn.wrapping_add(i as u64).max(1), kind, &payload).unwrap();
+        let lsn = first_lsn.wrapping_add(i as u64).max(1);
+        if v2 {
+            let synced = lsn.saturating_sub(1 + rng.below(i + 2) as u64);
+            frame::encode_v2(&mut bytes, epoch, lsn, kind, &payload, synced).unwrap();
+        } else {
+            frame::encode(&mut bytes, epoch, lsn, kind, &payload).unwrap();
+        }
     }
     (bytes, offsets, epoch)
 }
@@ -303,9 +311,19 @@ fn segment_reader_survives_random_and_mutated_inputs() {
         }
     }
     // The inputs must reach every verdict of the reader, or this test proves little.
-    for verdict in
-        ["clean", "zeroed", "torn", "corrupt", "LsnGap", "UnknownKind", "UnsupportedRecordVersion", "FrameReserved"]
-    {
+    for verdict in [
+        "clean",
+        "zeroed",
+        "torn",
+        "unsynced",
+        "corrupt",
+        "corrupt-synced",
+        "LsnGap",
+        "UnknownKind",
+        "UnsupportedRecordVersion",
+        "FrameReserved",
+        "SyncedDistance",
+    ] {
         assert!(outcomes.contains(verdict), "no random input reached {verdict}: {outcomes:?}");
     }
 }
@@ -317,7 +335,9 @@ fn outcome(bytes: &[u8]) -> String {
             Tail::Clean => "clean".into(),
             Tail::Zeroed { .. } => "zeroed".into(),
             Tail::Torn { .. } => "torn".into(),
+            Tail::Unsynced { .. } => "unsynced".into(),
         },
+        Err(err) if err.synced_lsn_at_valid.is_some() => "corrupt-synced".into(),
         Err(err) if err.valid_data_at.is_some() => "corrupt".into(),
         Err(err) => format!("{:?}", err.kind).split([' ', '{']).next().unwrap_or_default().to_string(),
     }

@@ -1,5 +1,5 @@
-//! Golden vectors: segment files written once, by format version 1, that must decode the same
-//! way forever.
+//! Golden vectors: segment files written once, by format versions 1 and 2, that must decode the
+//! same way forever.
 //!
 //! The files in `wal-format/vectors/` are never edited or regenerated. A new format version
 //! adds new files (and a new generator); the tests below keep proving that every file ever
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sagalog_wal_format::error::{DecodeError, ErrorKind};
 use sagalog_wal_format::segment::{self, Expect, SegmentSummary, Tail};
-use sagalog_wal_format::{RecordKind, SegmentHeader, frame};
+use sagalog_wal_format::{FORMAT_VERSION, FORMAT_VERSION_1, RecordKind, SegmentHeader, frame};
 
 /// The epoch of the log the v1 vectors belong to.
 const EPOCH: u64 = 0x5a6a_10c0_0000_0001;
@@ -70,14 +70,46 @@ const ZERO_TAIL_BYTES: usize = 4096;
 const OTHER_EPOCH_RECORDS: [(u64, RecordKind, &[u8]); 2] =
     [(6, RecordKind::SagaSubmitted, SUBMITTED_DEMO_2), (7, RecordKind::Checkpoint, CHECKPOINT_AT_5)];
 
+/// The epoch of the log the v2 vectors belong to.
+const EPOCH_V2: u64 = 0x5a6a_10c0_0002_0001;
+
+/// How `v2-valid.wal`'s records were group-committed: (records in the batch, the sync
+/// watermark its frames carry). Each batch's watermark is the last LSN of the batch before,
+/// as a `sync = always` writer sets it.
+const V2_BATCHES: [(usize, u64); 3] = [(2, 0), (2, 2), (1, 4)];
+
+/// The never-acknowledged last batch of `v2-hole-last-batch.wal`, after the five synced
+/// records: its first frame never reached the disk (zeros), the later two did.
+const V2_LAST_BATCH: [(u64, RecordKind, &[u8]); 3] = [
+    (6, RecordKind::SagaSubmitted, SUBMITTED_DEMO_2),
+    (7, RecordKind::StepStarted, STARTED_DEMO_2),
+    (8, RecordKind::StepSucceeded, SUCCEEDED_DEMO_2),
+];
+/// `{"saga":"demo-2","step":0}`
+const STARTED_DEMO_2: &[u8] = b"\x82\xa4saga\xa6demo-2\xa4step\x00";
+/// `{"saga":"demo-2","step":0,"attempt":1}`
+const SUCCEEDED_DEMO_2: &[u8] = b"\x83\xa4saga\xa6demo-2\xa4step\x00\xa7attempt\x01";
+/// Offsets of the last batch's frames in `v2-hole-last-batch.wal`, and its end.
+const V2_LAST_BATCH_OFFSETS: [u64; 3] = [336, 384, 432];
+const V2_HOLE_END: u64 = 488;
+
+/// `v2-damage-synced.wal` flips the same bit as `v1-bitflip-mid.wal` (record 3, of the second
+/// batch); `v2-bitflip-last.wal` flips bit 0x04 of byte 9 of record 5's payload (the last batch).
+const V2_BITFLIP_LAST_RECORD: usize = 4;
+
 /// Every vector file, its length and the crc32fast hash of its bytes. A vector is never
 /// edited; if one of these fails, restore the file from version control.
-const FINGERPRINTS: [(&str, u64, u32); 5] = [
+const FINGERPRINTS: [(&str, u64, u32); 10] = [
     ("v1-valid.wal", 336, 0x3435_ebef),
     ("v1-torn-tail.wal", 373, 0xd18b_4a57),
     ("v1-bitflip-mid.wal", 336, 0x57b6_a96e),
     ("v1-zero-tail.wal", 4432, 0x97c2_48d8),
     ("v1-other-epoch.wal", 144, 0x479d_90c3),
+    ("v2-valid.wal", 336, 0xa559_bfa3),
+    ("v2-torn-tail.wal", 373, 0x7a67_eac6),
+    ("v2-hole-last-batch.wal", 488, 0x9589_29a7),
+    ("v2-damage-synced.wal", 336, 0xc6da_fd22),
+    ("v2-bitflip-last.wal", 336, 0xa505_1e30),
 ];
 
 fn vectors_dir() -> PathBuf {
@@ -137,13 +169,56 @@ fn build_vectors() -> Vec<(&'static str, Vec<u8>)> {
         encode(&mut other_epoch, FOREIGN_EPOCH, record);
     }
 
-    vec![
+    let mut vectors = vec![
         ("v1-valid.wal", valid),
         ("v1-torn-tail.wal", torn),
         ("v1-bitflip-mid.wal", bitflip),
         ("v1-zero-tail.wal", zero_tail),
         ("v1-other-epoch.wal", other_epoch),
+    ];
+    vectors.extend(build_v2_vectors());
+    vectors
+}
+
+/// The exact bytes of the version 2 vectors, as the journal's encoder writes them.
+fn build_v2_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let encode = |out: &mut Vec<u8>, synced: u64, (lsn, kind, payload): (u64, RecordKind, &[u8])| {
+        frame::encode_v2(out, EPOCH_V2, lsn, kind, payload, synced).expect("vector records are encodable");
+    };
+    let mut valid = valid_header_v2().encode_v2().to_vec();
+    let mut records = VALID_RECORDS.iter();
+    for (n, synced) in V2_BATCHES {
+        for record in records.by_ref().take(n) {
+            encode(&mut valid, synced, *record);
+        }
+    }
+
+    let mut torn = valid.clone();
+    encode(&mut torn, 5, TORN_RECORD);
+    torn.truncate(valid.len() + TORN_KEPT_BYTES);
+
+    let mut hole = valid.clone();
+    for record in V2_LAST_BATCH {
+        encode(&mut hole, 5, record);
+    }
+    hole[V2_LAST_BATCH_OFFSETS[0] as usize..V2_LAST_BATCH_OFFSETS[1] as usize].fill(0);
+
+    let flip = |record: usize| {
+        let mut bytes = valid.clone();
+        bytes[VALID_OFFSETS[record] as usize + frame::FRAME_HEADER_BYTES + BITFLIP_PAYLOAD_BYTE] ^= BITFLIP_MASK;
+        bytes
+    };
+    vec![
+        ("v2-valid.wal", valid.clone()),
+        ("v2-torn-tail.wal", torn),
+        ("v2-hole-last-batch.wal", hole),
+        ("v2-damage-synced.wal", flip(BITFLIP_RECORD)),
+        ("v2-bitflip-last.wal", flip(V2_BITFLIP_LAST_RECORD)),
     ]
+}
+
+fn valid_header_v2() -> SegmentHeader {
+    SegmentHeader { segment_id: 1, first_lsn: 1, epoch: EPOCH_V2 }
 }
 
 /// Writes the vectors that do not exist yet. Run by hand, never in CI; refuses to change an
@@ -183,11 +258,10 @@ fn every_vector_file_has_a_fingerprint() {
     }
 }
 
-/// Today's encoder still writes version 1 byte for byte: same header, frames, checksums and
-/// padding as on the day the vectors were written. (When a new version is written, this test
-/// moves to that version's vectors; the decoding tests below stay.)
+/// Today's encoders still write versions 1 and 2 byte for byte: same header, frames, checksums
+/// and padding as on the day the vectors were written.
 #[test]
-fn the_encoder_still_writes_the_v1_vectors() {
+fn the_encoders_still_write_the_vectors() {
     for (name, bytes) in build_vectors() {
         assert!(bytes == read_vector(name), "{name}: the encoder's output differs from the vector");
     }
@@ -205,6 +279,7 @@ fn valid_segment_decodes_to_its_records() {
         summary,
         SegmentSummary {
             header: valid_header(),
+            format_version: FORMAT_VERSION_1,
             records: 5,
             last_lsn: Some(5),
             valid_end: VALID_END,
@@ -310,4 +385,125 @@ fn valid_segment_bytes_follow_the_spec_tables() {
     crc.update(&b[f..f + 4]);
     crc.update(&b[f + 8..end]);
     assert_eq!(u32_at(f + 4), crc.finalize(), "frame crc: epoch, bytes 0..4, bytes 8.., payload, padding");
+}
+
+/// A decoded record with its sync watermark, owned.
+type SeenV2 = (u64, RecordKind, Vec<u8>, u64, Option<u64>);
+
+fn scan_v2(bytes: &[u8]) -> (Vec<SeenV2>, Result<SegmentSummary, DecodeError>) {
+    let mut seen = Vec::new();
+    let expect = Expect { segment_id: Some(1), first_lsn: Some(1), epoch: Some(EPOCH_V2) };
+    let result = segment::scan(1, bytes, expect, |r, offset| {
+        seen.push((r.lsn, r.kind, r.payload.to_vec(), offset, r.synced_lsn));
+    });
+    (seen, result)
+}
+
+/// The records of `v2-valid.wal` with the watermarks of their batches.
+fn expected_v2_records() -> Vec<SeenV2> {
+    let watermarks = V2_BATCHES.iter().flat_map(|(n, synced)| std::iter::repeat_n(*synced, *n));
+    expected_valid_records()
+        .into_iter()
+        .zip(watermarks)
+        .map(|((lsn, kind, payload, at), synced)| (lsn, kind, payload, at, Some(synced)))
+        .collect()
+}
+
+/// `v2-valid.wal` decodes to the five records of `v1-valid.wal`, at the same offsets, each
+/// with its batch's sync watermark, and a clean tail.
+#[test]
+fn v2_valid_segment_decodes_to_its_records_and_watermarks() {
+    let (seen, result) = scan_v2(&read_vector("v2-valid.wal"));
+    assert_eq!(seen, expected_v2_records());
+    let summary = result.unwrap();
+    let expected = SegmentSummary {
+        header: valid_header_v2(),
+        format_version: FORMAT_VERSION,
+        records: 5,
+        last_lsn: Some(5),
+        valid_end: VALID_END,
+        tail: Tail::Clean,
+    };
+    assert_eq!(summary, expected);
+    summary.require_clean().unwrap();
+}
+
+/// A version 2 last frame cut short is a torn tail, exactly as in version 1.
+#[test]
+fn v2_torn_tail_keeps_earlier_records() {
+    let (seen, result) = scan_v2(&read_vector("v2-torn-tail.wal"));
+    assert_eq!(seen, expected_v2_records());
+    let kind = ErrorKind::FrameTruncated { needed: 48, available: TORN_KEPT_BYTES as u64 };
+    assert_eq!(result.unwrap().tail, Tail::Torn { offset: VALID_END, len: TORN_KEPT_BYTES as u64, kind });
+}
+
+/// The shape that used to need an operator: the last batch's first frame is zeros, its later
+/// frames are intact. Their watermark (5) does not reach the lost record (6), so nothing after
+/// the hole was ever synced: the tail is cut at the hole and the synced records are kept.
+#[test]
+fn v2_hole_in_the_last_batch_opens_keeping_the_synced_records() {
+    let bytes = read_vector("v2-hole-last-batch.wal");
+    let (seen, result) = scan_v2(&bytes);
+    assert_eq!(seen, expected_v2_records());
+    let summary = result.unwrap();
+    let tail = Tail::Unsynced {
+        offset: V2_LAST_BATCH_OFFSETS[0],
+        len: V2_HOLE_END - V2_LAST_BATCH_OFFSETS[0],
+        kind: ErrorKind::Zeroed,
+        valid_at: V2_LAST_BATCH_OFFSETS[1],
+    };
+    assert_eq!((summary.valid_end, summary.next_lsn(), summary.tail), (VALID_END, 6, tail));
+    assert_eq!(summary.require_clean(), Err(DecodeError::new(1, VALID_END, ErrorKind::Zeroed)));
+}
+
+/// Damage to record 3, of the second batch: record 4 (same batch, watermark 2) is valid but
+/// proves nothing; record 5 (watermark 4) was written after record 3 was synced, so this is
+/// damage to synced data, refused at record 3 with record 5 as the proof.
+#[test]
+fn v2_damage_to_synced_data_is_refused_with_its_proof() {
+    let (seen, result) = scan_v2(&read_vector("v2-damage-synced.wal"));
+    assert_eq!(seen, expected_v2_records()[..BITFLIP_RECORD].to_vec());
+    let mut expected = DecodeError::new(
+        1,
+        VALID_OFFSETS[BITFLIP_RECORD],
+        ErrorKind::FrameChecksum { stored: 0x994e_9647, computed: 0xa2d1_3503 },
+    );
+    expected.valid_data_at = Some(VALID_OFFSETS[BITFLIP_RECORD + 2]);
+    expected.synced_lsn_at_valid = Some(4);
+    assert_eq!(result.unwrap_err(), expected);
+}
+
+/// The one case the format cannot decide: damage in the last batch with nothing after it. It
+/// reads exactly like a batch torn by a power loss, and is cut as a torn tail.
+#[test]
+fn v2_damage_in_the_last_batch_is_a_torn_tail() {
+    let (seen, result) = scan_v2(&read_vector("v2-bitflip-last.wal"));
+    assert_eq!(seen, expected_v2_records()[..V2_BITFLIP_LAST_RECORD].to_vec());
+    let summary = result.unwrap();
+    let at = VALID_OFFSETS[V2_BITFLIP_LAST_RECORD];
+    assert!(
+        matches!(summary.tail, Tail::Torn { offset, len, kind: ErrorKind::FrameChecksum { .. } } if offset == at && len == VALID_END - at),
+        "{:?}",
+        summary.tail
+    );
+}
+
+/// The version 2 bytes differ from version 1 only where the README says: the header's format
+/// version, each frame's record version and synced distance, and so the frame checksums.
+#[test]
+fn v2_bytes_follow_the_spec_tables() {
+    let b = read_vector("v2-valid.wal");
+    let u16_at = |at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
+    let u48_at = |at: usize| {
+        let mut a = [0u8; 8];
+        a[..6].copy_from_slice(&b[at..at + 6]);
+        u64::from_le_bytes(a)
+    };
+    assert_eq!((u16_at(8), u16_at(10)), (2, 64), "format version, header length");
+    let watermarks = V2_BATCHES.iter().flat_map(|(n, synced)| std::iter::repeat_n(*synced, *n));
+    for ((f, (lsn, _, _)), synced) in VALID_OFFSETS.iter().zip(VALID_RECORDS).zip(watermarks) {
+        let f = *f as usize;
+        assert_eq!(b[f + 17], 2, "record version of lsn {lsn}");
+        assert_eq!(u48_at(f + 18), lsn - synced, "synced distance of lsn {lsn}");
+    }
 }
