@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{EXIT_CORRUPT, EXIT_USAGE_OR_IO};
+
+/// `sagalog audit` found nothing to check: not a pass.
+pub const EXIT_CHECKED_NOTHING: u8 = 3;
 use crate::ops;
 use crate::ops::audit::AuditReport;
 
@@ -40,7 +43,13 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
-    Ok(if report.agrees() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_CORRUPT) })
+    Ok(if !report.agrees() {
+        ExitCode::from(EXIT_CORRUPT)
+    } else if report.checked_nothing {
+        ExitCode::from(EXIT_CHECKED_NOTHING)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_report(r: &AuditReport) {
@@ -60,6 +69,13 @@ fn print_report(r: &AuditReport) {
     }
     for note in &r.notes {
         println!("note:     {note}");
+    }
+    if r.agrees() && r.checked_nothing {
+        println!(
+            "status:   checked nothing: no finished saga in the journal or the index, no marker in any participant; \
+             check --data-dir and --config (exit 3)"
+        );
+        return;
     }
     if r.agrees() {
         println!("status:   ok, the journal, the index and every participant agree");

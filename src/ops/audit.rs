@@ -104,11 +104,22 @@ pub struct AuditReport {
     pub effects_checked: usize,
     pub notes: Vec<String>,
     pub findings: Vec<Finding>,
+    /// Nothing was there to check: no finished saga, no file effect, no marker in any
+    /// participant. Not a pass (a wrong `--data-dir`, or participants pointed elsewhere, look
+    /// exactly like this); `sagalog audit` exits 3.
+    pub checked_nothing: bool,
 }
 
 impl AuditReport {
     pub fn agrees(&self) -> bool {
         self.findings.is_empty()
+    }
+
+    fn nothing_checked(&self) -> bool {
+        self.sagas_checked == 0
+            && self.effects_checked == 0
+            && self.unfinished_skipped == 0
+            && self.markers.values().all(|n| *n == 0)
     }
 }
 
@@ -263,6 +274,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         effects_checked: 0,
         notes: participants.notes.clone(),
         findings: Vec::new(),
+        checked_nothing: false,
     };
     // Every saga the audit knows: the journal's view wins over the index (it is newer).
     let mut finished: BTreeMap<String, SagaFacts> = BTreeMap::new();
@@ -315,6 +327,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     drop(participants);
     drop(dir);
     report.findings.sort();
+    report.checked_nothing = report.nothing_checked();
     Ok(report)
 }
 

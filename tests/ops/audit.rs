@@ -217,3 +217,22 @@ fn interrupted_file_writes_are_reported() {
     before.retain(|p, _| !p.to_string_lossy().ends_with("-shm"));
     assert_eq!(after, before, "audit changed the data directory");
 }
+
+/// Trust item A9: an audit that checked nothing (no finished saga in the journal or the index,
+/// no marker in any participant: a wrong `--data-dir`, or participants pointed elsewhere)
+/// says so and exits 3, never "ok". Before: status ok, exit 0.
+#[test]
+fn an_audit_that_checked_nothing_says_so_and_exits_non_zero() {
+    let dir = data_dir();
+    init_participants(dir.path());
+    append(dir.path(), &[]);
+    let (code, report) = audit(dir.path());
+    assert_eq!(code, Some(3), "{report}");
+    assert_eq!(report["checked_nothing"], Json::Bool(true), "{report}");
+    let out = sagalog(&["audit"], dir.path());
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout(&out).contains("checked nothing"), "{}", stdout(&out));
+    // A healthy directory with sagas still passes.
+    let (code, report) = audit(healthy().path());
+    assert_eq!((code, &report["checked_nothing"]), (Some(0), &Json::Bool(false)), "{report}");
+}
