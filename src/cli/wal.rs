@@ -96,6 +96,10 @@ fn verify_json(summary: &LogSummary, seconds: f64) -> serde_json::Value {
             "segment": p.error.segment,
             "offset": p.error.offset,
             "valid_data_at": p.error.valid_data_at,
+            // A warning's kind of tail: "unsynced" (a hole in a never-synced last batch, format
+            // version 2; valid frames follow at `unsynced_valid_at` and are dropped) or "torn".
+            "tail": (p.severity == Severity::Warning).then(|| if p.unsynced_valid_at.is_some() { "unsynced" } else { "torn" }),
+            "unsynced_valid_at": p.unsynced_valid_at,
             "message": p.error.kind.to_string(),
         })
     });

@@ -666,6 +666,8 @@ fn power_loss_on_real_files_serve_and_verify_start_unattended() {
         let (code, json) = wal_verify_json(&data);
         assert_eq!(code, Some(0), "{shape}: {json}");
         assert_eq!(json["status"], "torn-tail", "{shape}: {json}");
+        assert_eq!(json["problem"]["tail"], "unsynced", "{shape}: {json}");
+        assert!(json["problem"]["unsynced_valid_at"].is_u64(), "{shape}: {json}");
         assert_eq!(json["records"], records, "{shape}: only the synced records verify: {json}");
         assert_eq!(json["problem"]["offset"], synced.len(), "{shape}: {json}");
         let text = std::process::Command::new(common::sagalog_bin())
