@@ -15,7 +15,7 @@ use std::path::Path;
 use crate::config::Kind;
 pub use crate::config::{
     ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
-    OperationConfig, ParamType, ParticipantConfig, RetryConfig,
+    OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard,
 };
 use crate::engine::{Direction, SagaDefinition, StepCall, StepPolicy, Value};
 use crate::participant::Operation;
@@ -206,9 +206,11 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
         None => Err(format!("parameter {name:?} is missing")),
     };
     let operation = match op {
-        OperationConfig::Sql { sql, args } => {
-            Operation::Sql { sql: sql.clone(), args: args.iter().map(|a| arg(a)).collect::<Result<_, _>>()? }
-        }
+        OperationConfig::Sql { sql, args, rows } => Operation::Sql {
+            sql: sql.clone(),
+            args: args.iter().map(|a| arg(a)).collect::<Result<_, _>>()?,
+            rows: *rows,
+        },
         OperationConfig::Put { put, contents } => {
             Operation::FilePut { path: fill_path(put, &call.params)?, contents: text(contents)? }
         }
@@ -425,7 +427,11 @@ mod tests {
         let (_, op) = c.operation(&s.steps[0], Direction::Compensate).unwrap();
         assert_eq!(
             op,
-            Operation::Sql { sql: "DELETE FROM t WHERE id = ?1".into(), args: vec![Value::Text("a".into())] }
+            Operation::Sql {
+                sql: "DELETE FROM t WHERE id = ?1".into(),
+                args: vec![Value::Text("a".into())],
+                rows: None
+            }
         );
     }
 
@@ -559,5 +565,61 @@ mod shipped_configs {
         let c = Catalog::parse(EMBEDDED_DEFAULT).unwrap();
         c.validate(&crate::cli::demo::demo_saga("demo-1", "run-1", 10)).unwrap();
         Catalog::parse(include_str!("../docs/example-config.toml")).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    fn action(forward: &str) -> Result<Catalog, ConfigError> {
+        Catalog::parse(&format!(
+            "[participants.d]\nkind = \"sqlite\"\npath = \"d\"\n[actions.a]\nparticipant = \"d\"\nparams = {{ id = \"int\" }}\nforward = {forward}\ncompensate = {{ noop = true }}"
+        ))
+    }
+
+    /// `rows = N` is exactly N, `rows = "N+"` at least N; the guard reaches the bound
+    /// operation, and an action without one binds none.
+    #[test]
+    fn guards_parse_and_reach_the_operation() {
+        for (text, guard) in [
+            ("1", Some(RowsGuard::Exactly(1))),
+            ("\"1+\"", Some(RowsGuard::AtLeast(1))),
+            ("\"0\"", Some(RowsGuard::Exactly(0))),
+        ] {
+            let catalog = action(&format!(
+                "{{ sql = \"UPDATE t SET n = n - 1 WHERE id = ?1\", args = [\"id\"], rows = {text} }}"
+            ))
+            .unwrap_or_else(|e| panic!("rows = {text}: {e}"));
+            let call = StepCall { action: "a".into(), params: BTreeMap::from([("id".into(), Value::Int(7))]) };
+            let (_, op) = catalog.operation(&call, Direction::Forward).unwrap();
+            assert!(matches!(op, Operation::Sql { rows, .. } if rows == guard), "rows = {text}");
+        }
+        let catalog = action("{ sql = \"SELECT 1\" }").unwrap();
+        let call = StepCall { action: "a".into(), params: BTreeMap::from([("id".into(), Value::Int(7))]) };
+        assert!(matches!(catalog.operation(&call, Direction::Forward).unwrap().1, Operation::Sql { rows: None, .. }));
+    }
+
+    /// A guard that is not a count is refused when the config loads.
+    #[test]
+    fn bad_guards_are_refused() {
+        for text in ["-1", "\"x\"", "\"1-\"", "1.5"] {
+            let refused = action(&format!("{{ sql = \"SELECT 1\", rows = {text} }}"));
+            assert!(refused.is_err(), "rows = {text} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_guard_message_says_what_was_expected_and_what_happened() {
+        assert_eq!(RowsGuard::Exactly(1).check(1), Ok(()));
+        assert_eq!(RowsGuard::AtLeast(1).check(3), Ok(()));
+        assert_eq!(
+            RowsGuard::Exactly(1).check(0),
+            Err("guard failed: expected exactly 1 rows affected, got 0".to_owned())
+        );
+        assert_eq!(
+            RowsGuard::AtLeast(2).check(1),
+            Err("guard failed: expected at least 2 rows affected, got 1".to_owned())
+        );
     }
 }

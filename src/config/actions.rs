@@ -39,6 +39,11 @@ pub enum OperationConfig {
         sql: String,
         #[serde(default)]
         args: Vec<String>,
+        /// A business rule on the rows the statement affects (`rows = 1`, `rows = "1+"`):
+        /// fewer is a permanent failure, `guard failed: expected …, got …`, rolled back with
+        /// the marker, and the saga compensates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<RowsGuard>,
     },
     Put {
         put: String,
@@ -54,6 +59,63 @@ pub enum OperationConfig {
     Noop {
         noop: bool,
     },
+}
+
+/// How many rows a guarded SQL statement must affect: `rows = N` (exactly N) or
+/// `rows = "N+"` (at least N). Rows a `… RETURNING` or `SELECT` statement returns count as
+/// affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsGuard {
+    Exactly(u64),
+    AtLeast(u64),
+}
+
+impl RowsGuard {
+    /// `Err` with the failure message when `affected` breaks the guard.
+    pub fn check(self, affected: u64) -> Result<(), String> {
+        let (ok, expected) = match self {
+            RowsGuard::Exactly(n) => (affected == n, format!("exactly {n}")),
+            RowsGuard::AtLeast(n) => (affected >= n, format!("at least {n}")),
+        };
+        if ok { Ok(()) } else { Err(format!("guard failed: expected {expected} rows affected, got {affected}")) }
+    }
+}
+
+impl Serialize for RowsGuard {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RowsGuard::Exactly(n) => s.serialize_u64(*n),
+            RowsGuard::AtLeast(n) => s.serialize_str(&format!("{n}+")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RowsGuard {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RowsGuard;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a row count N (exactly N rows) or a string \"N+\" (at least N rows)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RowsGuard, E> {
+                Ok(RowsGuard::Exactly(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RowsGuard, E> {
+                u64::try_from(n)
+                    .map(RowsGuard::Exactly)
+                    .map_err(|_| E::custom(format!("rows = {n}: a row count cannot be negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RowsGuard, E> {
+                let bad = || E::custom(format!("rows = {s:?}: expected a count N or \"N+\" (at least N)"));
+                match s.strip_suffix('+') {
+                    Some(n) => n.parse().map(RowsGuard::AtLeast).map_err(|_| bad()),
+                    None => s.parse().map(RowsGuard::Exactly).map_err(|_| bad()),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -219,10 +219,12 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                 forward: OperationConfig::Sql {
                     sql: "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2".into(),
                     args: vec!["amount".into(), "id".into()],
+                    rows: None,
                 },
                 compensate: OperationConfig::Sql {
                     sql: "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2".into(),
                     args: vec!["amount".into(), "id".into()],
+                    rows: None,
                 },
                 retry: retry(3),
                 compensate_retry: retry(5),

@@ -26,7 +26,7 @@ use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
     Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    StepKey, fenced_off,
+    Statement, StepKey, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -184,7 +184,7 @@ impl Participant for Duckdb {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
-            let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
+            let statement = op.sql(&self.name)?;
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction ends,
             // not when this future is dropped (a step timeout).
@@ -326,7 +326,7 @@ fn apply_blocking(
     conn: &mut Connection,
     key: &StepKey,
     attempt: u32,
-    statement: Option<(String, Vec<Value>)>,
+    statement: Option<Statement>,
 ) -> Result<Applied, Error> {
     let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
     if let Some(through) = fenced_through(name, &tx, key)?
@@ -339,9 +339,12 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
-    if let Some((sql, args)) = statement {
-        tx.execute(&sql, params_from_iter(args.iter().map(to_duckdb)))
+    if let Some(statement) = &statement {
+        let affected = tx
+            .execute(&statement.sql, params_from_iter(statement.args.iter().map(to_duckdb)))
             .map_err(|e| classify(name, &format!("step {key}"), &e))?;
+        // A guard that fails drops the transaction: statement and marker roll back.
+        statement.check_rows(name, key, affected as u64)?;
     }
     let insert = format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)");
     tx.execute(&insert, params![key.saga_id, key.step, key.direction.as_str(), now_ms()]).map_err(|e| {

@@ -59,7 +59,7 @@ pub mod stores;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::ParticipantConfig;
+use crate::config::{ParticipantConfig, RowsGuard};
 use crate::engine::value::Value;
 
 /// Name of the marker table every SQL participant keeps.
@@ -88,7 +88,13 @@ pub struct MarkerEntry {
 pub enum Operation {
     /// One SQL statement with positional parameters (`?1`… for SQLite/DuckDB, `$1`… for
     /// PostgreSQL), bound in order, never pasted into the text.
-    Sql { sql: String, args: Vec<Value> },
+    Sql {
+        sql: String,
+        args: Vec<Value>,
+        /// The rows the statement must affect (a business rule); fewer fails the step
+        /// permanently, rolled back with its marker.
+        rows: Option<RowsGuard>,
+    },
     /// Write `contents` to `path` (relative to the participant's root) atomically.
     FilePut { path: String, contents: Vec<u8> },
     /// Delete `path`; absence is success.
@@ -102,13 +108,34 @@ pub enum Operation {
 impl Operation {
     /// The statement a SQL participant runs for this operation: `None` for `Noop` (the marker
     /// alone is recorded); a file operation is a permanent error naming the participant.
-    pub fn sql(&self, participant: &str) -> Result<Option<(&str, &[Value])>, Error> {
+    pub fn sql(&self, participant: &str) -> Result<Option<Statement>, Error> {
         match self {
-            Operation::Sql { sql, args } => Ok(Some((sql, args))),
+            Operation::Sql { sql, args, rows } => {
+                Ok(Some(Statement { sql: sql.clone(), args: args.clone(), rows: *rows }))
+            }
             Operation::Noop => Ok(None),
             Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
                 Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
             }
+        }
+    }
+}
+
+/// The statement a SQL participant runs for a step, owned (it moves to a blocking thread).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub args: Vec<Value>,
+    pub rows: Option<RowsGuard>,
+}
+
+impl Statement {
+    /// A permanent error naming the step when `affected` breaks the statement's guard: the
+    /// caller rolls its transaction back (the marker with it) and the saga compensates.
+    pub fn check_rows(&self, participant: &str, key: &StepKey, affected: u64) -> Result<(), Error> {
+        match self.rows.map(|guard| guard.check(affected)) {
+            Some(Err(message)) => Err(Error::permanent(participant, format!("step {key}: {message}"))),
+            _ => Ok(()),
         }
     }
 }

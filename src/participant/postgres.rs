@@ -37,7 +37,7 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
     Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    StepKey, fenced_off,
+    Statement, StepKey, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -108,12 +108,7 @@ impl Postgres {
         Ok(client)
     }
 
-    async fn apply_sql(
-        &self,
-        key: &StepKey,
-        attempt: u32,
-        statement: Option<(&str, &[Value])>,
-    ) -> Result<Applied, Error> {
+    async fn apply_sql(&self, key: &StepKey, attempt: u32, statement: Option<Statement>) -> Result<Applied, Error> {
         let name = self.name.as_str();
         let step = step_param(name, key.step)?;
         let mut client = self.client().await?;
@@ -152,12 +147,15 @@ impl Postgres {
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Ok(Applied::AlreadyApplied);
         }
-        if let Some((sql, args)) = statement {
+        if let Some(statement) = statement {
             let context = format!("step {key}");
-            let stmt = tx.prepare_cached(sql).await.map_err(|e| classify(name, &context, &e))?;
-            let params = bind(name, stmt.params(), args)?;
+            let stmt = tx.prepare_cached(&statement.sql).await.map_err(|e| classify(name, &context, &e))?;
+            let params = bind(name, stmt.params(), &statement.args)?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-            tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
+            // Rows changed, or returned by a `SELECT` / `… RETURNING`.
+            let affected = tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
+            // A guard that fails drops the transaction: statement and marker roll back.
+            statement.check_rows(name, key, affected)?;
         }
         // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
         // back before the connection runs anything else.

@@ -32,7 +32,7 @@ use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
     Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    StepKey, fenced_off,
+    Statement, StepKey, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -205,7 +205,7 @@ impl Participant for Sqlite {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
-            let statement = op.sql(&self.name)?.map(|(sql, args)| (sql.to_owned(), args.to_vec()));
+            let statement = op.sql(&self.name)?;
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction
             // ends, not when this future is dropped (a step timeout).
@@ -354,7 +354,7 @@ fn apply_blocking(
     conn: &mut Connection,
     key: &StepKey,
     attempt: u32,
-    statement: Option<(String, Vec<Value>)>,
+    statement: Option<Statement>,
 ) -> Result<Applied, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -369,14 +369,25 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
-    if let Some((sql, args)) = statement {
+    if let Some(statement) = &statement {
         let context = format!("step {key}");
-        let mut stmt = tx.prepare_cached(&sql).map_err(|e| classify(name, &context, &e))?;
+        let mut stmt = tx.prepare_cached(&statement.sql).map_err(|e| classify(name, &context, &e))?;
+        let returns_rows = stmt.column_count() > 0;
         // Stepping through the rows (rather than `execute`) also runs `… RETURNING` statements
-        // to completion; what they return is not kept.
-        let mut rows =
-            stmt.query(params_from_iter(args.iter().map(to_sqlite))).map_err(|e| classify(name, &context, &e))?;
-        while rows.next().map_err(|e| classify(name, &context, &e))?.is_some() {}
+        // to completion; what they return is not kept, only counted.
+        let mut returned = 0u64;
+        {
+            let mut rows = stmt
+                .query(params_from_iter(statement.args.iter().map(to_sqlite)))
+                .map_err(|e| classify(name, &context, &e))?;
+            while rows.next().map_err(|e| classify(name, &context, &e))?.is_some() {
+                returned += 1;
+            }
+        }
+        // Rows returned (`SELECT`, `… RETURNING`), else rows changed by this statement.
+        let affected = if returns_rows { returned } else { tx.changes() };
+        // A guard that fails drops the transaction: statement and marker roll back.
+        statement.check_rows(name, key, affected)?;
     }
     let insert =
         format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)");

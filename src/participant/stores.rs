@@ -236,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let configs = configs();
         let open = super::super::open_all(&configs, dir.path()).unwrap();
-        let sql = Operation::Sql { sql: "INSERT INTO t (id) VALUES ('a')".into(), args: vec![] };
+        let sql = Operation::Sql { sql: "INSERT INTO t (id) VALUES ('a')".into(), args: vec![], rows: None };
         assert_eq!(open["ledger"].apply(&key("s"), 1, &sql).await.unwrap(), Applied::Applied);
         let put = Operation::FilePut { path: "a.txt".into(), contents: b"x".to_vec() };
         assert_eq!(open["files"].apply(&key("s"), 1, &put).await.unwrap(), Applied::Applied);

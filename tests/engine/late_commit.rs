@@ -41,6 +41,7 @@ async fn sqlite_lookup_during_a_timed_out_apply_agrees_with_what_commits() {
     let op = Operation::Sql {
         sql: "INSERT INTO effects (id, note) VALUES (?1, ?2)".to_owned(),
         args: vec![Value::Int(1), Value::Text("late".to_owned())],
+        rows: None,
     };
 
     let holder = rusqlite::Connection::open(&path).unwrap();
@@ -122,6 +123,7 @@ async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
     let op = Operation::Sql {
         sql: format!("INSERT INTO {table} (id, note) VALUES ($1, $2)"),
         args: vec![Value::Int(1), Value::Text("late".to_owned())],
+        rows: None,
     };
 
     let began = std::time::Instant::now();

@@ -9,6 +9,7 @@ mod archive;
 mod compensation;
 mod engine_support;
 mod fs_marker;
+mod guards;
 mod index;
 mod late_commit;
 mod limits;

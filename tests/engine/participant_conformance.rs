@@ -77,7 +77,7 @@ impl Harness {
             }
             _ => format!("INSERT INTO {} (id, note) VALUES (?1, ?2)", self.table),
         };
-        Operation::Sql { sql, args }
+        Operation::Sql { sql, args, rows: None }
     }
 
     /// How many effect rows with `id` exist (for the memory kind: how many effects `saga_id` has).
@@ -339,7 +339,7 @@ mod cases {
         let statements = ["INSRT INTO nowhere VALUES (1)", "INSERT INTO no_such_table_sagalog (id) VALUES (1)"];
         for (step, sql) in (0..).zip(statements) {
             let key = h.key("bad-sql", step, Forward);
-            let op = Operation::Sql { sql: sql.to_owned(), args: vec![] };
+            let op = Operation::Sql { sql: sql.to_owned(), args: vec![], rows: None };
             assert_permanent(h.p().apply(&key, 1, &op).await);
             assert!(!h.p().lookup_marker(&key).await.unwrap());
         }
@@ -362,10 +362,42 @@ mod cases {
 
     pub async fn returning_statement_commits(h: &Harness) {
         let key = h.key("returning", 0, Forward);
-        let Operation::Sql { sql, args } = h.insert(9, "returned") else { unreachable!("SQL kinds only") };
-        let op = Operation::Sql { sql: format!("{sql} RETURNING id"), args };
+        let Operation::Sql { sql, args, .. } = h.insert(9, "returned") else { unreachable!("SQL kinds only") };
+        let op = Operation::Sql { sql: format!("{sql} RETURNING id"), args, rows: None };
         assert_eq!(h.p().apply(&key, 1, &op).await.unwrap(), Applied::Applied);
         assert_eq!(h.count(&key.saga_id, 9).await, 1);
+        assert!(h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    pub async fn a_guard_that_fails_rolls_back_with_its_marker(h: &Harness) {
+        use sagalog::config::RowsGuard;
+        let ph = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
+        h.p().apply(&h.key("guard-seed", 0, Forward), 1, &h.insert(21, "before")).await.unwrap();
+        let update = |id: i64, rows| Operation::Sql {
+            sql: format!("UPDATE {} SET note = 'after' WHERE id = {ph}", h.table),
+            args: vec![Value::Int(id)],
+            rows: Some(rows),
+        };
+        let untouched = format!("SELECT count(*) FROM {} WHERE id = {ph} AND note = 'before'", h.table);
+        // No row matches: the business rule fails, permanently, naming what it expected.
+        let key = h.key("guard", 0, Forward);
+        let message = assert_permanent(h.p().apply(&key, 1, &update(22, RowsGuard::Exactly(1))).await);
+        assert!(message.contains("guard failed: expected exactly 1 rows affected, got 0"), "{message}");
+        assert!(!h.p().lookup_marker(&key).await.unwrap(), "the marker rolled back with the statement");
+        // A row changed, but not as many as required: the change rolls back too.
+        let key = h.key("guard", 1, Forward);
+        let message = assert_permanent(h.p().apply(&key, 1, &update(21, RowsGuard::Exactly(2))).await);
+        assert!(message.contains("expected exactly 2 rows affected, got 1"), "{message}");
+        assert_eq!(
+            h.p().count(&untouched, &[Value::Int(21)]).await.unwrap(),
+            1,
+            "the failed guard's change rolled back"
+        );
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+        // "1+" is met: the statement and its marker commit.
+        let key = h.key("guard", 2, Forward);
+        assert_eq!(h.p().apply(&key, 1, &update(21, RowsGuard::AtLeast(1))).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().count(&untouched, &[Value::Int(21)]).await.unwrap(), 0);
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -502,6 +534,9 @@ macro_rules! sql_suite {
             file_operation_is_permanent,
             /// count runs an action's effect check (bound parameters, one count back).
             count_runs_an_effect_check,
+            /// A guarded statement (`rows = N`, `rows = "N+"`) that affects too few rows fails
+            /// permanently with `guard failed: expected …, got …`, rolled back with its marker.
+            a_guard_that_fails_rolls_back_with_its_marker,
         }
     };
 }
@@ -750,7 +785,7 @@ mod postgres {
         let Some(h) = make_postgres().await else { return };
         let key = h.key("range", 0, Direction::Forward);
         let sql = format!("INSERT INTO {} (id, note) VALUES ($1::integer, $2)", h.table);
-        let op = Operation::Sql { sql, args: vec![Value::Int(1 << 40), Value::Text("big".to_owned())] };
+        let op = Operation::Sql { sql, args: vec![Value::Int(1 << 40), Value::Text("big".to_owned())], rows: None };
         let message = assert_permanent(h.p().apply(&key, 1, &op).await);
         assert!(message.contains("$1"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
@@ -923,7 +958,9 @@ mod fs {
     async fn sql_operation_is_permanent() {
         let h = make_fs().await.unwrap();
         let key = h.key("sql", 0, Direction::Forward);
-        assert_permanent(h.p().apply(&key, 1, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![] }).await);
+        assert_permanent(
+            h.p().apply(&key, 1, &Operation::Sql { sql: "SELECT 1".to_owned(), args: vec![], rows: None }).await,
+        );
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 
