@@ -34,35 +34,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
     let saga = || SAGA.to_owned();
     let resolved = |decision| Record::Resolved(Resolved { saga: saga(), decision, by: "alice".into(), at_ms: AT_MS });
     vec![
-        (
-            "v1-saga-submitted.msgpack",
-            275,
-            0x5769_eed2,
-            Record::SagaSubmitted(Submitted {
-                saga: saga(),
-                steps: vec![
-                    StepCall {
-                        action: "reserve".into(),
-                        params: BTreeMap::from([
-                            ("blob".to_owned(), Value::Bytes(vec![0x00, 0x01, 0xfe, 0xff])),
-                            ("express".to_owned(), Value::Bool(true)),
-                            ("note".to_owned(), Value::Null),
-                            ("qty".to_owned(), Value::Int(-42)),
-                            ("ratio".to_owned(), Value::Float(0.5)),
-                            ("sku".to_owned(), Value::Text("A-1".into())),
-                        ]),
-                    },
-                    StepCall { action: "charge".into(), params: BTreeMap::new() },
-                ],
-                policies: vec![
-                    StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
-                    StepPolicy { max_attempts: 1, compensate_max_attempts: 2 },
-                ],
-                digest: 0x1234_abcd,
-                at_ms: AT_MS,
-                actions: Default::default(),
-            }),
-        ),
+        ("v1-saga-submitted.msgpack", 275, 0x5769_eed2, v1_submitted()),
         ("v2-saga-submitted-actions.msgpack", 1341, 0x3c7b_f422, v2_submitted()),
         (
             "v1-step-started.msgpack",
@@ -177,11 +149,10 @@ fn snapshot_saga() -> super::saga::Saga {
     saga
 }
 
-/// The v2 `SagaSubmitted` vector's record: the v1 fields, with action definitions.
-fn v2_submitted() -> Record {
-    let saga = || SAGA.to_owned();
+/// The v1 `SagaSubmitted` vector's record: every `Value` variant, two steps with their policies.
+fn v1_submitted() -> Record {
     Record::SagaSubmitted(Submitted {
-        saga: saga(),
+        saga: SAGA.to_owned(),
         steps: vec![
             StepCall {
                 action: "reserve".into(),
@@ -202,8 +173,14 @@ fn v2_submitted() -> Record {
         ],
         digest: 0x1234_abcd,
         at_ms: AT_MS,
-        actions: v2_actions(),
+        actions: Default::default(),
     })
+}
+
+/// The v2 `SagaSubmitted` vector's record: the v1 fields, with action definitions.
+fn v2_submitted() -> Record {
+    let Record::SagaSubmitted(submitted) = v1_submitted() else { unreachable!("v1_submitted builds a SagaSubmitted") };
+    Record::SagaSubmitted(Submitted { actions: v2_actions(), ..submitted })
 }
 
 /// The action definitions of the v2 `SagaSubmitted` vector: one SQL action with an effect

@@ -119,6 +119,22 @@ forward = { sql = "INSERT INTO no_such_table VALUES (1)" }
 compensate = { sql = "SELECT 1" }
 "#;
 
+/// Submits the saga whose step 1 is refused and whose step 0's compensation fails for good,
+/// waits until it is STUCK, and returns its watch.
+async fn submit_stuck(node: &Node) -> tokio::sync::watch::Receiver<sagalog::executor::Snapshot> {
+    let stuck = SagaDefinition {
+        id: "stuck".into(),
+        steps: vec![
+            StepCall { action: "sticky".into(), params: Default::default() },
+            StepCall { action: "refused".into(), params: Default::default() },
+        ],
+    };
+    node.executor.submit(stuck).await.unwrap();
+    let mut rx = node.executor.watch("stuck").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.status == Status::Stuck)).await.unwrap().unwrap();
+    rx
+}
+
 /// Trust item B19: one STUCK saga no longer pins the journal. Before, the checkpoint was the
 /// STUCK saga's `SagaSubmitted`, and every segment written after it stayed (thousands of 4 KiB
 /// segments here). Now the saga re-journals its state when it lags `snapshot_lag_records`
@@ -134,16 +150,7 @@ async fn one_stuck_saga_does_not_pin_the_journal() {
     let config = dir.path().join("sagalog.toml");
     std::fs::write(&config, STUCK_CONFIG).unwrap();
     let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
-    let stuck = SagaDefinition {
-        id: "stuck".into(),
-        steps: vec![
-            StepCall { action: "sticky".into(), params: Default::default() },
-            StepCall { action: "refused".into(), params: Default::default() },
-        ],
-    };
-    node.executor.submit(stuck).await.unwrap();
-    let mut rx = node.executor.watch("stuck").unwrap();
-    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.status == Status::Stuck)).await.unwrap().unwrap();
+    submit_stuck(&node).await;
 
     let n: usize = std::env::var("SAGALOG_SNAPSHOT_TEST_SAGAS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
     let mut peak = 0;
@@ -199,16 +206,7 @@ async fn a_snapshotted_stuck_saga_is_still_resolved_by_its_operator() {
     let config = dir.path().join("sagalog.toml");
     std::fs::write(&config, STUCK_CONFIG.replace("snapshot_lag_records = 300", "snapshot_lag_records = 20")).unwrap();
     let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
-    let stuck = SagaDefinition {
-        id: "stuck".into(),
-        steps: vec![
-            StepCall { action: "sticky".into(), params: Default::default() },
-            StepCall { action: "refused".into(), params: Default::default() },
-        ],
-    };
-    node.executor.submit(stuck).await.unwrap();
-    let mut rx = node.executor.watch("stuck").unwrap();
-    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.status == Status::Stuck)).await.unwrap().unwrap();
+    let mut rx = submit_stuck(&node).await;
     let stuck_version = node.executor.get("stuck").unwrap().saga.version;
     for i in 0..30 {
         node.executor.submit(saga(&format!("f{i}"), 1)).await.unwrap();
