@@ -65,13 +65,16 @@ fn free_port() -> u16 {
 }
 
 /// `sagalog serve` on the embedded default (anonymous on loopback), listening on `port`.
+/// With `SAGALOG_CRASH_SERVER_LOG=FILE`, every server's log is appended to FILE.
 fn spawn_server(dir: &Path, port: u16) -> Child {
+    let log = std::env::var_os("SAGALOG_CRASH_SERVER_LOG")
+        .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the server log"));
     Command::new(sagalog_bin())
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, Stdio::from))
         .spawn()
         .unwrap()
 }

@@ -10,12 +10,17 @@
 //!
 //! `apply` runs the fence check, the marker check, the step's statement and the marker insert
 //! in one transaction. `settle_marker` (the executor's fencing lookup) takes the same write
-//! lock, reads the marker and, when there is none, inserts a fence row (`sagalog_fences`) in
-//! one transaction: a timed-out apply still running on its blocking thread holds the write
-//! lock until its transaction ends, so the lookup waits for it; an apply of a fenced-off
-//! attempt that starts later finds the fence and fails permanently. (DuckDB lets one process
-//! write a file, so the in-process lock serializes every writer.) Every call into DuckDB runs
-//! on a blocking thread.
+//! lock and reads the marker: a timed-out apply still running on its blocking thread holds the
+//! write lock until its transaction ends, so the lookup waits for it. When there is no marker
+//! the fence is kept **in memory**, and an apply of a fenced-off attempt that takes the write
+//! lock later fails permanently. Memory is enough because DuckDB lets one process write a file:
+//! an attempt can only run in this process (a crashed process's transaction is gone with it),
+//! and an apply whose future was dropped before it took the write lock never runs. A fence
+//! row written and committed per lookup (as SQLite and PostgreSQL do) cost one DuckDB commit
+//! per in-doubt step under the write lock: after a crash with hundreds of steps in doubt, the
+//! applies queued behind those commits timed out and the breaker parked every saga (found by
+//! `tests/crash.rs`). Fence rows an earlier build wrote to `sagalog_fences` are still honoured.
+//! Every call into DuckDB runs on a blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +49,9 @@ pub struct Duckdb {
     /// until their transaction ends: one writer at a time inside this process, and waiting
     /// writers do not hold pooled connections.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Attempts `settle_marker` found not applied, per key (see the module doc): kept in
+    /// memory, checked by `apply` under the write lock.
+    fences: Arc<Mutex<std::collections::HashMap<StepKey, u32>>>,
     pool: BlockingPool<Connection>,
     /// Opened by [`Duckdb::open_read_only`]: `apply` fails, nothing is ever written.
     read_only: bool,
@@ -95,6 +103,7 @@ impl Duckdb {
             path,
             base,
             write_lock: Arc::default(),
+            fences: Arc::default(),
             pool,
             read_only: false,
             has_marker_table: true,
@@ -136,6 +145,7 @@ impl Duckdb {
             path,
             base,
             write_lock: Arc::default(),
+            fences: Arc::default(),
             pool,
             read_only: true,
             has_marker_table,
@@ -189,8 +199,13 @@ impl Participant for Duckdb {
             // The guard moves into the blocking task, so it is released when the transaction ends,
             // not when this future is dropped (a step timeout).
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let fences = Arc::clone(&self.fences);
             self.run(move |name, conn| {
                 let _writer = writer;
+                let fenced = fences.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
+                if let Some(through) = fenced.filter(|through| attempt <= *through) {
+                    return Err(fenced_off(name, &key, attempt, through));
+                }
                 apply_blocking(name, conn, &key, attempt, statement)
             })
             .await
@@ -205,9 +220,16 @@ impl Participant for Duckdb {
             let key = key.clone();
             // As in `apply`: the guard travels with the transaction.
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let fences = Arc::clone(&self.fences);
             self.run(move |name, conn| {
                 let _writer = writer;
-                settle_blocking(name, conn, &key, through_attempt)
+                let present = marker_exists(name, conn, &key)?;
+                if !present {
+                    let mut fences = fences.lock().unwrap_or_else(PoisonError::into_inner);
+                    let through = fences.entry(key).or_default();
+                    *through = (*through).max(through_attempt);
+                }
+                Ok(present)
             })
             .await
         })
@@ -359,28 +381,7 @@ fn apply_blocking(
     Ok(Applied::Applied)
 }
 
-/// The body of `settle_marker`, under the write lock: the marker, or a fence through
-/// `through_attempt` committed before the answer "absent" is given.
-fn settle_blocking(name: &str, conn: &mut Connection, key: &StepKey, through_attempt: u32) -> Result<bool, Error> {
-    let tx = conn.transaction().map_err(|e| classify(name, "fence: begin transaction", &e))?;
-    if marker_exists(name, &tx, key)? {
-        tx.rollback().map_err(|e| classify(name, "fence: rollback", &e))?;
-        return Ok(true);
-    }
-    if fenced_through(name, &tx, key)?.is_none_or(|through| through < through_attempt) {
-        let insert = format!(
-            "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt, fenced_at_ms) VALUES (?, ?, ?, ?, ?)"
-        );
-        tx.execute(&insert, params![key.saga_id, key.step, key.direction.as_str(), through_attempt, now_ms()])
-            .map_err(|e| classify(name, "insert fence", &e))?;
-    }
-    // An error from this COMMIT is in doubt like any DuckDB COMMIT error: retryable, never
-    // "absent" (the lookup is asked again and writes the fence again if it is missing).
-    tx.commit().map_err(|e| Error::retryable(name, format!("fence: commit (outcome in doubt): {e}")))?;
-    Ok(false)
-}
-
-/// The highest attempt of `key` a fencing lookup fenced off, if any.
+/// The highest attempt of `key` a fence row (written by an earlier build) fenced off, if any.
 fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option<u32>, Error> {
     let sql =
         format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = ? AND step = ? AND direction = ?");
