@@ -19,7 +19,7 @@ const EPOCH: u64 = 0x5ca1_ab1e;
 fn build(v2: bool) -> Vec<u8> {
     let header = SegmentHeader { segment_id: 1, first_lsn: 1, epoch: EPOCH };
     let mut bytes = if v2 { header.encode_v2().to_vec() } else { header.encode().to_vec() };
-    let payload: Vec<u8> = (0..PAYLOAD_BYTES).map(|i| (i * 31 ^ i >> 8) as u8).collect();
+    let payload: Vec<u8> = (0..PAYLOAD_BYTES).map(|i| ((i * 31) ^ (i >> 8)) as u8).collect();
     let mut lsn = 1u64;
     while bytes.len() + frame::frame_bytes(PAYLOAD_BYTES) <= SEGMENT_BYTES {
         if v2 {
