@@ -281,7 +281,11 @@ impl Participant for Fs {
                 }
                 let crash =
                     |point| crash.lock().unwrap_or_else(PoisonError::into_inner).take_if(|p| *p == point).is_some();
-                apply_locked(&name, &root, &key, &step, plan, &crash)
+                let applied = apply_locked(&name, &root, &key, &step, plan, &crash)?;
+                // The step is marked now: later attempts answer from the marker, so its fence
+                // can go (the map holds only steps still in doubt, not every one ever settled).
+                fences.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                Ok(applied)
             })
             .await
         })
