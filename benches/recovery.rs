@@ -137,6 +137,7 @@ async fn crashed_journal(root: &Path, sagas: u64) {
                         policies: policies.clone(),
                         at_ms: 1,
                         actions: Default::default(),
+                        scope: None,
                     });
                     let started = Record::StepStarted(Started {
                         saga: definition.id,

@@ -179,6 +179,7 @@ fn saga_records(catalog: &Catalog, id: &str, kind: Option<u64>, at_ms: u64) -> V
         policies,
         at_ms,
         actions: Default::default(),
+        scope: None,
     })];
     let start = |step| {
         Record::StepStarted(Started { saga: saga.clone(), step, direction: Direction::Forward, attempt: 1, at_ms })

@@ -678,6 +678,7 @@ fn index_only_curve(total: u64) {
             policies,
             at_ms: now_ms() as u64,
             actions: Default::default(),
+            scope: None,
         });
         for step in 0..STEPS as u32 {
             let (saga, direction, attempt, at_ms) = (definition.id.clone(), Direction::Forward, 1, now_ms() as u64);

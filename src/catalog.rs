@@ -82,6 +82,24 @@ impl Catalog {
             if p.pool_size == 0 {
                 return Err(ConfigError::Invalid(format!("participant {name:?}: pool_size must be at least 1")));
             }
+            for (key, table) in [("marker_table", &p.marker_table), ("fence_table", &p.fence_table)] {
+                let Some(table) = table else { continue };
+                if !matches!(p.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb) {
+                    return Err(ConfigError::Invalid(format!(
+                        "participant {name:?} ({}): `{key}` is for SQL participants only",
+                        p.kind.as_str()
+                    )));
+                }
+                if let Some(problem) = crate::config::table_name_problem(table) {
+                    return Err(ConfigError::Invalid(format!("participant {name:?}: `{key}` {problem}")));
+                }
+            }
+            if p.marker_table() == p.fence_table() {
+                return Err(ConfigError::Invalid(format!(
+                    "participant {name:?}: `marker_table` and `fence_table` are both {:?}",
+                    p.marker_table()
+                )));
+            }
         }
         for (name, action) in &config.actions {
             let invalid = |m: String| ConfigError::Invalid(format!("action {name:?}: {m}"));
@@ -513,6 +531,18 @@ mod tests {
         let cases = [
             ("[participants.x]\nkind = \"sqlite\"", "needs `path`"),
             ("[participants.x]\nkind = \"oracle\"\npath = \"a\"", "unknown variant"),
+            (
+                "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\nmarker_table = \"m; DROP TABLE t\"",
+                "participant \"x\": `marker_table` \"m; DROP TABLE t\" is not a plain SQL identifier",
+            ),
+            (
+                "[participants.x]\nkind = \"fs\"\npath = \"a\"\nmarker_table = \"m\"",
+                "`marker_table` is for SQL participants only",
+            ),
+            (
+                "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\nfence_table = \"sagalog_markers\"",
+                "`marker_table` and `fence_table` are both \"sagalog_markers\"",
+            ),
             ("[journal]\nsync = \"sometimes\"", "unknown sync policy"),
             ("[executor]\nin_flight_max = 0", "executor.in_flight_max must be at least 1"),
             ("[executor]\nmax_in_flight = 0", "executor.in_flight_max must be at least 1"),

@@ -117,7 +117,9 @@ impl Node {
             check_index_mark(&root, cp, &index)?;
         }
         let from_lsn = cp.map_or(FIRST_LSN, |c| c.replay_from_lsn);
-        let executor = Executor::with_index(opened.journal.clone(), catalog.clone(), participants, Some(index.clone()));
+        let instance = instance_id(data_dir.root())?;
+        let executor =
+            Executor::on_instance(opened.journal.clone(), catalog.clone(), participants, Some(index.clone()), instance);
         let recovery = recovery::recover(&executor, from_lsn).await?;
         let mut node =
             Node { executor, journal: opened.journal, index, catalog, config_path, recovery, archiver: None };
@@ -406,6 +408,42 @@ fn refuse_other_config(root: &Path) -> Result<(), Error> {
             root.join(SERVED_WITH_FILE).display()
         ),
     })
+}
+
+/// The file in the data directory holding its instance id (16 hex digits and a newline).
+pub const INSTANCE_FILE: &str = "instance-id";
+
+/// The data directory's instance id, drawn and written (atomically) on its first start. Every
+/// saga it accepts carries it in its marker scope, so that two instances sharing a participant
+/// database never vouch for each other's sagas. A file that does not hold an id is refused, not
+/// replaced: it names the instance the journal's sagas were scoped with.
+pub fn instance_id(root: &Path) -> Result<String, Error> {
+    let path = root.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim_end_matches('\n');
+            if crate::engine::Scope::is_instance(id) {
+                Ok(id.to_owned())
+            } else {
+                Err(Error::Inconsistent {
+                    message: format!(
+                        "{} does not hold an instance id (16 lowercase hex digits): {:?}; restore it from a backup \
+                         of this data directory, or delete it to draw a new one (sagas already journaled keep the \
+                         scope they were submitted with)",
+                        path.display(),
+                        text.chars().take(40).collect::<String>()
+                    ),
+                })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = crate::engine::Scope::draw_instance();
+            write_atomically(&root.join(format!("{INSTANCE_FILE}.tmp")), &path, format!("{id}\n").as_bytes())?;
+            tracing::info!(path = %path.display(), instance = %id, "drew this data directory's instance id");
+            Ok(id)
+        }
+        Err(source) => Err(Error::Write { path, source }),
+    }
 }
 
 /// Records the config this start serves with (only after it loaded).

@@ -65,7 +65,13 @@ fn print_report(r: &AuditReport) {
         println!("skipped:  {} unfinished sagas (see `sagalog replay --dry-run`)", r.unfinished_skipped);
     }
     if r.purged_markers > 0 {
-        println!("purged:   {} markers of sagas past the index retention (not checked)", r.purged_markers);
+        println!(
+            "purged:   {} markers of sagas past the index retention or of earlier incarnations of a reused id (not checked)",
+            r.purged_markers
+        );
+    }
+    if r.other_instance_markers > 0 {
+        println!("others:   {} markers another sagalog instance wrote (not checked)", r.other_instance_markers);
     }
     for note in &r.notes {
         println!("note:     {note}");

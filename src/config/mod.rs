@@ -22,7 +22,7 @@ pub use embedded::EMBEDDED_DEFAULT;
 pub use executor::ExecutorConfig;
 pub use index::{CACHE_BYTES_DEFAULT, IndexConfig};
 pub use journal::JournalConfig;
-pub use participants::{Kind, ParticipantConfig};
+pub use participants::{FENCE_TABLE_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem};
 pub use server::ServerConfig;
 
 /// The whole config file.

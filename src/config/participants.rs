@@ -21,10 +21,51 @@ pub struct ParticipantConfig {
     /// `CREATE TABLE IF NOT EXISTS …`), for SQLite and DuckDB participants.
     #[serde(default)]
     pub init: Vec<String>,
+    /// The marker table of a SQL participant (`postgres`, `sqlite`, `duckdb`); default
+    /// `sagalog_markers`. Two sagalog instances sharing one database may each keep their own
+    /// (their markers never vouch for each other's sagas either way: every marker carries its
+    /// instance's id in its scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker_table: Option<String>,
+    /// The fence table of a SQL participant; default `sagalog_fences`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_table: Option<String>,
 }
 
 fn default_pool_size() -> usize {
     4
+}
+
+/// The default marker table name.
+pub const MARKER_TABLE_DEFAULT: &str = "sagalog_markers";
+/// The default fence table name.
+pub const FENCE_TABLE_DEFAULT: &str = "sagalog_fences";
+
+impl ParticipantConfig {
+    /// The marker table this participant uses.
+    pub fn marker_table(&self) -> &str {
+        self.marker_table.as_deref().unwrap_or(MARKER_TABLE_DEFAULT)
+    }
+
+    /// The fence table this participant uses.
+    pub fn fence_table(&self) -> &str {
+        self.fence_table.as_deref().unwrap_or(FENCE_TABLE_DEFAULT)
+    }
+}
+
+/// Why `name` cannot be a marker or fence table's name, if it cannot: the name is pasted into
+/// statements, so it must be a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63
+/// bytes, PostgreSQL's limit), which needs no quoting in any of the three dialects.
+pub fn table_name_problem(name: &str) -> Option<String> {
+    let plain = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !plain {
+        Some(format!("{name:?} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)"))
+    } else if name.len() > 63 {
+        Some(format!("{name:?} is longer than 63 bytes"))
+    } else {
+        None
+    }
 }
 
 /// The kinds of participant a config can declare.

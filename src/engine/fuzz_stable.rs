@@ -222,6 +222,7 @@ fn random_submitted(rng: &mut Rng, saga: String, at_ms: u64) -> Record {
         digest: rng.int() as u32,
         at_ms,
         actions: Default::default(),
+        scope: None,
     })
 }
 
@@ -381,6 +382,7 @@ fn generate_corpus() {
                 digest: 0,
                 at_ms: 0,
                 actions: Default::default(),
+                scope: None,
             })
             .encode(),
         ),

@@ -1,6 +1,7 @@
 //! Golden payload vectors of the journal records (`src/engine/vectors/`): the MessagePack
 //! bytes version 1 writes for each record kind, and the version 2 `SagaSubmitted` with its
-//! action definitions, committed once and never edited.
+//! action definitions and the version 3 one with its marker scope, committed once and never
+//! edited.
 //!
 //! For every vector: its length and CRC32 match the fingerprint below (an accidental edit fails
 //! before anything is decoded), it decodes to exactly the value below, field by field, today's
@@ -36,6 +37,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
     vec![
         ("v1-saga-submitted.msgpack", 275, 0x5769_eed2, v1_submitted()),
         ("v2-saga-submitted-actions.msgpack", 1341, 0x3c7b_f422, v2_submitted()),
+        ("v3-saga-submitted-scope.msgpack", 1382, 0xdbbc_403b, v3_submitted()),
         (
             "v1-step-started.msgpack",
             62,
@@ -174,6 +176,7 @@ fn v1_submitted() -> Record {
         digest: 0x1234_abcd,
         at_ms: AT_MS,
         actions: Default::default(),
+        scope: None,
     })
 }
 
@@ -182,6 +185,14 @@ fn v2_submitted() -> Record {
     let Record::SagaSubmitted(submitted) = v1_submitted() else { unreachable!("v1_submitted builds a SagaSubmitted") };
     Record::SagaSubmitted(Submitted { actions: v2_actions(), ..submitted })
 }
+
+/// The v3 `SagaSubmitted` vector's record: the v2 fields, with the marker scope.
+fn v3_submitted() -> Record {
+    let Record::SagaSubmitted(submitted) = v2_submitted() else { unreachable!("v2_submitted builds a SagaSubmitted") };
+    Record::SagaSubmitted(Submitted { scope: Some(V3_SCOPE.to_owned()), ..submitted })
+}
+
+const V3_SCOPE: &str = "0123456789abcdef.fedcba9876543210";
 
 /// The action definitions of the v2 `SagaSubmitted` vector: one SQL action with an effect
 /// check and every retry field, one file action, and every `OperationConfig` shape.
@@ -255,7 +266,7 @@ fn read(name: &str) -> Vec<u8> {
 /// does not compile here until its golden value is decided (in a new vector file).
 fn assert_fields(name: &str, decoded: &Record) {
     match decoded {
-        Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms, actions }) => {
+        Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms, actions, scope }) => {
             assert_eq!((saga.as_str(), *digest, *at_ms), (SAGA, 0x1234_abcd, AT_MS), "{name}");
             assert_eq!(steps.len(), 2, "{name}");
             let StepCall { action, params } = &steps[0];
@@ -280,6 +291,8 @@ fn assert_fields(name: &str, decoded: &Record) {
             assert_eq!((m0, c0, m1, c1), (3, 5, 1, 2), "{name}");
             let expected = if name.starts_with("v1-") { BTreeMap::new() } else { v2_actions() };
             assert_eq!(actions, &expected, "{name}");
+            let expected = name.starts_with("v3-").then(|| V3_SCOPE.to_owned());
+            assert_eq!(scope, &expected, "{name}");
         }
         Record::StepStarted(Started { saga, step, direction, attempt, at_ms }) => {
             assert_eq!((saga.as_str(), *step, *direction, *attempt, *at_ms), (SAGA, 1, Direction::Forward, 2, AT_MS));

@@ -63,12 +63,83 @@ impl Direction {
     }
 }
 
-/// The idempotency key of one step in one direction.
+/// The idempotency key of one step in one direction, in one saga incarnation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StepKey {
     pub saga_id: String,
     pub step: u32,
     pub direction: Direction,
+    /// The saga's marker scope (see [`Scope`]): `None` for sagas journaled before scopes,
+    /// whose markers carry the saga id alone.
+    pub scope: Option<String>,
+}
+
+impl StepKey {
+    /// An unscoped key (a saga journaled before marker scopes, or a test).
+    pub fn new(saga_id: impl Into<String>, step: u32, direction: Direction) -> StepKey {
+        StepKey { saga_id: saga_id.into(), step, direction, scope: None }
+    }
+
+    /// The key in the saga incarnation `scope`.
+    pub fn scoped(mut self, scope: Option<String>) -> StepKey {
+        self.scope = scope;
+        self
+    }
+
+    /// What a SQL participant stores in its marker and fence tables' `saga_id` column: the saga
+    /// id, then, for a scoped saga, one space and the scope. A valid saga id holds no space,
+    /// so a scoped marker never reads as another saga's, and an unscoped one is stored exactly
+    /// as earlier builds stored it.
+    pub fn marker_id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.scope {
+            None => std::borrow::Cow::Borrowed(&self.saga_id),
+            Some(scope) => std::borrow::Cow::Owned(format!("{} {scope}", self.saga_id)),
+        }
+    }
+
+    /// The inverse of [`StepKey::marker_id`]: `(saga id, scope)`.
+    pub fn split_marker_id(stored: &str) -> (String, Option<String>) {
+        match stored.split_once(' ') {
+            Some((id, scope)) if Scope::is_valid(scope) => (id.to_owned(), Some(scope.to_owned())),
+            _ => (stored.to_owned(), None),
+        }
+    }
+}
+
+/// A saga incarnation's marker scope, `<instance>.<incarnation>`: the data directory's
+/// instance id and a nonce drawn at submit, 16 lowercase hex digits each. It is journaled in
+/// `SagaSubmitted` and stored with every marker and fence of the saga, so that
+///
+/// - a saga submitted again under an id the index has forgotten (retention) is a new
+///   incarnation: the old incarnation's markers do not vouch for its steps;
+/// - two sagalog instances sharing a participant database never read each other's markers,
+///   even for equal saga ids.
+pub struct Scope;
+
+impl Scope {
+    /// Length of a scope: two 16-digit hex numbers and a dot.
+    pub const LEN: usize = 33;
+
+    /// A new scope for a saga submitted on instance `instance` (16 hex digits).
+    pub fn draw(instance: &str) -> String {
+        format!("{instance}.{:016x}", rand::random::<u64>())
+    }
+
+    /// A new instance id, for a data directory that has none.
+    pub fn draw_instance() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
+
+    /// Whether `text` is an instance id: 16 lowercase hex digits.
+    pub fn is_instance(text: &str) -> bool {
+        text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    /// Whether `text` has the shape of a scope.
+    pub fn is_valid(text: &str) -> bool {
+        text.len() == Scope::LEN
+            && text.split_once('.').is_some_and(|(a, b)| Scope::is_instance(a) && Scope::is_instance(b))
+    }
 }
 
 impl fmt::Display for StepKey {

@@ -33,6 +33,7 @@ fn submitted(policies: &[StepPolicy], steps: usize) -> Submitted {
         digest: 1,
         at_ms: 0,
         actions: Default::default(),
+        scope: None,
     }
 }
 
@@ -156,7 +157,7 @@ fn arb_record(steps: u32) -> impl Strategy<Value = Record> {
         2 => (arb_saga_id(), arb_decision())
             .prop_map(|(saga, decision)| Record::Resolved(Resolved { saga, decision, by: "op".into(), at_ms: 6 })),
         1 => Just(Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 1, at_ms: 7 })),
-        1 => arb_saga_id().prop_map(|saga| Record::SagaSubmitted(Submitted { saga, steps: Vec::new(), policies: Vec::new(), digest: 9, at_ms: 8, actions: Default::default() })),
+        1 => arb_saga_id().prop_map(|saga| Record::SagaSubmitted(Submitted { saga, steps: Vec::new(), policies: Vec::new(), digest: 9, at_ms: 8, actions: Default::default(), scope: None })),
     ]
 }
 

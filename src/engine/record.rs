@@ -56,6 +56,14 @@ pub struct Submitted {
     /// bytes and the golden vectors are unchanged), and their steps follow the config.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, ActionConfig>,
+    /// The saga incarnation's marker scope ([`crate::engine::Scope`]): every marker and fence
+    /// of this saga carries it, so neither an earlier saga that had the same id nor another
+    /// instance's saga can vouch for its steps.
+    ///
+    /// Added in record version 3 of `SagaSubmitted` (a field, like `actions`): records written
+    /// before it have none, and their markers carry the saga id alone, as they were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

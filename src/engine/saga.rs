@@ -162,6 +162,9 @@ pub struct Saga {
     /// published to watchers do not copy it.
     #[serde(default)]
     pub actions: Arc<BTreeMap<String, ActionConfig>>,
+    /// The marker scope journaled with `SagaSubmitted` (`None` for records that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl Saga {
@@ -190,6 +193,7 @@ impl Saga {
             submitted_at_ms: record.at_ms,
             finished_at_ms: None,
             actions: Arc::new(record.actions.clone()),
+            scope: record.scope.clone(),
         }
     }
 

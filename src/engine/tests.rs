@@ -32,6 +32,7 @@ pub(crate) fn submitted(steps: usize, policy: StepPolicy) -> Submitted {
         digest: 7,
         at_ms: 1,
         actions: Default::default(),
+        scope: None,
     }
 }
 

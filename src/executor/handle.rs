@@ -24,7 +24,7 @@ use super::slots::Slots;
 use super::task::{self, Control, SagaTask};
 use crate::catalog::{Catalog, ValidationError};
 use crate::engine::record::{CancelRequested, Resolved, Submitted};
-use crate::engine::{Record, ResolveDecision, Saga, SagaDefinition, Status};
+use crate::engine::{Record, ResolveDecision, Saga, SagaDefinition, Scope, Status};
 use crate::index::{Index, SagaRecord};
 use crate::journal::{self, Journal};
 use crate::participant::Participant;
@@ -85,6 +85,8 @@ pub(super) struct Inner {
     pub(super) registry: Registry,
     pub(super) slots: Slots,
     pub(super) drain: Drain,
+    /// The instance id every new saga's marker scope starts with.
+    pub(super) instance: String,
 }
 
 /// A cheap, cloneable handle to the executor.
@@ -108,6 +110,20 @@ impl Executor {
         participants: BTreeMap<String, Arc<dyn Participant>>,
         index: Option<Index>,
     ) -> Self {
+        Executor::on_instance(journal, catalog, participants, index, Scope::draw_instance())
+    }
+
+    /// [`Executor::with_index`] for the instance `instance` (the data directory's id, 16 hex
+    /// digits): the marker scope of every saga it accepts starts with it, so two instances
+    /// sharing a participant database never vouch for each other's sagas. Without one (the
+    /// other constructors), each executor draws its own.
+    pub fn on_instance(
+        journal: Journal,
+        catalog: Arc<Catalog>,
+        participants: BTreeMap<String, Arc<dyn Participant>>,
+        index: Option<Index>,
+        instance: String,
+    ) -> Self {
         let cfg = &catalog.config.executor;
         let breaker_config = BreakerConfig {
             failures_to_open: cfg.breaker_failures,
@@ -125,6 +141,7 @@ impl Executor {
                 registry: Registry::new(index),
                 slots,
                 drain: Drain::default(),
+                instance,
             }),
         }
     }
@@ -145,6 +162,7 @@ impl Executor {
                 digest,
                 at_ms: 0,
                 actions: Default::default(),
+                scope: None,
             }),
             status: Status::Pending,
             parked_on: None,
@@ -188,6 +206,9 @@ impl Executor {
             policies,
             digest,
             at_ms: now_ms(),
+            // A new incarnation: markers left by an earlier saga with this id (one the index
+            // has forgotten) or by another instance do not vouch for this one's steps.
+            scope: Some(Scope::draw(&self.inner.instance)),
         });
         let queued = match self.inner.journal.append_queued(record.kind(), record.encode()).await {
             Ok(queued) => queued,

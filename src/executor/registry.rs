@@ -364,6 +364,7 @@ mod tests {
             digest: 7,
             at_ms: 0,
             actions: Default::default(),
+            scope: None,
         };
         Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None }
     }

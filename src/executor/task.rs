@@ -420,7 +420,7 @@ impl SagaTask {
     }
 
     pub(super) fn key(&self, step: u32, direction: Direction) -> StepKey {
-        StepKey { saga_id: self.saga.id.clone(), step, direction }
+        StepKey { saga_id: self.saga.id.clone(), step, direction, scope: self.saga.scope.clone() }
     }
 
     /// The participant and concrete operation of a step, or why there is none.

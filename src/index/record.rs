@@ -37,6 +37,10 @@ pub struct SagaRecord {
     /// this field existed read as 0.
     #[serde(default)]
     pub version: u64,
+    /// The saga's marker scope (see [`crate::engine::Scope`]), so an audit finds its markers.
+    /// Records of unscoped sagas, and records written before this field existed, have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// One step of an archived saga.
@@ -99,6 +103,7 @@ impl SagaRecord {
                 })
                 .collect(),
             version: saga.version,
+            scope: saga.scope.clone(),
         }
     }
 

@@ -98,8 +98,13 @@ pub struct AuditReport {
     pub unfinished_skipped: usize,
     /// Markers read, per participant.
     pub markers: BTreeMap<String, usize>,
-    /// Markers of unknown sagas older than the index retention (purged sagas), not findings.
+    /// Markers of unknown sagas older than the index retention (purged sagas), and markers of
+    /// earlier incarnations of a known saga id (an id reused once the index forgot it); not
+    /// findings.
     pub purged_markers: usize,
+    /// Markers another sagalog instance (another data directory's id in the marker scope)
+    /// wrote into a participant database this one shares; not this audit's to judge.
+    pub other_instance_markers: usize,
     /// File effects checked.
     pub effects_checked: usize,
     pub notes: Vec<String>,
@@ -138,6 +143,8 @@ struct StepFacts {
 struct SagaFacts {
     status: Status,
     steps: Vec<StepFacts>,
+    /// The marker scope its markers carry.
+    scope: Option<String>,
 }
 
 const MARKED_BY_OPERATOR: &str = "marked compensated by ";
@@ -154,7 +161,7 @@ fn from_saga(saga: &Saga, catalog: &Catalog) -> SagaFacts {
             call: Some(s.call.clone()),
         })
         .collect();
-    SagaFacts { status: saga.status(), steps }
+    SagaFacts { status: saga.status(), steps, scope: saga.scope.clone() }
 }
 
 fn from_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
@@ -170,7 +177,7 @@ fn from_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
             call: None,
         })
         .collect();
-    SagaFacts { status, steps }
+    SagaFacts { status, steps, scope: record.scope.clone() }
 }
 
 /// A copy of the data directory's index, opened from a temporary directory that is removed
@@ -271,6 +278,7 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         unfinished_skipped: 0,
         markers: BTreeMap::new(),
         purged_markers: 0,
+        other_instance_markers: 0,
         effects_checked: 0,
         notes: participants.notes.clone(),
         findings: Vec::new(),
@@ -278,9 +286,10 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
     };
     // Every saga the audit knows: the journal's view wins over the index (it is newer).
     let mut finished: BTreeMap<String, SagaFacts> = BTreeMap::new();
-    let mut known: BTreeSet<String> = BTreeSet::new();
+    // Every saga id the audit knows, with the marker scope of its incarnation.
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (id, saga) in &journal.sagas {
-        known.insert(id.clone());
+        known.insert(id.clone(), saga.scope.clone());
         if saga.is_finished() {
             finished.insert(id.clone(), from_saga(saga, &catalog));
         } else {
@@ -288,13 +297,16 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         }
     }
     for record in &records {
-        known.insert(record.id.clone());
+        known.entry(record.id.clone()).or_insert_with(|| record.scope.clone());
         finished.entry(record.id.clone()).or_insert_with(|| from_record(record, &catalog));
     }
     report.sagas_checked = finished.len();
 
     let retention_hours = catalog.config.index.retention_hours;
-    let (markers, unreadable) = read_markers(&participants.participants, &known, retention_hours, &mut report).await;
+    let instance = std::fs::read_to_string(dir.root().join(crate::node::INSTANCE_FILE)).ok();
+    let instance = instance.as_deref().map(|text| text.trim_end_matches('\n'));
+    let (markers, unreadable) =
+        read_markers(&participants.participants, &known, instance, retention_hours, &mut report).await;
     fs_leftovers(&catalog, dir.root(), &unreadable, &mut report);
     let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: dir.root() };
     for (id, facts) in &finished {
@@ -411,7 +423,12 @@ async fn sql_effects(
                 _ if step.by_operator => continue,
                 _ => false,
             };
-            let key = StepKey { saga_id: id.clone(), step: i as u32, direction: Direction::Forward };
+            let key = StepKey {
+                saga_id: id.clone(),
+                step: i as u32,
+                direction: Direction::Forward,
+                scope: facts.scope.clone(),
+            };
             report.effects_checked += 1;
             let count = match p.count(&sql, &args).await {
                 Ok(count) => count,
@@ -452,7 +469,8 @@ async fn sql_effects(
 /// participants go straight into the report.
 async fn read_markers(
     participants: &BTreeMap<String, Arc<dyn Participant>>,
-    known: &BTreeSet<String>,
+    known: &BTreeMap<String, Option<String>>,
+    instance: Option<&str>,
     retention_hours: u64,
     report: &mut AuditReport,
 ) -> (BTreeMap<String, BTreeSet<StepKey>>, BTreeSet<String>) {
@@ -480,12 +498,20 @@ async fn read_markers(
         report.markers.insert(name.clone(), entries.len());
         let set = markers.entry(name.clone()).or_default();
         for MarkerEntry { key, applied_at_ms } in entries {
-            if known.contains(&key.saga_id) {
+            if known.get(&key.saga_id).is_some_and(|scope| *scope == key.scope) {
                 set.insert(key);
                 continue;
             }
+            let written_by = key.scope.as_deref().and_then(|scope| scope.split_once('.')).map(|(i, _)| i);
+            // A scope names the instance that submitted the saga; a data directory without an
+            // instance id never submitted a scoped saga.
+            if written_by.is_some_and(|by| instance != Some(by)) {
+                report.other_instance_markers += 1;
+                continue;
+            }
             let purged = matches!((purge_cutoff_ms, applied_at_ms), (Some(cut), Some(at)) if at < cut);
-            if purged {
+            let earlier_incarnation = known.contains_key(&key.saga_id);
+            if purged || earlier_incarnation {
                 report.purged_markers += 1;
             } else {
                 let detail = "marker of a saga neither the journal nor the index knows".to_owned();
@@ -524,7 +550,8 @@ impl Checker<'_> {
             if self.unreadable.contains(participant) {
                 continue;
             }
-            let key = |direction| StepKey { saga_id: id.to_owned(), step: i as u32, direction };
+            let key =
+                |direction| StepKey { saga_id: id.to_owned(), step: i as u32, direction, scope: facts.scope.clone() };
             let has = |direction| self.markers.get(participant).is_some_and(|set| set.contains(&key(direction)));
             let (forward, compensate) = (has(Direction::Forward), has(Direction::Compensate));
             let mut push = |kind, direction, detail: &str| {
@@ -628,7 +655,7 @@ impl Checker<'_> {
         };
         let file = self.root.join(config.path.as_deref().unwrap_or_default()).join(&path);
         report.effects_checked += 1;
-        let key = StepKey { saga_id: id.to_owned(), step, direction: Direction::Forward };
+        let key = StepKey { saga_id: id.to_owned(), step, direction: Direction::Forward, scope: None };
         match (should_exist, file.exists()) {
             (true, false) => report.findings.push(finding(
                 FindingKind::EffectMissing,

@@ -288,7 +288,7 @@ impl Work {
                     return None;
                 }
                 Next::Resolve { step, direction } => {
-                    let key = StepKey { saga_id: self.sim.id.clone(), step, direction };
+                    let key = StepKey { saga_id: self.sim.id.clone(), step, direction, scope: self.sim.scope.clone() };
                     match self.participant_of(step) {
                         Some(name) => {
                             self.pending = Some(key.clone());

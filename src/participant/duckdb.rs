@@ -30,8 +30,8 @@ use duckdb::{Connection, params, params_from_iter};
 use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
-    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    Statement, StepKey, fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
+    fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -57,6 +57,8 @@ pub struct Duckdb {
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
     has_marker_table: bool,
+    /// The marker and fence tables' names.
+    tables: Arc<Tables>,
 }
 
 impl Duckdb {
@@ -65,13 +67,25 @@ impl Duckdb {
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Duckdb, Error> {
+        Duckdb::open_with_tables(name, path, pool_size, Tables::default())
+    }
+
+    /// [`Duckdb::open`] with the marker and fence tables named `tables` (config keys
+    /// `marker_table`, `fence_table`).
+    pub fn open_with_tables(
+        name: &str,
+        path: impl Into<PathBuf>,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Duckdb, Error> {
+        let Tables { markers, fences } = &tables;
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
         let path = path.into();
         let base = Connection::open(&path).map_err(|e| classify(name, &format!("open {}", path.display()), &e))?;
         base.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+            "CREATE TABLE IF NOT EXISTS {markers} (
                 saga_id TEXT NOT NULL,
                 step INTEGER NOT NULL,
                 direction TEXT NOT NULL,
@@ -81,7 +95,7 @@ impl Duckdb {
         ))
         .map_err(|e| classify(name, "create marker table", &e))?;
         base.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+            "CREATE TABLE IF NOT EXISTS {fences} (
                 saga_id TEXT NOT NULL,
                 step INTEGER NOT NULL,
                 direction TEXT NOT NULL,
@@ -107,6 +121,7 @@ impl Duckdb {
             pool,
             read_only: false,
             has_marker_table: true,
+            tables: Arc::new(tables),
         })
     }
 
@@ -116,6 +131,16 @@ impl Duckdb {
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open_read_only(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Duckdb, Error> {
+        Duckdb::open_read_only_with_tables(name, path, pool_size, Tables::default())
+    }
+
+    /// [`Duckdb::open_read_only`] with the marker and fence tables named `tables`.
+    pub fn open_read_only_with_tables(
+        name: &str,
+        path: impl Into<PathBuf>,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Duckdb, Error> {
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
@@ -128,7 +153,7 @@ impl Duckdb {
         let has_marker_table = base
             .query_row(
                 "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
-                [MARKER_TABLE],
+                [&tables.markers],
                 |row| row.get::<_, i64>(0),
             )
             .map_err(|e| classify(name, "look for the marker table", &e))?
@@ -149,6 +174,7 @@ impl Duckdb {
             pool,
             read_only: true,
             has_marker_table,
+            tables: Arc::new(tables),
         })
     }
 
@@ -200,13 +226,18 @@ impl Participant for Duckdb {
             // not when this future is dropped (a step timeout).
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
             let fences = Arc::clone(&self.fences);
+            let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
                 let fenced = fences.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
                 if let Some(through) = fenced.filter(|through| attempt <= *through) {
                     return Err(fenced_off(name, &key, attempt, through));
                 }
-                apply_blocking(name, conn, &key, attempt, statement)
+                let applied = apply_blocking(name, conn, &tables, &key, attempt, statement)?;
+                // The marker exists now: later lookups answer from it, and the map does not
+                // keep every step that was ever settled "absent".
+                fences.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                Ok(applied)
             })
             .await
         })
@@ -221,9 +252,10 @@ impl Participant for Duckdb {
             // As in `apply`: the guard travels with the transaction.
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
             let fences = Arc::clone(&self.fences);
+            let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
-                let present = marker_exists(name, conn, &key)?;
+                let present = marker_exists(name, conn, &tables, &key)?;
                 if !present {
                     let mut fences = fences.lock().unwrap_or_else(PoisonError::into_inner);
                     let through = fences.entry(key).or_default();
@@ -238,28 +270,33 @@ impl Participant for Duckdb {
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         let key = key.clone();
         let has_table = self.has_marker_table;
-        Box::pin(self.run(move |name, conn| if has_table { marker_exists(name, conn, &key) } else { Ok(false) }))
+        let tables = Arc::clone(&self.tables);
+        Box::pin(
+            self.run(move |name, conn| if has_table { marker_exists(name, conn, &tables, &key) } else { Ok(false) }),
+        )
     }
 
     fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
         let keys = keys.to_vec();
         let has_table = self.has_marker_table;
+        let tables = Arc::clone(&self.tables);
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(vec![false; keys.len()]);
             }
-            keys.iter().map(|key| marker_exists(name, conn, key)).collect()
+            keys.iter().map(|key| marker_exists(name, conn, &tables, key)).collect()
         }))
     }
 
     fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
         let has_table = self.has_marker_table;
+        let markers_table = self.tables.markers.clone();
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(Vec::new());
             }
             let sql = format!(
-                "SELECT saga_id, step, direction, applied_at_ms FROM {MARKER_TABLE} ORDER BY saga_id, step, direction"
+                "SELECT saga_id, step, direction, applied_at_ms FROM {markers_table} ORDER BY saga_id, step, direction"
             );
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
@@ -274,9 +311,10 @@ impl Participant for Duckdb {
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| classify(name, "list markers", &e))?;
             let mut markers = Vec::with_capacity(rows.len());
-            for (saga_id, step, direction, at) in rows {
+            for (stored, step, direction, at) in rows {
                 let (step, direction) = parse_marker(name, step, &direction)?;
-                let key = StepKey { saga_id, step, direction };
+                let (saga_id, scope) = StepKey::split_marker_id(&stored);
+                let key = StepKey { saga_id, step, direction, scope };
                 markers.push(MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
             }
             markers.sort();
@@ -287,11 +325,12 @@ impl Participant for Duckdb {
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         let saga_id = saga_id.to_owned();
         let has_table = self.has_marker_table;
+        let markers_table = self.tables.markers.clone();
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(Vec::new());
             }
-            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?");
+            let sql = format!("SELECT step, direction FROM {markers_table} WHERE saga_id = $1 OR substr(saga_id, 1, length($1) + 1) = $1 || ' '");
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
                 .query_map([&saga_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
@@ -327,11 +366,12 @@ impl Participant for Duckdb {
             // A read succeeds on an invalidated database or a full disk: the probe writes a
             // marker row the way `apply` does (under the same write lock), then rolls it back.
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let markers_table = self.tables.markers.clone();
             self.run(move |name, conn| {
                 let _writer = writer;
                 let tx = conn.transaction().map_err(|e| classify(name, "probe: begin transaction", &e))?;
                 let insert = format!(
-                    "INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
+                    "INSERT INTO {markers_table} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
                 );
                 tx.execute(&insert, []).map_err(|e| classify(name, "probe: write a marker row", &e))?;
                 tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
@@ -346,18 +386,19 @@ impl Participant for Duckdb {
 fn apply_blocking(
     name: &str,
     conn: &mut Connection,
+    tables: &Tables,
     key: &StepKey,
     attempt: u32,
     statement: Option<Statement>,
 ) -> Result<Applied, Error> {
     let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
-    if let Some(through) = fenced_through(name, &tx, key)?
+    if let Some(through) = fenced_through(name, &tx, tables, key)?
         && through >= attempt
     {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if marker_exists(name, &tx, key)? {
+    if marker_exists(name, &tx, tables, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
@@ -368,8 +409,9 @@ fn apply_blocking(
         // A guard that fails drops the transaction: statement and marker roll back.
         statement.check_rows(name, key, affected as u64)?;
     }
-    let insert = format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)");
-    tx.execute(&insert, params![key.saga_id, key.step, key.direction.as_str(), now_ms()]).map_err(|e| {
+    let insert =
+        format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)", tables.markers);
+    tx.execute(&insert, params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms()]).map_err(|e| {
         // The marker check above found nothing, so a duplicate marker means another writer
         // committed this key meanwhile: a retry will see its marker and report AlreadyApplied.
         let error = classify(name, "insert marker", &e);
@@ -382,11 +424,11 @@ fn apply_blocking(
 }
 
 /// The highest attempt of `key` a fence row (written by an earlier build) fenced off, if any.
-fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option<u32>, Error> {
+fn fenced_through(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<Option<u32>, Error> {
     let sql =
-        format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = ? AND step = ? AND direction = ?");
+        format!("SELECT max(through_attempt) FROM {} WHERE saga_id = ? AND step = ? AND direction = ?", tables.fences);
     let through: Option<i64> = conn
-        .query_row(&sql, params![key.saga_id, key.step, key.direction.as_str()], |row| row.get(0))
+        .query_row(&sql, params![&*key.marker_id(), key.step, key.direction.as_str()], |row| row.get(0))
         .map_err(|e| classify(name, "look up fence", &e))?;
     through
         .map(|t| {
@@ -397,10 +439,10 @@ fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option
         .transpose()
 }
 
-fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {
-    let sql = format!("SELECT count(*) FROM {MARKER_TABLE} WHERE saga_id = ? AND step = ? AND direction = ?");
+fn marker_exists(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<bool, Error> {
+    let sql = format!("SELECT count(*) FROM {} WHERE saga_id = ? AND step = ? AND direction = ?", tables.markers);
     let count: i64 = conn
-        .query_row(&sql, params![key.saga_id, key.step, key.direction.as_str()], |row| row.get(0))
+        .query_row(&sql, params![&*key.marker_id(), key.step, key.direction.as_str()], |row| row.get(0))
         .map_err(|e| classify(name, "look up marker", &e))?;
     Ok(count > 0)
 }

@@ -8,7 +8,9 @@
 //!    go to `<target>.sagalog-tmp-<random>` in the target's directory; that file and the
 //!    directory are fsynced. A delete prepares nothing (a missing target needs no intent:
 //!    only the marker is written).
-//! 2. Write the intent `<root>/.sagalog-markers/<saga>/<step>.<direction>.intent` (JSON,
+//! 2. Write the intent `<root>/.sagalog-markers/<saga>/<step>.<direction>.intent` (for a
+//!    scoped saga in `<saga>/@<scope>/`, so another incarnation's markers never answer for it;
+//!    JSON,
 //!    version 1, naming what is to happen: "rename T over X", "delete X via T"), atomically:
 //!    temporary file, fsync, rename, directory fsync. This is the commit point. If it fails
 //!    (a full or read-only marker directory), nothing happened: the temporary file is removed
@@ -215,13 +217,19 @@ impl Fs {
 
     /// The marker directory entries of one step.
     fn step_files(&self, key: &StepKey) -> Result<StepFiles, Error> {
-        let saga_dir = self.saga_dir(&key.saga_id)?;
+        let mut saga_dir = self.saga_dir(&key.saga_id)?;
+        if let Some(scope) = &key.scope {
+            // A scoped saga's markers live in a directory of their own inside the saga's, so
+            // another incarnation's (or instance's) markers for the same id never answer for it.
+            saga_dir.push(format!("{SCOPE_PREFIX}{scope}"));
+        }
         let marker_name = format!("{}.{}", key.step, key.direction.as_str());
         let intent = saga_dir.join(format!("{marker_name}{INTENT_SUFFIX}"));
         Ok(StepFiles { marker: saga_dir.join(marker_name), intent, saga_dir })
     }
 
-    /// The directory of a saga's markers, relative to the root.
+    /// The directory of a saga id's markers, relative to the root (a scoped incarnation's are
+    /// in its `@<scope>` directory inside it).
     fn saga_dir(&self, saga_id: &str) -> Result<PathBuf, Error> {
         Ok(Path::new(MARKER_DIR).join(saga_dir_name(&self.name, saga_id)?))
     }
@@ -800,8 +808,42 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Every marker of one saga id, of every incarnation (the id's directory and its scope
+/// directories).
 fn list_markers(name: &str, dir: &Path) -> Result<Vec<(u32, Direction)>, Error> {
-    Ok(list_marker_files(name, dir)?.into_iter().map(|(marker, _)| marker).collect())
+    let mut out = Vec::new();
+    for (_, scope_dir) in incarnation_dirs(name, dir)? {
+        out.extend(list_marker_files(name, &scope_dir)?.into_iter().map(|(marker, _)| marker));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Prefix of a scope directory's name inside a saga's marker directory; `@` never occurs in
+/// a marker, intent or temporary file's name.
+const SCOPE_PREFIX: &str = "@";
+
+/// The incarnation directories of one saga id's marker directory `dir`: `dir` itself (the
+/// unscoped markers, of sagas journaled before scopes) and each `@<scope>` directory in it.
+fn incarnation_dirs(name: &str, dir: &Path) -> Result<Vec<(Option<String>, PathBuf)>, Error> {
+    let mut out = vec![(None, dir.to_path_buf())];
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(classify(name, &format!("list {}", dir.display()), &e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| classify(name, &format!("list {}", dir.display()), &e))?;
+        let file_name = entry.file_name();
+        let Some(scope) = file_name.to_str().and_then(|n| n.strip_prefix(SCOPE_PREFIX)) else { continue };
+        if crate::engine::Scope::is_valid(scope) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push((Some(scope.to_owned()), entry.path()));
+        } else {
+            tracing::warn!(participant = name, dir = ?entry.path(), "ignoring an entry that names no saga incarnation");
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A step's marker as `(step, direction)` and the file that records it.
@@ -819,6 +861,9 @@ fn list_marker_files(name: &str, dir: &Path) -> Result<Vec<MarkerFile>, Error> {
     for entry in entries {
         let entry = entry.map_err(|e| classify(name, &format!("list {}", dir.display()), &e))?;
         let file_name = entry.file_name();
+        if file_name.to_string_lossy().starts_with(SCOPE_PREFIX) {
+            continue; // an incarnation's directory (see `incarnation_dirs`)
+        }
         let Some(parsed) = file_name.to_str().and_then(parse_marker_name) else {
             // Leftover temporary files of an interrupted marker write, or files put there by
             // someone else: neither is a marker.
@@ -852,15 +897,16 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
             tracing::warn!(participant = name, dir = ?saga.path(), "ignoring a marker directory that names no saga");
             continue;
         };
-        let saga_dir = saga.path();
-        for ((step, direction), file) in list_marker_files(name, &saga_dir)? {
-            let key = StepKey { saga_id: saga_id.clone(), step, direction };
-            let applied_at_ms = fs::metadata(&file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .and_then(|d| u64::try_from(d.as_millis()).ok());
-            out.push(MarkerEntry { key, applied_at_ms });
+        for (scope, scope_dir) in incarnation_dirs(name, &saga.path())? {
+            for ((step, direction), file) in list_marker_files(name, &scope_dir)? {
+                let key = StepKey { saga_id: saga_id.clone(), step, direction, scope: scope.clone() };
+                let applied_at_ms = fs::metadata(&file)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .and_then(|d| u64::try_from(d.as_millis()).ok());
+                out.push(MarkerEntry { key, applied_at_ms });
+            }
         }
     }
     out.sort();
@@ -908,25 +954,35 @@ pub fn leftovers(root: &Path) -> io::Result<Leftovers> {
             continue;
         }
         let saga_id = saga.file_name().to_str().and_then(saga_id_of_dir_name);
+        let mut dirs = vec![(None, PathBuf::from(saga.file_name()))];
         for entry in fs::read_dir(saga.path())? {
             let entry = entry?;
             let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str().filter(|n| n.ends_with(INTENT_SUFFIX)) else { continue };
-            let key = saga_id.clone().zip(parse_marker_name(file_name)).map(|(saga_id, (step, direction))| StepKey {
-                saga_id,
-                step,
-                direction,
-            });
-            let path = Path::new(MARKER_DIR).join(saga.file_name()).join(file_name);
-            let (detail, readable) =
-                match fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| parse_intent(&b)) {
-                    Ok(intent) => {
-                        referenced.insert(intent.action.temp_file().to_path_buf());
-                        (intent.action.describe(), true)
-                    }
-                    Err(why) => (why, false),
-                };
-            found.intents.push(PendingIntent { key, path, detail, readable });
+            let scope = file_name.to_str().and_then(|n| n.strip_prefix(SCOPE_PREFIX));
+            if let Some(scope) = scope.filter(|_| entry.file_type().is_ok_and(|t| t.is_dir())) {
+                dirs.push((Some(scope.to_owned()), Path::new(&saga.file_name()).join(&file_name)));
+            }
+        }
+        for (scope, relative) in dirs {
+            for entry in fs::read_dir(markers.join(&relative))? {
+                let entry = entry?;
+                let file_name = entry.file_name();
+                let Some(file_name) = file_name.to_str().filter(|n| n.ends_with(INTENT_SUFFIX)) else { continue };
+                let key = saga_id
+                    .clone()
+                    .zip(parse_marker_name(file_name))
+                    .map(|(saga_id, (step, direction))| StepKey { saga_id, step, direction, scope: scope.clone() });
+                let path = Path::new(MARKER_DIR).join(&relative).join(file_name);
+                let (detail, readable) =
+                    match fs::read(entry.path()).map_err(|e| e.to_string()).and_then(|b| parse_intent(&b)) {
+                        Ok(intent) => {
+                            referenced.insert(intent.action.temp_file().to_path_buf());
+                            (intent.action.describe(), true)
+                        }
+                        Err(why) => (why, false),
+                    };
+                found.intents.push(PendingIntent { key, path, detail, readable });
+            }
         }
     }
     let mut visited = 0usize;
@@ -1154,7 +1210,7 @@ mod tests {
     }
 
     fn key(saga: &str, step: u32, direction: Direction) -> StepKey {
-        StepKey { saga_id: saga.to_owned(), step, direction }
+        StepKey { saga_id: saga.to_owned(), step, direction, scope: None }
     }
 
     fn put(path: &str, contents: &str) -> Operation {

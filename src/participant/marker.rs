@@ -20,3 +20,25 @@ pub(crate) fn parse_marker(name: &str, step: i64, direction: &str) -> Result<(u3
 pub(crate) fn now_ms() -> i64 {
     i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
+
+/// The names of a SQL participant's marker and fence tables (config keys `marker_table` and
+/// `fence_table`), checked by the catalog to be plain identifiers before they reach a
+/// statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    pub markers: String,
+    pub fences: String,
+}
+
+impl Default for Tables {
+    fn default() -> Tables {
+        Tables { markers: super::MARKER_TABLE.to_owned(), fences: super::FENCE_TABLE.to_owned() }
+    }
+}
+
+impl Tables {
+    /// The tables `config` names.
+    pub fn of(config: &crate::config::ParticipantConfig) -> Tables {
+        Tables { markers: config.marker_table().to_owned(), fences: config.fence_table().to_owned() }
+    }
+}

@@ -2,7 +2,10 @@
 //!
 //! # The contract every participant keeps
 //!
-//! A step is identified by its [`StepKey`] `(saga_id, step, direction)`: the idempotency key.
+//! A step is identified by its [`StepKey`] `(saga_id, step, direction)`: the idempotency key,
+//! in the saga incarnation's marker scope (`StepKey::scope`, see [`crate::engine::Scope`]). A
+//! marker or fence answers for its own scope only: an earlier saga with the same id, another
+//! instance's saga, and an unscoped saga (journaled before scopes) never see each other's.
 //!
 //! - [`Participant::apply`] performs the operation **and** records a completion marker for the
 //!   key **in the same local transaction** (for SQL participants: one database transaction
@@ -50,6 +53,7 @@
 pub mod duckdb;
 pub mod fs;
 mod marker;
+pub use marker::Tables;
 pub mod memory;
 mod pool;
 pub mod postgres;
@@ -62,14 +66,15 @@ use std::pin::Pin;
 use crate::config::{ParticipantConfig, RowsGuard};
 use crate::engine::value::Value;
 
-/// Name of the marker table every SQL participant keeps.
-pub const MARKER_TABLE: &str = "sagalog_markers";
+/// Name of the marker table every SQL participant keeps, unless its config names another
+/// (`marker_table`).
+pub const MARKER_TABLE: &str = crate::config::MARKER_TABLE_DEFAULT;
 
 /// Name of the fence table every SQL participant keeps: one row per fencing lookup that found
 /// no marker, `(saga_id, step, direction, through_attempt)`; an apply of an attempt
 /// `<= through_attempt` of that key is refused. A table of its own, so marker tables created
 /// by earlier builds are used unchanged.
-pub const FENCE_TABLE: &str = "sagalog_fences";
+pub const FENCE_TABLE: &str = crate::config::FENCE_TABLE_DEFAULT;
 
 pub use crate::config::Kind;
 pub use crate::engine::model::{Direction, StepKey};
@@ -241,12 +246,12 @@ fn open_one(
         Kind::Sqlite => {
             let path = path()?;
             run_init_sqlite(name, &path, &p.init)?;
-            std::sync::Arc::new(sqlite::Sqlite::open(name, path, p.pool_size)?)
+            std::sync::Arc::new(sqlite::Sqlite::open_with_tables(name, path, p.pool_size, Tables::of(p))?)
         }
         #[cfg(feature = "duckdb")]
         Kind::Duckdb => {
             let path = path()?;
-            let db = duckdb::Duckdb::open(name, path, p.pool_size)?;
+            let db = duckdb::Duckdb::open_with_tables(name, path, p.pool_size, Tables::of(p))?;
             let conn = db.connection()?;
             for statement in &p.init {
                 conn.execute_batch(statement)
@@ -263,7 +268,7 @@ fn open_one(
         }
         Kind::Postgres => {
             let url = p.url.as_deref().unwrap_or_default();
-            std::sync::Arc::new(postgres::Postgres::connect(name, url, p.pool_size)?)
+            std::sync::Arc::new(postgres::Postgres::connect_with_tables(name, url, p.pool_size, Tables::of(p))?)
         }
         Kind::Fs => {
             let root = path()?;
@@ -303,9 +308,19 @@ pub fn open_all_read_only(
             std::sync::Arc::new(memory::Memory::new(name))
         } else {
             match p.kind {
-                Kind::Sqlite => std::sync::Arc::new(sqlite::Sqlite::open_read_only(name, path, p.pool_size)?),
+                Kind::Sqlite => std::sync::Arc::new(sqlite::Sqlite::open_read_only_with_tables(
+                    name,
+                    path,
+                    p.pool_size,
+                    Tables::of(p),
+                )?),
                 #[cfg(feature = "duckdb")]
-                Kind::Duckdb => std::sync::Arc::new(duckdb::Duckdb::open_read_only(name, path, p.pool_size)?),
+                Kind::Duckdb => std::sync::Arc::new(duckdb::Duckdb::open_read_only_with_tables(
+                    name,
+                    path,
+                    p.pool_size,
+                    Tables::of(p),
+                )?),
                 #[cfg(not(feature = "duckdb"))]
                 Kind::Duckdb => {
                     return Err(Error::permanent(
@@ -315,7 +330,12 @@ pub fn open_all_read_only(
                 }
                 Kind::Postgres => {
                     let url = p.url.as_deref().unwrap_or_default();
-                    std::sync::Arc::new(postgres::Postgres::connect_read_only(name, url, p.pool_size)?)
+                    std::sync::Arc::new(postgres::Postgres::connect_read_only_with_tables(
+                        name,
+                        url,
+                        p.pool_size,
+                        Tables::of(p),
+                    )?)
                 }
                 Kind::Fs => std::sync::Arc::new(fs::Fs::open_read_only(name, path)?),
                 Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),

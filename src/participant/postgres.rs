@@ -36,8 +36,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
-    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    Statement, StepKey, fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
+    fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -57,23 +57,46 @@ pub struct Postgres {
     /// Opened by [`Postgres::connect_read_only`]: every session is read-only, no table is
     /// created, `apply` fails, and a missing marker table reads as "no markers".
     read_only: bool,
+    /// The marker and fence tables' names.
+    tables: Tables,
 }
 
 impl Postgres {
     /// Builds the pool for `conninfo` (libpq key/value or URL form) with up to `pool_size`
     /// connections. No connection is made yet; a malformed conninfo is a permanent error.
     pub fn connect(name: &str, conninfo: &str, pool_size: usize) -> Result<Postgres, Error> {
-        Postgres::build(name, conninfo, pool_size, false)
+        Postgres::build(name, conninfo, pool_size, false, Tables::default())
+    }
+
+    /// [`Postgres::connect`] with the marker and fence tables named `tables` (config keys
+    /// `marker_table`, `fence_table`).
+    pub fn connect_with_tables(
+        name: &str,
+        conninfo: &str,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Postgres, Error> {
+        Postgres::build(name, conninfo, pool_size, false, tables)
     }
 
     /// Like [`Postgres::connect`], for the offline tools: every session runs with
     /// `default_transaction_read_only = on` (the server refuses writes), the marker table is
     /// never created, `apply` fails, and a database without a marker table has no markers.
     pub fn connect_read_only(name: &str, conninfo: &str, pool_size: usize) -> Result<Postgres, Error> {
-        Postgres::build(name, conninfo, pool_size, true)
+        Postgres::build(name, conninfo, pool_size, true, Tables::default())
     }
 
-    fn build(name: &str, conninfo: &str, pool_size: usize, read_only: bool) -> Result<Postgres, Error> {
+    /// [`Postgres::connect_read_only`] with the marker and fence tables named `tables`.
+    pub fn connect_read_only_with_tables(
+        name: &str,
+        conninfo: &str,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Postgres, Error> {
+        Postgres::build(name, conninfo, pool_size, true, tables)
+    }
+
+    fn build(name: &str, conninfo: &str, pool_size: usize, read_only: bool, tables: Tables) -> Result<Postgres, Error> {
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
@@ -96,26 +119,27 @@ impl Postgres {
             .recycle_timeout(Some(CONNECT_TIMEOUT_DEFAULT))
             .build()
             .map_err(|e| Error::permanent(name, format!("building the connection pool: {e}")))?;
-        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only })
+        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only, tables })
     }
 
     /// A pooled connection, with the marker and fence tables created if this is the first use.
     async fn client(&self) -> Result<Object, Error> {
         let client = self.pool.get().await.map_err(|e| classify_pool(&self.name, &e))?;
         if !self.read_only {
-            self.schema.get_or_try_init(|| create_tables(&self.name, &client)).await?;
+            self.schema.get_or_try_init(|| create_tables(&self.name, &client, &self.tables)).await?;
         }
         Ok(client)
     }
 
     async fn apply_sql(&self, key: &StepKey, attempt: u32, statement: Option<Statement>) -> Result<Applied, Error> {
         let name = self.name.as_str();
+        let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
         let mut client = self.client().await?;
         let tx = begin(name, &mut client).await?;
         let insert =
-            format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
-        let fence = fence_sql();
+            format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
+        let fence = fence_sql(&self.tables.fences);
         let (lock, fence, insert) =
             tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&fence), tx.prepare_cached(&insert))
                 .map_err(|e| classify(name, "prepare the marker statements", &e))?;
@@ -127,12 +151,12 @@ impl Postgres {
             biased;
             async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
             async {
-                tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                tx.query_one(&fence, &[&&*key.marker_id(), &step, &direction])
                     .await
                     .map_err(|e| classify(name, "look up fence", &e))
             },
             async {
-                tx.execute(&insert, &[&key.saga_id, &step, &direction])
+                tx.execute(&insert, &[&&*key.marker_id(), &step, &direction])
                     .await
                     .map_err(|e| classify(name, "insert marker", &e))
             },
@@ -196,12 +220,12 @@ impl Participant for Postgres {
                 return Err(Error::permanent(name, "opened read-only: it cannot fence a step's attempts"));
             }
             let step = step_param(name, key.step)?;
+            let (markers, fences) = (&self.tables.markers, &self.tables.fences);
             let mut client = self.client().await?;
             let tx = begin(name, &mut client).await?;
-            let exists = format!(
-                "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
-            );
-            let fence = fence_sql();
+            let exists =
+                format!("SELECT EXISTS (SELECT 1 FROM {markers} WHERE saga_id = $1 AND step = $2 AND direction = $3)");
+            let fence = fence_sql(&self.tables.fences);
             let (lock, exists, fence) =
                 tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&exists), tx.prepare_cached(&fence))
                     .map_err(|e| classify(name, "fence: prepare", &e))?;
@@ -212,12 +236,12 @@ impl Participant for Postgres {
                 biased;
                 async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
                 async {
-                    tx.query_one(&exists, &[&key.saga_id, &step, &direction])
+                    tx.query_one(&exists, &[&&*key.marker_id(), &step, &direction])
                         .await
                         .map_err(|e| classify(name, "fence: look up marker", &e))
                 },
                 async {
-                    tx.query_one(&fence, &[&key.saga_id, &step, &direction])
+                    tx.query_one(&fence, &[&&*key.marker_id(), &step, &direction])
                         .await
                         .map_err(|e| classify(name, "look up fence", &e))
                 },
@@ -228,11 +252,11 @@ impl Participant for Postgres {
             }
             if fenced_row(name, key, &fence)?.is_none_or(|through| through < through_attempt) {
                 let insert = format!(
-                    "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO {fences} (saga_id, step, direction, through_attempt) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT DO NOTHING"
                 );
                 let stmt = tx.prepare_cached(&insert).await.map_err(|e| classify(name, "insert fence", &e))?;
-                tx.execute(&stmt, &[&key.saga_id, &step, &key.direction.as_str(), &i64::from(through_attempt)])
+                tx.execute(&stmt, &[&&*key.marker_id(), &step, &key.direction.as_str(), &i64::from(through_attempt)])
                     .await
                     .map_err(|e| classify(name, "insert fence", &e))?;
             }
@@ -246,11 +270,11 @@ impl Participant for Postgres {
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             let step = step_param(&self.name, key.step)?;
+            let markers = &self.tables.markers;
             let client = self.client().await?;
-            let sql = format!(
-                "SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3)"
-            );
-            let row = match client.query_one(&sql, &[&key.saga_id, &step, &key.direction.as_str()]).await {
+            let sql =
+                format!("SELECT EXISTS (SELECT 1 FROM {markers} WHERE saga_id = $1 AND step = $2 AND direction = $3)");
+            let row = match client.query_one(&sql, &[&&*key.marker_id(), &step, &key.direction.as_str()]).await {
                 Ok(row) => row,
                 Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(false),
                 Err(e) => return Err(classify(&self.name, "look up marker", &e)),
@@ -261,8 +285,11 @@ impl Participant for Postgres {
 
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         Box::pin(async move {
+            let markers = &self.tables.markers;
             let client = self.client().await?;
-            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = $1");
+            let sql = format!(
+                "SELECT step, direction FROM {markers} WHERE saga_id = $1 OR left(saga_id, char_length($1) + 1) = $1 || ' '"
+            );
             let rows = match client.query(&sql, &[&saga_id]).await {
                 Ok(rows) => rows,
                 Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
@@ -281,9 +308,10 @@ impl Participant for Postgres {
 
     fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
         Box::pin(async move {
+            let markers = &self.tables.markers;
             let client = self.client().await?;
             let sql = format!(
-                "SELECT saga_id, step, direction, (extract(epoch FROM applied_at) * 1000)::bigint FROM {MARKER_TABLE} \
+                "SELECT saga_id, step, direction, (extract(epoch FROM applied_at) * 1000)::bigint FROM {markers} \
                  ORDER BY saga_id, step, direction"
             );
             let rows = match client.query(&sql, &[]).await {
@@ -294,12 +322,13 @@ impl Participant for Postgres {
             let mut markers = Vec::with_capacity(rows.len());
             for row in rows {
                 let get = |e: tokio_postgres::Error| classify(&self.name, "list markers", &e);
-                let saga_id: String = row.try_get(0).map_err(get)?;
+                let stored: String = row.try_get(0).map_err(get)?;
                 let step: i32 = row.try_get(1).map_err(get)?;
                 let direction: &str = row.try_get(2).map_err(get)?;
                 let at: Option<i64> = row.try_get(3).map_err(get)?;
                 let (step, direction) = super::marker::parse_marker(&self.name, i64::from(step), direction)?;
-                let key = StepKey { saga_id, step, direction };
+                let (saga_id, scope) = StepKey::split_marker_id(&stored);
+                let key = StepKey { saga_id, step, direction, scope };
                 markers.push(MarkerEntry { key, applied_at_ms: at.and_then(|ms| u64::try_from(ms).ok()) });
             }
             markers.sort();
@@ -330,9 +359,10 @@ impl Participant for Postgres {
             // the probe writes a marker row the way a step does, then rolls it back. An error
             // drops the transaction, which tokio-postgres rolls back.
             let name = self.name.as_str();
+            let markers = &self.tables.markers;
             let tx = client.transaction().await.map_err(|e| classify(name, "probe: begin transaction", &e))?;
             let insert = format!(
-                "INSERT INTO {MARKER_TABLE} (saga_id, step, direction) VALUES ('', -1, 'probe') ON CONFLICT DO NOTHING"
+                "INSERT INTO {markers} (saga_id, step, direction) VALUES ('', -1, 'probe') ON CONFLICT DO NOTHING"
             );
             tx.execute(&insert, &[]).await.map_err(|e| classify(name, "probe: write a marker row", &e))?;
             tx.rollback().await.map_err(|e| classify(name, "probe: rollback", &e))?;
@@ -341,7 +371,8 @@ impl Participant for Postgres {
     }
 }
 
-/// The 64-bit advisory lock id of a step key: FNV-1a over the saga id, a 0xFF separator (no
+/// The 64-bit advisory lock id of a step key: FNV-1a over the saga id (its
+/// [`StepKey::marker_id`]: with the scope, for a scoped saga), a 0xFF separator (no
 /// UTF-8 text holds that byte), the step (4 bytes, little-endian) and the direction's name.
 /// Every build must compute the same id for the same key (a crashed process's transaction and
 /// the next process's lookup lock the same id): never change it.
@@ -350,7 +381,8 @@ pub fn key_lock_id(key: &StepKey) -> i64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;
     let step = key.step.to_le_bytes();
-    let bytes = key.saga_id.as_bytes().iter().chain(&[0xFF]).chain(&step).chain(key.direction.as_str().as_bytes());
+    let id = key.marker_id();
+    let bytes = id.as_bytes().iter().chain(&[0xFF]).chain(&step).chain(key.direction.as_str().as_bytes());
     for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(PRIME);
@@ -381,8 +413,8 @@ async fn begin<'a>(name: &str, client: &'a mut Object) -> Result<deadpool_postgr
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// The highest attempt of a key ($1-$3) a fencing lookup fenced off: one row, NULL if none.
-fn fence_sql() -> String {
-    format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = $1 AND step = $2 AND direction = $3")
+fn fence_sql(fences: &str) -> String {
+    format!("SELECT max(through_attempt) FROM {fences} WHERE saga_id = $1 AND step = $2 AND direction = $3")
 }
 
 /// The fenced-off attempt that a `fence_sql` row holds, if any.
@@ -399,10 +431,11 @@ fn fenced_row(name: &str, key: &StepKey, row: &tokio_postgres::Row) -> Result<Op
 
 /// Creates the marker and the fence table, each on its own (a race lost on one must not skip
 /// the other).
-async fn create_tables(name: &str, client: &Object) -> Result<(), Error> {
-    create_marker_table(name, client).await?;
+async fn create_tables(name: &str, client: &Object, tables: &Tables) -> Result<(), Error> {
+    create_marker_table(name, client, &tables.markers).await?;
+    let fences = &tables.fences;
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+        "CREATE TABLE IF NOT EXISTS {fences} (
             saga_id text NOT NULL,
             step integer NOT NULL,
             direction text NOT NULL,
@@ -418,9 +451,9 @@ async fn create_tables(name: &str, client: &Object) -> Result<(), Error> {
     }
 }
 
-async fn create_marker_table(name: &str, client: &Object) -> Result<(), Error> {
+async fn create_marker_table(name: &str, client: &Object, markers: &str) -> Result<(), Error> {
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+        "CREATE TABLE IF NOT EXISTS {markers} (
             saga_id text NOT NULL,
             step integer NOT NULL,
             direction text NOT NULL,

@@ -31,8 +31,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params, pa
 use super::marker::{now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
-    Applied, BoxFuture, Direction, Error, FENCE_TABLE, Kind, MARKER_TABLE, MarkerEntry, Operation, Participant,
-    Statement, StepKey, fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
+    fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -56,6 +56,8 @@ pub struct Sqlite {
     /// Held by `apply`, `settle_marker` and the write probe from before they take a connection
     /// until their transaction ends: one writer at a time inside this process.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The marker and fence tables' names.
+    tables: Arc<Tables>,
 }
 
 impl Sqlite {
@@ -64,6 +66,18 @@ impl Sqlite {
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Sqlite, Error> {
+        Sqlite::open_with_tables(name, path, pool_size, Tables::default())
+    }
+
+    /// [`Sqlite::open`] with the marker and fence tables named `tables` (config keys
+    /// `marker_table`, `fence_table`).
+    pub fn open_with_tables(
+        name: &str,
+        path: impl Into<PathBuf>,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Sqlite, Error> {
+        let Tables { markers, fences } = &tables;
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
@@ -71,7 +85,7 @@ impl Sqlite {
         let first = connect(name, &path, BUSY_TIMEOUT_DEFAULT)?;
         first
             .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
+                "CREATE TABLE IF NOT EXISTS {markers} (
                     saga_id TEXT NOT NULL,
                     step INTEGER NOT NULL,
                     direction TEXT NOT NULL,
@@ -82,7 +96,7 @@ impl Sqlite {
             .map_err(|e| classify(name, "create marker table", &e))?;
         first
             .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
+                "CREATE TABLE IF NOT EXISTS {fences} (
                     saga_id TEXT NOT NULL,
                     step INTEGER NOT NULL,
                     direction TEXT NOT NULL,
@@ -105,6 +119,7 @@ impl Sqlite {
             read_only: false,
             has_marker_table: true,
             write_lock: Arc::default(),
+            tables: Arc::new(tables),
         })
     }
 
@@ -114,15 +129,27 @@ impl Sqlite {
     ///
     /// This does blocking file I/O: call it at startup, or from a blocking thread.
     pub fn open_read_only(name: &str, path: impl Into<PathBuf>, pool_size: usize) -> Result<Sqlite, Error> {
+        Sqlite::open_read_only_with_tables(name, path, pool_size, Tables::default())
+    }
+
+    /// [`Sqlite::open_read_only`] with the marker and fence tables named `tables`.
+    pub fn open_read_only_with_tables(
+        name: &str,
+        path: impl Into<PathBuf>,
+        pool_size: usize,
+        tables: Tables,
+    ) -> Result<Sqlite, Error> {
         if pool_size == 0 || pool_size > POOL_SIZE_MAX {
             return Err(Error::permanent(name, format!("pool size {pool_size} is outside 1..={POOL_SIZE_MAX}")));
         }
         let path = path.into();
         let first = connect_read_only(name, &path, BUSY_TIMEOUT_DEFAULT)?;
         let has_marker_table = first
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [MARKER_TABLE], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [&tables.markers],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(|e| classify(name, "look for the marker table", &e))?
             > 0;
         let connector = {
@@ -138,6 +165,7 @@ impl Sqlite {
             read_only: true,
             has_marker_table,
             write_lock: Arc::default(),
+            tables: Arc::new(tables),
         })
     }
 
@@ -210,9 +238,10 @@ impl Participant for Sqlite {
             // The guard moves into the blocking task, so it is released when the transaction
             // ends, not when this future is dropped (a step timeout).
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
-                apply_blocking(name, conn, &key, attempt, statement)
+                apply_blocking(name, conn, &tables, &key, attempt, statement)
             })
             .await
         })
@@ -227,9 +256,10 @@ impl Participant for Sqlite {
             // As in `apply`: the guard travels with the transaction, so a lookup that timed out
             // still ends its transaction before another writer starts.
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
-                settle_blocking(name, conn, &key, through_attempt)
+                settle_blocking(name, conn, &tables, &key, through_attempt)
             })
             .await
         })
@@ -238,28 +268,33 @@ impl Participant for Sqlite {
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         let key = key.clone();
         let has_table = self.has_marker_table;
-        Box::pin(self.run(move |name, conn| if has_table { marker_exists(name, conn, &key) } else { Ok(false) }))
+        let tables = Arc::clone(&self.tables);
+        Box::pin(
+            self.run(move |name, conn| if has_table { marker_exists(name, conn, &tables, &key) } else { Ok(false) }),
+        )
     }
 
     fn lookup_markers<'a>(&'a self, keys: &'a [StepKey]) -> BoxFuture<'a, Result<Vec<bool>, Error>> {
         let keys = keys.to_vec();
         let has_table = self.has_marker_table;
+        let tables = Arc::clone(&self.tables);
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(vec![false; keys.len()]);
             }
-            keys.iter().map(|key| marker_exists(name, conn, key)).collect()
+            keys.iter().map(|key| marker_exists(name, conn, &tables, key)).collect()
         }))
     }
 
     fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
         let has_table = self.has_marker_table;
+        let markers_table = self.tables.markers.clone();
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(Vec::new());
             }
             let sql = format!(
-                "SELECT saga_id, step, direction, applied_at_ms FROM {MARKER_TABLE} ORDER BY saga_id, step, direction"
+                "SELECT saga_id, step, direction, applied_at_ms FROM {markers_table} ORDER BY saga_id, step, direction"
             );
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
@@ -274,9 +309,10 @@ impl Participant for Sqlite {
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| classify(name, "list markers", &e))?;
             let mut markers = Vec::with_capacity(rows.len());
-            for (saga_id, step, direction, at) in rows {
+            for (stored, step, direction, at) in rows {
                 let (step, direction) = parse_marker(name, step, &direction)?;
-                let key = StepKey { saga_id, step, direction };
+                let (saga_id, scope) = StepKey::split_marker_id(&stored);
+                let key = StepKey { saga_id, step, direction, scope };
                 markers.push(MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
             }
             markers.sort();
@@ -287,11 +323,12 @@ impl Participant for Sqlite {
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         let saga_id = saga_id.to_owned();
         let has_table = self.has_marker_table;
+        let markers_table = self.tables.markers.clone();
         Box::pin(self.run(move |name, conn| {
             if !has_table {
                 return Ok(Vec::new());
             }
-            let sql = format!("SELECT step, direction FROM {MARKER_TABLE} WHERE saga_id = ?1");
+            let sql = format!("SELECT step, direction FROM {markers_table} WHERE saga_id = ?1 OR substr(saga_id, 1, length(?1) + 1) = ?1 || ' '");
             let mut stmt = conn.prepare_cached(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
                 .query_map([&saga_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
@@ -323,9 +360,10 @@ impl Participant for Sqlite {
                     .await;
             }
             let writer = Arc::clone(&self.write_lock).lock_owned().await;
+            let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
-                probe_write(name, conn)
+                probe_write(name, conn, &tables)
             })
             .await
         })
@@ -336,12 +374,13 @@ impl Participant for Sqlite {
 /// the disk is full, so the probe walks a step's write path: the write lock, a marker row
 /// inserted, then rolled back. Nothing is left behind; the probe row's step (-1) is one no
 /// step has.
-fn probe_write(name: &str, conn: &mut Connection) -> Result<(), Error> {
+fn probe_write(name: &str, conn: &mut Connection, tables: &Tables) -> Result<(), Error> {
+    let markers = &tables.markers;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(name, "probe: begin transaction", &e))?;
     let insert = format!(
-        "INSERT OR REPLACE INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
+        "INSERT OR REPLACE INTO {markers} (saga_id, step, direction, applied_at_ms) VALUES ('', -1, 'probe', 0)"
     );
     tx.execute(&insert, []).map_err(|e| classify(name, "probe: write a marker row", &e))?;
     tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
@@ -352,6 +391,7 @@ fn probe_write(name: &str, conn: &mut Connection) -> Result<(), Error> {
 fn apply_blocking(
     name: &str,
     conn: &mut Connection,
+    tables: &Tables,
     key: &StepKey,
     attempt: u32,
     statement: Option<Statement>,
@@ -359,13 +399,13 @@ fn apply_blocking(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(name, "begin transaction", &e))?;
-    if let Some(through) = fenced_through(name, &tx, key)?
+    if let Some(through) = fenced_through(name, &tx, tables, key)?
         && through >= attempt
     {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if marker_exists(name, &tx, key)? {
+    if marker_exists(name, &tx, tables, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
@@ -390,9 +430,9 @@ fn apply_blocking(
         statement.check_rows(name, key, affected)?;
     }
     let insert =
-        format!("INSERT INTO {MARKER_TABLE} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)");
+        format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)", tables.markers);
     tx.prepare_cached(&insert)
-        .and_then(|mut stmt| stmt.execute(params![key.saga_id, key.step, key.direction.as_str(), now_ms()]))
+        .and_then(|mut stmt| stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms()]))
         .map_err(|e| classify(name, "insert marker", &e))?;
     // Dropping an uncommitted transaction rolls it back, so every early return above leaves
     // neither the statement's effect nor the marker behind.
@@ -402,22 +442,28 @@ fn apply_blocking(
 
 /// The body of `settle_marker`: under the write lock and `BEGIN IMMEDIATE`, the marker, or a
 /// fence through `through_attempt` committed before the answer "absent" is given.
-fn settle_blocking(name: &str, conn: &mut Connection, key: &StepKey, through_attempt: u32) -> Result<bool, Error> {
+fn settle_blocking(
+    name: &str,
+    conn: &mut Connection,
+    tables: &Tables,
+    key: &StepKey,
+    through_attempt: u32,
+) -> Result<bool, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(name, "fence: begin transaction", &e))?;
-    if marker_exists(name, &tx, key)? {
+    if marker_exists(name, &tx, tables, key)? {
         tx.rollback().map_err(|e| classify(name, "fence: rollback", &e))?;
         return Ok(true);
     }
-    if fenced_through(name, &tx, key)?.is_none_or(|through| through < through_attempt) {
+    if fenced_through(name, &tx, tables, key)?.is_none_or(|through| through < through_attempt) {
         let insert = format!(
-            "INSERT INTO {FENCE_TABLE} (saga_id, step, direction, through_attempt, fenced_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5)"
+            "INSERT INTO {} (saga_id, step, direction, through_attempt, fenced_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            tables.fences
         );
         tx.prepare_cached(&insert)
             .and_then(|mut stmt| {
-                stmt.execute(params![key.saga_id, key.step, key.direction.as_str(), through_attempt, now_ms()])
+                stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), through_attempt, now_ms()])
             })
             .map_err(|e| classify(name, "insert fence", &e))?;
     }
@@ -426,12 +472,14 @@ fn settle_blocking(name: &str, conn: &mut Connection, key: &StepKey, through_att
 }
 
 /// The highest attempt of `key` a fencing lookup fenced off, if any.
-fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option<u32>, Error> {
-    let sql =
-        format!("SELECT max(through_attempt) FROM {FENCE_TABLE} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3");
+fn fenced_through(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<Option<u32>, Error> {
+    let sql = format!(
+        "SELECT max(through_attempt) FROM {} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3",
+        tables.fences
+    );
     let through: Option<i64> = conn
         .prepare_cached(&sql)
-        .and_then(|mut stmt| stmt.query_row(params![key.saga_id, key.step, key.direction.as_str()], |r| r.get(0)))
+        .and_then(|mut stmt| stmt.query_row(params![&*key.marker_id(), key.step, key.direction.as_str()], |r| r.get(0)))
         .map_err(|e| classify(name, "look up fence", &e))?;
     through
         .map(|t| {
@@ -442,11 +490,11 @@ fn fenced_through(name: &str, conn: &Connection, key: &StepKey) -> Result<Option
         .transpose()
 }
 
-fn marker_exists(name: &str, conn: &Connection, key: &StepKey) -> Result<bool, Error> {
+fn marker_exists(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<bool, Error> {
     let sql =
-        format!("SELECT EXISTS (SELECT 1 FROM {MARKER_TABLE} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3)");
+        format!("SELECT EXISTS (SELECT 1 FROM {} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3)", tables.markers);
     conn.prepare_cached(&sql)
-        .and_then(|mut stmt| stmt.query_row(params![key.saga_id, key.step, key.direction.as_str()], |r| r.get(0)))
+        .and_then(|mut stmt| stmt.query_row(params![&*key.marker_id(), key.step, key.direction.as_str()], |r| r.get(0)))
         .map_err(|e| classify(name, "look up marker", &e))
 }
 

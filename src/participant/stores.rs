@@ -223,7 +223,7 @@ mod tests {
     }
 
     fn key(saga: &str) -> StepKey {
-        StepKey { saga_id: saga.into(), step: 0, direction: Direction::Forward }
+        StepKey { saga_id: saga.into(), step: 0, direction: Direction::Forward, scope: None }
     }
 
     /// A store this data directory created is never created again when it goes missing (an

@@ -94,6 +94,7 @@ async fn recovery_after_a_crash_between_the_rename_and_the_marker_compensates() 
             policies,
             at_ms: 1,
             actions: catalog.resolved_actions(&def),
+            scope: None,
         }),
         Record::StepStarted(Started {
             saga: def.id.clone(),
@@ -113,7 +114,7 @@ async fn recovery_after_a_crash_between_the_rename_and_the_marker_compensates() 
     let before_crash = Fs::open("files", root.clone()).unwrap();
     before_crash.crash_next_apply(CrashPoint::AfterEffect);
     let (_, op) = catalog.operation(&def.steps[0], Direction::Forward).unwrap();
-    let key = StepKey { saga_id: def.id.clone(), step: 0, direction: Direction::Forward };
+    let key = StepKey { saga_id: def.id.clone(), step: 0, direction: Direction::Forward, scope: None };
     assert!(before_crash.apply(&key, 1, &op).await.is_err());
     drop(before_crash);
     assert!(root.join("out/recovered.txt").exists());

@@ -21,6 +21,7 @@ fn submitted(id: &str, steps: u32, at_ms: u64) -> Saga {
         digest: 0xfeed,
         at_ms,
         actions: Default::default(),
+        scope: None,
     })
 }
 

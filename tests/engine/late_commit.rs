@@ -23,7 +23,7 @@ fn suffix() -> String {
 }
 
 fn key(saga: &str) -> StepKey {
-    StepKey { saga_id: format!("{saga}-{}", suffix()), step: 0, direction: Direction::Forward }
+    StepKey { saga_id: format!("{saga}-{}", suffix()), step: 0, direction: Direction::Forward, scope: None }
 }
 
 /// SQLite: attempt 1's blocking task waits for another connection's write lock, the step
@@ -175,7 +175,9 @@ async fn executor_a_late_commit_after_the_lookup_never_lands() {
     assert_eq!(mem.effects("late"), vec![fwd(0), comp(0)]);
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(mem.effects("late"), vec![fwd(0), comp(0)], "a late commit landed after compensation skipped it");
-    let key = StepKey { saga_id: "late".to_owned(), step: 1, direction: Direction::Forward };
+    // The saga's markers and fences carry its incarnation's scope.
+    assert!(snap.saga.scope.is_some(), "a submitted saga has a marker scope");
+    let key = StepKey::new("late", 1, Direction::Forward).scoped(snap.saga.scope.clone());
     assert!(!mem.lookup_marker(&key).await.unwrap());
     assert_eq!(mem.fenced_through(&key), Some(1), "compensation settled attempt 1 with the fencing lookup");
 }

@@ -17,4 +17,5 @@ mod participant_conformance;
 mod participant_outage;
 mod races;
 mod recovery;
+mod reuse;
 mod side_files;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sagalog::engine::Value;
+use sagalog::engine::{Scope, Value};
 #[cfg(feature = "duckdb")]
 use sagalog::participant::duckdb::Duckdb;
 use sagalog::participant::fs::Fs;
@@ -52,7 +52,7 @@ impl Harness {
 
     /// A key whose saga id is unique to this harness.
     fn key(&self, saga: &str, step: u32, direction: Direction) -> StepKey {
-        StepKey { saga_id: format!("{saga}-{}", self.run_id), step, direction }
+        StepKey { saga_id: format!("{saga}-{}", self.run_id), step, direction, scope: None }
     }
 
     fn is_sql(&self) -> bool {
@@ -295,6 +295,48 @@ mod cases {
         assert_eq!(h.p().lookup_markers(&[]).await.unwrap(), Vec::<bool>::new());
     }
 
+    /// Issue 10 A4: a marker vouches for its own saga incarnation only. An earlier saga with
+    /// the same id (one the index forgot), another instance's saga, and an unscoped saga
+    /// (journaled before scopes) each see "absent" and apply for themselves; every listing
+    /// returns each marker with its scope.
+    pub async fn a_marker_answers_for_its_scope_only(h: &Harness) {
+        let instance = Scope::draw_instance();
+        let first = h.key("reused", 0, Forward).scoped(Some(Scope::draw(&instance)));
+        let second = first.clone().scoped(Some(Scope::draw(&instance)));
+        let elsewhere = first.clone().scoped(Some(Scope::draw(&Scope::draw_instance())));
+        let unscoped = first.clone().scoped(None);
+        assert_eq!(h.p().apply(&first, 1, &h.insert(40, "first")).await.unwrap(), Applied::Applied);
+        for other in [&second, &elsewhere, &unscoped] {
+            assert!(!h.p().lookup_marker(other).await.unwrap(), "{other:?} answered by {first:?}");
+            assert!(!h.p().settle_marker(other, 1).await.unwrap(), "{other:?} settled by {first:?}");
+        }
+        assert_eq!(
+            h.p().lookup_markers(&[first.clone(), second.clone(), elsewhere.clone(), unscoped.clone()]).await.unwrap(),
+            vec![true, false, false, false]
+        );
+        assert_eq!(h.p().apply(&second, 2, &h.insert(41, "second")).await.unwrap(), Applied::Applied);
+        assert_eq!(h.p().apply(&unscoped, 2, &h.insert(42, "unscoped")).await.unwrap(), Applied::Applied);
+        assert!(h.p().lookup_marker(&second).await.unwrap() && h.p().lookup_marker(&unscoped).await.unwrap());
+        assert!(!h.p().lookup_marker(&elsewhere).await.unwrap());
+        let mut expected = vec![first.clone(), second.clone(), unscoped.clone()];
+        expected.sort();
+        let listed: Vec<StepKey> = h
+            .p()
+            .all_markers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| k.saga_id == first.saga_id)
+            .collect();
+        assert_eq!(listed, expected, "all_markers returns every incarnation's marker with its scope");
+        assert_eq!(
+            h.p().markers(&first.saga_id).await.unwrap(),
+            vec![(0, Forward); 3],
+            "markers(id) spans incarnations"
+        );
+    }
+
     pub async fn probe_succeeds(h: &Harness) {
         h.p().probe().await.unwrap();
     }
@@ -442,6 +484,20 @@ mod cases {
         assert_permanent(h.p().apply(&fenced, 5, &Operation::Noop).await);
     }
 
+    /// Issue 10 A4: a fence of one saga incarnation never refuses another's attempts.
+    pub async fn a_fence_holds_for_its_scope_only(h: &Harness) {
+        let instance = Scope::draw_instance();
+        let fenced = h.key("fence-scope", 0, Forward).scoped(Some(Scope::draw(&instance)));
+        assert!(!h.p().settle_marker(&fenced, 3).await.unwrap());
+        let unscoped = h.key("fence-scope", 0, Forward);
+        let later = unscoped.clone().scoped(Some(Scope::draw(&instance)));
+        let other_instance = unscoped.clone().scoped(Some(Scope::draw(&Scope::draw_instance())));
+        for other in [later, other_instance, unscoped] {
+            assert_eq!(h.p().apply(&other, 1, &Operation::Noop).await.unwrap(), Applied::Applied, "{other:?}");
+        }
+        assert_permanent(h.p().apply(&fenced, 1, &Operation::Noop).await);
+    }
+
     pub async fn the_read_only_lookup_fences_nothing(h: &Harness) {
         let key = h.key("plain-lookup", 0, Forward);
         assert!(!h.p().lookup_marker(&key).await.unwrap());
@@ -496,6 +552,8 @@ macro_rules! common_suite {
             noop_records_only_the_marker,
             /// Of concurrent applies of one key exactly one commits; the effect exists once.
             concurrent_applies_of_one_key_apply_once,
+            /// A marker answers for its saga incarnation's scope only (issue 10 A4).
+            a_marker_answers_for_its_scope_only,
         }
     };
 }
@@ -512,6 +570,8 @@ macro_rules! fence_suite {
             a_fence_holds_for_its_key_only,
             /// lookup_marker and lookup_markers (the offline tools') write no fence.
             the_read_only_lookup_fences_nothing,
+            /// A fence holds for its saga incarnation's scope only (issue 10 A4).
+            a_fence_holds_for_its_scope_only,
         }
     };
 }
@@ -553,6 +613,38 @@ mod sqlite {
     sql_suite!(super::make_sqlite);
     fence_suite!(super::make_sqlite);
 
+    /// Issue 10 A4: `marker_table` and `fence_table` name the tables a participant opened from
+    /// its config writes; the default tables are not created beside them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configured_marker_and_fence_tables_are_the_ones_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sagalog::catalog::Catalog::parse(
+            "[participants.db]\nkind = \"sqlite\"\npath = \"db.sqlite\"\nmarker_table = \"tenant_a_markers\"\n\
+             fence_table = \"tenant_a_fences\"\n",
+        )
+        .unwrap();
+        let opened = sagalog::participant::open_all(&config.config.participants, dir.path()).unwrap();
+        let p = &opened["db"];
+        let (applied, fenced) =
+            (StepKey::new("tables", 0, Direction::Forward), StepKey::new("tables", 1, Direction::Forward));
+        p.apply(&applied, 1, &Operation::Noop).await.unwrap();
+        assert!(!p.settle_marker(&fenced, 1).await.unwrap());
+        let conn = rusqlite::Connection::open(dir.path().join("db.sqlite")).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!((count("tenant_a_markers"), count("tenant_a_fences")), (1, 1));
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('sagalog_markers', 'sagalog_fences')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the default tables were created too");
+        assert!(p.lookup_marker(&applied).await.unwrap());
+    }
+
     /// A write lock held past the busy timeout by another connection gives a retryable error,
     /// and the same apply succeeds once the lock is gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,7 +654,7 @@ mod sqlite {
         let sqlite = Sqlite::open("sqlite", &path, 2).unwrap().with_busy_timeout(Duration::from_millis(100));
         let holder = rusqlite::Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let key = StepKey { saga_id: "locked".to_owned(), step: 0, direction: Direction::Forward };
+        let key = StepKey { saga_id: "locked".to_owned(), step: 0, direction: Direction::Forward, scope: None };
         let error = sqlite.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
         holder.execute_batch("ROLLBACK").unwrap();
@@ -574,7 +666,7 @@ mod sqlite {
     async fn quick_check_is_ok() {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Sqlite::open("sqlite", dir.path().join("check.sqlite"), 1).unwrap();
-        let key = StepKey { saga_id: "check".to_owned(), step: 0, direction: Direction::Forward };
+        let key = StepKey { saga_id: "check".to_owned(), step: 0, direction: Direction::Forward, scope: None };
         sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
         assert_eq!(sqlite.quick_check().await.unwrap(), "ok");
     }
@@ -586,7 +678,7 @@ mod sqlite {
     async fn read_only_open_reads_markers_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ro.sqlite");
-        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
+        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward, scope: None };
         {
             let sqlite = Sqlite::open("sqlite", &path, 1).unwrap();
             sqlite.apply(&key, 1, &Operation::Noop).await.unwrap();
@@ -632,7 +724,7 @@ mod sqlite {
                  BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
             )
             .unwrap();
-        let key = StepKey { saga_id: "full".to_owned(), step: 0, direction: Direction::Forward };
+        let key = StepKey { saga_id: "full".to_owned(), step: 0, direction: Direction::Forward, scope: None };
         assert!(!sqlite.lookup_marker(&key).await.unwrap(), "reads still work");
         assert!(sqlite.probe().await.is_err(), "a probe that only reads passes on a database that cannot write");
         admin.execute_batch("DROP TRIGGER full").unwrap();
@@ -651,7 +743,7 @@ mod sqlite {
             .map(|step| {
                 let sqlite = Arc::clone(&sqlite);
                 tokio::spawn(async move {
-                    let key = StepKey { saga_id: "herd".to_owned(), step, direction: Direction::Forward };
+                    let key = StepKey { saga_id: "herd".to_owned(), step, direction: Direction::Forward, scope: None };
                     sqlite.apply(&key, 1, &Operation::Noop).await
                 })
             })
@@ -680,7 +772,7 @@ mod sqlite {
             let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
             stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
         };
-        let done = StepKey { saga_id: "old".to_owned(), step: 0, direction: Direction::Forward };
+        let done = StepKey { saga_id: "old".to_owned(), step: 0, direction: Direction::Forward, scope: None };
         let ro = Sqlite::open_read_only("sqlite", &path, 1).unwrap();
         assert!(ro.lookup_marker(&done).await.unwrap());
         drop(ro);
@@ -718,7 +810,7 @@ mod duckdb {
     async fn read_only_open_reads_markers_and_refuses_apply() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ro.duckdb");
-        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward };
+        let key = StepKey { saga_id: "ro".to_owned(), step: 1, direction: Direction::Forward, scope: None };
         {
             let db = Duckdb::open("duckdb", &path, 1).unwrap();
             db.apply(&key, 1, &Operation::Noop).await.unwrap();
@@ -747,13 +839,46 @@ mod postgres {
     sql_suite!(super::make_postgres);
     fence_suite!(super::make_postgres);
 
+    /// Issue 10 A4: two instances sharing one database, each with its own `marker_table` and
+    /// `fence_table`: each writes only its own tables and never sees the other's markers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_with_their_own_marker_tables_keep_apart() {
+        let Some(client) = postgres_client().await else { return };
+        let suffix = run_id();
+        let tables = |who: &str| sagalog::participant::Tables {
+            markers: format!("m_{who}_{suffix}"),
+            fences: format!("f_{who}_{suffix}"),
+        };
+        let a = Postgres::connect_with_tables("a", &postgres_conninfo(), 2, tables("a")).unwrap();
+        let b = Postgres::connect_with_tables("b", &postgres_conninfo(), 2, tables("b")).unwrap();
+        let key = StepKey::new(format!("shared-{suffix}"), 0, Direction::Forward);
+        assert_eq!(a.apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+        assert!(!b.lookup_marker(&key).await.unwrap(), "b answered from a's marker table");
+        assert!(!b.settle_marker(&key, 1).await.unwrap());
+        assert_eq!(a.apply(&key, 2, &Operation::Noop).await.unwrap(), Applied::AlreadyApplied, "b's fence reached a");
+        let count = |table: String| {
+            let client = &client;
+            async move { client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        let (ta, tb) = (tables("a"), tables("b"));
+        assert_eq!(
+            (count(ta.markers.clone()).await, count(ta.fences.clone()).await),
+            (1, 0),
+            "a wrote its marker into its own table"
+        );
+        assert_eq!((count(tb.markers.clone()).await, count(tb.fences.clone()).await), (0, 1));
+        for t in [ta.markers, ta.fences, tb.markers, tb.fences] {
+            client.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+        }
+    }
+
     /// A server that does not answer makes probe and apply fail as retryable, not permanent.
     #[tokio::test]
     async fn unreachable_server_is_retryable() {
         let postgres = Postgres::connect("down", "host=127.0.0.1 port=1 user=nobody connect_timeout=2", 1).unwrap();
         let error = postgres.probe().await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
-        let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward };
+        let key = StepKey { saga_id: "down".to_owned(), step: 0, direction: Direction::Forward, scope: None };
         let error = postgres.apply(&key, 1, &Operation::Noop).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::Retryable, "{error}");
     }
@@ -855,7 +980,8 @@ mod fs {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn all_markers_decodes_encoded_saga_ids() {
         let h = make_fs().await.unwrap();
-        let key = StepKey { saga_id: format!("a/b c:{}", h.run_id), step: 2, direction: Direction::Compensate };
+        let key =
+            StepKey { saga_id: format!("a/b c:{}", h.run_id), step: 2, direction: Direction::Compensate, scope: None };
         h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
         let all: Vec<StepKey> = h.p().all_markers().await.unwrap().into_iter().map(|e| e.key).collect();
         assert!(all.contains(&key), "{all:?}");
@@ -943,7 +1069,7 @@ mod fs {
     async fn unsafe_saga_id_is_encoded() {
         let h = make_fs().await.unwrap();
         for saga_id in ["../../escape", "a/b c", ".", ""] {
-            let key = StepKey { saga_id: saga_id.to_owned(), step: 4, direction: Direction::Forward };
+            let key = StepKey { saga_id: saga_id.to_owned(), step: 4, direction: Direction::Forward, scope: None };
             assert_eq!(h.p().apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
             assert!(h.p().lookup_marker(&key).await.unwrap());
             assert_eq!(h.p().markers(saga_id).await.unwrap(), vec![(4, Direction::Forward)]);

@@ -27,6 +27,7 @@ fn submitted(steps: usize) -> Record {
         policies,
         at_ms: 1,
         actions: Default::default(),
+        scope: None,
     })
 }
 
@@ -62,7 +63,7 @@ async fn crashed_journal(dir: &Path, records: &[Record]) {
 
 /// Commits `step` in `direction` in the participant, as the crashed executor's call did.
 async fn committed_before_crash(mem: &Memory, step: u32, direction: Direction) {
-    let key = StepKey { saga_id: ID.into(), step, direction };
+    let key = StepKey { saga_id: ID.into(), step, direction, scope: None };
     mem.apply(&key, 1, &Operation::Noop).await.unwrap();
 }
 

@@ -60,6 +60,27 @@ fn fresh_copy(dir: &Path) -> tempfile::TempDir {
     copy
 }
 
+/// Issue 10 A4: markers another sagalog instance wrote into a shared participant database
+/// (their scope names another instance id, here for an id this data directory also knows)
+/// are counted apart, not reported as orphans or as this saga's markers.
+#[test]
+fn markers_of_another_instance_are_counted_not_reported() {
+    let dir = healthy();
+    let other = "fedcba9876543210.0000000000000001";
+    for (saga, step) in [("s0", 0), ("s0", 1), ("never-here", 0)] {
+        ledger(dir.path())
+            .execute(
+                "INSERT INTO sagalog_markers (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, 'forward', 1)",
+                rusqlite::params![format!("{saga} {other}"), step],
+            )
+            .unwrap();
+    }
+    let (code, report) = audit(dir.path());
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(findings(&report).is_empty(), "{report:#}");
+    assert_eq!(report["other_instance_markers"], 3, "{report:#}");
+}
+
 /// A healthy run: every marker where the journal says, nothing else; exit 0; and the audit
 /// itself changes no byte.
 #[test]
@@ -189,7 +210,7 @@ fn interrupted_file_writes_are_reported() {
     rt.block_on(async {
         let fs = Fs::open("files", root.clone()).unwrap();
         fs.crash_next_apply(CrashPoint::BeforeEffect);
-        let key = StepKey { saga_id: "ghost".into(), step: 0, direction: Direction::Forward };
+        let key = StepKey { saga_id: "ghost".into(), step: 0, direction: Direction::Forward, scope: None };
         let op = Operation::FilePut { path: "runs/ghost.json".into(), contents: b"{}".to_vec() };
         assert!(fs.apply(&key, 1, &op).await.is_err(), "the injected crash");
     });

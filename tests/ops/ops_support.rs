@@ -108,6 +108,7 @@ pub fn submitted(def: &SagaDefinition, at_ms: u64) -> Record {
         policies,
         at_ms,
         actions: Default::default(),
+        scope: None,
     })
 }
 
@@ -161,7 +162,7 @@ pub fn commit(dir: &Path, def: &SagaDefinition, step: u32, direction: Direction)
     rt.block_on(async {
         let participants = participant::open_all(&catalog.config.participants, dir).expect("open participants");
         let (name, op) = catalog.operation(&def.steps[step as usize], direction).expect("operation");
-        let key = StepKey { saga_id: def.id.clone(), step, direction };
+        let key = StepKey { saga_id: def.id.clone(), step, direction, scope: None };
         participants[&name].apply(&key, 1, &op).await.expect("apply");
     });
 }
