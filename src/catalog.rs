@@ -15,10 +15,10 @@ use std::path::Path;
 use crate::config::Kind;
 pub use crate::config::{
     ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
-    OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard,
+    OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
 };
 use crate::engine::{Direction, SagaDefinition, StepCall, StepPolicy, Value};
-use crate::participant::Operation;
+use crate::participant::{Operation, Statement};
 
 /// Why a saga is refused. Every variant names where the problem is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +237,19 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
             Operation::FileCopy { from: fill_path(copy, &call.params)?, to: fill_path(to, &call.params)? }
         }
         OperationConfig::Noop { .. } => Operation::Noop,
+        OperationConfig::Statements { sql, args, rows } => Operation::Statements(
+            sql.iter()
+                .enumerate()
+                .map(|(i, sql)| {
+                    let names = args.get(i).map(Vec::as_slice).unwrap_or_default();
+                    Ok(Statement {
+                        sql: sql.clone(),
+                        args: names.iter().map(|a| arg(a)).collect::<Result<_, String>>()?,
+                        rows: rows.as_ref().and_then(|r| r.of(i)),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        ),
     };
     Ok((action.participant.clone(), operation))
 }
@@ -357,7 +370,7 @@ fn path_params(op: &OperationConfig) -> Vec<String> {
         OperationConfig::Put { put, .. } => placeholders(put),
         OperationConfig::Delete { delete } => placeholders(delete),
         OperationConfig::Copy { copy, to } => [placeholders(copy), placeholders(to)].concat(),
-        OperationConfig::Sql { .. } | OperationConfig::Noop { .. } => Vec::new(),
+        OperationConfig::Sql { .. } | OperationConfig::Statements { .. } | OperationConfig::Noop { .. } => Vec::new(),
     }
 }
 
@@ -380,7 +393,31 @@ fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, P
     };
     match op {
         OperationConfig::Sql { args, .. } if sql_kind => args.iter().try_for_each(declared),
-        OperationConfig::Sql { .. } => Err(format!("a {kind:?} participant cannot run SQL")),
+        OperationConfig::Statements { sql, args, rows } if sql_kind => {
+            if sql.is_empty() {
+                return Err("`sql` lists no statement".to_owned());
+            }
+            if !args.is_empty() && args.len() != sql.len() {
+                return Err(format!(
+                    "`sql` lists {} statements but `args` {} lists of arguments (one per statement)",
+                    sql.len(),
+                    args.len()
+                ));
+            }
+            if let Some(RowsSpec::Each(guards)) = rows
+                && guards.len() != sql.len()
+            {
+                return Err(format!(
+                    "`sql` lists {} statements but `rows` {} guards (one per statement, or one for all)",
+                    sql.len(),
+                    guards.len()
+                ));
+            }
+            args.iter().flatten().try_for_each(declared)
+        }
+        OperationConfig::Sql { .. } | OperationConfig::Statements { .. } => {
+            Err(format!("a {kind:?} participant cannot run SQL"))
+        }
         OperationConfig::Noop { .. } => Ok(()),
         other if fs_kind => {
             if let OperationConfig::Put { contents, .. } = other {
@@ -628,6 +665,76 @@ mod guard_tests {
         let catalog = action("{ sql = \"SELECT 1\" }").unwrap();
         let call = StepCall { action: "a".into(), params: BTreeMap::from([("id".into(), Value::Int(7))]) };
         assert!(matches!(catalog.operation(&call, Direction::Forward).unwrap().1, Operation::Sql { rows: None, .. }));
+    }
+
+    /// Issue 11 item 3: `sql = ["…", "…"]` binds every statement with its own `args` list,
+    /// in order; `rows` as one value guards every statement, as a list each its own.
+    #[test]
+    fn several_statements_bind_in_order_with_their_own_args_and_guards() {
+        let call = StepCall {
+            action: "a".into(),
+            params: BTreeMap::from([("id".into(), Value::Int(7)), ("n".into(), Value::Int(3))]),
+        };
+        let catalog = Catalog::parse(
+            "[participants.d]\nkind = \"sqlite\"\npath = \"d\"\n[actions.a]\nparticipant = \"d\"\n\
+             params = { id = \"int\", n = \"int\" }\n\
+             forward = { sql = [\"UPDATE t SET n = n - ?1 WHERE id = ?2\", \"INSERT INTO log (id) VALUES (?1)\"], \
+             args = [[\"n\", \"id\"], [\"id\"]], rows = [1, \"0+\"] }\n\
+             compensate = { sql = [\"DELETE FROM log WHERE id = ?1\", \"SELECT 1\"], args = [[\"id\"], []], rows = 1 }",
+        )
+        .unwrap();
+        let (_, forward) = catalog.operation(&call, Direction::Forward).unwrap();
+        let Operation::Statements(statements) = forward else { panic!("{forward:?}") };
+        let bound: Vec<_> = statements.iter().map(|s| (s.args.clone(), s.rows)).collect();
+        assert_eq!(
+            bound,
+            vec![
+                (vec![Value::Int(3), Value::Int(7)], Some(RowsGuard::Exactly(1))),
+                (vec![Value::Int(7)], Some(RowsGuard::AtLeast(0)))
+            ]
+        );
+        assert!(statements[1].sql.starts_with("INSERT INTO log"));
+        let (_, compensate) = catalog.operation(&call, Direction::Compensate).unwrap();
+        let Operation::Statements(statements) = compensate else { panic!("{compensate:?}") };
+        assert!(statements.iter().all(|s| s.rows == Some(RowsGuard::Exactly(1))), "one guard for every statement");
+        assert_eq!(statements[1].args, Vec::<Value>::new());
+    }
+
+    /// A multi-statement action journaled with its saga (`SagaSubmitted.actions`) decodes to
+    /// the same definition after a restart, and every earlier operation shape still decodes as
+    /// itself (the new variant is tried last).
+    #[test]
+    fn a_journaled_multi_statement_action_decodes_as_written() {
+        use crate::engine::record::{Record, Submitted};
+        let catalog = Catalog::parse(include_str!("../docs/example-config.toml")).unwrap();
+        let actions = catalog.config.actions.clone();
+        assert!(matches!(actions["transfer"].forward, OperationConfig::Statements { .. }));
+        let record = Record::SagaSubmitted(Submitted {
+            saga: "s".into(),
+            steps: Vec::new(),
+            policies: Vec::new(),
+            digest: 1,
+            at_ms: 2,
+            actions,
+            scope: None,
+        });
+        let decoded = Record::decode(record.kind(), &record.encode()).unwrap();
+        assert_eq!(decoded, record);
+    }
+
+    /// A multi-statement step whose lists disagree, or that names an undeclared parameter,
+    /// is refused when the config loads, saying what disagrees.
+    #[test]
+    fn several_statements_with_mismatched_lists_are_refused() {
+        for (forward, expected) in [
+            ("{ sql = [\"SELECT 1\", \"SELECT 2\"], args = [[\"id\"]] }", "`sql` lists 2 statements but `args` 1"),
+            ("{ sql = [\"SELECT 1\", \"SELECT 2\"], rows = [1] }", "`sql` lists 2 statements but `rows` 1 guards"),
+            ("{ sql = [\"SELECT ?1\"], args = [[\"nope\"]] }", "uses undeclared parameter \"nope\""),
+            ("{ sql = [] }", "`sql` lists no statement"),
+        ] {
+            let err = action(forward).err().unwrap_or_else(|| panic!("{forward} was accepted")).to_string();
+            assert!(err.contains(expected), "{forward}: {err}");
+        }
     }
 
     /// A guard that is not a count is refused when the config loads.

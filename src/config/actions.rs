@@ -59,6 +59,35 @@ pub enum OperationConfig {
     Noop {
         noop: bool,
     },
+    /// Several statements run in order in the one local transaction that also writes the
+    /// step's marker: `sql = ["…", "…"]`, `args` a list of lists (one per statement, or left
+    /// out when none takes parameters), `rows` one guard for every statement or a list of one
+    /// per statement. Declared last, so a record journaled before it decodes as before.
+    Statements {
+        sql: Vec<String>,
+        #[serde(default)]
+        args: Vec<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<RowsSpec>,
+    },
+}
+
+/// The guards of a multi-statement step: one for every statement, or one per statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RowsSpec {
+    Each(Vec<RowsGuard>),
+    All(RowsGuard),
+}
+
+impl RowsSpec {
+    /// The guard of statement `i` (from 0).
+    pub fn of(&self, i: usize) -> Option<RowsGuard> {
+        match self {
+            RowsSpec::All(guard) => Some(*guard),
+            RowsSpec::Each(guards) => guards.get(i).copied(),
+        }
+    }
 }
 
 /// How many rows a guarded SQL statement must affect: `rows = N` (exactly N) or

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use actions::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig, RowsGuard};
+pub use actions::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig, RowsGuard, RowsSpec};
 pub use embedded::EMBEDDED_DEFAULT;
 pub use executor::ExecutorConfig;
 pub use index::{CACHE_BYTES_DEFAULT, IndexConfig};

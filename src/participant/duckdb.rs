@@ -220,7 +220,7 @@ impl Participant for Duckdb {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
-            let statement = op.sql(&self.name)?;
+            let statements = op.sql(&self.name)?;
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction ends,
             // not when this future is dropped (a step timeout).
@@ -233,7 +233,7 @@ impl Participant for Duckdb {
                 if let Some(through) = fenced.filter(|through| attempt <= *through) {
                     return Err(fenced_off(name, &key, attempt, through));
                 }
-                let applied = apply_blocking(name, conn, &tables, &key, attempt, statement)?;
+                let applied = apply_blocking(name, conn, &tables, &key, attempt, statements)?;
                 // The marker exists now: later lookups answer from it, and the map does not
                 // keep every step that was ever settled "absent".
                 fences.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
@@ -389,7 +389,7 @@ fn apply_blocking(
     tables: &Tables,
     key: &StepKey,
     attempt: u32,
-    statement: Option<Statement>,
+    statements: Vec<Statement>,
 ) -> Result<Applied, Error> {
     let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
     if let Some(through) = fenced_through(name, &tx, tables, key)?
@@ -402,12 +402,13 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
-    if let Some(statement) = &statement {
+    for (i, statement) in statements.iter().enumerate() {
+        let context = Statement::context(key, i, statements.len());
         let affected = tx
             .execute(&statement.sql, params_from_iter(statement.args.iter().map(to_duckdb)))
-            .map_err(|e| classify(name, &format!("step {key}"), &e))?;
+            .map_err(|e| classify(name, &context, &e))?;
         // A guard that fails drops the transaction: statement and marker roll back.
-        statement.check_rows(name, key, affected as u64)?;
+        statement.check_rows(name, &context, affected as u64)?;
     }
     let insert =
         format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)", tables.markers);

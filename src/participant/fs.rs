@@ -211,7 +211,9 @@ impl Fs {
             Operation::FileDelete { path } => Plan::Delete(resolve(name, path)?),
             Operation::FileCopy { from, to } => Plan::Copy(resolve(name, from)?, resolve(name, to)?),
             Operation::Noop => Plan::Noop,
-            Operation::Sql { .. } => return Err(Error::permanent(name, "fs participant cannot run a SQL statement")),
+            Operation::Sql { .. } | Operation::Statements(_) => {
+                return Err(Error::permanent(name, "fs participant cannot run a SQL statement"));
+            }
         })
     }
 

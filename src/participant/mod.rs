@@ -108,17 +108,22 @@ pub enum Operation {
     FileCopy { from: String, to: String },
     /// Do nothing but record the marker (benchmarks, tests).
     Noop,
+    /// Several SQL statements, run in order in the one transaction that writes the marker;
+    /// each statement's guard is checked after it runs.
+    Statements(Vec<Statement>),
 }
 
 impl Operation {
-    /// The statement a SQL participant runs for this operation: `None` for `Noop` (the marker
-    /// alone is recorded); a file operation is a permanent error naming the participant.
-    pub fn sql(&self, participant: &str) -> Result<Option<Statement>, Error> {
+    /// The statements a SQL participant runs for this operation, in order: none for `Noop`
+    /// (the marker alone is recorded); a file operation is a permanent error naming the
+    /// participant.
+    pub fn sql(&self, participant: &str) -> Result<Vec<Statement>, Error> {
         match self {
             Operation::Sql { sql, args, rows } => {
-                Ok(Some(Statement { sql: sql.clone(), args: args.clone(), rows: *rows }))
+                Ok(vec![Statement { sql: sql.clone(), args: args.clone(), rows: *rows }])
             }
-            Operation::Noop => Ok(None),
+            Operation::Statements(statements) => Ok(statements.clone()),
+            Operation::Noop => Ok(Vec::new()),
             Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
                 Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
             }
@@ -137,11 +142,18 @@ pub struct Statement {
 impl Statement {
     /// A permanent error naming the step when `affected` breaks the statement's guard: the
     /// caller rolls its transaction back (the marker with it) and the saga compensates.
-    pub fn check_rows(&self, participant: &str, key: &StepKey, affected: u64) -> Result<(), Error> {
+    /// `context` names the step (and the statement, see [`Statement::context`]).
+    pub fn check_rows(&self, participant: &str, context: &str, affected: u64) -> Result<(), Error> {
         match self.rows.map(|guard| guard.check(affected)) {
-            Some(Err(message)) => Err(Error::permanent(participant, format!("step {key}: {message}"))),
+            Some(Err(message)) => Err(Error::permanent(participant, format!("{context}: {message}"))),
             _ => Ok(()),
         }
+    }
+
+    /// What an error of statement `index` (from 0) of `count` names: the step, and the
+    /// statement's number when the step has several.
+    pub fn context(key: &StepKey, index: usize, count: usize) -> String {
+        if count > 1 { format!("step {key}, statement {} of {count}", index + 1) } else { format!("step {key}") }
     }
 }
 

@@ -131,7 +131,7 @@ impl Postgres {
         Ok(client)
     }
 
-    async fn apply_sql(&self, key: &StepKey, attempt: u32, statement: Option<Statement>) -> Result<Applied, Error> {
+    async fn apply_sql(&self, key: &StepKey, attempt: u32, statements: Vec<Statement>) -> Result<Applied, Error> {
         let name = self.name.as_str();
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
@@ -171,15 +171,15 @@ impl Postgres {
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Ok(Applied::AlreadyApplied);
         }
-        if let Some(statement) = statement {
-            let context = format!("step {key}");
+        for (i, statement) in statements.iter().enumerate() {
+            let context = Statement::context(key, i, statements.len());
             let stmt = tx.prepare_cached(&statement.sql).await.map_err(|e| classify(name, &context, &e))?;
             let params = bind(name, stmt.params(), &statement.args)?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
             // Rows changed, or returned by a `SELECT` / `… RETURNING`.
             let affected = tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
             // A guard that fails drops the transaction: statement and marker roll back.
-            statement.check_rows(name, key, affected)?;
+            statement.check_rows(name, &context, affected)?;
         }
         // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
         // back before the connection runs anything else.

@@ -233,7 +233,7 @@ impl Participant for Sqlite {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
-            let statement = op.sql(&self.name)?;
+            let statements = op.sql(&self.name)?;
             let key = key.clone();
             // The guard moves into the blocking task, so it is released when the transaction
             // ends, not when this future is dropped (a step timeout).
@@ -241,7 +241,7 @@ impl Participant for Sqlite {
             let tables = Arc::clone(&self.tables);
             self.run(move |name, conn| {
                 let _writer = writer;
-                apply_blocking(name, conn, &tables, &key, attempt, statement)
+                apply_blocking(name, conn, &tables, &key, attempt, statements)
             })
             .await
         })
@@ -394,7 +394,7 @@ fn apply_blocking(
     tables: &Tables,
     key: &StepKey,
     attempt: u32,
-    statement: Option<Statement>,
+    statements: Vec<Statement>,
 ) -> Result<Applied, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -409,8 +409,8 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Ok(Applied::AlreadyApplied);
     }
-    if let Some(statement) = &statement {
-        let context = format!("step {key}");
+    for (i, statement) in statements.iter().enumerate() {
+        let context = Statement::context(key, i, statements.len());
         let mut stmt = tx.prepare_cached(&statement.sql).map_err(|e| classify(name, &context, &e))?;
         let returns_rows = stmt.column_count() > 0;
         // Stepping through the rows (rather than `execute`) also runs `… RETURNING` statements
@@ -427,7 +427,7 @@ fn apply_blocking(
         // Rows returned (`SELECT`, `… RETURNING`), else rows changed by this statement.
         let affected = if returns_rows { returned } else { tx.changes() };
         // A guard that fails drops the transaction: statement and marker roll back.
-        statement.check_rows(name, key, affected)?;
+        statement.check_rows(name, &context, affected)?;
     }
     let insert =
         format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)", tables.markers);

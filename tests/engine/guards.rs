@@ -21,6 +21,7 @@ path = "ledger.sqlite"
 init = [
   "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL)",
   "INSERT OR IGNORE INTO accounts VALUES ('alice', 100)",
+  "INSERT OR IGNORE INTO accounts VALUES ('bob', 0)",
 ]
 
 [actions.reserve]
@@ -34,6 +35,27 @@ participant = "ledger"
 params = { account = "text", amount = "int" }
 forward = { sql = "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2 AND balance >= ?1", args = ["amount", "account"], rows = 1 }
 compensate = { sql = "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2", args = ["amount", "account"], rows = 1 }
+
+# Issue 11 item 3: both legs of a transfer in one step (one transaction with the marker).
+[actions.transfer]
+participant = "ledger"
+params = { from = "text", to = "text", amount = "int" }
+
+[actions.transfer.forward]
+sql = [
+  "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2 AND balance >= ?1",
+  "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+]
+args = [["amount", "from"], ["amount", "to"]]
+rows = 1
+
+[actions.transfer.compensate]
+sql = [
+  "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2",
+  "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+]
+args = [["amount", "to"], ["amount", "from"]]
+rows = [1, 1]
 "#;
 
 fn order(id: &str, amount: i64) -> SagaDefinition {
@@ -54,8 +76,76 @@ fn order(id: &str, amount: i64) -> SagaDefinition {
 }
 
 fn balance(dir: &std::path::Path) -> i64 {
+    balance_of(dir, "alice")
+}
+
+fn balance_of(dir: &std::path::Path, account: &str) -> i64 {
     let db = rusqlite::Connection::open(dir.join("ledger.sqlite")).unwrap();
-    db.query_row("SELECT balance FROM accounts WHERE id = 'alice'", [], |r| r.get(0)).unwrap()
+    db.query_row("SELECT balance FROM accounts WHERE id = ?1", [account], |r| r.get(0)).unwrap()
+}
+
+fn transfer(id: &str, to: &str, amount: i64, then_fail: bool) -> SagaDefinition {
+    let text = |s: &str| Value::Text(s.into());
+    let mut steps = vec![StepCall {
+        action: "transfer".into(),
+        params: [
+            ("from".to_string(), text("alice")),
+            ("to".to_string(), text(to)),
+            ("amount".to_string(), Value::Int(amount)),
+        ]
+        .into(),
+    }];
+    if then_fail {
+        // A debit no balance covers: its guard fails, and the transfer is compensated.
+        steps.push(StepCall {
+            action: "debit".into(),
+            params: [("account".to_string(), text("bob")), ("amount".to_string(), Value::Int(1_000_000))].into(),
+        });
+    }
+    SagaDefinition { id: id.into(), steps }
+}
+
+/// Issue 11 item 3, through the executor: a two-statement step commits both legs; a second
+/// statement whose guard fails (no such account) rolls back the first leg with the marker and
+/// the saga compensates; a completed transfer that a later step's failure compensates runs
+/// its two-statement compensation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_statement_step_commits_every_statement_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sagalog.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
+    let settle = |id: &'static str| {
+        let exec = node.executor.clone();
+        async move {
+            let mut rx = exec.watch(id).unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                rx.wait_for(|s| s.status.is_terminal() || s.status == Status::Stuck),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .clone()
+        }
+    };
+    node.executor.submit(transfer("t-ok", "bob", 40, false)).await.unwrap();
+    assert_eq!(settle("t-ok").await.status, Status::Completed);
+    assert_eq!((balance_of(dir.path(), "alice"), balance_of(dir.path(), "bob")), (60, 40));
+
+    node.executor.submit(transfer("t-nobody", "nobody", 10, false)).await.unwrap();
+    let snap = settle("t-nobody").await;
+    assert_eq!(snap.status, Status::Compensated);
+    let reason = snap.saga.compensation_reason.unwrap_or_default();
+    assert!(reason.contains("statement 2 of 2: guard failed: expected exactly 1 rows affected, got 0"), "{reason}");
+    assert_eq!(balance_of(dir.path(), "alice"), 60, "the first leg rolled back with the second");
+
+    node.executor.submit(transfer("t-undone", "bob", 25, true)).await.unwrap();
+    let snap = settle("t-undone").await;
+    assert_eq!(snap.status, Status::Compensated);
+    assert!(snap.saga.steps[0].compensate.done, "the transfer was compensated");
+    assert_eq!((balance_of(dir.path(), "alice"), balance_of(dir.path(), "bob")), (60, 40), "both legs undone");
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -411,6 +411,48 @@ mod cases {
         assert!(h.p().lookup_marker(&key).await.unwrap());
     }
 
+    /// Issue 11 item 3: several statements run in order in the one transaction that writes
+    /// the marker; a failure of any of them (an error or its guard) rolls back every earlier
+    /// one with the marker, and the error names the statement.
+    pub async fn several_statements_commit_together_or_not_at_all(h: &Harness) {
+        use sagalog::config::RowsGuard;
+        use sagalog::participant::Statement;
+        let ph = |n: u32| if matches!(h.effects, Effects::Postgres(_)) { format!("${n}") } else { format!("?{n}") };
+        let insert = |id: i64| Statement {
+            sql: format!("INSERT INTO {} (id, note) VALUES ({}, {})", h.table, ph(1), ph(2)),
+            args: vec![Value::Int(id), Value::Text("multi".into())],
+            rows: Some(RowsGuard::Exactly(1)),
+        };
+        let touch = |id: i64, rows| Statement {
+            sql: format!("UPDATE {} SET note = 'touched' WHERE id = {}", h.table, ph(1)),
+            args: vec![Value::Int(id)],
+            rows: Some(rows),
+        };
+        let key = h.key("multi", 0, Forward);
+        let both = Operation::Statements(vec![insert(60), touch(60, RowsGuard::Exactly(1))]);
+        assert_eq!(h.p().apply(&key, 1, &both).await.unwrap(), Applied::Applied);
+        assert_eq!(h.count(&key.saga_id, 60).await, 1);
+        assert_eq!(h.note(60).await.as_deref(), Some("touched"), "the statements ran in order");
+        assert_eq!(h.p().apply(&key, 1, &both).await.unwrap(), Applied::AlreadyApplied);
+
+        // The second statement's guard fails: the first statement's row rolls back too.
+        let key = h.key("multi", 1, Forward);
+        let guarded = Operation::Statements(vec![insert(61), touch(-1, RowsGuard::AtLeast(1))]);
+        let message = assert_permanent(h.p().apply(&key, 1, &guarded).await);
+        assert!(message.contains("statement 2 of 2"), "the error names the statement: {message}");
+        assert!(message.contains("guard failed: expected at least 1 rows affected, got 0"), "{message}");
+        assert_eq!(h.count(&key.saga_id, 61).await, 0, "the first statement rolled back with the guard");
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+
+        // The second statement fails (a duplicate key): nothing of the step remains.
+        let key = h.key("multi", 2, Forward);
+        let failing = Operation::Statements(vec![insert(62), insert(62)]);
+        let message = assert_permanent(h.p().apply(&key, 1, &failing).await);
+        assert!(message.contains("statement 2 of 2"), "the error names the statement: {message}");
+        assert_eq!(h.count(&key.saga_id, 62).await, 0);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+    }
+
     pub async fn a_guard_that_fails_rolls_back_with_its_marker(h: &Harness) {
         use sagalog::config::RowsGuard;
         let ph = if matches!(h.effects, Effects::Postgres(_)) { "$1" } else { "?1" };
@@ -597,6 +639,8 @@ macro_rules! sql_suite {
             /// A guarded statement (`rows = N`, `rows = "N+"`) that affects too few rows fails
             /// permanently with `guard failed: expected …, got …`, rolled back with its marker.
             a_guard_that_fails_rolls_back_with_its_marker,
+            /// Several statements commit together with the marker, or none of them does.
+            several_statements_commit_together_or_not_at_all,
         }
     };
 }
