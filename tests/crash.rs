@@ -305,12 +305,20 @@ fn count_duck(c: &duckdb::Connection, sql: &str) -> BTreeMap<String, i64> {
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
 }
 
+/// A marker row's saga id: the stored id without the incarnation's scope (`"<id> <scope>"`).
+fn saga_of(stored: String) -> String {
+    match stored.split_once(' ') {
+        Some((id, _scope)) => id.to_owned(),
+        None => stored,
+    }
+}
+
 fn markers_sqlite(c: &rusqlite::Connection) -> BTreeSet<(String, i64, String)> {
     let mut stmt = c.prepare("SELECT saga_id, step, direction FROM sagalog_markers").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |r| Ok((saga_of(r.get(0)?), r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }
 
 fn markers_duck(c: &duckdb::Connection) -> BTreeSet<(String, i64, String)> {
     let mut stmt = c.prepare("SELECT saga_id, step, direction FROM sagalog_markers").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |r| Ok((saga_of(r.get(0)?), r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }

@@ -121,9 +121,12 @@ impl Harness {
     async fn finish(self) {
         if let Effects::Postgres(client) = &self.effects {
             client.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.unwrap();
-            let pattern = format!("%-{}", self.run_id);
-            client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
-            client.execute("DELETE FROM sagalog_fences WHERE saga_id LIKE $1", &[&pattern]).await.unwrap();
+            // Unscoped ids end with the run id; scoped ones with "<run id> <scope>".
+            let (plain, scoped) = (format!("%-{}", self.run_id), format!("%-{} %", self.run_id));
+            for table in ["sagalog_markers", "sagalog_fences"] {
+                let sql = format!("DELETE FROM {table} WHERE saga_id LIKE $1 OR saga_id LIKE $2");
+                client.execute(&sql, &[&plain, &scoped]).await.unwrap();
+            }
         }
     }
 }
