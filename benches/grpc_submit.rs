@@ -121,7 +121,8 @@ async fn submit_one_client(channel: Channel, round: usize, n: usize) -> Duration
 async fn submit_direct(executor: &sagalog::executor::Executor, round: usize, n: usize) -> Duration {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        let step = sagalog::engine::StepCall { action: "noop".into(), params: Default::default() };
+        let step =
+            sagalog::engine::StepCall { action: "noop".into(), params: Default::default(), from: Default::default() };
         let definition = sagalog::engine::SagaDefinition {
             id: format!("direct-{round}-{i}"),
             steps: vec![step.clone(), step.clone(), step],

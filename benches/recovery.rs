@@ -160,7 +160,9 @@ async fn crashed_journal(root: &Path, sagas: u64) {
 }
 
 fn saga(id: &str) -> SagaDefinition {
-    let steps = (0..STEPS).map(|_| StepCall { action: "noop".into(), params: BTreeMap::new() }).collect();
+    let steps = (0..STEPS)
+        .map(|_| StepCall { action: "noop".into(), params: BTreeMap::new(), from: Default::default() })
+        .collect();
     SagaDefinition { id: id.to_owned(), steps }
 }
 

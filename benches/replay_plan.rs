@@ -158,10 +158,12 @@ fn definition(id: &str, report_bytes: usize) -> SagaDefinition {
             StepCall {
                 action: "record".into(),
                 params: BTreeMap::from([("run_id".into(), text(id)), ("rows".into(), Value::Int(7))]),
+                from: Default::default(),
             },
             StepCall {
                 action: "write".into(),
                 params: BTreeMap::from([("run_id".into(), text(id)), ("report".into(), Value::Text(report))]),
+                from: Default::default(),
             },
         ],
     }
@@ -192,6 +194,7 @@ fn saga_records(catalog: &Catalog, id: &str, kind: Option<u64>, at_ms: u64) -> V
             attempt: 1,
             by_marker: false,
             at_ms,
+            outputs: Default::default(),
         })
     };
     match kind {

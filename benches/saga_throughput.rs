@@ -206,7 +206,7 @@ fn engine(workload: Workload, with_index: bool, sync: SyncPolicy, segment_bytes_
 fn saga(workload: Workload, id: &str) -> SagaDefinition {
     let steps = (0..STEPS)
         .map(|step| match workload {
-            Workload::Noop => StepCall { action: "noop".into(), params: BTreeMap::new() },
+            Workload::Noop => StepCall { action: "noop".into(), params: BTreeMap::new(), from: Default::default() },
             Workload::Sqlite => StepCall {
                 action: "insert".into(),
                 params: BTreeMap::from([
@@ -214,6 +214,7 @@ fn saga(workload: Workload, id: &str) -> SagaDefinition {
                     ("step".to_owned(), Value::Int(step as i64)),
                     ("payload".to_owned(), Value::Text(ROW_PAYLOAD.to_owned())),
                 ]),
+                from: Default::default(),
             },
         })
         .collect();
@@ -684,7 +685,15 @@ fn index_only_curve(total: u64) {
             let (saga, direction, attempt, at_ms) = (definition.id.clone(), Direction::Forward, 1, now_ms() as u64);
             state.apply(&Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms }));
             let by_marker = false;
-            state.apply(&Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms }));
+            state.apply(&Record::StepSucceeded(Succeeded {
+                saga,
+                step,
+                direction,
+                attempt,
+                by_marker,
+                at_ms,
+                outputs: Default::default(),
+            }));
         }
         let outcome = Outcome::Completed;
         state.apply(&Record::SagaFinished(Finished { saga: definition.id, outcome, at_ms: now_ms() as u64 }));

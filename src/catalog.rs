@@ -17,7 +17,7 @@ pub use crate::config::{
     ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
     OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
 };
-use crate::engine::{Direction, SagaDefinition, StepCall, StepPolicy, Value};
+use crate::engine::{Direction, OWN_OUTPUT_PREFIX, OutputRef, SagaDefinition, StepCall, StepPolicy, Value};
 use crate::participant::{Operation, Statement};
 
 /// Why a saga is refused. Every variant names where the problem is.
@@ -43,6 +43,8 @@ pub enum ValidationError {
         "step {step} ({action}): parameter {param:?} is used in a file path and must be a plain name ([A-Za-z0-9._-], not . or ..)"
     )]
     BadPathParam { step: usize, action: String, param: String },
+    #[error("step {step} ({action}): parameter {param:?} takes {reference:?}: {reason}")]
+    BadReference { step: usize, action: String, param: String, reference: String, reason: String },
 }
 
 /// Longest saga id accepted.
@@ -106,9 +108,29 @@ impl Catalog {
             let Some(participant) = config.participants.get(&action.participant) else {
                 return Err(invalid(format!("unknown participant {:?}", action.participant)));
             };
+            if let Some(name) = action.params.keys().find(|n| n.starts_with(OWN_OUTPUT_PREFIX)) {
+                return Err(invalid(format!(
+                    "parameter {name:?}: names starting with {OWN_OUTPUT_PREFIX:?} are reserved"
+                )));
+            }
+            if !action.returns.is_empty() && !matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb) {
+                return Err(invalid(format!(
+                    "returns: a {} participant returns no outputs (SQL participants return a row's columns)",
+                    participant.kind.as_str()
+                )));
+            }
+            if !action.returns.is_empty() && !returns_a_row(&action.forward) {
+                return Err(invalid(
+                    "returns: the forward operation must be SQL whose (last) statement returns the row".into(),
+                ));
+            }
             for (direction, op) in [("forward", &action.forward), ("compensate", &action.compensate)] {
-                check_operation(op, participant.kind, &action.params)
-                    .map_err(|m| invalid(format!("{direction}: {m}")))?;
+                // A compensation may take its own step's forward outputs (`output.name`).
+                let mut known = action.params.clone();
+                if direction == "compensate" {
+                    known.extend(action.returns.iter().map(|(k, t)| (format!("{OWN_OUTPUT_PREFIX}{k}"), *t)));
+                }
+                check_operation(op, participant.kind, &known).map_err(|m| invalid(format!("{direction}: {m}")))?;
             }
             for (what, r) in [("retry", &action.retry), ("compensate_retry", &action.compensate_retry)] {
                 if r.max_attempts == 0 || !(0.0..=1.0).contains(&r.jitter) {
@@ -148,17 +170,55 @@ impl Catalog {
         if bytes > limits.max_saga_bytes {
             return Err(ValidationError::TooLarge { bytes, max: limits.max_saga_bytes });
         }
-        saga.steps.iter().enumerate().map(|(i, call)| self.validate_step(i, call)).collect()
+        saga.steps.iter().enumerate().map(|(i, call)| self.validate_step(i, call, &saga.steps[..i])).collect()
     }
 
-    fn validate_step(&self, step: usize, call: &StepCall) -> Result<StepPolicy, ValidationError> {
+    fn validate_step(&self, step: usize, call: &StepCall, earlier: &[StepCall]) -> Result<StepPolicy, ValidationError> {
         let Some(action) = self.action(&call.action) else {
             return Err(ValidationError::UnknownAction { step, action: echo(&call.action) });
         };
         let named = |param: &str| (step, echo(&call.action), echo(param));
+        for (name, reference) in &call.from {
+            let (step, action_name, param) = named(name);
+            let bad = |reason: String| ValidationError::BadReference {
+                step,
+                action: action_name.clone(),
+                param: param.clone(),
+                reference: echo(reference),
+                reason,
+            };
+            let Some(ty) = action.params.get(name) else {
+                return Err(ValidationError::ExtraParam { step, action: action_name, param });
+            };
+            if call.params.contains_key(name) {
+                return Err(bad("the parameter also has a value; give one or the other".into()));
+            }
+            let Some(target) = OutputRef::parse(reference) else {
+                return Err(bad("a reference has the form steps.N.name".into()));
+            };
+            let Some(source) = earlier.get(target.step as usize) else {
+                return Err(bad(format!("step {} is not an earlier step", target.step)));
+            };
+            let returned = self.action(&source.action).and_then(|a| a.returns.get(&target.output));
+            match returned {
+                None => {
+                    return Err(bad(format!(
+                        "step {} ({}) returns no output {:?}",
+                        target.step,
+                        echo(&source.action),
+                        echo(&target.output)
+                    )));
+                }
+                Some(out) if !(out == ty || (*ty == ParamType::Float && *out == ParamType::Int)) => {
+                    return Err(bad(format!("that output is {}, the parameter {}", out.name(), ty.name())));
+                }
+                Some(_) => {}
+            }
+        }
         for (name, ty) in &action.params {
             let (step, action, param) = named(name);
             match call.params.get(name) {
+                None if call.from.contains_key(name) => {}
                 None => return Err(ValidationError::MissingParam { step, action, param, expected: ty.name() }),
                 Some(v) if !accepts(*ty, v) => {
                     return Err(ValidationError::WrongType {
@@ -246,10 +306,26 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
                         sql: sql.clone(),
                         args: names.iter().map(|a| arg(a)).collect::<Result<_, String>>()?,
                         rows: rows.as_ref().and_then(|r| r.of(i)),
+                        returns: BTreeMap::new(),
                     })
                 })
                 .collect::<Result<_, String>>()?,
         ),
+    };
+    // A forward step that declares outputs: its (last) statement returns the row they are
+    // read from.
+    let operation = match operation {
+        operation if direction == Direction::Compensate || action.returns.is_empty() => operation,
+        Operation::Sql { sql, args, rows } => {
+            Operation::Statements(vec![Statement { sql, args, rows, returns: action.returns.clone() }])
+        }
+        Operation::Statements(mut statements) => {
+            if let Some(last) = statements.last_mut() {
+                last.returns = action.returns.clone();
+            }
+            Operation::Statements(statements)
+        }
+        other => other,
     };
     Ok((action.participant.clone(), operation))
 }
@@ -365,6 +441,11 @@ fn placeholders(template: &str) -> Vec<String> {
     template.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned())).collect()
 }
 
+/// Whether `op` is SQL whose (last) statement can return the row a step's outputs come from.
+fn returns_a_row(op: &OperationConfig) -> bool {
+    matches!(op, OperationConfig::Sql { .. } | OperationConfig::Statements { .. })
+}
+
 fn path_params(op: &OperationConfig) -> Vec<String> {
     match op {
         OperationConfig::Put { put, .. } => placeholders(put),
@@ -464,7 +545,11 @@ mod tests {
     }
 
     fn call(action: &str, params: &[(&str, Value)]) -> StepCall {
-        StepCall { action: action.into(), params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }
+        StepCall {
+            action: action.into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            from: Default::default(),
+        }
     }
 
     #[test]
@@ -539,7 +624,7 @@ mod tests {
     fn errors_echo_at_most_a_bounded_prefix_of_client_text() {
         let c = Catalog::parse(CONFIG).unwrap();
         let huge = "p".repeat(512 * 1024);
-        let mut call = StepCall { action: "insert".into(), params: BTreeMap::new() };
+        let mut call = StepCall { action: "insert".into(), params: BTreeMap::new(), from: Default::default() };
         call.params.insert("id".into(), Value::Text("a".into()));
         call.params.insert("n".into(), Value::Int(1));
         call.params.insert(huge.clone(), Value::Int(1));
@@ -547,8 +632,10 @@ mod tests {
         let message = c.validate(&saga).unwrap_err().to_string();
         assert!(message.len() < 300, "{} bytes", message.len());
         assert!(message.contains(&format!("({} bytes)", huge.len())), "{message}");
-        let unknown =
-            SagaDefinition { id: "s".into(), steps: vec![StepCall { action: huge.clone(), params: BTreeMap::new() }] };
+        let unknown = SagaDefinition {
+            id: "s".into(),
+            steps: vec![StepCall { action: huge.clone(), params: BTreeMap::new(), from: Default::default() }],
+        };
         assert!(c.validate(&unknown).unwrap_err().to_string().len() < 300);
         assert!(validate_saga_id(&huge).unwrap_err().to_string().len() < 300);
     }
@@ -636,6 +723,123 @@ mod shipped_configs {
 }
 
 #[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[participants.db]
+kind = "sqlite"
+path = "db"
+[participants.files]
+kind = "fs"
+path = "files"
+[actions.create]
+participant = "db"
+params = { name = "text" }
+returns = { id = "int", label = "text" }
+forward = { sql = "INSERT INTO t (name) VALUES (?1) RETURNING id, name AS label", args = ["name"] }
+compensate = { sql = "DELETE FROM t WHERE id = ?1", args = ["output.id"] }
+[actions.use_id]
+participant = "db"
+params = { id = "int", ratio = "float", note = "text" }
+forward = { sql = "INSERT INTO u (id, ratio, note) VALUES (?1, ?2, ?3)", args = ["id", "ratio", "note"] }
+compensate = { sql = "DELETE FROM u WHERE id = ?1", args = ["id"] }
+[actions.file]
+participant = "files"
+params = { name = "text" }
+forward = { put = "{name}.txt", contents = "name" }
+compensate = { delete = "{name}.txt" }
+"#;
+
+    fn step(action: &str, params: &[(&str, Value)], from: &[(&str, &str)]) -> StepCall {
+        StepCall {
+            action: action.into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            from: from.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn create() -> StepCall {
+        step("create", &[("name", Value::Text("n".into()))], &[])
+    }
+
+    fn saga(steps: Vec<StepCall>) -> SagaDefinition {
+        SagaDefinition { id: "s".into(), steps }
+    }
+
+    /// Issue 11 item 1: a reference to an earlier step's declared output of the parameter's
+    /// type is accepted (an int output for a float parameter too); every other reference is
+    /// refused at submit, naming the step, the parameter and what is wrong.
+    #[test]
+    fn references_are_checked_at_submit() {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let note = ("note", Value::Text("x".into()));
+        let ok = step("use_id", std::slice::from_ref(&note), &[("id", "steps.0.id"), ("ratio", "steps.0.id")]);
+        catalog.validate(&saga(vec![create(), ok])).unwrap();
+        for (from, expected) in [
+            (vec![("id", "steps.1.id")], "step 1 is not an earlier step"),
+            (vec![("id", "steps.0.nope")], "step 0 (create) returns no output \"nope\""),
+            (vec![("id", "steps.0.label")], "that output is text, the parameter int"),
+            (vec![("id", "output.id")], "a reference has the form steps.N.name"),
+            (vec![("nope", "steps.0.id")], "unexpected parameter \"nope\""),
+        ] {
+            let mut from = from.clone();
+            from.push(("ratio", "steps.0.id"));
+            let bad = step("use_id", std::slice::from_ref(&note), &from);
+            let err = catalog.validate(&saga(vec![create(), bad])).unwrap_err().to_string();
+            assert!(err.starts_with("step 1 (use_id): "), "{err}");
+            assert!(err.contains(expected), "{from:?}: {err}");
+        }
+        let both = step(
+            "use_id",
+            &[note.clone(), ("id", Value::Int(1)), ("ratio", Value::Float(1.0))],
+            &[("id", "steps.0.id")],
+        );
+        let err = catalog.validate(&saga(vec![create(), both])).unwrap_err().to_string();
+        assert!(err.contains("also has a value"), "{err}");
+        let missing = step("use_id", &[note], &[("id", "steps.0.id")]);
+        assert!(matches!(catalog.validate(&saga(vec![create(), missing])), Err(ValidationError::MissingParam { .. })));
+        // A file path parameter must be a literal plain name, never a reference.
+        let path = step("file", &[], &[("name", "steps.0.label")]);
+        assert!(matches!(catalog.validate(&saga(vec![create(), path])), Err(ValidationError::BadPathParam { .. })));
+    }
+
+    /// The compensation binds its own forward outputs (`output.name`); outputs are declared
+    /// only where a SQL statement can return them, and `output.` names only declared outputs.
+    #[test]
+    fn a_compensation_binds_its_own_outputs_and_bad_declarations_are_refused() {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let mut call = create();
+        call.params.insert("output.id".into(), Value::Int(42));
+        let (_, op) = catalog.operation(&call, Direction::Compensate).unwrap();
+        assert!(matches!(op, Operation::Sql { ref args, .. } if args == &vec![Value::Int(42)]), "{op:?}");
+        let (_, forward) = catalog.operation(&call, Direction::Forward).unwrap();
+        let Operation::Statements(statements) = forward else { panic!("{forward:?}") };
+        assert_eq!(statements[0].returns.keys().collect::<Vec<_>>(), ["id", "label"]);
+
+        for (edit, expected) in [
+            (
+                ("args = [\"output.id\"]", "args = [\"output.nope\"]"),
+                "compensate: uses undeclared parameter \"output.nope\"",
+            ),
+            (("args = [\"name\"] }", "args = [\"output.id\"] }"), "forward: uses undeclared parameter \"output.id\""),
+            (
+                (
+                    "params = { name = \"text\" }\nforward = { put",
+                    "params = { name = \"text\" }\nreturns = { x = \"int\" }\nforward = { put",
+                ),
+                "a fs participant returns no outputs",
+            ),
+        ] {
+            let text = CONFIG.replacen(edit.0, edit.1, 1);
+            assert_ne!(text, CONFIG, "{edit:?} changed nothing");
+            let err = Catalog::parse(&text).err().unwrap_or_else(|| panic!("{edit:?} was accepted")).to_string();
+            assert!(err.contains(expected), "{edit:?}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod guard_tests {
     use super::*;
 
@@ -658,12 +862,20 @@ mod guard_tests {
                 "{{ sql = \"UPDATE t SET n = n - 1 WHERE id = ?1\", args = [\"id\"], rows = {text} }}"
             ))
             .unwrap_or_else(|e| panic!("rows = {text}: {e}"));
-            let call = StepCall { action: "a".into(), params: BTreeMap::from([("id".into(), Value::Int(7))]) };
+            let call = StepCall {
+                action: "a".into(),
+                params: BTreeMap::from([("id".into(), Value::Int(7))]),
+                from: Default::default(),
+            };
             let (_, op) = catalog.operation(&call, Direction::Forward).unwrap();
             assert!(matches!(op, Operation::Sql { rows, .. } if rows == guard), "rows = {text}");
         }
         let catalog = action("{ sql = \"SELECT 1\" }").unwrap();
-        let call = StepCall { action: "a".into(), params: BTreeMap::from([("id".into(), Value::Int(7))]) };
+        let call = StepCall {
+            action: "a".into(),
+            params: BTreeMap::from([("id".into(), Value::Int(7))]),
+            from: Default::default(),
+        };
         assert!(matches!(catalog.operation(&call, Direction::Forward).unwrap().1, Operation::Sql { rows: None, .. }));
     }
 
@@ -674,6 +886,7 @@ mod guard_tests {
         let call = StepCall {
             action: "a".into(),
             params: BTreeMap::from([("id".into(), Value::Int(7)), ("n".into(), Value::Int(3))]),
+            from: Default::default(),
         };
         let catalog = Catalog::parse(
             "[participants.d]\nkind = \"sqlite\"\npath = \"d\"\n[actions.a]\nparticipant = \"d\"\n\

@@ -29,24 +29,34 @@ pub fn value_from_pb(value: &pb::Value) -> Option<Value> {
         Kind::Float(f) => Value::Float(*f),
         Kind::Text(s) => Value::Text(s.clone()),
         Kind::Bytes(b) => Value::Bytes(b.clone()),
+        Kind::From(_) => return None,
     })
 }
 
 pub fn step_to_pb(step: &StepCall) -> pb::Step {
+    let from = step
+        .from
+        .iter()
+        .map(|(name, reference)| (name.clone(), pb::Value { kind: Some(pb::value::Kind::From(reference.clone())) }));
     pb::Step {
         action: step.action.clone(),
-        params: step.params.iter().map(|(name, value)| (name.clone(), value_to_pb(value))).collect(),
+        params: step.params.iter().map(|(name, value)| (name.clone(), value_to_pb(value))).chain(from).collect(),
     }
 }
 
-/// `Err` names the parameter whose value has no kind.
+/// `Err` names the parameter whose value has no kind. A `from` value goes to
+/// [`StepCall::from`].
 pub fn step_from_pb(step: &pb::Step) -> Result<StepCall, String> {
-    let mut params = std::collections::BTreeMap::new();
+    let (mut params, mut from) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     for (name, value) in &step.params {
+        if let Some(pb::value::Kind::From(reference)) = &value.kind {
+            from.insert(name.clone(), reference.clone());
+            continue;
+        }
         let value = value_from_pb(value).ok_or_else(|| format!("parameter {name:?} has no value"))?;
         params.insert(name.clone(), value);
     }
-    Ok(StepCall { action: step.action.clone(), params })
+    Ok(StepCall { action: step.action.clone(), params, from })
 }
 
 pub fn submit_request(saga: &SagaDefinition) -> pb::SubmitRequest {

@@ -12,6 +12,7 @@ pub fn demo_saga(saga_id: &str, run_id: &str, rows: i64) -> SagaDefinition {
     let step = |action: &str, params: Vec<(&str, Value)>| StepCall {
         action: action.to_owned(),
         params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        from: Default::default(),
     };
     SagaDefinition {
         id: saga_id.to_owned(),

@@ -7,8 +7,9 @@
 //! server's catalog's business (it answers INVALID_ARGUMENT naming step and parameter).
 //!
 //! Values: integers are `int`, other numbers `float`, strings `text`, booleans `bool`, JSON
-//! `null` is `null`. Two one-key tables stand for what the formats cannot say directly:
-//! `{"bytes_hex": "00ff"}` for bytes and `{"null": true}` for a null (TOML has no null).
+//! `null` is `null`. Three one-key tables stand for what the formats cannot say directly:
+//! `{"bytes_hex": "00ff"}` for bytes, `{"null": true}` for a null (TOML has no null), and
+//! `{"from": "steps.N.name"}` for an earlier step's output.
 
 use crate::engine::{StepCall, Value};
 use std::collections::BTreeMap;
@@ -161,12 +162,26 @@ fn step(node: &Node, path: &str) -> Result<StepCall, Problem> {
         Some(other) => return Err((format!("{path}.action"), format!("expected a string, found {}", other.kind()))),
         None => return Err((path.into(), "missing field `action`".into())),
     };
-    let mut params = BTreeMap::new();
+    let (mut params, mut from) = (BTreeMap::new(), BTreeMap::new());
     match fields.get("params") {
         None => {}
         Some(Node::Table(values)) => {
             for (name, value) in values {
                 let value_path = format!("{path}.params{}", key_path(name));
+                // `{"from": "steps.N.name"}`: an earlier step's output, resolved when it runs.
+                if let Node::Table(inner) = value
+                    && inner.len() == 1
+                    && let Some(reference) = inner.get("from")
+                {
+                    let Node::Text(reference) = reference else {
+                        return Err((
+                            format!("{value_path}.from"),
+                            format!("expected \"steps.N.name\", found {}", reference.kind()),
+                        ));
+                    };
+                    from.insert(name.clone(), reference.clone());
+                    continue;
+                }
                 params.insert(name.clone(), param(value, &value_path)?);
             }
         }
@@ -177,7 +192,7 @@ fn step(node: &Node, path: &str) -> Result<StepCall, Problem> {
             ));
         }
     }
-    Ok(StepCall { action, params })
+    Ok(StepCall { action, params, from })
 }
 
 fn param(node: &Node, path: &str) -> Result<Value, Problem> {
@@ -197,7 +212,7 @@ fn param(node: &Node, path: &str) -> Result<Value, Problem> {
 
 /// `{"bytes_hex": "..."}` or `{"null": true}`.
 fn tagged(fields: &BTreeMap<String, Node>, path: &str) -> Result<Value, Problem> {
-    let expected = "a table/object as a value must be {\"bytes_hex\": \"<hex>\"} or {\"null\": true}";
+    let expected = "a table/object as a value must be {\"bytes_hex\": \"<hex>\"}, {\"null\": true} or {\"from\": \"steps.N.name\"}";
     let mut entries = fields.iter();
     let (Some((tag, inner)), None) = (entries.next(), entries.next()) else {
         return Err((path.into(), expected.into()));
@@ -312,6 +327,21 @@ mod tests {
         assert_eq!(toml, json);
     }
 
+    /// `{"from": "steps.N.name"}` (TOML `{ from = "…" }`) takes an earlier step's output: it
+    /// goes to the step's references, not its values (issue 11 item 1).
+    #[test]
+    fn a_from_value_is_a_reference_to_an_earlier_output() {
+        let json =
+            ok(r#"{"steps": [{"action": "a"}, {"action": "b", "params": {"id": {"from": "steps.0.id"}, "n": 1}}]}"#);
+        let toml = ok(
+            "[[steps]]\naction = \"a\"\n[[steps]]\naction = \"b\"\nparams = { id = { from = \"steps.0.id\" }, n = 1 }\n",
+        );
+        assert_eq!(json, toml);
+        let step = &json.steps[1];
+        assert_eq!(step.from, BTreeMap::from([("id".to_owned(), "steps.0.id".to_owned())]));
+        assert_eq!(step.params, BTreeMap::from([("n".to_owned(), Value::Int(1))]));
+    }
+
     /// No id is fine (the CLI fills one in); a BOM and leading blanks do not hide JSON.
     #[test]
     fn id_is_optional_and_detection_skips_blanks() {
@@ -366,7 +396,11 @@ mod tests {
             ),
             (
                 r#"{"steps": [{"action": "a", "params": {"x": {"base64": "zz"}}}]}"#,
-                r#"saga.txt: steps[0].params.x: a table/object as a value must be {"bytes_hex": "<hex>"} or {"null": true}, found key "base64""#,
+                r#"saga.txt: steps[0].params.x: a table/object as a value must be {"bytes_hex": "<hex>"}, {"null": true} or {"from": "steps.N.name"}, found key "base64""#,
+            ),
+            (
+                r#"{"steps": [{"action": "a", "params": {"x": {"from": 5}}}]}"#,
+                r#"saga.txt: steps[0].params.x.from: expected "steps.N.name", found"#,
             ),
             (
                 r#"{"steps": [{"action": "a", "params": {"x": {"null": false}}}]}"#,

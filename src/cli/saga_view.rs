@@ -57,6 +57,11 @@ fn step_json(step: &pb::StepStatus) -> Json {
         "finished_at": rfc3339_ms(step.finished_at_ms),
         "started_at_ms": step.started_at_ms,
         "finished_at_ms": step.finished_at_ms,
+        "outputs": step
+            .outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), crate::api::convert::value_from_pb(v).map_or(Json::Null, |v| v.to_json())))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

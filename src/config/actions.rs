@@ -191,6 +191,13 @@ pub struct ActionConfig {
     /// without effects; nothing else uses it.
     #[serde(default)]
     pub check: Option<CheckConfig>,
+    /// What the forward step returns (`returns = { id = "int" }`, the types of `params`): for
+    /// SQL, the columns of the single row its statement returns (`… RETURNING`, `SELECT`).
+    /// Journaled with the step's success and stored with its marker, so a step settled by its
+    /// marker after a crash recovers them too. Later steps take them as parameters
+    /// (`{"from": "steps.N.name"}`), the action's compensation as `args = ["output.name"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub returns: BTreeMap<String, ParamType>,
 }
 
 /// A read-only statement that counts a step's forward effect (see [`ActionConfig::check`]).

@@ -144,7 +144,15 @@ fn random_record(rng: &mut Rng) -> Record {
         1 => Record::StepStarted(Started { saga, step, direction: random_direction(rng), attempt, at_ms }),
         2 => {
             let (direction, by_marker) = (random_direction(rng), rng.flip());
-            Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms })
+            Record::StepSucceeded(Succeeded {
+                saga,
+                step,
+                direction,
+                attempt,
+                by_marker,
+                at_ms,
+                outputs: Default::default(),
+            })
         }
         3 => Record::StepFailed(Failed {
             saga,
@@ -209,6 +217,7 @@ fn random_submitted(rng: &mut Rng, saga: String, at_ms: u64) -> Record {
         .map(|_| StepCall {
             action: rng.text(),
             params: (0..rng.below(4)).map(|_| (rng.text(), random_value(rng))).collect::<BTreeMap<_, _>>(),
+            from: Default::default(),
         })
         .collect();
     // One policy per step, as every writer journals it (a decoder refuses anything else).
@@ -377,6 +386,7 @@ fn generate_corpus() {
                 steps: vec![StepCall {
                     action: "a".into(),
                     params: BTreeMap::from([("f".into(), Value::Float(f64::NAN))]),
+                    from: Default::default(),
                 }],
                 policies: Vec::new(),
                 digest: 0,

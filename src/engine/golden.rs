@@ -1,7 +1,7 @@
 //! Golden payload vectors of the journal records (`src/engine/vectors/`): the MessagePack
-//! bytes version 1 writes for each record kind, and the version 2 `SagaSubmitted` with its
-//! action definitions and the version 3 one with its marker scope, committed once and never
-//! edited.
+//! bytes version 1 writes for each record kind, and the later versions that added a field:
+//! `SagaSubmitted` 2 (action definitions), 3 (marker scope), 4 (step outputs: `returns` and
+//! `from`), `StepSucceeded` 2 (outputs). Committed once and never edited.
 //!
 //! For every vector: its length and CRC32 match the fingerprint below (an accidental edit fails
 //! before anything is decoded), it decodes to exactly the value below, field by field, today's
@@ -38,6 +38,8 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
         ("v1-saga-submitted.msgpack", 275, 0x5769_eed2, v1_submitted()),
         ("v2-saga-submitted-actions.msgpack", 1341, 0x3c7b_f422, v2_submitted()),
         ("v3-saga-submitted-scope.msgpack", 1382, 0xdbbc_403b, v3_submitted()),
+        ("v4-saga-submitted-outputs.msgpack", 1421, 0xc702_b9f5, v4_submitted()),
+        ("v2-step-succeeded-outputs.msgpack", 105, 0x7f6d_99d5, v2_succeeded()),
         (
             "v1-step-started.msgpack",
             62,
@@ -61,6 +63,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
                 attempt: 1,
                 by_marker: true,
                 at_ms: AT_MS,
+                outputs: Default::default(),
             }),
         ),
         (
@@ -131,6 +134,7 @@ fn snapshot_saga() -> super::saga::Saga {
             attempt: 1,
             by_marker: true,
             at_ms,
+            outputs: Default::default(),
         }),
         started(1, Direction::Forward, 1),
         Record::StepFailed(Failed {
@@ -166,8 +170,9 @@ fn v1_submitted() -> Record {
                     ("ratio".to_owned(), Value::Float(0.5)),
                     ("sku".to_owned(), Value::Text("A-1".into())),
                 ]),
+                from: Default::default(),
             },
-            StepCall { action: "charge".into(), params: BTreeMap::new() },
+            StepCall { action: "charge".into(), params: BTreeMap::new(), from: Default::default() },
         ],
         policies: vec![
             StepPolicy { max_attempts: 3, compensate_max_attempts: 5 },
@@ -193,6 +198,37 @@ fn v3_submitted() -> Record {
 }
 
 const V3_SCOPE: &str = "0123456789abcdef.fedcba9876543210";
+
+/// The v4 `SagaSubmitted` vector's record: the v3 fields, with step outputs: the `reserve`
+/// action returns `id`, and step 1 takes it as `from = "steps.0.id"`.
+fn v4_submitted() -> Record {
+    let Record::SagaSubmitted(mut submitted) = v3_submitted() else { unreachable!("v3_submitted builds one") };
+    submitted.steps[1].from = BTreeMap::from([("order".to_owned(), "steps.0.id".to_owned())]);
+    submitted.actions = v4_actions();
+    Record::SagaSubmitted(submitted)
+}
+
+fn v4_actions() -> BTreeMap<String, ActionConfig> {
+    let mut actions = v2_actions();
+    for action in actions.values_mut().filter(|a| matches!(a.forward, OperationConfig::Sql { .. })) {
+        action.returns = BTreeMap::from([("id".to_owned(), ParamType::Int)]);
+    }
+    actions
+}
+
+/// The v2 `StepSucceeded` vector's record: the v1 fields (a forward success by marker) with
+/// the outputs it returned.
+fn v2_succeeded() -> Record {
+    Record::StepSucceeded(Succeeded {
+        saga: SAGA.to_owned(),
+        step: 1,
+        direction: Direction::Forward,
+        attempt: 1,
+        by_marker: true,
+        at_ms: AT_MS,
+        outputs: BTreeMap::from([("id".to_owned(), Value::Int(42)), ("label".to_owned(), Value::Text("x".into()))]),
+    })
+}
 
 /// The action definitions of the v2 `SagaSubmitted` vector: one SQL action with an effect
 /// check and every retry field, one file action, and every `OperationConfig` shape.
@@ -221,6 +257,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                     sql: "SELECT count(*) FROM accounts WHERE id = ?1".into(),
                     args: vec!["id".into()],
                 }),
+                returns: Default::default(),
             },
         ),
         (
@@ -239,6 +276,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                 compensate_retry: retry(2),
                 timeout_ms: 30_000,
                 check: None,
+                returns: Default::default(),
             },
         ),
         (
@@ -252,6 +290,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                 compensate_retry: retry(1),
                 timeout_ms: 10,
                 check: None,
+                returns: Default::default(),
             },
         ),
     ])
@@ -269,7 +308,7 @@ fn assert_fields(name: &str, decoded: &Record) {
         Record::SagaSubmitted(Submitted { saga, steps, policies, digest, at_ms, actions, scope }) => {
             assert_eq!((saga.as_str(), *digest, *at_ms), (SAGA, 0x1234_abcd, AT_MS), "{name}");
             assert_eq!(steps.len(), 2, "{name}");
-            let StepCall { action, params } = &steps[0];
+            let StepCall { action, params, .. } = &steps[0];
             assert_eq!(action, "reserve");
             let keys: Vec<&str> = params.keys().map(String::as_str).collect();
             assert_eq!(keys, ["blob", "express", "note", "qty", "ratio", "sku"]);
@@ -279,7 +318,7 @@ fn assert_fields(name: &str, decoded: &Record) {
             assert_eq!(params["qty"], Value::Int(-42));
             assert_eq!(params["ratio"], Value::Float(0.5));
             assert_eq!(params["sku"], Value::Text("A-1".into()));
-            let StepCall { action, params } = &steps[1];
+            let StepCall { action, params, .. } = &steps[1];
             assert_eq!((action.as_str(), params.len()), ("charge", 0));
             let [
                 StepPolicy { max_attempts: m0, compensate_max_attempts: c0 },
@@ -289,19 +328,34 @@ fn assert_fields(name: &str, decoded: &Record) {
                 panic!("{name}: expected 2 policies, got {policies:?}");
             };
             assert_eq!((m0, c0, m1, c1), (3, 5, 1, 2), "{name}");
-            let expected = if name.starts_with("v1-") { BTreeMap::new() } else { v2_actions() };
+            let expected = match &name[..3] {
+                "v1-" => BTreeMap::new(),
+                "v4-" => v4_actions(),
+                _ => v2_actions(),
+            };
             assert_eq!(actions, &expected, "{name}");
-            let expected = name.starts_with("v3-").then(|| V3_SCOPE.to_owned());
+            let expected = (name.starts_with("v3-") || name.starts_with("v4-")).then(|| V3_SCOPE.to_owned());
             assert_eq!(scope, &expected, "{name}");
+            let from: Vec<_> = steps.iter().map(|s| s.from.clone()).collect();
+            let expected = if name.starts_with("v4-") {
+                vec![BTreeMap::new(), BTreeMap::from([("order".to_owned(), "steps.0.id".to_owned())])]
+            } else {
+                vec![BTreeMap::new(), BTreeMap::new()]
+            };
+            assert_eq!(from, expected, "{name}");
         }
         Record::StepStarted(Started { saga, step, direction, attempt, at_ms }) => {
             assert_eq!((saga.as_str(), *step, *direction, *attempt, *at_ms), (SAGA, 1, Direction::Forward, 2, AT_MS));
         }
-        Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms }) => {
+        Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms, outputs }) => {
+            let expected_direction = if name.starts_with("v2-") { Direction::Forward } else { Direction::Compensate };
             assert_eq!(
                 (saga.as_str(), *step, *direction, *attempt, *by_marker, *at_ms),
-                (SAGA, 1, Direction::Compensate, 1, true, AT_MS)
+                (SAGA, 1, expected_direction, 1, true, AT_MS)
             );
+            let Record::StepSucceeded(v2) = v2_succeeded() else { unreachable!() };
+            let expected = if name.starts_with("v2-") { v2.outputs } else { BTreeMap::new() };
+            assert_eq!(outputs, &expected, "{name}");
         }
         Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms }) => {
             assert_eq!((saga.as_str(), *step, *direction, *attempt), (SAGA, 0, Direction::Forward, 3));

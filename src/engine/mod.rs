@@ -21,7 +21,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use model::{Direction, SagaDefinition, Scope, StepCall, StepKey, StepPolicy};
+pub use model::{Direction, OWN_OUTPUT_PREFIX, OutputRef, SagaDefinition, Scope, StepCall, StepKey, StepPolicy};
 pub use record::{Outcome, Record, ResolveDecision};
 pub use saga::{Next, Saga, Status, StepProgress};
 pub use value::Value;

@@ -15,7 +15,37 @@ pub struct StepCall {
     pub action: String,
     #[serde(default)]
     pub params: BTreeMap<String, Value>,
+    /// Parameters taken from an earlier step's outputs: parameter name → `steps.N.output`
+    /// (`{"from": "steps.0.id"}` in a saga file or the API). Checked at submit (the step is
+    /// earlier, declares that output, of the parameter's type) and resolved when the step
+    /// runs. Left out of the encoding when empty, so earlier definitions keep their bytes and
+    /// their digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub from: BTreeMap<String, String>,
 }
+
+/// A `from` reference, `steps.N.name`: the output `name` of step `N` (from 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRef {
+    pub step: u32,
+    pub output: String,
+}
+
+impl OutputRef {
+    /// Parses `steps.N.name`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<OutputRef> {
+        let rest = text.strip_prefix("steps.")?;
+        let (step, output) = rest.split_once('.')?;
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !step.bytes().all(|b| b.is_ascii_digit()) || !plain(output) {
+            return None;
+        }
+        Some(OutputRef { step: step.parse().ok()?, output: output.to_owned() })
+    }
+}
+
+/// The prefix a compensation's `args` use to name its own step's forward outputs.
+pub const OWN_OUTPUT_PREFIX: &str = "output.";
 
 /// A saga as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,9 @@ const ID: &str = "saga-p";
 fn submitted(policies: &[StepPolicy], steps: usize) -> Submitted {
     Submitted {
         saga: ID.into(),
-        steps: (0..steps).map(|i| StepCall { action: format!("a{i}"), params: BTreeMap::new() }).collect(),
+        steps: (0..steps)
+            .map(|i| StepCall { action: format!("a{i}"), params: BTreeMap::new(), from: Default::default() })
+            .collect(),
         policies: policies.to_vec(),
         digest: 1,
         at_ms: 0,
@@ -145,7 +147,7 @@ fn arb_record(steps: u32) -> impl Strategy<Value = Record> {
         4 => (arb_saga_id(), arb_step(steps), arb_direction(), 0..4u32)
             .prop_map(|(saga, step, direction, attempt)| Record::StepStarted(Started { saga, step, direction, attempt, at_ms: 1 })),
         3 => (arb_saga_id(), arb_step(steps), arb_direction(), any::<bool>()).prop_map(|(saga, step, direction, by_marker)| {
-            Record::StepSucceeded(Succeeded { saga, step, direction, attempt: 1, by_marker, at_ms: 2 })
+            Record::StepSucceeded(Succeeded { saga, step, direction, attempt: 1, by_marker, at_ms: 2, outputs: Default::default() })
         }),
         3 => (arb_saga_id(), arb_step(steps), arb_direction(), any::<bool>(), any::<bool>()).prop_map(
             |(saga, step, direction, retryable, maybe_applied)| {
@@ -356,7 +358,15 @@ impl Sim {
     }
 
     fn succeeded(&self, step: u32, direction: Direction, attempt: u32, by_marker: bool) -> Record {
-        Record::StepSucceeded(Succeeded { saga: ID.into(), step, direction, attempt, by_marker, at_ms: 0 })
+        Record::StepSucceeded(Succeeded {
+            saga: ID.into(),
+            step,
+            direction,
+            attempt,
+            by_marker,
+            at_ms: 0,
+            outputs: Default::default(),
+        })
     }
 
     fn failed(&self, step: u32, direction: Direction, attempt: u32, retryable: bool, maybe_applied: bool) -> Record {

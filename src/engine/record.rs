@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::model::Direction;
 use super::model::{StepCall, StepPolicy};
 use super::saga::Saga;
+use super::value::Value;
 use crate::config::ActionConfig;
 use crate::wal_format::RecordKind;
 
@@ -75,7 +76,7 @@ pub struct Started {
     pub at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Succeeded {
     pub saga: String,
     pub step: u32,
@@ -85,6 +86,11 @@ pub struct Succeeded {
     /// a lost reply) rather than from the participant's answer.
     pub by_marker: bool,
     pub at_ms: u64,
+    /// What the forward step returned (its action's `returns`), from the participant's answer
+    /// or, settled by marker, from the marker. Added in record version 2 of `StepSucceeded` (a
+    /// field, left out when empty: earlier records and vectors are unchanged).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

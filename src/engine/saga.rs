@@ -27,8 +27,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::model::Direction;
-use super::model::{StepCall, StepPolicy};
+use super::model::{OWN_OUTPUT_PREFIX, OutputRef, StepCall, StepPolicy};
 use super::record::{Outcome, Record, ResolveDecision, Submitted};
+use super::value::Value;
 use crate::config::ActionConfig;
 
 /// Where a saga stands, as clients see it.
@@ -61,7 +62,7 @@ impl Status {
 }
 
 /// One direction of one step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepProgress {
     /// Attempts started against the current budget.
     pub attempts: u32,
@@ -84,6 +85,9 @@ pub struct StepProgress {
     pub unreadable_markers: u32,
     pub first_started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// What the step returned when it succeeded (forward only; see `ActionConfig::returns`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
 }
 
 impl StepProgress {
@@ -168,6 +172,25 @@ pub struct Saga {
 }
 
 impl Saga {
+    /// The call of step `step` with every value it runs with: its own parameters, each `from`
+    /// reference replaced by the referenced earlier step's output, and (for a compensation's
+    /// `args = ["output.name"]`) the step's own forward outputs as `output.<name>`. An error
+    /// names the reference that has no value (the earlier step has not returned it).
+    pub fn resolved_call(&self, step: u32) -> Result<StepCall, String> {
+        let Some(state) = self.steps.get(step as usize) else { return Err(format!("the saga has no step {step}")) };
+        let mut call = state.call.clone();
+        for (param, reference) in std::mem::take(&mut call.from) {
+            let value = OutputRef::parse(&reference)
+                .and_then(|r| self.steps.get(r.step as usize).filter(|_| r.step < step)?.forward.outputs.get(&r.output))
+                .ok_or_else(|| format!("parameter {param:?} takes {reference}, which has no value"))?;
+            call.params.insert(param, value.clone());
+        }
+        for (name, value) in &state.forward.outputs {
+            call.params.insert(format!("{OWN_OUTPUT_PREFIX}{name}"), value.clone());
+        }
+        Ok(call)
+    }
+
     /// The state right after `SagaSubmitted`.
     pub fn submitted(record: &Submitted) -> Saga {
         let steps = record
@@ -243,6 +266,7 @@ impl Saga {
                 p.maybe_applied = false;
                 p.by_marker = r.by_marker;
                 p.finished_at_ms = Some(r.at_ms);
+                p.outputs = r.outputs.clone();
                 if r.direction == Direction::Forward && self.cancel_requested {
                     self.start_compensating("cancelled");
                 }

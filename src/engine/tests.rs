@@ -26,6 +26,7 @@ pub(crate) fn submitted(steps: usize, policy: StepPolicy) -> Submitted {
             .map(|i| StepCall {
                 action: format!("act{i}"),
                 params: BTreeMap::from([("n".into(), Value::Int(i as i64))]),
+                from: Default::default(),
             })
             .collect(),
         policies: vec![policy; steps],
@@ -45,11 +46,27 @@ fn started(step: u32, direction: Direction) -> Record {
 }
 
 fn ok(step: u32, direction: Direction) -> Record {
-    Record::StepSucceeded(Succeeded { saga: ID.into(), step, direction, attempt: 0, by_marker: false, at_ms: 20 })
+    Record::StepSucceeded(Succeeded {
+        saga: ID.into(),
+        step,
+        direction,
+        attempt: 0,
+        by_marker: false,
+        at_ms: 20,
+        outputs: Default::default(),
+    })
 }
 
 fn ok_by_marker(step: u32, direction: Direction) -> Record {
-    Record::StepSucceeded(Succeeded { saga: ID.into(), step, direction, attempt: 0, by_marker: true, at_ms: 20 })
+    Record::StepSucceeded(Succeeded {
+        saga: ID.into(),
+        step,
+        direction,
+        attempt: 0,
+        by_marker: true,
+        at_ms: 20,
+        outputs: Default::default(),
+    })
 }
 
 fn failed(step: u32, direction: Direction, retryable: bool, maybe_applied: bool) -> Record {
@@ -817,4 +834,49 @@ fn stuck_on_an_unreadable_marker_is_unblocked_by_either_operator_decision() {
     let mut marked = saga;
     marked.apply(&resolved(ResolveDecision::MarkCompensated));
     assert_eq!(marked.next(), Next::Finish(Outcome::Compensated));
+}
+
+/// Issue 11 item 1: a step runs with its `from` references replaced by the earlier steps'
+/// journaled outputs and, for its compensation, its own forward outputs as `output.<name>`;
+/// a reference whose step has not returned the output names it.
+#[test]
+fn a_step_resolves_its_references_from_the_journaled_outputs() {
+    let call = |action: &str, from: &[(&str, &str)]| StepCall {
+        action: action.into(),
+        params: BTreeMap::from([("n".to_owned(), Value::Int(1))]),
+        from: from.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let submitted = Submitted {
+        saga: "s".into(),
+        steps: vec![call("a", &[]), call("b", &[("id", "steps.0.id")])],
+        policies: vec![StepPolicy { max_attempts: 1, compensate_max_attempts: 1 }; 2],
+        digest: 1,
+        at_ms: 0,
+        actions: Default::default(),
+        scope: None,
+    };
+    let mut saga = Saga::submitted(&submitted);
+    let err = saga.resolved_call(1).unwrap_err();
+    assert!(err.contains("parameter \"id\" takes steps.0.id, which has no value"), "{err}");
+    saga.apply(&Record::StepStarted(Started {
+        saga: "s".into(),
+        step: 0,
+        direction: Direction::Forward,
+        attempt: 1,
+        at_ms: 1,
+    }));
+    saga.apply(&Record::StepSucceeded(Succeeded {
+        saga: "s".into(),
+        step: 0,
+        direction: Direction::Forward,
+        attempt: 1,
+        by_marker: false,
+        at_ms: 2,
+        outputs: BTreeMap::from([("id".to_owned(), Value::Int(42))]),
+    }));
+    let resolved = saga.resolved_call(1).unwrap();
+    assert_eq!(resolved.params.get("id"), Some(&Value::Int(42)));
+    assert!(resolved.from.is_empty(), "references are replaced, not kept");
+    let own = saga.resolved_call(0).unwrap();
+    assert_eq!(own.params.get("output.id"), Some(&Value::Int(42)), "the compensation sees its own outputs");
 }

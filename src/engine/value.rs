@@ -29,6 +29,24 @@ impl Value {
         }
     }
 
+    /// The value in the JSON dialect of saga files: numbers, strings, booleans and `null` as
+    /// themselves, bytes as `{"bytes_hex": "…"}` (a float that JSON cannot hold, NaN or an
+    /// infinity, is `null`).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => {
+                let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
+                serde_json::json!({ "bytes_hex": hex })
+            }
+        }
+    }
+
     /// Bytes this value takes in a payload, for size limits.
     pub fn size_bytes(&self) -> usize {
         match self {

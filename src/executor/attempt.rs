@@ -30,7 +30,7 @@ const RESUME_SPREAD: Duration = Duration::from_millis(200);
 
 /// How a step attempt ended, before it is journaled.
 enum Attempt {
-    Succeeded { by_marker: bool },
+    Succeeded { by_marker: bool, outputs: crate::participant::Outputs },
     Failed { error: String, retryable: bool, maybe_applied: bool },
 }
 
@@ -43,8 +43,10 @@ impl SagaTask {
         after_failure: bool,
     ) -> Result<(), journal::Error> {
         let saga = self.saga.id.clone();
-        let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
-        let (participant_name, participant, op) = match self.participant_for(&call, direction) {
+        if self.saga.steps.get(step as usize).is_none() {
+            return Ok(());
+        }
+        let (participant_name, participant, op) = match self.participant_for(step, direction) {
             Ok(found) => found,
             // The action or participant vanished from the config since submission: no attempt
             // can succeed. Journaled as a permanent failure of this attempt.
@@ -73,8 +75,8 @@ impl SagaTask {
         let began = std::time::Instant::now();
         // The attempt number lets the participant refuse an attempt that a fencing lookup
         // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
-        let outcome = match tokio::time::timeout(timeout, participant.apply(&key, attempt, &op)).await {
-            Ok(Ok(applied)) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied },
+        let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
+            Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
             Ok(Err(e)) => {
                 Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }
             }
@@ -94,8 +96,8 @@ impl SagaTask {
         self.record_breaker(&participant_name, &outcome);
         let at_ms = now_ms();
         let record = match outcome {
-            Attempt::Succeeded { by_marker } => {
-                Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms })
+            Attempt::Succeeded { by_marker, outputs } => {
+                Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms, outputs })
             }
             Attempt::Failed { error, retryable, maybe_applied } => {
                 tracing::warn!(saga = %self.saga.id, step, ?direction, attempt, retryable, %error, "step attempt failed");

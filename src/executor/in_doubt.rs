@@ -31,7 +31,7 @@ impl SagaTask {
     pub(super) async fn settle_by_marker(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
         let saga = self.saga.id.clone();
         let Some(call) = self.saga.steps.get(step as usize).map(|s| s.call.clone()) else { return Ok(()) };
-        let (name, participant, _) = match self.participant_for(&call, direction) {
+        let (name, participant) = match self.participant_of(&call) {
             Ok(found) => found,
             Err(error) => {
                 // The journaled wording predates the rename; the bytes on disk stay. The step's
@@ -48,8 +48,17 @@ impl SagaTask {
             if !self.wait_for_breaker(&name).await? {
                 return Ok(());
             }
-            let found = match tokio::time::timeout(timeout, participant.settle_marker(&key, attempt)).await {
-                Ok(Ok(found)) => Some(found),
+            // A forward step that returns outputs takes them from its marker: the marker and
+            // its outputs committed together.
+            let wants_outputs = direction == Direction::Forward && self.returns_outputs(&call);
+            let settled = async {
+                let found = participant.settle_marker(&key, attempt).await?;
+                let outputs =
+                    if found && wants_outputs { participant.marker_outputs(&key).await? } else { Default::default() };
+                Ok::<_, crate::participant::Error>((found, outputs))
+            };
+            let (found, outputs) = match tokio::time::timeout(timeout, settled).await {
+                Ok(Ok((found, outputs))) => (Some(found), outputs),
                 Ok(Err(e)) if !e.is_retryable() => {
                     if let Some(b) = self.exec.inner.breakers.get(&name) {
                         b.record_success();
@@ -58,7 +67,7 @@ impl SagaTask {
                         .fail_for_good(step, direction, attempt, format!("cannot read marker: {e}"), true)
                         .await;
                 }
-                Ok(Err(_)) | Err(_) => None,
+                Ok(Err(_)) | Err(_) => (None, Default::default()),
             };
             if let (Some(_), Some(b)) = (found, self.exec.inner.breakers.get(&name)) {
                 b.record_success();
@@ -75,6 +84,7 @@ impl SagaTask {
                             attempt,
                             by_marker: true,
                             at_ms,
+                            outputs,
                         }))
                         .await;
                 }

@@ -423,20 +423,48 @@ impl SagaTask {
         StepKey { saga_id: self.saga.id.clone(), step, direction, scope: self.saga.scope.clone() }
     }
 
-    /// The participant and concrete operation of a step, or why there is none.
+    /// The participant and concrete operation of step `step`, its values resolved (`from`
+    /// references and its own forward outputs, see [`Saga::resolved_call`]), or why there is
+    /// none.
     pub(super) fn participant_for(
         &self,
-        call: &StepCall,
+        step: u32,
         direction: Direction,
     ) -> Result<(String, Arc<dyn Participant>, Operation), String> {
+        let call = self.saga.resolved_call(step)?;
         // The definition journaled with the saga; a saga journaled before definitions were
         // follows today's config.
         let (name, op) = match self.saga.actions.get(&call.action) {
-            Some(action) => crate::catalog::bind(action, call, direction)?,
-            None => self.exec.inner.catalog.operation(call, direction)?,
+            Some(action) => crate::catalog::bind(action, &call, direction)?,
+            None => self.exec.inner.catalog.operation(&call, direction)?,
         };
         let participant = self.exec.inner.participants.get(&name).cloned();
         participant.map(|p| (name.clone(), p, op)).ok_or_else(|| format!("participant {name:?} is not configured"))
+    }
+
+    /// The participant of a step's action, without binding its values (a marker lookup needs
+    /// none), or why there is none.
+    pub(super) fn participant_of(&self, call: &StepCall) -> Result<(String, Arc<dyn Participant>), String> {
+        let name = match self.saga.actions.get(&call.action) {
+            Some(action) => action.participant.clone(),
+            None => self
+                .exec
+                .inner
+                .catalog
+                .action(&call.action)
+                .map(|a| a.participant.clone())
+                .ok_or_else(|| format!("action {:?} is no longer declared", call.action))?,
+        };
+        let participant = self.exec.inner.participants.get(&name).cloned();
+        participant.map(|p| (name.clone(), p)).ok_or_else(|| format!("participant {name:?} is not configured"))
+    }
+
+    /// Whether step `step`'s forward action declares outputs (its marker then holds them).
+    pub(super) fn returns_outputs(&self, call: &StepCall) -> bool {
+        match self.saga.actions.get(&call.action) {
+            Some(action) => !action.returns.is_empty(),
+            None => self.exec.inner.catalog.action(&call.action).is_some_and(|a| !a.returns.is_empty()),
+        }
     }
 
     /// Journals a failure that no retry can fix (the saga compensates, or is STUCK if this was

@@ -18,7 +18,7 @@ use crate::engine::{Saga, Status, StepProgress};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// A finished saga as the index keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaRecord {
     pub format_version: u8,
     pub id: String,
@@ -44,7 +44,7 @@ pub struct SagaRecord {
 }
 
 /// One step of an archived saga.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub action: String,
     /// Forward attempts started in all (across retry budgets reset by an operator).
@@ -58,6 +58,10 @@ pub struct StepRecord {
     /// The most recent error of the step: the compensation's if it has one (compensation
     /// always runs after the forward direction), else the forward direction's.
     pub last_error: Option<String>,
+    /// What the forward step returned; records of steps without outputs (and records written
+    /// before outputs existed) have none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: std::collections::BTreeMap<String, crate::engine::Value>,
 }
 
 /// Why a record cannot be stored or read back.
@@ -100,6 +104,7 @@ impl SagaRecord {
                     compensate_attempts: s.compensate.total_attempts,
                     compensated: s.compensate.done,
                     last_error: latest_error(&s.forward, &s.compensate),
+                    outputs: s.forward.outputs.clone(),
                 })
                 .collect(),
             version: saga.version,

@@ -11,7 +11,7 @@
 //!   compensation_reason, source)`: `source` is `journal` or `index`;
 //! - `steps(saga_id, step, action, participant, forward_attempts, forward_done,
 //!   forward_by_marker, compensate_attempts, compensated, last_error, started_at, finished_at,
-//!   duration_ms)`;
+//!   duration_ms, outputs)`: `outputs` is a JSON object of what the step returned, or NULL;
 //! - `attempts(saga_id, step, direction, attempt, action, participant, started_at, ended_at,
 //!   duration_ms, outcome, by_marker, retryable, error, lsn)`: `outcome` is `succeeded`,
 //!   `failed` or `in_doubt` (no outcome journaled);
@@ -51,7 +51,7 @@ CREATE OR REPLACE TABLE sagas (saga_id VARCHAR PRIMARY KEY, status VARCHAR NOT N
 CREATE OR REPLACE TABLE steps (saga_id VARCHAR NOT NULL, step INTEGER NOT NULL, action VARCHAR NOT NULL,
   participant VARCHAR, forward_attempts INTEGER NOT NULL, forward_done BOOLEAN NOT NULL,
   forward_by_marker BOOLEAN NOT NULL, compensate_attempts INTEGER NOT NULL, compensated BOOLEAN NOT NULL,
-  last_error VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, duration_ms BIGINT);
+  last_error VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, duration_ms BIGINT, outputs VARCHAR);
 CREATE OR REPLACE TABLE attempts (saga_id VARCHAR NOT NULL, step INTEGER NOT NULL, direction VARCHAR NOT NULL,
   attempt INTEGER NOT NULL, action VARCHAR, participant VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
   duration_ms BIGINT, outcome VARCHAR NOT NULL, by_marker BOOLEAN NOT NULL, retryable BOOLEAN, error VARCHAR,
@@ -166,6 +166,12 @@ fn db_error(what: &str) -> impl Fn(duckdb::Error) -> Error + '_ {
     move |e| Error::Export { what: what.to_owned(), message: e.to_string() }
 }
 
+/// A step's outputs as a JSON object (the saga-file dialect), or NULL when it returned none.
+fn outputs_json(outputs: &BTreeMap<String, crate::engine::Value>) -> Option<String> {
+    (!outputs.is_empty())
+        .then(|| serde_json::Value::Object(outputs.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()).to_string())
+}
+
 fn ms(v: Option<u64>) -> Option<i64> {
     v.and_then(|v| i64::try_from(v).ok())
 }
@@ -190,7 +196,7 @@ fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[S
            steps INTEGER, recoveries INTEGER, compensation_reason VARCHAR, source VARCHAR);
          CREATE OR REPLACE TEMP TABLE s_steps (saga_id VARCHAR, step INTEGER, action VARCHAR, participant VARCHAR,
            forward_attempts INTEGER, forward_done BOOLEAN, forward_by_marker BOOLEAN, compensate_attempts INTEGER,
-           compensated BOOLEAN, last_error VARCHAR, started_ms BIGINT, finished_ms BIGINT);
+           compensated BOOLEAN, last_error VARCHAR, started_ms BIGINT, finished_ms BIGINT, outputs VARCHAR);
          CREATE OR REPLACE TEMP TABLE s_attempts (saga_id VARCHAR, step INTEGER, direction VARCHAR, attempt INTEGER,
            action VARCHAR, participant VARCHAR, started_ms BIGINT, ended_ms BIGINT, outcome VARCHAR, by_marker BOOLEAN,
            retryable BOOLEAN, error VARCHAR, lsn BIGINT);
@@ -228,7 +234,8 @@ fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[S
                     s.compensate.done,
                     last_error,
                     ms(s.forward.first_started_at_ms),
-                    ms(s.forward.finished_at_ms)
+                    ms(s.forward.finished_at_ms),
+                    outputs_json(&s.forward.outputs)
                 ])?;
                 counts.steps += 1;
             }
@@ -258,7 +265,8 @@ fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[S
                     s.compensated,
                     s.last_error,
                     None::<i64>,
-                    None::<i64>
+                    None::<i64>,
+                    outputs_json(&s.outputs)
                 ])?;
                 counts.steps += 1;
             }
@@ -308,7 +316,7 @@ fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[S
            finished_ms - submitted_ms, steps, recoveries, compensation_reason, source FROM s_sagas;
          INSERT INTO steps SELECT saga_id, step, action, participant, forward_attempts, forward_done, forward_by_marker,
            compensate_attempts, compensated, last_error, epoch_ms(started_ms), epoch_ms(finished_ms),
-           finished_ms - started_ms FROM s_steps;
+           finished_ms - started_ms, outputs FROM s_steps;
          INSERT INTO attempts SELECT saga_id, step, direction, attempt, action, participant, epoch_ms(started_ms),
            epoch_ms(ended_ms), ended_ms - started_ms, outcome, by_marker, retryable, error, lsn FROM s_attempts;
          INSERT INTO recoveries SELECT lsn, epoch_ms(at_ms), unfinished FROM s_recoveries;

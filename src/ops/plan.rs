@@ -327,6 +327,7 @@ impl Work {
                         attempt,
                         by_marker: false,
                         at_ms: 0,
+                        outputs: Default::default(),
                     }));
                 }
             }
@@ -359,6 +360,7 @@ impl Work {
                     attempt,
                     by_marker: true,
                     at_ms: 0,
+                    outputs: Default::default(),
                 }));
             }
             MarkerAnswer::Absent => {

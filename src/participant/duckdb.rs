@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use duckdb::{Connection, params, params_from_iter};
 
-use super::marker::{now_ms, parse_marker};
+use super::marker::{decode_outputs, encode_outputs, now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
-    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
-    fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Outputs, Participant, Statement, StepKey,
+    Tables, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -57,6 +57,8 @@ pub struct Duckdb {
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
     has_marker_table: bool,
+    /// False only for a read-only database whose marker table predates step outputs.
+    has_outputs_column: bool,
     /// The marker and fence tables' names.
     tables: Arc<Tables>,
 }
@@ -90,10 +92,14 @@ impl Duckdb {
                 step INTEGER NOT NULL,
                 direction TEXT NOT NULL,
                 applied_at_ms BIGINT NOT NULL,
+                outputs BLOB,
                 PRIMARY KEY (saga_id, step, direction)
             )"
         ))
         .map_err(|e| classify(name, "create marker table", &e))?;
+        // A marker table from before step outputs gets the column (NULL: no outputs).
+        base.execute_batch(&format!("ALTER TABLE {markers} ADD COLUMN IF NOT EXISTS outputs BLOB"))
+            .map_err(|e| classify(name, "add the outputs column to the marker table", &e))?;
         base.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {fences} (
                 saga_id TEXT NOT NULL,
@@ -121,6 +127,7 @@ impl Duckdb {
             pool,
             read_only: false,
             has_marker_table: true,
+            has_outputs_column: true,
             tables: Arc::new(tables),
         })
     }
@@ -158,6 +165,16 @@ impl Duckdb {
             )
             .map_err(|e| classify(name, "look for the marker table", &e))?
             > 0;
+        let has_outputs_column = has_marker_table
+            && base
+                .query_row(
+                    "SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' \
+                     AND column_name = 'outputs'",
+                    [&tables.markers],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(|e| classify(name, "look for the outputs column", &e))?
+                > 0;
         let first = base.try_clone().map_err(|e| classify(name, "clone connection", &e))?;
         let base = Arc::new(Mutex::new(base));
         let connector = {
@@ -174,6 +191,7 @@ impl Duckdb {
             pool,
             read_only: true,
             has_marker_table,
+            has_outputs_column,
             tables: Arc::new(tables),
         })
     }
@@ -216,6 +234,27 @@ impl Participant for Duckdb {
     }
 
     fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move { self.apply_with_outputs(key, attempt, op).await.map(|(applied, _)| applied) })
+    }
+
+    fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
+        let key = key.clone();
+        let readable = self.has_marker_table && self.has_outputs_column;
+        let tables = Arc::clone(&self.tables);
+        Box::pin(self.run(move |name, conn| {
+            if !readable {
+                return Ok(Outputs::new());
+            }
+            Ok(stored_outputs(name, conn, &tables, &key)?.unwrap_or_default())
+        }))
+    }
+
+    fn apply_with_outputs<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        op: &'a Operation,
+    ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
@@ -390,7 +429,7 @@ fn apply_blocking(
     key: &StepKey,
     attempt: u32,
     statements: Vec<Statement>,
-) -> Result<Applied, Error> {
+) -> Result<(Applied, Outputs), Error> {
     let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
     if let Some(through) = fenced_through(name, &tx, tables, key)?
         && through >= attempt
@@ -398,30 +437,92 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if marker_exists(name, &tx, tables, key)? {
+    if let Some(outputs) = stored_outputs(name, &tx, tables, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
-        return Ok(Applied::AlreadyApplied);
+        return Ok((Applied::AlreadyApplied, outputs));
     }
+    let mut outputs = Outputs::new();
     for (i, statement) in statements.iter().enumerate() {
         let context = Statement::context(key, i, statements.len());
-        let affected = tx
-            .execute(&statement.sql, params_from_iter(statement.args.iter().map(to_duckdb)))
-            .map_err(|e| classify(name, &context, &e))?;
+        let params = params_from_iter(statement.args.iter().map(to_duckdb));
+        let affected = if statement.returns.is_empty() {
+            tx.execute(&statement.sql, params).map_err(|e| classify(name, &context, &e))?
+        } else {
+            let mut stmt = tx.prepare(&statement.sql).map_err(|e| classify(name, &context, &e))?;
+            let mut rows = stmt.query(params).map_err(|e| classify(name, &context, &e))?;
+            let (mut columns, mut first, mut count) = (Vec::new(), None, 0usize);
+            while let Some(row) = rows.next().map_err(|e| classify(name, &context, &e))? {
+                count += 1;
+                if columns.is_empty() {
+                    columns = row.as_ref().column_names();
+                }
+                // The outputs' row: the first one (a second one fails the step anyway).
+                if first.is_none() {
+                    let values = (0..columns.len())
+                        .map(|i| row.get::<_, duckdb::types::Value>(i).map(from_duckdb))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| classify(name, &context, &e))?;
+                    first = Some(values);
+                }
+            }
+            outputs = statement.outputs_from(name, &context, &columns, first, count as u64)?;
+            count
+        };
         // A guard that fails drops the transaction: statement and marker roll back.
         statement.check_rows(name, &context, affected as u64)?;
     }
-    let insert =
-        format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?, ?, ?, ?)", tables.markers);
-    tx.execute(&insert, params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms()]).map_err(|e| {
-        // The marker check above found nothing, so a duplicate marker means another writer
-        // committed this key meanwhile: a retry will see its marker and report AlreadyApplied.
-        let error = classify(name, "insert marker", &e);
-        if is_constraint(&e) { Error::retryable(name, error.message) } else { error }
-    })?;
+    let insert = format!(
+        "INSERT INTO {} (saga_id, step, direction, applied_at_ms, outputs) VALUES (?, ?, ?, ?, ?)",
+        tables.markers
+    );
+    let stored = encode_outputs(&outputs);
+    tx.execute(&insert, params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms(), stored]).map_err(
+        |e| {
+            // The marker check above found nothing, so a duplicate marker means another writer
+            // committed this key meanwhile: a retry will see its marker and report AlreadyApplied.
+            let error = classify(name, "insert marker", &e);
+            if is_constraint(&e) { Error::retryable(name, error.message) } else { error }
+        },
+    )?;
     // Dropping an uncommitted transaction rolls it back, so every early return above leaves
     // neither the statement's effect nor the marker behind.
     tx.commit().map_err(|e| commit_error(name, &e))?;
-    Ok(Applied::Applied)
+    Ok((Applied::Applied, outputs))
+}
+
+/// The outputs stored with the marker of `key`, or `None` when there is no marker.
+fn stored_outputs(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<Option<Outputs>, Error> {
+    let sql = format!("SELECT outputs FROM {} WHERE saga_id = ? AND step = ? AND direction = ?", tables.markers);
+    let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "look up marker", &e))?;
+    let mut rows = stmt
+        .query(params![&*key.marker_id(), key.step, key.direction.as_str()])
+        .map_err(|e| classify(name, "look up marker", &e))?;
+    let Some(row) = rows.next().map_err(|e| classify(name, "look up marker", &e))? else { return Ok(None) };
+    let bytes: Option<Vec<u8>> = row.get(0).map_err(|e| classify(name, "look up marker", &e))?;
+    decode_outputs(name, bytes.as_deref()).map(Some)
+}
+
+fn from_duckdb(value: duckdb::types::Value) -> Value {
+    use duckdb::types::Value as V;
+    match value {
+        V::Boolean(b) => Value::Bool(b),
+        V::TinyInt(n) => Value::Int(n.into()),
+        V::SmallInt(n) => Value::Int(n.into()),
+        V::Int(n) => Value::Int(n.into()),
+        V::BigInt(n) => Value::Int(n),
+        V::UTinyInt(n) => Value::Int(n.into()),
+        V::USmallInt(n) => Value::Int(n.into()),
+        V::UInt(n) => Value::Int(n.into()),
+        V::UBigInt(n) => i64::try_from(n).map_or_else(|_| Value::Text(n.to_string()), Value::Int),
+        V::HugeInt(n) => i64::try_from(n).map_or_else(|_| Value::Text(n.to_string()), Value::Int),
+        V::Float(f) => Value::Float(f.into()),
+        V::Double(f) => Value::Float(f),
+        V::Text(s) => Value::Text(s),
+        V::Blob(b) => Value::Bytes(b),
+        // Every other type (NULL included) reads as NULL, which no output accepts: the step
+        // fails naming the output (cast the column in the statement).
+        _ => Value::Null,
+    }
 }
 
 /// The highest attempt of `key` a fence row (written by an earlier build) fenced off, if any.

@@ -42,3 +42,22 @@ impl Tables {
         Tables { markers: config.marker_table().to_owned(), fences: config.fence_table().to_owned() }
     }
 }
+
+/// The bytes a marker row stores for a step's outputs (MessagePack, field names kept), or
+/// `None` (SQL NULL) for a step that returned nothing.
+pub(crate) fn encode_outputs(outputs: &super::Outputs) -> Option<Vec<u8>> {
+    if outputs.is_empty() {
+        return None;
+    }
+    rmp_serde::to_vec_named(outputs).ok()
+}
+
+/// The outputs a marker row stores; NULL (or a table from before outputs) is none. Bytes that
+/// do not decode are a permanent error: the marker exists, but what it returned is unknown.
+pub(crate) fn decode_outputs(name: &str, bytes: Option<&[u8]>) -> Result<super::Outputs, Error> {
+    match bytes {
+        None => Ok(super::Outputs::new()),
+        Some(bytes) => rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::permanent(name, format!("marker table holds outputs that do not decode: {e}"))),
+    }
+}

@@ -120,7 +120,7 @@ impl Operation {
     pub fn sql(&self, participant: &str) -> Result<Vec<Statement>, Error> {
         match self {
             Operation::Sql { sql, args, rows } => {
-                Ok(vec![Statement { sql: sql.clone(), args: args.clone(), rows: *rows }])
+                Ok(vec![Statement { sql: sql.clone(), args: args.clone(), rows: *rows, returns: Default::default() }])
             }
             Operation::Statements(statements) => Ok(statements.clone()),
             Operation::Noop => Ok(Vec::new()),
@@ -137,6 +137,9 @@ pub struct Statement {
     pub sql: String,
     pub args: Vec<Value>,
     pub rows: Option<RowsGuard>,
+    /// The step's outputs this statement returns (its action's `returns`): the columns of the
+    /// single row it returns, by name. Empty for every other statement.
+    pub returns: std::collections::BTreeMap<String, crate::config::ParamType>,
 }
 
 impl Statement {
@@ -154,6 +157,52 @@ impl Statement {
     /// statement's number when the step has several.
     pub fn context(key: &StepKey, index: usize, count: usize) -> String {
         if count > 1 { format!("step {key}, statement {} of {count}", index + 1) } else { format!("step {key}") }
+    }
+}
+
+/// What a step returned: its action's `returns`, by name.
+pub type Outputs = std::collections::BTreeMap<String, Value>;
+
+impl Statement {
+    /// The step's outputs from what this statement returned: `columns` names the columns,
+    /// `first` is the first row returned (already converted) and `returned` counts the rows.
+    /// Exactly one row must come back, with
+    /// a non-NULL column of each declared output, of its type (an integer is accepted for a
+    /// float and, as 0 or 1, for a bool); anything else is a permanent error naming the output,
+    /// and the caller rolls the transaction back with its marker.
+    pub fn outputs_from(
+        &self,
+        participant: &str,
+        context: &str,
+        columns: &[String],
+        first: Option<Vec<Value>>,
+        returned: u64,
+    ) -> Result<Outputs, Error> {
+        let fail = |m: String| Err(Error::permanent(participant, format!("{context}: {m}")));
+        let Some(row) = first.filter(|_| returned == 1) else {
+            return fail(format!(
+                "the statement must return exactly 1 row for the step's outputs, it returned {returned}"
+            ));
+        };
+        let mut outputs = Outputs::new();
+        for (name, ty) in &self.returns {
+            let Some(i) = columns.iter().position(|c| c == name) else {
+                return fail(format!(
+                    "the returned row has no column {name:?} for output {name:?} (columns: {columns:?})"
+                ));
+            };
+            let value = match (ty, row.get(i).cloned().unwrap_or(Value::Null)) {
+                (crate::config::ParamType::Float, Value::Int(n)) => Value::Float(n as f64),
+                (crate::config::ParamType::Bool, Value::Int(n @ (0 | 1))) => Value::Bool(n == 1),
+                (_, Value::Null) => return fail(format!("output {name:?} is NULL")),
+                (ty, value) if value.type_name() == ty.name() => value,
+                (ty, value) => {
+                    return fail(format!("output {name:?} is {}, declared {}", value.type_name(), ty.name()));
+                }
+            };
+            outputs.insert(name.clone(), value);
+        }
+        Ok(outputs)
     }
 }
 
@@ -395,6 +444,23 @@ pub trait Participant: Send + Sync + 'static {
     /// lookup ([`Participant::settle_marker`]) fenced off this attempt, nothing changes and the
     /// error is permanent (see [`fenced_off`]).
     fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>>;
+    /// [`Participant::apply`], also answering the step's outputs (see `Statement::returns`):
+    /// those its statement returned now, or, when the marker existed already, those stored
+    /// with the marker. The default (kinds that return nothing) answers none.
+    fn apply_with_outputs<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        op: &'a Operation,
+    ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
+        Box::pin(async move { self.apply(key, attempt, op).await.map(|applied| (applied, Outputs::new())) })
+    }
+    /// The outputs stored with the marker of `key` (read-only; none when there is no marker or
+    /// the step returned nothing). The executor reads them for a step settled by its marker.
+    fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
+        let _ = key;
+        Box::pin(async move { Ok(Outputs::new()) })
+    }
     /// Whether the marker for `key` exists (read-only: writes nothing, fences nothing).
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>>;
     /// The executor's in-doubt lookup: whether the marker for `key` exists and, when it does

@@ -35,9 +35,10 @@ use tokio::sync::OnceCell;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
+use super::marker::{decode_outputs, encode_outputs};
 use super::{
-    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
-    fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Outputs, Participant, Statement, StepKey,
+    Tables, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -131,7 +132,12 @@ impl Postgres {
         Ok(client)
     }
 
-    async fn apply_sql(&self, key: &StepKey, attempt: u32, statements: Vec<Statement>) -> Result<Applied, Error> {
+    async fn apply_sql(
+        &self,
+        key: &StepKey,
+        attempt: u32,
+        statements: Vec<Statement>,
+    ) -> Result<(Applied, Outputs), Error> {
         let name = self.name.as_str();
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
@@ -168,23 +174,48 @@ impl Postgres {
             return Err(fenced_off(name, key, attempt, through));
         }
         if inserted == 0 {
+            // The marker existed: answer the outputs stored with it, if the step has any.
+            let outputs = if statements.iter().any(|s| !s.returns.is_empty()) {
+                stored_outputs(name, tx.client(), markers, key).await?
+            } else {
+                Outputs::new()
+            };
             tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
-            return Ok(Applied::AlreadyApplied);
+            return Ok((Applied::AlreadyApplied, outputs));
         }
+        let mut outputs = Outputs::new();
         for (i, statement) in statements.iter().enumerate() {
             let context = Statement::context(key, i, statements.len());
             let stmt = tx.prepare_cached(&statement.sql).await.map_err(|e| classify(name, &context, &e))?;
             let params = bind(name, stmt.params(), &statement.args)?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
             // Rows changed, or returned by a `SELECT` / `… RETURNING`.
-            let affected = tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
+            let affected = if statement.returns.is_empty() {
+                tx.execute(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?
+            } else {
+                let rows = tx.query(&stmt, &refs).await.map_err(|e| classify(name, &context, &e))?;
+                let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+                let first = rows
+                    .first()
+                    .map(|row| (0..columns.len()).map(|i| from_pg(name, &context, row, i)).collect())
+                    .transpose()?;
+                let count = rows.len() as u64;
+                outputs = statement.outputs_from(name, &context, &columns, first, count)?;
+                count
+            };
             // A guard that fails drops the transaction: statement and marker roll back.
             statement.check_rows(name, &context, affected)?;
+        }
+        if let Some(bytes) = encode_outputs(&outputs) {
+            let sql = format!("UPDATE {markers} SET outputs = $4 WHERE saga_id = $1 AND step = $2 AND direction = $3");
+            tx.execute(&sql, &[&&*key.marker_id(), &step, &direction, &bytes])
+                .await
+                .map_err(|e| classify(name, "store the step's outputs with its marker", &e))?;
         }
         // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
         // back before the connection runs anything else.
         tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
-        Ok(Applied::Applied)
+        Ok((Applied::Applied, outputs))
     }
 }
 
@@ -205,11 +236,31 @@ impl Participant for Postgres {
     }
 
     fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move { self.apply_with_outputs(key, attempt, op).await.map(|(applied, _)| applied) })
+    }
+
+    fn apply_with_outputs<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        op: &'a Operation,
+    ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             self.apply_sql(key, attempt, op.sql(&self.name)?).await
+        })
+    }
+
+    fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            match stored_outputs(&self.name, &client, &self.tables.markers, key).await {
+                // A read-only session on a table from before outputs (or without a marker table).
+                Err(_) if self.read_only => Ok(Outputs::new()),
+                other => other,
+            }
         })
     }
 
@@ -458,16 +509,72 @@ async fn create_marker_table(name: &str, client: &Object, markers: &str) -> Resu
             step integer NOT NULL,
             direction text NOT NULL,
             applied_at timestamptz NOT NULL DEFAULT now(),
+            outputs bytea,
             PRIMARY KEY (saga_id, step, direction)
         )"
     );
     match client.batch_execute(&sql).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         // Two sessions running `CREATE TABLE IF NOT EXISTS` at once can both pass the existence
         // check; the loser fails on the catalog's unique index. The table exists either way.
-        Err(e) if matches!(sqlstate(&e), Some("23505" | "42P07")) => Ok(()),
-        Err(e) => Err(classify(name, "create marker table", &e)),
+        Err(e) if matches!(sqlstate(&e), Some("23505" | "42P07")) => {}
+        Err(e) => return Err(classify(name, "create marker table", &e)),
     }
+    // A marker table from before step outputs gets the column (NULL: no outputs).
+    let sql = format!("ALTER TABLE {markers} ADD COLUMN IF NOT EXISTS outputs bytea");
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // Two sessions adding the column at once: the loser fails on the catalog; it exists.
+        Err(e) if matches!(sqlstate(&e), Some("23505" | "42701")) => Ok(()),
+        Err(e) => Err(classify(name, "add the outputs column to the marker table", &e)),
+    }
+}
+
+/// The outputs stored with the marker of `key` (none when there is no marker or no outputs).
+async fn stored_outputs(
+    name: &str,
+    client: &tokio_postgres::Client,
+    markers: &str,
+    key: &StepKey,
+) -> Result<Outputs, Error> {
+    let step = step_param(name, key.step)?;
+    let sql = format!("SELECT outputs FROM {markers} WHERE saga_id = $1 AND step = $2 AND direction = $3");
+    let row = client
+        .query_opt(&sql, &[&&*key.marker_id(), &step, &key.direction.as_str()])
+        .await
+        .map_err(|e| classify(name, "look up the marker's outputs", &e))?;
+    let bytes: Option<Vec<u8>> = match row {
+        Some(row) => row.try_get(0).map_err(|e| classify(name, "look up the marker's outputs", &e))?,
+        None => None,
+    };
+    decode_outputs(name, bytes.as_deref())
+}
+
+/// Column `i` of a returned row as a value (the types a step's outputs can have).
+fn from_pg(name: &str, context: &str, row: &tokio_postgres::Row, i: usize) -> Result<Value, Error> {
+    let get = |e: tokio_postgres::Error| classify(name, context, &e);
+    let ty = row.columns()[i].type_().clone();
+    Ok(match ty {
+        Type::INT2 => row.try_get::<_, Option<i16>>(i).map_err(get)?.map_or(Value::Null, |v| Value::Int(v.into())),
+        Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(get)?.map_or(Value::Null, |v| Value::Int(v.into())),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(get)?.map_or(Value::Null, Value::Int),
+        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i).map_err(get)?.map_or(Value::Null, |v| Value::Float(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(get)?.map_or(Value::Null, Value::Float),
+        Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(get)?.map_or(Value::Null, Value::Bool),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(get)?.map_or(Value::Null, Value::Bytes),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+            row.try_get::<_, Option<String>>(i).map_err(get)?.map_or(Value::Null, Value::Text)
+        }
+        other => {
+            return Err(Error::permanent(
+                name,
+                format!(
+                    "{context}: column {:?} has type {other}, which no output type takes (cast it in the statement)",
+                    row.columns()[i].name()
+                ),
+            ));
+        }
+    })
 }
 
 /// SQLSTATE of a relation that does not exist (a read-only session's missing marker table).

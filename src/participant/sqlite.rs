@@ -26,13 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use super::marker::{now_ms, parse_marker};
+use super::marker::{decode_outputs, encode_outputs, now_ms, parse_marker};
 use super::pool::BlockingPool;
 use super::{
-    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Participant, Statement, StepKey, Tables,
-    fenced_off,
+    Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Outputs, Participant, Statement, StepKey,
+    Tables, fenced_off,
 };
 use crate::engine::value::Value;
 
@@ -53,6 +53,8 @@ pub struct Sqlite {
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
     has_marker_table: bool,
+    /// False only for a read-only database whose marker table predates step outputs.
+    has_outputs_column: bool,
     /// Held by `apply`, `settle_marker` and the write probe from before they take a connection
     /// until their transaction ends: one writer at a time inside this process.
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -90,10 +92,17 @@ impl Sqlite {
                     step INTEGER NOT NULL,
                     direction TEXT NOT NULL,
                     applied_at_ms INTEGER NOT NULL,
+                    outputs BLOB,
                     PRIMARY KEY (saga_id, step, direction)
                 )"
             ))
             .map_err(|e| classify(name, "create marker table", &e))?;
+        // A marker table from before step outputs gets the column (NULL: no outputs).
+        if !has_outputs_column(name, &first, markers)? {
+            first
+                .execute_batch(&format!("ALTER TABLE {markers} ADD COLUMN outputs BLOB"))
+                .map_err(|e| classify(name, "add the outputs column to the marker table", &e))?;
+        }
         first
             .execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {fences} (
@@ -118,6 +127,7 @@ impl Sqlite {
             pool,
             read_only: false,
             has_marker_table: true,
+            has_outputs_column: true,
             write_lock: Arc::default(),
             tables: Arc::new(tables),
         })
@@ -152,6 +162,7 @@ impl Sqlite {
             )
             .map_err(|e| classify(name, "look for the marker table", &e))?
             > 0;
+        let has_outputs_column = has_marker_table && has_outputs_column(name, &first, &tables.markers)?;
         let connector = {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
@@ -164,6 +175,7 @@ impl Sqlite {
             pool,
             read_only: true,
             has_marker_table,
+            has_outputs_column,
             write_lock: Arc::default(),
             tables: Arc::new(tables),
         })
@@ -229,6 +241,15 @@ impl Participant for Sqlite {
     }
 
     fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
+        Box::pin(async move { self.apply_with_outputs(key, attempt, op).await.map(|(applied, _)| applied) })
+    }
+
+    fn apply_with_outputs<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        op: &'a Operation,
+    ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
@@ -263,6 +284,18 @@ impl Participant for Sqlite {
             })
             .await
         })
+    }
+
+    fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
+        let key = key.clone();
+        let readable = self.has_marker_table && self.has_outputs_column;
+        let tables = Arc::clone(&self.tables);
+        Box::pin(self.run(move |name, conn| {
+            if !readable {
+                return Ok(Outputs::new());
+            }
+            Ok(stored_outputs(name, conn, &tables, &key)?.unwrap_or_default())
+        }))
     }
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
@@ -395,7 +428,7 @@ fn apply_blocking(
     key: &StepKey,
     attempt: u32,
     statements: Vec<Statement>,
-) -> Result<Applied, Error> {
+) -> Result<(Applied, Outputs), Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(name, "begin transaction", &e))?;
@@ -405,10 +438,11 @@ fn apply_blocking(
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if marker_exists(name, &tx, tables, key)? {
+    if let Some(outputs) = stored_outputs(name, &tx, tables, key)? {
         tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
-        return Ok(Applied::AlreadyApplied);
+        return Ok((Applied::AlreadyApplied, outputs));
     }
+    let mut outputs = Outputs::new();
     for (i, statement) in statements.iter().enumerate() {
         let context = Statement::context(key, i, statements.len());
         let mut stmt = tx.prepare_cached(&statement.sql).map_err(|e| classify(name, &context, &e))?;
@@ -416,28 +450,77 @@ fn apply_blocking(
         // Stepping through the rows (rather than `execute`) also runs `… RETURNING` statements
         // to completion; what they return is not kept, only counted.
         let mut returned = 0u64;
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        let mut first = None;
         {
             let mut rows = stmt
                 .query(params_from_iter(statement.args.iter().map(to_sqlite)))
                 .map_err(|e| classify(name, &context, &e))?;
-            while rows.next().map_err(|e| classify(name, &context, &e))?.is_some() {
+            while let Some(row) = rows.next().map_err(|e| classify(name, &context, &e))? {
                 returned += 1;
+                // The outputs' row: the first one (a second one fails the step anyway).
+                if !statement.returns.is_empty() && first.is_none() {
+                    let values = (0..columns.len())
+                        .map(|i| row.get::<_, rusqlite::types::Value>(i).map(from_sqlite))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| classify(name, &context, &e))?;
+                    first = Some(values);
+                }
             }
+        }
+        if !statement.returns.is_empty() {
+            outputs = statement.outputs_from(name, &context, &columns, first, returned)?;
         }
         // Rows returned (`SELECT`, `… RETURNING`), else rows changed by this statement.
         let affected = if returns_rows { returned } else { tx.changes() };
         // A guard that fails drops the transaction: statement and marker roll back.
         statement.check_rows(name, &context, affected)?;
     }
-    let insert =
-        format!("INSERT INTO {} (saga_id, step, direction, applied_at_ms) VALUES (?1, ?2, ?3, ?4)", tables.markers);
+    let insert = format!(
+        "INSERT INTO {} (saga_id, step, direction, applied_at_ms, outputs) VALUES (?1, ?2, ?3, ?4, ?5)",
+        tables.markers
+    );
+    let stored = encode_outputs(&outputs);
     tx.prepare_cached(&insert)
-        .and_then(|mut stmt| stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms()]))
+        .and_then(|mut stmt| {
+            stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms(), stored])
+        })
         .map_err(|e| classify(name, "insert marker", &e))?;
     // Dropping an uncommitted transaction rolls it back, so every early return above leaves
     // neither the statement's effect nor the marker behind.
     tx.commit().map_err(|e| classify(name, "commit", &e))?;
-    Ok(Applied::Applied)
+    Ok((Applied::Applied, outputs))
+}
+
+/// The outputs stored with the marker of `key`, or `None` when there is no marker.
+fn stored_outputs(name: &str, conn: &Connection, tables: &Tables, key: &StepKey) -> Result<Option<Outputs>, Error> {
+    let sql = format!("SELECT outputs FROM {} WHERE saga_id = ?1 AND step = ?2 AND direction = ?3", tables.markers);
+    let row: Option<Option<Vec<u8>>> = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![&*key.marker_id(), key.step, key.direction.as_str()], |r| r.get(0)).optional()
+        })
+        .map_err(|e| classify(name, "look up marker", &e))?;
+    row.map(|bytes| decode_outputs(name, bytes.as_deref())).transpose()
+}
+
+/// Whether the marker table `table` has the `outputs` column (tables from before step
+/// outputs do not).
+fn has_outputs_column(name: &str, conn: &Connection, table: &str) -> Result<bool, Error> {
+    conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'outputs'", [table], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
+        .map_err(|e| classify(name, "look for the outputs column", &e))
+}
+
+fn from_sqlite(value: rusqlite::types::Value) -> Value {
+    use rusqlite::types::Value as V;
+    match value {
+        V::Null => Value::Null,
+        V::Integer(i) => Value::Int(i),
+        V::Real(f) => Value::Float(f),
+        V::Text(s) => Value::Text(s),
+        V::Blob(b) => Value::Bytes(b),
+    }
 }
 
 /// The body of `settle_marker`: under the write lock and `BEGIN IMMEDIATE`, the marker, or a

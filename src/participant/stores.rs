@@ -175,6 +175,19 @@ impl Participant for Parked {
         Box::pin(async move { self.current()?.apply(key, attempt, op).await })
     }
 
+    fn apply_with_outputs<'a>(
+        &'a self,
+        key: &'a StepKey,
+        attempt: u32,
+        op: &'a Operation,
+    ) -> BoxFuture<'a, Result<(Applied, super::Outputs), Error>> {
+        Box::pin(async move { self.current()?.apply_with_outputs(key, attempt, op).await })
+    }
+
+    fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<super::Outputs, Error>> {
+        Box::pin(async move { self.current()?.marker_outputs(key).await })
+    }
+
     fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move { self.current()?.settle_marker(key, through_attempt).await })
     }

@@ -16,18 +16,23 @@ use crate::index::SagaRecord;
 pub fn definition(req: pb::SubmitRequest) -> Result<SagaDefinition, Status> {
     let mut steps = Vec::with_capacity(req.steps.len());
     for (n, step) in req.steps.into_iter().enumerate() {
-        let mut params = BTreeMap::new();
+        let (mut params, mut from) = (BTreeMap::new(), BTreeMap::new());
         for (name, value) in step.params {
+            // An earlier step's output: the catalog checks the reference.
+            if let Some(pb::value::Kind::From(reference)) = value.kind {
+                from.insert(name, reference);
+                continue;
+            }
             let value = crate::api::convert::value_from_pb(&value).ok_or_else(|| {
                 Status::invalid_argument(format!(
-                    "step {n} ({}): parameter {:?} has no value (set one of null, bool, int, float, text, bytes)",
+                    "step {n} ({}): parameter {:?} has no value (set one of null, bool, int, float, text, bytes, from)",
                     crate::catalog::echo(&step.action),
                     crate::catalog::echo(&name)
                 ))
             })?;
             params.insert(name, value);
         }
-        steps.push(StepCall { action: step.action, params });
+        steps.push(StepCall { action: step.action, params, from });
     }
     Ok(SagaDefinition { id: req.saga_id, steps })
 }
@@ -74,6 +79,12 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
                 applied_by_marker: st.forward.by_marker,
                 started_at_ms: st.forward.first_started_at_ms.unwrap_or(0),
                 finished_at_ms: st.compensate.finished_at_ms.or(st.forward.finished_at_ms).unwrap_or(0),
+                outputs: st
+                    .forward
+                    .outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v)))
+                    .collect(),
             }
         })
         .collect();
@@ -122,6 +133,7 @@ pub fn archived(r: &SagaRecord, catalog: &Catalog) -> pb::Saga {
                 applied_by_marker: st.forward_by_marker,
                 started_at_ms: 0,
                 finished_at_ms: 0,
+                outputs: st.outputs.iter().map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v))).collect(),
             }
         })
         .collect();

@@ -544,6 +544,7 @@ async fn client_library_pages_watches_and_keeps_error_codes() {
             ]
             .into_iter()
             .collect(),
+            from: Default::default(),
         }],
     };
     const SAGAS: usize = 45;

@@ -417,3 +417,54 @@ compensate = { sql = "undo", args = ["n"] }
     assert!(p50 < Duration::from_millis(20), "p50 {p50:?}: {samples:?}");
     server.shutdown().await.unwrap();
 }
+
+/// Issue 11 item 1 through gRPC: a step's `from` value takes an earlier step's output, `Get`
+/// shows each step's outputs, and a reference that does not resolve answers INVALID_ARGUMENT
+/// naming the step and the parameter, before anything is journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_flow_between_steps_and_bad_references_are_invalid_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.to_owned()
+        + r#"
+[actions.open_batch]
+participant = "ledger"
+params = { run_id = "text" }
+returns = { batch = "int" }
+forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, 0) RETURNING rowid AS batch", args = ["run_id"] }
+compensate = { sql = "DELETE FROM executions WHERE rowid = ?1", args = ["output.batch"] }
+"#;
+    let running = start(dir.path(), &config).await;
+    let mut client = sagas(running.addr, Some("client-token-for-tests-0001")).await;
+    let from = |reference: &str| pb::Value { kind: Some(pb::value::Kind::From(reference.to_owned())) };
+    let open = pb::Step { action: "open_batch".into(), params: [("run_id".to_owned(), text("outputs-1"))].into() };
+    let record = |rows: pb::Value| pb::Step {
+        action: "record_execution".into(),
+        params: [("run_id".to_owned(), text("outputs-1-rec")), ("rows".to_owned(), rows)].into(),
+    };
+    let request =
+        pb::SubmitRequest { saga_id: "outputs-1".into(), steps: vec![open.clone(), record(from("steps.0.batch"))] };
+    client.submit(request).await.unwrap();
+    let saga = settled(&mut client, "outputs-1").await;
+    assert_eq!(status(&saga), pb::SagaStatus::Completed, "{saga:?}");
+    let batch = saga.steps[0].outputs.get("batch").cloned().unwrap_or_else(|| panic!("no outputs: {saga:?}"));
+    assert!(matches!(batch.kind, Some(pb::value::Kind::Int(n)) if n > 0), "{batch:?}");
+    assert!(saga.steps[1].outputs.is_empty());
+
+    for (reference, expected) in [
+        (
+            "steps.0.nope",
+            "step 1 (record_execution): parameter \"rows\" takes \"steps.0.nope\": step 0 (open_batch) returns no output \"nope\"",
+        ),
+        ("steps.1.batch", "step 1 is not an earlier step"),
+        ("batch", "a reference has the form steps.N.name"),
+    ] {
+        let request =
+            pb::SubmitRequest { saga_id: "outputs-2".into(), steps: vec![open.clone(), record(from(reference))] };
+        let (code, message) = code(client.submit(request).await);
+        assert_eq!(code, Code::InvalidArgument, "{reference}: {message}");
+        assert!(message.contains(expected), "{reference}: {message}");
+    }
+    let missing = client.get(pb::GetRequest { saga_id: "outputs-2".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound, "a refused submit journals nothing");
+    running.shutdown().await.unwrap();
+}

@@ -27,7 +27,11 @@ compensate = { sql = "undo", args = ["n"] }
 
 fn saga(id: &str, steps: i64) -> SagaDefinition {
     let steps = (0..steps)
-        .map(|n| StepCall { action: "act".into(), params: [("n".to_string(), Value::Int(n))].into() })
+        .map(|n| StepCall {
+            action: "act".into(),
+            params: [("n".to_string(), Value::Int(n))].into(),
+            from: Default::default(),
+        })
         .collect();
     SagaDefinition { id: id.into(), steps }
 }
@@ -125,8 +129,8 @@ async fn submit_stuck(node: &Node) -> tokio::sync::watch::Receiver<sagalog::exec
     let stuck = SagaDefinition {
         id: "stuck".into(),
         steps: vec![
-            StepCall { action: "sticky".into(), params: Default::default() },
-            StepCall { action: "refused".into(), params: Default::default() },
+            StepCall { action: "sticky".into(), params: Default::default(), from: Default::default() },
+            StepCall { action: "refused".into(), params: Default::default(), from: Default::default() },
         ],
     };
     node.executor.submit(stuck).await.unwrap();

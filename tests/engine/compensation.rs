@@ -380,7 +380,11 @@ async fn parked_sagas_free_their_slots_for_a_healthy_participant() {
             .expect("every saga on the dead participant parks")
             .unwrap();
     }
-    let step = StepCall { action: "good".into(), params: BTreeMap::from([("n".to_string(), Value::Int(0))]) };
+    let step = StepCall {
+        action: "good".into(),
+        params: BTreeMap::from([("n".to_string(), Value::Int(0))]),
+        from: Default::default(),
+    };
     exec.submit(SagaDefinition { id: "healthy".into(), steps: vec![step] }).await.unwrap();
     let snap = settled(&exec, "healthy").await;
     assert_eq!(snap.status, Status::Completed, "a healthy participant's saga waited behind parked ones");

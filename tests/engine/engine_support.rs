@@ -52,7 +52,11 @@ pub fn start(dir: &Path, mem: &Memory, config: &str) -> Harness {
 
 pub fn saga(id: &str, steps: usize) -> SagaDefinition {
     let steps = (0..steps)
-        .map(|n| StepCall { action: "act".into(), params: BTreeMap::from([("n".to_string(), Value::Int(n as i64))]) })
+        .map(|n| StepCall {
+            action: "act".into(),
+            params: BTreeMap::from([("n".to_string(), Value::Int(n as i64))]),
+            from: Default::default(),
+        })
         .collect();
     SagaDefinition { id: id.into(), steps }
 }

@@ -53,7 +53,7 @@ fn executor(journal_dir: &Path, fs: Arc<Fs>, max_attempts: u32) -> Executor {
 fn saga(id: &str) -> SagaDefinition {
     let text = |s: &str| Value::Text(s.to_owned());
     let params = BTreeMap::from([("id".into(), text(id)), ("body".into(), text("contents"))]);
-    SagaDefinition { id: id.into(), steps: vec![StepCall { action: "write".into(), params }] }
+    SagaDefinition { id: id.into(), steps: vec![StepCall { action: "write".into(), params, from: Default::default() }] }
 }
 
 /// A crash between the rename and the marker, and the step's only attempt is spent: the

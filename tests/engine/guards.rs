@@ -62,7 +62,11 @@ fn order(id: &str, amount: i64) -> SagaDefinition {
     SagaDefinition {
         id: id.into(),
         steps: vec![
-            StepCall { action: "reserve".into(), params: [("n".to_string(), Value::Int(1))].into() },
+            StepCall {
+                action: "reserve".into(),
+                params: [("n".to_string(), Value::Int(1))].into(),
+                from: Default::default(),
+            },
             StepCall {
                 action: "debit".into(),
                 params: [
@@ -70,6 +74,7 @@ fn order(id: &str, amount: i64) -> SagaDefinition {
                     ("amount".to_string(), Value::Int(amount)),
                 ]
                 .into(),
+                from: Default::default(),
             },
         ],
     }
@@ -94,12 +99,14 @@ fn transfer(id: &str, to: &str, amount: i64, then_fail: bool) -> SagaDefinition 
             ("amount".to_string(), Value::Int(amount)),
         ]
         .into(),
+        from: Default::default(),
     }];
     if then_fail {
         // A debit no balance covers: its guard fails, and the transfer is compensated.
         steps.push(StepCall {
             action: "debit".into(),
             params: [("account".to_string(), text("bob")), ("amount".to_string(), Value::Int(1_000_000))].into(),
+            from: Default::default(),
         });
     }
     SagaDefinition { id: id.into(), steps }

@@ -16,7 +16,9 @@ const POLICY: StepPolicy = StepPolicy { max_attempts: 2, compensate_max_attempts
 fn submitted(id: &str, steps: u32, at_ms: u64) -> Saga {
     Saga::submitted(&Submitted {
         saga: id.to_owned(),
-        steps: (0..steps).map(|i| StepCall { action: format!("act{i}"), params: BTreeMap::new() }).collect(),
+        steps: (0..steps)
+            .map(|i| StepCall { action: format!("act{i}"), params: BTreeMap::new(), from: Default::default() })
+            .collect(),
         policies: vec![POLICY; steps as usize],
         digest: 0xfeed,
         at_ms,
@@ -30,7 +32,15 @@ fn started(saga: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64
 }
 
 fn succeeded(saga: &str, step: u32, direction: Direction, by_marker: bool, at_ms: u64) -> Record {
-    Record::StepSucceeded(Succeeded { saga: saga.to_owned(), step, direction, attempt: 1, by_marker, at_ms })
+    Record::StepSucceeded(Succeeded {
+        saga: saga.to_owned(),
+        step,
+        direction,
+        attempt: 1,
+        by_marker,
+        at_ms,
+        outputs: Default::default(),
+    })
 }
 
 fn failed(saga: &str, step: u32, direction: Direction, error: &str, retryable: bool, at_ms: u64) -> Record {
@@ -129,6 +139,7 @@ fn record_from_saga_round_trips() {
                 compensate_attempts: 1,
                 compensated: true,
                 last_error: Some("timeout".into()),
+                outputs: Default::default()
             },
             StepRecord {
                 action: "act1".into(),
@@ -138,6 +149,7 @@ fn record_from_saga_round_trips() {
                 compensate_attempts: 0,
                 compensated: false,
                 last_error: Some("duplicate key".into()),
+                outputs: Default::default()
             },
         ]
     );

@@ -13,6 +13,7 @@ mod guards;
 mod index;
 mod late_commit;
 mod limits;
+mod outputs;
 mod participant_conformance;
 mod participant_outage;
 mod races;

@@ -11,6 +11,7 @@
 //! `SKIPPED` and pass, unless `SAGALOG_REQUIRE_POSTGRES=1`. Every harness uses its own effect
 //! table and saga ids with a random suffix, so tests run in parallel against one database.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -425,11 +426,13 @@ mod cases {
             sql: format!("INSERT INTO {} (id, note) VALUES ({}, {})", h.table, ph(1), ph(2)),
             args: vec![Value::Int(id), Value::Text("multi".into())],
             rows: Some(RowsGuard::Exactly(1)),
+            returns: Default::default(),
         };
         let touch = |id: i64, rows| Statement {
             sql: format!("UPDATE {} SET note = 'touched' WHERE id = {}", h.table, ph(1)),
             args: vec![Value::Int(id)],
             rows: Some(rows),
+            returns: Default::default(),
         };
         let key = h.key("multi", 0, Forward);
         let both = Operation::Statements(vec![insert(60), touch(60, RowsGuard::Exactly(1))]);
@@ -453,6 +456,51 @@ mod cases {
         let message = assert_permanent(h.p().apply(&key, 1, &failing).await);
         assert!(message.contains("statement 2 of 2"), "the error names the statement: {message}");
         assert_eq!(h.count(&key.saga_id, 62).await, 0);
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+    }
+
+    /// Issue 11 item 1: the single row a statement returns gives the step's declared outputs,
+    /// committed with the marker: a second apply and `marker_outputs` answer the same values.
+    /// A row without a declared column, or not exactly one row, fails the step permanently
+    /// and rolls it back with its marker.
+    pub async fn a_returned_row_gives_the_outputs_stored_with_the_marker(h: &Harness) {
+        use sagalog::config::ParamType;
+        use sagalog::participant::Statement;
+        let ph = |n: u32| if matches!(h.effects, Effects::Postgres(_)) { format!("${n}") } else { format!("?{n}") };
+        let returns = BTreeMap::from([("id".to_owned(), ParamType::Int), ("note".to_owned(), ParamType::Text)]);
+        let insert = |id: i64, returning: &str| {
+            Operation::Statements(vec![Statement {
+                sql: format!("INSERT INTO {} (id, note) VALUES ({}, {}) RETURNING {returning}", h.table, ph(1), ph(2)),
+                args: vec![Value::Int(id), Value::Text(format!("n{id}"))],
+                rows: None,
+                returns: returns.clone(),
+            }])
+        };
+        let key = h.key("outputs", 0, Forward);
+        let (applied, outputs) = h.p().apply_with_outputs(&key, 1, &insert(70, "id, note")).await.unwrap();
+        let expected =
+            BTreeMap::from([("id".to_owned(), Value::Int(70)), ("note".to_owned(), Value::Text("n70".into()))]);
+        assert_eq!((applied, &outputs), (Applied::Applied, &expected));
+        let (again, stored) = h.p().apply_with_outputs(&key, 2, &insert(70, "id, note")).await.unwrap();
+        assert_eq!((again, &stored), (Applied::AlreadyApplied, &expected), "a retry answers the stored outputs");
+        assert_eq!(h.p().marker_outputs(&key).await.unwrap(), expected);
+        assert_eq!(h.p().marker_outputs(&h.key("outputs", 9, Forward)).await.unwrap(), BTreeMap::new());
+
+        let key = h.key("outputs", 1, Forward);
+        let message = assert_permanent(h.p().apply_with_outputs(&key, 1, &insert(71, "id")).await);
+        assert!(message.contains("no column \"note\""), "{message}");
+        assert_eq!(h.count(&key.saga_id, 71).await, 0, "the row rolled back with the failed outputs");
+        assert!(!h.p().lookup_marker(&key).await.unwrap());
+
+        let key = h.key("outputs", 2, Forward);
+        let none = Operation::Statements(vec![Statement {
+            sql: format!("UPDATE {} SET note = 'x' WHERE id = {} RETURNING id, note", h.table, ph(1)),
+            args: vec![Value::Int(-5)],
+            rows: None,
+            returns: returns.clone(),
+        }]);
+        let message = assert_permanent(h.p().apply_with_outputs(&key, 1, &none).await);
+        assert!(message.contains("must return exactly 1 row for the step's outputs, it returned 0"), "{message}");
         assert!(!h.p().lookup_marker(&key).await.unwrap());
     }
 
@@ -644,6 +692,8 @@ macro_rules! sql_suite {
             a_guard_that_fails_rolls_back_with_its_marker,
             /// Several statements commit together with the marker, or none of them does.
             several_statements_commit_together_or_not_at_all,
+            /// A returned row gives the step's outputs, stored with its marker (issue 11 item 1).
+            a_returned_row_gives_the_outputs_stored_with_the_marker,
         }
     };
 }

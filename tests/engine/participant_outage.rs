@@ -57,7 +57,11 @@ async fn locked_sqlite_file_parks_sagas_and_none_fails_or_is_lost() {
 
     let ids: Vec<String> = (0..20).map(|i| format!("outage-{i}")).collect();
     for id in &ids {
-        let step = StepCall { action: "record".into(), params: [("id".to_string(), Value::Text(id.clone()))].into() };
+        let step = StepCall {
+            action: "record".into(),
+            params: [("id".to_string(), Value::Text(id.clone()))].into(),
+            from: Default::default(),
+        };
         exec.submit(SagaDefinition { id: id.clone(), steps: vec![step] }).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -36,7 +36,15 @@ fn started(step: u32, direction: Direction, attempt: u32) -> Record {
 }
 
 fn succeeded(step: u32, direction: Direction) -> Record {
-    Record::StepSucceeded(Succeeded { saga: ID.into(), step, direction, attempt: 1, by_marker: false, at_ms: 3 })
+    Record::StepSucceeded(Succeeded {
+        saga: ID.into(),
+        step,
+        direction,
+        attempt: 1,
+        by_marker: false,
+        at_ms: 3,
+        outputs: Default::default(),
+    })
 }
 
 fn failed(step: u32, direction: Direction, retryable: bool) -> Record {

@@ -39,6 +39,7 @@ fn saga(id: &str) -> SagaDefinition {
     let step = |n: i64| StepCall {
         action: "record".into(),
         params: [("saga".to_owned(), Value::Text(id.into())), ("step".to_owned(), Value::Int(n))].into(),
+        from: Default::default(),
     };
     SagaDefinition { id: id.into(), steps: vec![step(0), step(1)] }
 }

@@ -29,8 +29,13 @@ compensate = { sql = "undo", args = ["n"] }
 "#;
 
 fn saga(id: &str) -> SagaDefinition {
-    let steps =
-        (0..3).map(|n| StepCall { action: "act".into(), params: [("n".to_string(), Value::Int(n))].into() }).collect();
+    let steps = (0..3)
+        .map(|n| StepCall {
+            action: "act".into(),
+            params: [("n".to_string(), Value::Int(n))].into(),
+            from: Default::default(),
+        })
+        .collect();
     SagaDefinition { id: id.into(), steps }
 }
 

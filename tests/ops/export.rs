@@ -8,7 +8,7 @@ use crate::ops_support;
 
 use ops_support::*;
 use sagalog::engine::record::{Checkpoint, Failed, Finished, Started, Succeeded};
-use sagalog::engine::{Outcome, Record};
+use sagalog::engine::{Outcome, Record, Value};
 use sagalog::participant::Direction::{self, Compensate, Forward};
 
 /// 2026-01-01T10:00:00Z in ms.
@@ -21,7 +21,15 @@ fn start(id: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64) ->
 }
 
 fn ok(id: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64, by_marker: bool) -> Record {
-    Record::StepSucceeded(Succeeded { saga: id.into(), step, direction, attempt, by_marker, at_ms })
+    Record::StepSucceeded(Succeeded {
+        saga: id.into(),
+        step,
+        direction,
+        attempt,
+        by_marker,
+        at_ms,
+        outputs: Default::default(),
+    })
 }
 
 fn fail(id: &str, step: u32, attempt: u32, at_ms: u64, error: &str, retryable: bool) -> Record {
@@ -73,7 +81,12 @@ fn history() -> Vec<Record> {
     r.push(submitted(&two_steps("c5", 1), t + 20 * MIN));
     r.push(start("c5", 0, Forward, 1, t + 25 * MIN));
     r.push(Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 1, at_ms: t + 30 * MIN }));
-    r.push(ok("c5", 0, Forward, 1, t + 30 * MIN + 1_000, true));
+    // Settled by its marker, with the outputs the marker held (issue 11 item 1).
+    let Record::StepSucceeded(mut settled) = ok("c5", 0, Forward, 1, t + 30 * MIN + 1_000, true) else {
+        unreachable!()
+    };
+    settled.outputs = [("batch".to_owned(), Value::Int(7)), ("tag".to_owned(), Value::Text("x".into()))].into();
+    r.push(Record::StepSucceeded(settled));
     r.extend([start("c5", 1, Forward, 1, t + 30 * MIN + 2_000), ok("c5", 1, Forward, 1, t + 30 * MIN + 2_100, false)]);
     r.push(done("c5", Outcome::Completed, t + 31 * MIN));
     r
@@ -141,6 +154,14 @@ fn documented_queries_give_the_right_answers() {
     assert!(stdout(&out).contains("7 sagas, 14 steps"), "{}", stdout(&out));
 
     let conn = duckdb::Connection::open(&file).unwrap();
+    let outputs: Vec<(i64, Option<String>)> = conn
+        .prepare("SELECT step, CAST(outputs AS VARCHAR) FROM steps WHERE saga_id = 'c5' ORDER BY step")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(outputs, [(0, Some(r#"{"batch":7,"tag":"x"}"#.to_owned())), (1, None)], "each step's outputs as JSON");
     let queries = documented_queries();
     let names: Vec<&str> = queries.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(

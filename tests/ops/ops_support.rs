@@ -77,6 +77,7 @@ pub fn two_steps(id: &str, rows: i64) -> SagaDefinition {
             StepCall {
                 action: "record".into(),
                 params: BTreeMap::from([("run_id".into(), text(id)), ("rows".into(), Value::Int(rows))]),
+                from: Default::default(),
             },
             StepCall {
                 action: "write".into(),
@@ -84,6 +85,7 @@ pub fn two_steps(id: &str, rows: i64) -> SagaDefinition {
                     ("run_id".into(), text(id)),
                     ("report".into(), text(&format!("{{\"rows\":{rows}}}"))),
                 ]),
+                from: Default::default(),
             },
         ],
     }
@@ -95,6 +97,7 @@ pub fn three_steps(id: &str) -> SagaDefinition {
     s.steps.push(StepCall {
         action: "fragile".into(),
         params: BTreeMap::from([("run_id".into(), Value::Text(id.into()))]),
+        from: Default::default(),
     });
     s
 }
@@ -117,7 +120,15 @@ pub fn started(id: &str, step: u32, direction: Direction, attempt: u32) -> Recor
 }
 
 pub fn succeeded(id: &str, step: u32, direction: Direction, attempt: u32) -> Record {
-    Record::StepSucceeded(Succeeded { saga: id.into(), step, direction, attempt, by_marker: false, at_ms: 2_000 })
+    Record::StepSucceeded(Succeeded {
+        saga: id.into(),
+        step,
+        direction,
+        attempt,
+        by_marker: false,
+        at_ms: 2_000,
+        outputs: Default::default(),
+    })
 }
 
 pub fn failed(id: &str, step: u32, direction: Direction, attempt: u32, retryable: bool) -> Record {

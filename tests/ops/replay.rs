@@ -18,10 +18,15 @@ fn stuck_saga(id: &str) -> SagaDefinition {
     SagaDefinition {
         id: id.into(),
         steps: vec![
-            StepCall { action: "fragile".into(), params: [("run_id".into(), text(id))].into() },
+            StepCall {
+                action: "fragile".into(),
+                params: [("run_id".into(), text(id))].into(),
+                from: Default::default(),
+            },
             StepCall {
                 action: "record".into(),
                 params: [("run_id".into(), text(id)), ("rows".into(), Value::Int(-1))].into(),
+                from: Default::default(),
             },
         ],
     }

@@ -497,7 +497,11 @@ impl Run {
         let calls = (0..steps)
             .map(|n| {
                 let p = self.rng.range(0, self.parts.len() as u64 - 1);
-                StepCall { action: format!("a{p}"), params: BTreeMap::from([("n".to_string(), Value::Int(n as i64))]) }
+                StepCall {
+                    action: format!("a{p}"),
+                    params: BTreeMap::from([("n".to_string(), Value::Int(n as i64))]),
+                    from: Default::default(),
+                }
             })
             .collect::<Vec<_>>();
         if self.rng.chance(150) {
