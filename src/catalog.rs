@@ -31,12 +31,12 @@ pub enum ValidationError {
     TooManySteps { count: usize, max: usize },
     #[error("saga definition is {bytes} bytes; the limit is {max}")]
     TooLarge { bytes: usize, max: usize },
-    #[error("step {step}: unknown action {action:?}")]
-    UnknownAction { step: usize, action: String },
+    #[error("step {step}: unknown action {action:?}{}", did_you_mean(suggestion))]
+    UnknownAction { step: usize, action: String, suggestion: Option<String> },
     #[error("step {step} ({action}): missing parameter {param:?} ({expected})")]
     MissingParam { step: usize, action: String, param: String, expected: &'static str },
-    #[error("step {step} ({action}): unexpected parameter {param:?}")]
-    ExtraParam { step: usize, action: String, param: String },
+    #[error("step {step} ({action}): unexpected parameter {param:?}{}", did_you_mean(suggestion))]
+    ExtraParam { step: usize, action: String, param: String, suggestion: Option<String> },
     #[error("step {step} ({action}): parameter {param:?} must be {expected}, got {found}")]
     WrongType { step: usize, action: String, param: String, expected: &'static str, found: &'static str },
     #[error(
@@ -45,6 +45,55 @@ pub enum ValidationError {
     BadPathParam { step: usize, action: String, param: String },
     #[error("step {step} ({action}): parameter {param:?} takes {reference:?}: {reason}")]
     BadReference { step: usize, action: String, param: String, reference: String, reason: String },
+    /// More than one problem: each of them, in step order.
+    #[error("{}", many(.0))]
+    Many(Vec<ValidationError>),
+}
+
+/// The most problems one error lists; the rest are counted.
+pub const PROBLEMS_LISTED_MAX: usize = 20;
+
+fn many(problems: &[ValidationError]) -> String {
+    let listed: Vec<String> = problems.iter().take(PROBLEMS_LISTED_MAX).map(ToString::to_string).collect();
+    let more = problems.len().saturating_sub(PROBLEMS_LISTED_MAX);
+    let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+    format!("{} problems: {}{tail}", problems.len(), listed.join("; "))
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default()
+}
+
+/// The candidate closest to `word` by edit distance, if one is close enough to be a likely
+/// typo: at most a third of the word's length, and at least 1 (ties: the first in order).
+pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates.map(|c| (edit_distance(word, c), c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+}
+
+/// Edit distance over chars, counting an adjacent transposition ("nmae" for "name") as one
+/// edit (optimal string alignment). Both inputs are cut to 256 chars: they are names a
+/// client or a config wrote, and a longer one is no typo of a declared name.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().take(256).collect(), b.chars().take(256).collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Longest saga id accepted.
@@ -170,14 +219,41 @@ impl Catalog {
         if bytes > limits.max_saga_bytes {
             return Err(ValidationError::TooLarge { bytes, max: limits.max_saga_bytes });
         }
-        saga.steps.iter().enumerate().map(|(i, call)| self.validate_step(i, call, &saga.steps[..i])).collect()
+        // Every problem of every step, not only the first.
+        let mut problems = Vec::new();
+        let mut policies = Vec::with_capacity(saga.steps.len());
+        for (i, call) in saga.steps.iter().enumerate() {
+            if let Some(policy) = self.validate_step(i, call, &saga.steps[..i], &mut problems) {
+                policies.push(policy);
+            }
+        }
+        match problems.len() {
+            0 => Ok(policies),
+            1 => Err(problems.remove(0)),
+            _ => Err(ValidationError::Many(problems)),
+        }
     }
 
-    fn validate_step(&self, step: usize, call: &StepCall, earlier: &[StepCall]) -> Result<StepPolicy, ValidationError> {
+    /// The retry budgets of one step, or `None` after pushing its every problem.
+    fn validate_step(
+        &self,
+        step: usize,
+        call: &StepCall,
+        earlier: &[StepCall],
+        problems: &mut Vec<ValidationError>,
+    ) -> Option<StepPolicy> {
         let Some(action) = self.action(&call.action) else {
-            return Err(ValidationError::UnknownAction { step, action: echo(&call.action) });
+            let suggestion = closest(&call.action, self.config.actions.keys().map(String::as_str)).map(str::to_owned);
+            problems.push(ValidationError::UnknownAction { step, action: echo(&call.action), suggestion });
+            return None;
         };
+        let before = problems.len();
         let named = |param: &str| (step, echo(&call.action), echo(param));
+        let extra = |param: &str| {
+            let suggestion = closest(param, action.params.keys().map(String::as_str)).map(str::to_owned);
+            let (step, action, param) = named(param);
+            ValidationError::ExtraParam { step, action, param, suggestion }
+        };
         for (name, reference) in &call.from {
             let (step, action_name, param) = named(name);
             let bad = |reason: String| ValidationError::BadReference {
@@ -188,29 +264,30 @@ impl Catalog {
                 reason,
             };
             let Some(ty) = action.params.get(name) else {
-                return Err(ValidationError::ExtraParam { step, action: action_name, param });
+                problems.push(extra(name));
+                continue;
             };
             if call.params.contains_key(name) {
-                return Err(bad("the parameter also has a value; give one or the other".into()));
+                problems.push(bad("the parameter also has a value; give one or the other".into()));
+                continue;
             }
             let Some(target) = OutputRef::parse(reference) else {
-                return Err(bad("a reference has the form steps.N.name".into()));
+                problems.push(bad("a reference has the form steps.N.name".into()));
+                continue;
             };
             let Some(source) = earlier.get(target.step as usize) else {
-                return Err(bad(format!("step {} is not an earlier step", target.step)));
+                problems.push(bad(format!("step {} is not an earlier step", target.step)));
+                continue;
             };
-            let returned = self.action(&source.action).and_then(|a| a.returns.get(&target.output));
-            match returned {
-                None => {
-                    return Err(bad(format!(
-                        "step {} ({}) returns no output {:?}",
-                        target.step,
-                        echo(&source.action),
-                        echo(&target.output)
-                    )));
-                }
+            match self.action(&source.action).and_then(|a| a.returns.get(&target.output)) {
+                None => problems.push(bad(format!(
+                    "step {} ({}) returns no output {:?}",
+                    target.step,
+                    echo(&source.action),
+                    echo(&target.output)
+                ))),
                 Some(out) if !(out == ty || (*ty == ParamType::Float && *out == ParamType::Int)) => {
-                    return Err(bad(format!("that output is {}, the parameter {}", out.name(), ty.name())));
+                    problems.push(bad(format!("that output is {}, the parameter {}", out.name(), ty.name())));
                 }
                 Some(_) => {}
             }
@@ -219,33 +296,31 @@ impl Catalog {
             let (step, action, param) = named(name);
             match call.params.get(name) {
                 None if call.from.contains_key(name) => {}
-                None => return Err(ValidationError::MissingParam { step, action, param, expected: ty.name() }),
-                Some(v) if !accepts(*ty, v) => {
-                    return Err(ValidationError::WrongType {
-                        step,
-                        action,
-                        param,
-                        expected: ty.name(),
-                        found: v.type_name(),
-                    });
-                }
+                None => problems.push(ValidationError::MissingParam { step, action, param, expected: ty.name() }),
+                Some(v) if !accepts(*ty, v) => problems.push(ValidationError::WrongType {
+                    step,
+                    action,
+                    param,
+                    expected: ty.name(),
+                    found: v.type_name(),
+                }),
                 Some(_) => {}
             }
         }
-        if let Some(extra) = call.params.keys().find(|k| !action.params.contains_key(*k)) {
-            let (step, action, param) = named(extra);
-            return Err(ValidationError::ExtraParam { step, action, param });
+        for name in call.params.keys().filter(|k| !action.params.contains_key(*k)) {
+            problems.push(extra(name));
         }
+        let mut path_params_seen = std::collections::BTreeSet::new();
         for op in [&action.forward, &action.compensate] {
             for param in path_params(op) {
                 let ok = matches!(call.params.get(&param), Some(Value::Text(t)) if is_plain_name(t));
-                if !ok {
+                if !ok && path_params_seen.insert(param.clone()) {
                     let (step, action, param) = named(&param);
-                    return Err(ValidationError::BadPathParam { step, action, param });
+                    problems.push(ValidationError::BadPathParam { step, action, param });
                 }
             }
         }
-        Ok(StepPolicy {
+        (problems.len() == before).then_some(StepPolicy {
             max_attempts: action.retry.max_attempts,
             compensate_max_attempts: action.compensate_retry.max_attempts,
         })
@@ -767,6 +842,33 @@ compensate = { delete = "{name}.txt" }
         SagaDefinition { id: "s".into(), steps }
     }
 
+    /// Issue 11 item 6: an unknown action or parameter names the closest known one, and a
+    /// saga with several problems gets every one of them, in step order.
+    #[test]
+    fn every_problem_is_reported_with_the_closest_known_names() {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let err = catalog.validate(&saga(vec![step("creat", &[], &[])])).unwrap_err().to_string();
+        assert_eq!(err, "step 0: unknown action \"creat\" (did you mean \"create\"?)");
+        let err = catalog.validate(&saga(vec![step("zzzzzz", &[], &[])])).unwrap_err().to_string();
+        assert_eq!(err, "step 0: unknown action \"zzzzzz\"", "nothing close: no suggestion");
+        let typo = step("create", &[("nmae", Value::Text("n".into()))], &[]);
+        let problems = match catalog.validate(&saga(vec![typo, step("use_idd", &[], &[]), create()])) {
+            Err(ValidationError::Many(problems)) => problems,
+            other => panic!("{other:?}"),
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "step 0 (create): missing parameter \"name\" (text)",
+                "step 0 (create): unexpected parameter \"nmae\" (did you mean \"name\"?)",
+                "step 1: unknown action \"use_idd\" (did you mean \"use_id\"?)",
+            ]
+        );
+        let whole = ValidationError::Many(problems).to_string();
+        assert!(whole.starts_with("3 problems: step 0 (create): missing parameter"), "{whole}");
+    }
+
     /// Issue 11 item 1: a reference to an earlier step's declared output of the parameter's
     /// type is accepted (an int output for a float parameter too); every other reference is
     /// refused at submit, naming the step, the parameter and what is wrong.
@@ -787,7 +889,7 @@ compensate = { delete = "{name}.txt" }
             from.push(("ratio", "steps.0.id"));
             let bad = step("use_id", std::slice::from_ref(&note), &from);
             let err = catalog.validate(&saga(vec![create(), bad])).unwrap_err().to_string();
-            assert!(err.starts_with("step 1 (use_id): "), "{err}");
+            assert!(err.contains("step 1 (use_id): "), "{err}");
             assert!(err.contains(expected), "{from:?}: {err}");
         }
         let both = step(

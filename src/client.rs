@@ -408,6 +408,12 @@ impl Client {
         Err(Error::Protocol(format!("List did not end after {LIST_PAGES_MAX} pages")))
     }
 
+    /// The server's action catalog (`Sagas.ListActions`), sorted by name.
+    pub async fn list_actions(&self) -> Result<Vec<pb::Action>, Error> {
+        let reply = self.sagas.clone().list_actions(pb::ListActionsRequest {}).await.map_err(|e| self.call_error(e))?;
+        Ok(reply.into_inner().actions)
+    }
+
     pub async fn cancel(&self, saga_id: &str) -> Result<pb::Saga, Error> {
         Ok(self
             .sagas

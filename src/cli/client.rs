@@ -144,6 +144,12 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ActionsArgs {
+    #[command(flatten)]
+    conn: Connection,
+}
+
+#[derive(Debug, Args)]
 pub struct AdminArgs {
     #[command(subcommand)]
     command: AdminCommand,
@@ -428,6 +434,38 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             print_json(&serde_json::Value::Array(sagas.iter().map(saga_json).collect()))?;
         } else {
             print!("{}", saga_view::list_text(&sagas));
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+pub fn actions(args: ActionsArgs) -> anyhow::Result<ExitCode> {
+    let json = args.conn.json;
+    run_command(json, async move {
+        let client = connect(&args.conn).await?;
+        let actions = client.list_actions().await?;
+        if json {
+            let rows = actions.iter().map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "participant": a.participant,
+                    "participant_kind": a.participant_kind,
+                    "params": a.params,
+                    "returns": a.returns,
+                })
+            });
+            print_json(&serde_json::Value::Array(rows.collect()))?;
+        } else {
+            let typed = |m: &std::collections::HashMap<String, String>| {
+                let mut pairs: Vec<_> = m.iter().map(|(k, t)| format!("{k}: {t}")).collect();
+                pairs.sort();
+                pairs.join(", ")
+            };
+            for a in &actions {
+                let returns =
+                    if a.returns.is_empty() { String::new() } else { format!(" -> {{{}}}", typed(&a.returns)) };
+                println!("{} ({} {}): {{{}}}{returns}", a.name, a.participant_kind, a.participant, typed(&a.params));
+            }
         }
         Ok(EXIT_OK)
     })

@@ -63,6 +63,8 @@ enum Command {
     Cancel(client::CancelArgs),
     /// List sagas, filtered by status and time.
     List(client::ListArgs),
+    /// List the server's actions: participant, parameters and outputs with their types.
+    Actions(client::ActionsArgs),
     /// Operator calls: recover, reset-breaker, participants, stats, resolve (admin token).
     Admin(client::AdminArgs),
 }
@@ -96,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => client::watch(args),
         Command::Cancel(args) => client::cancel(args),
         Command::List(args) => client::list(args),
+        Command::Actions(args) => client::actions(args),
         Command::Admin(args) => client::admin(args),
     }
 }

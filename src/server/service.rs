@@ -84,6 +84,32 @@ impl pb::sagas_server::Sagas for Api {
         Ok(Response::new(pb::SubmitResponse { created, saga: Some(self.lookup(&id)?) }))
     }
 
+    async fn list_actions(
+        &self,
+        _request: Request<pb::ListActionsRequest>,
+    ) -> Result<Response<pb::ListActionsResponse>, Status> {
+        let config = &self.catalog.config;
+        let types = |m: &std::collections::BTreeMap<String, crate::config::ParamType>| {
+            m.iter().map(|(k, t)| (k.clone(), t.name().to_owned())).collect()
+        };
+        let actions = config
+            .actions
+            .iter()
+            .map(|(name, a)| pb::Action {
+                name: name.clone(),
+                participant: a.participant.clone(),
+                participant_kind: config
+                    .participants
+                    .get(&a.participant)
+                    .map(|p| p.kind.as_str().to_owned())
+                    .unwrap_or_default(),
+                params: types(&a.params),
+                returns: types(&a.returns),
+            })
+            .collect();
+        Ok(Response::new(pb::ListActionsResponse { actions }))
+    }
+
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Saga>, Status> {
         let id = request.into_inner().saga_id;
         check_id(&id)?;

@@ -165,6 +165,24 @@ fn main_server(dir: &Path) -> Server {
     }
 }
 
+/// Issue 11 item 6: `sagalog actions` lists the server's catalog, in text and in JSON.
+#[test]
+fn actions_lists_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = main_server(dir.path());
+    let out = server.run(&["actions", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let actions = json_of(&out);
+    let record = actions.as_array().unwrap().iter().find(|a| a["name"] == "record_execution").expect("listed");
+    assert_eq!(record["participant"], "ledger", "{record}");
+    assert_eq!((record["params"]["run_id"].as_str(), record["params"]["rows"].as_str()), (Some("text"), Some("int")));
+    let out = server.run(&["actions"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("record_execution (sqlite ledger): {"), "{listing}");
+    assert!(listing.contains("rows: int"), "{listing}");
+}
+
 /// The life of sagas through the CLI: the demo saga completes (exit 0), a failing one is
 /// compensated (exit 3), status/list/watch report them in JSON and text, cancelling a finished
 /// saga is refused (exit 1), and submitting the same id again is idempotent.

@@ -468,3 +468,36 @@ compensate = { sql = "DELETE FROM executions WHERE rowid = ?1", args = ["output.
     assert_eq!(missing.unwrap_err().code(), Code::NotFound, "a refused submit journals nothing");
     running.shutdown().await.unwrap();
 }
+
+/// Issue 11 item 6 through gRPC: `ListActions` returns the catalog (participant, parameter and
+/// output types); a submit with a typo'd action or parameter answers INVALID_ARGUMENT with
+/// the closest known name, and every problem of the saga in one answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_actions_and_did_you_mean_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), CONFIG).await;
+    let mut client = sagas(running.addr, Some(CLIENT_TOKEN)).await;
+    let actions = client.list_actions(pb::ListActionsRequest {}).await.unwrap().into_inner().actions;
+    let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["record_execution", "write_artifact"]);
+    let record = &actions[0];
+    assert_eq!((record.participant.as_str(), record.participant_kind.as_str()), ("ledger", "sqlite"));
+    assert_eq!(record.params.get("rows").map(String::as_str), Some("int"));
+    assert_eq!(record.params.get("run_id").map(String::as_str), Some("text"));
+
+    let mut bad = saga("typos", 1);
+    bad.steps[0].action = "record_executon".into();
+    let report = bad.steps[1].params.remove("report").unwrap();
+    bad.steps[1].params.insert("reprot".into(), report);
+    let (code, message) = code(client.submit(bad).await);
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.starts_with("3 problems: "), "{message}");
+    for expected in [
+        "step 0: unknown action \"record_executon\" (did you mean \"record_execution\"?)",
+        "step 1 (write_artifact): missing parameter \"report\" (text)",
+        "step 1 (write_artifact): unexpected parameter \"reprot\" (did you mean \"report\"?)",
+    ] {
+        assert!(message.contains(expected), "{expected:?} not in {message}");
+    }
+    running.shutdown().await.unwrap();
+}
