@@ -6,6 +6,7 @@
 
 mod audit;
 mod client;
+pub mod config;
 mod debug;
 pub mod demo;
 mod export;
@@ -51,6 +52,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Write the saga history into a DuckDB file for SQL analytics.
     Export(export::ExportArgs),
+    /// Check a config before serving it: syntax, keys, participants, statements.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
     /// Submit a saga (JSON or TOML file, `-` for standard input, or --demo) to a server.
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
+        Command::Config(cmd) => config::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
         Command::Submit(args) => client::submit(args),
         Command::Status(args) => client::status(args),

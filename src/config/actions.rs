@@ -32,8 +32,13 @@ impl ParamType {
 
 /// One direction of an action: a SQL statement with its argument order, or a file operation
 /// whose `{name}` placeholders are filled with plain-name parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
+///
+/// Serialized untagged (the fields alone, as a config writes them); deserialized by the key
+/// that names the kind (`sql`, `put`, `delete`, `copy`, `noop`), so that a mistake is named
+/// ("unknown key `sqll`", "a `put` operation: missing field `contents`") instead of serde's
+/// "did not match any variant". Journaled definitions decode the same way.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum OperationConfig {
     Sql {
         sql: String,
@@ -70,6 +75,92 @@ pub enum OperationConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rows: Option<RowsSpec>,
     },
+}
+
+impl<'de> Deserialize<'de> for OperationConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        use serde_json::Value as J;
+        let map = serde_json::Map::<String, J>::deserialize(d)?;
+        let kinds: [(&str, &[&str]); 5] = [
+            ("sql", &["sql", "args", "rows"]),
+            ("put", &["put", "contents"]),
+            ("delete", &["delete"]),
+            ("copy", &["copy", "to"]),
+            ("noop", &["noop"]),
+        ];
+        let found = || map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        let Some((kind, allowed)) = kinds.iter().find(|(kind, _)| map.contains_key(*kind)) else {
+            return Err(D::Error::custom(format!(
+                "an operation needs one of `sql`, `put`, `delete`, `copy` or `noop`; found {}",
+                if map.is_empty() { "no key".to_owned() } else { found() }
+            )));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            let expected = allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            return Err(D::Error::custom(format!(
+                "unknown key `{unknown}` in a `{kind}` operation (expected {expected})"
+            )));
+        }
+        let invalid = |e: serde_json::Error| D::Error::custom(format!("a `{kind}` operation: {e}"));
+        #[derive(Deserialize)]
+        struct Sql {
+            sql: String,
+            #[serde(default)]
+            args: Vec<String>,
+            #[serde(default)]
+            rows: Option<RowsGuard>,
+        }
+        #[derive(Deserialize)]
+        struct Statements {
+            sql: Vec<String>,
+            #[serde(default)]
+            args: Vec<Vec<String>>,
+            #[serde(default)]
+            rows: Option<RowsSpec>,
+        }
+        #[derive(Deserialize)]
+        struct Put {
+            put: String,
+            contents: String,
+        }
+        #[derive(Deserialize)]
+        struct Delete {
+            delete: String,
+        }
+        #[derive(Deserialize)]
+        struct Copy {
+            copy: String,
+            to: String,
+        }
+        #[derive(Deserialize)]
+        struct Noop {
+            noop: bool,
+        }
+        let value = J::Object(map);
+        Ok(match *kind {
+            "sql" if value["sql"].is_array() => {
+                let Statements { sql, args, rows } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Statements { sql, args, rows }
+            }
+            "sql" => {
+                let Sql { sql, args, rows } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Sql { sql, args, rows }
+            }
+            "put" => {
+                let Put { put, contents } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Put { put, contents }
+            }
+            "delete" => {
+                OperationConfig::Delete { delete: serde_json::from_value::<Delete>(value).map_err(invalid)?.delete }
+            }
+            "copy" => {
+                let Copy { copy, to } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Copy { copy, to }
+            }
+            _ => OperationConfig::Noop { noop: serde_json::from_value::<Noop>(value).map_err(invalid)?.noop },
+        })
+    }
 }
 
 /// The guards of a multi-statement step: one for every statement, or one per statement.

@@ -237,6 +237,14 @@ impl Participant for Duckdb {
         Box::pin(async move { self.apply_with_outputs(key, attempt, op).await.map(|(applied, _)| applied) })
     }
 
+    fn prepare_check<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Option<usize>, Error>> {
+        let sql = sql.to_owned();
+        Box::pin(self.run(move |name, conn| {
+            let stmt = conn.prepare(&sql).map_err(|e| Error::permanent(name, format!("does not prepare: {e}")))?;
+            Ok(Some(stmt.parameter_count()))
+        }))
+    }
+
     fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
         let key = key.clone();
         let readable = self.has_marker_table && self.has_outputs_column;

@@ -496,6 +496,13 @@ pub trait Participant: Send + Sync + 'static {
         let _ = (sql, args);
         Box::pin(async move { Err(Error::permanent(self.name(), "this participant cannot run effect checks")) })
     }
+    /// Prepares `sql` against the database without running it, for `sagalog config check`:
+    /// `Ok(Some(n))` with its parameter count, `Ok(None)` for a kind that runs no SQL, an
+    /// error (permanent) naming what does not prepare. Writes nothing.
+    fn prepare_check<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Option<usize>, Error>> {
+        let _ = sql;
+        Box::pin(async move { Ok(None) })
+    }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
 }

@@ -253,6 +253,16 @@ impl Participant for Postgres {
         })
     }
 
+    fn prepare_check<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Option<usize>, Error>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            match client.prepare(sql).await {
+                Ok(stmt) => Ok(Some(stmt.params().len())),
+                Err(e) => Err(classify(&self.name, "does not prepare", &e)),
+            }
+        })
+    }
+
     fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
         Box::pin(async move {
             let client = self.client().await?;

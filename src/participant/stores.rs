@@ -212,6 +212,10 @@ impl Participant for Parked {
         Box::pin(async move { self.current()?.count(sql, args).await })
     }
 
+    fn prepare_check<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Option<usize>, Error>> {
+        Box::pin(async move { self.current()?.prepare_check(sql).await })
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move { self.current()?.probe().await })
     }

@@ -5,6 +5,7 @@
 //! instead of one per file.
 
 mod audit;
+mod config_check;
 mod export;
 mod ops_support;
 mod replay;
