@@ -76,3 +76,66 @@ pub fn fwd(step: u32) -> (u32, Direction) {
 pub fn comp(step: u32) -> (u32, Direction) {
     (step, Direction::Compensate)
 }
+
+/// A finished saga as a test checks it, whether it is still held (watched) or already
+/// archived in the index: with an index, a saga that finishes quickly can leave memory before
+/// the test subscribes, so `watch` alone would race the archiver.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub status: String,
+    pub reason: Option<String>,
+    pub steps: Vec<FinishedStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FinishedStep {
+    pub forward_attempts: u32,
+    pub by_marker: bool,
+    pub compensated: bool,
+}
+
+/// Waits (at most 20 s) until `id` is terminal or STUCK, held or archived.
+pub async fn finished(exec: &Executor, id: &str) -> Finished {
+    use sagalog::engine::Status;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(mut rx) = exec.watch(id) {
+            let done = |s: &Snapshot| s.status.is_terminal() || s.status == Status::Stuck;
+            if let Ok(Ok(snap)) = tokio::time::timeout(Duration::from_millis(200), rx.wait_for(done)).await {
+                let s = snap.clone();
+                return Finished {
+                    status: s.status.as_str().to_owned(),
+                    reason: s.saga.compensation_reason.clone(),
+                    steps: s
+                        .saga
+                        .steps
+                        .iter()
+                        .map(|st| FinishedStep {
+                            forward_attempts: st.forward.total_attempts,
+                            by_marker: st.forward.by_marker,
+                            compensated: st.compensate.done,
+                        })
+                        .collect(),
+                };
+            }
+            continue; // still running, or it left memory while we waited: look again
+        }
+        if let Some(r) = exec.archived(id).expect("read the index") {
+            return Finished {
+                status: r.status.clone(),
+                reason: r.compensation_reason.clone(),
+                steps: r
+                    .steps
+                    .iter()
+                    .map(|st| FinishedStep {
+                        forward_attempts: st.forward_attempts,
+                        by_marker: st.forward_by_marker,
+                        compensated: st.compensated,
+                    })
+                    .collect(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("saga {id} did not finish in 20 s");
+}

@@ -3,9 +3,7 @@
 //! back with its marker, and the saga compensates its completed steps. The issue's example:
 //! debit an account only if the balance covers it.
 
-use std::time::Duration;
-
-use sagalog::engine::{SagaDefinition, Status, StepCall, Value};
+use sagalog::engine::{SagaDefinition, StepCall, Value};
 use sagalog::node::Node;
 
 const CONFIG: &str = r#"
@@ -122,35 +120,22 @@ async fn a_multi_statement_step_commits_every_statement_or_none() {
     let config = dir.path().join("sagalog.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
-    let settle = |id: &'static str| {
-        let exec = node.executor.clone();
-        async move {
-            let mut rx = exec.watch(id).unwrap();
-            tokio::time::timeout(
-                Duration::from_secs(20),
-                rx.wait_for(|s| s.status.is_terminal() || s.status == Status::Stuck),
-            )
-            .await
-            .unwrap()
-            .unwrap()
-            .clone()
-        }
-    };
+    let settle = |id: &'static str| crate::engine_support::finished(&node.executor, id);
     node.executor.submit(transfer("t-ok", "bob", 40, false)).await.unwrap();
-    assert_eq!(settle("t-ok").await.status, Status::Completed);
+    assert_eq!(settle("t-ok").await.status, "COMPLETED");
     assert_eq!((balance_of(dir.path(), "alice"), balance_of(dir.path(), "bob")), (60, 40));
 
     node.executor.submit(transfer("t-nobody", "nobody", 10, false)).await.unwrap();
     let snap = settle("t-nobody").await;
-    assert_eq!(snap.status, Status::Compensated);
-    let reason = snap.saga.compensation_reason.unwrap_or_default();
+    assert_eq!(snap.status, "COMPENSATED");
+    let reason = snap.reason.unwrap_or_default();
     assert!(reason.contains("statement 2 of 2: guard failed: expected exactly 1 rows affected, got 0"), "{reason}");
     assert_eq!(balance_of(dir.path(), "alice"), 60, "the first leg rolled back with the second");
 
     node.executor.submit(transfer("t-undone", "bob", 25, true)).await.unwrap();
     let snap = settle("t-undone").await;
-    assert_eq!(snap.status, Status::Compensated);
-    assert!(snap.saga.steps[0].compensate.done, "the transfer was compensated");
+    assert_eq!(snap.status, "COMPENSATED");
+    assert!(snap.steps[0].compensated, "the transfer was compensated");
     assert_eq!((balance_of(dir.path(), "alice"), balance_of(dir.path(), "bob")), (60, 40), "both legs undone");
     node.shutdown().await.unwrap();
 }
@@ -161,31 +146,18 @@ async fn a_debit_the_balance_does_not_cover_fails_the_guard_and_compensates() {
     let config = dir.path().join("sagalog.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let mut node = Node::start(dir.path(), Some(&config)).await.unwrap();
-    let settle = |id: &'static str| {
-        let exec = node.executor.clone();
-        async move {
-            let mut rx = exec.watch(id).unwrap();
-            tokio::time::timeout(
-                Duration::from_secs(20),
-                rx.wait_for(|s| s.status.is_terminal() || s.status == Status::Stuck),
-            )
-            .await
-            .unwrap()
-            .unwrap()
-            .clone()
-        }
-    };
+    let settle = |id: &'static str| crate::engine_support::finished(&node.executor, id);
     node.executor.submit(order("covered", 30)).await.unwrap();
-    assert_eq!(settle("covered").await.status, Status::Completed);
+    assert_eq!(settle("covered").await.status, "COMPLETED");
     assert_eq!(balance(dir.path()), 70);
 
     node.executor.submit(order("overdrawn", 500)).await.unwrap();
     let snap = settle("overdrawn").await;
-    assert_eq!(snap.status, Status::Compensated);
-    let reason = snap.saga.compensation_reason.unwrap_or_default();
+    assert_eq!(snap.status, "COMPENSATED");
+    let reason = snap.reason.unwrap_or_default();
     assert!(reason.contains("guard failed: expected exactly 1 rows affected, got 0"), "{reason}");
-    assert_eq!(snap.saga.steps[1].forward.total_attempts, 1, "a failed guard is permanent: not retried");
-    assert!(snap.saga.steps[0].compensate.done, "the reservation was compensated");
+    assert_eq!(snap.steps[1].forward_attempts, 1, "a failed guard is permanent: not retried");
+    assert!(snap.steps[0].compensated, "the reservation was compensated");
     assert_eq!(balance(dir.path()), 70, "nothing was debited");
     node.shutdown().await.unwrap();
 }

@@ -89,7 +89,22 @@ fn ids(records: &[SagaRecord]) -> Vec<&str> {
 }
 
 fn open(dir: &Path) -> Index {
-    Index::open(dir.join("index")).unwrap()
+    while_locked(|| Index::open(dir.join("index")))
+}
+
+/// `open()` again while sled still holds the directory's file lock: a dropped `sled::Db`
+/// releases it from a background thread, a moment later on a loaded machine.
+fn while_locked<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..250 {
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    panic!("the index directory stayed locked for 5 s");
 }
 
 /// Lists every page of `filter`, `limit` records at a time.
@@ -355,7 +370,7 @@ fn undecodable_record_is_an_error_naming_the_saga() {
         index.flush().unwrap();
     }
     {
-        let db = sled::open(dir.path().join("index")).unwrap();
+        let db = while_locked(|| sled::open(dir.path().join("index")));
         db.open_tree("sagas").unwrap().insert("broken-saga", &b"\xc1not msgpack"[..]).unwrap();
         db.flush().unwrap();
     }
@@ -368,20 +383,8 @@ fn undecodable_record_is_an_error_naming_the_saga() {
 }
 
 /// (sagas, by_finish) entry counts, read straight from sled after the index is dropped.
-/// sled releases its file lock from a background thread after the last handle is dropped, so
-/// under load the first open can still find it held: retry for a bounded while.
 fn raw_tree_lens(dir: &Path) -> (usize, usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::open(dir.join("index")) {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("index still locked after drop ({e}); retrying");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot reopen the index: {e}"),
-        }
-    };
+    let db = while_locked(|| sled::open(dir.join("index")));
     (db.open_tree("sagas").unwrap().len(), db.open_tree("by_finish").unwrap().len())
 }
 

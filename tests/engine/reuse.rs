@@ -54,14 +54,9 @@ async fn start(dir: &Path, db: &Path) -> Node {
 /// "applied by marker" rather than applied.
 async fn run(node: &Node, id: &str) -> usize {
     assert_eq!(node.executor.submit(saga(id)).await.unwrap(), SubmitOutcome::Accepted);
-    let mut rx = node.executor.watch(id).expect("a saga just accepted is watched");
-    let snap = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.status.is_terminal()))
-        .await
-        .expect("the saga finishes")
-        .unwrap()
-        .clone();
-    assert_eq!(snap.status, Status::Completed, "{snap:?}");
-    snap.saga.steps.iter().filter(|s| s.forward.by_marker).count()
+    let done = crate::engine_support::finished(&node.executor, id).await;
+    assert_eq!(done.status, "COMPLETED", "{done:?}");
+    done.steps.iter().filter(|s| s.by_marker).count()
 }
 
 fn effects(db: &Path, id: &str) -> i64 {
