@@ -117,6 +117,7 @@ impl Node {
             check_index_mark(&root, cp, &index)?;
         }
         let from_lsn = cp.map_or(FIRST_LSN, |c| c.replay_from_lsn);
+        spawn_start_checks(catalog.clone(), participants.clone());
         let instance = instance_id(data_dir.root())?;
         let executor =
             Executor::on_instance(opened.journal.clone(), catalog.clone(), participants, Some(index.clone()), instance);
@@ -408,6 +409,55 @@ fn refuse_other_config(root: &Path) -> Result<(), Error> {
             root.join(SERVED_WITH_FILE).display()
         ),
     })
+}
+
+/// The checks of `sagalog config check` that need the participants, run in the background
+/// of a start (they never delay or stop it): every participant's probe and every SQL
+/// statement of the catalog prepared with its parameter count. Each failure is logged with
+/// its root cause, so a participant that is down or a statement that no longer prepares is
+/// named at start, not at the first saga that needs it.
+fn spawn_start_checks(
+    catalog: Arc<Catalog>,
+    participants: std::collections::BTreeMap<String, Arc<dyn participant::Participant>>,
+) {
+    tokio::spawn(async move {
+        const WITHIN: Duration = Duration::from_secs(10);
+        for (name, p) in &participants {
+            match tokio::time::timeout(WITHIN, p.probe()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(participant = %name, error = %e, "participant cannot be reached at start"),
+                Err(_) => {
+                    tracing::warn!(participant = %name, "participant did not answer its probe within 10 s at start")
+                }
+            }
+        }
+        for (action, a) in &catalog.config.actions {
+            let Some(p) = participants.get(&a.participant) else { continue };
+            let mut statements: Vec<(&str, &str, usize)> = Vec::new();
+            for (direction, op) in [("forward", &a.forward), ("compensate", &a.compensate)] {
+                match op {
+                    crate::config::OperationConfig::Sql { sql, args, .. } => {
+                        statements.push((direction, sql, args.len()))
+                    }
+                    crate::config::OperationConfig::Statements { sql, args, .. } => {
+                        for (i, sql) in sql.iter().enumerate() {
+                            statements.push((direction, sql, args.get(i).map_or(0, Vec::len)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (direction, sql, args) in statements {
+                match tokio::time::timeout(WITHIN, p.prepare_check(sql)).await {
+                    Ok(Ok(Some(params))) if params != args => tracing::warn!(
+                        %action, direction, params, args, %sql, "statement takes another number of parameters than its args"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(%action, direction, error = %e, %sql, "statement does not prepare"),
+                    _ => {}
+                }
+            }
+        }
+    });
 }
 
 /// The file in the data directory holding its instance id (16 hex digits and a newline).

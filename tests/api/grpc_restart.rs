@@ -128,3 +128,42 @@ async fn a_second_sigterm_exits_at_once_and_recovery_finishes_the_rest() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Issue 11 item 7: `serve` runs `config check`'s participant checks at start without being
+/// stopped by them: a statement that does not prepare is logged with its action, direction
+/// and root cause, and the server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_does_not_prepare_is_logged_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = CONFIG.replacen("INSERT INTO executions (run_id, rows)", "INSERT INTO executons (run_id, rows)", 1);
+    assert_ne!(broken, CONFIG);
+    let config = write_config(dir.path(), &broken);
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sagalog"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sagalog serve");
+    let _client = connect(port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("statement does not prepare") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(text.contains("statement does not prepare"), "{text}");
+    assert!(
+        text.contains("record_execution") && text.contains("forward") && text.contains("no such table: executons"),
+        "{text}"
+    );
+}
