@@ -10,8 +10,9 @@
 //! The mix also cancels some sagas right after their acknowledgement (an acknowledged cancel
 //! must compensate, never be dropped) and resubmits, in the next round, every saga whose submit
 //! got no answer (a lost acknowledgement: the resubmit is acknowledged exactly once, as new or
-//! as already there). The demo fails sagas at step 0 (a negative row count) and at step 1 (too
-//! many rows for the warehouse).
+//! as already there). The demo fails sagas at every step position: step 0 (a negative row
+//! count), step 1 (too many rows for the warehouse) and step 2 (a directory where the artefact
+//! file goes, so every attempt of the put fails).
 //!
 //! CI runs a bounded number of rounds. The soak (not run yet; its figures go in docs/recovery.md):
 //! `SAGALOG_CRASH_ROUNDS=1000 SAGALOG_CRASH_BUDGET_S=36000 cargo test --release --test crash -- --nocapture`.
@@ -134,6 +135,7 @@ async fn load_round(dir: &Path, after: Duration, next: &Arc<AtomicU64>, lost: Ve
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let (mut client, round, next, lost) = (client.clone(), round.clone(), next.clone(), lost.clone());
+        let dir = dir.to_path_buf();
         tasks.push(tokio::spawn(async move {
             let mut submits = 0;
             while submits < SUBMITS_PER_CLIENT {
@@ -145,8 +147,14 @@ async fn load_round(dir: &Path, after: Duration, next: &Arc<AtomicU64>, lost: Ve
                         next.fetch_add(1, Ordering::SeqCst)
                     }
                 };
-                let (expect, rows) = load_plan(n);
+                let (mut expect, rows) = load_plan(n);
                 let id = format!("crash-{n}");
+                if expect == "COMPLETED" && n % 11 == 3 {
+                    // Fail the last (file) step: a directory stands where its artefact goes,
+                    // so the put's rename fails every attempt and steps 1 and 0 compensate.
+                    std::fs::create_dir_all(dir.join("demo/artifacts/runs").join(format!("{id}.json"))).unwrap();
+                    expect = "COMPENSATED";
+                }
                 // Only an Ok reply is an acknowledgement; after the kill every call fails, and
                 // the saga is resubmitted next round.
                 match client.submit(demo(&id, rows)).await {
@@ -271,7 +279,8 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
         // A cancel that got no answer may or may not have been journaled.
         let expect = if maybe_cancelled.contains(id) && status == "COMPENSATED" { status } else { expect };
         assert_eq!(status, expect, "saga {id} (compensation reason: {:?})", reasons.get(id));
-        let artifact = d.join("artifacts/runs").join(format!("{id}.json")).exists();
+        // A file: the directory that fails a last step on purpose is no artefact.
+        let artifact = d.join("artifacts/runs").join(format!("{id}.json")).is_file();
         match expect.as_str() {
             "COMPLETED" => {
                 assert_eq!(sqlite_rows.get(id), Some(&1), "{id}: ledger row exactly once");
