@@ -14,7 +14,8 @@
 //! count), step 1 (too many rows for the warehouse) and step 2 (a directory where the artefact
 //! file goes, so every attempt of the put fails).
 //!
-//! CI runs a bounded number of rounds. The soak (not run yet; its figures go in docs/recovery.md):
+//! CI runs a bounded number of rounds. The soak (its figures, and what is still missing, are in
+//! docs/recovery.md, "The kill -9 soak"):
 //! `SAGALOG_CRASH_ROUNDS=1000 SAGALOG_CRASH_BUDGET_S=36000 cargo test --release --test crash -- --nocapture`.
 
 #![cfg(feature = "duckdb")]
@@ -238,7 +239,9 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
     let (mut child, mut client) = serve(dir.path()).await;
     let mut statuses: BTreeMap<String, String> = BTreeMap::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // 180 s for each saga in turn, not for all of them: a soak's final run settles a backlog of
+    // thousands of sagas (the bound is on progress, not on the whole wait).
+    let mut deadline = Instant::now() + Duration::from_secs(180);
     for id in acked.keys() {
         loop {
             let saga = client
@@ -250,11 +253,12 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
             if matches!(status, pb::SagaStatus::Completed | pb::SagaStatus::Compensated | pb::SagaStatus::Stuck) {
                 statuses.insert(id.clone(), status.as_str_name().to_owned());
                 reasons.insert(id.clone(), saga.compensation_reason);
+                deadline = Instant::now() + Duration::from_secs(180);
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "saga {id} still {} after 180 s: parked on {:?}, steps {:?}",
+                "saga {id} still {} after waiting 180 s for it: parked on {:?}, steps {:?}",
                 status.as_str_name(),
                 saga.parked_on,
                 saga.steps.iter().map(|s| (s.state, s.attempts, s.last_error.clone())).collect::<Vec<_>>()
