@@ -511,6 +511,28 @@ fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Every SQL statement of `action` with the number of `args` it binds: `(direction, sql,
+/// args)` for its forward and compensate operations and its effect check. What `config
+/// check` and a start prepare against the database.
+pub fn statements(action: &ActionConfig) -> Vec<(&'static str, &str, usize)> {
+    let mut out: Vec<(&'static str, &str, usize)> = Vec::new();
+    for (direction, op) in [("forward", &action.forward), ("compensate", &action.compensate)] {
+        match op {
+            OperationConfig::Sql { sql, args, .. } => out.push((direction, sql, args.len())),
+            OperationConfig::Statements { sql, args, .. } => {
+                for (i, sql) in sql.iter().enumerate() {
+                    out.push((direction, sql, args.get(i).map_or(0, Vec::len)));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = &action.check {
+        out.push(("check", &c.sql, c.args.len()));
+    }
+    out
+}
+
 /// `{name}` placeholders in a path template.
 fn placeholders(template: &str) -> Vec<String> {
     template.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned())).collect()

@@ -433,20 +433,7 @@ fn spawn_start_checks(
         }
         for (action, a) in &catalog.config.actions {
             let Some(p) = participants.get(&a.participant) else { continue };
-            let mut statements: Vec<(&str, &str, usize)> = Vec::new();
-            for (direction, op) in [("forward", &a.forward), ("compensate", &a.compensate)] {
-                match op {
-                    crate::config::OperationConfig::Sql { sql, args, .. } => {
-                        statements.push((direction, sql, args.len()))
-                    }
-                    crate::config::OperationConfig::Statements { sql, args, .. } => {
-                        for (i, sql) in sql.iter().enumerate() {
-                            statements.push((direction, sql, args.get(i).map_or(0, Vec::len)));
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let statements = crate::catalog::statements(a);
             for (direction, sql, args) in statements {
                 match tokio::time::timeout(WITHIN, p.prepare_check(sql)).await {
                     Ok(Ok(Some(params))) if params != args => tracing::warn!(

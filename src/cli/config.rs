@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::{EXIT_CORRUPT, EXIT_USAGE_OR_IO};
 use crate::catalog::Catalog;
-use crate::config::{Kind, OperationConfig};
+use crate::config::Kind;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -167,21 +167,7 @@ pub async fn check(path: &Path, text: &str, data_dir: &Path) -> Report {
         if !report.participants_reachable.contains(&action.participant) {
             continue;
         }
-        let mut statements: Vec<(&str, &str, usize)> = Vec::new();
-        for (direction, op) in [("forward", &action.forward), ("compensate", &action.compensate)] {
-            match op {
-                OperationConfig::Sql { sql, args, .. } => statements.push((direction, sql, args.len())),
-                OperationConfig::Statements { sql, args, .. } => {
-                    for (i, sql) in sql.iter().enumerate() {
-                        statements.push((direction, sql, args.get(i).map_or(0, Vec::len)));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(c) = &action.check {
-            statements.push(("check", &c.sql, c.args.len()));
-        }
+        let statements = crate::catalog::statements(action);
         for (direction, sql, args) in statements {
             let key = format!("actions.{name}.{direction}");
             match participant.prepare_check(sql).await {
