@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use duckdb::{Connection, params, params_from_iter};
 
-use super::marker::{decode_outputs, encode_outputs, now_ms, parse_marker};
+use super::marker::{self, decode_outputs, encode_outputs, now_ms};
 use super::pool::BlockingPool;
 use super::{
     Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Outputs, Participant, Statement, StepKey,
@@ -342,9 +342,7 @@ impl Participant for Duckdb {
             if !has_table {
                 return Ok(Vec::new());
             }
-            let sql = format!(
-                "SELECT saga_id, step, direction, applied_at_ms FROM {markers_table} ORDER BY saga_id, step, direction"
-            );
+            let sql = marker::list_all_sql(&markers_table);
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
                 .query_map([], |row| {
@@ -357,15 +355,7 @@ impl Participant for Duckdb {
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| classify(name, "list markers", &e))?;
-            let mut markers = Vec::with_capacity(rows.len());
-            for (stored, step, direction, at) in rows {
-                let (step, direction) = parse_marker(name, step, &direction)?;
-                let (saga_id, scope) = StepKey::split_marker_id(&stored);
-                let key = StepKey { saga_id, step, direction, scope };
-                markers.push(MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
-            }
-            markers.sort();
-            Ok(markers)
+            marker::entries(name, rows)
         }))
     }
 
@@ -377,16 +367,13 @@ impl Participant for Duckdb {
             if !has_table {
                 return Ok(Vec::new());
             }
-            let sql = format!("SELECT step, direction FROM {markers_table} WHERE saga_id = $1 OR substr(saga_id, 1, length($1) + 1) = $1 || ' '");
+            let sql = marker::list_saga_sql(&markers_table, "$1");
             let mut stmt = conn.prepare(&sql).map_err(|e| classify(name, "list markers", &e))?;
             let rows = stmt
                 .query_map([&saga_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| classify(name, "list markers", &e))?;
-            let mut markers =
-                rows.into_iter().map(|(step, dir)| parse_marker(name, step, &dir)).collect::<Result<Vec<_>, _>>()?;
-            markers.sort();
-            Ok(markers)
+            marker::steps(name, rows)
         }))
     }
 

@@ -61,3 +61,44 @@ pub(crate) fn decode_outputs(name: &str, bytes: Option<&[u8]>) -> Result<super::
             .map_err(|e| Error::permanent(name, format!("marker table holds outputs that do not decode: {e}"))),
     }
 }
+
+/// One row of a marker listing as the embedded SQL kinds (SQLite, DuckDB) read it:
+/// `(stored saga id, step, direction, applied_at_ms)`.
+pub(crate) type ListedRow = (String, i64, String, i64);
+
+/// The statement that lists every marker of `markers_table`, in key order, as [`ListedRow`]s
+/// (SQLite and DuckDB spell it alike).
+pub(crate) fn list_all_sql(markers_table: &str) -> String {
+    format!("SELECT saga_id, step, direction, applied_at_ms FROM {markers_table} ORDER BY saga_id, step, direction")
+}
+
+/// The statement that lists `(step, direction)` of one saga's markers, scoped or not: `p` is
+/// the dialect's first placeholder (`?1` for SQLite, `$1` for DuckDB), bound to the saga id.
+/// A scoped marker stores `"<id> <scope>"`, and a valid id has no space.
+pub(crate) fn list_saga_sql(markers_table: &str, p: &str) -> String {
+    format!(
+        "SELECT step, direction FROM {markers_table} WHERE saga_id = {p} OR substr(saga_id, 1, length({p}) + 1) = {p} || ' '"
+    )
+}
+
+/// The marker entries of listed rows, sorted by key; a row sagalog did not write is a
+/// permanent error naming what is wrong with it.
+pub(crate) fn entries(name: &str, rows: Vec<ListedRow>) -> Result<Vec<super::MarkerEntry>, Error> {
+    let mut markers = Vec::with_capacity(rows.len());
+    for (stored, step, direction, at) in rows {
+        let (step, direction) = parse_marker(name, step, &direction)?;
+        let (saga_id, scope) = super::StepKey::split_marker_id(&stored);
+        let key = super::StepKey { saga_id, step, direction, scope };
+        markers.push(super::MarkerEntry { key, applied_at_ms: u64::try_from(at).ok() });
+    }
+    markers.sort();
+    Ok(markers)
+}
+
+/// One saga's `(step, direction)` markers from listed rows, sorted.
+pub(crate) fn steps(name: &str, rows: Vec<(i64, String)>) -> Result<Vec<(u32, Direction)>, Error> {
+    let mut markers =
+        rows.into_iter().map(|(step, dir)| parse_marker(name, step, &dir)).collect::<Result<Vec<_>, _>>()?;
+    markers.sort();
+    Ok(markers)
+}
