@@ -2,8 +2,8 @@
 //!
 //! On start, every record is read back (through the same checksummed reader as
 //! `sagalog wal verify`) and applied with [`Saga::apply`], the function live running uses, so a
-//! rebuilt saga is exactly the saga that was running. A `Checkpoint { reason: "recovery" }`
-//! record is journaled to count the recovery for every unfinished saga, and each unfinished
+//! rebuilt saga is exactly the saga that was running. A `RecoveryStarted { reason: "recovery" }`
+//! record (on-disk kind `Checkpoint`) is journaled to count the recovery for every unfinished saga, and each unfinished
 //! saga is handed to the executor, whose first [`Saga::next`] tells it what to do: a step that
 //! was started but has no outcome is *in doubt* and is settled by its participant's marker
 //! (present → recorded as succeeded without re-running; absent → run again), then the saga
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::engine::record::{Checkpoint, DecodeError};
+use crate::engine::record::{DecodeError, RecoveryStarted};
 use crate::engine::{Record, Saga};
 use crate::executor::Executor;
 use crate::journal;
@@ -106,8 +106,8 @@ pub fn apply(sagas: &mut BTreeMap<String, Saga>, record: &Record) {
             let saga = sagas.entry(s.saga.id.clone()).or_insert_with(|| (*s.saga).clone());
             saga.apply(record);
         }
-        Record::Checkpoint(c) if c.reason == RECOVERY => sagas.values_mut().for_each(Saga::note_recovery),
-        Record::Checkpoint(_) => {}
+        Record::RecoveryStarted(c) if c.reason == RECOVERY => sagas.values_mut().for_each(Saga::note_recovery),
+        Record::RecoveryStarted(_) => {}
         other => {
             if let Some(saga) = other.saga().and_then(|id| sagas.get_mut(id)) {
                 saga.apply(other);
@@ -142,7 +142,7 @@ pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error
         .filter(|st| st.forward.in_flight || st.compensate.in_flight)
         .count();
     if unfinished > 0 {
-        let record = Record::Checkpoint(Checkpoint {
+        let record = Record::RecoveryStarted(RecoveryStarted {
             reason: RECOVERY.into(),
             unfinished: unfinished as u64,
             at_ms: std::time::SystemTime::now()

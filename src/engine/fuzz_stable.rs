@@ -16,8 +16,8 @@ use super::fuzzing::record_decoder;
 use super::golden;
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Snapshotted, Started,
-    Submitted, Succeeded,
+    CancelRequested, Failed, Finished, Outcome, Record, RecoveryStarted, ResolveDecision, Resolved, Snapshotted,
+    Started, Submitted, Succeeded,
 };
 use super::value::Value;
 use crate::engine::Direction;
@@ -178,7 +178,7 @@ fn random_record(rng: &mut Rng) -> Record {
             let decision = decisions[rng.below(3)];
             Record::Resolved(Resolved { saga, decision, by: rng.text(), at_ms })
         }
-        7 => Record::Checkpoint(Checkpoint { reason: rng.text(), unfinished: rng.int(), at_ms }),
+        7 => Record::RecoveryStarted(RecoveryStarted { reason: rng.text(), unfinished: rng.int(), at_ms }),
         // A snapshot of a random saga: a random submit and a few of its records applied.
         _ => {
             let Record::SagaSubmitted(submitted) = random_submitted(rng, saga.clone(), at_ms) else {
@@ -207,7 +207,7 @@ fn record_saga_mut(record: &mut Record) -> Option<&mut String> {
         Record::SagaFinished(r) => Some(&mut r.saga),
         Record::CancelRequested(r) => Some(&mut r.saga),
         Record::Resolved(r) => Some(&mut r.saga),
-        Record::Checkpoint(_) | Record::SagaSnapshot(_) => None,
+        Record::RecoveryStarted(_) | Record::SagaSnapshot(_) => None,
     }
 }
 

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Snapshotted, Started,
-    Submitted, Succeeded,
+    CancelRequested, Failed, Finished, Outcome, Record, RecoveryStarted, ResolveDecision, Resolved, Snapshotted,
+    Started, Submitted, Succeeded,
 };
 use super::value::Value;
 use crate::config::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig};
@@ -106,7 +106,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
             "v1-checkpoint.msgpack",
             44,
             0xe7a8_95f2,
-            Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 3, at_ms: AT_MS }),
+            Record::RecoveryStarted(RecoveryStarted { reason: "recovery".into(), unfinished: 3, at_ms: AT_MS }),
         ),
         (
             "v2-saga-snapshot.msgpack",
@@ -380,7 +380,7 @@ fn assert_fields(name: &str, decoded: &Record) {
             };
             assert_eq!((saga.as_str(), *decision, by.as_str(), *at_ms), (SAGA, expected, "alice", AT_MS), "{name}");
         }
-        Record::Checkpoint(Checkpoint { reason, unfinished, at_ms }) => {
+        Record::RecoveryStarted(RecoveryStarted { reason, unfinished, at_ms }) => {
             assert_eq!((reason.as_str(), *unfinished, *at_ms), ("recovery", 3, AT_MS));
         }
         Record::SagaSnapshot(Snapshotted { saga, at_ms }) => {

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Started, Submitted,
+    CancelRequested, Failed, Finished, Outcome, Record, RecoveryStarted, ResolveDecision, Resolved, Started, Submitted,
     Succeeded,
 };
 use super::saga::{Next, Saga, Status, StepState};
@@ -158,7 +158,7 @@ fn arb_record(steps: u32) -> impl Strategy<Value = Record> {
         1 => arb_saga_id().prop_map(|saga| Record::CancelRequested(CancelRequested { saga, at_ms: 5 })),
         2 => (arb_saga_id(), arb_decision())
             .prop_map(|(saga, decision)| Record::Resolved(Resolved { saga, decision, by: "op".into(), at_ms: 6 })),
-        1 => Just(Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 1, at_ms: 7 })),
+        1 => Just(Record::RecoveryStarted(RecoveryStarted { reason: "recovery".into(), unfinished: 1, at_ms: 7 })),
         1 => arb_saga_id().prop_map(|saga| Record::SagaSubmitted(Submitted { saga, steps: Vec::new(), policies: Vec::new(), digest: 9, at_ms: 8, actions: Default::default(), scope: None })),
     ]
 }

@@ -132,8 +132,13 @@ pub struct Resolved {
 }
 
 /// A global record: recovery started (every unfinished saga counts one more recovery).
+///
+/// Its on-disk kind is [`RecordKind::Checkpoint`] (tag and `wal dump` spelling kept for the
+/// journals and scripts that have it); in code it is named for what it means, so that it is
+/// never confused with the checkpoint *file* ([`crate::checkpoint::Checkpoint`]), which says
+/// where replay starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub struct RecoveryStarted {
     pub reason: String,
     pub unfinished: u64,
     pub at_ms: u64,
@@ -164,7 +169,7 @@ pub enum Record {
     SagaFinished(Finished),
     CancelRequested(CancelRequested),
     Resolved(Resolved),
-    Checkpoint(Checkpoint),
+    RecoveryStarted(RecoveryStarted),
     SagaSnapshot(Snapshotted),
 }
 
@@ -187,7 +192,7 @@ impl Record {
             Record::SagaFinished(_) => RecordKind::SagaFinished,
             Record::CancelRequested(_) => RecordKind::CancelRequested,
             Record::Resolved(_) => RecordKind::Resolved,
-            Record::Checkpoint(_) => RecordKind::Checkpoint,
+            Record::RecoveryStarted(_) => RecordKind::Checkpoint,
             Record::SagaSnapshot(_) => RecordKind::SagaSnapshot,
         }
     }
@@ -202,7 +207,7 @@ impl Record {
             Record::SagaFinished(r) => Some(&r.saga),
             Record::CancelRequested(r) => Some(&r.saga),
             Record::Resolved(r) => Some(&r.saga),
-            Record::Checkpoint(_) => None,
+            Record::RecoveryStarted(_) => None,
             Record::SagaSnapshot(r) => Some(&r.saga.id),
         }
     }
@@ -224,7 +229,7 @@ impl Record {
             Record::SagaFinished(r) => rmp_serde::to_vec_named(r),
             Record::CancelRequested(r) => rmp_serde::to_vec_named(r),
             Record::Resolved(r) => rmp_serde::to_vec_named(r),
-            Record::Checkpoint(r) => rmp_serde::to_vec_named(r),
+            Record::RecoveryStarted(r) => rmp_serde::to_vec_named(r),
             Record::SagaSnapshot(r) => rmp_serde::to_vec_named(r),
         };
         // Encoding plain owned data into a Vec has no failure mode; a failure is a bug.
@@ -254,7 +259,7 @@ impl Record {
             RecordKind::SagaFinished => Record::SagaFinished(rmp_serde::from_slice(payload).map_err(err)?),
             RecordKind::CancelRequested => Record::CancelRequested(rmp_serde::from_slice(payload).map_err(err)?),
             RecordKind::Resolved => Record::Resolved(rmp_serde::from_slice(payload).map_err(err)?),
-            RecordKind::Checkpoint => Record::Checkpoint(rmp_serde::from_slice(payload).map_err(err)?),
+            RecordKind::Checkpoint => Record::RecoveryStarted(rmp_serde::from_slice(payload).map_err(err)?),
             RecordKind::SagaSnapshot => Record::SagaSnapshot(rmp_serde::from_slice(payload).map_err(err)?),
         })
     }

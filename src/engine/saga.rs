@@ -243,7 +243,7 @@ impl Saga {
         }
         self.version += 1;
         match record {
-            Record::SagaSubmitted(_) | Record::Checkpoint(_) => {}
+            Record::SagaSubmitted(_) | Record::RecoveryStarted(_) => {}
             // The state the saga's records before this one built: the same as `self` live, the
             // only state replay has of the saga when it starts at this record.
             Record::SagaSnapshot(r) => {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::model::{StepCall, StepPolicy};
 use super::record::{
-    CancelRequested, Checkpoint, Failed, Finished, Outcome, Record, ResolveDecision, Resolved, Started, Submitted,
+    CancelRequested, Failed, Finished, Outcome, Record, RecoveryStarted, ResolveDecision, Resolved, Started, Submitted,
     Succeeded,
 };
 use super::saga::{Next, Saga, Status};
@@ -609,7 +609,7 @@ fn records_of_other_sagas_and_global_records_change_nothing() {
     };
     after.apply(&other(started(1, F)));
     after.apply(&other(cancel()));
-    after.apply(&Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 1, at_ms: 5 }));
+    after.apply(&Record::RecoveryStarted(RecoveryStarted { reason: "recovery".into(), unfinished: 1, at_ms: 5 }));
     assert_eq!(after, before);
 }
 

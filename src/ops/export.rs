@@ -120,7 +120,7 @@ fn read_journal(journal_dir: &Path) -> Result<Journaled, Error> {
                 row.retryable = Some(f.retryable);
                 row.error = Some(f.error.clone());
             }
-            Record::Checkpoint(c) if c.reason == "recovery" => {
+            Record::RecoveryStarted(c) if c.reason == "recovery" => {
                 let ids: Vec<String> = out.sagas.values().filter(|s| !s.is_finished()).map(|s| s.id.clone()).collect();
                 out.recoveries.push((lsn, c.at_ms, c.unfinished, ids));
             }

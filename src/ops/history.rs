@@ -190,7 +190,7 @@ fn rebuild_only(
     let mut first_lsn = BTreeMap::new();
     read(journal_dir, from_lsn, |lsn, record| {
         let wanted = match &record {
-            Record::Checkpoint(_) => true,
+            Record::RecoveryStarted(_) => true,
             other => other.saga().is_some_and(|id| ids.contains(id)),
         };
         if !wanted {

@@ -283,7 +283,7 @@ async fn recoveries_are_counted_across_restarts() {
         let h = start(dir.path(), &Memory::new("mem"), CONFIG);
         let rebuilt = recovery::rebuild(h.journal.dir(), 1).unwrap();
         assert_eq!(rebuilt.sagas[ID].recoveries, 0);
-        let record = Record::Checkpoint(sagalog::engine::record::Checkpoint {
+        let record = Record::RecoveryStarted(sagalog::engine::record::RecoveryStarted {
             reason: "recovery".into(),
             unfinished: 1,
             at_ms: 7,

@@ -7,7 +7,7 @@
 use crate::ops_support;
 
 use ops_support::*;
-use sagalog::engine::record::{Checkpoint, Failed, Finished, Started, Succeeded};
+use sagalog::engine::record::{Failed, Finished, RecoveryStarted, Started, Succeeded};
 use sagalog::engine::{Outcome, Record, Value};
 use sagalog::participant::Direction::{self, Compensate, Forward};
 
@@ -80,7 +80,7 @@ fn history() -> Vec<Record> {
 
     r.push(submitted(&two_steps("c5", 1), t + 20 * MIN));
     r.push(start("c5", 0, Forward, 1, t + 25 * MIN));
-    r.push(Record::Checkpoint(Checkpoint { reason: "recovery".into(), unfinished: 1, at_ms: t + 30 * MIN }));
+    r.push(Record::RecoveryStarted(RecoveryStarted { reason: "recovery".into(), unfinished: 1, at_ms: t + 30 * MIN }));
     // Settled by its marker, with the outputs the marker held (issue 11 item 1).
     let Record::StepSucceeded(mut settled) = ok("c5", 0, Forward, 1, t + 30 * MIN + 1_000, true) else {
         unreachable!()

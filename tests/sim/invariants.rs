@@ -302,7 +302,7 @@ fn history(recs: &[(u64, &Record)]) -> String {
                 Record::CancelRequested(_) => "Cancel".to_string(),
                 Record::Resolved(x) => format!("Resolved({:?})", x.decision),
                 Record::SagaSubmitted(_) => "Submitted".to_string(),
-                Record::Checkpoint(_) => "Checkpoint".to_string(),
+                Record::RecoveryStarted(_) => "Checkpoint".to_string(),
                 Record::SagaSnapshot(x) => format!("Snapshot(v{})", x.saga.version),
             };
             format!("{lsn}:{what}")

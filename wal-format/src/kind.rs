@@ -15,6 +15,8 @@ pub enum RecordKind {
     SagaFinished = 5,
     CancelRequested = 6,
     Resolved = 7,
+    /// Recovery started (the engine's `RecoveryStarted` record). The name is the tag's since
+    /// version 1 and what `wal dump` prints, so it stays; it is not the checkpoint file.
     Checkpoint = 8,
     /// A saga's whole state, re-journaled so that the journal before it can go (added after
     /// version 1; a build that does not know the tag stops at it, never skips it).
