@@ -412,25 +412,17 @@ fn refuse_other_config(root: &Path) -> Result<(), Error> {
 }
 
 /// The checks of `sagalog config check` that need the participants, run in the background
-/// of a start (they never delay or stop it): every participant's probe and every SQL
-/// statement of the catalog prepared with its parameter count. Each failure is logged with
-/// its root cause, so a participant that is down or a statement that no longer prepares is
-/// named at start, not at the first saga that needs it.
+/// of a start (they never delay or stop it): every SQL statement of the catalog prepared with
+/// its parameter count. Each failure is logged with its root cause, so a statement that no
+/// longer prepares is named at start, not at the first saga that needs it. The participants'
+/// probes are the server's (`server::participant_health`: logged with their cause at start,
+/// and published in the health service).
 fn spawn_start_checks(
     catalog: Arc<Catalog>,
     participants: std::collections::BTreeMap<String, Arc<dyn participant::Participant>>,
 ) {
     tokio::spawn(async move {
         const WITHIN: Duration = Duration::from_secs(10);
-        for (name, p) in &participants {
-            match tokio::time::timeout(WITHIN, p.probe()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(participant = %name, error = %e, "participant cannot be reached at start"),
-                Err(_) => {
-                    tracing::warn!(participant = %name, "participant did not answer its probe within 10 s at start")
-                }
-            }
-        }
         for (action, a) in &catalog.config.actions {
             let Some(p) = participants.get(&a.participant) else { continue };
             let statements = crate::catalog::statements(a);

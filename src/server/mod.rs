@@ -6,6 +6,7 @@ pub mod config;
 mod convert;
 mod error;
 mod metrics_http;
+pub mod participant_health;
 mod run;
 mod service;
 

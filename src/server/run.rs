@@ -8,6 +8,10 @@
 //! 3. the gRPC server stops (calls in progress finish);
 //! 4. the node flushes the index and syncs and closes the journal.
 //!
+//! While it serves, each participant's reachability is published in the health service as
+//! `sagalog.participant.<name>` (`participant_health.rs`): one that cannot be reached makes the
+//! server degraded, not down.
+//!
 //! Whatever is unfinished stays journaled; the next start's recovery resumes it.
 //!
 //! A poisoned journal (a write or fsync failed, a full disk is enough) never heals in process:
@@ -48,6 +52,8 @@ pub struct Running {
     metrics: Option<JoinHandle<()>>,
     /// Turns health NOT_SERVING and ends watches once the journal is poisoned.
     poison_watch: JoinHandle<()>,
+    /// Publishes each participant's health (`participant_health.rs`).
+    participant_health: JoinHandle<()>,
     grace: Duration,
 }
 
@@ -94,6 +100,11 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
             tracing::error!(error = %cause, "journal poisoned: health NOT_SERVING, watches ended; the server exits, a restart recovers from disk");
         })
     };
+    let participant_health = super::participant_health::spawn(
+        node.executor.clone(),
+        node.catalog.config.participants.keys().cloned().collect(),
+        health.clone(),
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -144,6 +155,7 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         grpc: Some(grpc),
         metrics,
         poison_watch,
+        participant_health,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
 }
@@ -185,6 +197,7 @@ impl Running {
     /// A journal poisoned before or during the shutdown is reported as the error.
     pub async fn shutdown(mut self) -> Result<usize, Error> {
         self.poison_watch.abort();
+        self.participant_health.abort();
         let _ = self.stopping.send(true);
         set_not_serving(&self.health).await;
         let unfinished_calls = self.node.executor.drain(self.grace).await;
@@ -218,6 +231,7 @@ impl Running {
     /// directory. Returns the error to exit with, which names the poisoning.
     pub async fn stop_poisoned(mut self) -> Error {
         self.poison_watch.abort();
+        self.participant_health.abort();
         let _ = self.stopping.send(true);
         set_not_serving(&self.health).await;
         if let Some(stop) = self.stop_grpc.take() {

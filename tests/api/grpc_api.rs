@@ -501,3 +501,41 @@ async fn list_actions_and_did_you_mean_through_the_server() {
     }
     running.shutdown().await.unwrap();
 }
+
+/// A participant that cannot be reached makes the server degraded, not down: its health
+/// service `sagalog.participant.<name>` answers NOT_SERVING within moments of the start while
+/// the server (`""`) and the reachable participants stay SERVING, and a saga on the reachable
+/// participants still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_participant_is_reported_degraded_in_health() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens there, so every connection is refused.
+    let config = format!(
+        "{CONFIG}\n[participants.payments]\nkind = \"postgres\"\nurl = \"host=127.0.0.1 port=1 user=postgres dbname=test connect_timeout=2\"\n"
+    );
+    let server = start(dir.path(), &config).await;
+    let mut health = HealthClient::new(api_support::channel(server.addr).await);
+    let mut check = async |service: &str| {
+        let request = HealthCheckRequest { service: service.into() };
+        health.check(request).await.map(|r| r.into_inner().status)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let payments = check("sagalog.participant.payments").await;
+        if payments.as_ref().is_ok_and(|s| *s == ServingStatus::NotServing as i32) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "payments never reported NOT_SERVING: {payments:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for service in ["", "sagalog.participant.ledger", "sagalog.participant.artifacts"] {
+        assert_eq!(check(service).await.unwrap(), ServingStatus::Serving as i32, "{service:?}");
+    }
+    let mut client = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+    client.submit(saga("degraded-1", 3)).await.unwrap();
+    assert_eq!(status(&settled(&mut client, "degraded-1").await), pb::SagaStatus::Completed);
+    server.shutdown().await.unwrap();
+}
