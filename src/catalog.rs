@@ -125,6 +125,7 @@ impl Catalog {
             let needs = match p.kind {
                 Kind::Postgres => p.url.is_none().then_some("url"),
                 Kind::Sqlite | Kind::Duckdb | Kind::Fs => p.path.is_none().then_some("path"),
+                Kind::Worker => p.queue.is_none().then_some("queue"),
                 Kind::Memory => None,
             };
             if let Some(field) = needs {
@@ -145,6 +146,7 @@ impl Catalog {
                     return Err(ConfigError::Invalid(format!("participant {name:?}: `{key}` {problem}")));
                 }
             }
+            check_worker_keys(name, p, &config.participants).map_err(ConfigError::Invalid)?;
             if p.marker_table() == p.fence_table() {
                 return Err(ConfigError::Invalid(format!(
                     "participant {name:?}: `marker_table` and `fence_table` are both {:?}",
@@ -162,13 +164,16 @@ impl Catalog {
                     "parameter {name:?}: names starting with {OWN_OUTPUT_PREFIX:?} are reserved"
                 )));
             }
-            if !action.returns.is_empty() && !matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb) {
+            if !action.returns.is_empty()
+                && !matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Worker)
+            {
                 return Err(invalid(format!(
-                    "returns: a {} participant returns no outputs (SQL participants return a row's columns)",
+                    "returns: a {} participant returns no outputs (SQL participants return a row's columns, workers \
+                     the output of their task)",
                     participant.kind.as_str()
                 )));
             }
-            if !action.returns.is_empty() && !returns_a_row(&action.forward) {
+            if !action.returns.is_empty() && participant.kind != Kind::Worker && !returns_a_row(&action.forward) {
                 return Err(invalid(
                     "returns: the forward operation must be SQL whose (last) statement returns the row".into(),
                 ));
@@ -372,6 +377,15 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
             Operation::FileCopy { from: fill_path(copy, &call.params)?, to: fill_path(to, &call.params)? }
         }
         OperationConfig::Noop { .. } => Operation::Noop,
+        OperationConfig::Task { task, args } => {
+            let params = if args.is_empty() {
+                call.params.clone()
+            } else {
+                args.iter().map(|a| Ok((a.clone(), arg(a)?))).collect::<Result<_, String>>()?
+            };
+            let returns = if direction == Direction::Forward { action.returns.clone() } else { BTreeMap::new() };
+            Operation::Task { task: task.clone(), params, returns }
+        }
         OperationConfig::Statements { sql, args, rows } => Operation::Statements(
             sql.iter()
                 .enumerate()
@@ -548,7 +562,10 @@ fn path_params(op: &OperationConfig) -> Vec<String> {
         OperationConfig::Put { put, .. } => placeholders(put),
         OperationConfig::Delete { delete } => placeholders(delete),
         OperationConfig::Copy { copy, to } => [placeholders(copy), placeholders(to)].concat(),
-        OperationConfig::Sql { .. } | OperationConfig::Statements { .. } | OperationConfig::Noop { .. } => Vec::new(),
+        OperationConfig::Sql { .. }
+        | OperationConfig::Statements { .. }
+        | OperationConfig::Noop { .. }
+        | OperationConfig::Task { .. } => Vec::new(),
     }
 }
 
@@ -563,6 +580,51 @@ fn fill_path(template: &str, params: &BTreeMap<String, Value>) -> Result<String,
     Ok(out)
 }
 
+/// The keys of a `worker` participant (`queue`, `lease_ms`, `tasks_waiting_max`,
+/// `workers_max`): set on workers only, positive, and no two participants share a queue.
+fn check_worker_keys(
+    name: &str,
+    p: &crate::config::ParticipantConfig,
+    all: &BTreeMap<String, crate::config::ParticipantConfig>,
+) -> Result<(), String> {
+    let keys = [
+        ("queue", p.queue.is_some()),
+        ("lease_ms", p.lease_ms.is_some()),
+        ("tasks_waiting_max", p.tasks_waiting_max.is_some()),
+        ("workers_max", p.workers_max.is_some()),
+    ];
+    if p.kind != Kind::Worker {
+        return match keys.iter().find(|(_, set)| *set) {
+            Some((key, _)) => {
+                Err(format!("participant {name:?} ({}): `{key}` is for worker participants only", p.kind.as_str()))
+            }
+            None => Ok(()),
+        };
+    }
+    let queue = p.queue.as_deref().unwrap_or_default();
+    if queue.is_empty() || queue.len() > 128 || !queue.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Err(format!(
+            "participant {name:?}: `queue` {queue:?} must be 1..=128 printable ASCII bytes without spaces or `/`"
+        ));
+    }
+    for (key, value) in [
+        ("lease_ms", p.lease_ms() as usize),
+        ("tasks_waiting_max", p.tasks_waiting_max()),
+        ("workers_max", p.workers_max()),
+    ] {
+        if value == 0 {
+            return Err(format!("participant {name:?}: `{key}` must be positive"));
+        }
+    }
+    if let Some(other) = all.iter().find(|(n, o)| n.as_str() != name && o.queue.as_deref() == Some(queue)) {
+        return Err(format!(
+            "participants {name:?} and {:?} both serve queue {queue:?}: a queue has one participant",
+            other.0
+        ));
+    }
+    Ok(())
+}
+
 fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, ParamType>) -> Result<(), String> {
     let sql_kind = matches!(kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Memory);
     let fs_kind = matches!(kind, Kind::Fs | Kind::Memory);
@@ -570,6 +632,14 @@ fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, P
         if params.contains_key(name) { Ok(()) } else { Err(format!("uses undeclared parameter {name:?}")) }
     };
     match op {
+        OperationConfig::Task { task, args } if kind == Kind::Worker => {
+            if task.trim().is_empty() {
+                return Err("`task` is empty".to_owned());
+            }
+            args.iter().try_for_each(declared)
+        }
+        OperationConfig::Task { .. } => Err(format!("a {kind:?} participant cannot run worker tasks")),
+        _ if kind == Kind::Worker => Err("a worker participant runs `task` operations only".to_owned()),
         OperationConfig::Sql { args, .. } if sql_kind => args.iter().try_for_each(declared),
         OperationConfig::Statements { sql, args, rows } if sql_kind => {
             if sql.is_empty() {

@@ -59,6 +59,7 @@ mod pool;
 pub mod postgres;
 pub mod sqlite;
 pub mod stores;
+pub mod worker;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -111,6 +112,13 @@ pub enum Operation {
     /// Several SQL statements, run in order in the one transaction that writes the marker;
     /// each statement's guard is checked after it runs.
     Statements(Vec<Statement>),
+    /// A task for a worker queue ([`worker`]): its name, its parameters by name, and what
+    /// its output must hold (the action's `returns`; empty for a compensation).
+    Task {
+        task: String,
+        params: std::collections::BTreeMap<String, Value>,
+        returns: std::collections::BTreeMap<String, crate::config::ParamType>,
+    },
 }
 
 impl Operation {
@@ -127,6 +135,7 @@ impl Operation {
             Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
                 Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
             }
+            Operation::Task { .. } => Err(Error::permanent(participant, "a SQL participant cannot run a worker task")),
         }
     }
 }
@@ -338,6 +347,7 @@ fn open_one(
             std::sync::Arc::new(fs::Fs::open(name, root)?)
         }
         Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+        Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
     };
     Ok(participant)
 }
@@ -400,6 +410,9 @@ pub fn open_all_read_only(
                 }
                 Kind::Fs => std::sync::Arc::new(fs::Fs::open_read_only(name, path)?),
                 Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+                // A queue with no worker: it keeps no markers to read, and offline nothing
+                // polls it.
+                Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
             }
         };
         set.participants.insert(name.clone(), participant);
@@ -505,4 +518,30 @@ pub trait Participant: Send + Sync + 'static {
     }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Whether this participant keeps completion markers (every kind but `worker`). One that
+    /// does not is a participant **without markers**: its effects are at-least-once,
+    /// deduplicated by the receiver with the step's idempotency key (`<saga>/<step>/<direction>`,
+    /// see [`StepKey`]'s `Display`). The executor then never settles an in-doubt step by a
+    /// lookup: it sends the step again with the same key, as a new journaled attempt, and the
+    /// answer settles it (`executor/in_doubt.rs`); compensation never skips a step that may
+    /// have been applied, and a permanent failure answered for the key means the receiver
+    /// holds no effect for it.
+    fn has_markers(&self) -> bool {
+        true
+    }
+    /// Whether a call could be served now, checked before each attempt is journaled. An error
+    /// (retryable, with the reason) opens the participant's breaker at once, so sagas park
+    /// without spending attempts (a worker queue that no worker polls). Default: always ready.
+    fn ready(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The executor tells the participant that the outcome it returned for attempt `attempt` of
+    /// `key` is durable in the journal (a worker's `Complete` answers only then). Default: no-op.
+    fn outcome_durable(&self, key: &StepKey, attempt: u32) {
+        let _ = (key, attempt);
+    }
+    /// The task queue of a `worker` participant, for the `Workers` API; `None` for other kinds.
+    fn worker_queue(&self) -> Option<std::sync::Arc<worker::Queue>> {
+        None
+    }
 }
