@@ -36,6 +36,7 @@ pub fn saga_json(saga: &pb::Saga) -> Json {
         "duration_ms": duration_ms,
         "compensation_reason": opt_text(&saga.compensation_reason),
         "parked_on": opt_text(&saga.parked_on),
+        "parked_reason": opt_text(&saga.parked_reason),
         "recovery_count": saga.recovery_count,
         "archived": saga.archived,
         "steps": steps,
@@ -53,6 +54,7 @@ fn step_json(step: &pb::StepStatus) -> Json {
         "compensate_attempts": step.compensate_attempts,
         "last_error": opt_text(&step.last_error),
         "applied_by_marker": step.applied_by_marker,
+        "worker_id": opt_text(&step.worker_id),
         "started_at": rfc3339_ms(step.started_at_ms),
         "finished_at": rfc3339_ms(step.finished_at_ms),
         "started_at_ms": step.started_at_ms,
@@ -157,7 +159,8 @@ pub fn saga_text(saga: &pb::Saga) -> String {
         field("reason", saga.compensation_reason.clone());
     }
     if !saga.parked_on.is_empty() {
-        field("parked on", format!("{} (its circuit breaker is open)", saga.parked_on));
+        let why = if saga.parked_reason.is_empty() { String::new() } else { format!(": {}", saga.parked_reason) };
+        field("parked on", format!("{} (its circuit breaker is open{why})", saga.parked_on));
     }
     if saga.recovery_count > 0 {
         field("recoveries", saga.recovery_count.to_string());
@@ -176,6 +179,8 @@ pub fn saga_text(saga: &pb::Saga) -> String {
             };
             let state = if s.applied_by_marker {
                 format!("{} (marker)", step_state_name(s))
+            } else if !s.worker_id.is_empty() {
+                format!("{} (worker {})", step_state_name(s), s.worker_id)
             } else {
                 step_state_name(s).into()
             };

@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub status: Status,
     /// The participant whose open breaker this saga is waiting on.
     pub parked_on: Option<String>,
+    /// Why that breaker is open, when the participant said so (e.g. "no worker polling queue
+    /// scans").
+    pub parked_reason: Option<String>,
 }
 
 /// The answer to a submit.
@@ -166,6 +169,7 @@ impl Executor {
             }),
             status: Status::Pending,
             parked_on: None,
+            parked_reason: None,
         };
         let registry = &self.inner.registry;
         if let Some(outcome) = registry.reserve(
@@ -248,7 +252,7 @@ impl Executor {
         if saga.is_finished() && self.inner.registry.archive(&saga) {
             return;
         }
-        let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None };
+        let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None, parked_reason: None };
         if saga.is_finished() {
             self.inner.registry.register(snapshot, first_lsn, reserved, None);
             return;
@@ -414,6 +418,11 @@ impl Executor {
         };
         queued.durable().await?;
         Ok(())
+    }
+
+    /// Why a participant's breaker is open, when the participant said so.
+    pub fn breaker_reason(&self, participant: &str) -> Option<String> {
+        self.inner.breakers.get(participant).and_then(Breaker::reason)
     }
 
     /// Circuit breaker state per participant (for status APIs).

@@ -12,14 +12,23 @@
 //!
 //! [`Participant::settle_marker`]: crate::participant::Participant::settle_marker
 //!
-//! Never does: re-run the step to find out (that could apply it twice), or record a commit or
-//! an absence the marker did not show: an unreachable participant is asked again. Not to be
-//! confused with an operator's `resolve` of a STUCK saga, which arrives as a journaled
-//! `Resolved` record.
+//! A participant **without markers** ([`Participant::has_markers`] false: a `worker` queue,
+//! whose effects live in the user's system) has nothing to look up. Its in-doubt step is never
+//! settled as "absent": it is sent again, as the step's next journaled attempt with the same
+//! idempotency key (the receiver deduplicates by it), and that answer settles it
+//! ([`SagaTask::resend_in_doubt`], the attempt in `attempt.rs`). While it goes unanswered the
+//! step stays uncertain, so compensation never skips it.
+//!
+//! [`Participant::has_markers`]: crate::participant::Participant::has_markers
+//!
+//! Never does: re-run a step *that keeps markers* to find out (that could apply it twice), or
+//! record a commit or an absence the marker did not show: an unreachable participant is asked
+//! again. Not to be confused with an operator's `resolve` of a STUCK saga, which arrives as a
+//! journaled `Resolved` record.
 
 use super::attempt::jittered;
 use super::handle::now_ms;
-use super::task::SagaTask;
+use super::task::{Check, SagaTask};
 use crate::engine::Record;
 use crate::engine::record::{Failed, Succeeded};
 use crate::journal;
@@ -40,6 +49,9 @@ impl SagaTask {
                 return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), true).await;
             }
         };
+        if !participant.has_markers() {
+            return self.resend_in_doubt(step, direction).await;
+        }
         let (retry, timeout) = self.retry_config(step, direction);
         let key = self.key(step, direction);
         let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
@@ -107,5 +119,19 @@ impl SagaTask {
                 }
             }
         }
+    }
+
+    /// Settles an in-doubt step of a participant without markers by sending it again: the
+    /// step's next attempt, journaled (`StepStarted`) before it is sent, with the same
+    /// idempotency key. After an interrupted attempt (a crash) it goes at once; after a failure
+    /// that may have applied it, after the usual back-off. Its outcome is journaled like any
+    /// attempt's: a success settles the step as applied (with its outputs), a retryable failure
+    /// leaves it uncertain (sent again later: it never reads as "not applied").
+    pub(super) async fn resend_in_doubt(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
+        let progress = self.saga.steps[step as usize].progress_of(direction);
+        let (attempt, after_failure) = (progress.total_attempts + 1, !progress.in_flight);
+        tracing::info!(saga = %self.saga.id, step, ?direction, attempt,
+            "in-doubt step of a participant without markers: sent again with the same idempotency key");
+        self.run_attempt(step, direction, attempt, after_failure, Check::Resend).await
     }
 }

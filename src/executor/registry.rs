@@ -366,7 +366,7 @@ mod tests {
             actions: Default::default(),
             scope: None,
         };
-        Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None }
+        Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None, parked_reason: None }
     }
 
     /// Trust item 7: the checkpoint LSN is read under the registry lock, so a submit cannot
