@@ -371,7 +371,15 @@ impl Executor {
     /// reverse order.
     pub async fn cancel(&self, id: &str) -> Result<(), Error> {
         let record = Record::CancelRequested(CancelRequested { saga: id.to_owned(), at_ms: now_ms() });
-        self.control(id, record, |s| (!s.is_terminal()).then_some(())).await
+        self.control(id, record, |s| (!s.is_terminal()).then_some(())).await?;
+        self.inner.registry.note_cancel(id);
+        Ok(())
+    }
+
+    /// Whether a cancel of the saga is journaled (durable), also while its task still waits on
+    /// a participant call and has not published it (a worker's `Heartbeat` asks).
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        self.inner.registry.cancel_requested(id)
     }
 
     /// An operator's decision for a STUCK saga (gRPC `Admin.Resolve`). Not to be confused with

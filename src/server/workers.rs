@@ -198,7 +198,7 @@ impl pb::workers_server::Workers for WorkersApi {
         let req = request.into_inner();
         let queue = self.queues.queue_of_token(&req.task_token)?;
         let beat = queue.heartbeat(&req.task_token).map_err(status_of)?;
-        let cancel_requested = self.executor.get(&beat.saga_id).is_some_and(|s| s.saga.cancel_requested);
+        let cancel_requested = self.executor.cancel_requested(&beat.saga_id);
         Ok(Response::new(pb::HeartbeatResponse { cancel_requested, deadline_ms: beat.deadline_ms }))
     }
 }
