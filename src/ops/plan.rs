@@ -6,7 +6,9 @@
 //! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
 //! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
 //! Marker lookups are batched per participant, one round per resolve depth, so a log with
-//! many in-doubt steps costs one pass per participant rather than one call per step.
+//! many in-doubt steps costs one pass per participant rather than one call per step. A
+//! participant without markers (a `worker` queue) is not asked: recovery sends its in-doubt
+//! step again with the same idempotency key, so the plan shows a re-run assumed to succeed.
 //!
 //! Never does: write to a participant, the journal, the index, the checkpoint or the config.
 
@@ -162,6 +164,12 @@ pub async fn plan(
             break;
         }
         for (name, wanted) in asks {
+            if participants.get(&name).is_some_and(|p| !p.has_markers()) {
+                for (i, key) in wanted {
+                    work[i].resend(&key);
+                }
+                continue;
+            }
             let keys: Vec<StepKey> = wanted.iter().map(|(_, k)| k.clone()).collect();
             let answers: Vec<MarkerAnswer> = match participants.get(&name) {
                 None => {
@@ -340,6 +348,26 @@ impl Work {
     /// an action run on its one participant).
     fn participant_of(&self, step: u32) -> Option<String> {
         self.participants.get(step as usize).cloned().flatten()
+    }
+
+    /// An in-doubt step of a participant without markers: recovery sends it again as its
+    /// next attempt (assumed to succeed, like every run the plan foresees).
+    fn resend(&mut self, key: &StepKey) {
+        self.pending = None;
+        let (step, direction) = (key.step, key.direction);
+        self.set_action(step, direction, Action::Rerun);
+        let saga = self.sim.id.clone();
+        let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.progress_of(direction).total_attempts) + 1;
+        self.sim.apply(&Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: 0 }));
+        self.sim.apply(&Record::StepSucceeded(Succeeded {
+            saga,
+            step,
+            direction,
+            attempt,
+            by_marker: false,
+            at_ms: 0,
+            outputs: Default::default(),
+        }));
     }
 
     fn answer(&mut self, key: &StepKey, answer: MarkerAnswer) {

@@ -173,6 +173,18 @@ pub struct Queue {
     queued: Notify,
 }
 
+/// The most characters of a worker's text an error repeats.
+const ECHO_CHARS_MAX: usize = 64;
+
+/// At most [`ECHO_CHARS_MAX`] characters of `text`, for an error message.
+fn echo(text: &str) -> String {
+    if text.chars().count() <= ECHO_CHARS_MAX {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(ECHO_CHARS_MAX).collect();
+    format!("{head}…({} bytes)", text.len())
+}
+
 /// Milliseconds since the epoch of a point `from_now` ahead.
 fn epoch_ms_in(from_now: Duration) -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -234,7 +246,7 @@ impl Queue {
             TaskError::Stale(format!(
                 "task token {:?} was issued by another server run: the task is handed out again with the same \
                  idempotency key",
-                crate::catalog::echo(token)
+                echo(token)
             ))
         };
         let (ids, queue) =

@@ -526,3 +526,52 @@ async fn compensation_resends_an_in_doubt_worker_step_before_compensating_it() {
     assert_eq!(ledger_count(dir.path(), "SELECT count(*) FROM executions WHERE run_id = 'in-doubt'"), 0);
     server.shutdown().await.unwrap();
 }
+
+/// The walk-through of `docs/examples/python/README.md`: its config, its saga file submitted
+/// with `sagalog submit --wait`, and `worker.py` with no token (anonymous on loopback) give a
+/// COMPLETED saga whose middle step ran the Python function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_readme_walk_through_completes_a_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(python_dir().join("scanner.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:50051\"", "listen = \"127.0.0.1:0\"");
+    let server = api_support::start(dir.path(), &config).await;
+    let addr = server.addr.to_string();
+    let db = dir.path().join("data/reports.sqlite");
+    let Some((interpreter, stubs)) = python() else { return };
+    let _worker = PythonWorker(
+        Command::new(interpreter)
+            .arg(python_dir().join("worker.py"))
+            .args(["--server", &addr, "--db"])
+            .arg(&db)
+            .env("SAGALOG_STUBS_DIR", stubs)
+            .env_remove("SAGALOG_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worker.py"),
+    );
+    let submitted = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_sagalog"))
+                .args(["submit"])
+                .arg(python_dir().join("scan-saga.json"))
+                .args(["--id", "scan-1", "--wait", "--server", &format!("http://{addr}")])
+                .env_remove("SAGALOG_TOKEN")
+                .output()
+                .expect("run sagalog submit")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let app = Client::connect(ClientOptions::new(format!("http://{addr}"))).await.unwrap(); // anonymous
+    let saga = app.get("scan-1").await.unwrap();
+    assert_eq!(status(&saga), pb::SagaStatus::Completed);
+    assert_eq!(saga.steps[1].outputs["report_id"], text("report-scan-1"));
+    assert_eq!(reports(&db, "scan-1"), 1);
+    server.shutdown().await.unwrap();
+}
