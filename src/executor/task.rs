@@ -394,9 +394,10 @@ impl SagaTask {
     /// Waits until `queued` (and any outcome queued before it) is durable, then publishes.
     async fn durable(&mut self, queued: journal::Queued) -> Result<(), journal::Error> {
         queued.durable().await?;
-        self.ack_outcome();
         self.queued = None;
         self.publish();
+        // After the publish: a worker whose `Complete` returns sees its outcome in `Get`.
+        self.ack_outcome();
         Ok(())
     }
 
@@ -466,8 +467,8 @@ impl SagaTask {
     pub(super) async fn settle(&mut self) -> Result<(), journal::Error> {
         if let Some(queued) = self.queued.take() {
             queued.durable().await?;
-            self.ack_outcome();
             self.publish();
+            self.ack_outcome();
         }
         Ok(())
     }
