@@ -264,20 +264,22 @@ impl Queue {
         Ok(generation)
     }
 
-    /// Notes a sign of life from `worker_id` (or from an unnamed worker's call on a lease).
-    fn seen(&self, st: &mut State, worker_id: Option<&str>, now: Instant) -> Result<(), TaskError> {
+    /// Notes a sign of life from `worker_id`: a poll (refused beyond `workers_max` new ids),
+    /// or a heartbeat or answer on one of its leases (never refused: its id is known).
+    fn seen(&self, st: &mut State, worker_id: &str, poll: bool, now: Instant) -> Result<(), TaskError> {
         st.last_seen = now;
         let forget = self.silence_limit();
         st.workers.retain(|_, last| now.saturating_duration_since(*last) < forget);
-        if let Some(id) = worker_id {
-            if !st.workers.contains_key(id) && st.workers.len() >= self.workers_max {
-                return Err(TaskError::Exhausted(format!(
-                    "queue {} tracks {} workers already (participants.{}.workers_max); retry later",
-                    self.name, self.workers_max, self.participant
-                )));
+        if !st.workers.contains_key(worker_id) && st.workers.len() >= self.workers_max {
+            if !poll {
+                return Ok(());
             }
-            st.workers.insert(id.to_owned(), now);
+            return Err(TaskError::Exhausted(format!(
+                "queue {} tracks {} workers already (participants.{}.workers_max); retry later",
+                self.name, self.workers_max, self.participant
+            )));
         }
+        st.workers.insert(worker_id.to_owned(), now);
         Ok(())
     }
 
@@ -323,7 +325,7 @@ impl Queue {
             {
                 let mut st = self.lock();
                 let now = Instant::now();
-                self.seen(&mut st, Some(worker_id), now)?;
+                self.seen(&mut st, worker_id, true, now)?;
                 let handed = self.hand_out(&mut st, worker_id, max_tasks, now);
                 if !handed.is_empty() {
                     return Ok(handed);
@@ -395,10 +397,12 @@ impl Queue {
         let now = Instant::now();
         let entry = self.leased(&mut st, generation, now)?;
         let saga_id = entry.key.saga_id.clone();
+        let mut holder = String::new();
         if let Some(lease) = entry.lease.as_mut() {
             lease.deadline = now + self.lease;
+            holder.clone_from(&lease.worker_id);
         }
-        self.seen(&mut st, None, now)?;
+        self.seen(&mut st, &holder, false, now)?;
         Ok(Beat { saga_id, deadline_ms: epoch_ms_in(self.lease) })
     }
 
@@ -419,9 +423,10 @@ impl Queue {
             };
             let id = entry.key.to_string();
             let attempt = entry.attempt;
+            let holder = entry.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
             st.tasks.remove(&id);
             st.leases.remove(&generation);
-            self.seen(&mut st, None, now)?;
+            self.seen(&mut st, &holder, false, now)?;
             st.acks.insert((id.clone(), attempt), ack);
             if sender.send(reply).is_err() {
                 st.acks.remove(&(id, attempt));

@@ -575,3 +575,104 @@ async fn the_python_readme_walk_through_completes_a_saga() {
     assert_eq!(reports(&db, "scan-1"), 1);
     server.shutdown().await.unwrap();
 }
+
+/// The benchmark of `docs/performance.md` ("Worker steps"): the latency a one-step saga adds
+/// when its step is a worker task answered by a Rust worker over gRPC (a loop like
+/// `examples/worker.rs`), against a no-op SQL step, at 1 saga in flight; and worker steps per
+/// second at 64 in flight. Ignored (it measures, it proves nothing):
+/// `cargo test --release --no-default-features --test api bench_worker_step_overhead -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark; run it by name with --ignored --nocapture"]
+async fn bench_worker_step_overhead() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(10_000)
+        + r#"
+[actions.sql_noop]
+participant = "ledger"
+forward = { noop = true }
+compensate = { noop = true }
+
+[actions.worker_noop]
+participant = "scanner"
+forward = { task = "noop" }
+compensate = { task = "noop" }
+"#;
+    let config = config.replace("max_in_flight = 64", "max_in_flight = 256");
+    let server = api_support::start(dir.path(), &config).await;
+    let addr = server.addr.to_string();
+    let executor = server.node().executor.clone();
+    // The worker: polls up to 64 tasks and completes each at once, concurrently.
+    let worker = client(&addr, WORKER_TOKEN).await;
+    let serving = tokio::spawn(async move {
+        loop {
+            let Ok(tasks) = worker.poll("scans", "bench", 64, Duration::from_secs(1)).await else { return };
+            for task in tasks {
+                let worker = worker.clone();
+                tokio::spawn(async move { worker.complete(&task.task_token, HashMap::new()).await });
+            }
+        }
+    });
+    fn one(id: String, action: &str) -> sagalog::engine::SagaDefinition {
+        sagalog::client::saga_from_request(&pb::SubmitRequest {
+            saga_id: id,
+            steps: vec![pb::Step { action: action.into(), params: HashMap::new() }],
+        })
+        .unwrap()
+    }
+    let run = move |id: String, action: &'static str| {
+        let executor = executor.clone();
+        let saga = one(id.clone(), action);
+        async move {
+            let began = Instant::now();
+            executor.submit(saga).await.unwrap();
+            let status = match executor.wait_settled(&id).await {
+                Some(done) => done.status.as_str().to_owned(),
+                None => executor.archived(&id).unwrap().expect("archived").status, // already archived
+            };
+            assert_eq!(status, "COMPLETED");
+            began.elapsed()
+        }
+    };
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    for warm in 0..20 {
+        run(format!("warm-{warm}"), "worker_noop").await;
+    }
+    let rounds = 300;
+    let mut sql = Vec::new();
+    let mut worker_steps = Vec::new();
+    for i in 0..rounds {
+        sql.push(run(format!("sql-{i}"), "sql_noop").await);
+        worker_steps.push(run(format!("worker-{i}"), "worker_noop").await);
+    }
+    let (sql, work) = (p50(sql), p50(worker_steps));
+    println!(
+        "1 in flight: p50 saga latency, no-op SQL step {:.2} ms, worker step {:.2} ms: the worker step adds {:.2} ms",
+        sql.as_secs_f64() * 1e3,
+        work.as_secs_f64() * 1e3,
+        (work.saturating_sub(sql)).as_secs_f64() * 1e3
+    );
+    for (label, action) in [("no-op SQL", "sql_noop"), ("worker", "worker_noop")] {
+        let total = 3200;
+        let began = Instant::now();
+        let lanes: Vec<_> = (0..64)
+            .map(|lane| {
+                let run = run.clone();
+                tokio::spawn(async move {
+                    for i in 0..total / 64 {
+                        run(format!("{action}-64-{lane}-{i}"), action).await;
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.await.unwrap();
+        }
+        let rate = total as f64 / began.elapsed().as_secs_f64();
+        println!("64 in flight: {rate:.0} {label} steps/s ({total} one-step sagas)");
+    }
+    serving.abort();
+    server.shutdown().await.unwrap();
+}

@@ -182,8 +182,11 @@ class Worker:
                 continue
             request = pb.PollRequest(queue=self.queue, worker_id=self.worker_id, max_tasks=free, wait_ms=POLL_WAIT_MS)
             call = self._stub.Poll.future(request, metadata=self._metadata)
-            while not call.done():
-                if self._stop.wait(0.05):
+            answered = threading.Event()
+            call.add_done_callback(lambda _: answered.set())
+            # Wakes at once on the answer, and at least every quarter second to see a stop.
+            while not answered.wait(0.25):
+                if self._stop.is_set():
                     call.cancel()
                     break
             if self._stop.is_set():
