@@ -255,7 +255,8 @@ pub fn progress_lines(before: Option<&pb::Saga>, after: &pb::Saga) -> Vec<String
         }
     }
     if !after.parked_on.is_empty() && before.is_none_or(|b| b.parked_on != after.parked_on) {
-        lines.push(format!("  parked: participant {} has an open circuit breaker; waiting", after.parked_on));
+        let why = if after.parked_reason.is_empty() { String::new() } else { format!(" ({})", after.parked_reason) };
+        lines.push(format!("  parked: participant {} has an open circuit breaker{why}; waiting", after.parked_on));
     }
     if before.is_some_and(|b| !b.parked_on.is_empty()) && after.parked_on.is_empty() {
         lines.push("  unparked: resuming".into());

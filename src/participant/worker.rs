@@ -82,9 +82,14 @@ pub enum TaskError {
     /// A named limit was reached (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Exhausted(String),
-    /// The outcome was taken but could not be confirmed durable (UNAVAILABLE or ABORTED).
+    /// The outcome was taken but not confirmed durable in time: the journal failed or the
+    /// server is stopping (UNAVAILABLE).
     #[error("{0}")]
     Unconfirmed(String),
+    /// The attempt ended (the action's timeout) just as the outcome arrived: it did not count,
+    /// and the task is handed out again (ABORTED).
+    #[error("{0}")]
+    Aborted(String),
 }
 
 /// What a `Heartbeat` learned: the lease's saga (the server asks the executor whether it was
@@ -411,7 +416,7 @@ impl Queue {
     async fn answer(&self, token: &str, reply: Reply) -> Result<(), TaskError> {
         let generation = self.generation_of(token)?;
         let (ack, acked) = oneshot::channel();
-        {
+        let waiting = {
             let mut st = self.lock();
             let now = Instant::now();
             let entry = self.leased(&mut st, generation, now)?;
@@ -432,18 +437,22 @@ impl Queue {
                 st.acks.remove(&(id, attempt));
                 return Err(TaskError::Stale("the attempt already ended (it timed out)".to_owned()));
             }
-        }
+            (id, attempt)
+        };
         match tokio::time::timeout(ACK_WAIT, acked).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(TaskError::Unconfirmed(
-                "the outcome could not be journaled (the attempt ended first); the task will be handed out again \
-                 with the same idempotency key"
+            Ok(Err(_)) => Err(TaskError::Aborted(
+                "the outcome did not count: the attempt ended first (the action's timeout); the task will be handed \
+                 out again with the same idempotency key"
                     .to_owned(),
             )),
-            Err(_) => Err(TaskError::Unconfirmed(format!(
-                "the outcome was not confirmed durable within {} s; if it was lost, the task is handed out again",
-                ACK_WAIT.as_secs()
-            ))),
+            Err(_) => {
+                self.lock().acks.remove(&waiting);
+                Err(TaskError::Unconfirmed(format!(
+                    "the outcome was not confirmed durable within {} s; if it was lost, the task is handed out again",
+                    ACK_WAIT.as_secs()
+                )))
+            }
         }
     }
 

@@ -119,7 +119,7 @@ fn status_of(error: TaskError) -> Status {
         TaskError::Stale(m) => Status::failed_precondition(m),
         TaskError::Invalid(m) => Status::invalid_argument(m),
         TaskError::Exhausted(m) => Status::resource_exhausted(m),
-        TaskError::Unconfirmed(m) if m.contains("attempt ended") => Status::aborted(m),
+        TaskError::Aborted(m) => Status::aborted(m),
         TaskError::Unconfirmed(m) => Status::unavailable(m),
     }
 }
