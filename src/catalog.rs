@@ -817,6 +817,47 @@ mod tests {
         assert_eq!(old.config.server.max_pending_submits, 3);
     }
 
+    /// A worker participant needs its queue; its keys belong to workers only; two participants
+    /// cannot share a queue; a worker runs `task` operations only (with `returns` allowed), and
+    /// only a worker runs them; a task's `args` name declared parameters.
+    #[test]
+    fn worker_participants_and_task_actions_are_checked() {
+        let worker = "[participants.w]\nkind = \"worker\"\nqueue = \"scans\"\n";
+        let action = |forward: &str, compensate: &str| {
+            format!(
+                "{worker}[actions.a]\nparticipant = \"w\"\nparams = {{ t = \"text\" }}\nreturns = {{ id = \"text\" }}\n\
+                 forward = {forward}\ncompensate = {compensate}\n"
+            )
+        };
+        let ok = Catalog::parse(&action("{ task = \"run\" }", "{ task = \"undo\", args = [\"output.id\"] }")).unwrap();
+        let call = StepCall {
+            action: "a".into(),
+            params: [("t".to_owned(), Value::Text("x".into()))].into(),
+            from: Default::default(),
+        };
+        let (participant, op) = ok.operation(&call, Direction::Forward).unwrap();
+        assert_eq!(participant, "w");
+        assert!(matches!(op, Operation::Task { ref task, ref params, ref returns }
+            if task == "run" && params.contains_key("t") && returns.contains_key("id")));
+        let cases = [
+            ("[participants.w]\nkind = \"worker\"".to_owned(), "needs `queue`"),
+            ("[participants.x]\nkind = \"sqlite\"\npath = \"a\"\nqueue = \"q\"".to_owned(), "`queue` is for worker participants only"),
+            (format!("{worker}lease_ms = 0"), "`lease_ms` must be positive"),
+            (format!("{worker}[participants.v]\nkind = \"worker\"\nqueue = \"scans\""), "both serve queue \"scans\""),
+            ("[participants.w]\nkind = \"worker\"\nqueue = \"a b\"".to_owned(), "printable ASCII bytes without spaces"),
+            (action("{ sql = \"SELECT 1\" }", "{ task = \"undo\" }"), "runs `task` operations only"),
+            (action("{ task = \"run\" }", "{ task = \"undo\", args = [\"nope\"] }"), "undeclared parameter \"nope\""),
+            (
+                "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\n[actions.a]\nparticipant = \"x\"\nforward = { task = \"t\" }\ncompensate = { noop = true }".to_owned(),
+                "cannot run worker tasks",
+            ),
+        ];
+        for (config, message) in cases {
+            let err = Catalog::parse(&config).unwrap_err().to_string();
+            assert!(err.contains(message), "{config}: {err}");
+        }
+    }
+
     #[test]
     fn bad_configs_are_refused_with_the_reason() {
         let cases = [
