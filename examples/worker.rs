@@ -71,12 +71,14 @@ async fn handle(client: Client, task: pb::Task, done: Done) {
     let outcome = match known {
         Some(output) => Ok(output), // at-least-once: answer again, do not redo
         None => {
-            // Heartbeats while the user's code runs: every third of a lease is plenty.
+            // Heartbeats while the user's code runs.
             let beat = {
                 let (client, token) = (client.clone(), task.task_token.clone());
+                // A third of the lease: two heartbeats may be lost before it expires.
+                let every = Duration::from_millis((task.lease_ms / 3).max(50));
                 tokio::spawn(async move {
                     loop {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        tokio::time::sleep(every).await;
                         match client.heartbeat(&token).await {
                             Ok(true) => eprintln!("task {token}: the saga was cancelled; finishing anyway"),
                             Ok(false) => {}

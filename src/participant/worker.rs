@@ -66,6 +66,8 @@ pub struct HandedTask {
     pub idempotency_key: String,
     /// When the lease ends unless heartbeated, in ms since the epoch.
     pub deadline_ms: u64,
+    /// The lease's length.
+    pub lease_ms: u64,
 }
 
 /// Why a worker's call was refused.
@@ -367,6 +369,7 @@ impl Queue {
                 params: entry.params.clone(),
                 idempotency_key: id.clone(),
                 deadline_ms: epoch_ms_in(self.lease),
+                lease_ms: self.lease.as_millis() as u64,
             });
             st.leases.insert(generation, id);
         }

@@ -135,6 +135,7 @@ fn task_to_pb(task: HandedTask) -> pb::Task {
         params: task.params.iter().map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v))).collect(),
         idempotency_key: task.idempotency_key,
         deadline_ms: task.deadline_ms,
+        lease_ms: task.lease_ms,
     }
 }
 

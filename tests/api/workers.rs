@@ -172,7 +172,7 @@ fn python() -> Option<&'static (PathBuf, PathBuf)> {
                 interpreter
             }
         };
-        let stubs = std::env::temp_dir().join(format!("sagalog-stubs-{}", std::process::id()));
+        let stubs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sagalog-stubs-{}", std::process::id()));
         let generated = Command::new(&interpreter)
             .arg(python_dir().join("gen_stubs.py"))
             .arg("--out")
@@ -397,6 +397,7 @@ async fn late_duplicate_and_stale_answers_are_refused_and_the_first_outcome_wins
         (1, "forward", 1, "run_scan")
     );
     assert_eq!(first.params["target"], text("example.org"));
+    assert_eq!(first.lease_ms, 500);
     // The lease expires: the task is handed out again, same key, next attempt.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let second = poll_one(&worker, "w2").await;

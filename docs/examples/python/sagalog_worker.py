@@ -112,6 +112,7 @@ class Task:
         self.params = {k: from_value(v) for k, v in message.params.items()}
         self.idempotency_key = message.idempotency_key
         self.deadline_ms = message.deadline_ms
+        self.lease_ms = message.lease_ms
         self._cancelled = threading.Event()
 
     @property
@@ -227,7 +228,8 @@ class Worker:
         return free
 
     def _heartbeats(self, task, done):
-        interval = max(0.05, (task.deadline_ms / 1000.0 - time.time()) / 3.0)
+        # A third of the lease: two heartbeats may be lost before it expires.
+        interval = max(0.05, task.lease_ms / 3000.0)
         while not done.wait(interval):
             try:
                 answer = self._stub.Heartbeat(pb.HeartbeatRequest(task_token=task.token), metadata=self._metadata)
