@@ -96,13 +96,13 @@ impl SagaTask {
         tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
-        // The attempt number lets the participant refuse an attempt that a fencing lookup
-        // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
         // A forward re-send during compensation asks the receiver about the key: its permanent
         // failure says it holds no effect for it (see the module docs).
         let verdict = check == Check::Resend
             && direction == Direction::Forward
             && matches!(self.saga.status(), Status::Compensating | Status::Stuck);
+        // The attempt number lets the participant refuse an attempt that a fencing lookup
+        // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
         let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
             Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
             Ok(Err(e)) if verdict && !e.is_retryable() => Attempt::Failed {
