@@ -677,3 +677,29 @@ compensate = { task = "noop" }
     serving.abort();
     server.shutdown().await.unwrap();
 }
+
+/// During compensation, a re-sent in-doubt worker step that the worker refuses for good is
+/// the worker's verdict "not applied" (it deduplicates by key: an applied key would have
+/// answered its output): the step is skipped, not compensated, and the saga ends COMPENSATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_in_doubt_step_refused_for_good_is_not_applied_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(300).replace("max_attempts = 10", "max_attempts = 1");
+    let server = api_support::start(dir.path(), &config).await;
+    let addr = server.addr.to_string();
+    let worker = client(&addr, WORKER_TOKEN).await;
+    let app = client(&addr, CLIENT_TOKEN).await;
+    app.submit(&sagalog::client::saga_from_request(&scan_saga("refused", "example.org")).unwrap()).await.unwrap();
+    let first = poll_one(&worker, "w1").await; // its lease expires unanswered
+    let resent = poll_one(&worker, "w1").await;
+    assert_eq!((resent.idempotency_key.as_str(), resent.direction.as_str()), ("refused/1/forward", "forward"));
+    assert!(resent.attempt > first.attempt);
+    worker.fail(&resent.task_token, "no such scan", false).await.unwrap();
+    let saga = wait_for(&app, "refused", Duration::from_secs(10), settled).await;
+    assert_eq!(status(&saga), pb::SagaStatus::Compensated, "{saga:#?}");
+    assert_eq!(saga.steps[1].compensate_attempts, 0, "a step the worker says it never applied is skipped");
+    assert!(saga.steps[1].last_error.contains("not applied"), "{}", saga.steps[1].last_error);
+    assert_eq!(saga.steps[0].compensate_attempts, 1);
+    assert_eq!(ledger_count(dir.path(), "SELECT count(*) FROM executions WHERE run_id = 'refused'"), 0);
+    server.shutdown().await.unwrap();
+}
