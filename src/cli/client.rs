@@ -57,11 +57,11 @@ pub struct Connection {
     connect_timeout: Duration,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl Connection {
-    fn options(&self) -> ClientOptions {
+    pub(super) fn options(&self) -> ClientOptions {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         ClientOptions {
             server: self

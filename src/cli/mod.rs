@@ -5,6 +5,7 @@
 //! 2 = usage or I/O error. The client commands add theirs (see `client.rs` and `docs/cli.md`).
 
 mod audit;
+mod bench;
 mod client;
 pub mod config;
 mod debug;
@@ -71,6 +72,8 @@ enum Command {
     Actions(client::ActionsArgs),
     /// Operator calls: recover, reset-breaker, participants, stats, resolve (admin token).
     Admin(client::AdminArgs),
+    /// Drive a running server with closed-loop clients; print sagas/s and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// Logs go to stderr so that stdout stays machine-readable (`wal dump`, `--json`).
@@ -105,5 +108,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => client::list(args),
         Command::Actions(args) => client::actions(args),
         Command::Admin(args) => client::admin(args),
+        Command::Bench(args) => bench::main(args),
     }
 }

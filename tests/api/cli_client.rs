@@ -599,3 +599,61 @@ async fn client_library_pages_watches_and_keeps_error_codes() {
     );
     tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
 }
+
+/// `sagalog bench` drives a real server with closed-loop clients on the embedded default's
+/// `noop` action and reports in JSON what scripts read: every saga it counts finished
+/// (COMPLETED) and is really there, latency percentiles in order, no errors; a parameterized
+/// action gets its typed `--param` values with `{n}` unique per saga; an unknown action or a
+/// missing parameter is a usage error naming it.
+#[test]
+fn bench_drives_a_server_and_reports_what_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = main_server(dir.path());
+    let out = server.run(&["bench", "--clients", "3", "--sagas", "30", "--steps", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = json_of(&out);
+    assert_eq!(report["sagas"], 30, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!((report["wait"].as_str(), report["action"].as_str()), (Some("watch"), Some("noop")), "{report}");
+    let latency = &report["latencyMs"];
+    let p = |q: &str| latency[q].as_f64().unwrap_or_else(|| panic!("no {q} in {report}"));
+    assert!(0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max"), "{report}");
+    // The sagas it counted exist on the server and are COMPLETED.
+    let listed = server.run(&["list", "--status", "COMPLETED", "--json"]);
+    let ids: Vec<String> = json_of(&listed)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("bench-"))
+        .collect();
+    assert_eq!(ids.len(), 30, "{}", text(&listed));
+
+    let out = server.run(&[
+        "bench",
+        "--sagas",
+        "4",
+        "--steps",
+        "1",
+        "--action",
+        "record_execution",
+        "--param",
+        "run_id=bench-run-{n}",
+        "--param",
+        "job=bench",
+        "--param",
+        "rows=5",
+        "--poll",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Four sagas inserting the same run_id would collide on its primary key and compensate:
+    // none did, so every saga had its own.
+    assert_eq!((json_of(&out)["sagas"].as_u64(), json_of(&out)["compensated"].as_u64()), (Some(4), Some(0)));
+    let out = server.run(&["bench", "--sagas", "1", "--action", "record_executoin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no action \"record_executoin\""), "{}", text(&out));
+    let out = server.run(&["bench", "--sagas", "1", "--action", "record_execution", "--param", "rows=x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--param rows: \"x\" is not of type int"), "{}", text(&out));
+}
