@@ -124,9 +124,9 @@ pub async fn check(path: &Path, text: &str, data_dir: &Path) -> Report {
     // Keys that are set where nothing reads them.
     for (name, p) in &config.participants {
         let ignored: &[(&str, bool)] = &[
-            ("init", !p.init.is_empty() && matches!(p.kind, Kind::Postgres | Kind::Fs | Kind::Memory)),
+            ("init", !p.init.is_empty() && matches!(p.kind, Kind::Postgres | Kind::Fs | Kind::Memory | Kind::Http)),
             ("url", p.url.is_some() && p.kind != Kind::Postgres),
-            ("path", p.path.is_some() && matches!(p.kind, Kind::Postgres | Kind::Memory)),
+            ("path", p.path.is_some() && matches!(p.kind, Kind::Postgres | Kind::Memory | Kind::Http)),
         ];
         for (key, set) in ignored {
             if *set {

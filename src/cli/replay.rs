@@ -180,6 +180,7 @@ fn marker_text(d: &DirectionPlan) -> String {
         Some(MarkerAnswer::Present) => "present".into(),
         Some(MarkerAnswer::Absent) => "absent".into(),
         Some(MarkerAnswer::Unknown { .. }) => "UNKNOWN".into(),
+        Some(MarkerAnswer::NoMarkers) => "none kept (re-sent by key)".into(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `[actions.NAME]` blocks: the typed actions clients may call, their SQL or file
+//! The `[actions.NAME]` blocks: the typed actions clients may call, their SQL, file or HTTP
 //! operations, retry policies and timeouts. Schema and defaults only; `catalog` validates
 //! them against the participants and binds a saga's values to them.
 
@@ -34,7 +34,7 @@ impl ParamType {
 /// whose `{name}` placeholders are filled with plain-name parameters.
 ///
 /// Serialized untagged (the fields alone, as a config writes them); deserialized by the key
-/// that names the kind (`sql`, `put`, `delete`, `copy`, `noop`), so that a mistake is named
+/// that names the kind (`sql`, `put`, `delete`, `copy`, `noop`, `http`), so that a mistake is named
 /// ("unknown key `sqll`", "a `put` operation: missing field `contents`") instead of serde's
 /// "did not match any variant". Journaled definitions decode the same way.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,6 +75,19 @@ pub enum OperationConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rows: Option<RowsSpec>,
     },
+    /// One request to an `http` participant: `http = "POST /charges/{id}"` (a method and a
+    /// path appended to the participant's `base_url`), an optional `json` body, and for a
+    /// forward operation the `output` JSON Pointers its `returns` are read from
+    /// (`output = { charge_id = "/id" }`). `{param}` and `{output.name}` in the path and in
+    /// the body's strings are filled from the step's values (see `catalog`). Declared last, so
+    /// a record journaled before it decodes as before.
+    Http {
+        http: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        output: BTreeMap<String, String>,
+    },
 }
 
 impl<'de> Deserialize<'de> for OperationConfig {
@@ -82,17 +95,18 @@ impl<'de> Deserialize<'de> for OperationConfig {
         use serde::de::Error as _;
         use serde_json::Value as J;
         let map = serde_json::Map::<String, J>::deserialize(d)?;
-        let kinds: [(&str, &[&str]); 5] = [
+        let kinds: [(&str, &[&str]); 6] = [
             ("sql", &["sql", "args", "rows"]),
             ("put", &["put", "contents"]),
             ("delete", &["delete"]),
             ("copy", &["copy", "to"]),
             ("noop", &["noop"]),
+            ("http", &["http", "json", "output"]),
         ];
         let found = || map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         let Some((kind, allowed)) = kinds.iter().find(|(kind, _)| map.contains_key(*kind)) else {
             return Err(D::Error::custom(format!(
-                "an operation needs one of `sql`, `put`, `delete`, `copy` or `noop`; found {}",
+                "an operation needs one of `sql`, `put`, `delete`, `copy`, `noop` or `http`; found {}",
                 if map.is_empty() { "no key".to_owned() } else { found() }
             )));
         };
@@ -137,6 +151,14 @@ impl<'de> Deserialize<'de> for OperationConfig {
         struct Noop {
             noop: bool,
         }
+        #[derive(Deserialize)]
+        struct Http {
+            http: String,
+            #[serde(default)]
+            json: Option<J>,
+            #[serde(default)]
+            output: BTreeMap<String, String>,
+        }
         let value = J::Object(map);
         Ok(match *kind {
             "sql" if value["sql"].is_array() => {
@@ -157,6 +179,10 @@ impl<'de> Deserialize<'de> for OperationConfig {
             "copy" => {
                 let Copy { copy, to } = serde_json::from_value(value).map_err(invalid)?;
                 OperationConfig::Copy { copy, to }
+            }
+            "http" => {
+                let Http { http, json, output } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Http { http, json, output }
             }
             _ => OperationConfig::Noop { noop: serde_json::from_value::<Noop>(value).map_err(invalid)?.noop },
         })
@@ -283,7 +309,8 @@ pub struct ActionConfig {
     #[serde(default)]
     pub check: Option<CheckConfig>,
     /// What the forward step returns (`returns = { id = "int" }`, the types of `params`): for
-    /// SQL, the columns of the single row its statement returns (`… RETURNING`, `SELECT`).
+    /// SQL, the columns of the single row its statement returns (`… RETURNING`, `SELECT`); for
+    /// HTTP, the values at the forward operation's `output` JSON Pointers in the response.
     /// Journaled with the step's success and stored with its marker, so a step settled by its
     /// marker after a crash recovers them too. Later steps take them as parameters
     /// (`{"from": "steps.N.name"}`), the action's compensation as `args = ["output.name"]`.

@@ -22,7 +22,9 @@ pub use embedded::EMBEDDED_DEFAULT;
 pub use executor::ExecutorConfig;
 pub use index::{CACHE_BYTES_DEFAULT, IndexConfig};
 pub use journal::JournalConfig;
-pub use participants::{FENCE_TABLE_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem};
+pub use participants::{
+    FENCE_TABLE_DEFAULT, HTTP_TIMEOUT_MS_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem,
+};
 pub use server::ServerConfig;
 
 /// The whole config file.

@@ -28,6 +28,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// breaker lets calls through: sagas parked together do not all hit the participant at once.
 const RESUME_SPREAD: Duration = Duration::from_millis(200);
 
+/// The longest a participant's `Retry-After` hint is honoured: a saga waits in its slot.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+
 /// How a step attempt ended, before it is journaled.
 enum Attempt {
     Succeeded { by_marker: bool, outputs: crate::participant::Outputs },
@@ -55,14 +58,22 @@ impl SagaTask {
             }
         };
         let (retry, timeout) = self.retry_config(step, direction);
+        // The receiver's `Retry-After`, if the last failed attempt was told one: the least
+        // back-off.
+        let hinted = self.retry_after.take().unwrap_or_default().min(RETRY_AFTER_MAX);
         if after_failure {
             let version = self.saga.version;
             let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
-            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await?;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter).max(hinted)).await?;
             if self.saga.version != version {
                 return Ok(()); // a cancel or resolution arrived: re-plan
             }
         }
+        // A participant without markers cannot say whether an earlier attempt that may have
+        // been sent applied: a permanent failure now does not clear that doubt (see the
+        // participant contract, "Participants without markers").
+        let earlier_doubt =
+            !participant.has_markers() && self.saga.steps[step as usize].progress_of(direction).uncertain();
         if !self.wait_for_breaker(&participant_name).await? {
             return Ok(());
         }
@@ -78,7 +89,9 @@ impl SagaTask {
         let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
             Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
             Ok(Err(e)) => {
-                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }
+                self.retry_after = e.retry_after_ms.map(Duration::from_millis);
+                let maybe_applied = e.is_retryable() || e.maybe_applied || earlier_doubt;
+                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied }
             }
             Err(_) => Attempt::Failed {
                 error: format!("{participant_name}: timed out after {} ms", timeout.as_millis()),

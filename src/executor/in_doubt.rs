@@ -12,10 +12,19 @@
 //!
 //! [`Participant::settle_marker`]: crate::participant::Participant::settle_marker
 //!
-//! Never does: re-run the step to find out (that could apply it twice), or record a commit or
-//! an absence the marker did not show: an unreachable participant is asked again. Not to be
-//! confused with an operator's `resolve` of a STUCK saga, which arrives as a journaled
-//! `Resolved` record.
+//! A participant without markers (`http`, [`Participant::has_markers`]) has nothing to look
+//! up: its in-doubt step is settled by sending it again, as a new journaled attempt with the
+//! same idempotency key, and the receiver's answer settles it (the participant contract,
+//! "Participants without markers"). That also holds when the saga compensates: a forward step
+//! that may have been sent is re-sent, then compensated with that answer's outputs; it is
+//! never skipped.
+//!
+//! [`Participant::has_markers`]: crate::participant::Participant::has_markers
+//!
+//! Never does: re-run a step of a participant with markers to find out (that could apply it
+//! twice), or record a commit or an absence the marker did not show: an unreachable
+//! participant is asked again. Not to be confused with an operator's `resolve` of a STUCK
+//! saga, which arrives as a journaled `Resolved` record.
 
 use super::attempt::jittered;
 use super::handle::now_ms;
@@ -40,6 +49,9 @@ impl SagaTask {
                 return self.fail_for_good(step, direction, 0, format!("cannot resolve step: {error}"), true).await;
             }
         };
+        if !participant.has_markers() {
+            return self.resend(step, direction, &name).await;
+        }
         let (retry, timeout) = self.retry_config(step, direction);
         let key = self.key(step, direction);
         let attempt = self.saga.steps[step as usize].progress_of(direction).total_attempts;
@@ -107,5 +119,16 @@ impl SagaTask {
                 }
             }
         }
+    }
+
+    /// Settles an uncertain step of a participant without markers by sending it again with
+    /// its idempotency key, as its next attempt (journaled first, like any attempt): at once
+    /// after a crash left it in flight, after the back-off when its last attempt failed.
+    async fn resend(&mut self, step: u32, direction: Direction, participant: &str) -> Result<(), journal::Error> {
+        let progress = self.saga.steps[step as usize].progress_of(direction);
+        let (attempt, after_failure) = (progress.total_attempts + 1, !progress.in_flight);
+        tracing::info!(saga = %self.saga.id, step, ?direction, attempt, participant,
+            "uncertain step of a participant without markers: re-sent with its idempotency key");
+        self.run_step(step, direction, attempt, after_failure).await
     }
 }

@@ -74,6 +74,9 @@ pub(super) struct SagaTask {
     /// The checkpoint asked for a snapshot ([`Control::Snapshot`]); taken at the next idle
     /// point ([`SagaTask::pause`], a STUCK wait).
     snapshot_wanted: bool,
+    /// The least wait before the next attempt that the last failed one was told (an HTTP
+    /// `Retry-After`); not journaled: a hint, lost with a crash.
+    pub(super) retry_after: Option<std::time::Duration>,
 }
 
 impl SagaTask {
@@ -95,6 +98,7 @@ impl SagaTask {
             holds_slot: true,
             queued: None,
             snapshot_wanted: false,
+            retry_after: None,
         }
     }
 
@@ -337,6 +341,12 @@ impl SagaTask {
         match (record, self.saga.next()) {
             (Record::StepStarted(r), Next::Run { step, direction, attempt, .. }) => {
                 (r.step, r.direction, r.attempt) == (step, direction, attempt)
+            }
+            // An in-doubt step of a participant without markers is settled by re-sending it
+            // (`in_doubt.rs`): its next attempt.
+            (Record::StepStarted(r), Next::Resolve { step, direction }) => {
+                let next = self.saga.steps.get(step as usize).map(|s| s.progress_of(direction).total_attempts + 1);
+                (r.step, r.direction, Some(r.attempt)) == (step, direction, next)
             }
             (Record::SagaFinished(r), Next::Finish(outcome)) => r.outcome == outcome,
             (Record::StepStarted(_) | Record::SagaFinished(_), _) => false,

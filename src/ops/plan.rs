@@ -5,6 +5,8 @@
 //! recovery does next; a `Resolve` (an in-doubt step) is answered by the step's participant
 //! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
 //! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
+//! A participant without markers (`http`) is never asked: its in-doubt step is planned as a
+//! re-send with its idempotency key, assumed to succeed like a run.
 //! Marker lookups are batched per participant, one round per resolve depth, so a log with
 //! many in-doubt steps costs one pass per participant rather than one call per step.
 //!
@@ -51,6 +53,9 @@ pub enum MarkerAnswer {
     Unknown {
         error: String,
     },
+    /// The participant keeps no markers (`http`): recovery re-sends the step with its
+    /// idempotency key instead of looking anything up.
+    NoMarkers,
 }
 
 /// What recovery will do with one direction of one step.
@@ -167,6 +172,7 @@ pub async fn plan(
                 None => {
                     vec![MarkerAnswer::Unknown { error: format!("participant {name:?} is not configured") }; keys.len()]
                 }
+                Some(p) if !p.has_markers() => vec![MarkerAnswer::NoMarkers; keys.len()],
                 Some(p) => match p.lookup_markers(&keys).await {
                     Ok(found) => found
                         .into_iter()
@@ -379,6 +385,27 @@ impl Work {
             MarkerAnswer::Unknown { error } => {
                 self.set_action(step, direction, Action::Blocked);
                 self.expected = Some(Expected::Blocked { step, error });
+            }
+            // Re-sent as the next attempt, assumed to succeed like any run.
+            MarkerAnswer::NoMarkers => {
+                self.set_action(step, direction, Action::Rerun);
+                let attempt = attempt + 1;
+                self.sim.apply(&Record::StepStarted(Started {
+                    saga: saga.clone(),
+                    step,
+                    direction,
+                    attempt,
+                    at_ms: 0,
+                }));
+                self.sim.apply(&Record::StepSucceeded(Succeeded {
+                    saga,
+                    step,
+                    direction,
+                    attempt,
+                    by_marker: false,
+                    at_ms: 0,
+                    outputs: Default::default(),
+                }));
             }
         }
     }

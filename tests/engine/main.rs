@@ -10,6 +10,7 @@ mod compensation;
 mod engine_support;
 mod fs_marker;
 mod guards;
+mod http;
 mod index;
 mod late_commit;
 mod limits;
