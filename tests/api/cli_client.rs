@@ -657,3 +657,40 @@ fn bench_drives_a_server_and_reports_what_it_measured() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--param rows: \"x\" is not of type int"), "{}", text(&out));
 }
+
+/// A client command started before its server waits for it within `--connect-timeout`
+/// (retrying the refused connection), so a script may start the server and call it at once;
+/// `--server host:port` means `http://host:port`; nothing listening is still a clear exit 2
+/// once the timeout ran out.
+#[test]
+fn a_client_waits_for_a_starting_server_and_takes_host_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let early = sagalog()
+        .args(["admin", "stats", "--json", "--connect-timeout", "60s", "--server", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let config = if cfg!(feature = "duckdb") { None } else { Some(sqlite_config()) };
+    let config = config.map(|text| {
+        let path = dir.path().join("data.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let _server = Server::start_on(&dir.path().join("data"), config, port);
+    let out = early.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    json_of(&out);
+
+    let nobody = free_port();
+    let began = Instant::now();
+    let out = sagalog()
+        .args(["admin", "stats", "--connect-timeout", "600ms", "--server", &format!("127.0.0.1:{nobody}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("http://127.0.0.1:{nobody}")), "{}", text(&out));
+    assert!(began.elapsed() >= Duration::from_millis(500), "gave up before its timeout: {:?}", began.elapsed());
+}
