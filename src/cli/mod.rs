@@ -7,6 +7,7 @@
 mod audit;
 mod bench;
 mod client;
+mod completions;
 pub mod config;
 mod debug;
 pub mod demo;
@@ -74,6 +75,10 @@ enum Command {
     Admin(client::AdminArgs),
     /// Drive a running server with closed-loop clients; print sagas/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page of sagalog and its subcommands (roff).
+    Man(completions::ManArgs),
 }
 
 /// Logs go to stderr so that stdout stays machine-readable (`wal dump`, `--json`).
@@ -109,5 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Actions(args) => client::actions(args),
         Command::Admin(args) => client::admin(args),
         Command::Bench(args) => bench::main(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

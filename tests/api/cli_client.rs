@@ -694,3 +694,24 @@ fn a_client_waits_for_a_starting_server_and_takes_host_and_port() {
     assert!(text(&out).contains(&format!("http://127.0.0.1:{nobody}")), "{}", text(&out));
     assert!(began.elapsed() >= Duration::from_millis(500), "gave up before its timeout: {:?}", began.elapsed());
 }
+
+/// `sagalog completions SHELL` prints a completion script that knows the subcommands, and
+/// `sagalog man` a man page for sagalog and each subcommand; an unknown shell is a usage error.
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    for (shell, marker) in [("bash", "_sagalog()"), ("zsh", "#compdef sagalog"), ("fish", "complete -c sagalog")] {
+        let out = sagalog().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("submit") && script.contains("bench"), "{shell} lacks subcommands");
+    }
+    let out = sagalog().args(["man"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    for title in [".TH sagalog 1", ".TH sagalog-submit 1", ".TH sagalog-replay 1"] {
+        assert!(page.contains(title), "no {title:?} in the man page");
+    }
+    let out = sagalog().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
