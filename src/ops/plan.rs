@@ -4,7 +4,9 @@
 //! The plan runs the engine's own decisions on a copy of each saga: [`Saga::next`] says what
 //! recovery does next; a `Resolve` (an in-doubt step) is answered by the step's participant
 //! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
-//! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
+//! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation);
+//! a `Wait` (a delay step in flight) waits until the deadline its `StepStarted` journaled, then
+//! succeeds, and asks no participant.
 //! Marker lookups are batched per participant, one round per resolve depth, so a log with
 //! many in-doubt steps costs one pass per participant rather than one call per step.
 //!
@@ -34,6 +36,10 @@ pub enum Journaled {
     },
     /// Started, no outcome journaled: the participant may or may not have committed.
     InDoubt,
+    /// A delay step started, waiting until its journaled deadline (ms since the epoch).
+    Waiting {
+        until_ms: u64,
+    },
     /// The last attempt failed; `maybe_applied` after a retryable error or a timeout.
     Failed {
         retryable: bool,
@@ -71,6 +77,9 @@ pub enum Action {
     Stuck,
     /// Waits for a marker lookup that failed here; recovery retries it.
     Blocked,
+    /// A delay step: waits for what is left until its journaled deadline (nothing if it has
+    /// passed), then is recorded as done.
+    Wait,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,8 +96,12 @@ pub struct DirectionPlan {
 pub struct StepPlan {
     pub step: u32,
     pub action: String,
-    /// `None` when the action is no longer declared (recovery then fails the step for good).
+    /// `None` when the action is no longer declared (recovery then fails the step for good),
+    /// or is a delay.
     pub participant: Option<String>,
+    /// A delay step (no participant; it waits, and is never compensated).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delay: bool,
     pub forward: DirectionPlan,
     pub compensate: DirectionPlan,
 }
@@ -212,6 +225,8 @@ struct Work {
     sim: Saga,
     first_lsn: u64,
     participants: Vec<Option<String>>,
+    /// Per step: whether its action is a delay.
+    delays: Vec<bool>,
     /// Per step: (forward, compensate) marker answers and actions.
     markers: Vec<[Option<MarkerAnswer>; 2]>,
     actions: Vec<[Action; 2]>,
@@ -231,16 +246,13 @@ impl Work {
     fn new(mut saga: Saga, first_lsn: u64, catalog: &Catalog) -> Work {
         // The participant the executor will call: the journaled definition's, else today's
         // config's (a saga journaled before definitions were).
-        let participants: Vec<Option<String>> = saga
-            .steps
-            .iter()
-            .map(|s| {
-                saga.actions
-                    .get(&s.call.action)
-                    .or_else(|| catalog.action(&s.call.action))
-                    .map(|a| a.participant.clone())
-            })
-            .collect();
+        let action_of = |s: &crate::engine::saga::StepState| {
+            saga.actions.get(&s.call.action).or_else(|| catalog.action(&s.call.action)).cloned()
+        };
+        let actions: Vec<_> = saga.steps.iter().map(action_of).collect();
+        let delays: Vec<bool> = actions.iter().map(|a| a.as_ref().is_some_and(|a| a.is_delay())).collect();
+        let participants: Vec<Option<String>> =
+            actions.into_iter().map(|a| a.filter(|a| !a.is_delay()).map(|a| a.participant)).collect();
         // The plan needs each step's action name and participant, never its parameters or
         // definitions: they are dropped, so that planning 100,000 sagas holds two light copies
         // of each.
@@ -254,6 +266,7 @@ impl Work {
             journaled: saga,
             first_lsn,
             participants,
+            delays,
             markers: vec![[None, None]; steps],
             actions: vec![[Action::Nothing; 2]; steps],
             expected: None,
@@ -299,8 +312,23 @@ impl Work {
                         None => self.journal_failure(step, direction, false, false),
                     }
                 }
+                // A delay: waits out the rest of its journaled deadline, then succeeds.
+                Next::Wait { step, .. } => {
+                    self.set_action(step, Direction::Forward, Action::Wait);
+                    let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.forward.total_attempts);
+                    self.sim.apply(&Record::StepSucceeded(Succeeded {
+                        saga: self.sim.id.clone(),
+                        step,
+                        direction: Direction::Forward,
+                        attempt,
+                        by_marker: false,
+                        at_ms: 0,
+                        outputs: Default::default(),
+                    }));
+                }
                 Next::Run { step, direction, attempt, .. } => {
-                    if self.participant_of(step).is_none() {
+                    let delay = self.delays.get(step as usize).copied().unwrap_or(false);
+                    if self.participant_of(step).is_none() && !delay {
                         self.journal_failure(step, direction, false, false);
                         continue;
                     }
@@ -319,6 +347,9 @@ impl Work {
                         direction,
                         attempt,
                         at_ms: 0,
+                        // A delay starting now journals its deadline; the plan only needs to
+                        // know it is one.
+                        deadline_ms: delay.then_some(0),
                     }));
                     self.sim.apply(&Record::StepSucceeded(Succeeded {
                         saga,
@@ -421,6 +452,7 @@ impl Work {
                     step: i as u32,
                     action: s.call.action.clone(),
                     participant: self.participants[i].clone(),
+                    delay: self.delays[i],
                     forward: direction(&s.forward, 0),
                     compensate: direction(&s.compensate, 1),
                 }
@@ -441,6 +473,8 @@ impl Work {
 fn journaled(p: &StepProgress) -> Journaled {
     if p.done {
         Journaled::Done { by_marker: p.by_marker }
+    } else if let (true, Some(until_ms)) = (p.in_flight, p.deadline_ms) {
+        Journaled::Waiting { until_ms }
     } else if p.in_flight {
         Journaled::InDoubt
     } else if p.total_attempts > 0 && p.last_error.is_some() {
