@@ -550,3 +550,84 @@ pub async fn dry_run(data_dir: &std::path::Path, config: Option<&std::path::Path
         sagas,
     })
 }
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+    use crate::engine::record::Submitted;
+    use crate::engine::{SagaDefinition, StepCall};
+
+    const CONFIG: &str = r#"
+[participants.mem]
+kind = "memory"
+[actions.act]
+participant = "mem"
+forward = { noop = true }
+compensate = { noop = true }
+[actions.wait]
+delay_ms = 60000
+"#;
+
+    fn saga(records: &[Record]) -> (Saga, Catalog) {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let call =
+            |action: &str| StepCall { action: action.into(), params: Default::default(), from: Default::default() };
+        let definition = SagaDefinition { id: "s".into(), steps: vec![call("act"), call("wait"), call("act")] };
+        let policies = catalog.validate(&definition).unwrap();
+        let mut saga = Saga::submitted(&Submitted {
+            saga: "s".into(),
+            digest: definition.digest(),
+            actions: catalog.resolved_actions(&definition),
+            steps: definition.steps,
+            policies,
+            at_ms: 1,
+            scope: None,
+        });
+        for r in records {
+            saga.apply(r);
+        }
+        (saga, catalog)
+    }
+
+    fn started(step: u32, deadline_ms: Option<u64>) -> Record {
+        Record::StepStarted(Started {
+            saga: "s".into(),
+            step,
+            direction: Direction::Forward,
+            attempt: 1,
+            at_ms: 2,
+            deadline_ms,
+        })
+    }
+
+    fn succeeded(step: u32) -> Record {
+        Record::StepSucceeded(Succeeded {
+            saga: "s".into(),
+            step,
+            direction: Direction::Forward,
+            attempt: 1,
+            by_marker: false,
+            at_ms: 3,
+            outputs: Default::default(),
+        })
+    }
+
+    /// `replay --dry-run` shows a delay in flight as waiting until its journaled deadline, plans
+    /// to wait out the rest (asking no participant), and one not started yet as a step to run.
+    #[tokio::test]
+    async fn a_delay_in_flight_plans_a_wait_for_its_journaled_deadline() {
+        let (s, catalog) = saga(&[started(0, None), succeeded(0), started(1, Some(5_000))]);
+        let plans = plan(BTreeMap::from([("s".into(), s)]), &BTreeMap::new(), &catalog, &BTreeMap::new()).await;
+        let p = &plans[0];
+        assert_eq!(p.expected, Expected::Completed);
+        let delay = &p.steps[1];
+        assert!(delay.delay && delay.participant.is_none(), "{delay:?}");
+        assert_eq!(delay.forward.journaled, Journaled::Waiting { until_ms: 5_000 });
+        assert_eq!((delay.forward.action, delay.forward.marker.clone()), (Action::Wait, None));
+        assert_eq!(p.steps[2].forward.action, Action::Run);
+
+        let (s, catalog) = saga(&[started(0, None), succeeded(0)]);
+        let plans = plan(BTreeMap::from([("s".into(), s)]), &BTreeMap::new(), &catalog, &BTreeMap::new()).await;
+        assert_eq!((plans[0].steps[1].forward.action, plans[0].expected.clone()), (Action::Run, Expected::Completed));
+    }
+}
