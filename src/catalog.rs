@@ -9,14 +9,19 @@
 //!
 //! Validation errors name the step, the action and the parameter, because the person reading
 //! them is a client developer who needs to fix one field.
+//!
+//! A delay action (`delay_ms`) has no participant and no operation: it is checked for its
+//! delay alone (positive and within `executor.delay_ms_max` when fixed; a declared `int`
+//! parameter `delay_ms` when `"param"`, whose submitted value is checked at submit), and
+//! [`delay_of`] gives a step's delay where [`bind`] gives a participant step's operation.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::Kind;
 pub use crate::config::{
-    ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
-    OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
+    ActionConfig, CheckConfig, Config, ConfigError, DELAY_PARAM, DelayMs, EMBEDDED_DEFAULT, ExecutorConfig,
+    IndexConfig, JournalConfig, OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
 };
 use crate::engine::{Direction, OWN_OUTPUT_PREFIX, OutputRef, SagaDefinition, StepCall, StepPolicy, Value};
 use crate::participant::{Operation, Statement};
@@ -46,6 +51,10 @@ pub enum ValidationError {
     BadPathParam { step: usize, action: String, param: String },
     #[error("step {step} ({action}): parameter {param:?} takes {reference:?}: {reason}")]
     BadReference { step: usize, action: String, param: String, reference: String, reason: String },
+    #[error(
+        "step {step} ({action}): parameter {param:?} must be a delay from 0 to {max} ms (executor.delay_ms_max), got {value}"
+    )]
+    BadDelay { step: usize, action: String, param: String, value: i64, max: u64 },
     /// More than one problem: each of them, in step order.
     #[error("{}", many(.0))]
     Many(Vec<ValidationError>),
@@ -157,6 +166,10 @@ impl Catalog {
         }
         for (name, action) in &config.actions {
             let invalid = |m: String| ConfigError::Invalid(format!("action {name:?}: {m}"));
+            if let Some(delay) = action.delay_ms {
+                check_delay(action, delay, config.executor.delay_ms_max).map_err(invalid)?;
+                continue;
+            }
             let Some(participant) = config.participants.get(&action.participant) else {
                 return Err(invalid(format!("unknown participant {:?}", action.participant)));
             };
@@ -317,6 +330,23 @@ impl Catalog {
         for name in call.params.keys().filter(|k| !action.params.contains_key(*k)) {
             problems.push(extra(name));
         }
+        if action.delay_ms == Some(DelayMs::Param) {
+            let max = self.config.executor.delay_ms_max;
+            let (step, action_name, param) = named(DELAY_PARAM);
+            if let Some(reference) = call.from.get(DELAY_PARAM) {
+                problems.push(ValidationError::BadReference {
+                    step,
+                    action: action_name,
+                    param,
+                    reference: echo(reference),
+                    reason: "a delay takes a value, checked at submit, not an earlier step's output".into(),
+                });
+            } else if let Some(Value::Int(value)) = call.params.get(DELAY_PARAM)
+                && u64::try_from(*value).map_or(true, |ms| ms > max)
+            {
+                problems.push(ValidationError::BadDelay { step, action: action_name, param, value: *value, max });
+            }
+        }
         let mut path_params_seen = std::collections::BTreeSet::new();
         for op in [&action.forward, &action.compensate] {
             for param in path_params(op) {
@@ -347,6 +377,47 @@ impl Catalog {
     /// the catalog does not declare are left out (validation refuses such a saga first).
     pub fn resolved_actions(&self, saga: &SagaDefinition) -> BTreeMap<String, ActionConfig> {
         saga.steps.iter().filter_map(|s| self.action(&s.action).map(|a| (s.action.clone(), a.clone()))).collect()
+    }
+}
+
+/// How long the step `call` of a delay action waits, in milliseconds: `None` for a
+/// participant action, an error for a `delay_ms` parameter that is missing, not an `int` or
+/// outside `0..=delay_ms_max` (submit refuses such a step; this is for a journaled one).
+pub fn delay_of(action: &ActionConfig, call: &StepCall, delay_ms_max: u64) -> Option<Result<u64, String>> {
+    Some(match action.delay_ms? {
+        DelayMs::Fixed(ms) => Ok(ms),
+        DelayMs::Param => match call.params.get(DELAY_PARAM) {
+            Some(Value::Int(ms)) => u64::try_from(*ms)
+                .ok()
+                .filter(|ms| *ms <= delay_ms_max)
+                .ok_or_else(|| format!("parameter {DELAY_PARAM:?} = {ms} is not a delay from 0 to {delay_ms_max} ms")),
+            Some(other) => Err(format!("parameter {DELAY_PARAM:?} is {}, not int", other.type_name())),
+            None => Err(format!("parameter {DELAY_PARAM:?} is missing")),
+        },
+    })
+}
+
+/// A delay action's checks at load: a fixed delay is positive, within `delay_ms_max`, and takes
+/// no parameters; `"param"` declares exactly the `int` parameter `delay_ms`.
+fn check_delay(action: &ActionConfig, delay: DelayMs, delay_ms_max: u64) -> Result<(), String> {
+    match delay {
+        DelayMs::Fixed(0) => Err("delay_ms must be positive".into()),
+        DelayMs::Fixed(ms) if ms > delay_ms_max => {
+            Err(format!("delay_ms = {ms} is above executor.delay_ms_max ({delay_ms_max})"))
+        }
+        DelayMs::Fixed(_) if !action.params.is_empty() => Err(format!(
+            "a fixed delay takes no parameters (for a delay chosen per step, write delay_ms = \"param\" and params = {{ {DELAY_PARAM} = \"int\" }})"
+        )),
+        DelayMs::Fixed(_) => Ok(()),
+        DelayMs::Param => {
+            let declared: Vec<(&str, ParamType)> = action.params.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+            if declared != [(DELAY_PARAM, ParamType::Int)] {
+                return Err(format!(
+                    "delay_ms = \"param\" takes the delay from the step's parameter: declare exactly params = {{ {DELAY_PARAM} = \"int\" }}"
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -458,6 +529,7 @@ fn check_limits(config: &Config) -> Result<(), String> {
         ("executor.steps_max", e.max_steps as u64),
         ("executor.saga_bytes_max", e.max_saga_bytes as u64),
         ("executor.live_sagas_max", e.live_sagas_max as u64),
+        ("executor.delay_ms_max", e.delay_ms_max),
         ("index.checkpoint_interval_ms", config.index.checkpoint_interval_ms),
         ("index.snapshot_lag_records", config.index.snapshot_lag_records),
     ];
@@ -1455,5 +1527,147 @@ compensate = { http = "POST /charges/{output.charge_id}/refund" }
         };
         let saga = SagaDefinition { id: "s".into(), steps: vec![charge("o1"), ship] };
         catalog.validate(&saga).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[executor]
+delay_ms_max = 10000
+[participants.db]
+kind = "sqlite"
+path = "db"
+[actions.insert]
+participant = "db"
+params = { n = "int" }
+forward = { sql = "INSERT INTO t (n) VALUES (?1)", args = ["n"] }
+compensate = { sql = "DELETE FROM t WHERE n = ?1", args = ["n"] }
+[actions.wait_for_settlement]
+delay_ms = 6000
+[actions.pause]
+delay_ms = "param"
+params = { delay_ms = "int" }
+"#;
+
+    fn step(action: &str, params: &[(&str, Value)]) -> StepCall {
+        StepCall {
+            action: action.into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            from: Default::default(),
+        }
+    }
+
+    fn saga(steps: Vec<StepCall>) -> SagaDefinition {
+        SagaDefinition { id: "s".into(), steps }
+    }
+
+    /// Both spellings load as delay actions with no participant, and give each step its delay:
+    /// the fixed one, or the step's own `delay_ms` parameter.
+    #[test]
+    fn both_delay_spellings_load_and_give_each_step_its_delay() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        let fixed = c.action("wait_for_settlement").unwrap();
+        assert_eq!((fixed.delay_ms, fixed.participant.as_str()), (Some(DelayMs::Fixed(6000)), ""));
+        let by_param = c.action("pause").unwrap();
+        assert_eq!(by_param.delay_ms, Some(DelayMs::Param));
+        assert!(!c.action("insert").unwrap().is_delay());
+        let s = saga(vec![step("wait_for_settlement", &[]), step("pause", &[("delay_ms", Value::Int(250))])]);
+        let policies = c.validate(&s).unwrap();
+        assert_eq!(policies[0].max_attempts, 1, "a delay runs once");
+        assert_eq!(delay_of(fixed, &s.steps[0], 10_000), Some(Ok(6000)));
+        assert_eq!(delay_of(by_param, &s.steps[1], 10_000), Some(Ok(250)));
+        assert_eq!(delay_of(c.action("insert").unwrap(), &s.steps[0], 10_000), None);
+        assert!(delay_of(by_param, &step("pause", &[("delay_ms", Value::Int(-1))]), 10_000).unwrap().is_err());
+        assert!(statements(fixed).is_empty(), "a delay prepares no statement");
+    }
+
+    /// A delay action's definition is journaled as `{params, delay_ms}` only and decodes back
+    /// to the same action; a participant action's encoding is unchanged (the golden vectors
+    /// pin both).
+    #[test]
+    fn a_delay_action_encodes_as_its_two_keys_and_decodes_back() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        for name in ["wait_for_settlement", "pause", "insert"] {
+            let action = c.action(name).unwrap();
+            let bytes = rmp_serde::to_vec_named(action).unwrap();
+            let back: ActionConfig = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(&back, action, "{name}");
+        }
+        let json = serde_json::to_value(c.action("pause").unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"params": {"delay_ms": "int"}, "delay_ms": "param"}));
+        let json = serde_json::to_value(c.action("wait_for_settlement").unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"params": {}, "delay_ms": 6000}));
+    }
+
+    /// Config load refuses a delay that is zero, negative, above `executor.delay_ms_max`, mixed
+    /// with a participant's keys, or whose parameter is not declared as `delay_ms = "int"`,
+    /// each with a message naming the action and the key.
+    #[test]
+    fn bad_delay_actions_are_refused_naming_the_action_and_key() {
+        let cases = [
+            ("delay_ms = 0", "action \"w\": delay_ms must be positive"),
+            ("delay_ms = -5", "delay_ms = -5: a delay cannot be negative"),
+            ("delay_ms = 10001", "action \"w\": delay_ms = 10001 is above executor.delay_ms_max (10000)"),
+            ("delay_ms = \"soon\"", "delay_ms = \"soon\": expected milliseconds or \"param\""),
+            (
+                "delay_ms = 5\nparticipant = \"db\"",
+                "a delay action (`delay_ms`) takes only `delay_ms` and `params`; found `participant`",
+            ),
+            ("delay_ms = 5\nforward = { noop = true }", "found `forward`"),
+            ("delay_ms = 5\nretry = { max_attempts = 3 }", "found `retry`"),
+            ("delay_ms = 5\nparams = { n = \"int\" }", "action \"w\": a fixed delay takes no parameters"),
+            ("delay_ms = \"param\"", "action \"w\": delay_ms = \"param\" takes the delay from the step's parameter"),
+            (
+                "delay_ms = \"param\"\nparams = { delay_ms = \"text\" }",
+                "declare exactly params = { delay_ms = \"int\" }",
+            ),
+            (
+                "participant = \"db\"\ncompensate = { noop = true }",
+                "missing field `forward` (or `delay_ms`, for a delay action)",
+            ),
+        ];
+        for (block, needle) in cases {
+            let text = format!(
+                "[executor]\ndelay_ms_max = 10000\n[participants.db]\nkind = \"sqlite\"\npath = \"db\"\n[actions.w]\n{block}\n"
+            );
+            let err = Catalog::parse(&text).err().unwrap_or_else(|| panic!("{block:?} was accepted")).to_string();
+            assert!(err.contains(needle), "{block:?}: {err}");
+        }
+        let err = Catalog::parse("[executor]\ndelay_ms_max = 0").unwrap_err().to_string();
+        assert!(err.contains("executor.delay_ms_max must be at least 1"), "{err}");
+    }
+
+    /// Submit refuses a `delay_ms` parameter that is negative or above `executor.delay_ms_max`
+    /// (INVALID_ARGUMENT over the API), or taken from an earlier step's output, naming the step
+    /// and the parameter; 0 and the maximum are accepted.
+    #[test]
+    fn a_bad_delay_parameter_is_refused_at_submit_naming_step_and_parameter() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        let insert = step("insert", &[("n", Value::Int(1))]);
+        for ok in [0, 10_000] {
+            c.validate(&saga(vec![insert.clone(), step("pause", &[("delay_ms", Value::Int(ok))])])).unwrap();
+        }
+        let cases = [
+            (
+                Value::Int(-1),
+                "step 1 (pause): parameter \"delay_ms\" must be a delay from 0 to 10000 ms (executor.delay_ms_max), got -1",
+            ),
+            (Value::Int(10_001), "step 1 (pause): parameter \"delay_ms\" must be a delay from 0 to 10000 ms"),
+            (Value::Text("1s".into()), "step 1 (pause): parameter \"delay_ms\" must be int, got text"),
+        ];
+        for (value, message) in cases {
+            let err =
+                c.validate(&saga(vec![insert.clone(), step("pause", &[("delay_ms", value.clone())])])).unwrap_err();
+            assert!(err.to_string().starts_with(message), "{value:?}: {err}");
+        }
+        let mut from = step("pause", &[]);
+        from.from.insert("delay_ms".into(), "steps.0.n".into());
+        let err = c.validate(&saga(vec![insert, from])).unwrap_err().to_string();
+        assert!(err.contains("parameter \"delay_ms\" takes \"steps.0.n\""), "{err}");
+        let err = c.validate(&saga(vec![step("pause", &[])])).unwrap_err().to_string();
+        assert!(err.starts_with("step 0 (pause): missing parameter \"delay_ms\" (int)"), "{err}");
     }
 }

@@ -690,8 +690,9 @@ mod tests {
     /// Bad addresses are refused before any network traffic, naming the URL.
     #[tokio::test]
     async fn bad_urls_name_the_url() {
-        let e = Client::connect(ClientOptions::new("127.0.0.1:50051")).await.err().unwrap();
-        assert!(e.to_string().starts_with("cannot connect to 127.0.0.1:50051:"), "{e}");
+        // `host:port` alone means http:// (issue 14); another scheme is refused, named.
+        let e = Client::connect(ClientOptions::new("ftp://127.0.0.1:50051")).await.err().unwrap();
+        assert!(e.to_string().starts_with("cannot connect to ftp://127.0.0.1:50051:"), "{e}");
         let e = Client::connect(ClientOptions::new("https://127.0.0.1:50051")).await.err().unwrap();
         assert!(e.to_string().contains("needs a CA certificate"), "{e}");
         let mut options = ClientOptions::new("https://127.0.0.1:50051");

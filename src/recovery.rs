@@ -139,7 +139,8 @@ pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error
     let in_doubt = sagas
         .values()
         .flat_map(|s| s.steps.iter())
-        .filter(|st| st.forward.in_flight || st.compensate.in_flight)
+        // A delay step waiting for its deadline is not in doubt: it has no participant.
+        .filter(|st| (st.forward.in_flight && !st.is_delay()) || st.compensate.in_flight)
         .count();
     if unfinished > 0 {
         let record = Record::RecoveryStarted(RecoveryStarted {

@@ -17,9 +17,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use actions::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig, RowsGuard, RowsSpec};
+pub use actions::{
+    ActionConfig, CheckConfig, DELAY_PARAM, DelayMs, OperationConfig, ParamType, RetryConfig, RowsGuard, RowsSpec,
+};
 pub use embedded::EMBEDDED_DEFAULT;
-pub use executor::ExecutorConfig;
+pub use executor::{DELAY_MS_MAX_DEFAULT, ExecutorConfig};
 pub use index::{CACHE_BYTES_DEFAULT, IndexConfig};
 pub use journal::JournalConfig;
 pub use participants::{

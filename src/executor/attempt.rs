@@ -49,6 +49,11 @@ impl SagaTask {
         if self.saga.steps.get(step as usize).is_none() {
             return Ok(());
         }
+        if direction == Direction::Forward
+            && let Some(delay) = self.delay_of(step)
+        {
+            return self.start_delay(step, attempt, delay).await;
+        }
         let (participant_name, participant, op) = match self.participant_for(step, direction) {
             Ok(found) => found,
             // The action or participant vanished from the config since submission: no attempt
@@ -78,7 +83,14 @@ impl SagaTask {
             return Ok(());
         }
         let exec = self.exec.clone();
-        let started = Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() });
+        let started = Record::StepStarted(Started {
+            saga: saga.clone(),
+            step,
+            direction,
+            attempt,
+            at_ms: now_ms(),
+            deadline_ms: None,
+        });
         // Not admitted once a drain has begun, or if a control record changed the plan.
         let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started).await? else { return Ok(()) };
         tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");

@@ -10,7 +10,7 @@
 //! decision (`StepStarted`, `SagaFinished`) a control record made stale is dropped, not
 //! journaled: the live outcome is always the replayed one.
 //! A step's attempt is in `attempt.rs`, settling an in-doubt step by its marker in
-//! `in_doubt.rs`.
+//! `in_doubt.rs`, a delay step in `delay.rs`.
 //!
 //! Never does: touch a participant before its `StepStarted` is durable, decide anything that
 //! `Saga::next` did not say, publish an outcome a crash could take back, append to the journal
@@ -121,7 +121,7 @@ impl SagaTask {
     /// The task is over: the API can no longer send it control records, and a finished saga
     /// moves to the index. A control record journaled before the gate closed is in the
     /// journal; recovery applies it like any other.
-    async fn end(&self) {
+    pub(super) async fn end(&self) {
         {
             let mut gate = self.gate.lock().await;
             gate.control = None;
@@ -164,8 +164,12 @@ impl SagaTask {
     }
 
     /// Waits, holding no slot, while the breaker of the participant it is parked on stays open
-    /// (running the health probe when handed it), then queues the saga to run again.
+    /// (running the health probe when handed it), or until its delay step's deadline, then
+    /// queues the saga to run again.
     pub(super) async fn wait_while_parked(mut self) {
+        if matches!(self.saga.next(), Next::Wait { .. }) {
+            return self.wait_out_delay().await;
+        }
         let Some(participant) = self.parked_on.clone() else { return self.redispatch() };
         self.holds_slot = false;
         let waited = self.wait_for_breaker(&participant).await;
@@ -179,19 +183,20 @@ impl SagaTask {
         }
     }
 
-    fn redispatch(mut self) {
+    pub(super) fn redispatch(mut self) {
         self.leave_slot = false;
         let exec = self.exec.clone();
         exec.inner.slots.dispatch(self);
     }
 
-    /// Whether the task left its slot parked behind a breaker (else it is STUCK).
+    /// Whether the task left its slot parked behind a breaker or to wait out a delay (else it
+    /// is STUCK).
     pub(super) fn is_parked(&self) -> bool {
         self.leave_slot
     }
 
     /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator, or is parked
-    /// behind a breaker and waits outside the slots.
+    /// behind a breaker or waits out a delay, outside the slots.
     async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
             if self.exec.draining() {
@@ -227,6 +232,7 @@ impl SagaTask {
                 // The engine's "resolve" here is an in-doubt step to settle by its marker, not
                 // an operator's resolution.
                 Next::Resolve { step, direction } => self.settle_by_marker(step, direction).await?,
+                Next::Wait { step, until_ms } => self.wait_delay(step, until_ms).await?,
                 Next::Run { step, direction, attempt, after_failure } => {
                     self.run_step(step, direction, attempt, after_failure).await?
                 }
@@ -335,10 +341,17 @@ impl SagaTask {
         Ok(Some(queued))
     }
 
-    /// Whether `record`, a decision (`StepStarted`, `SagaFinished`), is still what `Saga::next`
-    /// says; any other record is a fact and always journaled.
+    /// Whether `record`, a decision (`StepStarted`, `SagaFinished`, a delay step's
+    /// `StepSucceeded`), is still what `Saga::next` says; any other record is a fact and always
+    /// journaled.
     fn planned(&self, record: &Record) -> bool {
         match (record, self.saga.next()) {
+            (Record::StepSucceeded(r), next)
+                if r.direction == Direction::Forward
+                    && self.saga.steps.get(r.step as usize).is_some_and(|s| s.is_delay()) =>
+            {
+                matches!(next, Next::Wait { step, .. } if step == r.step)
+            }
             (Record::StepStarted(r), Next::Run { step, direction, attempt, .. }) => {
                 (r.step, r.direction, r.attempt) == (step, direction, attempt)
             }

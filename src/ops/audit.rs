@@ -133,6 +133,8 @@ impl AuditReport {
 #[derive(Debug, Clone)]
 struct StepFacts {
     participant: Option<String>,
+    /// A delay step: no participant, no marker, nothing to check.
+    delay: bool,
     applied: bool,
     compensated: bool,
     /// The compensation was recorded by an operator's `MarkCompensated`, not by a marker.
@@ -156,6 +158,12 @@ fn from_saga(saga: &Saga, catalog: &Catalog) -> SagaFacts {
         .iter()
         .map(|s| StepFacts {
             participant: catalog.action(&s.call.action).map(|a| a.participant.clone()),
+            delay: s.is_delay()
+                || saga
+                    .actions
+                    .get(&s.call.action)
+                    .or_else(|| catalog.action(&s.call.action))
+                    .is_some_and(|a| a.is_delay()),
             applied: s.forward.done,
             compensated: s.compensate.done,
             by_operator: s.compensate.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
@@ -172,6 +180,7 @@ fn from_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
         .iter()
         .map(|s| StepFacts {
             participant: catalog.action(&s.action).map(|a| a.participant.clone()),
+            delay: catalog.action(&s.action).is_some_and(|a| a.is_delay()),
             applied: s.forward_done,
             compensated: s.compensated,
             by_operator: s.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
@@ -555,6 +564,9 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn saga(&self, id: &str, facts: &SagaFacts, report: &mut AuditReport) {
         for (i, step) in facts.steps.iter().enumerate() {
+            if step.delay {
+                continue; // a delay writes no marker anywhere
+            }
             let Some(participant) = step.participant.as_deref() else {
                 report.notes.push(format!("saga {id} step {i}: its action is no longer declared; not checked"));
                 continue;

@@ -98,11 +98,12 @@ impl pb::sagas_server::Sagas for Api {
             .map(|(name, a)| pb::Action {
                 name: name.clone(),
                 participant: a.participant.clone(),
-                participant_kind: config
-                    .participants
-                    .get(&a.participant)
-                    .map(|p| p.kind.as_str().to_owned())
-                    .unwrap_or_default(),
+                participant_kind: match a.is_delay() {
+                    true => "delay".to_owned(),
+                    false => {
+                        config.participants.get(&a.participant).map(|p| p.kind.as_str().to_owned()).unwrap_or_default()
+                    }
+                },
                 params: types(&a.params),
                 returns: types(&a.returns),
             })

@@ -252,6 +252,7 @@ async fn crashed_journal(dir: &Path, config: &str, def: &SagaDefinition, more: &
             direction: Direction::Forward,
             attempt: 1,
             at_ms: 2,
+            deadline_ms: None,
         }),
     ];
     records.extend_from_slice(more);

@@ -28,7 +28,7 @@ fn submitted(id: &str, steps: u32, at_ms: u64) -> Saga {
 }
 
 fn started(saga: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64) -> Record {
-    Record::StepStarted(Started { saga: saga.to_owned(), step, direction, attempt, at_ms })
+    Record::StepStarted(Started { saga: saga.to_owned(), step, direction, attempt, at_ms, deadline_ms: None })
 }
 
 fn succeeded(saga: &str, step: u32, direction: Direction, by_marker: bool, at_ms: u64) -> Record {

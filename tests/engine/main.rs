@@ -7,6 +7,7 @@
 
 mod archive;
 mod compensation;
+mod delay;
 mod engine_support;
 mod fs_marker;
 mod guards;

@@ -94,6 +94,7 @@ fn crafted(dir: &Path, config: &str) {
             direction: Direction::Forward,
             attempt: 1,
             at_ms: 11,
+            deadline_ms: None,
         }));
     }
     records.push(Record::StepSucceeded(Succeeded {
