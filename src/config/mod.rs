@@ -27,7 +27,7 @@ pub use journal::JournalConfig;
 pub use participants::{
     FENCE_TABLE_DEFAULT, HTTP_TIMEOUT_MS_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem,
 };
-pub use server::ServerConfig;
+pub use server::{LogFormat, ServerConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,16 @@ pub enum Outcome {
     Compensated,
 }
 
+impl Outcome {
+    /// The name logs and tools print (the saga status it ends in).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "COMPLETED",
+            Outcome::Compensated => "COMPENSATED",
+        }
+    }
+}
+
 /// What an operator decided for a saga.
 ///
 /// Encoded as its variant name inside the `Resolved` payload. A build that predates a variant
@@ -39,6 +49,17 @@ pub enum ResolveDecision {
     /// step is compensated in reverse order, journaled like any compensation (the undo button
     /// of `sagalog replay --compensate-since`). Ignored for a saga in any other state.
     CompensateCompleted,
+}
+
+impl ResolveDecision {
+    /// The name logs print: the spelling of `sagalog admin resolve --decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolveDecision::MarkCompensated => "mark-compensated",
+            ResolveDecision::RetryCompensation => "retry-compensation",
+            ResolveDecision::CompensateCompleted => "compensate-completed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,7 +93,7 @@ impl SagaTask {
         });
         // Not admitted once a drain has begun, or if a control record changed the plan.
         let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started).await? else { return Ok(()) };
-        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
+        tracing::debug!(saga_id = %saga, step, direction = direction.as_str(), attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
         // The attempt number lets the participant refuse an attempt that a fencing lookup
@@ -125,7 +125,7 @@ impl SagaTask {
                 Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms, outputs })
             }
             Attempt::Failed { error, retryable, maybe_applied } => {
-                tracing::warn!(saga = %self.saga.id, step, ?direction, attempt, retryable, %error, "step attempt failed");
+                tracing::warn!(saga_id = %self.saga.id, step, direction = direction.as_str(), attempt, participant = %participant_name, retryable, %error, "step attempt failed");
                 Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
             }
         };
@@ -180,14 +180,14 @@ impl SagaTask {
                         continue; // ask again: the breaker may have opened meanwhile
                     }
                     if self.parked_on.take().is_some() {
-                        tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
+                        tracing::info!(saga_id = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
                     }
                     return Ok(true);
                 }
                 Admission::Wait(wait) => {
                     if self.parked_on.is_none() {
-                        tracing::warn!(saga = %self.saga.id, participant, "parked: circuit breaker is open");
+                        tracing::warn!(saga_id = %self.saga.id, participant, "parked: circuit breaker is open");
                         self.parked_on = Some(participant.to_owned());
                         self.publish();
                     }

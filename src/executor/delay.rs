@@ -66,7 +66,7 @@ impl SagaTask {
             return Ok(());
         };
         drop(admitted);
-        tracing::info!(saga = %self.saga.id, step, delay_ms, deadline_ms, "delay step started (deadline journaled)");
+        tracing::info!(saga_id = %self.saga.id, step, delay_ms, deadline_ms, "delay step started (deadline journaled)");
         Ok(())
     }
 
@@ -85,7 +85,7 @@ impl SagaTask {
         let succeeded = Succeeded { saga, step, direction, attempt, by_marker: false, at_ms, outputs };
         // A decision, like a start: not journaled if a cancel made it stale.
         if self.journal_if_planned(Record::StepSucceeded(succeeded)).await? {
-            tracing::info!(saga = %self.saga.id, step, late_ms = at_ms - until_ms, "delay step ended");
+            tracing::info!(saga_id = %self.saga.id, step, late_ms = at_ms - until_ms, "delay step ended");
         }
         Ok(())
     }
@@ -111,7 +111,7 @@ impl SagaTask {
                 () = exec.inner.drain.started() => Ok(()),
             };
             if let Err(e) = paused {
-                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
                 return self.end().await;
             }
         }

@@ -87,7 +87,7 @@ impl SagaTask {
             let at_ms = now_ms();
             match found {
                 Some(true) => {
-                    tracing::info!(saga = %saga, step, ?direction, "in-doubt step committed (marker present): recorded as succeeded");
+                    tracing::info!(saga_id = %saga, step, direction = direction.as_str(), "in-doubt step committed (marker present): recorded as succeeded");
                     return self
                         .journal(Record::StepSucceeded(Succeeded {
                             saga,
@@ -127,7 +127,7 @@ impl SagaTask {
     async fn resend(&mut self, step: u32, direction: Direction, participant: &str) -> Result<(), journal::Error> {
         let progress = self.saga.steps[step as usize].progress_of(direction);
         let (attempt, after_failure) = (progress.total_attempts + 1, !progress.in_flight);
-        tracing::info!(saga = %self.saga.id, step, ?direction, attempt, participant,
+        tracing::info!(saga_id = %self.saga.id, step, direction = direction.as_str(), attempt, participant,
             "uncertain step of a participant without markers: re-sent with its idempotency key");
         self.run_step(step, direction, attempt, after_failure).await
     }

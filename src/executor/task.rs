@@ -111,7 +111,7 @@ impl SagaTask {
             Err(e) => {
                 // The journal is poisoned or closed: stop touching participants. The saga stays
                 // as journaled; the next start's recovery finishes it.
-                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
             }
         }
         self.end().await;
@@ -148,7 +148,7 @@ impl SagaTask {
                 }
                 Some(Control::Snapshot) => {
                     if let Err(e) = self.journal_snapshot().await {
-                        tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                        tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
                         return self.end().await;
                     }
                     // A decision journaled before the snapshot was applied under the gate.
@@ -177,7 +177,7 @@ impl SagaTask {
         match waited {
             Ok(_) => self.redispatch(),
             Err(e) => {
-                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
                 self.end().await;
             }
         }
@@ -213,13 +213,13 @@ impl SagaTask {
                         continue; // a control record arrived first: re-plan
                     }
                     crate::metrics::get().saga_finished(self.saga.status().as_str());
-                    tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
+                    tracing::info!(saga_id = %self.saga.id, outcome = outcome.as_str(), "saga finished");
                     return Ok(false);
                 }
                 Next::Stuck { step } => {
                     let s = &self.saga.steps[step as usize];
                     let reason = s.compensate.last_error.as_ref().or(s.forward.last_error.as_ref());
-                    tracing::error!(saga = %self.saga.id, step, ?reason,
+                    tracing::error!(saga_id = %self.saga.id, step, reason = reason.map_or("", String::as_str),
                         "saga is STUCK: a compensation or a marker lookup failed for good; an operator must resolve it");
                     self.settle().await?;
                     self.publish();
@@ -279,7 +279,7 @@ impl SagaTask {
         let lsn = queued.durable().await?;
         self.publish();
         self.exec.inner.registry.snapshotted(&self.saga.id, lsn);
-        tracing::info!(saga = %self.saga.id, lsn, "long-lived saga re-journaled as a snapshot; its older records can go");
+        tracing::info!(saga_id = %self.saga.id, lsn, "long-lived saga re-journaled as a snapshot; its older records can go");
         Ok(())
     }
 

@@ -76,11 +76,15 @@ impl pb::sagas_server::Sagas for Api {
         let id = definition.id.clone();
         let steps = definition.steps.len();
         let outcome = self.executor.submit(definition).await.map_err(|e| {
-            tracing::info!(saga = %id, caller, error = %e, "submit refused");
+            tracing::info!(saga_id = %id, caller, error = %e, "submit refused");
             convert::error(e)
         })?;
         let created = outcome == SubmitOutcome::Accepted;
-        tracing::debug!(saga = %id, caller, steps, created, "submit");
+        if created {
+            tracing::info!(saga_id = %id, caller, steps, "saga submitted (journaled)");
+        } else {
+            tracing::debug!(saga_id = %id, caller, steps, "submit of a saga already there: nothing new");
+        }
         Ok(Response::new(pb::SubmitResponse { created, saga: Some(self.lookup(&id)?) }))
     }
 
@@ -246,7 +250,7 @@ impl pb::sagas_server::Sagas for Api {
         let id = request.into_inner().saga_id;
         check_id(&id)?;
         self.executor.cancel(&id).await.map_err(convert::error)?;
-        tracing::info!(saga = %id, "cancel requested");
+        tracing::info!(saga_id = %id, "cancel requested");
         self.lookup(&id).map(Response::new)
     }
 }
@@ -372,7 +376,7 @@ impl pb::admin_server::Admin for Api {
         };
         let operator = if req.operator.is_empty() { caller } else { req.operator };
         self.executor.resolve(&req.saga_id, decision, &operator).await.map_err(convert::error)?;
-        tracing::warn!(saga = %req.saga_id, ?decision, operator, "admin: STUCK saga resolved by an operator");
+        tracing::warn!(saga_id = %req.saga_id, decision = decision.as_str(), operator, "admin: STUCK saga resolved by an operator");
         self.lookup(&req.saga_id).map(Response::new)
     }
 }

@@ -715,3 +715,59 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
     let out = sagalog().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `serve --log-format json` writes one JSON object per line on stderr: every line parses, a
+/// submit, a step failure and a finish each have their line with `saga_id` (and the failure
+/// its `step`, `attempt`, `participant` and `error`) as plain fields, and no value is in
+/// Rust's debug notation.
+#[test]
+fn json_logs_are_one_object_per_line_with_plain_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("data.toml");
+    std::fs::write(&config, sqlite_config()).unwrap();
+    let port = free_port();
+    let log_path = dir.path().join("serve.log");
+    let mut child = sagalog()
+        .args(["--log-format", "json", "serve", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = sagalog()
+        .args(["submit", "--demo", "--id", "json-logs-1", "--rows", "-1", "--wait", "--connect-timeout", "60s"])
+        .args(["--server", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Json> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_saga = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["saga_id"] == "json-logs-1" && l["message"].as_str().is_some_and(|m| m.starts_with(message)))
+            .unwrap_or_else(|| panic!("no {message:?} line for the saga in:\n{log}"))
+            .clone()
+    };
+    of_saga("saga submitted");
+    let failed = of_saga("step attempt failed");
+    assert_eq!((failed["step"].as_u64(), failed["attempt"].as_u64()), (Some(0), Some(1)), "{failed}");
+    assert_eq!(failed["participant"], "ledger", "{failed}");
+    assert_eq!(failed["direction"], "forward", "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("CHECK")), "{failed}");
+    assert_eq!(of_saga("saga finished")["outcome"], "COMPENSATED");
+    for banned in ["Some(", "Forward", "Compensate,", "None"] {
+        assert!(!log.contains(banned), "debug notation {banned:?} in the log:\n{log}");
+    }
+}
