@@ -323,8 +323,7 @@ impl pb::admin_server::Admin for Api {
         for (status, n) in self.executor.status_counts() {
             *sagas_by_status.entry(status.as_str().to_owned()).or_default() += n;
         }
-        let archived = self.index.count_by_status().map_err(|e| Status::internal(e.to_string()))?;
-        for (status, n) in archived {
+        for (status, n) in self.index.archived_counts() {
             *sagas_by_status.entry(status).or_default() += n;
         }
         let metrics = crate::metrics::get();
