@@ -346,26 +346,9 @@ impl Work {
                         .get(step as usize)
                         .is_some_and(|s| s.progress_of(direction).total_attempts > 0);
                     self.set_action(step, direction, if tried { Action::Rerun } else { Action::Run });
-                    let saga = self.sim.id.clone();
-                    self.sim.apply(&Record::StepStarted(Started {
-                        saga: saga.clone(),
-                        step,
-                        direction,
-                        attempt,
-                        at_ms: 0,
-                        // A delay starting now journals its deadline; the plan only needs to
-                        // know it is one.
-                        deadline_ms: delay.then_some(0),
-                    }));
-                    self.sim.apply(&Record::StepSucceeded(Succeeded {
-                        saga,
-                        step,
-                        direction,
-                        attempt,
-                        by_marker: false,
-                        at_ms: 0,
-                        outputs: Default::default(),
-                    }));
+                    // A delay starting now journals its deadline; the plan only needs to know
+                    // it is one.
+                    self.simulate_success(step, direction, attempt, delay.then_some(0));
                 }
             }
         }
@@ -420,26 +403,32 @@ impl Work {
             // Re-sent as the next attempt, assumed to succeed like any run.
             MarkerAnswer::NoMarkers => {
                 self.set_action(step, direction, Action::Rerun);
-                let attempt = attempt + 1;
-                self.sim.apply(&Record::StepStarted(Started {
-                    saga: saga.clone(),
-                    step,
-                    direction,
-                    attempt,
-                    at_ms: 0,
-                    deadline_ms: None,
-                }));
-                self.sim.apply(&Record::StepSucceeded(Succeeded {
-                    saga,
-                    step,
-                    direction,
-                    attempt,
-                    by_marker: false,
-                    at_ms: 0,
-                    outputs: Default::default(),
-                }));
+                self.simulate_success(step, direction, attempt + 1, None);
             }
         }
+    }
+
+    /// Applies to the simulated saga an attempt that starts and succeeds (a run or a re-send
+    /// the plan assumes to succeed).
+    fn simulate_success(&mut self, step: u32, direction: Direction, attempt: u32, deadline_ms: Option<u64>) {
+        let saga = self.sim.id.clone();
+        self.sim.apply(&Record::StepStarted(Started {
+            saga: saga.clone(),
+            step,
+            direction,
+            attempt,
+            at_ms: 0,
+            deadline_ms,
+        }));
+        self.sim.apply(&Record::StepSucceeded(Succeeded {
+            saga,
+            step,
+            direction,
+            attempt,
+            by_marker: false,
+            at_ms: 0,
+            outputs: Default::default(),
+        }));
     }
 
     fn journal_failure(&mut self, step: u32, direction: Direction, retryable: bool, maybe_applied: bool) {
