@@ -145,6 +145,7 @@ async fn crashed_journal(root: &Path, sagas: u64) {
                         direction: Direction::Forward,
                         attempt: 1,
                         at_ms: 2,
+                        deadline_ms: None,
                     });
                     for record in [submitted, started] {
                         journal.append(record.kind(), record.encode()).await.expect("append");

@@ -184,7 +184,14 @@ fn saga_records(catalog: &Catalog, id: &str, kind: Option<u64>, at_ms: u64) -> V
         scope: None,
     })];
     let start = |step| {
-        Record::StepStarted(Started { saga: saga.clone(), step, direction: Direction::Forward, attempt: 1, at_ms })
+        Record::StepStarted(Started {
+            saga: saga.clone(),
+            step,
+            direction: Direction::Forward,
+            attempt: 1,
+            at_ms,
+            deadline_ms: None,
+        })
     };
     let done = |step| {
         Record::StepSucceeded(Succeeded {

@@ -683,7 +683,14 @@ fn index_only_curve(total: u64) {
         });
         for step in 0..STEPS as u32 {
             let (saga, direction, attempt, at_ms) = (definition.id.clone(), Direction::Forward, 1, now_ms() as u64);
-            state.apply(&Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms }));
+            state.apply(&Record::StepStarted(Started {
+                saga: saga.clone(),
+                step,
+                direction,
+                attempt,
+                at_ms,
+                deadline_ms: None,
+            }));
             let by_marker = false;
             state.apply(&Record::StepSucceeded(Succeeded {
                 saga,

@@ -4,18 +4,24 @@
 //!
 //! Actions are declared here, never sent by clients: a client's saga names actions and passes
 //! typed parameter values, which are bound as statement parameters (or substituted into file
-//! paths after checking they are plain names). No client can run arbitrary SQL.
+//! paths after checking they are plain names, or into an HTTP request's path, percent-encoded,
+//! and its JSON body as JSON values). No client can run arbitrary SQL or pick another URL.
 //!
 //! Validation errors name the step, the action and the parameter, because the person reading
 //! them is a client developer who needs to fix one field.
+//!
+//! A delay action (`delay_ms`) has no participant and no operation: it is checked for its
+//! delay alone (positive and within `executor.delay_ms_max` when fixed; a declared `int`
+//! parameter `delay_ms` when `"param"`, whose submitted value is checked at submit), and
+//! [`delay_of`] gives a step's delay where [`bind`] gives a participant step's operation.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::Kind;
 pub use crate::config::{
-    ActionConfig, CheckConfig, Config, ConfigError, EMBEDDED_DEFAULT, ExecutorConfig, IndexConfig, JournalConfig,
-    OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
+    ActionConfig, CheckConfig, Config, ConfigError, DELAY_PARAM, DelayMs, EMBEDDED_DEFAULT, ExecutorConfig,
+    IndexConfig, JournalConfig, OperationConfig, ParamType, ParticipantConfig, RetryConfig, RowsGuard, RowsSpec,
 };
 use crate::engine::{Direction, OWN_OUTPUT_PREFIX, OutputRef, SagaDefinition, StepCall, StepPolicy, Value};
 use crate::participant::{Operation, Statement};
@@ -45,6 +51,10 @@ pub enum ValidationError {
     BadPathParam { step: usize, action: String, param: String },
     #[error("step {step} ({action}): parameter {param:?} takes {reference:?}: {reason}")]
     BadReference { step: usize, action: String, param: String, reference: String, reason: String },
+    #[error(
+        "step {step} ({action}): parameter {param:?} must be a delay from 0 to {max} ms (executor.delay_ms_max), got {value}"
+    )]
+    BadDelay { step: usize, action: String, param: String, value: i64, max: u64 },
     /// More than one problem: each of them, in step order.
     #[error("{}", many(.0))]
     Many(Vec<ValidationError>),
@@ -125,12 +135,14 @@ impl Catalog {
             let needs = match p.kind {
                 Kind::Postgres => p.url.is_none().then_some("url"),
                 Kind::Sqlite | Kind::Duckdb | Kind::Fs => p.path.is_none().then_some("path"),
+                Kind::Http => p.base_url.is_none().then_some("base_url"),
                 Kind::Worker => p.queue.is_none().then_some("queue"),
                 Kind::Memory => None,
             };
             if let Some(field) = needs {
                 return Err(ConfigError::Invalid(format!("participant {name:?} ({:?}) needs `{field}`", p.kind)));
             }
+            check_http_participant(p).map_err(|m| ConfigError::Invalid(format!("participant {name:?}: {m}")))?;
             if p.pool_size == 0 {
                 return Err(ConfigError::Invalid(format!("participant {name:?}: pool_size must be at least 1")));
             }
@@ -156,6 +168,10 @@ impl Catalog {
         }
         for (name, action) in &config.actions {
             let invalid = |m: String| ConfigError::Invalid(format!("action {name:?}: {m}"));
+            if let Some(delay) = action.delay_ms {
+                check_delay(action, delay, config.executor.delay_ms_max).map_err(invalid)?;
+                continue;
+            }
             let Some(participant) = config.participants.get(&action.participant) else {
                 return Err(invalid(format!("unknown participant {:?}", action.participant)));
             };
@@ -164,16 +180,19 @@ impl Catalog {
                     "parameter {name:?}: names starting with {OWN_OUTPUT_PREFIX:?} are reserved"
                 )));
             }
-            if !action.returns.is_empty()
-                && !matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Worker)
-            {
+            let returning_kind =
+                matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Http | Kind::Worker);
+            if !action.returns.is_empty() && !returning_kind {
                 return Err(invalid(format!(
-                    "returns: a {} participant returns no outputs (SQL participants return a row's columns, workers \
-                     the output of their task)",
+                    "returns: a {} participant returns no outputs (SQL participants return a row's columns, HTTP ones \
+                     values of the JSON answer, workers the output of their task)",
                     participant.kind.as_str()
                 )));
             }
-            if !action.returns.is_empty() && participant.kind != Kind::Worker && !returns_a_row(&action.forward) {
+            if participant.kind == Kind::Http {
+                check_http_outputs(action).map_err(invalid)?;
+            } else if !action.returns.is_empty() && participant.kind != Kind::Worker && !returns_a_row(&action.forward)
+            {
                 return Err(invalid(
                     "returns: the forward operation must be SQL whose (last) statement returns the row".into(),
                 ));
@@ -315,6 +334,23 @@ impl Catalog {
         for name in call.params.keys().filter(|k| !action.params.contains_key(*k)) {
             problems.push(extra(name));
         }
+        if action.delay_ms == Some(DelayMs::Param) {
+            let max = self.config.executor.delay_ms_max;
+            let (step, action_name, param) = named(DELAY_PARAM);
+            if let Some(reference) = call.from.get(DELAY_PARAM) {
+                problems.push(ValidationError::BadReference {
+                    step,
+                    action: action_name,
+                    param,
+                    reference: echo(reference),
+                    reason: "a delay takes a value, checked at submit, not an earlier step's output".into(),
+                });
+            } else if let Some(Value::Int(value)) = call.params.get(DELAY_PARAM)
+                && u64::try_from(*value).map_or(true, |ms| ms > max)
+            {
+                problems.push(ValidationError::BadDelay { step, action: action_name, param, value: *value, max });
+            }
+        }
         let mut path_params_seen = std::collections::BTreeSet::new();
         for op in [&action.forward, &action.compensate] {
             for param in path_params(op) {
@@ -348,6 +384,47 @@ impl Catalog {
     }
 }
 
+/// How long the step `call` of a delay action waits, in milliseconds: `None` for a
+/// participant action, an error for a `delay_ms` parameter that is missing, not an `int` or
+/// outside `0..=delay_ms_max` (submit refuses such a step; this is for a journaled one).
+pub fn delay_of(action: &ActionConfig, call: &StepCall, delay_ms_max: u64) -> Option<Result<u64, String>> {
+    Some(match action.delay_ms? {
+        DelayMs::Fixed(ms) => Ok(ms),
+        DelayMs::Param => match call.params.get(DELAY_PARAM) {
+            Some(Value::Int(ms)) => u64::try_from(*ms)
+                .ok()
+                .filter(|ms| *ms <= delay_ms_max)
+                .ok_or_else(|| format!("parameter {DELAY_PARAM:?} = {ms} is not a delay from 0 to {delay_ms_max} ms")),
+            Some(other) => Err(format!("parameter {DELAY_PARAM:?} is {}, not int", other.type_name())),
+            None => Err(format!("parameter {DELAY_PARAM:?} is missing")),
+        },
+    })
+}
+
+/// A delay action's checks at load: a fixed delay is positive, within `delay_ms_max`, and takes
+/// no parameters; `"param"` declares exactly the `int` parameter `delay_ms`.
+fn check_delay(action: &ActionConfig, delay: DelayMs, delay_ms_max: u64) -> Result<(), String> {
+    match delay {
+        DelayMs::Fixed(0) => Err("delay_ms must be positive".into()),
+        DelayMs::Fixed(ms) if ms > delay_ms_max => {
+            Err(format!("delay_ms = {ms} is above executor.delay_ms_max ({delay_ms_max})"))
+        }
+        DelayMs::Fixed(_) if !action.params.is_empty() => Err(format!(
+            "a fixed delay takes no parameters (for a delay chosen per step, write delay_ms = \"param\" and params = {{ {DELAY_PARAM} = \"int\" }})"
+        )),
+        DelayMs::Fixed(_) => Ok(()),
+        DelayMs::Param => {
+            let declared: Vec<(&str, ParamType)> = action.params.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+            if declared != [(DELAY_PARAM, ParamType::Int)] {
+                return Err(format!(
+                    "delay_ms = \"param\" takes the delay from the step's parameter: declare exactly params = {{ {DELAY_PARAM} = \"int\" }}"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The concrete operation of `call` in `direction` under `action`'s definition, and the
 /// participant that runs it: the saga's values bound as parameters, file path placeholders
 /// filled with plain names.
@@ -377,6 +454,25 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
             Operation::FileCopy { from: fill_path(copy, &call.params)?, to: fill_path(to, &call.params)? }
         }
         OperationConfig::Noop { .. } => Operation::Noop,
+        OperationConfig::Http { http, json, output } => {
+            let (method, path) = crate::participant::http::request_line(http)?;
+            let outputs = match direction {
+                Direction::Forward => output
+                    .iter()
+                    .map(|(name, pointer)| {
+                        let ty = action.returns.get(name).copied().unwrap_or(ParamType::Text);
+                        (name.clone(), (pointer.clone(), ty))
+                    })
+                    .collect(),
+                Direction::Compensate => BTreeMap::new(),
+            };
+            Operation::Http {
+                method: method.to_owned(),
+                path: fill_http_path(path, &call.params)?,
+                body: json.as_ref().map(|body| fill_json(body, &call.params)).transpose()?,
+                outputs,
+            }
+        }
         OperationConfig::Task { task, args } => {
             let params = if args.is_empty() {
                 call.params.clone()
@@ -446,6 +542,7 @@ fn check_limits(config: &Config) -> Result<(), String> {
         ("executor.steps_max", e.max_steps as u64),
         ("executor.saga_bytes_max", e.max_saga_bytes as u64),
         ("executor.live_sagas_max", e.live_sagas_max as u64),
+        ("executor.delay_ms_max", e.delay_ms_max),
         ("index.checkpoint_interval_ms", config.index.checkpoint_interval_ms),
         ("index.snapshot_lag_records", config.index.snapshot_lag_records),
     ];
@@ -565,8 +662,183 @@ fn path_params(op: &OperationConfig) -> Vec<String> {
         OperationConfig::Sql { .. }
         | OperationConfig::Statements { .. }
         | OperationConfig::Noop { .. }
+        | OperationConfig::Http { .. }
         | OperationConfig::Task { .. } => Vec::new(),
     }
+}
+
+/// The `{name}` placeholders of an HTTP template (a path or a JSON string): `{` then a name of
+/// `[A-Za-z0-9_.]` then `}`; any other brace is literal text.
+fn template_names(template: &str) -> Vec<&str> {
+    template_parts(template).into_iter().filter_map(|part| part.err()).collect()
+}
+
+/// An HTTP template cut into literal text (`Ok`) and placeholder names (`Err`), in order.
+fn template_parts(template: &str) -> Vec<Result<&str, &str>> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let name_len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || b"_.".contains(b)).count();
+        if name_len > 0 && after.as_bytes().get(name_len) == Some(&b'}') {
+            if open > 0 {
+                parts.push(Ok(&rest[..open]));
+            }
+            parts.push(Err(&after[..name_len]));
+            rest = &after[name_len + 1..];
+        } else {
+            parts.push(Ok(&rest[..=open]));
+            rest = after;
+        }
+    }
+    if !rest.is_empty() {
+        parts.push(Ok(rest));
+    }
+    parts
+}
+
+/// A value as text in an HTTP template: text as itself, numbers and booleans as JSON writes
+/// them, bytes as lowercase hex.
+fn template_text(name: &str, params: &BTreeMap<String, Value>) -> Result<String, String> {
+    match params.get(name) {
+        Some(Value::Text(t)) => Ok(t.clone()),
+        Some(Value::Bytes(b)) => Ok(b.iter().map(|byte| format!("{byte:02x}")).collect()),
+        Some(Value::Null) | None => Err(format!("template value {name:?} is missing")),
+        Some(other) => Ok(other.to_json().to_string()),
+    }
+}
+
+/// An HTTP path template filled: each value percent-encoded (every byte but the unreserved
+/// `A-Za-z0-9-._~`), so a value is always one path segment, never a `/`, `?` or `..` step.
+fn fill_http_path(template: &str, params: &BTreeMap<String, Value>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    for part in template_parts(template) {
+        match part {
+            Ok(text) => out.push_str(text),
+            Err(name) => {
+                let value = template_text(name, params)?;
+                if value.is_empty() || value == "." || value == ".." {
+                    return Err(format!("path value {name:?} is {value:?}, which is no path segment"));
+                }
+                for byte in value.bytes() {
+                    if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                        out.push(byte as char);
+                    } else {
+                        out.push_str(&format!("%{byte:02X}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON body template filled: a string that is one placeholder alone becomes the value
+/// with its JSON type (`"{amount_cents}"` → `250`); a string mixing text and placeholders
+/// stays a string. Object keys are literal.
+fn fill_json(template: &serde_json::Value, params: &BTreeMap<String, Value>) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match template {
+        J::String(s) => match template_parts(s).as_slice() {
+            [Err(name)] => match params.get(*name) {
+                Some(Value::Null) | None => return Err(format!("template value {name:?} is missing")),
+                Some(value) => value.to_json(),
+            },
+            parts => {
+                let mut out = String::with_capacity(s.len());
+                for part in parts {
+                    match part {
+                        Ok(text) => out.push_str(text),
+                        Err(name) => out.push_str(&template_text(name, params)?),
+                    }
+                }
+                J::String(out)
+            }
+        },
+        J::Array(items) => J::Array(items.iter().map(|item| fill_json(item, params)).collect::<Result<_, _>>()?),
+        J::Object(map) => {
+            J::Object(map.iter().map(|(k, v)| Ok((k.clone(), fill_json(v, params)?))).collect::<Result<_, String>>()?)
+        }
+        other => other.clone(),
+    })
+}
+
+/// Every placeholder of a JSON body template, with the JSON Pointer of the string it is in.
+fn json_template_names(value: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+    use serde_json::Value as J;
+    match value {
+        J::String(s) => out.extend(template_names(s).into_iter().map(|n| (at.to_owned(), n.to_owned()))),
+        J::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                json_template_names(item, &format!("{at}/{i}"), out);
+            }
+        }
+        J::Object(map) => {
+            for (k, v) in map {
+                json_template_names(v, &format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The keys only an `http` participant reads, refused on any other kind; and an `http`
+/// participant's base URL, timeout and health check.
+fn check_http_participant(p: &ParticipantConfig) -> Result<(), String> {
+    if p.kind != Kind::Http {
+        let set = [
+            ("base_url", p.base_url.is_some()),
+            ("headers", !p.headers.is_empty()),
+            ("timeout_ms", p.timeout_ms.is_some()),
+            ("health", p.health.is_some()),
+        ];
+        return match set.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(format!("`{key}` is for http participants only ({} participant)", p.kind.as_str())),
+            None => Ok(()),
+        };
+    }
+    if let Some(problem) = p.base_url.as_deref().and_then(crate::participant::http::base_url_problem) {
+        return Err(format!("`base_url` {problem}"));
+    }
+    if p.timeout_ms == Some(0) {
+        return Err("`timeout_ms` must be positive".into());
+    }
+    if let Some(health) = &p.health {
+        crate::participant::http::request_line(health).map_err(|e| format!("`health`: {e}"))?;
+    }
+    for header in p.headers.keys() {
+        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+            return Err(format!("`headers`: {header:?} is not a header name"));
+        }
+    }
+    Ok(())
+}
+
+/// An HTTP action's outputs: only the forward operation reads any, every declared `returns`
+/// has a JSON Pointer in its `output` and every `output` is declared in `returns`.
+fn check_http_outputs(action: &ActionConfig) -> Result<(), String> {
+    if let OperationConfig::Http { output, .. } = &action.compensate
+        && !output.is_empty()
+    {
+        return Err("compensate: `output` is for the forward operation only (a compensation returns nothing)".into());
+    }
+    let output = match &action.forward {
+        OperationConfig::Http { output, .. } => output.clone(),
+        _ if action.returns.is_empty() => return Ok(()),
+        _ => return Err("returns: the forward operation must be an `http` request whose `output` reads them".into()),
+    };
+    for (name, pointer) in &output {
+        if !action.returns.contains_key(name) {
+            return Err(format!("forward: `output.{name}` is not declared in `returns`"));
+        }
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(format!("forward: `output.{name}` = {pointer:?} is not a JSON Pointer (it starts with /)"));
+        }
+    }
+    if let Some(name) = action.returns.keys().find(|n| !output.contains_key(*n)) {
+        return Err(format!("returns: {name:?} has no JSON Pointer in the forward operation's `output`"));
+    }
+    Ok(())
 }
 
 fn fill_path(template: &str, params: &BTreeMap<String, Value>) -> Result<String, String> {
@@ -667,6 +939,38 @@ fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, P
             Err(format!("a {kind:?} participant cannot run SQL"))
         }
         OperationConfig::Noop { .. } => Ok(()),
+        OperationConfig::Http { http, json, .. } if kind == Kind::Http => {
+            let (_, path) = crate::participant::http::request_line(http).map_err(|e| format!("`http`: {e}"))?;
+            let mut names: Vec<(String, String)> =
+                template_names(path).into_iter().map(|n| ("`http`".to_owned(), n.to_owned())).collect();
+            if let Some(json) = json {
+                let mut found = Vec::new();
+                json_template_names(json, "", &mut found);
+                names.extend(
+                    found
+                        .into_iter()
+                        .map(|(at, n)| (format!("`json` at {:?}", if at.is_empty() { "/" } else { &at }), n)),
+                );
+            }
+            for (at, name) in names {
+                if params.contains_key(&name) {
+                    continue;
+                }
+                let (what, known): (&str, Vec<&str>) = match name.strip_prefix(OWN_OUTPUT_PREFIX) {
+                    Some(_) => (
+                        "an undeclared output",
+                        params.keys().filter(|k| k.starts_with(OWN_OUTPUT_PREFIX)).map(String::as_str).collect(),
+                    ),
+                    None => (
+                        "an undeclared parameter",
+                        params.keys().filter(|k| !k.starts_with(OWN_OUTPUT_PREFIX)).map(String::as_str).collect(),
+                    ),
+                };
+                return Err(format!("{at}: template {{{name}}} names {what} (declared: {})", known.join(", ")));
+            }
+            Ok(())
+        }
+        OperationConfig::Http { .. } => Err(format!("a {kind:?} participant cannot send HTTP requests")),
         other if fs_kind => {
             if let OperationConfig::Put { contents, .. } = other {
                 declared(contents)?;
@@ -679,7 +983,9 @@ fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, P
             }
             Ok(())
         }
-        _ => Err(format!("a {kind:?} participant cannot run file operations")),
+        OperationConfig::Put { .. } | OperationConfig::Delete { .. } | OperationConfig::Copy { .. } => {
+            Err(format!("a {kind:?} participant cannot run file operations"))
+        }
     }
 }
 
@@ -1206,5 +1512,270 @@ mod guard_tests {
             RowsGuard::AtLeast(2).check(1),
             Err("guard failed: expected at least 2 rows affected, got 1".to_owned())
         );
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+
+    /// The issue's example, verbatim.
+    const CONFIG: &str = r#"
+[participants.billing]
+kind = "http"
+base_url = "http://127.0.0.1:8081"
+headers = { authorization = "env:BILLING_TOKEN" }   # values may come from the environment
+timeout_ms = 5000
+[actions.charge]
+participant = "billing"
+params = { order_id = "text", amount_cents = "int" }
+returns = { charge_id = "text" }
+forward = { http = "POST /charges", json = { order = "{order_id}", amount = "{amount_cents}" }, output = { charge_id = "/id" } }
+compensate = { http = "POST /charges/{output.charge_id}/refund" }
+"#;
+
+    fn charge(order: &str) -> StepCall {
+        StepCall {
+            action: "charge".into(),
+            params: BTreeMap::from([
+                ("order_id".into(), Value::Text(order.into())),
+                ("amount_cents".into(), Value::Int(250)),
+            ]),
+            from: Default::default(),
+        }
+    }
+
+    /// A lone placeholder keeps its value's JSON type, mixed text stays a string, outputs get
+    /// their pointer and declared type, and a compensation's `{output.name}` is filled from
+    /// the step's own outputs, percent-encoded as one path segment.
+    #[test]
+    fn templates_bind_with_types_and_encoded_path_segments() {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let mut call = charge("o/17 x");
+        let (participant, forward) = catalog.operation(&call, Direction::Forward).unwrap();
+        assert_eq!(participant, "billing");
+        let Operation::Http { method, path, body, outputs } = forward else { panic!("{forward:?}") };
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/charges"));
+        assert_eq!(body, Some(serde_json::json!({ "order": "o/17 x", "amount": 250 })));
+        assert_eq!(outputs, BTreeMap::from([("charge_id".into(), ("/id".into(), ParamType::Text))]));
+        call.params.insert("output.charge_id".into(), Value::Text("ch/1 ?".into()));
+        let (_, compensate) = catalog.operation(&call, Direction::Compensate).unwrap();
+        let Operation::Http { path, body, outputs, .. } = compensate else { panic!("{compensate:?}") };
+        assert_eq!(path, "/charges/ch%2F1%20%3F/refund");
+        assert_eq!((body, outputs.len()), (None, 0));
+
+        let mixed = serde_json::json!({ "note": "order {order_id}: {amount_cents} cents", "list": ["{amount_cents}", "{x"], "n": 3 });
+        let filled = fill_json(&mixed, &call.params).unwrap();
+        assert_eq!(filled, serde_json::json!({ "note": "order o/17 x: 250 cents", "list": [250, "{x"], "n": 3 }));
+        assert!(
+            fill_http_path("/a/{order_id}", &BTreeMap::from([("order_id".into(), Value::Text("..".into()))])).is_err()
+        );
+    }
+
+    /// Config errors name the action and the key: an unknown parameter or output in a
+    /// template, an unknown method, a path not starting with `/`, outputs without pointers,
+    /// http keys on another kind.
+    #[test]
+    fn bad_http_configs_are_refused_naming_the_action_and_key() {
+        for (edit, expected) in [
+            (
+                ("order = \"{order_id}\"", "order = \"{order}\""),
+                "action \"charge\": forward: `json` at \"/order\": template {order} names an undeclared parameter (declared: amount_cents, order_id)",
+            ),
+            (
+                ("{output.charge_id}/refund", "{output.refund_id}/refund"),
+                "action \"charge\": compensate: `http`: template {output.refund_id} names an undeclared output (declared: output.charge_id)",
+            ),
+            (
+                ("POST /charges\"", "POST /charges/{nope}\""),
+                "forward: `http`: template {nope} names an undeclared parameter",
+            ),
+            (
+                ("\"POST /charges\"", "\"FETCH /charges\""),
+                "action \"charge\": forward: `http`: unknown method \"FETCH\"",
+            ),
+            (("\"POST /charges\"", "\"POST charges\""), "forward: `http`: the path \"charges\" does not start with /"),
+            (("charge_id = \"/id\"", "charge_id = \"id\""), "`output.charge_id` = \"id\" is not a JSON Pointer"),
+            (("output = { charge_id = \"/id\" }", "output = {}"), "returns: \"charge_id\" has no JSON Pointer"),
+            (
+                ("refund\" }", "refund\", output = { x = \"/x\" } }"),
+                "compensate: `output` is for the forward operation only",
+            ),
+            (("base_url = \"http://127.0.0.1:8081\"", ""), "participant \"billing\" (Http) needs `base_url`"),
+            (
+                ("base_url = \"http://127.0.0.1:8081\"", "base_url = \"127.0.0.1:8081\""),
+                "participant \"billing\": `base_url`",
+            ),
+            (
+                ("timeout_ms = 5000", "timeout_ms = 5000\nhealth = \"PING /\""),
+                "participant \"billing\": `health`: unknown method",
+            ),
+            (("kind = \"http\"", "kind = \"sqlite\"\npath = \"b\""), "`base_url` is for http participants only"),
+        ] {
+            let text = CONFIG.replacen(edit.0, edit.1, 1);
+            assert_ne!(text, CONFIG, "{edit:?} changed nothing");
+            let err = Catalog::parse(&text).err().unwrap_or_else(|| panic!("{edit:?} was accepted")).to_string();
+            assert!(err.contains(expected), "{edit:?}: {err}");
+        }
+    }
+
+    /// A saga calling an HTTP action validates like any other, and a later step may take
+    /// its output.
+    #[test]
+    fn a_saga_with_an_http_step_and_a_reference_to_its_output_validates() {
+        let text = format!(
+            "{CONFIG}\n[actions.ship]\nparticipant = \"billing\"\nparams = {{ charge_id = \"text\" }}\n\
+             forward = {{ http = \"PUT /shipments/{{charge_id}}\" }}\ncompensate = {{ http = \"DELETE /shipments/{{charge_id}}\" }}\n"
+        );
+        let catalog = Catalog::parse(&text).unwrap();
+        let ship = StepCall {
+            action: "ship".into(),
+            params: BTreeMap::new(),
+            from: BTreeMap::from([("charge_id".into(), "steps.0.charge_id".into())]),
+        };
+        let saga = SagaDefinition { id: "s".into(), steps: vec![charge("o1"), ship] };
+        catalog.validate(&saga).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[executor]
+delay_ms_max = 10000
+[participants.db]
+kind = "sqlite"
+path = "db"
+[actions.insert]
+participant = "db"
+params = { n = "int" }
+forward = { sql = "INSERT INTO t (n) VALUES (?1)", args = ["n"] }
+compensate = { sql = "DELETE FROM t WHERE n = ?1", args = ["n"] }
+[actions.wait_for_settlement]
+delay_ms = 6000
+[actions.pause]
+delay_ms = "param"
+params = { delay_ms = "int" }
+"#;
+
+    fn step(action: &str, params: &[(&str, Value)]) -> StepCall {
+        StepCall {
+            action: action.into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            from: Default::default(),
+        }
+    }
+
+    fn saga(steps: Vec<StepCall>) -> SagaDefinition {
+        SagaDefinition { id: "s".into(), steps }
+    }
+
+    /// Both spellings load as delay actions with no participant, and give each step its delay:
+    /// the fixed one, or the step's own `delay_ms` parameter.
+    #[test]
+    fn both_delay_spellings_load_and_give_each_step_its_delay() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        let fixed = c.action("wait_for_settlement").unwrap();
+        assert_eq!((fixed.delay_ms, fixed.participant.as_str()), (Some(DelayMs::Fixed(6000)), ""));
+        let by_param = c.action("pause").unwrap();
+        assert_eq!(by_param.delay_ms, Some(DelayMs::Param));
+        assert!(!c.action("insert").unwrap().is_delay());
+        let s = saga(vec![step("wait_for_settlement", &[]), step("pause", &[("delay_ms", Value::Int(250))])]);
+        let policies = c.validate(&s).unwrap();
+        assert_eq!(policies[0].max_attempts, 1, "a delay runs once");
+        assert_eq!(delay_of(fixed, &s.steps[0], 10_000), Some(Ok(6000)));
+        assert_eq!(delay_of(by_param, &s.steps[1], 10_000), Some(Ok(250)));
+        assert_eq!(delay_of(c.action("insert").unwrap(), &s.steps[0], 10_000), None);
+        assert!(delay_of(by_param, &step("pause", &[("delay_ms", Value::Int(-1))]), 10_000).unwrap().is_err());
+        assert!(statements(fixed).is_empty(), "a delay prepares no statement");
+    }
+
+    /// A delay action's definition is journaled as `{params, delay_ms}` only and decodes back
+    /// to the same action; a participant action's encoding is unchanged (the golden vectors
+    /// pin both).
+    #[test]
+    fn a_delay_action_encodes_as_its_two_keys_and_decodes_back() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        for name in ["wait_for_settlement", "pause", "insert"] {
+            let action = c.action(name).unwrap();
+            let bytes = rmp_serde::to_vec_named(action).unwrap();
+            let back: ActionConfig = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(&back, action, "{name}");
+        }
+        let json = serde_json::to_value(c.action("pause").unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"params": {"delay_ms": "int"}, "delay_ms": "param"}));
+        let json = serde_json::to_value(c.action("wait_for_settlement").unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"params": {}, "delay_ms": 6000}));
+    }
+
+    /// Config load refuses a delay that is zero, negative, above `executor.delay_ms_max`, mixed
+    /// with a participant's keys, or whose parameter is not declared as `delay_ms = "int"`,
+    /// each with a message naming the action and the key.
+    #[test]
+    fn bad_delay_actions_are_refused_naming_the_action_and_key() {
+        let cases = [
+            ("delay_ms = 0", "action \"w\": delay_ms must be positive"),
+            ("delay_ms = -5", "delay_ms = -5: a delay cannot be negative"),
+            ("delay_ms = 10001", "action \"w\": delay_ms = 10001 is above executor.delay_ms_max (10000)"),
+            ("delay_ms = \"soon\"", "delay_ms = \"soon\": expected milliseconds or \"param\""),
+            (
+                "delay_ms = 5\nparticipant = \"db\"",
+                "a delay action (`delay_ms`) takes only `delay_ms` and `params`; found `participant`",
+            ),
+            ("delay_ms = 5\nforward = { noop = true }", "found `forward`"),
+            ("delay_ms = 5\nretry = { max_attempts = 3 }", "found `retry`"),
+            ("delay_ms = 5\nparams = { n = \"int\" }", "action \"w\": a fixed delay takes no parameters"),
+            ("delay_ms = \"param\"", "action \"w\": delay_ms = \"param\" takes the delay from the step's parameter"),
+            (
+                "delay_ms = \"param\"\nparams = { delay_ms = \"text\" }",
+                "declare exactly params = { delay_ms = \"int\" }",
+            ),
+            (
+                "participant = \"db\"\ncompensate = { noop = true }",
+                "missing field `forward` (or `delay_ms`, for a delay action)",
+            ),
+        ];
+        for (block, needle) in cases {
+            let text = format!(
+                "[executor]\ndelay_ms_max = 10000\n[participants.db]\nkind = \"sqlite\"\npath = \"db\"\n[actions.w]\n{block}\n"
+            );
+            let err = Catalog::parse(&text).err().unwrap_or_else(|| panic!("{block:?} was accepted")).to_string();
+            assert!(err.contains(needle), "{block:?}: {err}");
+        }
+        let err = Catalog::parse("[executor]\ndelay_ms_max = 0").unwrap_err().to_string();
+        assert!(err.contains("executor.delay_ms_max must be at least 1"), "{err}");
+    }
+
+    /// Submit refuses a `delay_ms` parameter that is negative or above `executor.delay_ms_max`
+    /// (INVALID_ARGUMENT over the API), or taken from an earlier step's output, naming the step
+    /// and the parameter; 0 and the maximum are accepted.
+    #[test]
+    fn a_bad_delay_parameter_is_refused_at_submit_naming_step_and_parameter() {
+        let c = Catalog::parse(CONFIG).unwrap();
+        let insert = step("insert", &[("n", Value::Int(1))]);
+        for ok in [0, 10_000] {
+            c.validate(&saga(vec![insert.clone(), step("pause", &[("delay_ms", Value::Int(ok))])])).unwrap();
+        }
+        let cases = [
+            (
+                Value::Int(-1),
+                "step 1 (pause): parameter \"delay_ms\" must be a delay from 0 to 10000 ms (executor.delay_ms_max), got -1",
+            ),
+            (Value::Int(10_001), "step 1 (pause): parameter \"delay_ms\" must be a delay from 0 to 10000 ms"),
+            (Value::Text("1s".into()), "step 1 (pause): parameter \"delay_ms\" must be int, got text"),
+        ];
+        for (value, message) in cases {
+            let err =
+                c.validate(&saga(vec![insert.clone(), step("pause", &[("delay_ms", value.clone())])])).unwrap_err();
+            assert!(err.to_string().starts_with(message), "{value:?}: {err}");
+        }
+        let mut from = step("pause", &[]);
+        from.from.insert("delay_ms".into(), "steps.0.n".into());
+        let err = c.validate(&saga(vec![insert, from])).unwrap_err().to_string();
+        assert!(err.contains("parameter \"delay_ms\" takes \"steps.0.n\""), "{err}");
+        let err = c.validate(&saga(vec![step("pause", &[])])).unwrap_err().to_string();
+        assert!(err.starts_with("step 0 (pause): missing parameter \"delay_ms\" (int)"), "{err}");
     }
 }

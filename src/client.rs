@@ -35,6 +35,9 @@ use crate::engine::{SagaDefinition, Status};
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 /// How long connecting may take by default.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How long a client waits before it tries again to reach a server that refused the connection
+/// (still starting), within its connect timeout.
+pub const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Pages `list_all` fetches at most: a guard against a server that keeps handing out tokens.
 pub const LIST_PAGES_MAX: usize = 100_000;
 
@@ -232,7 +235,11 @@ pub type SagaStream = Pin<Box<dyn Stream<Item = Result<pb::Saga, Error>> + Send>
 impl Client {
     /// Connects now (so an unreachable server is reported here, naming its URL).
     pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
-        let url = options.server.trim().to_owned();
+        // `host:port` alone means plain HTTP, as `--server 127.0.0.1:50051` is commonly typed.
+        let url = match options.server.trim() {
+            bare if !bare.contains("://") => format!("http://{bare}"),
+            url => url.to_owned(),
+        };
         let connect_error = |reason: String| Error::Connect { url: url.clone(), reason };
         let bearer = match &options.token {
             Some(token) => {
@@ -260,7 +267,18 @@ impl Client {
         } else if !url.starts_with("http://") {
             return Err(connect_error("the URL must start with http:// or https://".into()));
         }
-        let channel = endpoint.connect().await.map_err(|e| connect_error(error_chain(&e)))?;
+        // A server that is still starting refuses connections for a moment: try again until
+        // the connect timeout, so that a script may start the server and call it right away.
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(e) if tokio::time::Instant::now() < deadline && is_refused(&e) => {
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(connect_error(error_chain(&e))),
+            }
+        };
         Ok(Client {
             sagas: SagasClient::with_interceptor(channel.clone(), bearer.clone()),
             admin: AdminClient::with_interceptor(channel.clone(), bearer.clone()),
@@ -516,6 +534,19 @@ impl Client {
 }
 
 /// A transport error with its causes ("tcp connect error: Connection refused").
+/// Whether a connect failed because nothing listens yet (connection refused), somewhere in its
+/// chain of causes.
+fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -710,8 +741,9 @@ mod tests {
     /// Bad addresses are refused before any network traffic, naming the URL.
     #[tokio::test]
     async fn bad_urls_name_the_url() {
-        let e = Client::connect(ClientOptions::new("127.0.0.1:50051")).await.err().unwrap();
-        assert!(e.to_string().starts_with("cannot connect to 127.0.0.1:50051:"), "{e}");
+        // `host:port` alone means http:// (issue 14); another scheme is refused, named.
+        let e = Client::connect(ClientOptions::new("ftp://127.0.0.1:50051")).await.err().unwrap();
+        assert!(e.to_string().starts_with("cannot connect to ftp://127.0.0.1:50051:"), "{e}");
         let e = Client::connect(ClientOptions::new("https://127.0.0.1:50051")).await.err().unwrap();
         assert!(e.to_string().contains("needs a CA certificate"), "{e}");
         let mut options = ClientOptions::new("https://127.0.0.1:50051");

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = sagalog::cli::Cli::parse();
-    sagalog::cli::init_logging(cli.verbose);
+    sagalog::cli::init_logging(cli.verbose, cli.log_format());
     match sagalog::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {

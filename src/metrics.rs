@@ -6,8 +6,8 @@
 //! right before each scrape.
 //!
 //! Exposed families (all prefixed `sagalog_`):
-//! - `sagas_submitted_total`, `sagas_finished_total{outcome}`, `sagas{status}` (gauge; running
-//!   sagas in memory, by status);
+//! - `sagas_submitted_total`, `sagas_finished_total{outcome}`, `sagas{status}` (gauge; the sagas
+//!   the server knows, in memory and archived, by status);
 //! - `step_duration_seconds{participant,direction}` (histogram of participant calls),
 //!   `step_attempts_total{participant,direction,result}` with `result` one of `ok`,
 //!   `retryable`, `permanent` (retries are the `retryable` ones);
@@ -70,7 +70,7 @@ impl Metrics {
         let sagas_finished = Family::<Labels, Counter>::default();
         registry.register("sagas_finished", "Sagas that reached a terminal state, by outcome", sagas_finished.clone());
         let sagas = Family::<Labels, Gauge>::default();
-        registry.register("sagas", "Sagas in memory (running or waiting), by status", sagas.clone());
+        registry.register("sagas", "Sagas the server knows (in memory and archived), by status", sagas.clone());
         let step_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
             "step_duration_seconds",

@@ -139,7 +139,8 @@ pub async fn recover(executor: &Executor, from_lsn: u64) -> Result<Report, Error
     let in_doubt = sagas
         .values()
         .flat_map(|s| s.steps.iter())
-        .filter(|st| st.forward.in_flight || st.compensate.in_flight)
+        // A delay step waiting for its deadline is not in doubt: it has no participant.
+        .filter(|st| (st.forward.in_flight && !st.is_delay()) || st.compensate.in_flight)
         .count();
     if unfinished > 0 {
         let record = Record::RecoveryStarted(RecoveryStarted {
@@ -207,12 +208,12 @@ pub async fn recover_missing(executor: &Executor) -> Result<PassReport, Error> {
                 Ok(Some(_)) => continue,
                 Err(e) => {
                     // Neither present nor absent: restarting could run a finished saga again.
-                    tracing::error!(saga = %read.id, error = %e, "recovery pass: cannot read the index; saga left alone");
+                    tracing::error!(saga_id = %read.id, error = %e, "recovery pass: cannot read the index; saga left alone");
                     continue;
                 }
             },
         };
-        tracing::warn!(saga = %saga.id, "recovery pass: unfinished saga had no running task; restarting it");
+        tracing::warn!(saga_id = %saga.id, "recovery pass: unfinished saga had no running task; restarting it");
         let lsn = first_lsn.get(&saga.id).copied().unwrap_or(from_lsn);
         executor.adopt(saga, lsn);
         report.restarted += 1;

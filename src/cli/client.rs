@@ -57,11 +57,11 @@ pub struct Connection {
     connect_timeout: Duration,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl Connection {
-    fn options(&self) -> ClientOptions {
+    pub(super) fn options(&self) -> ClientOptions {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         ClientOptions {
             server: self
@@ -466,7 +466,9 @@ pub fn actions(args: ActionsArgs) -> anyhow::Result<ExitCode> {
             for a in &actions {
                 let returns =
                     if a.returns.is_empty() { String::new() } else { format!(" -> {{{}}}", typed(&a.returns)) };
-                println!("{} ({} {}): {{{}}}{returns}", a.name, a.participant_kind, a.participant, typed(&a.params));
+                // A delay action has a kind (`delay`) and no participant.
+                let on = [a.participant_kind.as_str(), a.participant.as_str()].join(" ");
+                println!("{} ({}): {{{}}}{returns}", a.name, on.trim_end(), typed(&a.params));
             }
         }
         Ok(EXIT_OK)

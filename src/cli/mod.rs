@@ -5,7 +5,9 @@
 //! 2 = usage or I/O error. The client commands add theirs (see `client.rs` and `docs/cli.md`).
 
 mod audit;
+mod bench;
 mod client;
+mod completions;
 pub mod config;
 mod debug;
 pub mod demo;
@@ -34,6 +36,10 @@ pub struct Cli {
     /// Log more (-v: debug, -vv: trace). `RUST_LOG` overrides this.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text, or as one JSON object per line [default: $SAGALOG_LOG_FORMAT, then
+    /// the config's `server.log_format` for `serve`, then text].
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,22 +77,57 @@ enum Command {
     Actions(client::ActionsArgs),
     /// Operator calls: recover, reset-breaker, participants, stats, resolve (admin token).
     Admin(client::AdminArgs),
+    /// Drive a running server with closed-loop clients; print sagas/s and latency percentiles.
+    Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page of sagalog and its subcommands (roff).
+    Man(completions::ManArgs),
 }
 
 /// Logs go to stderr so that stdout stays machine-readable (`wal dump`, `--json`).
-pub fn init_logging(verbose: u8) {
+///
+/// `-v` adds sagalog's debug lines and `-vv` its trace lines; the transport and storage crates
+/// (h2, hyper, tonic, tower, sled) stay at warnings and information so that they do not drown
+/// them. `RUST_LOG` overrides the filter.
+pub fn init_logging(verbose: u8, format: crate::config::LogFormat) {
+    const QUIET_DEPENDENCIES: &str = "h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=info,sled=warn,reqwest=info";
     let default = match verbose {
-        0 => "warn,sagalog=info",
-        1 => "debug",
-        _ => "trace",
+        0 => "warn,sagalog=info".to_owned(),
+        1 => format!("info,sagalog=debug,{QUIET_DEPENDENCIES}"),
+        _ => format!("debug,sagalog=trace,{QUIET_DEPENDENCIES}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init()
+        }
+        crate::config::LogFormat::Text => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        }
+    };
+}
+
+impl Cli {
+    /// The log format in force: `--log-format`, then `$SAGALOG_LOG_FORMAT`, then (for `serve`)
+    /// the config's `server.log_format`, then text. An unknown value in the environment is
+    /// ignored here (clap checks the flag).
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        use clap::ValueEnum;
+        if let Some(format) = self.log_format {
+            return format;
+        }
+        let env = std::env::var("SAGALOG_LOG_FORMAT").ok();
+        if let Some(format) = env.and_then(|v| crate::config::LogFormat::from_str(&v, true).ok()) {
+            return format;
+        }
+        match &self.command {
+            Command::Serve(args) => serve::configured_log_format(args).unwrap_or_default(),
+            _ => crate::config::LogFormat::Text,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -105,5 +146,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => client::list(args),
         Command::Actions(args) => client::actions(args),
         Command::Admin(args) => client::admin(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

@@ -140,7 +140,11 @@ fn write_saga(out: &mut impl Write, s: &SagaPlan) -> std::io::Result<()> {
         "step", "direction", "action", "participant", "journal", "marker"
     )?;
     for step in &s.steps {
-        let participant = step.participant.as_deref().unwrap_or("(undeclared)");
+        let participant = match (&step.participant, step.delay) {
+            (_, true) => "(delay)",
+            (Some(name), false) => name.as_str(),
+            (None, false) => "(undeclared)",
+        };
         for (direction, d) in [("forward", &step.forward), ("compensate", &step.compensate)] {
             if direction == "compensate" && d.journaled == Journaled::NotStarted && d.action == Action::Nothing {
                 continue;
@@ -168,6 +172,9 @@ fn journal_text(d: &DirectionPlan) -> String {
         Journaled::Done { by_marker: false } => format!("done after {} attempts", d.attempts),
         Journaled::Done { by_marker: true } => "done (by marker)".into(),
         Journaled::InDoubt => format!("IN DOUBT (attempt {})", d.attempts),
+        Journaled::Waiting { until_ms } => {
+            format!("waits until {}", crate::client::rfc3339_ms(until_ms).unwrap_or_else(|| until_ms.to_string()))
+        }
         Journaled::Failed { retryable: false, .. } => format!("failed permanently ({})", d.attempts),
         Journaled::Failed { maybe_applied: true, .. } => format!("failed, maybe applied ({})", d.attempts),
         Journaled::Failed { .. } => format!("failed, retryable ({})", d.attempts),
@@ -180,6 +187,7 @@ fn marker_text(d: &DirectionPlan) -> String {
         Some(MarkerAnswer::Present) => "present".into(),
         Some(MarkerAnswer::Absent) => "absent".into(),
         Some(MarkerAnswer::Unknown { .. }) => "UNKNOWN".into(),
+        Some(MarkerAnswer::NoMarkers) => "none kept (re-sent by key)".into(),
     }
 }
 
@@ -195,6 +203,7 @@ fn action_text(action: Action, direction: &str) -> &'static str {
         (Action::Rerun, _) => "compensate again",
         (Action::Stuck, _) => "STUCK: wait for an operator",
         (Action::Blocked, _) => "wait for the participant",
+        (Action::Wait, _) => "wait out the rest of the delay, then done",
     }
 }
 

@@ -63,14 +63,24 @@ impl Node {
     }
 }
 
-/// Parses a saga file: JSON if its first non-blank character is `{`, TOML otherwise.
+/// Parses a saga file: JSON when its name ends in `.json`, TOML when it ends in `.toml`, and
+/// otherwise (standard input, other names) JSON if its first non-blank character is `{`, TOML
+/// if not.
 pub fn parse(text: &str, source_name: &str) -> Result<SagaFile, SagaFileError> {
     let fail = |problem: String| SagaFileError { source_name: source_name.to_owned(), problem };
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     if trimmed.is_empty() {
         return Err(fail("the file is empty (expected a saga in JSON or TOML)".into()));
     }
-    let root = if trimmed.starts_with('{') { json_tree(trimmed) } else { toml_tree(trimmed) }.map_err(fail)?;
+    let lower = source_name.to_ascii_lowercase();
+    let json = if lower.ends_with(".json") {
+        true
+    } else if lower.ends_with(".toml") {
+        false
+    } else {
+        trimmed.starts_with('{')
+    };
+    let root = if json { json_tree(trimmed) } else { toml_tree(trimmed) }.map_err(fail)?;
     saga(&root).map_err(|(path, problem)| fail(if path.is_empty() { problem } else { format!("{path}: {problem}") }))
 }
 
@@ -277,6 +287,21 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text, "saga.txt").unwrap_err().to_string()
+    }
+
+    /// A `.json` file is JSON whatever its first character (a JSON error names the line and
+    /// column, not a TOML one); a `.toml` file is TOML even when it starts with `{`.
+    #[test]
+    fn the_file_name_decides_the_format() {
+        let array_first = "[1]";
+        let json = parse(array_first, "saga.json").unwrap_err().to_string();
+        assert!(json.contains("saga.json"), "{json}");
+        assert!(!json.contains("TOML"), "read as TOML: {json}");
+        let saga = r#"  
+{"id": "s-1", "steps": [{"action": "a", "params": {}}]}"#;
+        assert_eq!(parse(saga, "saga.JSON").unwrap().steps.len(), 1);
+        let toml = parse("{", "saga.toml").unwrap_err().to_string();
+        assert!(toml.contains("TOML") || toml.contains("toml"), "{toml}");
     }
 
     fn params(file: &SagaFile, step: usize) -> Vec<(&str, &Value)> {

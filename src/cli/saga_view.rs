@@ -59,6 +59,8 @@ fn step_json(step: &pb::StepStatus) -> Json {
         "finished_at": rfc3339_ms(step.finished_at_ms),
         "started_at_ms": step.started_at_ms,
         "finished_at_ms": step.finished_at_ms,
+        "deadline": rfc3339_ms(step.deadline_ms),
+        "deadline_ms": step.deadline_ms,
         "outputs": step
             .outputs
             .iter()
@@ -179,6 +181,8 @@ pub fn saga_text(saga: &pb::Saga) -> String {
             };
             let state = if s.applied_by_marker {
                 format!("{} (marker)", step_state_name(s))
+            } else if s.deadline_ms != 0 && s.state == pb::StepState::StepJournaled as i32 {
+                format!("waiting until {}", rfc3339_ms(s.deadline_ms).unwrap_or_default())
             } else if !s.worker_id.is_empty() {
                 format!("{} (worker {})", step_state_name(s), s.worker_id)
             } else {

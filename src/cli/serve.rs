@@ -31,6 +31,17 @@ pub struct ServeArgs {
     listen: Option<String>,
 }
 
+/// The `server.log_format` of the config `serve` will load (`--config`, else the data
+/// directory's `sagalog.toml`), read before logging starts; `None` when there is none or the
+/// file does not parse (the real load reports that).
+pub fn configured_log_format(args: &ServeArgs) -> Option<crate::config::LogFormat> {
+    let path = args.config.clone().unwrap_or_else(|| args.data_dir.join("sagalog.toml"));
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let value = table.get("server")?.get("log_format")?.clone();
+    value.try_into().ok()
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -46,6 +46,11 @@ init = [
 kind = "fs"
 path = "demo/artifacts"
 
+# For `sagalog bench` only: a participant that keeps its markers in memory. After a restart an
+# interrupted step of it runs again, which is harmless: its action does nothing.
+[participants.null]
+kind = "memory"
+
 [actions.record_execution]
 participant = "ledger"
 params = { run_id = "text", job = "text", rows = "int" }
@@ -63,6 +68,11 @@ compensate = { sql = "DELETE FROM results WHERE run_id = ?1", args = ["run_id"] 
 check = { sql = "SELECT count(*) FROM results WHERE run_id = ?1", args = ["run_id"] }
 retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
 timeout_ms = 30000
+
+[actions.noop]
+participant = "null"
+forward = { noop = true }
+compensate = { noop = true }
 
 [actions.write_artifact]
 participant = "artifacts"

@@ -1,4 +1,5 @@
-//! The `[executor]` block: concurrency, circuit-breaker thresholds and per-saga limits.
+//! The `[executor]` block: concurrency, circuit-breaker thresholds and per-saga limits (the
+//! longest delay among them).
 //! Schema and defaults only; the executor and the catalog read them.
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,14 @@ pub struct ExecutorConfig {
     /// overload ends in back-pressure, not in OOM. Recovery adopts every acknowledged saga
     /// whatever the count.
     pub live_sagas_max: usize,
+    /// The longest wait a delay action may ask for, in milliseconds (default a week): a fixed
+    /// `delay_ms` above it is refused when the config loads, a `delay_ms` parameter above it
+    /// when the saga is submitted (INVALID_ARGUMENT naming the step and the parameter).
+    pub delay_ms_max: u64,
 }
+
+/// One week in milliseconds: the default `executor.delay_ms_max`.
+pub const DELAY_MS_MAX_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
@@ -41,6 +49,7 @@ impl Default for ExecutorConfig {
             max_steps: 64,
             max_saga_bytes: 1024 * 1024,
             live_sagas_max: 100_000,
+            delay_ms_max: DELAY_MS_MAX_DEFAULT,
         }
     }
 }

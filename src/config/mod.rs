@@ -17,13 +17,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use actions::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig, RowsGuard, RowsSpec};
+pub use actions::{
+    ActionConfig, CheckConfig, DELAY_PARAM, DelayMs, OperationConfig, ParamType, RetryConfig, RowsGuard, RowsSpec,
+};
 pub use embedded::EMBEDDED_DEFAULT;
-pub use executor::ExecutorConfig;
+pub use executor::{DELAY_MS_MAX_DEFAULT, ExecutorConfig};
 pub use index::{CACHE_BYTES_DEFAULT, IndexConfig};
 pub use journal::JournalConfig;
-pub use participants::{FENCE_TABLE_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem};
-pub use server::ServerConfig;
+pub use participants::{
+    FENCE_TABLE_DEFAULT, HTTP_TIMEOUT_MS_DEFAULT, Kind, MARKER_TABLE_DEFAULT, ParticipantConfig, table_name_problem,
+};
+pub use server::{LogFormat, ServerConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
-//! The `[participants.NAME]` blocks: which databases and file trees steps act on, and the
-//! participant kinds a config can declare. Schema and defaults only; `participant::open_all`
-//! opens them.
+//! The `[participants.NAME]` blocks: which databases, file trees and HTTP services steps act
+//! on, and the participant kinds a config can declare. Schema and defaults only;
+//! `participant::open_all` opens them (and reads the `env:` header values).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,23 @@ pub struct ParticipantConfig {
     /// The fence table of a SQL participant; default `sagalog_fences`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_table: Option<String>,
+    /// The service an `http` participant calls (`http://host:port`, optionally with a path
+    /// prefix); every action's path is appended to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Headers every request of an `http` participant carries; a value `env:NAME` is read
+    /// from the environment variable `NAME` when the participant is opened.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// How long one request of an `http` participant may take, connect included; default
+    /// [`HTTP_TIMEOUT_MS_DEFAULT`]. The action's own `timeout_ms` bounds the step as for
+    /// every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The health probe of an `http` participant (`"GET /healthz"`: a 2xx answer is
+    /// healthy); without it the probe only opens a TCP connection to the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// The task queue a `worker` participant hands its steps to (required for `worker`, and
     /// for `worker` only; unique across participants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +77,8 @@ fn default_pool_size() -> usize {
 pub const MARKER_TABLE_DEFAULT: &str = "sagalog_markers";
 /// The default fence table name.
 pub const FENCE_TABLE_DEFAULT: &str = "sagalog_fences";
+/// The default per-request timeout of an `http` participant.
+pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// A worker queue's default lease (`lease_ms`).
 pub const LEASE_MS_DEFAULT: u64 = 30_000;
 /// A worker queue's default `tasks_waiting_max`.
@@ -74,6 +95,11 @@ impl ParticipantConfig {
     /// The fence table this participant uses.
     pub fn fence_table(&self) -> &str {
         self.fence_table.as_deref().unwrap_or(FENCE_TABLE_DEFAULT)
+    }
+
+    /// The per-request timeout of an `http` participant.
+    pub fn http_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(HTTP_TIMEOUT_MS_DEFAULT)
     }
 
     /// A worker participant's lease in milliseconds.
@@ -117,6 +143,9 @@ pub enum Kind {
     Fs,
     /// In-memory, for tests and benchmarks only.
     Memory,
+    /// An HTTP service: no local transaction and no marker; each request carries an
+    /// `Idempotency-Key` the receiver deduplicates by (at-least-once).
+    Http,
     /// A task queue served by the user's own worker processes over the `Workers` API. Keeps
     /// no markers: effects are at-least-once, deduplicated by the worker with the step's
     /// idempotency key.
@@ -132,6 +161,7 @@ impl Kind {
             Kind::Duckdb => "duckdb",
             Kind::Fs => "fs",
             Kind::Memory => "memory",
+            Kind::Http => "http",
             Kind::Worker => "worker",
         }
     }

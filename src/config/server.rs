@@ -10,6 +10,7 @@
 //! pending_submits_max = 1024      # submits being journaled at once; more get RESOURCE_EXHAUSTED
 //!                                 # (old spelling: max_pending_submits)
 //! shutdown_grace_ms = 10000       # how long SIGTERM lets running steps finish
+//! log_format = "text"             # "text" | "json" (one object per line); --log-format wins
 //!
 //! [[server.tokens]]
 //! name = "orders-service"         # shows up in logs and as the default operator name
@@ -109,6 +110,18 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     pub tokens: Vec<TokenConfig>,
     pub tls: Option<TlsConfig>,
+    /// How `serve` writes its logs on stderr; `--log-format` (or `$SAGALOG_LOG_FORMAT`) wins.
+    pub log_format: LogFormat,
+}
+
+/// How logs are written: `text`, one human-readable line per event, or `json`, one JSON object
+/// per line with the event's fields (`saga_id`, `step`, `participant`, …) as keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +135,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             tokens: Vec::new(),
             tls: None,
+            log_format: LogFormat::Text,
         }
     }
 }

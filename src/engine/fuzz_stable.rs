@@ -141,7 +141,14 @@ fn random_record(rng: &mut Rng) -> Record {
     let attempt = rng.int() as u32;
     match rng.below(9) {
         0 => random_submitted(rng, saga, at_ms),
-        1 => Record::StepStarted(Started { saga, step, direction: random_direction(rng), attempt, at_ms }),
+        1 => Record::StepStarted(Started {
+            saga,
+            step,
+            direction: random_direction(rng),
+            attempt,
+            at_ms,
+            deadline_ms: None,
+        }),
         2 => {
             let (direction, by_marker) = (random_direction(rng), rng.flip());
             Record::StepSucceeded(Succeeded {

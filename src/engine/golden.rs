@@ -1,7 +1,9 @@
 //! Golden payload vectors of the journal records (`src/engine/vectors/`): the MessagePack
 //! bytes version 1 writes for each record kind, and the later versions that added a field:
 //! `SagaSubmitted` 2 (action definitions), 3 (marker scope), 4 (step outputs: `returns` and
-//! `from`), `StepSucceeded` 2 (outputs). Committed once and never edited.
+//! `from`), 5 (delay actions), `StepSucceeded` 2 (outputs), `StepStarted` 2 (a delay step's
+//! deadline). Committed
+//! once and never edited.
 //!
 //! For every vector: its length and CRC32 match the fingerprint below (an accidental edit fails
 //! before anything is decoded), it decodes to exactly the value below, field by field, today's
@@ -19,7 +21,7 @@ use super::record::{
     Started, Submitted, Succeeded,
 };
 use super::value::Value;
-use crate::config::{ActionConfig, CheckConfig, OperationConfig, ParamType, RetryConfig};
+use crate::config::{ActionConfig, CheckConfig, DelayMs, OperationConfig, ParamType, RetryConfig};
 use crate::engine::Direction;
 use crate::wal_format::RecordKind;
 
@@ -39,7 +41,9 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
         ("v2-saga-submitted-actions.msgpack", 1341, 0x3c7b_f422, v2_submitted()),
         ("v3-saga-submitted-scope.msgpack", 1382, 0xdbbc_403b, v3_submitted()),
         ("v4-saga-submitted-outputs.msgpack", 1421, 0xc702_b9f5, v4_submitted()),
+        ("v5-saga-submitted-delays.msgpack", 1505, 0x05c9_9e71, v5_submitted()),
         ("v2-step-succeeded-outputs.msgpack", 105, 0x7f6d_99d5, v2_succeeded()),
+        ("v2-step-started-deadline.msgpack", 83, 0xd792_d2a5, v2_started()),
         (
             "v1-step-started.msgpack",
             62,
@@ -50,6 +54,7 @@ pub(crate) fn vectors() -> Vec<(&'static str, usize, u32, Record)> {
                 direction: Direction::Forward,
                 attempt: 2,
                 at_ms: AT_MS,
+                deadline_ms: None,
             }),
         ),
         (
@@ -123,8 +128,9 @@ fn snapshot_saga() -> super::saga::Saga {
     let Record::SagaSubmitted(submitted) = v2_submitted() else { unreachable!() };
     let mut saga = super::saga::Saga::submitted(&submitted);
     let at_ms = AT_MS;
-    let started =
-        |step, direction, attempt| Record::StepStarted(Started { saga: SAGA.into(), step, direction, attempt, at_ms });
+    let started = |step, direction, attempt| {
+        Record::StepStarted(Started { saga: SAGA.into(), step, direction, attempt, at_ms, deadline_ms: None })
+    };
     for record in [
         started(0, Direction::Forward, 1),
         Record::StepSucceeded(Succeeded {
@@ -208,6 +214,23 @@ fn v4_submitted() -> Record {
     Record::SagaSubmitted(submitted)
 }
 
+/// The v5 `SagaSubmitted` vector's record: the v4 payload with two delay actions among the
+/// definitions, a fixed one (`delay_ms = 60000`) and one that takes the step's `delay_ms`
+/// parameter (`delay_ms = "param"`).
+fn v5_submitted() -> Record {
+    let Record::SagaSubmitted(mut submitted) = v4_submitted() else { unreachable!("v4_submitted builds one") };
+    submitted.actions = v5_actions();
+    Record::SagaSubmitted(submitted)
+}
+
+fn v5_actions() -> BTreeMap<String, ActionConfig> {
+    let mut actions = v4_actions();
+    actions.insert("wait_for_settlement".into(), ActionConfig::delay(DelayMs::Fixed(60_000), BTreeMap::new()));
+    let params = BTreeMap::from([("delay_ms".to_owned(), ParamType::Int)]);
+    actions.insert("pause".into(), ActionConfig::delay(DelayMs::Param, params));
+    actions
+}
+
 fn v4_actions() -> BTreeMap<String, ActionConfig> {
     let mut actions = v2_actions();
     for action in actions.values_mut().filter(|a| matches!(a.forward, OperationConfig::Sql { .. })) {
@@ -215,6 +238,21 @@ fn v4_actions() -> BTreeMap<String, ActionConfig> {
     }
     actions
 }
+
+/// The v2 `StepStarted` vector's record: the v1 fields (step 1 forward, attempt 2) with the
+/// deadline of a delay step, one minute after `at_ms`.
+fn v2_started() -> Record {
+    Record::StepStarted(Started {
+        saga: SAGA.to_owned(),
+        step: 1,
+        direction: Direction::Forward,
+        attempt: 2,
+        at_ms: AT_MS,
+        deadline_ms: Some(V2_DEADLINE_MS),
+    })
+}
+
+const V2_DEADLINE_MS: u64 = AT_MS + 60_000;
 
 /// The v2 `StepSucceeded` vector's record: the v1 fields (a forward success by marker) with
 /// the outputs it returned.
@@ -258,6 +296,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                     args: vec!["id".into()],
                 }),
                 returns: Default::default(),
+                delay_ms: None,
             },
         ),
         (
@@ -277,6 +316,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                 timeout_ms: 30_000,
                 check: None,
                 returns: Default::default(),
+                delay_ms: None,
             },
         ),
         (
@@ -291,6 +331,7 @@ fn v2_actions() -> BTreeMap<String, ActionConfig> {
                 timeout_ms: 10,
                 check: None,
                 returns: Default::default(),
+                delay_ms: None,
             },
         ),
     ])
@@ -331,21 +372,28 @@ fn assert_fields(name: &str, decoded: &Record) {
             let expected = match &name[..3] {
                 "v1-" => BTreeMap::new(),
                 "v4-" => v4_actions(),
+                "v5-" => v5_actions(),
                 _ => v2_actions(),
             };
             assert_eq!(actions, &expected, "{name}");
-            let expected = (name.starts_with("v3-") || name.starts_with("v4-")).then(|| V3_SCOPE.to_owned());
+            if name.starts_with("v5-") {
+                let delays: Vec<_> = actions.iter().filter_map(|(k, a)| Some((k.as_str(), a.delay_ms?))).collect();
+                assert_eq!(delays, [("pause", DelayMs::Param), ("wait_for_settlement", DelayMs::Fixed(60_000))]);
+            }
+            let expected = ["v3-", "v4-", "v5-"].contains(&&name[..3]).then(|| V3_SCOPE.to_owned());
             assert_eq!(scope, &expected, "{name}");
             let from: Vec<_> = steps.iter().map(|s| s.from.clone()).collect();
-            let expected = if name.starts_with("v4-") {
+            let expected = if name.starts_with("v4-") || name.starts_with("v5-") {
                 vec![BTreeMap::new(), BTreeMap::from([("order".to_owned(), "steps.0.id".to_owned())])]
             } else {
                 vec![BTreeMap::new(), BTreeMap::new()]
             };
             assert_eq!(from, expected, "{name}");
         }
-        Record::StepStarted(Started { saga, step, direction, attempt, at_ms }) => {
+        Record::StepStarted(Started { saga, step, direction, attempt, at_ms, deadline_ms }) => {
             assert_eq!((saga.as_str(), *step, *direction, *attempt, *at_ms), (SAGA, 1, Direction::Forward, 2, AT_MS));
+            let expected = name.starts_with("v2-").then_some(V2_DEADLINE_MS);
+            assert_eq!(*deadline_ms, expected, "{name}");
         }
         Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms, outputs }) => {
             let expected_direction = if name.starts_with("v2-") { Direction::Forward } else { Direction::Compensate };

@@ -7,7 +7,8 @@
 //!   outcome of a simulated participant that knows the truth (whether each effect really
 //!   applied), with cancels injected anywhere (also between a `StepStarted` and its outcome),
 //!   crashes that leave a step in doubt, operator decisions for STUCK sagas and reopens of
-//!   completed ones. These check the saga protocol itself: forward steps in order, strictly
+//!   completed ones, and delay steps among the others (waited out, cancelled mid-wait, crashed
+//!   mid-wait). These check the saga protocol itself: forward steps in order, strictly
 //!   decreasing compensations, never undoing what did not apply, never leaving applied effects
 //!   behind, and termination once the participant behaves.
 
@@ -39,9 +40,10 @@ fn submitted(policies: &[StepPolicy], steps: usize) -> Submitted {
     }
 }
 
-/// Nothing left to undo at this step: compensated, or its forward effect certainly absent.
+/// Nothing left to undo at this step: compensated, a delay (no effect), or its forward effect
+/// certainly absent.
 fn settled(s: &StepState) -> bool {
-    s.compensate.done || (!s.forward.done && !s.forward.uncertain())
+    s.compensate.done || s.is_delay() || (!s.forward.done && !s.forward.uncertain())
 }
 
 /// What must hold of any state, however it was reached.
@@ -69,12 +71,20 @@ fn check_state(saga: &Saga) {
             assert!(step < n);
             assert!(steps[..step as usize].iter().all(|s| s.forward.done));
             assert!(steps[step as usize].forward.in_flight && !steps[step as usize].forward.done);
+            assert!(!steps[step as usize].is_delay(), "a delay step is waited for, never looked up");
+        }
+        Next::Wait { step, until_ms } => {
+            assert!(forward_phase, "a delay waited for while {status:?}");
+            assert!(step < n);
+            assert!(steps[..step as usize].iter().all(|s| s.forward.done), "delay {step} before the steps below");
+            let f = &steps[step as usize].forward;
+            assert!(f.in_flight && !f.done && f.deadline_ms == Some(until_ms), "{f:?}");
         }
         Next::Resolve { step, direction: F } => {
             assert_eq!(status, Status::Compensating);
             assert!(step < n && above_settled(step), "resolve {step} with unsettled steps above");
             let s = &steps[step as usize];
-            assert!(s.forward.uncertain() && !s.compensate.done);
+            assert!(s.forward.uncertain() && !s.compensate.done && !s.is_delay());
         }
         Next::Resolve { step, direction: C } => {
             assert_eq!(status, Status::Compensating);
@@ -88,6 +98,7 @@ fn check_state(saga: &Saga) {
             let s = &steps[step as usize];
             let c = &s.compensate;
             assert!(s.forward.done, "compensating step {step}, whose forward effect is not known to exist");
+            assert!(!s.is_delay(), "compensating delay step {step}, which has no effect");
             assert!(!c.done && !c.in_flight && !c.failed_permanently, "{c:?}");
             assert!(c.attempts == 0 || c.attempts < s.policy.compensate_max_attempts, "{c:?}");
             assert_eq!(attempt, c.total_attempts + 1);
@@ -144,8 +155,8 @@ fn arb_outcome() -> impl Strategy<Value = Outcome> {
 /// Any record, for a saga of `steps` steps (and a few for another saga, or out of range).
 fn arb_record(steps: u32) -> impl Strategy<Value = Record> {
     prop_oneof![
-        4 => (arb_saga_id(), arb_step(steps), arb_direction(), 0..4u32)
-            .prop_map(|(saga, step, direction, attempt)| Record::StepStarted(Started { saga, step, direction, attempt, at_ms: 1 })),
+        4 => (arb_saga_id(), arb_step(steps), arb_direction(), 0..4u32, prop::option::weighted(0.2, 0..3u64))
+            .prop_map(|(saga, step, direction, attempt, deadline_ms)| Record::StepStarted(Started { saga, step, direction, attempt, at_ms: 1, deadline_ms })),
         3 => (arb_saga_id(), arb_step(steps), arb_direction(), any::<bool>()).prop_map(|(saga, step, direction, by_marker)| {
             Record::StepSucceeded(Succeeded { saga, step, direction, attempt: 1, by_marker, at_ms: 2, outputs: Default::default() })
         }),
@@ -242,6 +253,11 @@ fn arb_choice() -> impl Strategy<Value = Choice> {
 /// A saga, its journal, and the truth the participant knows (which effects really exist).
 struct Sim {
     policies: Vec<StepPolicy>,
+    /// Which steps are delay steps (no participant: they wait, apply nothing, and are never
+    /// compensated).
+    delays: Vec<bool>,
+    /// The deadline each delay step's last `StepStarted` journaled: a wait must be for it.
+    deadlines: BTreeMap<u32, u64>,
     saga: Saga,
     journal: Vec<Record>,
     /// Whether each step's forward / compensating effect really applied.
@@ -258,12 +274,15 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(policies: Vec<StepPolicy>) -> Sim {
+    fn new(policies: Vec<StepPolicy>, delays: &[bool]) -> Sim {
         let n = policies.len();
+        let delays = (0..n).map(|k| delays.get(k).copied().unwrap_or(false)).collect();
         let saga = Saga::submitted(&submitted(&policies, n));
         let journal = vec![Record::SagaSubmitted(submitted(&policies, n))];
         Sim {
             policies,
+            delays,
+            deadlines: BTreeMap::new(),
             saga,
             journal,
             forward_applied: vec![false; n],
@@ -296,6 +315,11 @@ impl Sim {
                 assert_eq!(r.attempt, *count, "attempt numbers count every start");
                 match r.direction {
                     F => {
+                        assert_eq!(
+                            self.delays[k as usize],
+                            r.deadline_ms.is_some(),
+                            "a delay step starts with a deadline"
+                        );
                         assert!(
                             self.forward_succeeded[..k as usize].iter().all(|s| *s),
                             "forward step {k} started before every step below it succeeded"
@@ -304,6 +328,7 @@ impl Sim {
                         assert!(*count <= self.policies[k as usize].max_attempts, "forward budget exceeded");
                     }
                     C => {
+                        assert!(!self.delays[k as usize], "compensating delay step {k}, which has no effect");
                         assert!(self.forward_succeeded[k as usize], "compensating step {k}, which never succeeded");
                         if let Some(last) = self.last_compensation {
                             assert!(k <= last, "compensation of {k} after compensation of {last}");
@@ -315,14 +340,19 @@ impl Sim {
                 }
             }
             Record::StepSucceeded(r) if r.direction == F => {
-                assert!(self.forward_applied[r.step as usize], "success journaled for an effect that does not exist");
+                let k = r.step as usize;
+                assert!(
+                    self.forward_applied[k] || self.delays[k],
+                    "success journaled for an effect that does not exist"
+                );
                 self.forward_succeeded[r.step as usize] = true;
             }
             Record::SagaFinished(r) => {
                 match r.outcome {
                     Outcome::Completed => {
                         assert!(!self.cancelled, "a cancelled saga completed");
-                        assert!(self.forward_applied.iter().all(|a| *a), "completed with a step not applied");
+                        let applied = self.forward_applied.iter().zip(&self.delays).all(|(a, delay)| *a || *delay);
+                        assert!(applied, "completed with a step not applied");
                         assert!(self.compensate_applied.iter().all(|a| !a), "completed after compensating");
                     }
                     Outcome::Compensated => {
@@ -338,8 +368,12 @@ impl Sim {
             Record::CancelRequested(_) if !self.saga.is_finished() => self.cancelled = true,
             _ => {}
         }
+        let cancel = matches!(record, Record::CancelRequested(_));
         self.saga.apply(&record);
         self.journal.push(record);
+        if cancel {
+            assert!(!matches!(self.saga.next(), Next::Wait { .. }), "a cancel waits for a delay to end");
+        }
         if self.saga.status() == Status::Pending {
             assert!(self.started.is_empty(), "PENDING after a step started");
         }
@@ -419,8 +453,36 @@ impl Sim {
                 };
                 self.write(record);
             }
+            // The deadline is the one the step's start journaled, never a new one.
+            Next::Wait { step, until_ms } => {
+                assert_eq!(self.deadlines.get(&step), Some(&until_ms), "delay {step} waits for another deadline");
+                let attempt = self.started.get(&(step, F)).copied().unwrap_or(0);
+                self.write(self.succeeded(step, F, attempt, false));
+            }
+            // A delay starts: its deadline is journaled, then the wait begins (a crash or a
+            // cancel may come first).
+            Next::Run { step, direction: F, attempt, .. } if self.delays[step as usize] => {
+                let deadline_ms = 1000 * u64::from(step + 1) + u64::from(attempt);
+                self.deadlines.insert(step, deadline_ms);
+                let started =
+                    Started { saga: ID.into(), step, direction: F, attempt, at_ms: 0, deadline_ms: Some(deadline_ms) };
+                self.write(Record::StepStarted(started));
+                if matches!(choice.inject, Inject::CancelMid) && !benign {
+                    self.write(Record::CancelRequested(CancelRequested { saga: ID.into(), at_ms: 0 }));
+                }
+                if matches!(choice.inject, Inject::Crash) && !benign {
+                    self.crash();
+                }
+            }
             Next::Run { step, direction, attempt, .. } => {
-                self.write(Record::StepStarted(Started { saga: ID.into(), step, direction, attempt, at_ms: 0 }));
+                self.write(Record::StepStarted(Started {
+                    saga: ID.into(),
+                    step,
+                    direction,
+                    attempt,
+                    at_ms: 0,
+                    deadline_ms: None,
+                }));
                 if matches!(choice.inject, Inject::CancelMid) && !benign {
                     self.write(Record::CancelRequested(CancelRequested { saga: ID.into(), at_ms: 0 }));
                 }
@@ -460,17 +522,26 @@ impl Sim {
     }
 }
 
-fn arb_driven() -> impl Strategy<Value = (Vec<StepPolicy>, Vec<Choice>)> {
+/// Step policies, which steps are delays (a delay has one attempt, as its action's
+/// definition gives it), and the choices.
+fn arb_driven() -> impl Strategy<Value = (Vec<StepPolicy>, Vec<bool>, Vec<Choice>)> {
     let policy = (1..4u32, 1..3u32)
         .prop_map(|(max_attempts, compensate_max_attempts)| StepPolicy { max_attempts, compensate_max_attempts });
-    (prop::collection::vec(policy, 0..6), prop::collection::vec(arb_choice(), 0..60))
+    (prop::collection::vec((policy, prop::bool::weighted(0.2)), 0..6), prop::collection::vec(arb_choice(), 0..60))
+        .prop_map(|(steps, choices)| {
+            let (policies, delays) = steps
+                .into_iter()
+                .map(|(p, delay)| if delay { (StepPolicy { max_attempts: 1, ..p }, true) } else { (p, false) })
+                .unzip();
+            (policies, delays, choices)
+        })
 }
 
 /// Runs the simulation over `choices`, then with a healthy participant until the saga is done,
 /// and checks how it ended. Returns the simulation for the coverage test below.
-fn simulate(policies: Vec<StepPolicy>, choices: &[Choice]) -> Result<Sim, TestCaseError> {
+fn simulate(policies: Vec<StepPolicy>, delays: &[bool], choices: &[Choice]) -> Result<Sim, TestCaseError> {
     let n = policies.len();
-    let mut sim = Sim::new(policies);
+    let mut sim = Sim::new(policies, delays);
     for choice in choices {
         sim.act(*choice, false);
     }
@@ -502,8 +573,8 @@ proptest! {
     /// Executor-shaped journals keep the saga protocol, and once the participant behaves the
     /// saga finishes: COMPLETED with every effect applied, or COMPENSATED with none left.
     #[test]
-    fn driven_journals_keep_the_protocol_and_finish((policies, choices) in arb_driven()) {
-        simulate(policies, &choices)?;
+    fn driven_journals_keep_the_protocol_and_finish((policies, delays, choices) in arb_driven()) {
+        simulate(policies, &delays, &choices)?;
     }
 }
 
@@ -517,15 +588,21 @@ fn driven_journals_reach_every_situation() {
     let strategy = arb_driven();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..500 {
-        let (policies, choices) = strategy.new_tree(&mut runner).unwrap().current();
-        let sim = simulate(policies, &choices).unwrap();
+        let (policies, delays, choices) = strategy.new_tree(&mut runner).unwrap().current();
+        let sim = simulate(policies, &delays, &choices).unwrap();
         let journal = &sim.journal;
         let compensated = sim.saga.status() == Status::Compensated;
         let mut cancel_mid = false;
         for (i, record) in journal.iter().enumerate() {
             match record {
                 Record::CancelRequested(_) if matches!(journal[i - 1], Record::StepStarted(_)) && compensated => {
-                    cancel_mid = true
+                    cancel_mid = true;
+                    if matches!(&journal[i - 1], Record::StepStarted(r) if r.deadline_ms.is_some()) {
+                        seen.insert("cancel during a delay, then compensated");
+                    }
+                }
+                Record::StepSucceeded(r) if r.direction == F && sim.delays[r.step as usize] => {
+                    seen.insert("delay waited out");
                 }
                 Record::StepSucceeded(r) if r.by_marker => {
                     seen.insert(if r.direction == F { "forward success by marker" } else { "compensation by marker" });
@@ -566,6 +643,8 @@ fn driven_journals_reach_every_situation() {
         "two or more steps compensated",
         "compensated",
         "completed",
+        "delay waited out",
+        "cancel during a delay, then compensated",
     ];
     for situation in expected {
         assert!(seen.contains(situation), "no driven journal reached {situation:?}; reached {seen:?}");
@@ -580,8 +659,8 @@ proptest! {
     /// the checkpoint has passed the saga's older records), gives the state the journal
     /// without it gives, plus one version (trust item B19).
     #[test]
-    fn replay_from_a_snapshot_equals_replay_from_the_start((policies, choices) in arb_driven(), cut in any::<prop::sample::Index>()) {
-        let sim = simulate(policies.clone(), &choices)?;
+    fn replay_from_a_snapshot_equals_replay_from_the_start((policies, delays, choices) in arb_driven(), cut in any::<prop::sample::Index>()) {
+        let sim = simulate(policies.clone(), &delays, &choices)?;
         let journal = &sim.journal[1..];
         let k = cut.index(journal.len() + 1);
         let submitted = submitted(&policies, policies.len());

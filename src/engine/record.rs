@@ -23,6 +23,16 @@ pub enum Outcome {
     Compensated,
 }
 
+impl Outcome {
+    /// The name logs and tools print (the saga status it ends in).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "COMPLETED",
+            Outcome::Compensated => "COMPENSATED",
+        }
+    }
+}
+
 /// What an operator decided for a saga.
 ///
 /// Encoded as its variant name inside the `Resolved` payload. A build that predates a variant
@@ -39,6 +49,17 @@ pub enum ResolveDecision {
     /// step is compensated in reverse order, journaled like any compensation (the undo button
     /// of `sagalog replay --compensate-since`). Ignored for a saga in any other state.
     CompensateCompleted,
+}
+
+impl ResolveDecision {
+    /// The name logs print: the spelling of `sagalog admin resolve --decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolveDecision::MarkCompensated => "mark-compensated",
+            ResolveDecision::RetryCompensation => "retry-compensation",
+            ResolveDecision::CompensateCompleted => "compensate-completed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +95,17 @@ pub struct Started {
     pub direction: Direction,
     pub attempt: u32,
     pub at_ms: u64,
+    /// For a delay step (an action with `delay_ms`, no participant): when its wait ends, in
+    /// wall-clock milliseconds since the epoch, fixed once when the step starts. A restart
+    /// waits only for what is left of it, and never computes it again; a deadline already
+    /// passed ends the wait at once.
+    ///
+    /// Added in record version 2 of `StepStarted` (a field, left out when absent: earlier
+    /// records and vectors are unchanged). A build that predates it cannot run a delay step
+    /// anyway: the saga's journaled `SagaSubmitted` holds a delay action, whose definition
+    /// such a build refuses to decode, so recovery stops there instead of misreading the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

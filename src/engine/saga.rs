@@ -16,7 +16,11 @@
 //!   invalidated database, EACCES) is asked again at most the step's compensation budget
 //!   times, then the saga is STUCK with the lookup's error: it never loops;
 //! - an operator may reopen a COMPLETED saga (`Resolved { CompensateCompleted }`): it goes back
-//!   to compensating, and every step is compensated like after a failure.
+//!   to compensating, and every step is compensated like after a failure;
+//! - a *delay step* (its `StepStarted` carries a `deadline_ms`) touches no participant: while
+//!   it is in flight `next` says [`Next::Wait`] until the journaled deadline (never a marker
+//!   lookup, and never a new deadline), a cancel does not wait for it to end, and compensation
+//!   passes over it (it has no effect to undo).
 //!
 //! Records that do not fit the state (a step number out of range, another saga's record) are
 //! ignored with no change: the journal is trusted, and recovery must never panic on it.
@@ -85,6 +89,11 @@ pub struct StepProgress {
     pub unreadable_markers: u32,
     pub first_started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// A delay step's deadline (wall-clock ms since the epoch), from its `StepStarted`: set
+    /// for a delay step once it started, `None` for every other step. Left out of a snapshot
+    /// when absent, so snapshots of sagas without delays keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     /// What the step returned when it succeeded (forward only; see `ActionConfig::returns`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, Value>,
@@ -106,6 +115,12 @@ pub struct StepState {
 }
 
 impl StepState {
+    /// Whether this is a delay step that has started (its forward `StepStarted` journaled a
+    /// deadline): it waits, applies nothing anywhere, and has nothing to compensate.
+    pub fn is_delay(&self) -> bool {
+        self.forward.deadline_ms.is_some()
+    }
+
     pub fn progress_of(&self, direction: Direction) -> &StepProgress {
         match direction {
             Direction::Forward => &self.forward,
@@ -136,6 +151,10 @@ pub enum Next {
     Run { step: u32, direction: Direction, attempt: u32, after_failure: bool },
     /// The step's effect is uncertain: look up its marker and journal what it says.
     Resolve { step: u32, direction: Direction },
+    /// A delay step is in flight: wait until `until_ms` (wall-clock ms since the epoch, as its
+    /// `StepStarted` journaled it; holding no slot), then journal its success. A deadline
+    /// already passed is journaled at once.
+    Wait { step: u32, until_ms: u64 },
     /// Every step is settled: journal `SagaFinished` with this outcome.
     Finish(Outcome),
     /// A compensation failed for good, or the marker of an in-doubt step could not be read
@@ -257,6 +276,9 @@ impl Saga {
                 p.total_attempts += 1;
                 p.in_flight = true;
                 p.first_started_at_ms.get_or_insert(r.at_ms);
+                if r.deadline_ms.is_some() {
+                    p.deadline_ms = r.deadline_ms;
+                }
             }
             Record::StepSucceeded(r) => {
                 let Some(step) = self.steps.get_mut(r.step as usize) else { return };
@@ -313,7 +335,8 @@ impl Saga {
                     return;
                 }
                 self.cancel_requested = true;
-                let in_flight = self.steps.iter().any(|s| s.forward.in_flight);
+                // A delay in flight has no effect to wait for: the cancel compensates at once.
+                let in_flight = self.steps.iter().any(|s| s.forward.in_flight && !s.is_delay());
                 if self.phase == Phase::Forward && !in_flight {
                     self.start_compensating("cancelled");
                 }
@@ -387,6 +410,9 @@ impl Saga {
         };
         let step = i as u32;
         let f = &self.steps[i].forward;
+        if let (true, Some(until_ms)) = (f.in_flight, f.deadline_ms) {
+            return Next::Wait { step, until_ms };
+        }
         if f.in_flight {
             return Next::Resolve { step, direction: Direction::Forward };
         }
@@ -399,8 +425,8 @@ impl Saga {
         for (i, s) in self.steps.iter().enumerate().rev() {
             let step = i as u32;
             let (f, c) = (&s.forward, &s.compensate);
-            if c.done {
-                continue;
+            if c.done || s.is_delay() {
+                continue; // compensated, or a delay: nothing to undo
             }
             if f.uncertain() {
                 // Bounded: a marker that cannot be read is an operator's call, not a loop.

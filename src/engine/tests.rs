@@ -42,7 +42,26 @@ fn policy(max_attempts: u32, compensate_max_attempts: u32) -> StepPolicy {
 }
 
 fn started(step: u32, direction: Direction) -> Record {
-    Record::StepStarted(Started { saga: ID.into(), step, direction, attempt: 0, at_ms: 10 + step as u64 })
+    Record::StepStarted(Started {
+        saga: ID.into(),
+        step,
+        direction,
+        attempt: 0,
+        at_ms: 10 + step as u64,
+        deadline_ms: None,
+    })
+}
+
+/// A delay step's start: its `StepStarted` (record version 2) journals the deadline.
+fn delay_started(step: u32, deadline_ms: u64) -> Record {
+    Record::StepStarted(Started {
+        saga: ID.into(),
+        step,
+        direction: F,
+        attempt: 1,
+        at_ms: 10 + step as u64,
+        deadline_ms: Some(deadline_ms),
+    })
 }
 
 fn ok(step: u32, direction: Direction) -> Record {
@@ -552,6 +571,68 @@ fn table() -> Vec<Case> {
             Next::Done,
             Compensated,
         ),
+        // Delay steps: no participant, the deadline journaled with the start.
+        case(
+            "a delay in flight waits for its journaled deadline (also after a restart)",
+            3,
+            p3,
+            vec![done(0).into(), vec![delay_started(1, 5_000)]],
+            Next::Wait { step: 1, until_ms: 5_000 },
+            Running,
+        ),
+        case(
+            "a delay that ended moves on to the next step",
+            3,
+            p3,
+            vec![done(0).into(), vec![delay_started(1, 5_000), ok(1, F)]],
+            run(2, F, 1, false),
+            Running,
+        ),
+        case(
+            "a cancel during a delay compensates at once",
+            3,
+            p3,
+            vec![done(0).into(), vec![delay_started(1, 5_000), cancel()]],
+            run(0, C, 1, false),
+            Compensating,
+        ),
+        case(
+            "a delay in flight during compensation is passed over",
+            3,
+            p3,
+            vec![done(0).into(), vec![delay_started(1, 5_000), cancel()], undone(0).into()],
+            Next::Finish(Outcome::Compensated),
+            Compensating,
+        ),
+        case(
+            "a delay that ended is not compensated: the step below is",
+            3,
+            p3,
+            vec![done(0).into(), vec![delay_started(1, 5_000), ok(1, F), started(2, F), rejected(2, F)]],
+            run(0, C, 1, false),
+            Compensating,
+        ),
+        case(
+            "a completed saga with a delay reopened compensates the other steps only",
+            2,
+            p3,
+            vec![
+                vec![delay_started(0, 5_000), ok(0, F)],
+                done(1).into(),
+                vec![finished(Outcome::Completed), resolved(ResolveDecision::CompensateCompleted)],
+                undone(1).into(),
+            ],
+            Next::Finish(Outcome::Compensated),
+            Compensating,
+        ),
+        case(
+            "a step started without a deadline is in doubt, not a delay",
+            3,
+            p3,
+            vec![done(0).into(), vec![started(1, F), cancel()]],
+            resolve(1, F),
+            Running,
+        ),
         // Records that do not fit are ignored.
         case(
             "out-of-range steps change nothing",
@@ -611,6 +692,25 @@ fn records_of_other_sagas_and_global_records_change_nothing() {
     after.apply(&other(cancel()));
     after.apply(&Record::RecoveryStarted(RecoveryStarted { reason: "recovery".into(), unfinished: 1, at_ms: 5 }));
     assert_eq!(after, before);
+}
+
+/// A delay step's deadline is the one its first `StepStarted` journaled: replay keeps it, the
+/// step's progress shows it, and it is the step's identity as a delay (no marker, no
+/// compensation).
+#[test]
+fn a_delay_keeps_its_journaled_deadline_and_is_no_participant_step() {
+    let saga = replay(2, policy(3, 2), &[delay_started(0, 7_000)]);
+    let s = &saga.steps[0];
+    assert!(s.is_delay());
+    assert_eq!((s.forward.deadline_ms, s.forward.in_flight, s.forward.total_attempts), (Some(7_000), true, 1));
+    assert_eq!(saga.next(), Next::Wait { step: 0, until_ms: 7_000 });
+    let saga = replay(2, policy(3, 2), &[delay_started(0, 7_000), ok(0, F)]);
+    assert!(saga.steps[0].is_delay() && saga.steps[0].forward.done);
+    assert_eq!(saga.steps[0].forward.deadline_ms, Some(7_000), "kept once done (shown by Get)");
+    let saga = replay(2, policy(3, 2), &[delay_started(0, 7_000), cancel()]);
+    assert_eq!(saga.compensation_reason.as_deref(), Some("cancelled"), "no wait for the delay to end");
+    assert_eq!(saga.next(), Next::Finish(Outcome::Compensated));
+    assert!(!replay(2, policy(3, 2), &[started(0, F)]).steps[0].is_delay());
 }
 
 #[test]
@@ -864,6 +964,7 @@ fn a_step_resolves_its_references_from_the_journaled_outputs() {
         direction: Direction::Forward,
         attempt: 1,
         at_ms: 1,
+        deadline_ms: None,
     }));
     saga.apply(&Record::StepSucceeded(Succeeded {
         saga: "s".into(),

@@ -4,11 +4,20 @@
 //! under its timeout, and the outcome journaled.
 //!
 //! Owns the mapping from a call's result to the journaled outcome (retryable, permanent,
-//! maybe applied) and what the breaker is told about it. The same attempt also serves as the
-//! re-send of an in-doubt step of a participant without markers (`in_doubt.rs`): journaled as
-//! the step's next attempt, with the same idempotency key; during compensation, a permanent
-//! failure the receiver answers for a forward step is its verdict "not applied" (it
-//! deduplicates by the key, so an applied key would have answered success).
+//! maybe applied) and what the breaker is told about it. A permanent failure is maybe applied
+//! when the participant's error says so ([`Error::maybe_applied`]): an `http` participant sets
+//! it after an attempt that may have been sent, so the step stays uncertain (re-sent, counted
+//! against the compensation budget, STUCK for an operator), never skipped. The same attempt
+//! also serves as the one re-send of an in-doubt step of a participant without markers
+//! ([`Check::Resend`], from `in_doubt.rs`): journaled as the step's next attempt, with the
+//! same idempotency key; during compensation, a permanent failure the receiver answers for a
+//! forward step without `maybe_applied` (a `worker`'s `Fail { retryable: false }`) is its
+//! verdict "not applied" (it deduplicates by the key, so an applied key would have answered
+//! success), and the step is skipped. A retryable error's `Retry-After` hint
+//! ([`Error::retry_after_ms`]) is the least back-off before the next attempt.
+//!
+//! [`Error::maybe_applied`]: crate::participant::Error::maybe_applied
+//! [`Error::retry_after_ms`]: crate::participant::Error::retry_after_ms
 //!
 //! Before each attempt is journaled, the participant is asked whether it can serve a call now
 //! ([`Participant::ready`]); one that cannot (a worker queue nobody polls) opens its breaker at
@@ -37,6 +46,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a saga that was parked waits, at random, before its first call once the
 /// breaker lets calls through: sagas parked together do not all hit the participant at once.
 const RESUME_SPREAD: Duration = Duration::from_millis(200);
+
+/// The longest a participant's `Retry-After` hint is honoured: a saga waits in its slot.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 
 /// How a step attempt ended, before it is journaled.
 enum Attempt {
@@ -69,6 +81,11 @@ impl SagaTask {
         if self.saga.steps.get(step as usize).is_none() {
             return Ok(());
         }
+        if direction == Direction::Forward
+            && let Some(delay) = self.delay_of(step)
+        {
+            return self.start_delay(step, attempt, delay).await;
+        }
         let (participant_name, participant, op) = match self.participant_for(step, direction) {
             Ok(found) => found,
             // The action or participant vanished from the config since submission: no attempt
@@ -78,10 +95,13 @@ impl SagaTask {
             }
         };
         let (retry, timeout) = self.retry_config(step, direction);
+        // The receiver's `Retry-After`, if the last failed attempt was told one: the least
+        // back-off.
+        let hinted = self.retry_after.take().unwrap_or_default().min(RETRY_AFTER_MAX);
         if after_failure {
             let version = self.saga.version;
             let failures = self.saga.steps[step as usize].progress_of(direction).attempts;
-            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter)).await?;
+            self.pause(jittered(retry.backoff_ms(failures + 1), retry.jitter).max(hinted)).await?;
             if self.saga.version != version {
                 return Ok(()); // a cancel or resolution arrived: re-plan
             }
@@ -90,14 +110,22 @@ impl SagaTask {
             return Ok(());
         }
         let exec = self.exec.clone();
-        let started = Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: now_ms() });
+        let started = Record::StepStarted(Started {
+            saga: saga.clone(),
+            step,
+            direction,
+            attempt,
+            at_ms: now_ms(),
+            deadline_ms: None,
+        });
         // Not admitted once a drain has begun, or if a control record changed the plan.
         let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started, check).await? else { return Ok(()) };
-        tracing::debug!(saga = %saga, step, ?direction, attempt, participant = %participant_name, "step started (journaled)");
+        tracing::debug!(saga_id = %saga, step, direction = direction.as_str(), attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
-        // A forward re-send during compensation asks the receiver about the key: its permanent
-        // failure says it holds no effect for it (see the module docs).
+        // A forward re-send during compensation asks the receiver about the key: a permanent
+        // failure that does not say it may have applied ([`Error::maybe_applied`]) is its
+        // verdict that it holds no effect for it (see the module docs).
         let verdict = check == Check::Resend
             && direction == Direction::Forward
             && matches!(self.saga.status(), Status::Compensating | Status::Stuck);
@@ -105,13 +133,17 @@ impl SagaTask {
         // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
         let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
             Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
-            Ok(Err(e)) if verdict && !e.is_retryable() => Attempt::Failed {
+            Ok(Err(e)) if verdict && !e.is_retryable() && !e.maybe_applied => Attempt::Failed {
                 error: format!("not applied: the receiver refused the step's idempotency key: {e}"),
                 retryable: true,
                 maybe_applied: false,
             },
             Ok(Err(e)) => {
-                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied: e.is_retryable() }
+                self.retry_after = e.retry_after_ms.map(Duration::from_millis);
+                // The participant's error says whether a permanent failure may have applied
+                // (an `http` step after an attempt that may have been sent keeps its doubt).
+                let maybe_applied = e.is_retryable() || e.maybe_applied;
+                Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied }
             }
             Err(_) => Attempt::Failed {
                 error: format!("{participant_name}: timed out after {} ms", timeout.as_millis()),
@@ -133,7 +165,7 @@ impl SagaTask {
                 Record::StepSucceeded(Succeeded { saga, step, direction, attempt, by_marker, at_ms, outputs })
             }
             Attempt::Failed { error, retryable, maybe_applied } => {
-                tracing::warn!(saga = %self.saga.id, step, ?direction, attempt, retryable, %error, "step attempt failed");
+                tracing::warn!(saga_id = %self.saga.id, step, direction = direction.as_str(), attempt, participant = %participant_name, retryable, %error, "step attempt failed");
                 Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
             }
         };
@@ -201,14 +233,14 @@ impl SagaTask {
                         continue; // ask again: the breaker may have opened meanwhile
                     }
                     if self.parked_on.take().is_some() {
-                        tracing::info!(saga = %self.saga.id, participant, "resuming: breaker let calls through");
+                        tracing::info!(saga_id = %self.saga.id, participant, "resuming: breaker let calls through");
                         self.publish();
                     }
                     return Ok(true);
                 }
                 Admission::Wait(wait) => {
                     if self.parked_on.is_none() {
-                        tracing::warn!(saga = %self.saga.id, participant, "parked: circuit breaker is open");
+                        tracing::warn!(saga_id = %self.saga.id, participant, "parked: circuit breaker is open");
                         self.parked_on = Some(participant.to_owned());
                         self.publish();
                     }

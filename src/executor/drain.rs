@@ -25,6 +25,8 @@ pub(super) struct Drain {
     unjournaled: AtomicUsize,
     /// Woken when `unjournaled` drops to zero.
     idle: Notify,
+    /// Woken when the drain starts (a delay step's wait ends then).
+    began: Notify,
 }
 
 impl Drain {
@@ -50,10 +52,24 @@ impl Drain {
         (!self.is_draining()).then_some(call)
     }
 
+    /// Returns once a drain has started (at once if one has): what a delay step's wait,
+    /// which no call counts, ends on.
+    pub(super) async fn started(&self) {
+        loop {
+            // Created before the check, so a start between the two is not lost.
+            let began = self.began.notified();
+            if self.is_draining() {
+                return;
+            }
+            began.await;
+        }
+    }
+
     /// Sets the draining flag, then waits up to `grace` for the calls in flight to return and
     /// their outcomes to be journaled. Returns the number of calls still running then.
     pub(super) async fn start(&self, grace: Duration) -> usize {
         self.draining.store(true, Ordering::SeqCst);
+        self.began.notify_waiters();
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             // Created before the check, so a wake-up between the two is not lost.

@@ -348,6 +348,12 @@ impl Executor {
         self.inner.registry.status_counts()
     }
 
+    /// Archived sagas by status (`COMPLETED`, `COMPENSATED`), kept by the index without a scan;
+    /// empty without an index.
+    pub fn archived_counts(&self) -> BTreeMap<String, u64> {
+        self.inner.registry.index().map(Index::archived_counts).unwrap_or_default()
+    }
+
     /// A receiver that sees every new snapshot of the saga.
     pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
         self.inner.registry.watch(id)

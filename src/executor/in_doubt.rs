@@ -12,12 +12,15 @@
 //!
 //! [`Participant::settle_marker`]: crate::participant::Participant::settle_marker
 //!
-//! A participant **without markers** ([`Participant::has_markers`] false: a `worker` queue,
-//! whose effects live in the user's system) has nothing to look up. Its in-doubt step is never
+//! A participant **without markers** ([`Participant::has_markers`] false: `http`, `worker`,
+//! whose effects live in another system) has nothing to look up. Its in-doubt step is never
 //! settled as "absent": it is sent again, as the step's next journaled attempt with the same
-//! idempotency key (the receiver deduplicates by it), and that answer settles it
-//! ([`SagaTask::resend_in_doubt`], the attempt in `attempt.rs`). While it goes unanswered the
-//! step stays uncertain, so compensation never skips it.
+//! idempotency key (the receiver deduplicates by it), and the receiver's answer settles it
+//! ([`SagaTask::resend_in_doubt`], the one re-send path: the attempt in `attempt.rs`, checked
+//! as [`Check::Resend`]; the participant contract, "Participants without markers"). That also
+//! holds when the saga compensates: a forward step that may have been sent is re-sent, then
+//! compensated with that answer's outputs; it is never skipped while it may have applied.
+//! While it goes unanswered the step stays uncertain.
 //!
 //! [`Participant::has_markers`]: crate::participant::Participant::has_markers
 //!
@@ -50,7 +53,7 @@ impl SagaTask {
             }
         };
         if !participant.has_markers() {
-            return self.resend_in_doubt(step, direction).await;
+            return self.resend_in_doubt(step, direction, &name).await;
         }
         let (retry, timeout) = self.retry_config(step, direction);
         let key = self.key(step, direction);
@@ -87,7 +90,7 @@ impl SagaTask {
             let at_ms = now_ms();
             match found {
                 Some(true) => {
-                    tracing::info!(saga = %saga, step, ?direction, "in-doubt step committed (marker present): recorded as succeeded");
+                    tracing::info!(saga_id = %saga, step, direction = direction.as_str(), "in-doubt step committed (marker present): recorded as succeeded");
                     return self
                         .journal(Record::StepSucceeded(Succeeded {
                             saga,
@@ -121,17 +124,24 @@ impl SagaTask {
         }
     }
 
-    /// Settles an in-doubt step of a participant without markers by sending it again: the
-    /// step's next attempt, journaled (`StepStarted`) before it is sent, with the same
-    /// idempotency key. After an interrupted attempt (a crash) it goes at once; after a failure
-    /// that may have applied it, after the usual back-off. Its outcome is journaled like any
-    /// attempt's: a success settles the step as applied (with its outputs), a retryable failure
-    /// leaves it uncertain (sent again later: it never reads as "not applied").
-    pub(super) async fn resend_in_doubt(&mut self, step: u32, direction: Direction) -> Result<(), journal::Error> {
+    /// Settles an in-doubt step of a participant without markers (`http`, `worker`) by sending
+    /// it again: the step's next attempt, journaled (`StepStarted`) before it is sent, with the
+    /// same idempotency key. After an interrupted attempt (a crash) it goes at once; after a
+    /// failure that may have applied it, after the usual back-off (and at least the receiver's
+    /// `Retry-After`). Its outcome is journaled like any attempt's: a success settles the step
+    /// as applied (with its outputs), a retryable failure leaves it uncertain (sent again
+    /// later: it never reads as "not applied"); a permanent one is decided by the participant's
+    /// error ([`crate::participant::Error::maybe_applied`], see `attempt.rs`).
+    pub(super) async fn resend_in_doubt(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        participant: &str,
+    ) -> Result<(), journal::Error> {
         let progress = self.saga.steps[step as usize].progress_of(direction);
         let (attempt, after_failure) = (progress.total_attempts + 1, !progress.in_flight);
-        tracing::info!(saga = %self.saga.id, step, ?direction, attempt,
-            "in-doubt step of a participant without markers: sent again with the same idempotency key");
+        tracing::info!(saga_id = %self.saga.id, step, direction = direction.as_str(), attempt, participant,
+            "in-doubt step of a participant without markers: re-sent with its idempotency key");
         self.run_attempt(step, direction, attempt, after_failure, Check::Resend).await
     }
 }

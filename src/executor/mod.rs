@@ -8,7 +8,7 @@
 //! Around each call: exponential back-off with jitter between attempts, a per-step timeout,
 //! and a circuit breaker per participant that parks sagas (no attempt, no journal record)
 //! while the participant is sick. Concurrency is bounded by `max_in_flight`; a saga waiting
-//! for a slot is already durable.
+//! for a slot is already durable, and one waiting out a delay step holds none.
 //!
 //! The parts, one job each:
 //! - `handle`: the [`Executor`] API (submit, adopt, cancel, an operator's `resolve`, drain,
@@ -20,6 +20,7 @@
 //! - `task`: one saga's drive loop over `Next`, journaling, settling and publishing;
 //! - `attempt`: one step attempt (back-off, jitter, breaker admission, timeout);
 //! - `in_doubt`: settling an interrupted step by its participant's marker;
+//! - `delay`: a delay step (deadline journaled at its start, waited out holding no slot);
 //! - [`breaker`]: the circuit breaker.
 //!
 //! Never does: touch a participant before its `StepStarted` is durable, decide anything that
@@ -27,6 +28,7 @@
 
 mod attempt;
 pub mod breaker;
+mod delay;
 mod drain;
 mod handle;
 mod in_doubt;

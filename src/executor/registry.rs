@@ -219,7 +219,7 @@ impl Registry {
                 true
             }
             Err(e) => {
-                tracing::error!(saga = %saga.id, error = %e, "cannot archive a finished saga; keeping it in memory");
+                tracing::error!(saga_id = %saga.id, error = %e, "cannot archive a finished saga; keeping it in memory");
                 false
             }
         }

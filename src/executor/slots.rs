@@ -1,5 +1,6 @@
 //! Concurrency: `max_in_flight` slots, the queue of sagas waiting for one, and the worker that
-//! holds a slot. A saga parked behind an open breaker or STUCK gives its slot up.
+//! holds a slot. A saga parked behind an open breaker, waiting out a delay step, or STUCK gives
+//! its slot up.
 //!
 //! A queued saga costs its state only, not a tokio task: recovery may adopt a hundred thousand
 //! at once. Taking a slot and queueing happen under the queue's lock, and so does a worker's
@@ -67,8 +68,8 @@ async fn worker(mut slot: OwnedSemaphorePermit, mut task: SagaTask) {
     let exec = task.exec.clone();
     loop {
         if let Some(waiting) = task.run().await {
-            // A STUCK saga waits for an operator, a parked one for its breaker, outside the
-            // slots: neither must starve others.
+            // A STUCK saga waits for an operator, a parked one for its breaker or its delay's
+            // deadline, outside the slots: none must starve others.
             if waiting.is_parked() {
                 tokio::spawn(waiting.wait_while_parked());
             } else {

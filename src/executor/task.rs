@@ -10,7 +10,7 @@
 //! decision (`StepStarted`, `SagaFinished`) a control record made stale is dropped, not
 //! journaled: the live outcome is always the replayed one.
 //! A step's attempt is in `attempt.rs`, settling an in-doubt step by its marker in
-//! `in_doubt.rs`.
+//! `in_doubt.rs`, a delay step in `delay.rs`.
 //!
 //! Never does: touch a participant before its `StepStarted` is durable, decide anything that
 //! `Saga::next` did not say, publish an outcome a crash could take back, append to the journal
@@ -77,6 +77,9 @@ pub(super) struct SagaTask {
     /// The participant whose outcome is [`SagaTask::queued`], told once it is durable
     /// ([`Participant::outcome_durable`]: a worker's `Complete` answers then).
     unacked: Option<(Arc<dyn Participant>, StepKey, u32)>,
+    /// The least wait before the next attempt that the last failed one was told (an HTTP
+    /// `Retry-After`); not journaled: a hint, lost with a crash.
+    pub(super) retry_after: Option<std::time::Duration>,
 }
 
 /// What [`SagaTask::append`] checks before journaling a record.
@@ -84,7 +87,8 @@ pub(super) struct SagaTask {
 pub(super) enum Check {
     /// A fact: always journaled.
     Fact,
-    /// A decision (`StepStarted`, `SagaFinished`): only while `Saga::next` still says so.
+    /// A decision (`StepStarted`, `SagaFinished`, a delay step's `StepSucceeded`): only while
+    /// `Saga::next` still says so.
     Planned,
     /// The `StepStarted` that sends an in-doubt step of a participant without markers again:
     /// only while `Saga::next` still says to settle that step (`in_doubt.rs`).
@@ -111,6 +115,7 @@ impl SagaTask {
             queued: None,
             snapshot_wanted: false,
             unacked: None,
+            retry_after: None,
         }
     }
 
@@ -123,7 +128,7 @@ impl SagaTask {
             Err(e) => {
                 // The journal is poisoned or closed: stop touching participants. The saga stays
                 // as journaled; the next start's recovery finishes it.
-                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
             }
         }
         self.end().await;
@@ -133,7 +138,7 @@ impl SagaTask {
     /// The task is over: the API can no longer send it control records, and a finished saga
     /// moves to the index. A control record journaled before the gate closed is in the
     /// journal; recovery applies it like any other.
-    async fn end(&self) {
+    pub(super) async fn end(&self) {
         {
             let mut gate = self.gate.lock().await;
             gate.control = None;
@@ -160,7 +165,7 @@ impl SagaTask {
                 }
                 Some(Control::Snapshot) => {
                     if let Err(e) = self.journal_snapshot().await {
-                        tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                        tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
                         return self.end().await;
                     }
                     // A decision journaled before the snapshot was applied under the gate.
@@ -176,8 +181,12 @@ impl SagaTask {
     }
 
     /// Waits, holding no slot, while the breaker of the participant it is parked on stays open
-    /// (running the health probe when handed it), then queues the saga to run again.
+    /// (running the health probe when handed it), or until its delay step's deadline, then
+    /// queues the saga to run again.
     pub(super) async fn wait_while_parked(mut self) {
+        if matches!(self.saga.next(), Next::Wait { .. }) {
+            return self.wait_out_delay().await;
+        }
         let Some(participant) = self.parked_on.clone() else { return self.redispatch() };
         self.holds_slot = false;
         let waited = self.wait_for_breaker(&participant).await;
@@ -185,25 +194,26 @@ impl SagaTask {
         match waited {
             Ok(_) => self.redispatch(),
             Err(e) => {
-                tracing::error!(saga = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
+                tracing::error!(saga_id = %self.saga.id, error = %e, "saga task stopped: journal unavailable");
                 self.end().await;
             }
         }
     }
 
-    fn redispatch(mut self) {
+    pub(super) fn redispatch(mut self) {
         self.leave_slot = false;
         let exec = self.exec.clone();
         exec.inner.slots.dispatch(self);
     }
 
-    /// Whether the task left its slot parked behind a breaker (else it is STUCK).
+    /// Whether the task left its slot parked behind a breaker or to wait out a delay (else it
+    /// is STUCK).
     pub(super) fn is_parked(&self) -> bool {
         self.leave_slot
     }
 
     /// Drives the saga; `Ok(true)` means it is STUCK and waits for an operator, or is parked
-    /// behind a breaker and waits outside the slots.
+    /// behind a breaker or waits out a delay, outside the slots.
     async fn drive(&mut self) -> Result<bool, journal::Error> {
         loop {
             if self.exec.draining() {
@@ -220,13 +230,13 @@ impl SagaTask {
                         continue; // a control record arrived first: re-plan
                     }
                     crate::metrics::get().saga_finished(self.saga.status().as_str());
-                    tracing::info!(saga = %self.saga.id, outcome = ?outcome, "saga finished");
+                    tracing::info!(saga_id = %self.saga.id, outcome = outcome.as_str(), "saga finished");
                     return Ok(false);
                 }
                 Next::Stuck { step } => {
                     let s = &self.saga.steps[step as usize];
                     let reason = s.compensate.last_error.as_ref().or(s.forward.last_error.as_ref());
-                    tracing::error!(saga = %self.saga.id, step, ?reason,
+                    tracing::error!(saga_id = %self.saga.id, step, reason = reason.map_or("", String::as_str),
                         "saga is STUCK: a compensation or a marker lookup failed for good; an operator must resolve it");
                     self.settle().await?;
                     self.publish();
@@ -239,6 +249,7 @@ impl SagaTask {
                 // The engine's "resolve" here is an in-doubt step to settle by its marker, not
                 // an operator's resolution.
                 Next::Resolve { step, direction } => self.settle_by_marker(step, direction).await?,
+                Next::Wait { step, until_ms } => self.wait_delay(step, until_ms).await?,
                 Next::Run { step, direction, attempt, after_failure } => {
                     self.run_step(step, direction, attempt, after_failure).await?
                 }
@@ -285,7 +296,7 @@ impl SagaTask {
         let lsn = queued.durable().await?;
         self.publish();
         self.exec.inner.registry.snapshotted(&self.saga.id, lsn);
-        tracing::info!(saga = %self.saga.id, lsn, "long-lived saga re-journaled as a snapshot; its older records can go");
+        tracing::info!(saga_id = %self.saga.id, lsn, "long-lived saga re-journaled as a snapshot; its older records can go");
         Ok(())
     }
 
@@ -331,8 +342,9 @@ impl SagaTask {
     }
 
     /// Under the saga's gate: applies the control records journaled before this point, then,
-    /// unless `planned` is set and they made `record` stale (see [`SagaTask::planned`]), hands
-    /// `record` to the journal writer and applies it. `None`: not journaled, re-plan.
+    /// unless `check` finds that they made `record` stale (see [`SagaTask::planned`],
+    /// [`SagaTask::resend_planned`]), hands `record` to the journal writer and applies it.
+    /// `None`: not journaled, re-plan.
     async fn append(&mut self, record: &Record, check: Check) -> Result<Option<journal::Queued>, journal::Error> {
         let gate = Arc::clone(&self.gate);
         let mut gate = gate.lock().await;
@@ -358,10 +370,17 @@ impl SagaTask {
         Ok(Some(queued))
     }
 
-    /// Whether `record`, a decision (`StepStarted`, `SagaFinished`), is still what `Saga::next`
-    /// says; any other record is a fact and always journaled.
+    /// Whether `record`, a decision (`StepStarted`, `SagaFinished`, a delay step's
+    /// `StepSucceeded`), is still what `Saga::next` says; any other record is a fact and always
+    /// journaled.
     fn planned(&self, record: &Record) -> bool {
         match (record, self.saga.next()) {
+            (Record::StepSucceeded(r), next)
+                if r.direction == Direction::Forward
+                    && self.saga.steps.get(r.step as usize).is_some_and(|s| s.is_delay()) =>
+            {
+                matches!(next, Next::Wait { step, .. } if step == r.step)
+            }
             (Record::StepStarted(r), Next::Run { step, direction, attempt, .. }) => {
                 (r.step, r.direction, r.attempt) == (step, direction, attempt)
             }

@@ -91,6 +91,10 @@ pub struct Index {
     db: sled::Db,
     sagas: sled::Tree,
     by_finish: sled::Tree,
+    /// Archived sagas by status, counted once at open and kept up to date by every `put` and
+    /// purge after its transaction committed, so the `sagalog_sagas{status}` gauge needs no
+    /// scan per scrape.
+    counts: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
 }
 
 pub use crate::config::CACHE_BYTES_DEFAULT;
@@ -109,7 +113,9 @@ impl Index {
         let db = sled::Config::new().path(&path).cache_capacity(cache_bytes_max).open().map_err(storage)?;
         let sagas = db.open_tree(SAGAS_TREE).map_err(storage)?;
         let by_finish = db.open_tree(BY_FINISH_TREE).map_err(storage)?;
-        Ok(Index { path, db, sagas, by_finish })
+        let mut index = Index { path, db, sagas, by_finish, counts: Default::default() };
+        index.counts = std::sync::Arc::new(std::sync::Mutex::new(index.count_by_status()?));
+        Ok(index)
     }
 
     pub fn path(&self) -> &Path {
@@ -123,15 +129,28 @@ impl Index {
         let id = record.id.as_str();
         let new_key = finish_key(record.finished_at_ms, id);
         let result = (&self.sagas, &self.by_finish).transaction(|(sagas, by_finish)| {
+            let mut replaced = None;
             if let Some(old) = sagas.get(id.as_bytes())? {
                 let old = SagaRecord::decode(id, &old).map_err(ConflictableTransactionError::Abort)?;
                 by_finish.remove(finish_key(old.finished_at_ms, id))?;
+                replaced = Some(old.status);
             }
             sagas.insert(id.as_bytes(), bytes.as_slice())?;
             by_finish.insert(new_key.as_slice(), record.status.as_bytes())?;
-            Ok(())
+            Ok(replaced)
         });
-        result.map_err(|e| self.transaction_error(id, e))
+        let replaced = result.map_err(|e| self.transaction_error(id, e))?;
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = replaced.and_then(|old| counts.get_mut(&old)) {
+            *old = old.saturating_sub(1);
+        }
+        *counts.entry(record.status.clone()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// How many archived sagas have each status, as counted at open and kept since (no scan).
+    pub fn archived_counts(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The record of saga `id`, if it is archived.
@@ -229,20 +248,28 @@ impl Index {
             }
             // Purging decodes nothing, so it never aborts.
             let result = (&self.sagas, &self.by_finish).transaction(
-                |(sagas, by_finish)| -> ConflictableTransactionResult<u64, Infallible> {
-                    let mut removed = 0u64;
+                |(sagas, by_finish)| -> ConflictableTransactionResult<Vec<sled::IVec>, Infallible> {
+                    let mut removed = Vec::new();
                     for (key, id) in &batch {
                         // A saga re-put since the scan has a new key and stays.
-                        if by_finish.remove(key)?.is_some() {
+                        if let Some(status) = by_finish.remove(key)? {
                             sagas.remove(id.as_bytes())?;
-                            removed += 1;
+                            removed.push(status);
                         }
                     }
                     Ok(removed)
                 },
             );
             purged += match result {
-                Ok(removed) => removed,
+                Ok(removed) => {
+                    let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for status in &removed {
+                        if let Some(n) = counts.get_mut(String::from_utf8_lossy(status).as_ref()) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    removed.len() as u64
+                }
                 Err(TransactionError::Storage(source)) => return Err(self.storage_error(source)),
                 Err(TransactionError::Abort(never)) => match never {},
             };

@@ -116,7 +116,15 @@ pub fn repair(root: &Path, mode: RepairMode) -> Result<RepairReport, Error> {
         checkpoint::write(data_dir.root(), &Checkpoint { journal_next_lsn: cut_lsn, ..cp })?;
         report.checkpoint_end_lowered = Some((cp.journal_next_lsn, cut_lsn));
     }
-    tracing::warn!(?report.truncated, backups = report.backups.len(), "repaired the journal");
+    tracing::warn!(
+        truncated = report
+            .truncated
+            .as_ref()
+            .map(|(path, offset, bytes)| format!("{} at {offset} ({bytes} bytes)", path.display()))
+            .unwrap_or_default(),
+        backups = report.backups.len(),
+        "repaired the journal"
+    );
     Ok(report)
 }
 

@@ -18,7 +18,8 @@
 //! completed saga and be gone otherwise), which finds an effect without a marker, and so are
 //! the leftovers of interrupted file writes: temporary files (`*.sagalog-tmp-*`) and intents
 //! not yet turned into markers, each named by its path. Unfinished sagas are left to recovery
-//! (`sagalog replay --dry-run`).
+//! (`sagalog replay --dry-run`). A participant without markers (`http`, `worker`) has nothing
+//! to compare: it is named in a note and skipped.
 //!
 //! Never does: write. The data directory is held under its shared lock, participants are
 //! opened read-only, and the index (sled has no read-only mode) is read from a copy.
@@ -132,6 +133,8 @@ impl AuditReport {
 #[derive(Debug, Clone)]
 struct StepFacts {
     participant: Option<String>,
+    /// A delay step: no participant, no marker, nothing to check.
+    delay: bool,
     applied: bool,
     compensated: bool,
     /// The compensation was recorded by an operator's `MarkCompensated`, not by a marker.
@@ -155,6 +158,12 @@ fn from_saga(saga: &Saga, catalog: &Catalog) -> SagaFacts {
         .iter()
         .map(|s| StepFacts {
             participant: catalog.action(&s.call.action).map(|a| a.participant.clone()),
+            delay: s.is_delay()
+                || saga
+                    .actions
+                    .get(&s.call.action)
+                    .or_else(|| catalog.action(&s.call.action))
+                    .is_some_and(|a| a.is_delay()),
             applied: s.forward.done,
             compensated: s.compensate.done,
             by_operator: s.compensate.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
@@ -171,6 +180,7 @@ fn from_record(record: &SagaRecord, catalog: &Catalog) -> SagaFacts {
         .iter()
         .map(|s| StepFacts {
             participant: catalog.action(&s.action).map(|a| a.participant.clone()),
+            delay: catalog.action(&s.action).is_some_and(|a| a.is_delay()),
             applied: s.forward_done,
             compensated: s.compensated,
             by_operator: s.last_error.as_deref().is_some_and(|e| e.starts_with(MARKED_BY_OPERATOR)),
@@ -480,13 +490,13 @@ async fn read_markers(
     // Markers older than the retention belong to sagas the index has purged.
     let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
     for (name, p) in participants {
+        // Nothing to compare: its steps are left out, like an unreadable participant's, with a
+        // note, not a finding.
         if !p.has_markers() {
-            // Nothing to compare: its steps are left out, like an unreadable participant's,
-            // but this is no finding.
             unreadable.insert(name.clone());
             report.notes.push(format!(
-                "participant {name} ({}) keeps no markers (effects at-least-once, deduplicated by the receiver): its \
-                 steps are not checked",
+                "participant {name} ({}) keeps no markers: its steps are at-least-once, deduplicated by the \
+                 receiver's idempotency key; not checked",
                 p.kind().as_str()
             ));
             continue;
@@ -554,6 +564,9 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn saga(&self, id: &str, facts: &SagaFacts, report: &mut AuditReport) {
         for (i, step) in facts.steps.iter().enumerate() {
+            if step.delay {
+                continue; // a delay writes no marker anywhere
+            }
             let Some(participant) = step.participant.as_deref() else {
                 report.notes.push(format!("saga {id} step {i}: its action is no longer declared; not checked"));
                 continue;

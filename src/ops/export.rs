@@ -203,7 +203,8 @@ fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[S
          CREATE OR REPLACE TEMP TABLE s_recoveries (lsn BIGINT, at_ms BIGINT, unfinished BIGINT);
          CREATE OR REPLACE TEMP TABLE s_recovered (recovery_lsn BIGINT, saga_id VARCHAR);",
     )?;
-    let participant_of = |action: &str| catalog.action(action).map(|a| a.participant.clone());
+    // A delay action has no participant: NULL, like an action no longer declared.
+    let participant_of = |action: &str| catalog.action(action).filter(|a| !a.is_delay()).map(|a| a.participant.clone());
     let mut counts = Counts::default();
     {
         let mut sagas = conn.appender("s_sagas")?;

@@ -5,10 +5,12 @@
 //! recovery does next; a `Resolve` (an in-doubt step) is answered by the step's participant
 //! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
 //! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
+//! A participant without markers (`http`, `worker`) is never asked: its in-doubt step is
+//! planned as a re-send with its idempotency key, assumed to succeed like a run. A `Wait` (a
+//! delay step in flight) waits until the deadline its `StepStarted` journaled, then succeeds,
+//! and asks no participant.
 //! Marker lookups are batched per participant, one round per resolve depth, so a log with
-//! many in-doubt steps costs one pass per participant rather than one call per step. A
-//! participant without markers (a `worker` queue) is not asked: recovery sends its in-doubt
-//! step again with the same idempotency key, so the plan shows a re-run assumed to succeed.
+//! many in-doubt steps costs one pass per participant rather than one call per step.
 //!
 //! Never does: write to a participant, the journal, the index, the checkpoint or the config.
 
@@ -36,6 +38,10 @@ pub enum Journaled {
     },
     /// Started, no outcome journaled: the participant may or may not have committed.
     InDoubt,
+    /// A delay step started, waiting until its journaled deadline (ms since the epoch).
+    Waiting {
+        until_ms: u64,
+    },
     /// The last attempt failed; `maybe_applied` after a retryable error or a timeout.
     Failed {
         retryable: bool,
@@ -53,6 +59,9 @@ pub enum MarkerAnswer {
     Unknown {
         error: String,
     },
+    /// The participant keeps no markers (`http`, `worker`): recovery re-sends the step with its
+    /// idempotency key instead of looking anything up.
+    NoMarkers,
 }
 
 /// What recovery will do with one direction of one step.
@@ -73,6 +82,9 @@ pub enum Action {
     Stuck,
     /// Waits for a marker lookup that failed here; recovery retries it.
     Blocked,
+    /// A delay step: waits for what is left until its journaled deadline (nothing if it has
+    /// passed), then is recorded as done.
+    Wait,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,8 +101,12 @@ pub struct DirectionPlan {
 pub struct StepPlan {
     pub step: u32,
     pub action: String,
-    /// `None` when the action is no longer declared (recovery then fails the step for good).
+    /// `None` when the action is no longer declared (recovery then fails the step for good),
+    /// or is a delay.
     pub participant: Option<String>,
+    /// A delay step (no participant; it waits, and is never compensated).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delay: bool,
     pub forward: DirectionPlan,
     pub compensate: DirectionPlan,
 }
@@ -164,17 +180,12 @@ pub async fn plan(
             break;
         }
         for (name, wanted) in asks {
-            if participants.get(&name).is_some_and(|p| !p.has_markers()) {
-                for (i, key) in wanted {
-                    work[i].resend(&key);
-                }
-                continue;
-            }
             let keys: Vec<StepKey> = wanted.iter().map(|(_, k)| k.clone()).collect();
             let answers: Vec<MarkerAnswer> = match participants.get(&name) {
                 None => {
                     vec![MarkerAnswer::Unknown { error: format!("participant {name:?} is not configured") }; keys.len()]
                 }
+                Some(p) if !p.has_markers() => vec![MarkerAnswer::NoMarkers; keys.len()],
                 Some(p) => match p.lookup_markers(&keys).await {
                     Ok(found) => found
                         .into_iter()
@@ -220,6 +231,8 @@ struct Work {
     sim: Saga,
     first_lsn: u64,
     participants: Vec<Option<String>>,
+    /// Per step: whether its action is a delay.
+    delays: Vec<bool>,
     /// Per step: (forward, compensate) marker answers and actions.
     markers: Vec<[Option<MarkerAnswer>; 2]>,
     actions: Vec<[Action; 2]>,
@@ -239,16 +252,13 @@ impl Work {
     fn new(mut saga: Saga, first_lsn: u64, catalog: &Catalog) -> Work {
         // The participant the executor will call: the journaled definition's, else today's
         // config's (a saga journaled before definitions were).
-        let participants: Vec<Option<String>> = saga
-            .steps
-            .iter()
-            .map(|s| {
-                saga.actions
-                    .get(&s.call.action)
-                    .or_else(|| catalog.action(&s.call.action))
-                    .map(|a| a.participant.clone())
-            })
-            .collect();
+        let action_of = |s: &crate::engine::saga::StepState| {
+            saga.actions.get(&s.call.action).or_else(|| catalog.action(&s.call.action)).cloned()
+        };
+        let actions: Vec<_> = saga.steps.iter().map(action_of).collect();
+        let delays: Vec<bool> = actions.iter().map(|a| a.as_ref().is_some_and(|a| a.is_delay())).collect();
+        let participants: Vec<Option<String>> =
+            actions.into_iter().map(|a| a.filter(|a| !a.is_delay()).map(|a| a.participant)).collect();
         // The plan needs each step's action name and participant, never its parameters or
         // definitions: they are dropped, so that planning 100,000 sagas holds two light copies
         // of each.
@@ -262,6 +272,7 @@ impl Work {
             journaled: saga,
             first_lsn,
             participants,
+            delays,
             markers: vec![[None, None]; steps],
             actions: vec![[Action::Nothing; 2]; steps],
             expected: None,
@@ -307,8 +318,23 @@ impl Work {
                         None => self.journal_failure(step, direction, false, false),
                     }
                 }
+                // A delay: waits out the rest of its journaled deadline, then succeeds.
+                Next::Wait { step, .. } => {
+                    self.set_action(step, Direction::Forward, Action::Wait);
+                    let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.forward.total_attempts);
+                    self.sim.apply(&Record::StepSucceeded(Succeeded {
+                        saga: self.sim.id.clone(),
+                        step,
+                        direction: Direction::Forward,
+                        attempt,
+                        by_marker: false,
+                        at_ms: 0,
+                        outputs: Default::default(),
+                    }));
+                }
                 Next::Run { step, direction, attempt, .. } => {
-                    if self.participant_of(step).is_none() {
+                    let delay = self.delays.get(step as usize).copied().unwrap_or(false);
+                    if self.participant_of(step).is_none() && !delay {
                         self.journal_failure(step, direction, false, false);
                         continue;
                     }
@@ -320,23 +346,9 @@ impl Work {
                         .get(step as usize)
                         .is_some_and(|s| s.progress_of(direction).total_attempts > 0);
                     self.set_action(step, direction, if tried { Action::Rerun } else { Action::Run });
-                    let saga = self.sim.id.clone();
-                    self.sim.apply(&Record::StepStarted(Started {
-                        saga: saga.clone(),
-                        step,
-                        direction,
-                        attempt,
-                        at_ms: 0,
-                    }));
-                    self.sim.apply(&Record::StepSucceeded(Succeeded {
-                        saga,
-                        step,
-                        direction,
-                        attempt,
-                        by_marker: false,
-                        at_ms: 0,
-                        outputs: Default::default(),
-                    }));
+                    // A delay starting now journals its deadline; the plan only needs to know
+                    // it is one.
+                    self.simulate_success(step, direction, attempt, delay.then_some(0));
                 }
             }
         }
@@ -348,26 +360,6 @@ impl Work {
     /// an action run on its one participant).
     fn participant_of(&self, step: u32) -> Option<String> {
         self.participants.get(step as usize).cloned().flatten()
-    }
-
-    /// An in-doubt step of a participant without markers: recovery sends it again as its
-    /// next attempt (assumed to succeed, like every run the plan foresees).
-    fn resend(&mut self, key: &StepKey) {
-        self.pending = None;
-        let (step, direction) = (key.step, key.direction);
-        self.set_action(step, direction, Action::Rerun);
-        let saga = self.sim.id.clone();
-        let attempt = self.sim.steps.get(step as usize).map_or(0, |s| s.progress_of(direction).total_attempts) + 1;
-        self.sim.apply(&Record::StepStarted(Started { saga: saga.clone(), step, direction, attempt, at_ms: 0 }));
-        self.sim.apply(&Record::StepSucceeded(Succeeded {
-            saga,
-            step,
-            direction,
-            attempt,
-            by_marker: false,
-            at_ms: 0,
-            outputs: Default::default(),
-        }));
     }
 
     fn answer(&mut self, key: &StepKey, answer: MarkerAnswer) {
@@ -408,7 +400,35 @@ impl Work {
                 self.set_action(step, direction, Action::Blocked);
                 self.expected = Some(Expected::Blocked { step, error });
             }
+            // Re-sent as the next attempt, assumed to succeed like any run.
+            MarkerAnswer::NoMarkers => {
+                self.set_action(step, direction, Action::Rerun);
+                self.simulate_success(step, direction, attempt + 1, None);
+            }
         }
+    }
+
+    /// Applies to the simulated saga an attempt that starts and succeeds (a run or a re-send
+    /// the plan assumes to succeed).
+    fn simulate_success(&mut self, step: u32, direction: Direction, attempt: u32, deadline_ms: Option<u64>) {
+        let saga = self.sim.id.clone();
+        self.sim.apply(&Record::StepStarted(Started {
+            saga: saga.clone(),
+            step,
+            direction,
+            attempt,
+            at_ms: 0,
+            deadline_ms,
+        }));
+        self.sim.apply(&Record::StepSucceeded(Succeeded {
+            saga,
+            step,
+            direction,
+            attempt,
+            by_marker: false,
+            at_ms: 0,
+            outputs: Default::default(),
+        }));
     }
 
     fn journal_failure(&mut self, step: u32, direction: Direction, retryable: bool, maybe_applied: bool) {
@@ -449,6 +469,7 @@ impl Work {
                     step: i as u32,
                     action: s.call.action.clone(),
                     participant: self.participants[i].clone(),
+                    delay: self.delays[i],
                     forward: direction(&s.forward, 0),
                     compensate: direction(&s.compensate, 1),
                 }
@@ -469,6 +490,8 @@ impl Work {
 fn journaled(p: &StepProgress) -> Journaled {
     if p.done {
         Journaled::Done { by_marker: p.by_marker }
+    } else if let (true, Some(until_ms)) = (p.in_flight, p.deadline_ms) {
+        Journaled::Waiting { until_ms }
     } else if p.in_flight {
         Journaled::InDoubt
     } else if p.total_attempts > 0 && p.last_error.is_some() {
@@ -543,4 +566,85 @@ pub async fn dry_run(data_dir: &std::path::Path, config: Option<&std::path::Path
         plan_ms,
         sagas,
     })
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+    use crate::engine::record::Submitted;
+    use crate::engine::{SagaDefinition, StepCall};
+
+    const CONFIG: &str = r#"
+[participants.mem]
+kind = "memory"
+[actions.act]
+participant = "mem"
+forward = { noop = true }
+compensate = { noop = true }
+[actions.wait]
+delay_ms = 60000
+"#;
+
+    fn saga(records: &[Record]) -> (Saga, Catalog) {
+        let catalog = Catalog::parse(CONFIG).unwrap();
+        let call =
+            |action: &str| StepCall { action: action.into(), params: Default::default(), from: Default::default() };
+        let definition = SagaDefinition { id: "s".into(), steps: vec![call("act"), call("wait"), call("act")] };
+        let policies = catalog.validate(&definition).unwrap();
+        let mut saga = Saga::submitted(&Submitted {
+            saga: "s".into(),
+            digest: definition.digest(),
+            actions: catalog.resolved_actions(&definition),
+            steps: definition.steps,
+            policies,
+            at_ms: 1,
+            scope: None,
+        });
+        for r in records {
+            saga.apply(r);
+        }
+        (saga, catalog)
+    }
+
+    fn started(step: u32, deadline_ms: Option<u64>) -> Record {
+        Record::StepStarted(Started {
+            saga: "s".into(),
+            step,
+            direction: Direction::Forward,
+            attempt: 1,
+            at_ms: 2,
+            deadline_ms,
+        })
+    }
+
+    fn succeeded(step: u32) -> Record {
+        Record::StepSucceeded(Succeeded {
+            saga: "s".into(),
+            step,
+            direction: Direction::Forward,
+            attempt: 1,
+            by_marker: false,
+            at_ms: 3,
+            outputs: Default::default(),
+        })
+    }
+
+    /// `replay --dry-run` shows a delay in flight as waiting until its journaled deadline, plans
+    /// to wait out the rest (asking no participant), and one not started yet as a step to run.
+    #[tokio::test]
+    async fn a_delay_in_flight_plans_a_wait_for_its_journaled_deadline() {
+        let (s, catalog) = saga(&[started(0, None), succeeded(0), started(1, Some(5_000))]);
+        let plans = plan(BTreeMap::from([("s".into(), s)]), &BTreeMap::new(), &catalog, &BTreeMap::new()).await;
+        let p = &plans[0];
+        assert_eq!(p.expected, Expected::Completed);
+        let delay = &p.steps[1];
+        assert!(delay.delay && delay.participant.is_none(), "{delay:?}");
+        assert_eq!(delay.forward.journaled, Journaled::Waiting { until_ms: 5_000 });
+        assert_eq!((delay.forward.action, delay.forward.marker.clone()), (Action::Wait, None));
+        assert_eq!(p.steps[2].forward.action, Action::Run);
+
+        let (s, catalog) = saga(&[started(0, None), succeeded(0)]);
+        let plans = plan(BTreeMap::from([("s".into(), s)]), &BTreeMap::new(), &catalog, &BTreeMap::new()).await;
+        assert_eq!((plans[0].steps[1].forward.action, plans[0].expected.clone()), (Action::Run, Expected::Completed));
+    }
 }

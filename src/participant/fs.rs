@@ -217,6 +217,9 @@ impl Fs {
             Operation::Task { .. } => {
                 return Err(Error::permanent(name, "fs participant cannot run a worker task"));
             }
+            Operation::Http { .. } => {
+                return Err(Error::permanent(name, "fs participant cannot send an HTTP request"));
+            }
         })
     }
 
@@ -844,7 +847,7 @@ fn incarnation_dirs(name: &str, dir: &Path) -> Result<Vec<(Option<String>, PathB
         if crate::engine::Scope::is_valid(scope) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             out.push((Some(scope.to_owned()), entry.path()));
         } else {
-            tracing::warn!(participant = name, dir = ?entry.path(), "ignoring an entry that names no saga incarnation");
+            tracing::warn!(participant = name, dir = %entry.path().display(), "ignoring an entry that names no saga incarnation");
         }
     }
     out.sort();
@@ -873,7 +876,7 @@ fn list_marker_files(name: &str, dir: &Path) -> Result<Vec<MarkerFile>, Error> {
             // Leftover temporary files of an interrupted marker write, or files put there by
             // someone else: neither is a marker.
             if !file_name.to_string_lossy().contains(TMP_INFIX) {
-                tracing::warn!(participant = name, file = ?entry.path(), "ignoring a stray file among the markers");
+                tracing::warn!(participant = name, file = %entry.path().display(), "ignoring a stray file among the markers");
             }
             continue;
         };
@@ -899,7 +902,7 @@ fn list_all_markers(name: &str, dir: &Path) -> Result<Vec<MarkerEntry>, Error> {
             continue; // a health probe's file, there for a moment
         }
         let Some(saga_id) = saga.file_name().to_str().and_then(saga_id_of_dir_name) else {
-            tracing::warn!(participant = name, dir = ?saga.path(), "ignoring a marker directory that names no saga");
+            tracing::warn!(participant = name, dir = %saga.path().display(), "ignoring a marker directory that names no saga");
             continue;
         };
         for (scope, scope_dir) in incarnation_dirs(name, &saga.path())? {

@@ -1,4 +1,5 @@
-//! Participants: the databases and file trees a saga's steps act on.
+//! Participants: the databases, file trees, HTTP services and worker queues a saga's steps act
+//! on.
 //!
 //! # The contract every participant keeps
 //!
@@ -48,10 +49,47 @@
 //!   on first use, except by a participant opened read-only ([`open_all_read_only`], for the
 //!   offline tools): that one changes nothing in the database or file tree, refuses `apply`
 //!   and `settle_marker`, and reads a missing marker table as "no markers".
+//!
+//! # Participants without markers (`http`, `worker`)
+//!
+//! An HTTP service, and a worker queue served by the user's own processes, have no local
+//! transaction sagalog can put a marker in, so [`Participant::has_markers`] answers `false`
+//! and the guarantee is weaker, and different: **at-least-once, deduplicated by the
+//! receiver's key**. Every request (every task handed to a worker) carries the key
+//! `<saga id>/<step>/<direction>` (`Idempotency-Key` for `http`, the task's `idempotency_key`
+//! for `worker`), the same on every attempt and after a crash, and the receiver must apply
+//! each key's effect once and answer a repeated key as it answered the first (what the key
+//! means to it is its contract, not sagalog's). Therefore:
+//!
+//! - `lookup_marker`, `lookup_markers` and `settle_marker` fail permanently: there is nothing
+//!   to look up, and "no marker" must never read as "not applied".
+//! - **An in-doubt step is re-sent, never assumed.** Where the executor would settle an
+//!   in-doubt step by its marker (a crash between `StepStarted` and the outcome, a lost
+//!   reply), it asks `has_markers` and, for a participant without markers, runs the step
+//!   again as a new journaled attempt with the same key: the receiver's answer settles it
+//!   (a 2xx with its outputs: applied; the request had arrived or it arrives now).
+//! - **A step that may have been sent is compensated, never skipped.** When the saga
+//!   compensates, a forward step left uncertain (in doubt, failed retryably, timed out) is
+//!   settled the same way, by re-sending it with its key, and then compensated with the
+//!   outputs of that answer; its compensation carries its own key. A permanent failure of an
+//!   attempt that follows one which may have been sent (and a 2xx whose outputs cannot be
+//!   read, see [`Error::maybe_applied`]) keeps the step uncertain; repeated, it counts
+//!   against the compensation budget like an unreadable marker, and the saga ends STUCK with
+//!   the error for an operator, never with the effect silently left in place.
+//! - **A permanent failure is decided by the participant's error.** With
+//!   [`Error::maybe_applied`] set, the step stays uncertain (above): `http` sets it on a 2xx
+//!   whose outputs cannot be read and on a permanent failure of any attempt after the first
+//!   (an earlier one may have been sent). Without it, the answer speaks for the key: a
+//!   `worker`'s `Fail { retryable: false }` for a forward step re-sent during compensation is
+//!   its verdict "not applied" (the worker deduplicates by key, so an applied key would have
+//!   answered its output), journaled as such, and the step is skipped.
+//! - Retryable errors may carry the receiver's minimum wait ([`Error::retry_after_ms`], from
+//!   `Retry-After`); the executor waits at least that long before the next attempt.
 
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
 pub mod fs;
+pub mod http;
 mod marker;
 pub use marker::Tables;
 pub mod memory;
@@ -119,6 +157,15 @@ pub enum Operation {
         params: std::collections::BTreeMap<String, Value>,
         returns: std::collections::BTreeMap<String, crate::config::ParamType>,
     },
+    /// One request to an HTTP participant: `method` and `path` (templates filled, path values
+    /// percent-encoded, appended to the participant's `base_url`), an optional JSON body, and
+    /// the step's outputs: each name's JSON Pointer into the response and declared type.
+    Http {
+        method: String,
+        path: String,
+        body: Option<serde_json::Value>,
+        outputs: std::collections::BTreeMap<String, (String, crate::config::ParamType)>,
+    },
 }
 
 impl Operation {
@@ -136,6 +183,9 @@ impl Operation {
                 Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
             }
             Operation::Task { .. } => Err(Error::permanent(participant, "a SQL participant cannot run a worker task")),
+            Operation::Http { .. } => {
+                Err(Error::permanent(participant, "a SQL participant cannot send an HTTP request"))
+            }
         }
     }
 }
@@ -239,15 +289,38 @@ pub struct Error {
     pub kind: ErrorKind,
     pub participant: String,
     pub message: String,
+    /// The least time to wait before the next attempt, when the participant was told one (an
+    /// HTTP `Retry-After`); `None` for every other error and kind.
+    pub retry_after_ms: Option<u64>,
+    /// A permanent error after the effect may have been applied (an HTTP 2xx whose outputs
+    /// cannot be read, or any permanent failure of an HTTP attempt after the first: an earlier
+    /// one may have been sent): the step stays uncertain, so the saga never skips its
+    /// compensation. False for every other error and kind (a retryable error promises nothing
+    /// anyway); for a participant without markers, false on a permanent error means the
+    /// receiver answered for the key: a forward step re-sent during compensation is then "not
+    /// applied" and skipped (a `worker`'s `Fail { retryable: false }`).
+    pub maybe_applied: bool,
 }
 
 impl Error {
     pub fn retryable(participant: &str, message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Retryable, participant: participant.to_owned(), message: message.into() }
+        Error {
+            kind: ErrorKind::Retryable,
+            participant: participant.to_owned(),
+            message: message.into(),
+            retry_after_ms: None,
+            maybe_applied: false,
+        }
     }
 
     pub fn permanent(participant: &str, message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Permanent, participant: participant.to_owned(), message: message.into() }
+        Error {
+            kind: ErrorKind::Permanent,
+            participant: participant.to_owned(),
+            message: message.into(),
+            retry_after_ms: None,
+            maybe_applied: false,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -348,6 +421,7 @@ fn open_one(
         }
         Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
         Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
+        Kind::Http => std::sync::Arc::new(http::Http::open(name, p)?),
     };
     Ok(participant)
 }
@@ -364,7 +438,9 @@ pub struct ReadOnlySet {
 /// files read-only, no `init` statements, no marker table or marker directory created,
 /// PostgreSQL sessions in read-only transactions. A SQLite/DuckDB file or `fs` root that does
 /// not exist has never recorded a marker: it stands in as an empty participant, with a note.
-/// A `memory` participant keeps nothing across processes and is empty too. `apply` on any of
+/// A `memory` participant keeps nothing across processes and is empty too. An `http`
+/// participant sends no request at all (its probe only opens a TCP connection), and a header
+/// whose environment variable is missing is a note, not an error. `apply` on any of
 /// them fails, and so does `settle_marker` (it writes a fence) on the SQL and file kinds. For the offline tools (`sagalog replay --dry-run`, `sagalog audit`).
 pub fn open_all_read_only(
     participants: &std::collections::BTreeMap<String, ParticipantConfig>,
@@ -413,6 +489,11 @@ pub fn open_all_read_only(
                 // A queue with no worker: it keeps no markers to read, and offline nothing
                 // polls it.
                 Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
+                Kind::Http => {
+                    let (http, notes) = http::Http::open_read_only(name, p)?;
+                    set.notes.extend(notes);
+                    std::sync::Arc::new(http)
+                }
             }
         };
         set.participants.insert(name.clone(), participant);
@@ -452,6 +533,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Participant: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn kind(&self) -> Kind;
+    /// Whether the participant records a marker with each effect (every kind but `http` and
+    /// `worker`). One that does not is a participant **without markers**: its effects are
+    /// at-least-once, deduplicated by the receiver with the step's idempotency key
+    /// (`<saga>/<step>/<direction>`, see [`StepKey`]'s `Display`). The executor then never
+    /// settles an in-doubt step by a lookup, and never as "absent": it sends the step again with
+    /// the same key, as a new journaled attempt, and the answer settles it
+    /// (`executor/in_doubt.rs`); compensation never skips a step that may have been applied.
+    /// Whether a permanent failure answered for the key leaves the step uncertain or is the
+    /// receiver's verdict "not applied" is the error's [`Error::maybe_applied`] (see the module
+    /// doc, "Participants without markers").
+    fn has_markers(&self) -> bool {
+        true
+    }
     /// Performs `op` and records the marker for `key` in one local transaction, as attempt
     /// `attempt` of the step (the number its `StepStarted` journaled, from 1). If a fencing
     /// lookup ([`Participant::settle_marker`]) fenced off this attempt, nothing changes and the
@@ -518,17 +612,6 @@ pub trait Participant: Send + Sync + 'static {
     }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
-    /// Whether this participant keeps completion markers (every kind but `worker`). One that
-    /// does not is a participant **without markers**: its effects are at-least-once,
-    /// deduplicated by the receiver with the step's idempotency key (`<saga>/<step>/<direction>`,
-    /// see [`StepKey`]'s `Display`). The executor then never settles an in-doubt step by a
-    /// lookup: it sends the step again with the same key, as a new journaled attempt, and the
-    /// answer settles it (`executor/in_doubt.rs`); compensation never skips a step that may
-    /// have been applied, and a permanent failure answered for the key means the receiver
-    /// holds no effect for it.
-    fn has_markers(&self) -> bool {
-        true
-    }
     /// Whether a call could be served now, checked before each attempt is journaled. An error
     /// (retryable, with the reason) opens the participant's breaker at once, so sagas park
     /// without spending attempts (a worker queue that no worker polls). Default: always ready.

@@ -79,6 +79,7 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
                 applied_by_marker: st.forward.by_marker,
                 started_at_ms: st.forward.first_started_at_ms.unwrap_or(0),
                 finished_at_ms: st.compensate.finished_at_ms.or(st.forward.finished_at_ms).unwrap_or(0),
+                deadline_ms: st.forward.deadline_ms.unwrap_or(0),
                 outputs: st
                     .forward
                     .outputs
@@ -135,6 +136,8 @@ pub fn archived(r: &SagaRecord, catalog: &Catalog) -> pb::Saga {
                 applied_by_marker: st.forward_by_marker,
                 started_at_ms: 0,
                 finished_at_ms: 0,
+                // The index keeps no deadline.
+                deadline_ms: 0,
                 outputs: st.outputs.iter().map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v))).collect(),
                 worker_id: String::new(),
             }

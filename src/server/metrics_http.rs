@@ -73,10 +73,13 @@ fn respond(request: &Request<Incoming>, executor: &Executor) -> Response<Full<By
 fn refresh_gauges(executor: &Executor) {
     let metrics = crate::metrics::get();
     let counts = executor.status_counts();
+    let archived = executor.archived_counts();
     let all =
         [Status::Pending, Status::Running, Status::Completed, Status::Compensating, Status::Compensated, Status::Stuck];
     for status in all {
-        let n = counts.get(&status).copied().unwrap_or(0) as i64;
+        // In memory (running, waiting, finished and not yet archived) plus archived.
+        let n = counts.get(&status).copied().unwrap_or(0) + archived.get(status.as_str()).copied().unwrap_or(0);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
         metrics.sagas.get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())]).set(n);
     }
     for (participant, state) in executor.breakers() {

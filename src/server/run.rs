@@ -151,7 +151,7 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         let (addr, task) = super::metrics_http::start(&config.metrics_listen, node.executor.clone()).await?;
         (Some(addr), Some(task))
     };
-    tracing::info!(%addr, tls = config.tls.is_some(), metrics = ?metrics_addr, "serving gRPC");
+    tracing::info!(%addr, tls = config.tls.is_some(), metrics = metrics_addr.map(|a| a.to_string()).unwrap_or_default(), "serving gRPC");
     Ok(Running {
         addr,
         metrics_addr,

@@ -87,11 +87,15 @@ impl pb::sagas_server::Sagas for Api {
         let id = definition.id.clone();
         let steps = definition.steps.len();
         let outcome = self.executor.submit(definition).await.map_err(|e| {
-            tracing::info!(saga = %id, caller, error = %e, "submit refused");
+            tracing::info!(saga_id = %id, caller, error = %e, "submit refused");
             convert::error(e)
         })?;
         let created = outcome == SubmitOutcome::Accepted;
-        tracing::debug!(saga = %id, caller, steps, created, "submit");
+        if created {
+            tracing::info!(saga_id = %id, caller, steps, "saga submitted (journaled)");
+        } else {
+            tracing::debug!(saga_id = %id, caller, steps, "submit of a saga already there: nothing new");
+        }
         Ok(Response::new(pb::SubmitResponse { created, saga: Some(self.lookup(&id)?) }))
     }
 
@@ -109,11 +113,12 @@ impl pb::sagas_server::Sagas for Api {
             .map(|(name, a)| pb::Action {
                 name: name.clone(),
                 participant: a.participant.clone(),
-                participant_kind: config
-                    .participants
-                    .get(&a.participant)
-                    .map(|p| p.kind.as_str().to_owned())
-                    .unwrap_or_default(),
+                participant_kind: match a.is_delay() {
+                    true => "delay".to_owned(),
+                    false => {
+                        config.participants.get(&a.participant).map(|p| p.kind.as_str().to_owned()).unwrap_or_default()
+                    }
+                },
                 params: types(&a.params),
                 returns: types(&a.returns),
             })
@@ -256,7 +261,7 @@ impl pb::sagas_server::Sagas for Api {
         let id = request.into_inner().saga_id;
         check_id(&id)?;
         self.executor.cancel(&id).await.map_err(convert::error)?;
-        tracing::info!(saga = %id, "cancel requested");
+        tracing::info!(saga_id = %id, "cancel requested");
         self.lookup(&id).map(Response::new)
     }
 }
@@ -329,8 +334,7 @@ impl pb::admin_server::Admin for Api {
         for (status, n) in self.executor.status_counts() {
             *sagas_by_status.entry(status.as_str().to_owned()).or_default() += n;
         }
-        let archived = self.index.count_by_status().map_err(|e| Status::internal(e.to_string()))?;
-        for (status, n) in archived {
+        for (status, n) in self.index.archived_counts() {
             *sagas_by_status.entry(status).or_default() += n;
         }
         let metrics = crate::metrics::get();
@@ -386,7 +390,7 @@ impl pb::admin_server::Admin for Api {
         };
         let operator = if req.operator.is_empty() { caller } else { req.operator };
         self.executor.resolve(&req.saga_id, decision, &operator).await.map_err(convert::error)?;
-        tracing::warn!(saga = %req.saga_id, ?decision, operator, "admin: STUCK saga resolved by an operator");
+        tracing::warn!(saga_id = %req.saga_id, decision = decision.as_str(), operator, "admin: STUCK saga resolved by an operator");
         self.lookup(&req.saga_id).map(Response::new)
     }
 }

@@ -164,7 +164,7 @@ impl pb::workers_server::Workers for WorkersApi {
         let wait = Duration::from_millis(u64::from(req.wait_ms));
         let tasks = queue.poll(&req.worker_id, req.max_tasks, wait).await.map_err(status_of)?;
         for task in &tasks {
-            tracing::debug!(queue = %req.queue, worker = %req.worker_id, key = %task.idempotency_key, attempt = task.attempt, "task handed out");
+            tracing::debug!(queue = %req.queue, worker_id = %req.worker_id, key = %task.idempotency_key, attempt = task.attempt, "task handed out");
         }
         Ok(Response::new(pb::PollResponse { tasks: tasks.into_iter().map(task_to_pb).collect() }))
     }

@@ -599,3 +599,175 @@ async fn client_library_pages_watches_and_keeps_error_codes() {
     );
     tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
 }
+
+/// `sagalog bench` drives a real server with closed-loop clients on the embedded default's
+/// `noop` action and reports in JSON what scripts read: every saga it counts finished
+/// (COMPLETED) and is really there, latency percentiles in order, no errors; a parameterized
+/// action gets its typed `--param` values with `{n}` unique per saga; an unknown action or a
+/// missing parameter is a usage error naming it.
+#[test]
+fn bench_drives_a_server_and_reports_what_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = main_server(dir.path());
+    let out = server.run(&["bench", "--clients", "3", "--sagas", "30", "--steps", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = json_of(&out);
+    assert_eq!(report["sagas"], 30, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!((report["wait"].as_str(), report["action"].as_str()), (Some("watch"), Some("noop")), "{report}");
+    let latency = &report["latencyMs"];
+    let p = |q: &str| latency[q].as_f64().unwrap_or_else(|| panic!("no {q} in {report}"));
+    assert!(0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max"), "{report}");
+    // The sagas it counted exist on the server and are COMPLETED.
+    let listed = server.run(&["list", "--status", "COMPLETED", "--json"]);
+    let ids: Vec<String> = json_of(&listed)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("bench-"))
+        .collect();
+    assert_eq!(ids.len(), 30, "{}", text(&listed));
+
+    let out = server.run(&[
+        "bench",
+        "--sagas",
+        "4",
+        "--steps",
+        "1",
+        "--action",
+        "record_execution",
+        "--param",
+        "run_id=bench-run-{n}",
+        "--param",
+        "job=bench",
+        "--param",
+        "rows=5",
+        "--poll",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Four sagas inserting the same run_id would collide on its primary key and compensate:
+    // none did, so every saga had its own.
+    assert_eq!((json_of(&out)["sagas"].as_u64(), json_of(&out)["compensated"].as_u64()), (Some(4), Some(0)));
+    let out = server.run(&["bench", "--sagas", "1", "--action", "record_executoin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no action \"record_executoin\""), "{}", text(&out));
+    let out = server.run(&["bench", "--sagas", "1", "--action", "record_execution", "--param", "rows=x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--param rows: \"x\" is not of type int"), "{}", text(&out));
+}
+
+/// A client command started before its server waits for it within `--connect-timeout`
+/// (retrying the refused connection), so a script may start the server and call it at once;
+/// `--server host:port` means `http://host:port`; nothing listening is still a clear exit 2
+/// once the timeout ran out.
+#[test]
+fn a_client_waits_for_a_starting_server_and_takes_host_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let early = sagalog()
+        .args(["admin", "stats", "--json", "--connect-timeout", "60s", "--server", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let config = if cfg!(feature = "duckdb") { None } else { Some(sqlite_config()) };
+    let config = config.map(|text| {
+        let path = dir.path().join("data.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let _server = Server::start_on(&dir.path().join("data"), config, port);
+    let out = early.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    json_of(&out);
+
+    let nobody = free_port();
+    let began = Instant::now();
+    let out = sagalog()
+        .args(["admin", "stats", "--connect-timeout", "600ms", "--server", &format!("127.0.0.1:{nobody}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("http://127.0.0.1:{nobody}")), "{}", text(&out));
+    assert!(began.elapsed() >= Duration::from_millis(500), "gave up before its timeout: {:?}", began.elapsed());
+}
+
+/// `sagalog completions SHELL` prints a completion script that knows the subcommands, and
+/// `sagalog man` a man page for sagalog and each subcommand; an unknown shell is a usage error.
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    for (shell, marker) in [("bash", "_sagalog()"), ("zsh", "#compdef sagalog"), ("fish", "complete -c sagalog")] {
+        let out = sagalog().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("submit") && script.contains("bench"), "{shell} lacks subcommands");
+    }
+    let out = sagalog().args(["man"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    for title in [".TH sagalog 1", ".TH sagalog-submit 1", ".TH sagalog-replay 1"] {
+        assert!(page.contains(title), "no {title:?} in the man page");
+    }
+    let out = sagalog().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// `serve --log-format json` writes one JSON object per line on stderr: every line parses, a
+/// submit, a step failure and a finish each have their line with `saga_id` (and the failure
+/// its `step`, `attempt`, `participant` and `error`) as plain fields, and no value is in
+/// Rust's debug notation.
+#[test]
+fn json_logs_are_one_object_per_line_with_plain_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("data.toml");
+    std::fs::write(&config, sqlite_config()).unwrap();
+    let port = free_port();
+    let log_path = dir.path().join("serve.log");
+    let mut child = sagalog()
+        .args(["--log-format", "json", "serve", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = sagalog()
+        .args(["submit", "--demo", "--id", "json-logs-1", "--rows", "-1", "--wait", "--connect-timeout", "60s"])
+        .args(["--server", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Json> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_saga = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["saga_id"] == "json-logs-1" && l["message"].as_str().is_some_and(|m| m.starts_with(message)))
+            .unwrap_or_else(|| panic!("no {message:?} line for the saga in:\n{log}"))
+            .clone()
+    };
+    of_saga("saga submitted");
+    let failed = of_saga("step attempt failed");
+    assert_eq!((failed["step"].as_u64(), failed["attempt"].as_u64()), (Some(0), Some(1)), "{failed}");
+    assert_eq!(failed["participant"], "ledger", "{failed}");
+    assert_eq!(failed["direction"], "forward", "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("CHECK")), "{failed}");
+    assert_eq!(of_saga("saga finished")["outcome"], "COMPENSATED");
+    for banned in ["Some(", "Forward", "Compensate,", "None"] {
+        assert!(!log.contains(banned), "debug notation {banned:?} in the log:\n{log}");
+    }
+}

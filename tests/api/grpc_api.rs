@@ -358,6 +358,9 @@ async fn admin_calls_report_participants_stats_and_recover() {
         "sagalog_breaker_state{participant=\"ledger\"} 0",
         "sagalog_sagas{status=\"RUNNING\"}",
         "sagalog_recovery_duration_seconds",
+        // Finished sagas count, archived or not (it read 0 once they left memory).
+        "sagalog_sagas{status=\"COMPLETED\"} 3",
+        "sagalog_sagas{status=\"COMPENSATED\"} 1",
     ] {
         assert!(body.contains(family), "missing {family}");
     }

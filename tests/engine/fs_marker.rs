@@ -102,6 +102,7 @@ async fn recovery_after_a_crash_between_the_rename_and_the_marker_compensates() 
             direction: Direction::Forward,
             attempt: 1,
             at_ms: 2,
+            deadline_ms: None,
         }),
         Record::CancelRequested(CancelRequested { saga: def.id.clone(), at_ms: 3 }),
     ];

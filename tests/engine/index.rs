@@ -28,7 +28,7 @@ fn submitted(id: &str, steps: u32, at_ms: u64) -> Saga {
 }
 
 fn started(saga: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64) -> Record {
-    Record::StepStarted(Started { saga: saga.to_owned(), step, direction, attempt, at_ms })
+    Record::StepStarted(Started { saga: saga.to_owned(), step, direction, attempt, at_ms, deadline_ms: None })
 }
 
 fn succeeded(saga: &str, step: u32, direction: Direction, by_marker: bool, at_ms: u64) -> Record {
@@ -476,4 +476,37 @@ fn leftover_tmp_does_not_confuse_read() {
     checkpoint::write(dir.path(), &newer).unwrap();
     assert_eq!(checkpoint::read(dir.path()).unwrap(), Some(newer));
     assert!(!tmp.exists());
+}
+
+/// The archived counts by status (what `sagalog_sagas{status}` and `Admin.Stats` report) are
+/// kept without a scan and always equal a full count: after puts, a put that replaces a record
+/// with another status, a purge, and a reopen.
+#[test]
+fn archived_counts_are_kept_exact_through_puts_replacements_purges_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    let index = Index::open(&path).unwrap();
+    let agree = |index: &Index| {
+        let kept = index.archived_counts();
+        assert_eq!(
+            kept.into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>(),
+            index.count_by_status().unwrap()
+        );
+    };
+    for n in 0..5 {
+        index.put(&completed(&format!("c-{n}"), 100 + n)).unwrap();
+    }
+    index.put(&compensated("x-0", 150)).unwrap();
+    agree(&index);
+    assert_eq!(index.archived_counts().get("COMPLETED"), Some(&5));
+    index.put(&compensated("c-4", 160)).unwrap();
+    agree(&index);
+    assert_eq!(index.archived_counts().get("COMPENSATED"), Some(&2));
+    assert_eq!(index.purge_finished_before(103).unwrap(), 3);
+    agree(&index);
+    assert_eq!(index.archived_counts().get("COMPLETED"), Some(&1));
+    drop(index);
+    let index = Index::open(&path).unwrap();
+    agree(&index);
+    assert_eq!(index.archived_counts().get("COMPENSATED"), Some(&2));
 }

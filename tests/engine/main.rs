@@ -7,9 +7,11 @@
 
 mod archive;
 mod compensation;
+mod delay;
 mod engine_support;
 mod fs_marker;
 mod guards;
+mod http;
 mod index;
 mod late_commit;
 mod limits;

@@ -138,6 +138,7 @@ async fn outputs_of_a_step_settled_by_its_marker_come_from_the_marker() {
             direction: Direction::Forward,
             attempt: 1,
             at_ms: 2,
+            deadline_ms: None,
         }),
     ];
     let opened =

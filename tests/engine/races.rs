@@ -165,7 +165,9 @@ async fn replay(journal: &Journal, id: &str) -> Saga {
                 (step, direction, attempt),
                 "{id}: StepStarted the journal does not plan; records {records:#?}"
             ),
-            (Record::StepStarted(r), next) => panic!("{id}: StepStarted {r:?} where replay says {next:?}"),
+            (Record::StepStarted(r), next) => {
+                panic!("{id}: StepStarted {r:?} where replay says {next:?}")
+            }
             (Record::SagaFinished(r), next) => assert_eq!(
                 next,
                 Next::Finish(r.outcome),

@@ -32,7 +32,7 @@ fn submitted(steps: usize) -> Record {
 }
 
 fn started(step: u32, direction: Direction, attempt: u32) -> Record {
-    Record::StepStarted(Started { saga: ID.into(), step, direction, attempt, at_ms: 2 })
+    Record::StepStarted(Started { saga: ID.into(), step, direction, attempt, at_ms: 2, deadline_ms: None })
 }
 
 fn succeeded(step: u32, direction: Direction) -> Record {

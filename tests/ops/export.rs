@@ -17,7 +17,7 @@ const MIN: u64 = 60_000;
 const HOUR: u64 = 3_600_000;
 
 fn start(id: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64) -> Record {
-    Record::StepStarted(Started { saga: id.into(), step, direction, attempt, at_ms })
+    Record::StepStarted(Started { saga: id.into(), step, direction, attempt, at_ms, deadline_ms: None })
 }
 
 fn ok(id: &str, step: u32, direction: Direction, attempt: u32, at_ms: u64, by_marker: bool) -> Record {

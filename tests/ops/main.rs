@@ -7,6 +7,7 @@
 mod audit;
 mod config_check;
 mod export;
+mod http;
 mod ops_support;
 mod replay;
 mod replay_crash;

@@ -116,7 +116,14 @@ pub fn submitted(def: &SagaDefinition, at_ms: u64) -> Record {
 }
 
 pub fn started(id: &str, step: u32, direction: Direction, attempt: u32) -> Record {
-    Record::StepStarted(Started { saga: id.into(), step, direction, attempt, at_ms: 1_000 + u64::from(step) })
+    Record::StepStarted(Started {
+        saga: id.into(),
+        step,
+        direction,
+        attempt,
+        at_ms: 1_000 + u64::from(step),
+        deadline_ms: None,
+    })
 }
 
 pub fn succeeded(id: &str, step: u32, direction: Direction, attempt: u32) -> Record {

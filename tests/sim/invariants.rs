@@ -156,6 +156,41 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
         }
     }
 
+    // Delay steps: the deadline is journaled once (a restart never starts the wait over), the
+    // success comes no earlier than it (never shortened), and nothing compensates a delay.
+    for (id, recs) in &per_saga {
+        let mut deadlines: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (_, r) in recs {
+            if let Record::StepStarted(s) = r
+                && let Some(deadline) = s.deadline_ms
+            {
+                deadlines.entry(s.step).or_default().push(deadline);
+            }
+        }
+        for (_, r) in recs {
+            match r {
+                Record::StepSucceeded(s) if s.direction == Direction::Forward => {
+                    if let Some(deadline) = deadlines.get(&s.step).and_then(|d| d.last())
+                        && s.at_ms < *deadline
+                    {
+                        out.push(v(
+                            "delay_shortened",
+                            id,
+                            format!("step {} ended at {} < deadline {deadline}", s.step, s.at_ms),
+                        ));
+                    }
+                }
+                Record::StepStarted(s) if s.direction == Direction::Compensate && deadlines.contains_key(&s.step) => {
+                    out.push(v("delay_compensated", id, format!("step {} is a delay: {}", s.step, history(recs))));
+                }
+                _ => {}
+            }
+        }
+        for (step, d) in deadlines.iter().filter(|(_, d)| d.len() > 1) {
+            out.push(v("delay_started_twice", id, format!("step {step}: deadlines {d:?}; {}", history(recs))));
+        }
+    }
+
     // Effects.
     let mut by_saga: BTreeMap<&str, Vec<&Effect>> = BTreeMap::new();
     for e in inp.effects {
@@ -184,6 +219,12 @@ pub fn check(inp: &Inputs<'_>) -> Vec<Violation> {
         match saga.status() {
             Status::Completed => {
                 for step in 0..saga.steps.len() as u32 {
+                    if saga.steps[step as usize].is_delay() {
+                        if find(step, Direction::Forward).is_some() {
+                            out.push(v("delay_with_effect", id, format!("step {step} is a delay but committed")));
+                        }
+                        continue;
+                    }
                     if find(step, Direction::Forward).is_none() {
                         out.push(v("completed_effect_missing", id, format!("step {step} forward never applied")));
                     }

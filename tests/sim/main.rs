@@ -88,7 +88,7 @@ fn simulate() {
     }
     let elapsed = started.elapsed();
     loud(format!(
-        "simulator: {} seeds in {:.1}s ({:.0} seeds/min); {} sagas, {} acked, {} cancels, {} restarts ({} crashes, {} power losses), {} journal faults, {} late commits fenced off",
+        "simulator: {} seeds in {:.1}s ({:.0} seeds/min); {} sagas, {} acked, {} cancels, {} restarts ({} crashes, {} power losses), {} journal faults, {} late commits fenced off, {} delays started ({} ended)",
         seeds.len(),
         elapsed.as_secs_f64(),
         seeds.len() as f64 * 60.0 / elapsed.as_secs_f64().max(0.001),
@@ -100,6 +100,8 @@ fn simulate() {
         stats.power_losses,
         stats.journal_faults,
         stats.late_commits_fenced,
+        stats.delays_started,
+        stats.delays_ended,
     ));
     for (seed, vs) in &known {
         loud(format!("simulator: KNOWN FAILURE at seed {seed} (allowed by KNOWN, not fixed):"));
@@ -174,6 +176,10 @@ struct Stats {
     journal_faults: u64,
     /// Late commits a fence refused (they would have landed after a lookup said "absent").
     late_commits_fenced: u64,
+    /// Delay steps started, and those of them that ended in the final journal (the others
+    /// were cancelled mid-wait, or their saga compensated before them).
+    delays_started: u64,
+    delays_ended: u64,
 }
 
 impl Stats {
@@ -186,6 +192,8 @@ impl Stats {
         self.power_losses += o.power_losses;
         self.journal_faults += o.journal_faults;
         self.late_commits_fenced += o.late_commits_fenced;
+        self.delays_started += o.delays_started;
+        self.delays_ended += o.delays_ended;
     }
 }
 
@@ -489,12 +497,12 @@ impl Run {
     }
 
     /// A fresh saga of 1–4 steps over random participants; 15% have a step scripted to fail
-    /// permanently.
+    /// permanently. A fifth (drawn from `extra`) have a delay step inserted somewhere.
     fn new_saga(&mut self) -> SagaDefinition {
         let id = format!("s{}", self.next_id);
         self.next_id += 1;
         let steps = self.rng.range(1, 4);
-        let calls = (0..steps)
+        let mut calls = (0..steps)
             .map(|n| {
                 let p = self.rng.range(0, self.parts.len() as u64 - 1);
                 StepCall {
@@ -504,8 +512,17 @@ impl Run {
                 }
             })
             .collect::<Vec<_>>();
+        // Drawn from `extra`, so that `rng`'s stream stays what it was.
+        let delay_at = self.extra.chance(200).then(|| self.extra.range(0, steps) as usize);
+        if let Some(at) = delay_at {
+            let delay =
+                StepCall { action: world::DELAY_ACTION.into(), params: BTreeMap::new(), from: Default::default() };
+            calls.insert(at, delay);
+        }
         if self.rng.chance(150) {
-            let step = self.rng.range(0, steps - 1) as u32;
+            let drawn = self.rng.range(0, steps - 1) as usize;
+            // The same participant step as without the delay; it moved up one if after it.
+            let step = if delay_at.is_some_and(|at| drawn >= at) { drawn + 1 } else { drawn } as u32;
             let p: usize = calls[step as usize].action[1..].parse().unwrap();
             self.parts[p].fail_forward(&id, step);
             self.failing.insert(id.clone(), step);
@@ -743,6 +760,19 @@ impl Run {
         let calls: u64 = self.parts.iter().map(Sim::calls).sum();
         let fenced_late = refusals.iter().filter(|r| r.late).count();
         self.stats.late_commits_fenced += fenced_late as u64;
+        for (_, r) in &records {
+            match r {
+                Record::StepStarted(s) if s.deadline_ms.is_some() => self.stats.delays_started += 1,
+                Record::StepSucceeded(s)
+                    if rebuilt
+                        .get(&s.saga)
+                        .is_some_and(|g| g.steps.get(s.step as usize).is_some_and(|t| t.is_delay())) =>
+                {
+                    self.stats.delays_ended += 1
+                }
+                _ => {}
+            }
+        }
         self.note(format!(
             "final: {} records, {} sagas ({} acked), {} effects, {} participant calls, {} late commits fenced off",
             records.len(),

@@ -115,7 +115,14 @@ impl Plan {
 
 /// A catalog for `participants` participants, with seeded retry budgets, timeouts and breaker
 /// settings: a new one at each restart ("config changes between restarts"). Actions and
-/// participants keep their names, so every journaled saga stays runnable.
+/// participants keep their names, so every journaled saga stays runnable. The delay action
+/// `wait` ([`DELAY_ACTION`]) is the same in every config (drawing its delay from `rng` would
+/// change every named seed's schedule).
+/// The delay action of every simulated config, and its delay: short, so that restarts,
+/// crashes, power losses, cancels and drains often land in the middle of a wait.
+pub const DELAY_ACTION: &str = "wait";
+pub const DELAY_MS: u64 = 25;
+
 pub fn config(rng: &mut Rng, participants: usize) -> String {
     let mut text = format!(
         "[executor]\nin_flight_max = {}\nbreaker_failures = {}\nbreaker_cooldown_ms = {}\nbreaker_successes = 1\n\n",
@@ -126,6 +133,7 @@ pub fn config(rng: &mut Rng, participants: usize) -> String {
     for p in 0..participants {
         text.push_str(&format!("[participants.p{p}]\nkind = \"memory\"\n\n"));
     }
+    text.push_str(&format!("[actions.{DELAY_ACTION}]\ndelay_ms = {DELAY_MS}\n\n"));
     for p in 0..participants {
         let attempts = rng.range(2, 6);
         let comp_attempts = rng.range(2, 6);
