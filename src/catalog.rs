@@ -136,6 +136,7 @@ impl Catalog {
                 Kind::Postgres => p.url.is_none().then_some("url"),
                 Kind::Sqlite | Kind::Duckdb | Kind::Fs => p.path.is_none().then_some("path"),
                 Kind::Http => p.base_url.is_none().then_some("base_url"),
+                Kind::Worker => p.queue.is_none().then_some("queue"),
                 Kind::Memory => None,
             };
             if let Some(field) = needs {
@@ -157,6 +158,7 @@ impl Catalog {
                     return Err(ConfigError::Invalid(format!("participant {name:?}: `{key}` {problem}")));
                 }
             }
+            check_worker_keys(name, p, &config.participants).map_err(ConfigError::Invalid)?;
             if p.marker_table() == p.fence_table() {
                 return Err(ConfigError::Invalid(format!(
                     "participant {name:?}: `marker_table` and `fence_table` are both {:?}",
@@ -178,17 +180,19 @@ impl Catalog {
                     "parameter {name:?}: names starting with {OWN_OUTPUT_PREFIX:?} are reserved"
                 )));
             }
-            let returning_kind = matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Http);
+            let returning_kind =
+                matches!(participant.kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Http | Kind::Worker);
             if !action.returns.is_empty() && !returning_kind {
                 return Err(invalid(format!(
                     "returns: a {} participant returns no outputs (SQL participants return a row's columns, HTTP ones \
-                     values of the JSON answer)",
+                     values of the JSON answer, workers the output of their task)",
                     participant.kind.as_str()
                 )));
             }
             if participant.kind == Kind::Http {
                 check_http_outputs(action).map_err(invalid)?;
-            } else if !action.returns.is_empty() && !returns_a_row(&action.forward) {
+            } else if !action.returns.is_empty() && participant.kind != Kind::Worker && !returns_a_row(&action.forward)
+            {
                 return Err(invalid(
                     "returns: the forward operation must be SQL whose (last) statement returns the row".into(),
                 ));
@@ -469,6 +473,15 @@ pub fn bind(action: &ActionConfig, call: &StepCall, direction: Direction) -> Res
                 outputs,
             }
         }
+        OperationConfig::Task { task, args } => {
+            let params = if args.is_empty() {
+                call.params.clone()
+            } else {
+                args.iter().map(|a| Ok((a.clone(), arg(a)?))).collect::<Result<_, String>>()?
+            };
+            let returns = if direction == Direction::Forward { action.returns.clone() } else { BTreeMap::new() };
+            Operation::Task { task: task.clone(), params, returns }
+        }
         OperationConfig::Statements { sql, args, rows } => Operation::Statements(
             sql.iter()
                 .enumerate()
@@ -649,7 +662,8 @@ fn path_params(op: &OperationConfig) -> Vec<String> {
         OperationConfig::Sql { .. }
         | OperationConfig::Statements { .. }
         | OperationConfig::Noop { .. }
-        | OperationConfig::Http { .. } => Vec::new(),
+        | OperationConfig::Http { .. }
+        | OperationConfig::Task { .. } => Vec::new(),
     }
 }
 
@@ -838,6 +852,51 @@ fn fill_path(template: &str, params: &BTreeMap<String, Value>) -> Result<String,
     Ok(out)
 }
 
+/// The keys of a `worker` participant (`queue`, `lease_ms`, `tasks_waiting_max`,
+/// `workers_max`): set on workers only, positive, and no two participants share a queue.
+fn check_worker_keys(
+    name: &str,
+    p: &crate::config::ParticipantConfig,
+    all: &BTreeMap<String, crate::config::ParticipantConfig>,
+) -> Result<(), String> {
+    let keys = [
+        ("queue", p.queue.is_some()),
+        ("lease_ms", p.lease_ms.is_some()),
+        ("tasks_waiting_max", p.tasks_waiting_max.is_some()),
+        ("workers_max", p.workers_max.is_some()),
+    ];
+    if p.kind != Kind::Worker {
+        return match keys.iter().find(|(_, set)| *set) {
+            Some((key, _)) => {
+                Err(format!("participant {name:?} ({}): `{key}` is for worker participants only", p.kind.as_str()))
+            }
+            None => Ok(()),
+        };
+    }
+    let queue = p.queue.as_deref().unwrap_or_default();
+    if queue.is_empty() || queue.len() > 128 || !queue.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Err(format!(
+            "participant {name:?}: `queue` {queue:?} must be 1..=128 printable ASCII bytes without spaces or `/`"
+        ));
+    }
+    for (key, value) in [
+        ("lease_ms", p.lease_ms() as usize),
+        ("tasks_waiting_max", p.tasks_waiting_max()),
+        ("workers_max", p.workers_max()),
+    ] {
+        if value == 0 {
+            return Err(format!("participant {name:?}: `{key}` must be positive"));
+        }
+    }
+    if let Some(other) = all.iter().find(|(n, o)| n.as_str() != name && o.queue.as_deref() == Some(queue)) {
+        return Err(format!(
+            "participants {name:?} and {:?} both serve queue {queue:?}: a queue has one participant",
+            other.0
+        ));
+    }
+    Ok(())
+}
+
 fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, ParamType>) -> Result<(), String> {
     let sql_kind = matches!(kind, Kind::Postgres | Kind::Sqlite | Kind::Duckdb | Kind::Memory);
     let fs_kind = matches!(kind, Kind::Fs | Kind::Memory);
@@ -845,6 +904,14 @@ fn check_operation(op: &OperationConfig, kind: Kind, params: &BTreeMap<String, P
         if params.contains_key(name) { Ok(()) } else { Err(format!("uses undeclared parameter {name:?}")) }
     };
     match op {
+        OperationConfig::Task { task, args } if kind == Kind::Worker => {
+            if task.trim().is_empty() {
+                return Err("`task` is empty".to_owned());
+            }
+            args.iter().try_for_each(declared)
+        }
+        OperationConfig::Task { .. } => Err(format!("a {kind:?} participant cannot run worker tasks")),
+        _ if kind == Kind::Worker => Err("a worker participant runs `task` operations only".to_owned()),
         OperationConfig::Sql { args, .. } if sql_kind => args.iter().try_for_each(declared),
         OperationConfig::Statements { sql, args, rows } if sql_kind => {
             if sql.is_empty() {
@@ -1054,6 +1121,47 @@ mod tests {
         assert_eq!(old.config, new.config);
         assert_eq!((old.config.executor.max_in_flight, old.config.executor.max_steps), (7, 9));
         assert_eq!(old.config.server.max_pending_submits, 3);
+    }
+
+    /// A worker participant needs its queue; its keys belong to workers only; two participants
+    /// cannot share a queue; a worker runs `task` operations only (with `returns` allowed), and
+    /// only a worker runs them; a task's `args` name declared parameters.
+    #[test]
+    fn worker_participants_and_task_actions_are_checked() {
+        let worker = "[participants.w]\nkind = \"worker\"\nqueue = \"scans\"\n";
+        let action = |forward: &str, compensate: &str| {
+            format!(
+                "{worker}[actions.a]\nparticipant = \"w\"\nparams = {{ t = \"text\" }}\nreturns = {{ id = \"text\" }}\n\
+                 forward = {forward}\ncompensate = {compensate}\n"
+            )
+        };
+        let ok = Catalog::parse(&action("{ task = \"run\" }", "{ task = \"undo\", args = [\"output.id\"] }")).unwrap();
+        let call = StepCall {
+            action: "a".into(),
+            params: [("t".to_owned(), Value::Text("x".into()))].into(),
+            from: Default::default(),
+        };
+        let (participant, op) = ok.operation(&call, Direction::Forward).unwrap();
+        assert_eq!(participant, "w");
+        assert!(matches!(op, Operation::Task { ref task, ref params, ref returns }
+            if task == "run" && params.contains_key("t") && returns.contains_key("id")));
+        let cases = [
+            ("[participants.w]\nkind = \"worker\"".to_owned(), "needs `queue`"),
+            ("[participants.x]\nkind = \"sqlite\"\npath = \"a\"\nqueue = \"q\"".to_owned(), "`queue` is for worker participants only"),
+            (format!("{worker}lease_ms = 0"), "`lease_ms` must be positive"),
+            (format!("{worker}[participants.v]\nkind = \"worker\"\nqueue = \"scans\""), "both serve queue \"scans\""),
+            ("[participants.w]\nkind = \"worker\"\nqueue = \"a b\"".to_owned(), "printable ASCII bytes without spaces"),
+            (action("{ sql = \"SELECT 1\" }", "{ task = \"undo\" }"), "runs `task` operations only"),
+            (action("{ task = \"run\" }", "{ task = \"undo\", args = [\"nope\"] }"), "undeclared parameter \"nope\""),
+            (
+                "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\n[actions.a]\nparticipant = \"x\"\nforward = { task = \"t\" }\ncompensate = { noop = true }".to_owned(),
+                "cannot run worker tasks",
+            ),
+        ];
+        for (config, message) in cases {
+            let err = Catalog::parse(&config).unwrap_err().to_string();
+            assert!(err.contains(message), "{config}: {err}");
+        }
     }
 
     #[test]

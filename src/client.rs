@@ -4,7 +4,9 @@
 //! It owns the connection (plain `http://` or TLS `https://` with a CA file), the bearer token
 //! on every call, the conversions between the engine's types and the protobuf messages, and
 //! the one piece of client-side logic the API asks for: a watch that reconnects with the last
-//! seen `version` after a broken stream, with a bounded number of attempts.
+//! seen `version` after a broken stream, with a bounded number of attempts. The `Workers`
+//! calls (`poll`, `complete`, `fail`, `heartbeat`) are here too, for workers written in Rust
+//! (`examples/worker.rs`).
 //!
 //! It never retries a call that changes state (`Submit`, `Cancel`, `Resolve`, ...): a caller
 //! that wants to resubmit relies on the saga id being the idempotency key. Errors keep the
@@ -24,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::api::pb;
 use crate::api::pb::admin_client::AdminClient;
 use crate::api::pb::sagas_client::SagasClient;
+use crate::api::pb::workers_client::WorkersClient;
 pub use crate::api::{status_from_pb, status_to_pb};
 use crate::engine::{SagaDefinition, Status};
 
@@ -210,6 +213,7 @@ pub struct Client {
     url: String,
     sagas: SagasClient<Authed>,
     admin: AdminClient<Authed>,
+    workers: WorkersClient<Authed>,
 }
 
 /// Filter and page size of a `List` call.
@@ -277,7 +281,8 @@ impl Client {
         };
         Ok(Client {
             sagas: SagasClient::with_interceptor(channel.clone(), bearer.clone()),
-            admin: AdminClient::with_interceptor(channel, bearer),
+            admin: AdminClient::with_interceptor(channel.clone(), bearer.clone()),
+            workers: WorkersClient::with_interceptor(channel, bearer),
             url,
         })
     }
@@ -460,6 +465,52 @@ impl Client {
             .map_err(|e| self.call_error(e))?
             .into_inner()
             .participants)
+    }
+
+    /// Every worker queue: workers seen, tasks waiting and in flight, breaker state.
+    pub async fn queues(&self) -> Result<Vec<pb::QueueStatus>, Error> {
+        Ok(self.admin.clone().queues(pb::QueuesRequest {}).await.map_err(|e| self.call_error(e))?.into_inner().queues)
+    }
+
+    /// `Workers.Poll`: up to `max_tasks` tasks of `queue`, waiting up to `wait` for the first.
+    pub async fn poll(
+        &self,
+        queue: &str,
+        worker_id: &str,
+        max_tasks: u32,
+        wait: Duration,
+    ) -> Result<Vec<pb::Task>, Error> {
+        let request = pb::PollRequest {
+            queue: queue.to_owned(),
+            worker_id: worker_id.to_owned(),
+            max_tasks,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        Ok(self.workers.clone().poll(request).await.map_err(|e| self.call_error(e))?.into_inner().tasks)
+    }
+
+    /// `Workers.Complete`: returns once the step's success is durable.
+    pub async fn complete(
+        &self,
+        task_token: &str,
+        output: std::collections::HashMap<String, pb::Value>,
+    ) -> Result<(), Error> {
+        let request = pb::CompleteRequest { task_token: task_token.to_owned(), output };
+        self.workers.clone().complete(request).await.map_err(|e| self.call_error(e))?;
+        Ok(())
+    }
+
+    /// `Workers.Fail`: returns once the failure is durable.
+    pub async fn fail(&self, task_token: &str, error: &str, retryable: bool) -> Result<(), Error> {
+        let request = pb::FailRequest { task_token: task_token.to_owned(), error: error.to_owned(), retryable };
+        self.workers.clone().fail(request).await.map_err(|e| self.call_error(e))?;
+        Ok(())
+    }
+
+    /// `Workers.Heartbeat`: extends the lease; true when the saga was cancelled.
+    pub async fn heartbeat(&self, task_token: &str) -> Result<bool, Error> {
+        let request = pb::HeartbeatRequest { task_token: task_token.to_owned() };
+        Ok(self.workers.clone().heartbeat(request).await.map_err(|e| self.call_error(e))?.into_inner().cancel_requested)
     }
 
     pub async fn stats(&self) -> Result<pb::StatsResponse, Error> {

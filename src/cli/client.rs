@@ -168,6 +168,8 @@ enum AdminCommand {
     },
     /// Every participant: health probe, breaker state, call counts.
     Participants,
+    /// Every worker queue: workers seen, tasks in flight, oldest waiting task, breaker state.
+    Queues,
     /// Sagas by status, step latencies, journal size and position, limits.
     Stats,
     /// Decide a STUCK saga.
@@ -508,6 +510,14 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
                     print!("{}", participants_text(&participants));
                 }
             }
+            AdminCommand::Queues => {
+                let queues = client.queues().await?;
+                if json {
+                    print_json(&serde_json::Value::Array(queues.iter().map(queue_json).collect()))?;
+                } else {
+                    print!("{}", queues_text(&queues));
+                }
+            }
             AdminCommand::Stats => {
                 let stats = client.stats().await?;
                 if json {
@@ -531,6 +541,53 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(EXIT_OK)
     })
+}
+
+fn queue_json(q: &pb::QueueStatus) -> serde_json::Value {
+    serde_json::json!({
+        "queue": q.queue,
+        "participant": q.participant,
+        "lease_ms": q.lease_ms,
+        "workers": q.workers.iter().map(|w| serde_json::json!({"worker_id": w.worker_id, "last_seen_ms_ago": w.last_seen_ms_ago})).collect::<Vec<_>>(),
+        "tasks_waiting": q.tasks_waiting,
+        "tasks_in_flight": q.tasks_in_flight,
+        "oldest_waiting_ms": q.oldest_waiting_ms,
+        "breaker_state": q.breaker_state,
+        "breaker_reason": q.breaker_reason,
+        "polling": q.polling,
+    })
+}
+
+fn queues_text(queues: &[pb::QueueStatus]) -> String {
+    if queues.is_empty() {
+        return "no worker queues (no participant of kind \"worker\")\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            let workers = if q.workers.is_empty() {
+                "none".to_owned()
+            } else {
+                q.workers.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>().join(",")
+            };
+            let oldest = if q.tasks_waiting == 0 { "-".to_owned() } else { format!("{} ms", q.oldest_waiting_ms) };
+            let breaker = if q.breaker_reason.is_empty() || q.breaker_state == "closed" {
+                q.breaker_state.clone()
+            } else {
+                format!("{} ({})", q.breaker_state, q.breaker_reason)
+            };
+            vec![
+                q.queue.clone(),
+                q.participant.clone(),
+                workers,
+                q.tasks_in_flight.to_string(),
+                q.tasks_waiting.to_string(),
+                oldest,
+                breaker,
+            ]
+        })
+        .collect();
+    saga_view::table(&["QUEUE", "PARTICIPANT", "WORKERS", "IN FLIGHT", "WAITING", "OLDEST WAITING", "BREAKER"], &rows)
 }
 
 fn participants_text(participants: &[pb::Participant]) -> String {

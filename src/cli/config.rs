@@ -124,9 +124,13 @@ pub async fn check(path: &Path, text: &str, data_dir: &Path) -> Report {
     // Keys that are set where nothing reads them.
     for (name, p) in &config.participants {
         let ignored: &[(&str, bool)] = &[
-            ("init", !p.init.is_empty() && matches!(p.kind, Kind::Postgres | Kind::Fs | Kind::Memory | Kind::Http)),
+            (
+                "init",
+                !p.init.is_empty()
+                    && matches!(p.kind, Kind::Postgres | Kind::Fs | Kind::Memory | Kind::Http | Kind::Worker),
+            ),
             ("url", p.url.is_some() && p.kind != Kind::Postgres),
-            ("path", p.path.is_some() && matches!(p.kind, Kind::Postgres | Kind::Memory | Kind::Http)),
+            ("path", p.path.is_some() && matches!(p.kind, Kind::Postgres | Kind::Memory | Kind::Http | Kind::Worker)),
         ];
         for (key, set) in ignored {
             if *set {

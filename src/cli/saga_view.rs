@@ -36,6 +36,7 @@ pub fn saga_json(saga: &pb::Saga) -> Json {
         "duration_ms": duration_ms,
         "compensation_reason": opt_text(&saga.compensation_reason),
         "parked_on": opt_text(&saga.parked_on),
+        "parked_reason": opt_text(&saga.parked_reason),
         "recovery_count": saga.recovery_count,
         "archived": saga.archived,
         "steps": steps,
@@ -53,6 +54,7 @@ fn step_json(step: &pb::StepStatus) -> Json {
         "compensate_attempts": step.compensate_attempts,
         "last_error": opt_text(&step.last_error),
         "applied_by_marker": step.applied_by_marker,
+        "worker_id": opt_text(&step.worker_id),
         "started_at": rfc3339_ms(step.started_at_ms),
         "finished_at": rfc3339_ms(step.finished_at_ms),
         "started_at_ms": step.started_at_ms,
@@ -159,7 +161,8 @@ pub fn saga_text(saga: &pb::Saga) -> String {
         field("reason", saga.compensation_reason.clone());
     }
     if !saga.parked_on.is_empty() {
-        field("parked on", format!("{} (its circuit breaker is open)", saga.parked_on));
+        let why = if saga.parked_reason.is_empty() { String::new() } else { format!(": {}", saga.parked_reason) };
+        field("parked on", format!("{} (its circuit breaker is open{why})", saga.parked_on));
     }
     if saga.recovery_count > 0 {
         field("recoveries", saga.recovery_count.to_string());
@@ -180,6 +183,8 @@ pub fn saga_text(saga: &pb::Saga) -> String {
                 format!("{} (marker)", step_state_name(s))
             } else if s.deadline_ms != 0 && s.state == pb::StepState::StepJournaled as i32 {
                 format!("waiting until {}", rfc3339_ms(s.deadline_ms).unwrap_or_default())
+            } else if !s.worker_id.is_empty() {
+                format!("{} (worker {})", step_state_name(s), s.worker_id)
             } else {
                 step_state_name(s).into()
             };
@@ -254,7 +259,8 @@ pub fn progress_lines(before: Option<&pb::Saga>, after: &pb::Saga) -> Vec<String
         }
     }
     if !after.parked_on.is_empty() && before.is_none_or(|b| b.parked_on != after.parked_on) {
-        lines.push(format!("  parked: participant {} has an open circuit breaker; waiting", after.parked_on));
+        let why = if after.parked_reason.is_empty() { String::new() } else { format!(" ({})", after.parked_reason) };
+        lines.push(format!("  parked: participant {} has an open circuit breaker{why}; waiting", after.parked_on));
     }
     if before.is_some_and(|b| !b.parked_on.is_empty()) && after.parked_on.is_empty() {
         lines.push("  unparked: resuming".into());

@@ -44,9 +44,9 @@ impl ParamType {
 /// whose `{name}` placeholders are filled with plain-name parameters.
 ///
 /// Serialized untagged (the fields alone, as a config writes them); deserialized by the key
-/// that names the kind (`sql`, `put`, `delete`, `copy`, `noop`, `http`), so that a mistake is named
-/// ("unknown key `sqll`", "a `put` operation: missing field `contents`") instead of serde's
-/// "did not match any variant". Journaled definitions decode the same way.
+/// that names the kind (`sql`, `put`, `delete`, `copy`, `noop`, `http`, `task`), so that a
+/// mistake is named ("unknown key `sqll`", "a `put` operation: missing field `contents`")
+/// instead of serde's "did not match any variant". Journaled definitions decode the same way.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum OperationConfig {
@@ -98,6 +98,15 @@ pub enum OperationConfig {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         output: BTreeMap<String, String>,
     },
+    /// A task handed to a `worker` participant's queue: `task` names it for the worker,
+    /// `args` the parameters it receives by name (`output.name` for a compensation's own
+    /// forward outputs); left out, every parameter of the step (and, for a compensation, every
+    /// `output.name`). Declared last, so a record journaled before it decodes as before.
+    Task {
+        task: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
+    },
 }
 
 impl<'de> Deserialize<'de> for OperationConfig {
@@ -105,18 +114,19 @@ impl<'de> Deserialize<'de> for OperationConfig {
         use serde::de::Error as _;
         use serde_json::Value as J;
         let map = serde_json::Map::<String, J>::deserialize(d)?;
-        let kinds: [(&str, &[&str]); 6] = [
+        let kinds: [(&str, &[&str]); 7] = [
             ("sql", &["sql", "args", "rows"]),
             ("put", &["put", "contents"]),
             ("delete", &["delete"]),
             ("copy", &["copy", "to"]),
             ("noop", &["noop"]),
             ("http", &["http", "json", "output"]),
+            ("task", &["task", "args"]),
         ];
         let found = || map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         let Some((kind, allowed)) = kinds.iter().find(|(kind, _)| map.contains_key(*kind)) else {
             return Err(D::Error::custom(format!(
-                "an operation needs one of `sql`, `put`, `delete`, `copy`, `noop` or `http`; found {}",
+                "an operation needs one of `sql`, `put`, `delete`, `copy`, `noop`, `http` or `task`; found {}",
                 if map.is_empty() { "no key".to_owned() } else { found() }
             )));
         };
@@ -169,6 +179,12 @@ impl<'de> Deserialize<'de> for OperationConfig {
             #[serde(default)]
             output: BTreeMap<String, String>,
         }
+        #[derive(Deserialize)]
+        struct Task {
+            task: String,
+            #[serde(default)]
+            args: Vec<String>,
+        }
         let value = J::Object(map);
         Ok(match *kind {
             "sql" if value["sql"].is_array() => {
@@ -193,6 +209,10 @@ impl<'de> Deserialize<'de> for OperationConfig {
             "http" => {
                 let Http { http, json, output } = serde_json::from_value(value).map_err(invalid)?;
                 OperationConfig::Http { http, json, output }
+            }
+            "task" => {
+                let Task { task, args } = serde_json::from_value(value).map_err(invalid)?;
+                OperationConfig::Task { task, args }
             }
             _ => OperationConfig::Noop { noop: serde_json::from_value::<Noop>(value).map_err(invalid)?.noop },
         })

@@ -49,6 +49,24 @@ pub struct ParticipantConfig {
     /// healthy); without it the probe only opens a TCP connection to the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The task queue a `worker` participant hands its steps to (required for `worker`, and
+    /// for `worker` only; unique across participants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// How long a worker holds a task it polled without completing or heartbeating it; then
+    /// the attempt fails (retryable) and the task is handed out again (`worker` only; default
+    /// 30000). A queue no worker has polled for three leases opens the participant's breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// The most tasks of a `worker` queue waiting for a worker at once; one more fails its
+    /// attempt (retryable) naming this key (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_waiting_max: Option<usize>,
+    /// The most worker ids a `worker` queue keeps track of; a poll from one more answers
+    /// RESOURCE_EXHAUSTED naming this key (default 1000). A worker unseen for three leases is
+    /// forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_max: Option<usize>,
 }
 
 fn default_pool_size() -> usize {
@@ -61,6 +79,12 @@ pub const MARKER_TABLE_DEFAULT: &str = "sagalog_markers";
 pub const FENCE_TABLE_DEFAULT: &str = "sagalog_fences";
 /// The default per-request timeout of an `http` participant.
 pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// A worker queue's default lease (`lease_ms`).
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
+/// A worker queue's default `tasks_waiting_max`.
+pub const TASKS_WAITING_MAX_DEFAULT: usize = 10_000;
+/// A worker queue's default `workers_max`.
+pub const WORKERS_MAX_DEFAULT: usize = 1000;
 
 impl ParticipantConfig {
     /// The marker table this participant uses.
@@ -76,6 +100,21 @@ impl ParticipantConfig {
     /// The per-request timeout of an `http` participant.
     pub fn http_timeout_ms(&self) -> u64 {
         self.timeout_ms.unwrap_or(HTTP_TIMEOUT_MS_DEFAULT)
+    }
+
+    /// A worker participant's lease in milliseconds.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms.unwrap_or(LEASE_MS_DEFAULT)
+    }
+
+    /// A worker participant's `tasks_waiting_max`.
+    pub fn tasks_waiting_max(&self) -> usize {
+        self.tasks_waiting_max.unwrap_or(TASKS_WAITING_MAX_DEFAULT)
+    }
+
+    /// A worker participant's `workers_max`.
+    pub fn workers_max(&self) -> usize {
+        self.workers_max.unwrap_or(WORKERS_MAX_DEFAULT)
     }
 }
 
@@ -107,6 +146,10 @@ pub enum Kind {
     /// An HTTP service: no local transaction and no marker; each request carries an
     /// `Idempotency-Key` the receiver deduplicates by (at-least-once).
     Http,
+    /// A task queue served by the user's own worker processes over the `Workers` API. Keeps
+    /// no markers: effects are at-least-once, deduplicated by the worker with the step's
+    /// idempotency key.
+    Worker,
 }
 
 impl Kind {
@@ -119,6 +162,7 @@ impl Kind {
             Kind::Fs => "fs",
             Kind::Memory => "memory",
             Kind::Http => "http",
+            Kind::Worker => "worker",
         }
     }
 }

@@ -15,7 +15,7 @@
 //! [[server.tokens]]
 //! name = "orders-service"         # shows up in logs and as the default operator name
 //! token = "a-long-random-secret"  # at least 16 characters
-//! role = "client"                 # "client": Sagas; "admin": Sagas + Admin
+//! role = "client"                 # "client": Sagas; "worker": Workers; "admin": all three
 //!
 //! [server.tls]                    # optional: serve gRPC over TLS (rustls)
 //! cert = "tls/server.pem"         # PEM certificate chain, relative to the data directory
@@ -37,8 +37,10 @@ pub const TOKEN_CHARS_MIN: usize = 16;
 pub enum Role {
     /// The `Sagas` service.
     Client,
-    /// `Sagas` and `Admin`.
+    /// `Sagas`, `Admin` and `Workers`.
     Admin,
+    /// The `Workers` service only: the processes that run worker steps.
+    Worker,
 }
 
 impl Role {
@@ -46,7 +48,14 @@ impl Role {
         match self {
             Role::Client => "client",
             Role::Admin => "admin",
+            Role::Worker => "worker",
         }
+    }
+
+    /// Whether a caller with this role may call a service that needs `needs`: `admin` may
+    /// call every service, the other roles their own.
+    pub fn may_call(self, needs: Role) -> bool {
+        self == Role::Admin || self == needs
     }
 }
 

@@ -4,7 +4,26 @@
 //! under its timeout, and the outcome journaled.
 //!
 //! Owns the mapping from a call's result to the journaled outcome (retryable, permanent,
-//! maybe applied) and what the breaker is told about it.
+//! maybe applied) and what the breaker is told about it. A permanent failure is maybe applied
+//! when the participant's error says so ([`Error::maybe_applied`]): an `http` participant sets
+//! it after an attempt that may have been sent, so the step stays uncertain (re-sent, counted
+//! against the compensation budget, STUCK for an operator), never skipped. The same attempt
+//! also serves as the one re-send of an in-doubt step of a participant without markers
+//! ([`Check::Resend`], from `in_doubt.rs`): journaled as the step's next attempt, with the
+//! same idempotency key; during compensation, a permanent failure the receiver answers for a
+//! forward step without `maybe_applied` (a `worker`'s `Fail { retryable: false }`) is its
+//! verdict "not applied" (it deduplicates by the key, so an applied key would have answered
+//! success), and the step is skipped. A retryable error's `Retry-After` hint
+//! ([`Error::retry_after_ms`]) is the least back-off before the next attempt.
+//!
+//! [`Error::maybe_applied`]: crate::participant::Error::maybe_applied
+//! [`Error::retry_after_ms`]: crate::participant::Error::retry_after_ms
+//!
+//! Before each attempt is journaled, the participant is asked whether it can serve a call now
+//! ([`Participant::ready`]); one that cannot (a worker queue nobody polls) opens its breaker at
+//! once with the reason, so the saga parks without spending an attempt.
+//!
+//! [`Participant::ready`]: crate::participant::Participant::ready
 //!
 //! Never does: call the participant before its `StepStarted` is durable, decide whether to
 //! retry (`Saga::next` does, from the journaled outcome), or hold a std `Mutex` across an
@@ -14,10 +33,10 @@ use std::time::Duration;
 
 use super::breaker::Admission;
 use super::handle::now_ms;
-use super::task::SagaTask;
+use super::task::{Check, SagaTask};
 use crate::catalog::RetryConfig;
-use crate::engine::Record;
 use crate::engine::record::{Failed, Started, Succeeded};
+use crate::engine::{Record, Status};
 use crate::journal;
 use crate::participant::{Applied, Direction};
 
@@ -44,6 +63,19 @@ impl SagaTask {
         direction: Direction,
         attempt: u32,
         after_failure: bool,
+    ) -> Result<(), journal::Error> {
+        self.run_attempt(step, direction, attempt, after_failure, Check::Planned).await
+    }
+
+    /// One attempt; `check` is [`Check::Planned`] for a step `Saga::next` says to run, and
+    /// [`Check::Resend`] for the re-send of an in-doubt step of a participant without markers.
+    pub(super) async fn run_attempt(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        attempt: u32,
+        after_failure: bool,
+        check: Check,
     ) -> Result<(), journal::Error> {
         let saga = self.saga.id.clone();
         if self.saga.steps.get(step as usize).is_none() {
@@ -74,11 +106,6 @@ impl SagaTask {
                 return Ok(()); // a cancel or resolution arrived: re-plan
             }
         }
-        // A participant without markers cannot say whether an earlier attempt that may have
-        // been sent applied: a permanent failure now does not clear that doubt (see the
-        // participant contract, "Participants without markers").
-        let earlier_doubt =
-            !participant.has_markers() && self.saga.steps[step as usize].progress_of(direction).uncertain();
         if !self.wait_for_breaker(&participant_name).await? {
             return Ok(());
         }
@@ -92,17 +119,30 @@ impl SagaTask {
             deadline_ms: None,
         });
         // Not admitted once a drain has begun, or if a control record changed the plan.
-        let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started).await? else { return Ok(()) };
+        let Some(mut in_flight) = self.journal_start(&exec.inner.drain, started, check).await? else { return Ok(()) };
         tracing::debug!(saga_id = %saga, step, direction = direction.as_str(), attempt, participant = %participant_name, "step started (journaled)");
         let key = self.key(step, direction);
         let began = std::time::Instant::now();
+        // A forward re-send during compensation asks the receiver about the key: a permanent
+        // failure that does not say it may have applied ([`Error::maybe_applied`]) is its
+        // verdict that it holds no effect for it (see the module docs).
+        let verdict = check == Check::Resend
+            && direction == Direction::Forward
+            && matches!(self.saga.status(), Status::Compensating | Status::Stuck);
         // The attempt number lets the participant refuse an attempt that a fencing lookup
         // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
         let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
             Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
+            Ok(Err(e)) if verdict && !e.is_retryable() && !e.maybe_applied => Attempt::Failed {
+                error: format!("not applied: the receiver refused the step's idempotency key: {e}"),
+                retryable: true,
+                maybe_applied: false,
+            },
             Ok(Err(e)) => {
                 self.retry_after = e.retry_after_ms.map(Duration::from_millis);
-                let maybe_applied = e.is_retryable() || e.maybe_applied || earlier_doubt;
+                // The participant's error says whether a permanent failure may have applied
+                // (an `http` step after an attempt that may have been sent keeps its doubt).
+                let maybe_applied = e.is_retryable() || e.maybe_applied;
                 Attempt::Failed { error: e.to_string(), retryable: e.is_retryable(), maybe_applied }
             }
             Err(_) => Attempt::Failed {
@@ -129,7 +169,7 @@ impl SagaTask {
                 Record::StepFailed(Failed { saga, step, direction, attempt, error, retryable, maybe_applied, at_ms })
             }
         };
-        self.journal_outcome(record).await?;
+        self.journal_answer(record, participant, key, attempt).await?;
         if exec.draining() {
             // A drain waits for this outcome; the drive loop would settle it next anyway.
             self.settle().await?;
@@ -162,14 +202,27 @@ impl SagaTask {
         loop {
             match breaker.allow(tokio::time::Instant::now()) {
                 Admission::Probe => {
-                    let healthy = match exec.inner.participants.get(participant) {
-                        Some(p) => matches!(tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await, Ok(Ok(()))),
-                        None => false,
+                    let error = match exec.inner.participants.get(participant) {
+                        Some(p) => match tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.message),
+                            Err(_) => Some(format!("health probe timed out after {} s", PROBE_TIMEOUT.as_secs())),
+                        },
+                        None => Some("participant is not configured".to_owned()),
                     };
-                    tracing::info!(participant, healthy, "circuit breaker health probe");
-                    breaker.record_probe(healthy, tokio::time::Instant::now());
+                    tracing::info!(participant, healthy = error.is_none(), "circuit breaker health probe");
+                    breaker.record_probe_error(error, tokio::time::Instant::now());
+                    if self.parked_on.is_some() {
+                        self.publish(); // the reason may have changed
+                    }
                 }
                 Admission::Go => {
+                    let unready = exec.inner.participants.get(participant).and_then(|p| p.ready().err());
+                    if let Some(reason) = unready {
+                        tracing::warn!(participant, reason = %reason.message, "participant cannot serve calls now: breaker opened");
+                        breaker.trip(tokio::time::Instant::now(), reason.message);
+                        continue;
+                    }
                     if self.parked_on.is_some() && !spread {
                         spread = true;
                         let version = self.saga.version;

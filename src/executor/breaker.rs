@@ -67,11 +67,48 @@ impl BreakerState {
 pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<BreakerState>,
+    /// Why the breaker is open, when a participant said so ([`Breaker::trip`], a failed
+    /// probe); cleared when it closes.
+    reason: Mutex<Option<String>>,
 }
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Breaker {
-        Breaker { config, state: Mutex::new(BreakerState::Closed { consecutive_failures: 0 }) }
+        Breaker {
+            config,
+            state: Mutex::new(BreakerState::Closed { consecutive_failures: 0 }),
+            reason: Mutex::new(None),
+        }
+    }
+
+    /// Why the breaker is open, if a participant said so.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_reason(&self, reason: Option<String>) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Opens a closed breaker at once, with the reason: the participant said it cannot serve a
+    /// call now (`Participant::ready`), so no attempt is spent finding out. The usual
+    /// cool-down and probes close it again.
+    pub fn trip(&self, now: Instant, reason: String) {
+        let mut state = self.lock();
+        if let BreakerState::Closed { .. } = *state {
+            *state = BreakerState::Open { until: now + self.config.cooldown };
+        }
+        drop(state);
+        self.set_reason(Some(reason));
+    }
+
+    /// [`Breaker::record_probe`] with the failed probe's error as the reason.
+    pub fn record_probe_error(&self, error: Option<String>, now: Instant) {
+        let healthy = error.is_none();
+        if let Some(reason) = error {
+            self.set_reason(Some(reason));
+        }
+        self.record_probe(healthy, now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
@@ -109,6 +146,7 @@ impl Breaker {
             BreakerState::Open { until: now + self.config.cooldown }
         } else if successes + 1 >= self.config.successes_to_close {
             tracing::info!("circuit breaker closed: health probes succeeded");
+            self.set_reason(None);
             BreakerState::Closed { consecutive_failures: 0 }
         } else {
             BreakerState::HalfOpen { successes: successes + 1, probing: false }
@@ -140,6 +178,7 @@ impl Breaker {
     /// An operator's reset: closed, failure count cleared.
     pub fn reset(&self) {
         *self.lock() = BreakerState::Closed { consecutive_failures: 0 };
+        self.set_reason(None);
     }
 }
 

@@ -23,7 +23,7 @@
 use std::time::Duration;
 
 use super::handle::now_ms;
-use super::task::SagaTask;
+use super::task::{Check, SagaTask};
 use crate::engine::record::{Started, Succeeded};
 use crate::engine::{Next, Record};
 use crate::journal;
@@ -62,7 +62,9 @@ impl SagaTask {
         let exec = self.exec.clone();
         // Admitted like a participant call, so that no step starts after a drain returned; no
         // participant is called, so the admission ends once the start is journaled.
-        let Some(admitted) = self.journal_start(&exec.inner.drain, Record::StepStarted(started)).await? else {
+        let Some(admitted) =
+            self.journal_start(&exec.inner.drain, Record::StepStarted(started), Check::Planned).await?
+        else {
             return Ok(());
         };
         drop(admitted);

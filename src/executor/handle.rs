@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub status: Status,
     /// The participant whose open breaker this saga is waiting on.
     pub parked_on: Option<String>,
+    /// Why that breaker is open, when the participant said so (e.g. "no worker polling queue
+    /// scans").
+    pub parked_reason: Option<String>,
 }
 
 /// The answer to a submit.
@@ -166,6 +169,7 @@ impl Executor {
             }),
             status: Status::Pending,
             parked_on: None,
+            parked_reason: None,
         };
         let registry = &self.inner.registry;
         if let Some(outcome) = registry.reserve(
@@ -248,7 +252,7 @@ impl Executor {
         if saga.is_finished() && self.inner.registry.archive(&saga) {
             return;
         }
-        let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None };
+        let snapshot = Snapshot { status: saga.status(), saga: saga.clone(), parked_on: None, parked_reason: None };
         if saga.is_finished() {
             self.inner.registry.register(snapshot, first_lsn, reserved, None);
             return;
@@ -373,7 +377,15 @@ impl Executor {
     /// reverse order.
     pub async fn cancel(&self, id: &str) -> Result<(), Error> {
         let record = Record::CancelRequested(CancelRequested { saga: id.to_owned(), at_ms: now_ms() });
-        self.control(id, record, |s| (!s.is_terminal()).then_some(())).await
+        self.control(id, record, |s| (!s.is_terminal()).then_some(())).await?;
+        self.inner.registry.note_cancel(id);
+        Ok(())
+    }
+
+    /// Whether a cancel of the saga is journaled (durable), also while its task still waits on
+    /// a participant call and has not published it (a worker's `Heartbeat` asks).
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        self.inner.registry.cancel_requested(id)
     }
 
     /// An operator's decision for a STUCK saga (gRPC `Admin.Resolve`). Not to be confused with
@@ -420,6 +432,11 @@ impl Executor {
         };
         queued.durable().await?;
         Ok(())
+    }
+
+    /// Why a participant's breaker is open, when the participant said so.
+    pub fn breaker_reason(&self, participant: &str) -> Option<String> {
+        self.inner.breakers.get(participant).and_then(Breaker::reason)
     }
 
     /// Circuit breaker state per participant (for status APIs).

@@ -12,23 +12,26 @@
 //!
 //! [`Participant::settle_marker`]: crate::participant::Participant::settle_marker
 //!
-//! A participant without markers (`http`, [`Participant::has_markers`]) has nothing to look
-//! up: its in-doubt step is settled by sending it again, as a new journaled attempt with the
-//! same idempotency key, and the receiver's answer settles it (the participant contract,
-//! "Participants without markers"). That also holds when the saga compensates: a forward step
-//! that may have been sent is re-sent, then compensated with that answer's outputs; it is
-//! never skipped.
+//! A participant **without markers** ([`Participant::has_markers`] false: `http`, `worker`,
+//! whose effects live in another system) has nothing to look up. Its in-doubt step is never
+//! settled as "absent": it is sent again, as the step's next journaled attempt with the same
+//! idempotency key (the receiver deduplicates by it), and the receiver's answer settles it
+//! ([`SagaTask::resend_in_doubt`], the one re-send path: the attempt in `attempt.rs`, checked
+//! as [`Check::Resend`]; the participant contract, "Participants without markers"). That also
+//! holds when the saga compensates: a forward step that may have been sent is re-sent, then
+//! compensated with that answer's outputs; it is never skipped while it may have applied.
+//! While it goes unanswered the step stays uncertain.
 //!
 //! [`Participant::has_markers`]: crate::participant::Participant::has_markers
 //!
-//! Never does: re-run a step of a participant with markers to find out (that could apply it
-//! twice), or record a commit or an absence the marker did not show: an unreachable
-//! participant is asked again. Not to be confused with an operator's `resolve` of a STUCK
-//! saga, which arrives as a journaled `Resolved` record.
+//! Never does: re-run a step *that keeps markers* to find out (that could apply it twice), or
+//! record a commit or an absence the marker did not show: an unreachable participant is asked
+//! again. Not to be confused with an operator's `resolve` of a STUCK saga, which arrives as a
+//! journaled `Resolved` record.
 
 use super::attempt::jittered;
 use super::handle::now_ms;
-use super::task::SagaTask;
+use super::task::{Check, SagaTask};
 use crate::engine::Record;
 use crate::engine::record::{Failed, Succeeded};
 use crate::journal;
@@ -50,7 +53,7 @@ impl SagaTask {
             }
         };
         if !participant.has_markers() {
-            return self.resend(step, direction, &name).await;
+            return self.resend_in_doubt(step, direction, &name).await;
         }
         let (retry, timeout) = self.retry_config(step, direction);
         let key = self.key(step, direction);
@@ -121,14 +124,24 @@ impl SagaTask {
         }
     }
 
-    /// Settles an uncertain step of a participant without markers by sending it again with
-    /// its idempotency key, as its next attempt (journaled first, like any attempt): at once
-    /// after a crash left it in flight, after the back-off when its last attempt failed.
-    async fn resend(&mut self, step: u32, direction: Direction, participant: &str) -> Result<(), journal::Error> {
+    /// Settles an in-doubt step of a participant without markers (`http`, `worker`) by sending
+    /// it again: the step's next attempt, journaled (`StepStarted`) before it is sent, with the
+    /// same idempotency key. After an interrupted attempt (a crash) it goes at once; after a
+    /// failure that may have applied it, after the usual back-off (and at least the receiver's
+    /// `Retry-After`). Its outcome is journaled like any attempt's: a success settles the step
+    /// as applied (with its outputs), a retryable failure leaves it uncertain (sent again
+    /// later: it never reads as "not applied"); a permanent one is decided by the participant's
+    /// error ([`crate::participant::Error::maybe_applied`], see `attempt.rs`).
+    pub(super) async fn resend_in_doubt(
+        &mut self,
+        step: u32,
+        direction: Direction,
+        participant: &str,
+    ) -> Result<(), journal::Error> {
         let progress = self.saga.steps[step as usize].progress_of(direction);
         let (attempt, after_failure) = (progress.total_attempts + 1, !progress.in_flight);
         tracing::info!(saga_id = %self.saga.id, step, direction = direction.as_str(), attempt, participant,
-            "uncertain step of a participant without markers: re-sent with its idempotency key");
-        self.run_step(step, direction, attempt, after_failure).await
+            "in-doubt step of a participant without markers: re-sent with its idempotency key");
+        self.run_attempt(step, direction, attempt, after_failure, Check::Resend).await
     }
 }

@@ -34,6 +34,10 @@ pub(super) struct Entry {
     pub(super) control: Option<Gate>,
     /// The checkpoint asked the task for a snapshot that has not landed yet: not asked again.
     pub(super) snapshot_asked: bool,
+    /// A cancel was journaled (durable) through the API. Known here at once, while the task may
+    /// still be waiting on a participant call and publish it only afterwards (a worker's
+    /// heartbeat asks).
+    pub(super) cancel_journaled: bool,
 }
 
 #[derive(Default)]
@@ -142,6 +146,7 @@ impl Registry {
                 reserved: true,
                 control: None,
                 snapshot_asked: false,
+                cancel_journaled: false,
             };
             map.entries.insert(id.to_owned(), entry);
             return Ok(None);
@@ -182,6 +187,7 @@ impl Registry {
             reserved,
             control: None,
             snapshot_asked: false,
+            cancel_journaled: false,
         });
         entry.reserved = reserved;
         entry.first_lsn = first_lsn;
@@ -238,6 +244,19 @@ impl Registry {
     }
 
     /// The saga's published status and its task's gate (`None` if its task has ended).
+    /// Notes that a cancel of `id` is durable.
+    pub(super) fn note_cancel(&self, id: &str) {
+        if let Some(entry) = self.lock().entries.get_mut(id) {
+            entry.cancel_journaled = true;
+        }
+    }
+
+    /// Whether a cancel of `id` is journaled: noted by the API, or in the published state
+    /// (recovery replayed one).
+    pub(super) fn cancel_requested(&self, id: &str) -> bool {
+        self.lock().entries.get(id).is_some_and(|e| e.cancel_journaled || e.view.borrow().saga.cancel_requested)
+    }
+
     pub(super) fn control_target(&self, id: &str) -> Option<(Status, Option<Gate>)> {
         self.lock().entries.get(id).map(|e| (e.view.borrow().status, e.control.clone()))
     }
@@ -366,7 +385,7 @@ mod tests {
             actions: Default::default(),
             scope: None,
         };
-        Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None }
+        Snapshot { saga: Saga::submitted(&submitted), status: Status::Pending, parked_on: None, parked_reason: None }
     }
 
     /// Trust item 7: the checkpoint LSN is read under the registry lock, so a submit cannot

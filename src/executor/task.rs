@@ -74,9 +74,25 @@ pub(super) struct SagaTask {
     /// The checkpoint asked for a snapshot ([`Control::Snapshot`]); taken at the next idle
     /// point ([`SagaTask::pause`], a STUCK wait).
     snapshot_wanted: bool,
+    /// The participant whose outcome is [`SagaTask::queued`], told once it is durable
+    /// ([`Participant::outcome_durable`]: a worker's `Complete` answers then).
+    unacked: Option<(Arc<dyn Participant>, StepKey, u32)>,
     /// The least wait before the next attempt that the last failed one was told (an HTTP
     /// `Retry-After`); not journaled: a hint, lost with a crash.
     pub(super) retry_after: Option<std::time::Duration>,
+}
+
+/// What [`SagaTask::append`] checks before journaling a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// A fact: always journaled.
+    Fact,
+    /// A decision (`StepStarted`, `SagaFinished`, a delay step's `StepSucceeded`): only while
+    /// `Saga::next` still says so.
+    Planned,
+    /// The `StepStarted` that sends an in-doubt step of a participant without markers again:
+    /// only while `Saga::next` still says to settle that step (`in_doubt.rs`).
+    Resend,
 }
 
 impl SagaTask {
@@ -98,6 +114,7 @@ impl SagaTask {
             holds_slot: true,
             queued: None,
             snapshot_wanted: false,
+            unacked: None,
             retry_after: None,
         }
     }
@@ -315,13 +332,20 @@ impl SagaTask {
             return; // see `journal_outcome`; `settle` publishes
         }
         let status = self.saga.status();
-        self.view.send_replace(Snapshot { saga: self.saga.clone(), status, parked_on: self.parked_on.clone() });
+        let parked_reason = self.parked_on.as_ref().and_then(|p| self.exec.inner.breakers.get(p)?.reason());
+        self.view.send_replace(Snapshot {
+            saga: self.saga.clone(),
+            status,
+            parked_on: self.parked_on.clone(),
+            parked_reason,
+        });
     }
 
     /// Under the saga's gate: applies the control records journaled before this point, then,
-    /// unless `planned` is set and they made `record` stale (see [`SagaTask::planned`]), hands
-    /// `record` to the journal writer and applies it. `None`: not journaled, re-plan.
-    async fn append(&mut self, record: &Record, planned: bool) -> Result<Option<journal::Queued>, journal::Error> {
+    /// unless `check` finds that they made `record` stale (see [`SagaTask::planned`],
+    /// [`SagaTask::resend_planned`]), hands `record` to the journal writer and applies it.
+    /// `None`: not journaled, re-plan.
+    async fn append(&mut self, record: &Record, check: Check) -> Result<Option<journal::Queued>, journal::Error> {
         let gate = Arc::clone(&self.gate);
         let mut gate = gate.lock().await;
         // Not published here: `record`, queued after them, is durable only once they are.
@@ -331,7 +355,12 @@ impl SagaTask {
                 Control::Snapshot => self.snapshot_wanted = true,
             }
         }
-        if planned && !self.planned(record) {
+        let stale = match check {
+            Check::Fact => false,
+            Check::Planned => !self.planned(record),
+            Check::Resend => !self.resend_planned(record),
+        };
+        if stale {
             gate.status = self.saga.status();
             return Ok(None);
         }
@@ -355,15 +384,29 @@ impl SagaTask {
             (Record::StepStarted(r), Next::Run { step, direction, attempt, .. }) => {
                 (r.step, r.direction, r.attempt) == (step, direction, attempt)
             }
-            // An in-doubt step of a participant without markers is settled by re-sending it
-            // (`in_doubt.rs`): its next attempt.
-            (Record::StepStarted(r), Next::Resolve { step, direction }) => {
-                let next = self.saga.steps.get(step as usize).map(|s| s.progress_of(direction).total_attempts + 1);
-                (r.step, r.direction, Some(r.attempt)) == (step, direction, next)
-            }
             (Record::SagaFinished(r), Next::Finish(outcome)) => r.outcome == outcome,
             (Record::StepStarted(_) | Record::SagaFinished(_), _) => false,
             _ => true,
+        }
+    }
+
+    /// Whether `record` is the `StepStarted` of a re-send `Saga::next` still asks for: the step
+    /// is still to be settled, as the next attempt.
+    fn resend_planned(&self, record: &Record) -> bool {
+        match (record, self.saga.next()) {
+            (Record::StepStarted(r), Next::Resolve { step, direction }) => {
+                let next_attempt =
+                    self.saga.steps.get(step as usize).map(|s| s.progress_of(direction).total_attempts + 1);
+                (r.step, r.direction, Some(r.attempt)) == (step, direction, next_attempt)
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells the participant of the last queued outcome that it is durable now.
+    fn ack_outcome(&mut self) {
+        if let Some((participant, key, attempt)) = self.unacked.take() {
+            participant.outcome_durable(&key, attempt);
         }
     }
 
@@ -372,13 +415,15 @@ impl SagaTask {
         queued.durable().await?;
         self.queued = None;
         self.publish();
+        // After the publish: a worker whose `Complete` returns sees its outcome in `Get`.
+        self.ack_outcome();
         Ok(())
     }
 
     /// Journals `record` (a fact: always journaled), waits until it and any queued outcome
     /// before it are durable, and publishes the state.
     pub(super) async fn journal(&mut self, record: Record) -> Result<(), journal::Error> {
-        if let Some(queued) = self.append(&record, false).await? {
+        if let Some(queued) = self.append(&record, Check::Fact).await? {
             self.durable(queued).await?;
         }
         Ok(())
@@ -387,7 +432,13 @@ impl SagaTask {
     /// [`SagaTask::journal`] for a decision: false (nothing journaled) if a control record
     /// journaled before it made it stale.
     pub(super) async fn journal_if_planned(&mut self, record: Record) -> Result<bool, journal::Error> {
-        match self.append(&record, true).await? {
+        self.journal_checked(record, Check::Planned).await
+    }
+
+    /// Journals `record` unless `check` finds it stale (false, nothing journaled); waits until
+    /// it is durable.
+    pub(super) async fn journal_checked(&mut self, record: Record, check: Check) -> Result<bool, journal::Error> {
+        match self.append(&record, check).await? {
             Some(queued) => self.durable(queued).await.map(|()| true),
             None => Ok(false),
         }
@@ -400,9 +451,10 @@ impl SagaTask {
         &mut self,
         drain: &'d Drain,
         started: Record,
+        check: Check,
     ) -> Result<Option<CallInFlight<'d>>, journal::Error> {
         let Some(call) = drain.admit() else { return Ok(None) };
-        Ok(self.journal_if_planned(started).await?.then_some(call))
+        Ok(self.journal_checked(started, check).await?.then_some(call))
     }
 
     /// Journals a step's outcome without waiting for the sync: the saga's next record
@@ -410,9 +462,23 @@ impl SagaTask {
     /// `fdatasync`. Applied to the state now (so `next` can plan) but published only once
     /// durable: nobody outside sees an outcome a crash could take back.
     pub(super) async fn journal_outcome(&mut self, record: Record) -> Result<(), journal::Error> {
-        if let Some(queued) = self.append(&record, false).await? {
+        if let Some(queued) = self.append(&record, Check::Fact).await? {
             self.queued = Some(queued);
         }
+        Ok(())
+    }
+
+    /// [`SagaTask::journal_outcome`] of a participant's answer: the participant is told once it
+    /// is durable ([`Participant::outcome_durable`]).
+    pub(super) async fn journal_answer(
+        &mut self,
+        record: Record,
+        participant: Arc<dyn Participant>,
+        key: StepKey,
+        attempt: u32,
+    ) -> Result<(), journal::Error> {
+        self.journal_outcome(record).await?;
+        self.unacked = Some((participant, key, attempt));
         Ok(())
     }
 
@@ -421,6 +487,7 @@ impl SagaTask {
         if let Some(queued) = self.queued.take() {
             queued.durable().await?;
             self.publish();
+            self.ack_outcome();
         }
         Ok(())
     }

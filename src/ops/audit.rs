@@ -18,8 +18,8 @@
 //! completed saga and be gone otherwise), which finds an effect without a marker, and so are
 //! the leftovers of interrupted file writes: temporary files (`*.sagalog-tmp-*`) and intents
 //! not yet turned into markers, each named by its path. Unfinished sagas are left to recovery
-//! (`sagalog replay --dry-run`). A participant without markers (`http`) has nothing to compare:
-//! it is named in a note and skipped.
+//! (`sagalog replay --dry-run`). A participant without markers (`http`, `worker`) has nothing
+//! to compare: it is named in a note and skipped.
 //!
 //! Never does: write. The data directory is held under its shared lock, participants are
 //! opened read-only, and the index (sled has no read-only mode) is read from a copy.
@@ -490,13 +490,13 @@ async fn read_markers(
     // Markers older than the retention belong to sagas the index has purged.
     let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
     for (name, p) in participants {
-        // Nothing to compare: skipped like an unreadable participant, with a note, not a
-        // finding.
+        // Nothing to compare: its steps are left out, like an unreadable participant's, with a
+        // note, not a finding.
         if !p.has_markers() {
             unreadable.insert(name.clone());
             report.notes.push(format!(
                 "participant {name} ({}) keeps no markers: its steps are at-least-once, deduplicated by the \
-                 receiver's Idempotency-Key; nothing to compare",
+                 receiver's idempotency key; not checked",
                 p.kind().as_str()
             ));
             continue;

@@ -5,10 +5,10 @@
 //! recovery does next; a `Resolve` (an in-doubt step) is answered by the step's participant
 //! marker, looked up read-only, exactly as the executor would journal it; a `Run` is assumed
 //! to succeed (a failure cannot be foreseen: it would switch a forward saga to compensation).
-//! A participant without markers (`http`) is never asked: its in-doubt step is planned as a
-//! re-send with its idempotency key, assumed to succeed like a run. A `Wait` (a delay step in
-//! flight) waits until the deadline its `StepStarted` journaled, then succeeds, and asks no
-//! participant.
+//! A participant without markers (`http`, `worker`) is never asked: its in-doubt step is
+//! planned as a re-send with its idempotency key, assumed to succeed like a run. A `Wait` (a
+//! delay step in flight) waits until the deadline its `StepStarted` journaled, then succeeds,
+//! and asks no participant.
 //! Marker lookups are batched per participant, one round per resolve depth, so a log with
 //! many in-doubt steps costs one pass per participant rather than one call per step.
 //!
@@ -59,7 +59,7 @@ pub enum MarkerAnswer {
     Unknown {
         error: String,
     },
-    /// The participant keeps no markers (`http`): recovery re-sends the step with its
+    /// The participant keeps no markers (`http`, `worker`): recovery re-sends the step with its
     /// idempotency key instead of looking anything up.
     NoMarkers,
 }

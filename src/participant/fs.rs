@@ -214,6 +214,9 @@ impl Fs {
             Operation::Sql { .. } | Operation::Statements(_) => {
                 return Err(Error::permanent(name, "fs participant cannot run a SQL statement"));
             }
+            Operation::Task { .. } => {
+                return Err(Error::permanent(name, "fs participant cannot run a worker task"));
+            }
             Operation::Http { .. } => {
                 return Err(Error::permanent(name, "fs participant cannot send an HTTP request"));
             }

@@ -365,25 +365,36 @@ impl Participant for Http {
 
     /// Sends the request (every attempt with the same `Idempotency-Key`). The answer cannot
     /// say whether the receiver deduplicated it, so a success is always `Applied`.
+    ///
+    /// A permanent failure of any attempt after the first is [`Error::maybe_applied`]: the
+    /// executor sends a step again only after an attempt that may have been sent (a retryable
+    /// failure, a timeout, a crash in flight), and this answer does not say whether that one
+    /// applied; the step stays uncertain (re-sent, never skipped; STUCK after the compensation
+    /// budget). See the participant contract, "Participants without markers".
     fn apply_with_outputs<'a>(
         &'a self,
         key: &'a StepKey,
         attempt: u32,
         op: &'a Operation,
     ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
-        let _ = attempt;
         Box::pin(async move {
             if self.read_only {
                 return Err(Error::permanent(&self.name, "opened read-only: sends no request"));
             }
-            match op {
-                Operation::Http { method, path, body, outputs } => {
-                    let outputs = self.send(key, method, path, body.as_ref(), outputs).await?;
-                    Ok((Applied::Applied, outputs))
-                }
+            let sent = match op {
+                Operation::Http { method, path, body, outputs } => self
+                    .send(key, method, path, body.as_ref(), outputs)
+                    .await
+                    .map(|outputs| (Applied::Applied, outputs)),
                 Operation::Noop => Ok((Applied::Applied, Outputs::new())),
                 _ => Err(Error::permanent(&self.name, format!("step {key}: an http participant only sends requests"))),
-            }
+            };
+            sent.map_err(|mut e| {
+                if attempt > 1 && !e.is_retryable() {
+                    e.maybe_applied = true;
+                }
+                e
+            })
         })
     }
 
@@ -550,5 +561,31 @@ mod tests {
         assert!(http.lookup_marker(&key).await.is_err());
         assert!(http.settle_marker(&key, 1).await.is_err());
         assert!(http.lookup_markers(std::slice::from_ref(&key)).await.is_err());
+    }
+
+    /// A permanent answer to the first attempt speaks for the key (not applied); to a later
+    /// attempt it keeps the doubt the earlier one left (`maybe_applied`), so the executor never
+    /// skips the step's compensation: the policy of "Participants without markers".
+    #[tokio::test]
+    async fn a_permanent_failure_after_the_first_attempt_may_have_applied() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let answer = "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbad";
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let text = format!("kind = \"http\"\nbase_url = \"http://127.0.0.1:{port}\"");
+        let http = Http::open("billing", &config(&text)).unwrap();
+        let key = StepKey::new("s", 0, Direction::Forward);
+        let op = Operation::Http { method: "POST".into(), path: "/x".into(), body: None, outputs: BTreeMap::new() };
+        let first = http.apply(&key, 1, &op).await.unwrap_err();
+        assert!(!first.is_retryable() && !first.maybe_applied && first.message.contains("HTTP 400"), "{first}");
+        let later = http.apply(&key, 2, &op).await.unwrap_err();
+        assert!(!later.is_retryable() && later.maybe_applied && later.message.contains("HTTP 400"), "{later}");
     }
 }

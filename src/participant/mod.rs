@@ -1,4 +1,5 @@
-//! Participants: the databases, file trees and HTTP services a saga's steps act on.
+//! Participants: the databases, file trees, HTTP services and worker queues a saga's steps act
+//! on.
 //!
 //! # The contract every participant keeps
 //!
@@ -49,14 +50,16 @@
 //!   offline tools): that one changes nothing in the database or file tree, refuses `apply`
 //!   and `settle_marker`, and reads a missing marker table as "no markers".
 //!
-//! # Participants without markers (`http`)
+//! # Participants without markers (`http`, `worker`)
 //!
-//! An HTTP service has no local transaction sagalog can put a marker in, so
-//! [`Participant::has_markers`] answers `false` and the guarantee is weaker, and different:
-//! **at-least-once, deduplicated by the receiver's key**. Every request carries
-//! `Idempotency-Key: <saga id>/<step>/<direction>`, the same on every attempt and after a
-//! crash, and the receiver must apply each key's effect once and answer a repeated key as it
-//! answered the first (what the key means to it is its contract, not sagalog's). Therefore:
+//! An HTTP service, and a worker queue served by the user's own processes, have no local
+//! transaction sagalog can put a marker in, so [`Participant::has_markers`] answers `false`
+//! and the guarantee is weaker, and different: **at-least-once, deduplicated by the
+//! receiver's key**. Every request (every task handed to a worker) carries the key
+//! `<saga id>/<step>/<direction>` (`Idempotency-Key` for `http`, the task's `idempotency_key`
+//! for `worker`), the same on every attempt and after a crash, and the receiver must apply
+//! each key's effect once and answer a repeated key as it answered the first (what the key
+//! means to it is its contract, not sagalog's). Therefore:
 //!
 //! - `lookup_marker`, `lookup_markers` and `settle_marker` fail permanently: there is nothing
 //!   to look up, and "no marker" must never read as "not applied".
@@ -73,6 +76,13 @@
 //!   read, see [`Error::maybe_applied`]) keeps the step uncertain; repeated, it counts
 //!   against the compensation budget like an unreadable marker, and the saga ends STUCK with
 //!   the error for an operator, never with the effect silently left in place.
+//! - **A permanent failure is decided by the participant's error.** With
+//!   [`Error::maybe_applied`] set, the step stays uncertain (above): `http` sets it on a 2xx
+//!   whose outputs cannot be read and on a permanent failure of any attempt after the first
+//!   (an earlier one may have been sent). Without it, the answer speaks for the key: a
+//!   `worker`'s `Fail { retryable: false }` for a forward step re-sent during compensation is
+//!   its verdict "not applied" (the worker deduplicates by key, so an applied key would have
+//!   answered its output), journaled as such, and the step is skipped.
 //! - Retryable errors may carry the receiver's minimum wait ([`Error::retry_after_ms`], from
 //!   `Retry-After`); the executor waits at least that long before the next attempt.
 
@@ -87,6 +97,7 @@ mod pool;
 pub mod postgres;
 pub mod sqlite;
 pub mod stores;
+pub mod worker;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,6 +150,13 @@ pub enum Operation {
     /// Several SQL statements, run in order in the one transaction that writes the marker;
     /// each statement's guard is checked after it runs.
     Statements(Vec<Statement>),
+    /// A task for a worker queue ([`worker`]): its name, its parameters by name, and what
+    /// its output must hold (the action's `returns`; empty for a compensation).
+    Task {
+        task: String,
+        params: std::collections::BTreeMap<String, Value>,
+        returns: std::collections::BTreeMap<String, crate::config::ParamType>,
+    },
     /// One request to an HTTP participant: `method` and `path` (templates filled, path values
     /// percent-encoded, appended to the participant's `base_url`), an optional JSON body, and
     /// the step's outputs: each name's JSON Pointer into the response and declared type.
@@ -164,6 +182,7 @@ impl Operation {
             Operation::FilePut { .. } | Operation::FileDelete { .. } | Operation::FileCopy { .. } => {
                 Err(Error::permanent(participant, "a SQL participant cannot run a file operation"))
             }
+            Operation::Task { .. } => Err(Error::permanent(participant, "a SQL participant cannot run a worker task")),
             Operation::Http { .. } => {
                 Err(Error::permanent(participant, "a SQL participant cannot send an HTTP request"))
             }
@@ -274,8 +293,12 @@ pub struct Error {
     /// HTTP `Retry-After`); `None` for every other error and kind.
     pub retry_after_ms: Option<u64>,
     /// A permanent error after the effect may have been applied (an HTTP 2xx whose outputs
-    /// cannot be read): the step stays uncertain, so the saga never skips its compensation.
-    /// False for every other error and kind (a retryable error promises nothing anyway).
+    /// cannot be read, or any permanent failure of an HTTP attempt after the first: an earlier
+    /// one may have been sent): the step stays uncertain, so the saga never skips its
+    /// compensation. False for every other error and kind (a retryable error promises nothing
+    /// anyway); for a participant without markers, false on a permanent error means the
+    /// receiver answered for the key: a forward step re-sent during compensation is then "not
+    /// applied" and skipped (a `worker`'s `Fail { retryable: false }`).
     pub maybe_applied: bool,
 }
 
@@ -397,6 +420,7 @@ fn open_one(
             std::sync::Arc::new(fs::Fs::open(name, root)?)
         }
         Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+        Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
         Kind::Http => std::sync::Arc::new(http::Http::open(name, p)?),
     };
     Ok(participant)
@@ -462,6 +486,9 @@ pub fn open_all_read_only(
                 }
                 Kind::Fs => std::sync::Arc::new(fs::Fs::open_read_only(name, path)?),
                 Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+                // A queue with no worker: it keeps no markers to read, and offline nothing
+                // polls it.
+                Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
                 Kind::Http => {
                     let (http, notes) = http::Http::open_read_only(name, p)?;
                     set.notes.extend(notes);
@@ -506,9 +533,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Participant: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn kind(&self) -> Kind;
-    /// Whether the participant records a marker with each effect (every kind but `http`). The
-    /// executor settles an in-doubt step of a participant without markers by re-sending it,
-    /// never by a lookup (see the module doc, "Participants without markers").
+    /// Whether the participant records a marker with each effect (every kind but `http` and
+    /// `worker`). One that does not is a participant **without markers**: its effects are
+    /// at-least-once, deduplicated by the receiver with the step's idempotency key
+    /// (`<saga>/<step>/<direction>`, see [`StepKey`]'s `Display`). The executor then never
+    /// settles an in-doubt step by a lookup, and never as "absent": it sends the step again with
+    /// the same key, as a new journaled attempt, and the answer settles it
+    /// (`executor/in_doubt.rs`); compensation never skips a step that may have been applied.
+    /// Whether a permanent failure answered for the key leaves the step uncertain or is the
+    /// receiver's verdict "not applied" is the error's [`Error::maybe_applied`] (see the module
+    /// doc, "Participants without markers").
     fn has_markers(&self) -> bool {
         true
     }
@@ -578,4 +612,19 @@ pub trait Participant: Send + Sync + 'static {
     }
     /// A cheap health check: connect and run a trivial query.
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Whether a call could be served now, checked before each attempt is journaled. An error
+    /// (retryable, with the reason) opens the participant's breaker at once, so sagas park
+    /// without spending attempts (a worker queue that no worker polls). Default: always ready.
+    fn ready(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The executor tells the participant that the outcome it returned for attempt `attempt` of
+    /// `key` is durable in the journal (a worker's `Complete` answers only then). Default: no-op.
+    fn outcome_durable(&self, key: &StepKey, attempt: u32) {
+        let _ = (key, attempt);
+    }
+    /// The task queue of a `worker` participant, for the `Workers` API; `None` for other kinds.
+    fn worker_queue(&self) -> Option<std::sync::Arc<worker::Queue>> {
+        None
+    }
 }

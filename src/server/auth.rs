@@ -27,7 +27,8 @@ struct Tokens {
     anonymous: Anonymous,
 }
 
-/// An interceptor that lets through calls whose role is at least `needs`.
+/// An interceptor that lets through calls whose role may call a service needing `needs`
+/// ([`Role::may_call`]: `admin` everything, `client` and `worker` their own service).
 #[derive(Debug, Clone)]
 pub struct Auth {
     tokens: Arc<Tokens>,
@@ -75,7 +76,7 @@ impl Auth {
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.authenticate(request.metadata())?;
-        if caller.role < self.needs {
+        if !caller.role.may_call(self.needs) {
             return Err(Status::permission_denied(format!(
                 "token {:?} has role {}; this call needs role {}",
                 caller.name,
@@ -138,5 +139,28 @@ mod tests {
         assert_eq!(call(&anon_admin, None).unwrap().name, "anonymous");
         // A wrong token is refused even in anonymous mode: it is a client bug to surface.
         assert!(call(&anon_admin, Some("Bearer wrong-wrong-wrong-wrong")).is_err());
+    }
+
+    /// A `worker` token calls `Workers` only; `client` tokens may not call `Workers`, and
+    /// `admin` tokens may call all three services.
+    #[test]
+    fn the_worker_role_calls_workers_only() {
+        let mut config = config(Anonymous::Off);
+        config.tokens.push(TokenConfig {
+            name: "scanner".into(),
+            token: "worker-token-0123456789".into(),
+            role: Role::Worker,
+        });
+        let (workers, clients, admins) =
+            (Auth::new(&config, Role::Worker), Auth::new(&config, Role::Client), Auth::new(&config, Role::Admin));
+        assert_eq!(call(&workers, Some("Bearer worker-token-0123456789")).unwrap().name, "scanner");
+        assert_eq!(call(&workers, Some("Bearer admin-token-0123456789")).unwrap().name, "ops");
+        let denied = call(&workers, Some("Bearer client-token-0123456789")).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        for auth in [&clients, &admins] {
+            let denied = call(auth, Some("Bearer worker-token-0123456789")).unwrap_err();
+            assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+            assert!(denied.message().contains("has role worker"), "{}", denied.message());
+        }
     }
 }

@@ -86,6 +86,7 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
                     .iter()
                     .map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v)))
                     .collect(),
+                worker_id: String::new(),
             }
         })
         .collect();
@@ -100,6 +101,7 @@ pub fn saga(snapshot: &Snapshot, catalog: &Catalog) -> pb::Saga {
         finished_at_ms: s.finished_at_ms.unwrap_or(0),
         parked_on: snapshot.parked_on.clone().unwrap_or_default(),
         archived: false,
+        parked_reason: snapshot.parked_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -137,6 +139,7 @@ pub fn archived(r: &SagaRecord, catalog: &Catalog) -> pb::Saga {
                 // The index keeps no deadline.
                 deadline_ms: 0,
                 outputs: st.outputs.iter().map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v))).collect(),
+                worker_id: String::new(),
             }
         })
         .collect();
@@ -151,6 +154,7 @@ pub fn archived(r: &SagaRecord, catalog: &Catalog) -> pb::Saga {
         finished_at_ms: r.finished_at_ms,
         parked_on: String::new(),
         archived: true,
+        parked_reason: String::new(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The gRPC server: `sagalog.v1.Sagas`, `sagalog.v1.Admin`, `grpc.health.v1.Health` and server
-//! reflection (v1 and v1alpha) on one port, and the Prometheus endpoint on another.
+//! The gRPC server: `sagalog.v1.Sagas`, `sagalog.v1.Admin`, `sagalog.v1.Workers`,
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) on one port, and the
+//! Prometheus endpoint on another.
 
 pub mod auth;
 pub mod config;
@@ -9,6 +10,7 @@ mod metrics_http;
 pub mod participant_health;
 mod run;
 mod service;
+pub mod workers;
 
 pub use error::Error;
 pub use run::{Running, start};

@@ -86,10 +86,13 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         max_pending_submits: config.max_pending_submits,
         max_message_bytes: config.max_message_bytes,
         stopping: stopping_rx,
+        queues: super::workers::Queues::of(&node.executor, node.catalog.config.participants.keys().cloned()),
     };
+    let workers_api = super::workers::WorkersApi { executor: node.executor.clone(), queues: api.queues.clone() };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::sagas_server::SagasServer<Api>>().await;
     health.set_serving::<pb::admin_server::AdminServer<Api>>().await;
+    health.set_serving::<pb::workers_server::WorkersServer<super::workers::WorkersApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let poison_watch = {
         let (journal, health, stopping) = (node.journal.clone(), health.clone(), stopping.clone());
@@ -119,6 +122,9 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
     let admin = pb::admin_server::AdminServer::new(api).max_decoding_message_size(config.max_message_bytes);
+    let workers = pb::workers_server::WorkersServer::new(workers_api)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -129,7 +135,8 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(sagas, Auth::new(&config, Role::Client)))
-        .add_service(tonic::service::interceptor::InterceptedService::new(admin, Auth::new(&config, Role::Admin)));
+        .add_service(tonic::service::interceptor::InterceptedService::new(admin, Auth::new(&config, Role::Admin)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(workers, Auth::new(&config, Role::Worker)));
     let (stop_grpc, stop_rx) = oneshot::channel::<()>();
     // TCP_NODELAY on every accepted socket: without it Nagle's algorithm holds a response's
     // last small write until the client's delayed ACK, a ~40 ms stall per call.
@@ -164,6 +171,7 @@ async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     health.set_not_serving::<pb::sagas_server::SagasServer<Api>>().await;
     health.set_not_serving::<pb::admin_server::AdminServer<Api>>().await;
+    health.set_not_serving::<pb::workers_server::WorkersServer<super::workers::WorkersApi>>().await;
 }
 
 fn tls_config(data_dir: &Path, cert: &str, key: &str) -> Result<ServerTlsConfig, Error> {

@@ -1,4 +1,4 @@
-//! The `Sagas` and `Admin` services over the executor.
+//! The `Sagas` and `Admin` services over the executor (`workers.rs` has the `Workers` service).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -38,6 +38,8 @@ pub struct Api {
     /// Becomes true when the server starts shutting down or the journal is poisoned: watch
     /// streams end with UNAVAILABLE.
     pub stopping: watch::Receiver<bool>,
+    /// The worker participants' queues (`Admin.Queues`, a running step's `worker_id`).
+    pub queues: super::workers::Queues,
 }
 
 fn check_id(id: &str) -> Result<(), Status> {
@@ -50,13 +52,22 @@ impl Api {
     /// The saga's state: live from the executor, or archived from the index.
     fn lookup(&self, id: &str) -> Result<pb::Saga, Status> {
         if let Some(snapshot) = self.executor.get(id) {
-            return Ok(convert::saga(&snapshot, &self.catalog));
+            return Ok(self.live(&snapshot));
         }
         match self.executor.archived(id) {
             Ok(Some(record)) => Ok(convert::archived(&record, &self.catalog)),
             Ok(None) => Err(Status::not_found(format!("saga {id:?} not found"))),
             Err(e) => Err(convert::error(e)),
         }
+    }
+}
+
+impl Api {
+    /// A live saga on the wire, with the worker holding each running worker step's task.
+    fn live(&self, snapshot: &crate::executor::Snapshot) -> pb::Saga {
+        let mut saga = convert::saga(snapshot, &self.catalog);
+        self.queues.fill_holders(&mut saga);
+        saga
     }
 }
 
@@ -143,7 +154,7 @@ impl pb::sagas_server::Sagas for Api {
                 let snapshot = view.borrow_and_update().clone();
                 if snapshot.saga.version > last || (last == 0 && snapshot.saga.version == 0) {
                     last = snapshot.saga.version.max(1);
-                    if tx.send(Ok(convert::saga(&snapshot, &api.catalog))).await.is_err() {
+                    if tx.send(Ok(api.live(&snapshot))).await.is_err() {
                         return; // the client went away
                     }
                 }
@@ -358,6 +369,10 @@ impl pb::admin_server::Admin for Api {
                 live_sagas_max: cfg.live_sagas_max as u64,
             }),
         }))
+    }
+
+    async fn queues(&self, _: Request<pb::QueuesRequest>) -> Result<Response<pb::QueuesResponse>, Status> {
+        Ok(Response::new(pb::QueuesResponse { queues: self.queues.status(&self.executor) }))
     }
 
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::Saga>, Status> {

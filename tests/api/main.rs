@@ -11,3 +11,4 @@ mod grpc_reflection;
 mod grpc_restart;
 mod grpc_tls;
 mod journal_poisoned;
+mod workers;
