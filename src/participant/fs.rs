@@ -29,9 +29,14 @@
 //! answer "present" (`apply`: `AlreadyApplied`). Whether the rename happened is read from the
 //! temporary file, never from the target: a put's `T` is gone only once renamed (it was fsynced
 //! into its directory before the intent), a delete's `T` exists only once the deletion
-//! happened. So a target changed by someone after the effect is never clobbered. A failure to
-//! roll forward makes `apply` fail retryably (in doubt) and `lookup_marker` fail as the I/O
-//! error says: a step with an intent is never answered "absent". Compensations are operations
+//! happened. So a target changed by someone after the effect is never clobbered. A rename that
+//! fails while rolling forward changed nothing (a rename is atomic): the intent is withdrawn,
+//! as `apply` does, and the step is "absent" (`apply` then runs it afresh). That is how a
+//! target that became a directory after the intent ends, instead of failing every lookup with
+//! EISDIR. Any other failure to roll forward (reading the intent, the directory fsync, a
+//! withdrawal that fails) makes `apply` fail retryably (in doubt) and `lookup_marker` fail as
+//! the I/O error says: a step with an intent is never answered "absent" while the rename may
+//! have happened. Compensations are operations
 //! too and take the same path with direction `compensate`. A participant opened read-only
 //! answers "present" for an intent and changes nothing.
 //!
@@ -60,8 +65,8 @@
 //! [`Fs::crash_next_apply`] is a test-only injection point ([`CrashPoint`]): the next apply
 //! stops there as a crash would. Nothing in production sets it.
 //!
-//! Never does: touch a target before its intent is durable, or answer "absent" for a step that
-//! has an intent.
+//! Never does: touch a target before its intent is durable, or answer "absent" for a step whose
+//! intent is still in place.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -473,9 +478,12 @@ fn apply_locked(
         return Ok(Applied::AlreadyApplied);
     }
     if let Some(intent) = read_intent(name, &root.join(&step.intent)).map_err(in_doubt)? {
-        // An earlier attempt committed the step: finish what it started.
-        roll_forward(name, root, step, &intent).map_err(in_doubt)?;
-        return Ok(Applied::AlreadyApplied);
+        // An earlier attempt committed the step: finish what it started. When its rename
+        // cannot happen, nothing was applied and this attempt runs afresh.
+        match roll_forward(name, root, step, &intent).map_err(in_doubt)? {
+            Rolled::Forward => return Ok(Applied::AlreadyApplied),
+            Rolled::Withdrawn => {}
+        }
     }
     let parent_of = |path: &Path| path.parent().map(Path::to_path_buf).unwrap_or_default();
     let action = match plan {
@@ -568,7 +576,7 @@ fn settle(name: &str, root: &Path, step: &StepFiles, read_only: bool) -> Result<
     match read_intent(name, &root.join(&step.intent))? {
         None => Ok(false),
         Some(_) if read_only => Ok(true),
-        Some(intent) => roll_forward(name, root, step, &intent).map(|()| true),
+        Some(intent) => roll_forward(name, root, step, &intent).map(|rolled| rolled == Rolled::Forward),
     }
 }
 
@@ -636,9 +644,21 @@ fn effect(root: &Path, action: &IntentAction) -> Result<(), Effect> {
     to.parent().map_or(Ok(()), sync_dir).map_err(Effect::Unsynced)
 }
 
+/// What rolling an intent forward did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rolled {
+    /// The effect is in place and the step is recorded: "applied".
+    Forward,
+    /// The rename failed, so the effect never happened, and the intent is withdrawn: "not
+    /// applied". A rename is atomic, so a failed one changed nothing; this is how a target
+    /// that became a directory after the intent was written (EISDIR for ever) ends.
+    Withdrawn,
+}
+
 /// Finishes a committed step from its intent: performs the rename unless it already happened
-/// (never clobbering a target changed since), then turns the intent into the marker.
-fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<(), Error> {
+/// (never clobbering a target changed since), then turns the intent into the marker. A rename
+/// that fails withdraws the intent, as in `apply`: nothing happened.
+fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> Result<Rolled, Error> {
     let what = intent.action.describe();
     let fail = |e: io::Error| classify(name, &format!("complete intent {} ({what})", step.intent.display()), &e);
     let done = match &intent.action {
@@ -663,12 +683,27 @@ fn roll_forward(name: &str, root: &Path, step: &StepFiles, intent: &Intent) -> R
     } else {
         match effect(root, &intent.action) {
             Ok(()) => {}
-            Err(Effect::NotDone(e) | Effect::Unsynced(e)) => return Err(fail(e)),
+            Err(Effect::NotDone(e)) => {
+                return match withdraw(root, step, intent) {
+                    Ok(()) => {
+                        tracing::warn!(participant = name, intent = %step.intent.display(), what, error = %e, "an interrupted file step cannot be completed; its intent is withdrawn and the step was not applied");
+                        Ok(Rolled::Withdrawn)
+                    }
+                    Err(w) => Err(Error::retryable(
+                        name,
+                        format!(
+                            "complete intent {} ({what}): {e}; withdrawing it failed too ({w}): the step is in doubt",
+                            step.intent.display()
+                        ),
+                    )),
+                };
+            }
+            Err(Effect::Unsynced(e)) => return Err(fail(e)),
         }
     }
     tracing::info!(participant = name, intent = %step.intent.display(), what, "completed an interrupted file step from its intent");
     finish(name, root, step, intent);
-    Ok(())
+    Ok(Rolled::Forward)
 }
 
 /// Turns the intent into the marker (one rename) and removes a delete's trash. A failure here
@@ -1310,6 +1345,37 @@ mod tests {
         assert_eq!(fs.apply(&key, 1, &delete).await.unwrap(), Applied::AlreadyApplied);
         assert!(!root.join("doomed2").exists());
         assert!(temp_files(&root).is_empty(), "{:?}", temp_files(&root));
+    }
+
+    /// The release kill -9 soak's finding (docs/recovery.md, saga `crash-5591`): a crash after
+    /// the intent is durable but before the rename, and then the target is a directory (the
+    /// torture's way to fail a step). The rename can never happen, so rolling forward failed
+    /// with EISDIR at every lookup and the saga ended STUCK. Nothing was applied: the lookup
+    /// withdraws the intent and answers "absent", and the next apply fails permanently (the
+    /// step fails, and the saga compensates) instead of in doubt.
+    #[tokio::test]
+    async fn an_intent_whose_rename_cannot_happen_is_withdrawn_and_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        for (step, lookup_first) in [(0u32, true), (1, false)] {
+            let target = format!("runs/{step}.json");
+            let fs = Fs::open("fs", root.clone()).unwrap();
+            let key = key("blocked", step, Direction::Forward);
+            fs.crash_next_apply(CrashPoint::BeforeEffect);
+            assert!(fs.apply(&key, 1, &put(&target, "new")).await.unwrap_err().is_retryable());
+            fs::create_dir(root.join(&target)).unwrap();
+            let reopened = Fs::open("fs", root.clone()).unwrap();
+            if lookup_first {
+                assert!(!reopened.lookup_marker(&key).await.unwrap(), "step {step}: nothing was applied");
+                assert!(!reopened.lookup_marker(&key).await.unwrap(), "step {step}: asked again");
+            }
+            let error = reopened.apply(&key, 2, &put(&target, "new")).await.unwrap_err();
+            assert!(!error.is_retryable(), "step {step}: {error}");
+            assert!(!reopened.lookup_marker(&key).await.unwrap(), "step {step}");
+            assert!(reopened.markers("blocked").await.unwrap().is_empty());
+            assert!(root.join(&target).is_dir());
+            assert!(temp_files(&root).is_empty(), "step {step}: {:?}", temp_files(&root));
+        }
     }
 
     /// After a crash right after the effect, someone changes the target before the lookup:
