@@ -657,7 +657,7 @@ mod tests {
         params.insert("x".into(), Value::Bytes(vec![0, 255]));
         let request = submit_request(&saga);
         assert_eq!(request.saga_id, "s-1");
-        assert_eq!(request.steps.len(), 3);
+        assert_eq!(request.steps.len(), 4);
         assert_eq!(saga_from_request(&request).unwrap(), saga);
     }
 

@@ -10,9 +10,12 @@
 //! The mix also cancels some sagas right after their acknowledgement (an acknowledged cancel
 //! must compensate, never be dropped) and resubmits, in the next round, every saga whose submit
 //! got no answer (a lost acknowledgement: the resubmit is acknowledged exactly once, as new or
-//! as already there). The demo fails sagas at every step position: step 0 (a negative row
-//! count), step 1 (too many rows for the warehouse) and step 2 (a directory where the artefact
-//! file goes, so every attempt of the put fails).
+//! as already there). The demo fails sagas at every step position but the notifier's: step 0 (a
+//! negative row count), step 1 (too many rows for the warehouse) and step 3 (a directory where
+//! the artefact file goes, so every attempt of the put fails, and the notification, step 2, is
+//! retracted). The notifier (an HTTP service the server serves on its metrics port, deduplicating
+//! by idempotency key) is counted too: a completed saga has one notification, a compensated
+//! one none left standing.
 //!
 //! CI runs a bounded number of rounds. The soak (its figures, and what is still missing, are in
 //! docs/recovery.md, "The kill -9 soak"):
@@ -66,9 +69,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `sagalog serve` on the embedded default (anonymous on loopback), listening on `port`.
+/// `sagalog serve` on the embedded default (anonymous on loopback), listening on `port`; its
+/// HTTP port (metrics and the demo notifier the demo saga calls) is a free one drawn when the
+/// data directory is new, so that the test runs beside others.
 /// With `SAGALOG_CRASH_SERVER_LOG=FILE`, every server's log is appended to FILE.
 fn spawn_server(dir: &Path, port: u16) -> Child {
+    let config = dir.join("sagalog.toml");
+    if !config.exists() {
+        let http = format!("127.0.0.1:{}", free_port());
+        std::fs::write(config, sagalog::config::embedded::embedded_default_with_http(&http)).unwrap();
+    }
     let log = std::env::var_os("SAGALOG_CRASH_SERVER_LOG")
         .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the server log"));
     Command::new(sagalog_bin())
@@ -101,29 +111,7 @@ async fn connect(port: u16) -> SagasClient<tonic::transport::Channel> {
 }
 
 fn demo(id: &str, rows: i64) -> pb::SubmitRequest {
-    let text = |s: &str| pb::Value { kind: Some(pb::value::Kind::Text(s.to_owned())) };
-    let rows = pb::Value { kind: Some(pb::value::Kind::Int(rows)) };
-    let definition = sagalog::cli::demo::demo_saga(id, id, 0);
-    let steps = definition
-        .steps
-        .into_iter()
-        .map(|step| {
-            let params = step
-                .params
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = match (k.as_str(), v) {
-                        ("rows", _) => rows.clone(),
-                        (_, sagalog::engine::Value::Text(t)) => text(&t),
-                        (_, other) => panic!("unexpected demo parameter {k}: {other:?}"),
-                    };
-                    (k, value)
-                })
-                .collect();
-            pb::Step { action: step.action, params }
-        })
-        .collect();
-    pb::SubmitRequest { saga_id: id.into(), steps }
+    sagalog::api::convert::submit_request(&sagalog::cli::demo::demo_saga(id, id, rows))
 }
 
 /// Starts a server, submits from `CLIENTS` clients (first resubmitting `lost`, whose submits
@@ -152,7 +140,7 @@ async fn load_round(dir: &Path, after: Duration, next: &Arc<AtomicU64>, lost: Ve
                 let id = format!("crash-{n}");
                 if expect == "COMPLETED" && n % 11 == 3 {
                     // Fail the last (file) step: a directory stands where its artefact goes,
-                    // so the put's rename fails every attempt and steps 1 and 0 compensate.
+                    // so the put's rename fails every attempt and steps 2, 1 and 0 compensate.
                     std::fs::create_dir_all(dir.join("demo/artifacts/runs").join(format!("{id}.json"))).unwrap();
                     expect = "COMPENSATED";
                 }
@@ -276,6 +264,16 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
     let warehouse = duckdb::Connection::open(d.join("warehouse.duckdb")).unwrap();
     let sqlite_rows = count_sqlite(&ledger, "SELECT run_id, count(*) FROM executions GROUP BY run_id");
     let duck_rows = count_duck(&warehouse, "SELECT run_id, count(*) FROM results GROUP BY run_id");
+    // The notifier: one row per idempotency key; `active` counts those not retracted.
+    let notifier = rusqlite::Connection::open(d.join("notifications.sqlite")).unwrap();
+    let notified: BTreeMap<String, (i64, i64)> = {
+        let mut stmt = notifier
+            .prepare(
+                "SELECT json_extract(body, '$.run_id'), count(*), sum(retracted_ms IS NULL) FROM notifications GROUP BY 1",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))).unwrap().map(Result::unwrap).collect()
+    };
     let sqlite_markers = markers_sqlite(&ledger);
     let duck_markers = markers_duck(&warehouse);
     for (id, expect) in &acked {
@@ -290,6 +288,7 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
                 assert_eq!(sqlite_rows.get(id), Some(&1), "{id}: ledger row exactly once");
                 assert_eq!(duck_rows.get(id), Some(&1), "{id}: warehouse row exactly once");
                 assert!(artifact, "{id}: artefact written");
+                assert_eq!(notified.get(id), Some(&(1, 1)), "{id}: notified exactly once, not retracted");
                 assert!(sqlite_markers.contains(&(id.clone(), 0, "forward".into())), "{id}: ledger marker");
                 assert!(duck_markers.contains(&(id.clone(), 1, "forward".into())), "{id}: warehouse marker");
             }
@@ -297,6 +296,8 @@ async fn sigkill_torture_every_acknowledged_saga_finishes_exactly_once() {
                 assert_eq!(sqlite_rows.get(id), None, "{id}: ledger row undone");
                 assert_eq!(duck_rows.get(id), None, "{id}: warehouse row undone");
                 assert!(!artifact, "{id}: no artefact");
+                let (sent, active) = notified.get(id).copied().unwrap_or_default();
+                assert!(sent <= 1 && active == 0, "{id}: {sent} notifications, {active} not retracted");
                 for (step, markers) in [(0, &sqlite_markers), (1, &duck_markers)] {
                     let forward = markers.contains(&(id.clone(), step, "forward".into()));
                     let compensated = markers.contains(&(id.clone(), step, "compensate".into()));

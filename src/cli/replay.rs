@@ -223,6 +223,24 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// The embedded default's demo saga calls a notifier the server serves on its HTTP port
+/// (`[server] demo_notifier`); an offline replay finishing those sagas serves it too, for as
+/// long as it runs. A failure to serve it is reported and the replay goes on (the notifier's
+/// steps then retry, as against any service that is down).
+async fn serve_demo_notifier(offline: &Offline, data_dir: &std::path::Path) -> Option<tokio::task::JoinHandle<()>> {
+    let config = &offline.catalog.config.server;
+    if config.demo_notifier.is_empty() {
+        return None;
+    }
+    match crate::server::start_http(&offline.executor, data_dir, config).await {
+        Ok(served) => served.map(|(_, task)| task),
+        Err(e) => {
+            eprintln!("sagalog: cannot serve the demo notifier ({e}); its steps retry until it answers");
+            None
+        }
+    }
+}
+
 /// Runs recovery (reading and replaying the whole journal) behind a spinner on a terminal.
 async fn recover_with_spinner(offline: &Offline) -> Result<crate::recovery::Report, ops::Error> {
     let spinner = progress_bar(0);
@@ -254,6 +272,7 @@ async fn settle(offline: &Offline, total: usize, timeout: Duration) -> Vec<(Stri
 async fn replay(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
     let started = Instant::now();
     let offline = Offline::open(&args.data_dir, args.config.as_deref())?;
+    let _http = serve_demo_notifier(&offline, &args.data_dir).await;
     let report = recover_with_spinner(&offline).await?;
     let running = settle(&offline, report.unfinished, Duration::from_secs(args.timeout_secs)).await;
     finish(args, offline, report, running, started, None).await
@@ -361,6 +380,7 @@ async fn compensate_since(args: &ReplayArgs, since_text: &str) -> Result<ExitCod
     }
     let started = Instant::now();
     let offline = Offline::open(&args.data_dir, args.config.as_deref())?;
+    let _http = serve_demo_notifier(&offline, &args.data_dir).await;
     let selection = replay::select(offline.journal.dir(), &offline.index, since)?;
     if !args.json {
         print_selection(args, &selection)?;

@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:50051"      # `serve --listen` overrides it
 //! anonymous = "off"               # "off" | "client" | "admin": the role of a call with no token
 //! metrics_listen = "127.0.0.1:9464"  # Prometheus text exposition at /metrics; "" = none
+//! demo_notifier = ""              # "demo/notifications.sqlite": serve the demo notifier on the
+//!                                 # metrics_listen port, its database relative to the data dir
 //! message_bytes_max = 4194304     # largest request message (old spelling: max_message_bytes)
 //! pending_submits_max = 1024      # submits being journaled at once; more get RESOURCE_EXHAUSTED
 //!                                 # (old spelling: max_pending_submits)
@@ -101,6 +103,9 @@ pub struct ServerConfig {
     pub listen: String,
     pub anonymous: Anonymous,
     pub metrics_listen: String,
+    /// The demo notifier's database, relative to the data directory; "" = no notifier. It is
+    /// served on `metrics_listen` (`server::demo_notifier`).
+    pub demo_notifier: String,
     /// Spelled `message_bytes_max` (`max_message_bytes` is still read).
     #[serde(rename = "message_bytes_max", alias = "max_message_bytes")]
     pub max_message_bytes: usize,
@@ -130,6 +135,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.into(),
             anonymous: Anonymous::Off,
             metrics_listen: String::new(),
+            demo_notifier: String::new(),
             max_message_bytes: 4 * 1024 * 1024,
             max_pending_submits: 1024,
             shutdown_grace_ms: 10_000,
@@ -147,6 +153,9 @@ impl ServerConfig {
         parse_addr("server.listen", &self.listen)?;
         if !self.metrics_listen.is_empty() {
             parse_addr("server.metrics_listen", &self.metrics_listen)?;
+        }
+        if !self.demo_notifier.is_empty() && self.metrics_listen.is_empty() {
+            return Err("server.demo_notifier is served on server.metrics_listen, which is not set".into());
         }
         if self.max_message_bytes < 1024 {
             return Err(format!("server.message_bytes_max = {} is below 1024", self.max_message_bytes));

@@ -1,7 +1,10 @@
-//! The Prometheus endpoint: `GET /metrics` on `[server] metrics_listen`, plain HTTP/1.1.
+//! The Prometheus endpoint: `GET /metrics` on `[server] metrics_listen`, plain HTTP/1.1. The
+//! same port serves the demo notifier (`/demo/notifications`, see `demo_notifier`) when
+//! `[server] demo_notifier` configures one.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -12,14 +15,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::config::parse_addr;
+use super::demo_notifier::Notifier;
 use super::error::Error;
 use crate::engine::Status;
 use crate::executor::Executor;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Binds `listen` and serves the metrics until the task is aborted.
-pub async fn start(listen: &str, executor: Executor) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+/// Binds `listen` and serves the metrics (and the demo notifier, if given) until the task is
+/// aborted.
+pub async fn start(
+    listen: &str,
+    executor: Executor,
+    notifier: Option<Arc<Notifier>>,
+) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     let addr = parse_addr("server.metrics_listen", listen).map_err(Error::Config)?;
     let listen_error = |source| Error::Listen { addr: listen.to_owned(), what: "metrics", source };
     let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
@@ -42,10 +51,17 @@ pub async fn start(listen: &str, executor: Executor) -> Result<(SocketAddr, Join
                 }
             };
             let executor = executor.clone();
+            let notifier = notifier.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let response = respond(&request, &executor);
-                    async move { Ok::<_, Infallible>(response) }
+                    let (executor, notifier) = (executor.clone(), notifier.clone());
+                    async move {
+                        let response = match notifier {
+                            Some(notifier) if Notifier::owns(request.uri().path()) => notifier.respond(request).await,
+                            _ => respond(&request, &executor),
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

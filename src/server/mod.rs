@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 mod convert;
+pub mod demo_notifier;
 mod error;
 mod metrics_http;
 pub mod participant_health;
@@ -13,5 +14,5 @@ mod service;
 pub mod workers;
 
 pub use error::Error;
-pub use run::{Running, start};
+pub use run::{Running, start, start_http};
 pub use service::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};

@@ -76,6 +76,11 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
     })?;
     let addr =
         listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), what: "gRPC", source })?;
+    // The HTTP port first: the demo notifier on it is a participant the first health probe asks.
+    let (metrics_addr, metrics) = match start_http(&node.executor, data_dir, &config).await? {
+        Some((addr, task)) => (Some(addr), Some(task)),
+        None => (None, None),
+    };
 
     let (stopping, stopping_rx) = watch::channel(false);
     let api = Api {
@@ -145,12 +150,6 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         let _ = stop_rx.await;
     }));
 
-    let (metrics_addr, metrics) = if config.metrics_listen.is_empty() {
-        (None, None)
-    } else {
-        let (addr, task) = super::metrics_http::start(&config.metrics_listen, node.executor.clone()).await?;
-        (Some(addr), Some(task))
-    };
     tracing::info!(%addr, tls = config.tls.is_some(), metrics = metrics_addr.map(|a| a.to_string()).unwrap_or_default(), "serving gRPC");
     Ok(Running {
         addr,
@@ -165,6 +164,26 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         participant_health,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
+}
+
+/// Serves the HTTP port (`[server] metrics_listen`: `/metrics`, and the demo notifier when
+/// `[server] demo_notifier` names its database, relative to `data_dir`), if configured.
+pub async fn start_http(
+    executor: &crate::executor::Executor,
+    data_dir: &Path,
+    config: &ServerConfig,
+) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, Error> {
+    if config.metrics_listen.is_empty() {
+        return Ok(None);
+    }
+    let notifier = if config.demo_notifier.is_empty() {
+        None
+    } else {
+        let notifier =
+            super::demo_notifier::Notifier::open(&data_dir.join(&config.demo_notifier)).map_err(Error::Config)?;
+        Some(Arc::new(notifier))
+    };
+    super::metrics_http::start(&config.metrics_listen, executor.clone(), notifier).await.map(Some)
 }
 
 async fn set_not_serving(health: &tonic_health::server::HealthReporter) {

@@ -39,13 +39,14 @@ fn free_port() -> u16 {
 
 /// The embedded default with its DuckDB participant replaced by SQLite, plus a `slow_count`
 /// action whose step takes seconds (a recursive count), for tests that need a saga in flight.
+/// Its HTTP port (metrics and the demo notifier) is a free one, so that tests run side by side.
 fn sqlite_config() -> String {
     let duckdb = "kind = \"duckdb\"\npath = \"demo/warehouse.duckdb\"";
-    let mut config = sagalog::catalog::EMBEDDED_DEFAULT.to_owned();
+    let mut config = sagalog::config::embedded::embedded_default_with_http(&format!("127.0.0.1:{}", free_port()));
     assert!(config.contains(duckdb), "the embedded default changed: update this test's replacement");
     config = config.replace(duckdb, "kind = \"sqlite\"\npath = \"demo/warehouse.sqlite\"").replace(
-        "run_id VARCHAR PRIMARY KEY, job VARCHAR NOT NULL, rows BIGINT",
-        "run_id TEXT PRIMARY KEY, job TEXT NOT NULL, rows INTEGER",
+        "execution_id BIGINT PRIMARY KEY, run_id VARCHAR NOT NULL, job VARCHAR NOT NULL, rows BIGINT",
+        "execution_id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, job TEXT NOT NULL, rows INTEGER",
     );
     config.push_str(
         r#"
@@ -94,7 +95,15 @@ impl Server {
     }
 
     /// The child process only; see [`Server::wait_until_answering`].
+    /// Without `config`, a new data directory gets the embedded default with its HTTP port
+    /// (metrics and the demo notifier) moved to a free one, so that tests run side by side.
     fn spawn(data_dir: &Path, config: Option<PathBuf>, port: u16) -> Server {
+        let default = data_dir.join("sagalog.toml");
+        if config.is_none() && !default.exists() {
+            std::fs::create_dir_all(data_dir).unwrap();
+            let http = format!("127.0.0.1:{}", free_port());
+            std::fs::write(default, sagalog::config::embedded::embedded_default_with_http(&http)).unwrap();
+        }
         let mut cmd = sagalog();
         cmd.arg("serve").arg("--data-dir").arg(data_dir).arg("--listen").arg(format!("127.0.0.1:{port}"));
         if let Some(path) = &config {
@@ -201,7 +210,11 @@ fn demo_sagas_through_the_cli() {
     assert!(id.starts_with("demo-"), "{id}");
     assert!(done["steps"].as_array().unwrap().iter().all(|s| s["state"] == "APPLIED"), "{done}");
     let progress = String::from_utf8_lossy(&out.stderr);
-    assert!(progress.contains("(generated id)") && progress.contains("step 2 write_artifact"), "{progress}");
+    assert!(progress.contains("(generated id)") && progress.contains("step 3 write_artifact"), "{progress}");
+    // The chain: the ledger's execution id flows to the warehouse and the notifier (outputs).
+    let execution_id = &done["steps"][0]["outputs"]["execution_id"];
+    assert!(execution_id.is_string() || execution_id.is_i64(), "step 0 returns the execution id: {done}");
+    assert!(done["steps"][2]["outputs"]["notification_id"].is_string(), "the notifier answers an id: {done}");
     assert!(progress.contains(&format!("saga {id} COMPLETED in")), "{progress}");
 
     // status --json: COMPLETED, exit 0, with the documented fields.
@@ -209,7 +222,7 @@ fn demo_sagas_through_the_cli() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let status = json_of(&out);
     assert_eq!((status["id"].as_str(), status["status"].as_str()), (Some(id.as_str()), Some("COMPLETED")));
-    assert!(status["version"].as_u64().unwrap() > 0 && status["steps"].as_array().unwrap().len() == 3, "{status}");
+    assert!(status["version"].as_u64().unwrap() > 0 && status["steps"].as_array().unwrap().len() == 4, "{status}");
     assert!(status["submitted_at"].as_str().unwrap().ends_with('Z') && status["finished_at"].is_string(), "{status}");
     assert_eq!(status["errors"], Json::Array(vec![]));
 

@@ -19,6 +19,10 @@ use serde_json::Value as Json;
 #[test]
 fn toolkit_on_a_crashed_demo_data_directory() {
     let dir = tempfile::tempdir().unwrap();
+    // The embedded default, its HTTP port (metrics and the demo notifier) on a free port.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    std::fs::write(dir.path().join("sagalog.toml"), sagalog::config::embedded::embedded_default_with_http(&http))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sagalog"))
         .args(["debug", "saga-load", "--concurrency", "8", "--data-dir"])
         .arg(dir.path())
