@@ -76,6 +76,17 @@ fn postgres_conninfo() -> String {
     std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
 }
 
+/// `conninfo` with the sessions' default isolation made SERIALIZABLE, in either form
+/// `SAGALOG_TEST_POSTGRES` may take: key/value (`host=… user=…`) or a URL (`postgres://…`).
+fn with_serializable_default(conninfo: &str) -> String {
+    if conninfo.contains("://") {
+        let separator = if conninfo.contains('?') { '&' } else { '?' };
+        format!("{conninfo}{separator}options=-c%20default_transaction_isolation%3Dserializable")
+    } else {
+        format!("{conninfo} options='-c default_transaction_isolation=serializable'")
+    }
+}
+
 async fn postgres_client() -> Option<tokio_postgres::Client> {
     let conninfo = postgres_conninfo();
     let connected =
@@ -209,7 +220,7 @@ async fn postgres_an_apply_that_starts_during_a_lookup_sees_its_fence() {
         )
         .await
         .unwrap();
-    let serializable = format!("{} options='-c default_transaction_isolation=serializable'", postgres_conninfo());
+    let serializable = with_serializable_default(&postgres_conninfo());
     let rr = Arc::new(Postgres::connect("postgres", &serializable, 1).unwrap());
     let apply = tokio::spawn({
         let (rr, key) = (Arc::clone(&rr), key.clone());
