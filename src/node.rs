@@ -52,6 +52,8 @@ pub enum Error {
     /// The checkpoint, the journal and the index disagree; see [`refusal`].
     #[error("{message}")]
     Inconsistent { message: String },
+    #[error("cannot listen on {addr} (server.metrics_listen: metrics and the demo notifier): {source}")]
+    Listen { addr: String, source: std::io::Error },
 }
 
 /// Folder of the sled index inside the data directory.
@@ -65,6 +67,11 @@ pub struct Node {
     pub catalog: Arc<Catalog>,
     pub config_path: PathBuf,
     pub recovery: recovery::Report,
+    /// The HTTP port (`[server] metrics_listen`), bound before recovery and not yet served:
+    /// `server::start` serves it. Bound early so that a step recovery resumes that calls the
+    /// server's own demo notifier waits in the listen backlog until it is served, instead of
+    /// being refused (which opened the notifier's breaker at every restart and parked sagas).
+    pub http_listener: Option<tokio::net::TcpListener>,
     /// The periodic checkpoint task; it holds the data directory (and its lock) while it runs.
     archiver: Option<tokio::task::JoinHandle<()>>,
 }
@@ -121,9 +128,18 @@ impl Node {
         let instance = instance_id(data_dir.root())?;
         let executor =
             Executor::on_instance(opened.journal.clone(), catalog.clone(), participants, Some(index.clone()), instance);
+        let http_listener = bind_http(&catalog.config.server.metrics_listen).await?;
         let recovery = recovery::recover(&executor, from_lsn).await?;
-        let mut node =
-            Node { executor, journal: opened.journal, index, catalog, config_path, recovery, archiver: None };
+        let mut node = Node {
+            executor,
+            journal: opened.journal,
+            index,
+            catalog,
+            config_path,
+            recovery,
+            http_listener,
+            archiver: None,
+        };
         node.archiver = Some(node.spawn_archiver(data_dir));
         Ok(node)
     }
@@ -473,6 +489,19 @@ pub fn instance_id(root: &Path) -> Result<String, Error> {
         }
         Err(source) => Err(Error::Write { path, source }),
     }
+}
+
+/// Binds `[server] metrics_listen`, if set (see [`Node::http_listener`]).
+async fn bind_http(listen: &str) -> Result<Option<tokio::net::TcpListener>, Error> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let addr = crate::server::config::parse_addr("server.metrics_listen", listen)
+        .map_err(|m| Error::Config(ConfigError::Invalid(m)))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr: listen.to_owned(), source })?;
+    Ok(Some(listener))
 }
 
 /// Records the config this start serves with (only after it loaded).

@@ -70,15 +70,14 @@ fn free_port() -> u16 {
 }
 
 /// `sagalog serve` on the embedded default (anonymous on loopback), listening on `port`; its
-/// HTTP port (metrics and the demo notifier the demo saga calls) is a free one drawn when the
-/// data directory is new, so that the test runs beside others.
+/// HTTP port (metrics and the demo notifier the demo saga calls) is a free one drawn afresh for
+/// every start (a port kept for hundreds of rounds ends up taken as the source port of some
+/// outgoing connection, and the start then fails with "address in use"), so that the test
+/// also runs beside others.
 /// With `SAGALOG_CRASH_SERVER_LOG=FILE`, every server's log is appended to FILE.
 fn spawn_server(dir: &Path, port: u16) -> Child {
-    let config = dir.join("sagalog.toml");
-    if !config.exists() {
-        let http = format!("127.0.0.1:{}", free_port());
-        std::fs::write(config, sagalog::config::embedded::embedded_default_with_http(&http)).unwrap();
-    }
+    let http = format!("127.0.0.1:{}", free_port());
+    std::fs::write(dir.join("sagalog.toml"), sagalog::config::embedded::embedded_default_with_http(&http)).unwrap();
     let log = std::env::var_os("SAGALOG_CRASH_SERVER_LOG")
         .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the server log"));
     Command::new(sagalog_bin())

@@ -50,6 +50,9 @@ pub struct Problem {
 pub struct Report {
     pub config: PathBuf,
     pub participants_reachable: Vec<String>,
+    /// Participants the server itself serves (the demo notifier on `metrics_listen`): not
+    /// probed, since nothing listens there until `sagalog serve` runs.
+    pub participants_served_by_the_server: Vec<String>,
     pub statements_prepared: usize,
     pub problems: Vec<Problem>,
 }
@@ -78,7 +81,7 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
             println!("error: {}: {}: {}", p.at, p.key, p.message);
         }
         println!(
-            "{}: {} problems; participants reachable: {}; {} statements prepared",
+            "{}: {} problems; participants reachable: {}{}; {} statements prepared",
             report.config.display(),
             report.problems.len(),
             if report.participants_reachable.is_empty() {
@@ -86,10 +89,30 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
             } else {
                 report.participants_reachable.join(", ")
             },
+            if report.participants_served_by_the_server.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (served by sagalog serve itself, not probed: {})",
+                    report.participants_served_by_the_server.join(", ")
+                )
+            },
             report.statements_prepared
         );
     }
     Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_CORRUPT) })
+}
+
+/// Whether `p` is an `http` participant calling the demo notifier that this config's server
+/// serves itself (`[server] demo_notifier` on `metrics_listen`).
+fn served_by_the_server(config: &crate::config::Config, p: &crate::config::ParticipantConfig) -> bool {
+    let server = &config.server;
+    if p.kind != Kind::Http || server.demo_notifier.is_empty() || server.metrics_listen.is_empty() {
+        return false;
+    }
+    let Some(url) = p.base_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok()) else { return false };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
+    format!("{host}:{port}") == server.metrics_listen
 }
 
 /// Checks the config `text` read from `path`, with relative participant paths under
@@ -98,6 +121,7 @@ pub async fn check(path: &Path, text: &str, data_dir: &Path) -> Report {
     let mut report = Report {
         config: path.to_path_buf(),
         participants_reachable: Vec::new(),
+        participants_served_by_the_server: Vec::new(),
         statements_prepared: 0,
         problems: Vec::new(),
     };
@@ -157,6 +181,10 @@ pub async fn check(path: &Path, text: &str, data_dir: &Path) -> Report {
         report.problems.push(Problem { at: file.clone(), key: "participants".into(), message: note.clone() });
     }
     for (name, participant) in &opened.participants {
+        if config.participants.get(name).is_some_and(|p| served_by_the_server(config, p)) {
+            report.participants_served_by_the_server.push(name.clone());
+            continue;
+        }
         match participant.probe().await {
             Ok(()) => report.participants_reachable.push(name.clone()),
             Err(e) => report.problems.push(Problem {

@@ -66,9 +66,10 @@ pub fn load_plan(n: u64) -> (&'static str, i64) {
 }
 
 async fn saga_load(data_dir: PathBuf, config: Option<PathBuf>, concurrency: u64) -> anyhow::Result<()> {
-    let node = crate::node::Node::start(&data_dir, config.as_deref()).await?;
+    let mut node = crate::node::Node::start(&data_dir, config.as_deref()).await?;
     // The demo saga calls the notifier the server serves on its HTTP port: serve it here too.
-    let _http = crate::server::start_http(&node.executor, &data_dir, &node.catalog.config.server).await?;
+    let bound = node.http_listener.take();
+    let _http = crate::server::start_http(&node.executor, &data_dir, &node.catalog.config.server, bound).await?;
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let run = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let mut tasks = Vec::new();
@@ -99,7 +100,8 @@ async fn saga_load(data_dir: PathBuf, config: Option<PathBuf>, concurrency: u64)
 
 async fn settle(data_dir: PathBuf, config: Option<PathBuf>, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let mut node = crate::node::Node::start(&data_dir, config.as_deref()).await?;
-    let _http = crate::server::start_http(&node.executor, &data_dir, &node.catalog.config.server).await?;
+    let bound = node.http_listener.take();
+    let _http = crate::server::start_http(&node.executor, &data_dir, &node.catalog.config.server, bound).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
     loop {
         let all = node.executor.list();

@@ -232,7 +232,7 @@ async fn serve_demo_notifier(offline: &Offline, data_dir: &std::path::Path) -> O
     if config.demo_notifier.is_empty() {
         return None;
     }
-    match crate::server::start_http(&offline.executor, data_dir, config).await {
+    match crate::server::start_http(&offline.executor, data_dir, config, None).await {
         Ok(served) => served.map(|(_, task)| task),
         Err(e) => {
             eprintln!("sagalog: cannot serve the demo notifier ({e}); its steps retry until it answers");

@@ -22,16 +22,22 @@ use crate::executor::Executor;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Binds `listen` and serves the metrics (and the demo notifier, if given) until the task is
-/// aborted.
+/// Serves the metrics (and the demo notifier, if given) on `bound`, or else on `listen` bound
+/// here, until the task is aborted.
 pub async fn start(
     listen: &str,
+    bound: Option<TcpListener>,
     executor: Executor,
     notifier: Option<Arc<Notifier>>,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
-    let addr = parse_addr("server.metrics_listen", listen).map_err(Error::Config)?;
     let listen_error = |source| Error::Listen { addr: listen.to_owned(), what: "metrics", source };
-    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let listener = match bound {
+        Some(listener) => listener,
+        None => {
+            let addr = parse_addr("server.metrics_listen", listen).map_err(Error::Config)?;
+            TcpListener::bind(addr).await.map_err(listen_error)?
+        }
+    };
     let local = listener.local_addr().map_err(listen_error)?;
     let task = tokio::spawn(async move {
         loop {

@@ -77,7 +77,9 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
     let addr =
         listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), what: "gRPC", source })?;
     // The HTTP port first: the demo notifier on it is a participant the first health probe asks.
-    let (metrics_addr, metrics) = match start_http(&node.executor, data_dir, &config).await? {
+    let mut node = node;
+    let bound = node.http_listener.take();
+    let (metrics_addr, metrics) = match start_http(&node.executor, data_dir, &config, bound).await? {
         Some((addr, task)) => (Some(addr), Some(task)),
         None => (None, None),
     };
@@ -167,11 +169,13 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
 }
 
 /// Serves the HTTP port (`[server] metrics_listen`: `/metrics`, and the demo notifier when
-/// `[server] demo_notifier` names its database, relative to `data_dir`), if configured.
+/// `[server] demo_notifier` names its database, relative to `data_dir`), if configured: on
+/// `bound` (a node's [`Node::http_listener`]) when given, else on a listener bound here.
 pub async fn start_http(
     executor: &crate::executor::Executor,
     data_dir: &Path,
     config: &ServerConfig,
+    bound: Option<TcpListener>,
 ) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, Error> {
     if config.metrics_listen.is_empty() {
         return Ok(None);
@@ -183,7 +187,7 @@ pub async fn start_http(
             super::demo_notifier::Notifier::open(&data_dir.join(&config.demo_notifier)).map_err(Error::Config)?;
         Some(Arc::new(notifier))
     };
-    super::metrics_http::start(&config.metrics_listen, executor.clone(), notifier).await.map(Some)
+    super::metrics_http::start(&config.metrics_listen, bound, executor.clone(), notifier).await.map(Some)
 }
 
 async fn set_not_serving(health: &tonic_health::server::HealthReporter) {

@@ -53,6 +53,28 @@ fn a_sound_config_passes_and_changes_nothing() {
     assert_eq!(std::fs::read(dir.path().join("ledger.sqlite")).unwrap(), before, "the check wrote to the database");
 }
 
+/// The demo notifier is served by `sagalog serve` itself: checking the config before the server
+/// runs does not probe it (nothing listens yet) and reports it as served by the server, while
+/// an `http` participant elsewhere that cannot be reached is still a problem.
+#[test]
+fn the_demo_notifier_is_not_probed_before_the_server_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    ledger(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let notifier = format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\ndemo_notifier = \"notifications.sqlite\"\n{GOOD}\n\
+         [participants.notifier]\nkind = \"http\"\nbase_url = \"http://127.0.0.1:{port}\"\n"
+    );
+    let (code, report) = check(dir.path(), &notifier);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["participants_served_by_the_server"], serde_json::json!(["notifier"]), "{report:#}");
+    assert_eq!(report["participants_reachable"], serde_json::json!(["ledger"]), "{report:#}");
+    let elsewhere = notifier.replace("demo_notifier = \"notifications.sqlite\"\n", "");
+    let (code, report) = check(dir.path(), &elsewhere);
+    assert_eq!(code, Some(1), "without demo_notifier the URL is an ordinary service: {report:#}");
+    assert!(report["problems"][0]["message"].as_str().unwrap().contains("cannot be reached"), "{report:#}");
+}
+
 /// Each typical mistake: exit 1 and one problem naming the file's line and the key.
 #[test]
 fn each_typical_mistake_names_the_file_line_and_key() {
