@@ -1,10 +1,22 @@
 //! The SQLite participant: a small pool of connections to one database file, and the blocking
 //! pool that the DuckDB participant shares.
 //!
-//! `apply` runs one `BEGIN IMMEDIATE` transaction that checks the fence and the marker, runs
-//! the step's statement and inserts the marker, so the statement and its marker commit together
+//! `apply` checks the fence and the marker, runs the step's statements and inserts the marker
+//! inside one `BEGIN IMMEDIATE` transaction, so the statements and their marker commit together
 //! or not at all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same
-//! key are serialized by the database itself, and the second one sees the first one's marker.
+//! key are serialized, and the second one sees the first one's marker.
+//!
+//! **Group commit.** Applies that arrive while a transaction runs are queued, and the next
+//! writer runs up to [`BATCH_MAX`] of them in **one** transaction, each inside its own
+//! `SAVEPOINT`: a step that fails (a constraint, a guard, a fence) rolls back to its savepoint
+//! alone, statements and marker together, and the others go on. One `COMMIT` (one fsync of
+//! SQLite's WAL) then answers them all; nobody is answered "applied" before it. A commit that
+//! fails answers every step of the batch that would have been applied with the commit's error,
+//! as a lone commit would. An error after which SQLite has rolled back the whole transaction
+//! by itself (`SQLITE_FULL`, `SQLITE_IOERR`, …) voids the batch's earlier steps too: they are
+//! answered retryably, never "applied". The batch runs in a task of its own, so a step whose
+//! `apply` future is dropped (a timeout) is still run or answered, never stranded in the queue,
+//! and the fencing lookup below waits for it.
 //!
 //! `settle_marker` (the executor's fencing lookup) is a writer too: it takes the write lock
 //! below and `BEGIN IMMEDIATE`, reads the marker and, when there is none, inserts a fence row
@@ -40,6 +52,9 @@ use crate::engine::value::Value;
 /// connections only help readers (`lookup_marker`, `markers`).
 pub const POOL_SIZE_MAX: usize = 64;
 
+/// The most steps one group commit runs in one transaction.
+pub const BATCH_MAX: usize = 128;
+
 /// How long a statement waits for another connection's write lock before failing as busy.
 pub const BUSY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -48,7 +63,11 @@ pub struct Sqlite {
     name: String,
     path: PathBuf,
     busy_timeout: Duration,
-    pool: BlockingPool<Connection>,
+    pool: Arc<BlockingPool<Connection>>,
+    /// Applies waiting for the next group commit.
+    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
+    /// Group commits run, and the steps they ran: see [`Sqlite::group_commits`].
+    batches: Arc<BatchCounts>,
     /// Opened by [`Sqlite::open_read_only`]: `apply` fails, nothing is ever written.
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
@@ -124,7 +143,9 @@ impl Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            pool,
+            pool: Arc::new(pool),
+            queue: Arc::default(),
+            batches: Arc::default(),
             read_only: false,
             has_marker_table: true,
             has_outputs_column: true,
@@ -172,7 +193,9 @@ impl Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            pool,
+            pool: Arc::new(pool),
+            queue: Arc::default(),
+            batches: Arc::default(),
             read_only: true,
             has_marker_table,
             has_outputs_column,
@@ -214,14 +237,114 @@ impl Sqlite {
         T: Send + 'static,
         F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
     {
-        let name = self.name.clone();
-        let busy_timeout = self.busy_timeout;
-        self.pool
-            .run(move |conn| {
-                conn.busy_timeout(busy_timeout).map_err(|e| classify(&name, "set busy timeout", &e))?;
-                work(&name, conn)
-            })
-            .await
+        run_on(&self.pool, self.name.clone(), self.busy_timeout, work).await
+    }
+
+    /// How many group-commit transactions ran so far, and how many steps they ran in all:
+    /// their ratio is the steps sharing one commit (one fsync).
+    pub fn group_commits(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.batches.transactions.load(Relaxed), self.batches.steps.load(Relaxed))
+    }
+
+    /// What a group commit needs, to run in a task of its own.
+    fn committer(&self) -> Committer {
+        Committer {
+            name: self.name.clone(),
+            busy_timeout: self.busy_timeout,
+            pool: Arc::clone(&self.pool),
+            queue: Arc::clone(&self.queue),
+            write_lock: Arc::clone(&self.write_lock),
+            tables: Arc::clone(&self.tables),
+            batches: Arc::clone(&self.batches),
+        }
+    }
+}
+
+/// See [`Sqlite::group_commits`].
+#[derive(Default)]
+struct BatchCounts {
+    transactions: std::sync::atomic::AtomicU64,
+    steps: std::sync::atomic::AtomicU64,
+}
+
+/// Runs `work` on a connection of `pool` on a blocking thread, with `busy_timeout` applied.
+async fn run_on<T, F>(pool: &BlockingPool<Connection>, name: String, busy_timeout: Duration, work: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
+{
+    pool.run(move |conn| {
+        conn.busy_timeout(busy_timeout).map_err(|e| classify(&name, "set busy timeout", &e))?;
+        work(&name, conn)
+    })
+    .await
+}
+
+/// An apply waiting for a group commit, and where its answer goes.
+struct Pending {
+    step: BatchStep,
+    answer: tokio::sync::oneshot::Sender<Result<(Applied, Outputs), Error>>,
+}
+
+/// One step of a group commit.
+struct BatchStep {
+    key: StepKey,
+    attempt: u32,
+    statements: Vec<Statement>,
+}
+
+/// The parts of a [`Sqlite`] a group commit uses.
+struct Committer {
+    name: String,
+    busy_timeout: Duration,
+    pool: Arc<BlockingPool<Connection>>,
+    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    tables: Arc<Tables>,
+    batches: Arc<BatchCounts>,
+}
+
+impl Committer {
+    /// Takes the write lock, then runs what is queued (up to [`BATCH_MAX`]; nothing if an
+    /// earlier writer took it all) in one transaction, and answers each step. One call per
+    /// queued apply, so every queued step is taken by some call.
+    async fn run(self) {
+        let writer = Arc::clone(&self.write_lock).lock_owned().await;
+        let batch: Vec<Pending> = {
+            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = queue.len().min(BATCH_MAX);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (steps, answers): (Vec<BatchStep>, Vec<_>) = batch.into_iter().map(|p| (p.step, p.answer)).unzip();
+        let n = steps.len();
+        self.batches.transactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batches.steps.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let tables = self.tables;
+        // The guard moves into the blocking task: the lock is released when the transaction
+        // ends, whatever happens to this task.
+        let results = run_on(&self.pool, self.name, self.busy_timeout, move |name, conn| {
+            let _writer = writer;
+            Ok(commit_batch(name, conn, &tables, steps))
+        })
+        .await;
+        match results {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            // No connection (the pool closed, or opening one failed): nothing ran.
+            Err(e) => {
+                debug_assert!(n == answers.len());
+                for answer in answers {
+                    let _ = answer.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -255,16 +378,15 @@ impl Participant for Sqlite {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let statements = op.sql(&self.name)?;
-            let key = key.clone();
-            // The guard moves into the blocking task, so it is released when the transaction
-            // ends, not when this future is dropped (a step timeout).
-            let writer = Arc::clone(&self.write_lock).lock_owned().await;
-            let tables = Arc::clone(&self.tables);
-            self.run(move |name, conn| {
-                let _writer = writer;
-                apply_blocking(name, conn, &tables, &key, attempt, statements)
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let step = BatchStep { key: key.clone(), attempt, statements };
+            self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Pending { step, answer });
+            // The commit runs in a task of its own: dropping this future (a step timeout)
+            // neither strands the queued step nor cuts a transaction short.
+            tokio::spawn(self.committer().run());
+            answered.await.unwrap_or_else(|_| {
+                Err(Error::retryable(&self.name, format!("step {key}: the group commit ended without an answer")))
             })
-            .await
         })
     }
 
@@ -414,27 +536,83 @@ fn probe_write(name: &str, conn: &mut Connection, tables: &Tables) -> Result<(),
     tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
 }
 
-/// The body of `apply`: fence check, marker check, statement, marker insert, all in one write
-/// transaction.
-fn apply_blocking(
+/// The body of a group commit: one write transaction, and in it each step under its own
+/// savepoint (see the module doc). Answers every step, in order.
+fn commit_batch(
     name: &str,
     conn: &mut Connection,
     tables: &Tables,
+    steps: Vec<BatchStep>,
+) -> Vec<Result<(Applied, Outputs), Error>> {
+    let n = steps.len();
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return vec![Err(classify(name, "begin transaction", &e)); n],
+    };
+    let mut results: Vec<Result<(Applied, Outputs), Error>> = Vec::with_capacity(n);
+    // Set once SQLite rolled the whole transaction back by itself: nothing of it will commit.
+    let mut lost: Option<Error> = None;
+    for BatchStep { key, attempt, statements } in steps {
+        if let Some(e) = &lost {
+            results.push(Err(e.clone()));
+            continue;
+        }
+        let result = match tx.savepoint() {
+            Err(e) => Err(classify(name, "savepoint", &e)),
+            Ok(savepoint) => {
+                let result = apply_in(name, &savepoint, tables, &key, attempt, &statements);
+                match result {
+                    // Keep the step's work in the transaction.
+                    Ok((Applied::Applied, outputs)) => {
+                        savepoint.commit().map(|()| (Applied::Applied, outputs)).map_err(|e| classify(name, "release savepoint", &e))
+                    }
+                    // Nothing to keep: dropping the savepoint rolls back to it and releases it.
+                    other => other,
+                }
+            }
+        };
+        if result.is_err() && tx.is_autocommit() {
+            let cause = result.as_ref().err().map_or_else(String::new, ToString::to_string);
+            let void = Error::retryable(
+                name,
+                format!("SQLite rolled the group commit's transaction back after an error ({cause}); nothing of it was applied"),
+            );
+            for earlier in results.iter_mut().filter(|r| matches!(r, Ok((Applied::Applied, _)))) {
+                *earlier = Err(void.clone());
+            }
+            lost = Some(void);
+        }
+        results.push(result);
+    }
+    if lost.is_some() {
+        return results;
+    }
+    if let Err(e) = tx.commit() {
+        let e = classify(name, "commit", &e);
+        for result in results.iter_mut().filter(|r| matches!(r, Ok((Applied::Applied, _)))) {
+            *result = Err(e.clone());
+        }
+    }
+    results
+}
+
+/// One step inside a transaction (a group commit's savepoint): fence check, marker check,
+/// statements, marker insert. Leaves committing or rolling back to the caller: `Applied` is to
+/// be kept; `AlreadyApplied` and errors changed nothing worth keeping.
+fn apply_in(
+    name: &str,
+    tx: &Connection,
+    tables: &Tables,
     key: &StepKey,
     attempt: u32,
-    statements: Vec<Statement>,
+    statements: &[Statement],
 ) -> Result<(Applied, Outputs), Error> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| classify(name, "begin transaction", &e))?;
-    if let Some(through) = fenced_through(name, &tx, tables, key)?
+    if let Some(through) = fenced_through(name, tx, tables, key)?
         && through >= attempt
     {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if let Some(outputs) = stored_outputs(name, &tx, tables, key)? {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+    if let Some(outputs) = stored_outputs(name, tx, tables, key)? {
         return Ok((Applied::AlreadyApplied, outputs));
     }
     let mut outputs = Outputs::new();
@@ -468,7 +646,7 @@ fn apply_blocking(
         }
         // Rows returned (`SELECT`, `… RETURNING`), else rows changed by this statement.
         let affected = if returns_rows { returned } else { tx.changes() };
-        // A guard that fails drops the transaction: statement and marker roll back.
+        // A guard that fails rolls the step back: statements and marker.
         statement.check_rows(name, &context, affected)?;
     }
     let insert = format!(
@@ -481,9 +659,6 @@ fn apply_blocking(
             stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms(), stored])
         })
         .map_err(|e| classify(name, "insert marker", &e))?;
-    // Dropping an uncommitted transaction rolls it back, so every early return above leaves
-    // neither the statement's effect nor the marker behind.
-    tx.commit().map_err(|e| classify(name, "commit", &e))?;
     Ok((Applied::Applied, outputs))
 }
 
@@ -657,4 +832,81 @@ fn classify(name: &str, context: &str, error: &rusqlite::Error) -> Error {
         _ => false,
     };
     if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(saga: &str, step: u32) -> StepKey {
+        StepKey { saga_id: saga.to_owned(), step, direction: Direction::Forward, scope: None }
+    }
+
+    fn insert(n: i64) -> Operation {
+        Operation::Sql { sql: "INSERT INTO t (n) VALUES (?1)".into(), args: vec![Value::Int(n)], rows: None }
+    }
+
+    fn rows(db: &Path) -> Vec<i64> {
+        let conn = Connection::open(db).unwrap();
+        let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// Group commit: many concurrent applies, every third violating a CHECK constraint, share
+    /// transactions; each failing step rolls back alone (no row, no marker), every other one
+    /// has its row and marker exactly once, and applying them all again changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_step_in_a_group_commit_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (n INTEGER NOT NULL CHECK (n % 3 != 0))").unwrap();
+        let db = Arc::new(Sqlite::open("db", &path, 4).unwrap());
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=300i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { db.apply(&key(&format!("s{n}"), 0), 1, &insert(n)).await })
+                })
+                .collect();
+            for (n, task) in (1..=300i64).zip(tasks) {
+                let result = task.await.unwrap();
+                match (n % 3 == 0, round) {
+                    (true, _) => assert!(!result.unwrap_err().is_retryable(), "{n}: a CHECK failure is permanent"),
+                    (false, 0) => assert_eq!(result.unwrap(), Applied::Applied, "{n}"),
+                    (false, _) => assert_eq!(result.unwrap(), Applied::AlreadyApplied, "{n}"),
+                }
+            }
+        }
+        let expected: Vec<i64> = (1..=300).filter(|n| n % 3 != 0).collect();
+        assert_eq!(rows(&path), expected);
+        let (transactions, steps) = db.group_commits();
+        assert_eq!(steps, 600);
+        assert!(transactions < steps / 4, "{transactions} transactions for {steps} steps: not grouped");
+        for n in 1..=300i64 {
+            assert_eq!(db.lookup_marker(&key(&format!("s{n}"), 0)).await.unwrap(), n % 3 != 0, "{n}");
+        }
+    }
+
+    /// An apply whose future is dropped right after it queued its step (a step timeout) is still
+    /// run by its own committer: the fencing lookup that follows waits for it and sees its
+    /// marker, so the late commit is never read as "absent".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_apply_still_commits_before_the_fencing_lookup_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (n INTEGER NOT NULL)").unwrap();
+        let db = Sqlite::open("db", &path, 2).unwrap();
+        for n in 0..20i64 {
+            let k = key(&format!("late{n}"), 0);
+            // Polled once: the step is queued and its committer spawned, then the future is
+            // dropped, as a step timeout drops it.
+            let op = insert(n);
+            let mut apply = db.apply(&k, 1, &op);
+            let polled = apply.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            assert!(polled.is_pending(), "{n}: answered at the first poll");
+            drop(apply);
+            let present = db.settle_marker(&k, 1).await.unwrap();
+            assert_eq!(present, rows(&path).contains(&n), "{n}: the lookup and the table disagree");
+        }
+    }
 }
