@@ -13,8 +13,10 @@
 //! SQLite's WAL) then answers them all; nobody is answered "applied" before it. A commit that
 //! fails answers every step of the batch that would have been applied with the commit's error,
 //! as a lone commit would. An error after which SQLite has rolled back the whole transaction
-//! by itself (`SQLITE_FULL`, `SQLITE_IOERR`, …) voids the batch's earlier steps too: they are
-//! answered retryably, never "applied". The batch runs in a task of its own, so a step whose
+//! by itself (`SQLITE_FULL`, `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`) is that step's
+//! answer; the steps kept before it, void now, and those after it run again in a new
+//! transaction, so such a step fails alone and nothing void is ever answered "applied". The
+//! batch runs in a task of its own, so a step whose
 //! `apply` future is dropped (a timeout) is still run or answered, never stranded in the queue,
 //! and the fencing lookup below waits for it.
 //!
@@ -269,7 +271,12 @@ struct BatchCounts {
 }
 
 /// Runs `work` on a connection of `pool` on a blocking thread, with `busy_timeout` applied.
-async fn run_on<T, F>(pool: &BlockingPool<Connection>, name: String, busy_timeout: Duration, work: F) -> Result<T, Error>
+async fn run_on<T, F>(
+    pool: &BlockingPool<Connection>,
+    name: String,
+    busy_timeout: Duration,
+    work: F,
+) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
@@ -538,62 +545,74 @@ fn probe_write(name: &str, conn: &mut Connection, tables: &Tables) -> Result<(),
 
 /// The body of a group commit: one write transaction, and in it each step under its own
 /// savepoint (see the module doc). Answers every step, in order.
+///
+/// When SQLite rolls the whole transaction back after a step's error (`SQLITE_FULL`,
+/// `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`), that step gets its error, and the steps kept
+/// before it (void now) and those after it run again in a new transaction: each pass answers at
+/// least one step for good, so a step that kills transactions fails alone.
 fn commit_batch(
     name: &str,
     conn: &mut Connection,
     tables: &Tables,
     steps: Vec<BatchStep>,
 ) -> Vec<Result<(Applied, Outputs), Error>> {
-    let n = steps.len();
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return vec![Err(classify(name, "begin transaction", &e)); n],
-    };
-    let mut results: Vec<Result<(Applied, Outputs), Error>> = Vec::with_capacity(n);
-    // Set once SQLite rolled the whole transaction back by itself: nothing of it will commit.
-    let mut lost: Option<Error> = None;
-    for BatchStep { key, attempt, statements } in steps {
-        if let Some(e) = &lost {
-            results.push(Err(e.clone()));
-            continue;
-        }
-        let result = match tx.savepoint() {
-            Err(e) => Err(classify(name, "savepoint", &e)),
-            Ok(savepoint) => {
-                let result = apply_in(name, &savepoint, tables, &key, attempt, &statements);
-                match result {
-                    // Keep the step's work in the transaction.
-                    Ok((Applied::Applied, outputs)) => {
-                        savepoint.commit().map(|()| (Applied::Applied, outputs)).map_err(|e| classify(name, "release savepoint", &e))
-                    }
-                    // Nothing to keep: dropping the savepoint rolls back to it and releases it.
-                    other => other,
+    let mut results: Vec<Option<Result<(Applied, Outputs), Error>>> = vec![None; steps.len()];
+    let mut todo: Vec<usize> = (0..steps.len()).collect();
+    while !todo.is_empty() {
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = classify(name, "begin transaction", &e);
+                for &i in &todo {
+                    results[i] = Some(Err(e.clone()));
                 }
+                break;
             }
         };
-        if result.is_err() && tx.is_autocommit() {
-            let cause = result.as_ref().err().map_or_else(String::new, ToString::to_string);
-            let void = Error::retryable(
-                name,
-                format!("SQLite rolled the group commit's transaction back after an error ({cause}); nothing of it was applied"),
-            );
-            for earlier in results.iter_mut().filter(|r| matches!(r, Ok((Applied::Applied, _)))) {
-                *earlier = Err(void.clone());
+        // Steps applied in this transaction, to be answered once it commits.
+        let mut kept: Vec<usize> = Vec::new();
+        let mut again: Option<Vec<usize>> = None;
+        for (position, &i) in todo.iter().enumerate() {
+            let BatchStep { key, attempt, statements } = &steps[i];
+            let result = match tx.savepoint() {
+                Err(e) => Err(classify(name, "savepoint", &e)),
+                Ok(savepoint) => match apply_in(name, &savepoint, tables, key, *attempt, statements) {
+                    // Keep the step's work in the transaction.
+                    Ok((Applied::Applied, outputs)) => savepoint
+                        .commit()
+                        .map(|()| (Applied::Applied, outputs))
+                        .map_err(|e| classify(name, "release savepoint", &e)),
+                    // Nothing to keep: dropping the savepoint rolls back to it and releases it.
+                    other => other,
+                },
+            };
+            if result.is_err() && tx.is_autocommit() {
+                // SQLite ended the transaction: this step failed; the rest run again.
+                results[i] = Some(result);
+                again = Some(kept.iter().chain(&todo[position + 1..]).copied().collect());
+                break;
             }
-            lost = Some(void);
+            if matches!(result, Ok((Applied::Applied, _))) {
+                kept.push(i);
+            }
+            results[i] = Some(result);
         }
-        results.push(result);
-    }
-    if lost.is_some() {
-        return results;
-    }
-    if let Err(e) = tx.commit() {
-        let e = classify(name, "commit", &e);
-        for result in results.iter_mut().filter(|r| matches!(r, Ok((Applied::Applied, _)))) {
-            *result = Err(e.clone());
+        if let Some(again) = again {
+            todo = again;
+            continue;
         }
+        if let Err(e) = tx.commit() {
+            let e = classify(name, "commit", &e);
+            for &i in &kept {
+                results[i] = Some(Err(e.clone()));
+            }
+        }
+        break;
     }
     results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::retryable(name, "bug: a group commit left a step unanswered"))))
+        .collect()
 }
 
 /// One step inside a transaction (a group commit's savepoint): fence check, marker check,
@@ -836,6 +855,8 @@ fn classify(name: &str, context: &str, error: &rusqlite::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn key(saga: &str, step: u32) -> StepKey {
@@ -859,7 +880,10 @@ mod tests {
     async fn a_failing_step_in_a_group_commit_rolls_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (n INTEGER NOT NULL CHECK (n % 3 != 0))").unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (n INTEGER NOT NULL CHECK (n % 3 != 0))")
+            .unwrap();
         let db = Arc::new(Sqlite::open("db", &path, 4).unwrap());
         for round in 0..2 {
             let tasks: Vec<_> = (1..=300i64)
@@ -884,6 +908,47 @@ mod tests {
         assert!(transactions < steps / 4, "{transactions} transactions for {steps} steps: not grouped");
         for n in 1..=300i64 {
             assert_eq!(db.lookup_marker(&key(&format!("s{n}"), 0)).await.unwrap(), n % 3 != 0, "{n}");
+        }
+    }
+
+    /// A step after whose error SQLite rolls the whole transaction back (here a trigger's
+    /// `RAISE(ROLLBACK)`; a full disk or an I/O error does the same) fails alone: its batch
+    /// mates run again in a new transaction and are applied, none is answered "applied"
+    /// without its row, and applying everything again changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_that_makes_sqlite_roll_back_the_transaction_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE t (n INTEGER NOT NULL);
+                 CREATE TRIGGER poison BEFORE INSERT ON t WHEN NEW.n % 50 = 13 BEGIN SELECT RAISE(ROLLBACK, 'poisoned'); END;",
+            )
+            .unwrap();
+        let db = Arc::new(Sqlite::open("db", &path, 4).unwrap());
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=200i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { (n, db.apply(&key(&format!("p{n}"), 0), 1, &insert(n)).await) })
+                })
+                .collect();
+            let mut answers = BTreeMap::new();
+            for task in tasks {
+                let (n, result) = task.await.unwrap();
+                answers.insert(n, result);
+            }
+            let table = rows(&path);
+            for (n, result) in &answers {
+                match (n % 50 == 13, result, round) {
+                    (true, Err(e), _) => assert!(e.message.contains("poisoned"), "{n}: {e}"),
+                    (false, Ok(Applied::Applied), 0) | (false, Ok(Applied::AlreadyApplied), 1) => {}
+                    other => panic!("round {round}: {n}: {other:?}"),
+                }
+                assert_eq!(table.contains(n), n % 50 != 13, "round {round}: {n}");
+                assert_eq!(db.lookup_marker(&key(&format!("p{n}"), 0)).await.unwrap(), n % 50 != 13, "{n}");
+            }
         }
     }
 
