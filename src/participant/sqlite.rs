@@ -6,19 +6,14 @@
 //! or not at all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same
 //! key are serialized, and the second one sees the first one's marker.
 //!
-//! **Group commit.** Applies that arrive while a transaction runs are queued, and the next
-//! writer runs up to [`BATCH_MAX`] of them in **one** transaction, each inside its own
-//! `SAVEPOINT`: a step that fails (a constraint, a guard, a fence) rolls back to its savepoint
-//! alone, statements and marker together, and the others go on. One `COMMIT` (one fsync of
-//! SQLite's WAL) then answers them all; nobody is answered "applied" before it. A commit that
-//! fails answers every step of the batch that would have been applied with the commit's error,
-//! as a lone commit would. An error after which SQLite has rolled back the whole transaction
-//! by itself (`SQLITE_FULL`, `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`) is that step's
-//! answer; the steps kept before it, void now, and those after it run again in a new
-//! transaction, so such a step fails alone and nothing void is ever answered "applied". The
-//! batch runs in a task of its own, so a step whose
-//! `apply` future is dropped (a timeout) is still run or answered, never stranded in the queue,
-//! and the fencing lookup below waits for it.
+//! **Group commit** (`participant::batch`): applies that arrive while a transaction runs are
+//! queued, and the next writer runs up to [`BATCH_MAX`] of them in **one** transaction, each
+//! inside its own `SAVEPOINT`: a step that fails (a constraint, a guard, a fence) rolls back to
+//! its savepoint alone, statements and marker together, and the others go on. One `COMMIT`
+//! (one fsync of SQLite's WAL) then answers them all; nobody is answered "applied" before it.
+//! A step after whose error SQLite rolls the whole transaction back (`SQLITE_FULL`,
+//! `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`) fails alone: the others run again in a new
+//! transaction.
 //!
 //! `settle_marker` (the executor's fencing lookup) is a writer too: it takes the write lock
 //! below and `BEGIN IMMEDIATE`, reads the marker and, when there is none, inserts a fence row
@@ -42,6 +37,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
+use super::batch::{BatchStep, Batching, GroupCommit, StepRun};
 use super::marker::{self, decode_outputs, encode_outputs, now_ms};
 use super::pool::BlockingPool;
 use super::{
@@ -54,8 +50,7 @@ use crate::engine::value::Value;
 /// connections only help readers (`lookup_marker`, `markers`).
 pub const POOL_SIZE_MAX: usize = 64;
 
-/// The most steps one group commit runs in one transaction.
-pub const BATCH_MAX: usize = 128;
+pub use super::batch::BATCH_MAX;
 
 /// How long a statement waits for another connection's write lock before failing as busy.
 pub const BUSY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
@@ -66,10 +61,8 @@ pub struct Sqlite {
     path: PathBuf,
     busy_timeout: Duration,
     pool: Arc<BlockingPool<Connection>>,
-    /// Applies waiting for the next group commit.
-    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
-    /// Group commits run, and the steps they ran: see [`Sqlite::group_commits`].
-    batches: Arc<BatchCounts>,
+    /// Where `apply` queues its step for the next group commit.
+    group: GroupCommit<Connection>,
     /// Opened by [`Sqlite::open_read_only`]: `apply` fails, nothing is ever written.
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
@@ -140,19 +133,19 @@ impl Sqlite {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            pool: Arc::new(pool),
-            queue: Arc::default(),
-            batches: Arc::default(),
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
+            pool,
             read_only: false,
             has_marker_table: true,
             has_outputs_column: true,
-            write_lock: Arc::default(),
-            tables: Arc::new(tables),
+            write_lock,
+            tables,
         })
     }
 
@@ -190,19 +183,19 @@ impl Sqlite {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            pool: Arc::new(pool),
-            queue: Arc::default(),
-            batches: Arc::default(),
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
+            pool,
             read_only: true,
             has_marker_table,
             has_outputs_column,
-            write_lock: Arc::default(),
-            tables: Arc::new(tables),
+            write_lock,
+            tables,
         })
     }
 
@@ -210,6 +203,7 @@ impl Sqlite {
     /// retryable "database is locked" error.
     pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Sqlite {
         self.busy_timeout = busy_timeout;
+        self.group = group_commit(&self.name, &self.pool, &self.write_lock, &self.tables, busy_timeout);
         self
     }
 
@@ -242,32 +236,70 @@ impl Sqlite {
         run_on(&self.pool, self.name.clone(), self.busy_timeout, work).await
     }
 
-    /// How many group-commit transactions ran so far, and how many steps they ran in all:
-    /// their ratio is the steps sharing one commit (one fsync).
+    /// How many group commits ran so far, and how many steps they held in all: their ratio
+    /// is the steps sharing one commit (one fsync).
     pub fn group_commits(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.batches.transactions.load(Relaxed), self.batches.steps.load(Relaxed))
-    }
-
-    /// What a group commit needs, to run in a task of its own.
-    fn committer(&self) -> Committer {
-        Committer {
-            name: self.name.clone(),
-            busy_timeout: self.busy_timeout,
-            pool: Arc::clone(&self.pool),
-            queue: Arc::clone(&self.queue),
-            write_lock: Arc::clone(&self.write_lock),
-            tables: Arc::clone(&self.tables),
-            batches: Arc::clone(&self.batches),
-        }
+        self.group.counts()
     }
 }
 
-/// See [`Sqlite::group_commits`].
-#[derive(Default)]
-struct BatchCounts {
-    transactions: std::sync::atomic::AtomicU64,
-    steps: std::sync::atomic::AtomicU64,
+/// The participant's group commit, on its pool and write lock.
+fn group_commit(
+    name: &str,
+    pool: &Arc<BlockingPool<Connection>>,
+    write_lock: &Arc<tokio::sync::Mutex<()>>,
+    tables: &Arc<Tables>,
+    busy_timeout: Duration,
+) -> GroupCommit<Connection> {
+    let db = Arc::new(SqliteBatching { tables: Arc::clone(tables), busy_timeout });
+    GroupCommit::new(name, Arc::clone(pool), Arc::clone(write_lock), db)
+}
+
+/// SQLite's part of a group commit: `BEGIN IMMEDIATE`, and each step under a savepoint.
+struct SqliteBatching {
+    tables: Arc<Tables>,
+    busy_timeout: Duration,
+}
+
+impl Batching<Connection> for SqliteBatching {
+    fn prepare(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.busy_timeout(self.busy_timeout).map_err(|e| classify(name, "set busy timeout", &e))
+    }
+
+    fn begin(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| classify(name, "begin transaction", &e))
+    }
+
+    fn step(&self, name: &str, conn: &mut Connection, step: &BatchStep) -> StepRun {
+        if let Err(e) = conn.execute_batch("SAVEPOINT sagalog_step") {
+            return StepRun { result: Err(classify(name, "savepoint", &e)), usable: !conn.is_autocommit() };
+        }
+        let result = match apply_in(name, conn, &self.tables, &step.key, step.attempt, &step.statements) {
+            // Keep the step's work in the transaction.
+            Ok((Applied::Applied, outputs)) => conn
+                .execute_batch("RELEASE sagalog_step")
+                .map(|()| (Applied::Applied, outputs))
+                .map_err(|e| classify(name, "release savepoint", &e)),
+            other => other,
+        };
+        let undone = match &result {
+            Ok((Applied::Applied, _)) => true,
+            // Nothing to keep: back to the savepoint, which is then released.
+            _ => conn.execute_batch("ROLLBACK TO sagalog_step; RELEASE sagalog_step").is_ok(),
+        };
+        // A step whose work could not be undone, or a transaction SQLite ended, ends the pass.
+        StepRun { result, usable: undone && !conn.is_autocommit() }
+    }
+
+    fn rollback(&self, _name: &str, conn: &mut Connection) {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn commit(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("COMMIT").map_err(|e| classify(name, "commit", &e))
+    }
 }
 
 /// Runs `work` on a connection of `pool` on a blocking thread, with `busy_timeout` applied.
@@ -286,73 +318,6 @@ where
         work(&name, conn)
     })
     .await
-}
-
-/// An apply waiting for a group commit, and where its answer goes.
-struct Pending {
-    step: BatchStep,
-    answer: tokio::sync::oneshot::Sender<Result<(Applied, Outputs), Error>>,
-}
-
-/// One step of a group commit.
-struct BatchStep {
-    key: StepKey,
-    attempt: u32,
-    statements: Vec<Statement>,
-}
-
-/// The parts of a [`Sqlite`] a group commit uses.
-struct Committer {
-    name: String,
-    busy_timeout: Duration,
-    pool: Arc<BlockingPool<Connection>>,
-    queue: Arc<std::sync::Mutex<Vec<Pending>>>,
-    write_lock: Arc<tokio::sync::Mutex<()>>,
-    tables: Arc<Tables>,
-    batches: Arc<BatchCounts>,
-}
-
-impl Committer {
-    /// Takes the write lock, then runs what is queued (up to [`BATCH_MAX`]; nothing if an
-    /// earlier writer took it all) in one transaction, and answers each step. One call per
-    /// queued apply, so every queued step is taken by some call.
-    async fn run(self) {
-        let writer = Arc::clone(&self.write_lock).lock_owned().await;
-        let batch: Vec<Pending> = {
-            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = queue.len().min(BATCH_MAX);
-            queue.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let (steps, answers): (Vec<BatchStep>, Vec<_>) = batch.into_iter().map(|p| (p.step, p.answer)).unzip();
-        let n = steps.len();
-        self.batches.transactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.batches.steps.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let tables = self.tables;
-        // The guard moves into the blocking task: the lock is released when the transaction
-        // ends, whatever happens to this task.
-        let results = run_on(&self.pool, self.name, self.busy_timeout, move |name, conn| {
-            let _writer = writer;
-            Ok(commit_batch(name, conn, &tables, steps))
-        })
-        .await;
-        match results {
-            Ok(results) => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result);
-                }
-            }
-            // No connection (the pool closed, or opening one failed): nothing ran.
-            Err(e) => {
-                debug_assert!(n == answers.len());
-                for answer in answers {
-                    let _ = answer.send(Err(e.clone()));
-                }
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -385,15 +350,9 @@ impl Participant for Sqlite {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let statements = op.sql(&self.name)?;
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            let step = BatchStep { key: key.clone(), attempt, statements };
-            self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Pending { step, answer });
-            // The commit runs in a task of its own: dropping this future (a step timeout)
+            // A committer task of its own runs the step: dropping this future (a step timeout)
             // neither strands the queued step nor cuts a transaction short.
-            tokio::spawn(self.committer().run());
-            answered.await.unwrap_or_else(|_| {
-                Err(Error::retryable(&self.name, format!("step {key}: the group commit ended without an answer")))
-            })
+            self.group.apply(BatchStep { key: key.clone(), attempt, statements }).await
         })
     }
 
@@ -541,78 +500,6 @@ fn probe_write(name: &str, conn: &mut Connection, tables: &Tables) -> Result<(),
     );
     tx.execute(&insert, []).map_err(|e| classify(name, "probe: write a marker row", &e))?;
     tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
-}
-
-/// The body of a group commit: one write transaction, and in it each step under its own
-/// savepoint (see the module doc). Answers every step, in order.
-///
-/// When SQLite rolls the whole transaction back after a step's error (`SQLITE_FULL`,
-/// `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`), that step gets its error, and the steps kept
-/// before it (void now) and those after it run again in a new transaction: each pass answers at
-/// least one step for good, so a step that kills transactions fails alone.
-fn commit_batch(
-    name: &str,
-    conn: &mut Connection,
-    tables: &Tables,
-    steps: Vec<BatchStep>,
-) -> Vec<Result<(Applied, Outputs), Error>> {
-    let mut results: Vec<Option<Result<(Applied, Outputs), Error>>> = vec![None; steps.len()];
-    let mut todo: Vec<usize> = (0..steps.len()).collect();
-    while !todo.is_empty() {
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = classify(name, "begin transaction", &e);
-                for &i in &todo {
-                    results[i] = Some(Err(e.clone()));
-                }
-                break;
-            }
-        };
-        // Steps applied in this transaction, to be answered once it commits.
-        let mut kept: Vec<usize> = Vec::new();
-        let mut again: Option<Vec<usize>> = None;
-        for (position, &i) in todo.iter().enumerate() {
-            let BatchStep { key, attempt, statements } = &steps[i];
-            let result = match tx.savepoint() {
-                Err(e) => Err(classify(name, "savepoint", &e)),
-                Ok(savepoint) => match apply_in(name, &savepoint, tables, key, *attempt, statements) {
-                    // Keep the step's work in the transaction.
-                    Ok((Applied::Applied, outputs)) => savepoint
-                        .commit()
-                        .map(|()| (Applied::Applied, outputs))
-                        .map_err(|e| classify(name, "release savepoint", &e)),
-                    // Nothing to keep: dropping the savepoint rolls back to it and releases it.
-                    other => other,
-                },
-            };
-            if result.is_err() && tx.is_autocommit() {
-                // SQLite ended the transaction: this step failed; the rest run again.
-                results[i] = Some(result);
-                again = Some(kept.iter().chain(&todo[position + 1..]).copied().collect());
-                break;
-            }
-            if matches!(result, Ok((Applied::Applied, _))) {
-                kept.push(i);
-            }
-            results[i] = Some(result);
-        }
-        if let Some(again) = again {
-            todo = again;
-            continue;
-        }
-        if let Err(e) = tx.commit() {
-            let e = classify(name, "commit", &e);
-            for &i in &kept {
-                results[i] = Some(Err(e.clone()));
-            }
-        }
-        break;
-    }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::retryable(name, "bug: a group commit left a step unanswered"))))
-        .collect()
 }
 
 /// One step inside a transaction (a group commit's savepoint): fence check, marker check,
