@@ -208,6 +208,11 @@ impl Duckdb {
         })
     }
 
+    /// How many group commits ran so far, and how many steps they held in all.
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.group.counts()
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -658,5 +663,47 @@ mod tests {
             assert!(e.is_retryable(), "{e}");
             assert!(e.message.contains("in doubt"), "{e}");
         }
+    }
+
+    /// Group commit without savepoints: many concurrent applies, every third violating a CHECK
+    /// constraint, share transactions; each failing step fails alone (no row, no marker),
+    /// every other one has its row and marker exactly once, and applying them all again
+    /// changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_step_in_a_group_commit_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.duckdb");
+        let db = Arc::new(Duckdb::open("db", &path, 2).unwrap());
+        db.connection().unwrap().execute_batch("CREATE TABLE t (n BIGINT NOT NULL CHECK (n % 3 != 0))").unwrap();
+        let key = |n: i64| StepKey { saga_id: format!("s{n}"), step: 0, direction: Direction::Forward, scope: None };
+        let insert = |n: i64| Operation::Sql {
+            sql: "INSERT INTO t (n) VALUES (?)".into(),
+            args: vec![Value::Int(n)],
+            rows: None,
+        };
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=120i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { db.apply(&key(n), 1, &insert(n)).await })
+                })
+                .collect();
+            for (n, task) in (1..=120i64).zip(tasks) {
+                match (n % 3 == 0, task.await.unwrap(), round) {
+                    (true, Err(e), _) => assert!(!e.is_retryable(), "{n}: {e}"),
+                    (false, Ok(Applied::Applied), 0) | (false, Ok(Applied::AlreadyApplied), 1) => {}
+                    (_, other, _) => panic!("round {round}: {n}: {other:?}"),
+                }
+            }
+        }
+        let conn = db.connection().unwrap();
+        let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, 80);
+        for n in 1..=120i64 {
+            assert_eq!(db.lookup_marker(&key(n)).await.unwrap(), n % 3 != 0, "{n}");
+        }
+        let (transactions, steps) = db.group_commits();
+        assert_eq!(steps, 240);
+        assert!(transactions < steps / 2, "{transactions} transactions for {steps} steps: not grouped");
     }
 }
