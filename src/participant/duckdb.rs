@@ -20,7 +20,8 @@
 //! the fence is kept **in memory**, and an apply of a fenced-off attempt that takes the write
 //! lock later fails permanently. Memory is enough because DuckDB lets one process write a file:
 //! an attempt can only run in this process (a crashed process's transaction is gone with it),
-//! and an apply whose future was dropped before it took the write lock never runs. A fence
+//! and a queued step whose `apply` future was dropped (a timeout) runs under the same write
+//! lock, so it either commits before the lookup reads or finds the lookup's fence. A fence
 //! row written and committed per lookup (as SQLite and PostgreSQL do) cost one DuckDB commit
 //! per in-doubt step under the write lock: after a crash with hundreds of steps in doubt, the
 //! applies queued behind those commits timed out and the breaker parked every saga (found by
