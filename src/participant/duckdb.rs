@@ -9,13 +9,19 @@
 //! happens (a statement racing work done through [`Duckdb::connection`]) is retryable.
 //!
 //! `apply` runs the fence check, the marker check, the step's statement and the marker insert
-//! in one transaction. `settle_marker` (the executor's fencing lookup) takes the same write
+//! in one transaction. **Group commit** (`participant::batch`): applies that arrive while a
+//! transaction runs are queued, and the next writer runs up to `BATCH_MAX` of them in one
+//! transaction and one commit. DuckDB has no savepoints and aborts a transaction at its first
+//! error, so a step that fails (a constraint, a guard, a fence row) ends the pass: it gets its
+//! error, the transaction is rolled back, and the others run again in a new one. Failing steps
+//! thus cost a pass each; the common case, all steps applied, costs one commit. `settle_marker` (the executor's fencing lookup) takes the same write
 //! lock and reads the marker: a timed-out apply still running on its blocking thread holds the
 //! write lock until its transaction ends, so the lookup waits for it. When there is no marker
 //! the fence is kept **in memory**, and an apply of a fenced-off attempt that takes the write
 //! lock later fails permanently. Memory is enough because DuckDB lets one process write a file:
 //! an attempt can only run in this process (a crashed process's transaction is gone with it),
-//! and an apply whose future was dropped before it took the write lock never runs. A fence
+//! and a queued step whose `apply` future was dropped (a timeout) runs under the same write
+//! lock, so it either commits before the lookup reads or finds the lookup's fence. A fence
 //! row written and committed per lookup (as SQLite and PostgreSQL do) cost one DuckDB commit
 //! per in-doubt step under the write lock: after a crash with hundreds of steps in doubt, the
 //! applies queued behind those commits timed out and the breaker parked every saga (found by
@@ -27,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use duckdb::{Connection, params, params_from_iter};
 
+use super::batch::{BatchStep, Batching, GroupCommit, StepRun};
 use super::marker::{self, decode_outputs, encode_outputs, now_ms};
 use super::pool::BlockingPool;
 use super::{
@@ -52,7 +59,9 @@ pub struct Duckdb {
     /// Attempts `settle_marker` found not applied, per key (see the module doc): kept in
     /// memory, checked by `apply` under the write lock.
     fences: Arc<Mutex<std::collections::HashMap<StepKey, u32>>>,
-    pool: BlockingPool<Connection>,
+    pool: Arc<BlockingPool<Connection>>,
+    /// Where `apply` queues its step for the next group commit.
+    group: GroupCommit<Connection>,
     /// Opened by [`Duckdb::open_read_only`]: `apply` fails, nothing is ever written.
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
@@ -117,18 +126,20 @@ impl Duckdb {
             let (name, base) = (name.to_owned(), Arc::clone(&base));
             move || clone_connection(&name, &base)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, |_| true);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, fences, tables) = (Arc::default(), Arc::default(), Arc::new(tables));
         Ok(Duckdb {
             name: name.to_owned(),
             path,
             base,
-            write_lock: Arc::default(),
-            fences: Arc::default(),
+            group: group_commit(name, &pool, &write_lock, &fences, &tables),
+            write_lock,
+            fences,
             pool,
             read_only: false,
             has_marker_table: true,
             has_outputs_column: true,
-            tables: Arc::new(tables),
+            tables,
         })
     }
 
@@ -181,19 +192,26 @@ impl Duckdb {
             let (name, base) = (name.to_owned(), Arc::clone(&base));
             move || clone_connection(&name, &base)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, |_| true);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, fences, tables) = (Arc::default(), Arc::default(), Arc::new(tables));
         Ok(Duckdb {
             name: name.to_owned(),
             path,
             base,
-            write_lock: Arc::default(),
-            fences: Arc::default(),
+            group: group_commit(name, &pool, &write_lock, &fences, &tables),
+            write_lock,
+            fences,
             pool,
             read_only: true,
             has_marker_table,
             has_outputs_column,
-            tables: Arc::new(tables),
+            tables,
         })
+    }
+
+    /// How many group commits ran so far, and how many steps they held in all.
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.group.counts()
     }
 
     /// The database file.
@@ -268,25 +286,10 @@ impl Participant for Duckdb {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let statements = op.sql(&self.name)?;
-            let key = key.clone();
-            // The guard moves into the blocking task, so it is released when the transaction ends,
-            // not when this future is dropped (a step timeout).
-            let writer = Arc::clone(&self.write_lock).lock_owned().await;
-            let fences = Arc::clone(&self.fences);
-            let tables = Arc::clone(&self.tables);
-            self.run(move |name, conn| {
-                let _writer = writer;
-                let fenced = fences.lock().unwrap_or_else(PoisonError::into_inner).get(&key).copied();
-                if let Some(through) = fenced.filter(|through| attempt <= *through) {
-                    return Err(fenced_off(name, &key, attempt, through));
-                }
-                let applied = apply_blocking(name, conn, &tables, &key, attempt, statements)?;
-                // The marker exists now: later lookups answer from it, and the map does not
-                // keep every step that was ever settled "absent".
-                fences.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-                Ok(applied)
-            })
-            .await
+            // A committer task of its own runs the step under the write lock: dropping this
+            // future (a step timeout) neither strands the queued step nor cuts a transaction
+            // short, and a fencing lookup waits for it.
+            self.group.apply(BatchStep { key: key.clone(), attempt, statements }).await
         })
     }
 
@@ -415,25 +418,75 @@ impl Participant for Duckdb {
     }
 }
 
-/// The body of `apply`: fence check, marker check, statement, marker insert, all in one
-/// transaction.
-fn apply_blocking(
+/// The participant's group commit, on its pool, write lock and in-memory fences.
+fn group_commit(
     name: &str,
-    conn: &mut Connection,
+    pool: &Arc<BlockingPool<Connection>>,
+    write_lock: &Arc<tokio::sync::Mutex<()>>,
+    fences: &Arc<Mutex<std::collections::HashMap<StepKey, u32>>>,
+    tables: &Arc<Tables>,
+) -> GroupCommit<Connection> {
+    let db = Arc::new(DuckdbBatching { fences: Arc::clone(fences), tables: Arc::clone(tables) });
+    GroupCommit::new(name, Arc::clone(pool), Arc::clone(write_lock), db)
+}
+
+/// DuckDB's part of a group commit: one transaction, and no savepoints (see the module doc).
+struct DuckdbBatching {
+    fences: Arc<Mutex<std::collections::HashMap<StepKey, u32>>>,
+    tables: Arc<Tables>,
+}
+
+impl Batching<Connection> for DuckdbBatching {
+    fn begin(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("BEGIN TRANSACTION").map_err(|e| classify(name, "begin transaction", &e))
+    }
+
+    fn step(&self, name: &str, conn: &mut Connection, step: &BatchStep) -> StepRun {
+        let BatchStep { key, attempt, statements } = step;
+        let fenced = self.fences.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied();
+        if let Some(through) = fenced.filter(|through| attempt <= through) {
+            // Decided from memory: the transaction is untouched.
+            return StepRun { result: Err(fenced_off(name, key, *attempt, through)), usable: true };
+        }
+        let result = apply_in(name, conn, &self.tables, key, *attempt, statements);
+        // Any error leaves DuckDB's transaction aborted, or holding the step's work.
+        StepRun { usable: result.is_ok(), result }
+    }
+
+    fn rollback(&self, _name: &str, conn: &mut Connection) {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn commit(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("COMMIT").map_err(|e| commit_error(name, &e))
+    }
+
+    fn committed(&self, step: &BatchStep) {
+        // The marker exists now: later lookups answer from it, and the map does not keep every
+        // step that was ever settled "absent".
+        self.fences.lock().unwrap_or_else(PoisonError::into_inner).remove(&step.key);
+    }
+}
+
+/// One step inside a group commit's transaction: fence row check, marker check, statements,
+/// marker insert. `Applied` is to be kept; `AlreadyApplied` changed nothing; an error leaves
+/// the transaction to be rolled back.
+fn apply_in(
+    name: &str,
+    tx: &Connection,
     tables: &Tables,
     key: &StepKey,
     attempt: u32,
-    statements: Vec<Statement>,
+    statements: &[Statement],
 ) -> Result<(Applied, Outputs), Error> {
-    let tx = conn.transaction().map_err(|e| classify(name, "begin transaction", &e))?;
-    if let Some(through) = fenced_through(name, &tx, tables, key)?
+    if let Some(through) = fenced_through(name, tx, tables, key)?
         && through >= attempt
     {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if let Some(outputs) = stored_outputs(name, &tx, tables, key)? {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+    if let Some(outputs) = stored_outputs(name, tx, tables, key)? {
         return Ok((Applied::AlreadyApplied, outputs));
     }
     let mut outputs = Outputs::new();
@@ -463,7 +516,7 @@ fn apply_blocking(
             outputs = statement.outputs_from(name, &context, &columns, first, count as u64)?;
             count
         };
-        // A guard that fails drops the transaction: statement and marker roll back.
+        // A guard that fails ends the pass: statements and marker roll back.
         statement.check_rows(name, &context, affected as u64)?;
     }
     let insert = format!(
@@ -479,9 +532,6 @@ fn apply_blocking(
             if is_constraint(&e) { Error::retryable(name, error.message) } else { error }
         },
     )?;
-    // Dropping an uncommitted transaction rolls it back, so every early return above leaves
-    // neither the statement's effect nor the marker behind.
-    tx.commit().map_err(|e| commit_error(name, &e))?;
     Ok((Applied::Applied, outputs))
 }
 
@@ -614,5 +664,47 @@ mod tests {
             assert!(e.is_retryable(), "{e}");
             assert!(e.message.contains("in doubt"), "{e}");
         }
+    }
+
+    /// Group commit without savepoints: many concurrent applies, every third violating a CHECK
+    /// constraint, share transactions; each failing step fails alone (no row, no marker),
+    /// every other one has its row and marker exactly once, and applying them all again
+    /// changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_step_in_a_group_commit_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.duckdb");
+        let db = Arc::new(Duckdb::open("db", &path, 2).unwrap());
+        db.connection().unwrap().execute_batch("CREATE TABLE t (n BIGINT NOT NULL CHECK (n % 3 != 0))").unwrap();
+        let key = |n: i64| StepKey { saga_id: format!("s{n}"), step: 0, direction: Direction::Forward, scope: None };
+        let insert = |n: i64| Operation::Sql {
+            sql: "INSERT INTO t (n) VALUES (?)".into(),
+            args: vec![Value::Int(n)],
+            rows: None,
+        };
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=120i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { db.apply(&key(n), 1, &insert(n)).await })
+                })
+                .collect();
+            for (n, task) in (1..=120i64).zip(tasks) {
+                match (n % 3 == 0, task.await.unwrap(), round) {
+                    (true, Err(e), _) => assert!(!e.is_retryable(), "{n}: {e}"),
+                    (false, Ok(Applied::Applied), 0) | (false, Ok(Applied::AlreadyApplied), 1) => {}
+                    (_, other, _) => panic!("round {round}: {n}: {other:?}"),
+                }
+            }
+        }
+        let conn = db.connection().unwrap();
+        let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, 80);
+        for n in 1..=120i64 {
+            assert_eq!(db.lookup_marker(&key(n)).await.unwrap(), n % 3 != 0, "{n}");
+        }
+        let (transactions, steps) = db.group_commits();
+        assert_eq!(steps, 240);
+        assert!(transactions < steps / 2, "{transactions} transactions for {steps} steps: not grouped");
     }
 }

@@ -86,6 +86,7 @@
 //! - Retryable errors may carry the receiver's minimum wait ([`Error::retry_after_ms`], from
 //!   `Retry-After`); the executor waits at least that long before the next attempt.
 
+pub mod batch;
 #[cfg(feature = "duckdb")]
 pub mod duckdb;
 pub mod fs;

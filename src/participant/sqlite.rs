@@ -1,10 +1,19 @@
 //! The SQLite participant: a small pool of connections to one database file, and the blocking
 //! pool that the DuckDB participant shares.
 //!
-//! `apply` runs one `BEGIN IMMEDIATE` transaction that checks the fence and the marker, runs
-//! the step's statement and inserts the marker, so the statement and its marker commit together
+//! `apply` checks the fence and the marker, runs the step's statements and inserts the marker
+//! inside one `BEGIN IMMEDIATE` transaction, so the statements and their marker commit together
 //! or not at all. `BEGIN IMMEDIATE` takes SQLite's write lock up front: two applies of the same
-//! key are serialized by the database itself, and the second one sees the first one's marker.
+//! key are serialized, and the second one sees the first one's marker.
+//!
+//! **Group commit** (`participant::batch`): applies that arrive while a transaction runs are
+//! queued, and the next writer runs up to [`BATCH_MAX`] of them in **one** transaction, each
+//! inside its own `SAVEPOINT`: a step that fails (a constraint, a guard, a fence) rolls back to
+//! its savepoint alone, statements and marker together, and the others go on. One `COMMIT`
+//! (one fsync of SQLite's WAL) then answers them all; nobody is answered "applied" before it.
+//! A step after whose error SQLite rolls the whole transaction back (`SQLITE_FULL`,
+//! `SQLITE_IOERR`, a trigger's `RAISE(ROLLBACK)`) fails alone: the others run again in a new
+//! transaction.
 //!
 //! `settle_marker` (the executor's fencing lookup) is a writer too: it takes the write lock
 //! below and `BEGIN IMMEDIATE`, reads the marker and, when there is none, inserts a fence row
@@ -28,6 +37,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
+use super::batch::{BatchStep, Batching, GroupCommit, StepRun};
 use super::marker::{self, decode_outputs, encode_outputs, now_ms};
 use super::pool::BlockingPool;
 use super::{
@@ -40,6 +50,8 @@ use crate::engine::value::Value;
 /// connections only help readers (`lookup_marker`, `markers`).
 pub const POOL_SIZE_MAX: usize = 64;
 
+pub use super::batch::BATCH_MAX;
+
 /// How long a statement waits for another connection's write lock before failing as busy.
 pub const BUSY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -48,7 +60,9 @@ pub struct Sqlite {
     name: String,
     path: PathBuf,
     busy_timeout: Duration,
-    pool: BlockingPool<Connection>,
+    pool: Arc<BlockingPool<Connection>>,
+    /// Where `apply` queues its step for the next group commit.
+    group: GroupCommit<Connection>,
     /// Opened by [`Sqlite::open_read_only`]: `apply` fails, nothing is ever written.
     read_only: bool,
     /// False only for a read-only database without a marker table: it holds no markers.
@@ -119,17 +133,19 @@ impl Sqlite {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
             pool,
             read_only: false,
             has_marker_table: true,
             has_outputs_column: true,
-            write_lock: Arc::default(),
-            tables: Arc::new(tables),
+            write_lock,
+            tables,
         })
     }
 
@@ -167,17 +183,19 @@ impl Sqlite {
             let (name, path) = (name.to_owned(), path.clone());
             move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
-        let pool = BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit);
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
             pool,
             read_only: true,
             has_marker_table,
             has_outputs_column,
-            write_lock: Arc::default(),
-            tables: Arc::new(tables),
+            write_lock,
+            tables,
         })
     }
 
@@ -185,6 +203,7 @@ impl Sqlite {
     /// retryable "database is locked" error.
     pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Sqlite {
         self.busy_timeout = busy_timeout;
+        self.group = group_commit(&self.name, &self.pool, &self.write_lock, &self.tables, busy_timeout);
         self
     }
 
@@ -214,15 +233,91 @@ impl Sqlite {
         T: Send + 'static,
         F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
     {
-        let name = self.name.clone();
-        let busy_timeout = self.busy_timeout;
-        self.pool
-            .run(move |conn| {
-                conn.busy_timeout(busy_timeout).map_err(|e| classify(&name, "set busy timeout", &e))?;
-                work(&name, conn)
-            })
-            .await
+        run_on(&self.pool, self.name.clone(), self.busy_timeout, work).await
     }
+
+    /// How many group commits ran so far, and how many steps they held in all: their ratio
+    /// is the steps sharing one commit (one fsync).
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.group.counts()
+    }
+}
+
+/// The participant's group commit, on its pool and write lock.
+fn group_commit(
+    name: &str,
+    pool: &Arc<BlockingPool<Connection>>,
+    write_lock: &Arc<tokio::sync::Mutex<()>>,
+    tables: &Arc<Tables>,
+    busy_timeout: Duration,
+) -> GroupCommit<Connection> {
+    let db = Arc::new(SqliteBatching { tables: Arc::clone(tables), busy_timeout });
+    GroupCommit::new(name, Arc::clone(pool), Arc::clone(write_lock), db)
+}
+
+/// SQLite's part of a group commit: `BEGIN IMMEDIATE`, and each step under a savepoint.
+struct SqliteBatching {
+    tables: Arc<Tables>,
+    busy_timeout: Duration,
+}
+
+impl Batching<Connection> for SqliteBatching {
+    fn prepare(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.busy_timeout(self.busy_timeout).map_err(|e| classify(name, "set busy timeout", &e))
+    }
+
+    fn begin(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| classify(name, "begin transaction", &e))
+    }
+
+    fn step(&self, name: &str, conn: &mut Connection, step: &BatchStep) -> StepRun {
+        if let Err(e) = conn.execute_batch("SAVEPOINT sagalog_step") {
+            return StepRun { result: Err(classify(name, "savepoint", &e)), usable: !conn.is_autocommit() };
+        }
+        let result = match apply_in(name, conn, &self.tables, &step.key, step.attempt, &step.statements) {
+            // Keep the step's work in the transaction.
+            Ok((Applied::Applied, outputs)) => conn
+                .execute_batch("RELEASE sagalog_step")
+                .map(|()| (Applied::Applied, outputs))
+                .map_err(|e| classify(name, "release savepoint", &e)),
+            other => other,
+        };
+        let undone = match &result {
+            Ok((Applied::Applied, _)) => true,
+            // Nothing to keep: back to the savepoint, which is then released.
+            _ => conn.execute_batch("ROLLBACK TO sagalog_step; RELEASE sagalog_step").is_ok(),
+        };
+        // A step whose work could not be undone, or a transaction SQLite ended, ends the pass.
+        StepRun { result, usable: undone && !conn.is_autocommit() }
+    }
+
+    fn rollback(&self, _name: &str, conn: &mut Connection) {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn commit(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {
+        conn.execute_batch("COMMIT").map_err(|e| classify(name, "commit", &e))
+    }
+}
+
+/// Runs `work` on a connection of `pool` on a blocking thread, with `busy_timeout` applied.
+async fn run_on<T, F>(
+    pool: &BlockingPool<Connection>,
+    name: String,
+    busy_timeout: Duration,
+    work: F,
+) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&str, &mut Connection) -> Result<T, Error> + Send + 'static,
+{
+    pool.run(move |conn| {
+        conn.busy_timeout(busy_timeout).map_err(|e| classify(&name, "set busy timeout", &e))?;
+        work(&name, conn)
+    })
+    .await
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -255,16 +350,9 @@ impl Participant for Sqlite {
                 return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
             }
             let statements = op.sql(&self.name)?;
-            let key = key.clone();
-            // The guard moves into the blocking task, so it is released when the transaction
-            // ends, not when this future is dropped (a step timeout).
-            let writer = Arc::clone(&self.write_lock).lock_owned().await;
-            let tables = Arc::clone(&self.tables);
-            self.run(move |name, conn| {
-                let _writer = writer;
-                apply_blocking(name, conn, &tables, &key, attempt, statements)
-            })
-            .await
+            // A committer task of its own runs the step: dropping this future (a step timeout)
+            // neither strands the queued step nor cuts a transaction short.
+            self.group.apply(BatchStep { key: key.clone(), attempt, statements }).await
         })
     }
 
@@ -414,27 +502,23 @@ fn probe_write(name: &str, conn: &mut Connection, tables: &Tables) -> Result<(),
     tx.rollback().map_err(|e| classify(name, "probe: rollback", &e))
 }
 
-/// The body of `apply`: fence check, marker check, statement, marker insert, all in one write
-/// transaction.
-fn apply_blocking(
+/// One step inside a transaction (a group commit's savepoint): fence check, marker check,
+/// statements, marker insert. Leaves committing or rolling back to the caller: `Applied` is to
+/// be kept; `AlreadyApplied` and errors changed nothing worth keeping.
+fn apply_in(
     name: &str,
-    conn: &mut Connection,
+    tx: &Connection,
     tables: &Tables,
     key: &StepKey,
     attempt: u32,
-    statements: Vec<Statement>,
+    statements: &[Statement],
 ) -> Result<(Applied, Outputs), Error> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| classify(name, "begin transaction", &e))?;
-    if let Some(through) = fenced_through(name, &tx, tables, key)?
+    if let Some(through) = fenced_through(name, tx, tables, key)?
         && through >= attempt
     {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
         return Err(fenced_off(name, key, attempt, through));
     }
-    if let Some(outputs) = stored_outputs(name, &tx, tables, key)? {
-        tx.rollback().map_err(|e| classify(name, "rollback", &e))?;
+    if let Some(outputs) = stored_outputs(name, tx, tables, key)? {
         return Ok((Applied::AlreadyApplied, outputs));
     }
     let mut outputs = Outputs::new();
@@ -468,7 +552,7 @@ fn apply_blocking(
         }
         // Rows returned (`SELECT`, `… RETURNING`), else rows changed by this statement.
         let affected = if returns_rows { returned } else { tx.changes() };
-        // A guard that fails drops the transaction: statement and marker roll back.
+        // A guard that fails rolls the step back: statements and marker.
         statement.check_rows(name, &context, affected)?;
     }
     let insert = format!(
@@ -481,9 +565,6 @@ fn apply_blocking(
             stmt.execute(params![&*key.marker_id(), key.step, key.direction.as_str(), now_ms(), stored])
         })
         .map_err(|e| classify(name, "insert marker", &e))?;
-    // Dropping an uncommitted transaction rolls it back, so every early return above leaves
-    // neither the statement's effect nor the marker behind.
-    tx.commit().map_err(|e| classify(name, "commit", &e))?;
     Ok((Applied::Applied, outputs))
 }
 
@@ -657,4 +738,127 @@ fn classify(name: &str, context: &str, error: &rusqlite::Error) -> Error {
         _ => false,
     };
     if retryable { Error::retryable(name, message) } else { Error::permanent(name, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn key(saga: &str, step: u32) -> StepKey {
+        StepKey { saga_id: saga.to_owned(), step, direction: Direction::Forward, scope: None }
+    }
+
+    fn insert(n: i64) -> Operation {
+        Operation::Sql { sql: "INSERT INTO t (n) VALUES (?1)".into(), args: vec![Value::Int(n)], rows: None }
+    }
+
+    fn rows(db: &Path) -> Vec<i64> {
+        let conn = Connection::open(db).unwrap();
+        let mut stmt = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// Group commit: many concurrent applies, every third violating a CHECK constraint, share
+    /// transactions; each failing step rolls back alone (no row, no marker), every other one
+    /// has its row and marker exactly once, and applying them all again changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_step_in_a_group_commit_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (n INTEGER NOT NULL CHECK (n % 3 != 0))")
+            .unwrap();
+        let db = Arc::new(Sqlite::open("db", &path, 4).unwrap());
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=300i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { db.apply(&key(&format!("s{n}"), 0), 1, &insert(n)).await })
+                })
+                .collect();
+            for (n, task) in (1..=300i64).zip(tasks) {
+                let result = task.await.unwrap();
+                match (n % 3 == 0, round) {
+                    (true, _) => assert!(!result.unwrap_err().is_retryable(), "{n}: a CHECK failure is permanent"),
+                    (false, 0) => assert_eq!(result.unwrap(), Applied::Applied, "{n}"),
+                    (false, _) => assert_eq!(result.unwrap(), Applied::AlreadyApplied, "{n}"),
+                }
+            }
+        }
+        let expected: Vec<i64> = (1..=300).filter(|n| n % 3 != 0).collect();
+        assert_eq!(rows(&path), expected);
+        let (transactions, steps) = db.group_commits();
+        assert_eq!(steps, 600);
+        assert!(transactions < steps / 4, "{transactions} transactions for {steps} steps: not grouped");
+        for n in 1..=300i64 {
+            assert_eq!(db.lookup_marker(&key(&format!("s{n}"), 0)).await.unwrap(), n % 3 != 0, "{n}");
+        }
+    }
+
+    /// A step after whose error SQLite rolls the whole transaction back (here a trigger's
+    /// `RAISE(ROLLBACK)`; a full disk or an I/O error does the same) fails alone: its batch
+    /// mates run again in a new transaction and are applied, none is answered "applied"
+    /// without its row, and applying everything again changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_that_makes_sqlite_roll_back_the_transaction_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE t (n INTEGER NOT NULL);
+                 CREATE TRIGGER poison BEFORE INSERT ON t WHEN NEW.n % 50 = 13 BEGIN SELECT RAISE(ROLLBACK, 'poisoned'); END;",
+            )
+            .unwrap();
+        let db = Arc::new(Sqlite::open("db", &path, 4).unwrap());
+        for round in 0..2 {
+            let tasks: Vec<_> = (1..=200i64)
+                .map(|n| {
+                    let db = Arc::clone(&db);
+                    tokio::spawn(async move { (n, db.apply(&key(&format!("p{n}"), 0), 1, &insert(n)).await) })
+                })
+                .collect();
+            let mut answers = BTreeMap::new();
+            for task in tasks {
+                let (n, result) = task.await.unwrap();
+                answers.insert(n, result);
+            }
+            let table = rows(&path);
+            for (n, result) in &answers {
+                match (n % 50 == 13, result, round) {
+                    (true, Err(e), _) => assert!(e.message.contains("poisoned"), "{n}: {e}"),
+                    (false, Ok(Applied::Applied), 0) | (false, Ok(Applied::AlreadyApplied), 1) => {}
+                    other => panic!("round {round}: {n}: {other:?}"),
+                }
+                assert_eq!(table.contains(n), n % 50 != 13, "round {round}: {n}");
+                assert_eq!(db.lookup_marker(&key(&format!("p{n}"), 0)).await.unwrap(), n % 50 != 13, "{n}");
+            }
+        }
+    }
+
+    /// An apply whose future is dropped right after it queued its step (a step timeout) is still
+    /// run by its own committer: the fencing lookup that follows waits for it and sees its
+    /// marker, so the late commit is never read as "absent".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_apply_still_commits_before_the_fencing_lookup_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t (n INTEGER NOT NULL)").unwrap();
+        let db = Sqlite::open("db", &path, 2).unwrap();
+        for n in 0..20i64 {
+            let k = key(&format!("late{n}"), 0);
+            // Polled once: the step is queued and its committer spawned, then the future is
+            // dropped, as a step timeout drops it.
+            let op = insert(n);
+            let mut apply = db.apply(&k, 1, &op);
+            let polled = apply.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            assert!(polled.is_pending(), "{n}: answered at the first poll");
+            drop(apply);
+            let present = db.settle_marker(&k, 1).await.unwrap();
+            assert_eq!(present, rows(&path).contains(&n), "{n}: the lookup and the table disagree");
+        }
+    }
 }

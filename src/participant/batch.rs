@@ -1,0 +1,236 @@
+//! Group commit for the embedded databases (SQLite, DuckDB): many sagas' steps in one local
+//! transaction, so that one commit (one fsync) answers them all.
+//!
+//! An `apply` queues its step and spawns one committer; a committer takes the participant's
+//! write lock, drains up to [`BATCH_MAX`] queued steps and runs them on a pooled connection on a
+//! blocking thread, in passes ([`run_passes`]):
+//!
+//! - a pass opens a transaction and runs the steps in order, each as the database's
+//!   [`Batching::step`] says (SQLite: under its own `SAVEPOINT`, so a failing step rolls back
+//!   alone and the transaction goes on);
+//! - when a step fails and the transaction cannot go on (DuckDB after any error; SQLite after
+//!   an error that made it roll the whole transaction back, such as `SQLITE_FULL`), that step
+//!   gets its error, the transaction is rolled back, and the steps applied before it (void now)
+//!   and those after it run again in the next pass. Every pass answers at least one step for
+//!   good, so a step that fails fails alone, and a batch ends after at most as many passes as
+//!   it has steps;
+//! - one `COMMIT` ends the last pass, and only then is any step answered "applied"; a commit
+//!   that fails answers each step it held with the commit's error (classified by the
+//!   database, in doubt where the commit may have happened).
+//!
+//! One committer is spawned per queued step, so every queued step is taken by some committer;
+//! a committer that finds the queue empty (an earlier one took its step) ends at once. The
+//! committer is a task of its own: dropping an `apply` future (a step timeout) neither strands
+//! its step in the queue nor cuts a transaction short, and a fencing lookup, which takes the
+//! same write lock, waits for the batch that holds the step.
+//!
+//! Never does: answer "applied" before the commit, or keep the work of a step that failed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::pool::BlockingPool;
+use super::{Applied, Error, Outputs, Statement, StepKey};
+
+/// The most steps one group commit runs in one transaction.
+pub const BATCH_MAX: usize = 128;
+
+/// One step of a group commit.
+pub(crate) struct BatchStep {
+    pub key: StepKey,
+    pub attempt: u32,
+    pub statements: Vec<Statement>,
+}
+
+/// What one step's run left: its answer, and whether the transaction can go on.
+pub(crate) struct StepRun {
+    pub result: Result<(Applied, Outputs), Error>,
+    /// False when the transaction is unusable after this step (its error aborted it, or the
+    /// database rolled it back): the pass ends there.
+    pub usable: bool,
+}
+
+/// What a database gives the group commit, on a connection of type `C`, on a blocking thread.
+pub(crate) trait Batching<C>: Send + Sync + 'static {
+    /// Readies a connection taken from the pool (a busy timeout, say).
+    fn prepare(&self, _name: &str, _conn: &mut C) -> Result<(), Error> {
+        Ok(())
+    }
+    fn begin(&self, name: &str, conn: &mut C) -> Result<(), Error>;
+    /// Runs one step inside the open transaction; its work is kept only if it answers
+    /// `Applied`.
+    fn step(&self, name: &str, conn: &mut C, step: &BatchStep) -> StepRun;
+    /// Ends the transaction without keeping anything; errors are ignored (the pool drops a
+    /// connection left inside a transaction).
+    fn rollback(&self, name: &str, conn: &mut C);
+    fn commit(&self, name: &str, conn: &mut C) -> Result<(), Error>;
+    /// Called for each step answered "applied", after its commit.
+    fn committed(&self, _step: &BatchStep) {}
+}
+
+/// How many group-commit transactions committed so far, and the steps they held.
+#[derive(Default)]
+pub(crate) struct BatchCounts {
+    transactions: AtomicU64,
+    steps: AtomicU64,
+}
+
+/// An apply waiting for a group commit, and where its answer goes.
+struct Pending {
+    step: BatchStep,
+    answer: oneshot::Sender<Result<(Applied, Outputs), Error>>,
+}
+
+/// A participant's group commit: its queue, and what a committer needs.
+pub(crate) struct GroupCommit<C: Send + 'static> {
+    name: String,
+    queue: Arc<Mutex<Vec<Pending>>>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    pool: Arc<BlockingPool<C>>,
+    db: Arc<dyn Batching<C>>,
+    counts: Arc<BatchCounts>,
+}
+
+impl<C: Send + 'static> Clone for GroupCommit<C> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            name: self.name.clone(),
+            queue: Arc::clone(&self.queue),
+            write_lock: Arc::clone(&self.write_lock),
+            pool: Arc::clone(&self.pool),
+            db: Arc::clone(&self.db),
+            counts: Arc::clone(&self.counts),
+        }
+    }
+}
+
+impl<C: Send + 'static> GroupCommit<C> {
+    /// `write_lock` is the participant's own: whatever else takes it (the fencing lookup, the
+    /// write probe) runs between batches.
+    pub(crate) fn new(
+        name: &str,
+        pool: Arc<BlockingPool<C>>,
+        write_lock: Arc<tokio::sync::Mutex<()>>,
+        db: Arc<dyn Batching<C>>,
+    ) -> GroupCommit<C> {
+        GroupCommit { name: name.to_owned(), queue: Arc::default(), write_lock, pool, db, counts: Arc::default() }
+    }
+
+    /// Queues `step` for the next group commit and waits for its answer.
+    pub(crate) async fn apply(&self, step: BatchStep) -> Result<(Applied, Outputs), Error> {
+        let key = step.key.clone();
+        let (answer, answered) = oneshot::channel();
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(Pending { step, answer });
+        tokio::spawn(self.clone().commit_once());
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::retryable(&self.name, format!("step {key}: the group commit ended without an answer")))
+        })
+    }
+
+    /// Group-commit transactions committed so far, and the steps they held: their ratio is the
+    /// steps that shared one commit.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.counts.transactions.load(Ordering::Relaxed), self.counts.steps.load(Ordering::Relaxed))
+    }
+
+    /// One committer: the write lock, then what is queued (nothing if an earlier committer took
+    /// it all).
+    async fn commit_once(self) {
+        let writer = Arc::clone(&self.write_lock).lock_owned().await;
+        let batch: Vec<Pending> = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = queue.len().min(BATCH_MAX);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (steps, answers): (Vec<BatchStep>, Vec<_>) = batch.into_iter().map(|p| (p.step, p.answer)).unzip();
+        let (db, name, counts) = (Arc::clone(&self.db), self.name.clone(), Arc::clone(&self.counts));
+        // The guard moves into the blocking task: the lock is released when the transaction
+        // ends, whatever happens to this task.
+        let results = self
+            .pool
+            .run(move |conn| {
+                let _writer = writer;
+                db.prepare(&name, conn)?;
+                let results = run_passes(&name, conn, db.as_ref(), &steps);
+                counts.transactions.fetch_add(1, Ordering::Relaxed);
+                counts.steps.fetch_add(steps.len() as u64, Ordering::Relaxed);
+                for (step, result) in steps.iter().zip(&results) {
+                    if matches!(result, Ok((Applied::Applied, _))) {
+                        db.committed(step);
+                    }
+                }
+                Ok(results)
+            })
+            .await;
+        match results {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            // No connection (the pool closed, or opening one failed): nothing ran.
+            Err(e) => {
+                for answer in answers {
+                    let _ = answer.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The passes of one group commit (see the module doc). Answers every step, in order.
+pub(crate) fn run_passes<C: 'static>(
+    name: &str,
+    conn: &mut C,
+    db: &dyn Batching<C>,
+    steps: &[BatchStep],
+) -> Vec<Result<(Applied, Outputs), Error>> {
+    let mut results: Vec<Option<Result<(Applied, Outputs), Error>>> = vec![None; steps.len()];
+    let mut todo: Vec<usize> = (0..steps.len()).collect();
+    while !todo.is_empty() {
+        if let Err(e) = db.begin(name, conn) {
+            for &i in &todo {
+                results[i] = Some(Err(e.clone()));
+            }
+            break;
+        }
+        // Steps applied in this pass, answered once it commits.
+        let mut kept: Vec<usize> = Vec::new();
+        let mut again: Option<Vec<usize>> = None;
+        for (position, &i) in todo.iter().enumerate() {
+            let StepRun { result, usable } = db.step(name, conn, &steps[i]);
+            if !usable {
+                // The step failed and took the transaction with it: it gets its error, the rest
+                // run again.
+                results[i] = Some(result);
+                again = Some(kept.iter().chain(&todo[position + 1..]).copied().collect());
+                break;
+            }
+            if matches!(result, Ok((Applied::Applied, _))) {
+                kept.push(i);
+            }
+            results[i] = Some(result);
+        }
+        if let Some(again) = again {
+            db.rollback(name, conn);
+            todo = again;
+            continue;
+        }
+        if let Err(e) = db.commit(name, conn) {
+            db.rollback(name, conn);
+            for &i in &kept {
+                results[i] = Some(Err(e.clone()));
+            }
+        }
+        break;
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::retryable(name, "bug: a group commit left a step unanswered"))))
+        .collect()
+}
