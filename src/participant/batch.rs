@@ -194,6 +194,8 @@ pub(crate) fn run_passes<C: 'static>(
     let mut todo: Vec<usize> = (0..steps.len()).collect();
     while !todo.is_empty() {
         if let Err(e) = db.begin(name, conn) {
+            // Whatever state the connection is in, it leaves no transaction behind.
+            db.rollback(name, conn);
             for &i in &todo {
                 results[i] = Some(Err(e.clone()));
             }

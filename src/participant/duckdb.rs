@@ -126,7 +126,7 @@ impl Duckdb {
             let (name, base) = (name.to_owned(), Arc::clone(&base));
             move || clone_connection(&name, &base)
         };
-        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, |_| true));
         let (write_lock, fences, tables) = (Arc::default(), Arc::default(), Arc::new(tables));
         Ok(Duckdb {
             name: name.to_owned(),
@@ -192,7 +192,7 @@ impl Duckdb {
             let (name, base) = (name.to_owned(), Arc::clone(&base));
             move || clone_connection(&name, &base)
         };
-        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
+        let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, |_| true));
         let (write_lock, fences, tables) = (Arc::default(), Arc::default(), Arc::new(tables));
         Ok(Duckdb {
             name: name.to_owned(),
@@ -454,9 +454,9 @@ impl Batching<Connection> for DuckdbBatching {
     }
 
     fn rollback(&self, _name: &str, conn: &mut Connection) {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
+        // Always: DuckDB's autocommit flag does not tell an aborted transaction from none, and
+        // a ROLLBACK outside a transaction only fails.
+        let _ = conn.execute_batch("ROLLBACK");
     }
 
     fn commit(&self, name: &str, conn: &mut Connection) -> Result<(), Error> {

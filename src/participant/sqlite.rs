@@ -854,8 +854,8 @@ mod tests {
             // dropped, as a step timeout drops it.
             let op = insert(n);
             let mut apply = db.apply(&k, 1, &op);
-            let polled = apply.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-            assert!(polled.is_pending(), "{n}: answered at the first poll");
+            // (A fast committer on another thread may even answer at that first poll.)
+            let _ = apply.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
             drop(apply);
             let present = db.settle_marker(&k, 1).await.unwrap();
             assert_eq!(present, rows(&path).contains(&n), "{n}: the lookup and the table disagree");
