@@ -496,8 +496,11 @@ async fn bind_http(listen: &str) -> Result<Option<tokio::net::TcpListener>, Erro
     if listen.is_empty() {
         return Ok(None);
     }
-    let addr = crate::server::config::parse_addr("server.metrics_listen", listen)
-        .map_err(|m| Error::Config(ConfigError::Invalid(m)))?;
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        Error::Config(ConfigError::Invalid(format!(
+            "server.metrics_listen = {listen:?} is not an IP:port address: {e}"
+        )))
+    })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr: listen.to_owned(), source })?;
