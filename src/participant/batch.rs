@@ -71,7 +71,7 @@ pub(crate) trait Batching<C>: Send + Sync + 'static {
     fn committed(&self, _step: &BatchStep) {}
 }
 
-/// How many group-commit transactions committed so far, and the steps they held.
+/// How many group commits (batches, each one or more passes) ran so far, and the steps they held.
 #[derive(Default)]
 pub(crate) struct BatchCounts {
     transactions: AtomicU64,
@@ -130,8 +130,8 @@ impl<C: Send + 'static> GroupCommit<C> {
         })
     }
 
-    /// Group-commit transactions committed so far, and the steps they held: their ratio is the
-    /// steps that shared one commit.
+    /// Group commits (batches) run so far, and the steps they held: their ratio is the steps
+    /// that shared one batch (one commit when no step ended a pass early).
     pub(crate) fn counts(&self) -> (u64, u64) {
         (self.counts.transactions.load(Ordering::Relaxed), self.counts.steps.load(Ordering::Relaxed))
     }
