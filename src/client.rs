@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
@@ -28,7 +28,7 @@ use crate::api::pb::admin_client::AdminClient;
 use crate::api::pb::sagas_client::SagasClient;
 use crate::api::pb::workers_client::WorkersClient;
 pub use crate::api::{status_from_pb, status_to_pb};
-use crate::engine::{SagaDefinition, Status};
+use crate::engine::SagaDefinition;
 
 /// The server a client talks to when nothing else is said (`$SAGALOG_SERVER` overrides it in
 /// the command line).
@@ -169,28 +169,7 @@ impl From<tonic::Status> for Error {
     }
 }
 
-/// The canonical name of a gRPC code, as in the proto's documentation (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use crate::api::json::code_name;
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -565,57 +544,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 // Conversions. Free functions rather than `From` impls, so that the server's own conversions in
 // `api/` can never collide with these.
 
-/// The status of a saga message (UNSPECIFIED for a value this client does not know).
-pub fn saga_status(saga: &pb::Saga) -> pb::SagaStatus {
-    pb::SagaStatus::try_from(saga.status).unwrap_or(pb::SagaStatus::Unspecified)
-}
-
-/// COMPLETED or COMPENSATED: nothing will change any more.
-pub fn is_terminal(saga: &pb::Saga) -> bool {
-    matches!(saga_status(saga), pb::SagaStatus::Completed | pb::SagaStatus::Compensated)
-}
-
-/// Terminal, or STUCK (waiting for an operator).
-pub fn is_settled(saga: &pb::Saga) -> bool {
-    is_terminal(saga) || saga_status(saga) == pb::SagaStatus::Stuck
-}
-
-/// Every status name a client may use, in lifecycle order.
-pub const STATUS_NAMES: [&str; 6] = ["PENDING", "RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED", "STUCK"];
-
-/// The spelled name of a status (`PENDING` … `STUCK`, as [`Status::as_str`] spells it;
-/// `UNSPECIFIED` for 0).
-pub fn status_name(status: pb::SagaStatus) -> &'static str {
-    status_from_pb(status).map_or("UNSPECIFIED", Status::as_str)
-}
-
-/// A status from its name, case-insensitively; `None` for anything but the six names.
-pub fn parse_status(name: &str) -> Option<pb::SagaStatus> {
-    let status = match name.trim().to_ascii_uppercase().as_str() {
-        "PENDING" => pb::SagaStatus::Pending,
-        "RUNNING" => pb::SagaStatus::Running,
-        "COMPLETED" => pb::SagaStatus::Completed,
-        "COMPENSATING" => pb::SagaStatus::Compensating,
-        "COMPENSATED" => pb::SagaStatus::Compensated,
-        "STUCK" => pb::SagaStatus::Stuck,
-        _ => return None,
-    };
-    Some(status)
-}
-
-/// The state of a step as the CLI prints it (`PENDING JOURNALED APPLIED FAILED COMPENSATING
-/// COMPENSATED`; `UNSPECIFIED` for 0 or a value this client does not know).
-pub fn step_state_name(step: &pb::StepStatus) -> &'static str {
-    match pb::StepState::try_from(step.state).unwrap_or(pb::StepState::Unspecified) {
-        pb::StepState::Unspecified => "UNSPECIFIED",
-        pb::StepState::StepPending => "PENDING",
-        pb::StepState::StepJournaled => "JOURNALED",
-        pb::StepState::StepApplied => "APPLIED",
-        pb::StepState::StepFailed => "FAILED",
-        pb::StepState::StepCompensating => "COMPENSATING",
-        pb::StepState::StepCompensated => "COMPENSATED",
-    }
-}
+pub use crate::api::json::{
+    STATUS_NAMES, is_settled, is_terminal, parse_status, rfc3339_ms, saga_status, status_name, step_state_name,
+};
 
 pub use crate::api::convert::{step_from_pb, step_to_pb, submit_request, value_from_pb, value_to_pb};
 
@@ -628,11 +559,6 @@ pub fn saga_from_request(request: &pb::SubmitRequest) -> Result<SagaDefinition, 
         .map(|(i, step)| step_from_pb(step).map_err(|e| format!("step {i}: {e}")))
         .collect::<Result<_, _>>()?;
     Ok(SagaDefinition { id: request.saga_id.clone(), steps })
-}
-
-/// Milliseconds since the epoch as RFC 3339 with milliseconds; `None` for 0 ("not yet").
-pub fn rfc3339_ms(ms: u64) -> Option<String> {
-    (ms != 0).then(|| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
 }
 
 pub use crate::clock::now_ms;

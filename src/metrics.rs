@@ -11,18 +11,29 @@
 //! - `step_duration_seconds{participant,direction}` (histogram of participant calls),
 //!   `step_attempts_total{participant,direction,result}` with `result` one of `ok`,
 //!   `retryable`, `permanent` (retries are the `retryable` ones);
-//! - `breaker_state{participant}` (0 closed, 1 half-open, 2 open);
+//! - `breaker_state{participant}` (0 closed, 1 half-open, 2 open), and the same as one series
+//!   per state, `circuit_breaker_state{participant,state}` (1 for the current state, else 0);
 //! - `journal_fsync_seconds` (histogram), `journal_batch_records` (histogram of records per
 //!   group commit), `journal_lsn` (gauge), `journal_poisoned` (gauge: 1 once a write or fsync
 //!   failure poisoned the journal);
-//! - `recoveries_total`, `recovery_duration_seconds` (gauge: the last pass).
+//! - `recoveries_total`, `recovery_duration_seconds` (gauge: the last pass);
+//! - `build_info{version,features}` (always 1);
+//! - `grpc_requests_total{method,code}`, `grpc_request_duration_seconds{method}`,
+//!   `http_requests_total{route,method,code}`, `http_request_duration_seconds{route,method}`
+//!   (`server::request_metrics`; unknown methods and routes share one label value).
+//!
+//! Beside them, unprefixed, the standard `process_*` metrics of the Prometheus client
+//! libraries (CPU seconds, resident and virtual memory, open and maximum file descriptors,
+//! start time), read from `/proc/self` at each scrape.
+//!
+//! [`Metrics::encode`] writes OpenMetrics 1.0; [`Metrics::encode_text`] the Prometheus text
+//! format 0.0.4 that a scraper gets when it does not ask for OpenMetrics.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -46,12 +57,17 @@ pub struct Metrics {
     pub step_duration: HistogramFamily,
     pub step_attempts: Family<Labels, Counter>,
     pub breaker_state: Family<Labels, Gauge>,
+    pub circuit_breaker_state: Family<Labels, Gauge>,
     pub journal_fsync: Histogram,
     pub journal_batch_records: Histogram,
     pub journal_lsn: Gauge,
     pub journal_poisoned: Gauge,
     pub recoveries: Counter,
     pub recovery_duration: Gauge<f64, AtomicU64>,
+    pub grpc_requests: Family<Labels, Counter>,
+    pub grpc_duration: HistogramFamily,
+    pub http_requests: Family<Labels, Counter>,
+    pub http_duration: HistogramFamily,
     /// Per-participant latency sketches for `Admin.Stats` percentiles.
     latencies: Mutex<BTreeMap<String, LatencySketch>>,
 }
@@ -77,6 +93,26 @@ impl Metrics {
             "Duration of participant calls (one step attempt), by participant and direction",
             step_duration.clone(),
         );
+        let grpc_requests = Family::<Labels, Counter>::default();
+        registry.register("grpc_requests", "gRPC calls answered, by method and gRPC code", grpc_requests.clone());
+        let grpc_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Time from a gRPC call's arrival to its response headers (a stream's start), by method",
+            grpc_duration.clone(),
+        );
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered on the HTTP port, by route, method and status code",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response headers (an event stream's start), by route and method",
+            http_duration.clone(),
+        );
         let step_attempts = Family::<Labels, Counter>::default();
         registry.register(
             "step_attempts",
@@ -88,6 +124,21 @@ impl Metrics {
             "breaker_state",
             "Circuit breaker state per participant: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
+        );
+        let circuit_breaker_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_state",
+            "Circuit breaker state per participant, one series per state (closed, half-open, open): 1 for the current state",
+            circuit_breaker_state.clone(),
+        );
+        let features: &str = if cfg!(feature = "duckdb") { "duckdb" } else { "" };
+        registry.register(
+            "build",
+            "The sagalog build: version and cargo features",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("features".to_owned(), features.to_owned()),
+            ]),
         );
         let journal_fsync = latency_histogram();
         registry.register("journal_fsync_seconds", "Duration of the journal's fdatasync calls", journal_fsync.clone());
@@ -121,6 +172,11 @@ impl Metrics {
             step_duration,
             step_attempts,
             breaker_state,
+            circuit_breaker_state,
+            grpc_requests,
+            grpc_duration,
+            http_requests,
+            http_duration,
             journal_fsync,
             journal_batch_records,
             journal_lsn,
@@ -169,12 +225,128 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything recorded.
+    /// OpenMetrics 1.0 text: the registry, then the `process_*` metrics, then `# EOF`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        out.push_str(&process_metrics());
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
+
+    /// The Prometheus text format 0.0.4 (what a scraper gets unless it asks for OpenMetrics).
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+}
+
+/// `process_*` in OpenMetrics text, from `/proc/self` (nothing where it cannot be read).
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, unit: &str, help: &str, value: f64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        if !unit.is_empty() {
+            out.push_str(&format!("# UNIT {name} {unit}\n"));
+        }
+        let sample = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+        out.push_str(&format!("{sample} {value}\n"));
+    };
+    let ticks = 100.0; // USER_HZ: 100 on every Linux ABI Rust targets
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            metric(
+                "process_cpu_seconds",
+                "counter",
+                "seconds",
+                "Total user and system CPU time spent in seconds.",
+                (utime + stime) / ticks,
+            );
+        }
+        if let (Some(start), Ok(uptime)) = (field(22), std::fs::read_to_string("/proc/uptime")) {
+            let boot_ago = uptime.split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64());
+            if let (Some(up), Ok(now)) = (boot_ago, now) {
+                metric(
+                    "process_start_time_seconds",
+                    "gauge",
+                    "seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    (now - up + start / ticks).round(),
+                );
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        // `VmSize:   123456 kB`
+        let kib = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<f64>().ok())
+        };
+        if let Some(v) = kib("VmSize:") {
+            metric("process_virtual_memory_bytes", "gauge", "bytes", "Virtual memory size in bytes.", v * 1024.0);
+        }
+        if let Some(v) = kib("VmRSS:") {
+            metric("process_resident_memory_bytes", "gauge", "bytes", "Resident memory size in bytes.", v * 1024.0);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric("process_open_fds", "gauge", "", "Number of open file descriptors.", fds.count() as f64);
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        let max = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok());
+        if let Some(max) = max {
+            metric("process_max_fds", "gauge", "", "Maximum number of open file descriptors.", max);
+        }
+    }
+    out
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: no `# EOF` and `# UNIT`, a counter's
+/// family named as its `_total` sample, an info family as a gauge named `_info`, `_created`
+/// samples dropped, and the types 0.0.4 lacks as `untyped`.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut counter: Option<String> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            counter = (kind == "counter").then(|| name.trim_end_matches("_total").to_owned() + "_created");
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(created) = &counter
+            && line.starts_with(created.as_str())
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq)]

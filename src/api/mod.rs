@@ -1,7 +1,11 @@
-//! The gRPC API: `sagalog.v1.Sagas` and `sagalog.v1.Admin` (see `proto/sagalog/v1/`).
+//! The API's messages: `sagalog.v1.Sagas`, `Admin` and `Workers` (see `proto/sagalog/v1/`), their
+//! one JSON dialect (`json.rs`, shared by the HTTP API and the CLI's `--json`), and the saga-file
+//! format (`saga_file.rs`, read by `sagalog submit` and `POST /v1/sagas`).
 
 pub mod convert;
+pub mod json;
 pub mod pb;
+pub mod saga_file;
 
 use crate::engine::Status;
 

@@ -263,12 +263,7 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh id: a prefix, the UTC time to the second, and 32 random bits (`demo-20261124T032204-9f3a1c07`).
-fn generated_id(prefix: &str) -> String {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let stamp: String = now.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
-    format!("{prefix}-{stamp}-{:08x}", rand::random::<u32>())
-}
+use crate::api::saga_file::generated_id;
 
 /// The saga `submit` sends, from a file, standard input or `--demo`.
 fn saga_to_submit(args: &SubmitArgs) -> anyhow::Result<(SagaDefinition, bool)> {
@@ -513,7 +508,7 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             AdminCommand::Queues => {
                 let queues = client.queues().await?;
                 if json {
-                    print_json(&serde_json::Value::Array(queues.iter().map(queue_json).collect()))?;
+                    print_json(&serde_json::Value::Array(queues.iter().map(crate::api::json::queue_json).collect()))?;
                 } else {
                     print!("{}", queues_text(&queues));
                 }
@@ -540,21 +535,6 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Ok(EXIT_OK)
-    })
-}
-
-fn queue_json(q: &pb::QueueStatus) -> serde_json::Value {
-    serde_json::json!({
-        "queue": q.queue,
-        "participant": q.participant,
-        "lease_ms": q.lease_ms,
-        "workers": q.workers.iter().map(|w| serde_json::json!({"worker_id": w.worker_id, "last_seen_ms_ago": w.last_seen_ms_ago})).collect::<Vec<_>>(),
-        "tasks_waiting": q.tasks_waiting,
-        "tasks_in_flight": q.tasks_in_flight,
-        "oldest_waiting_ms": q.oldest_waiting_ms,
-        "breaker_state": q.breaker_state,
-        "breaker_reason": q.breaker_reason,
-        "polling": q.polling,
     })
 }
 

@@ -13,12 +13,14 @@ mod debug;
 pub mod demo;
 mod export;
 mod replay;
-mod saga_file;
 mod saga_view;
 mod serve;
 mod wal;
 
 pub use debug::{crash_payload, load_plan};
+
+/// Saga files are read by the server's HTTP API too; they live in `api`.
+use crate::api::saga_file;
 
 use std::process::ExitCode;
 

@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// gRPC listen address [default: the config's `server.listen`, else 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// HTTP listen address: the HTTP/JSON API, the web console, /metrics and the probes
+    /// [default: the config's `server.http_listen` (also spelled `metrics_listen`); the
+    /// embedded default uses 127.0.0.1:50052].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
 }
 
 /// The `server.log_format` of the config `serve` will load (`--config`, else the data
@@ -54,11 +59,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(listen) = args.listen {
             config.listen = listen;
         }
+        let mut node = node;
+        if let Some(http) = args.http_listen
+            && http != config.metrics_listen
+        {
+            // The port the config named was bound before recovery; serve the one asked for.
+            node.http_listener = None;
+            config.metrics_listen = http;
+        }
         let mut running = crate::server::start(node, &args.data_dir, config).await?;
         eprintln!(
             "sagalog: serving gRPC on {}{} (data {}, config {}); recovered {} sagas from {} journal records, {} unfinished resumed, in {} ms",
             running.addr,
-            running.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default(),
+            running.metrics_addr.map(|a| format!(", console, HTTP API and metrics on http://{a}/")).unwrap_or_default(),
             args.data_dir.display(),
             config_path.display(),
             r.sagas,

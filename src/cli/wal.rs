@@ -170,19 +170,9 @@ fn dump(dir: &DirArg, from: u64) -> anyhow::Result<ExitCode> {
         if write_error.is_some() {
             return;
         }
-        let mut line = serde_json::json!({
-            "lsn": record.lsn,
-            "kind": record.kind.name(),
-            "segment": segment,
-            "offset": offset,
-        });
-        match decode_payload(record.payload) {
-            Ok(payload) => line["payload"] = payload,
-            Err(e) => {
-                line["payload_error"] = format!("payload is not MessagePack: {e}").into();
-                line["payload_hex"] = record.payload.iter().map(|b| format!("{b:02x}")).collect::<String>().into();
-            }
-        }
+        let mut line = crate::api::json::record_json(record.lsn, record.kind.name(), record.payload);
+        line["segment"] = segment.into();
+        line["offset"] = offset.into();
         if let Err(e) =
             serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
         {
@@ -205,17 +195,6 @@ fn dump(dir: &DirArg, from: u64) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {problem}", if problem.severity == Severity::Corrupt { "error" } else { "warning" });
     }
     Ok(exit_for(&summary))
-}
-
-/// Decodes a whole payload as one MessagePack value; trailing bytes are an error.
-fn decode_payload(payload: &[u8]) -> Result<serde_json::Value, String> {
-    let mut cursor = std::io::Cursor::new(payload);
-    let value =
-        serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut cursor)).map_err(|e| e.to_string())?;
-    match payload.len() as u64 - cursor.position() {
-        0 => Ok(value),
-        n => Err(format!("{n} trailing bytes after the value")),
-    }
 }
 
 fn repair(dir: &DirArg, truncate_corrupt: bool) -> anyhow::Result<ExitCode> {

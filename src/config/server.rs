@@ -5,7 +5,8 @@
 //! [server]
 //! listen = "127.0.0.1:50051"      # `serve --listen` overrides it
 //! anonymous = "off"               # "off" | "client" | "admin": the role of a call with no token
-//! metrics_listen = "127.0.0.1:9464"  # Prometheus text exposition at /metrics; "" = none
+//! http_listen = "127.0.0.1:9464"  # the HTTP port: API, console, /metrics, probes; "" = none
+//!                                 # (first spelled metrics_listen, still read)
 //! demo_notifier = ""              # "demo/notifications.sqlite": serve the demo notifier on the
 //!                                 # metrics_listen port, its database relative to the data dir
 //! message_bytes_max = 4194304     # largest request message (old spelling: max_message_bytes)
@@ -102,6 +103,9 @@ pub struct TlsConfig {
 pub struct ServerConfig {
     pub listen: String,
     pub anonymous: Anonymous,
+    /// The HTTP port: the HTTP/JSON API, the console, `/metrics`, the probes. Spelled
+    /// `http_listen` or `metrics_listen` (its first name).
+    #[serde(alias = "http_listen")]
     pub metrics_listen: String,
     /// The demo notifier's database, relative to the data directory; "" = no notifier. It is
     /// served on `metrics_listen` (`server::demo_notifier`).

@@ -71,11 +71,11 @@ impl Auth {
         }
         found.cloned().ok_or_else(|| Status::unauthenticated("unknown token"))
     }
-}
 
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.authenticate(request.metadata())?;
+    /// The caller, if its role may make a call that needs this interceptor's role: the one
+    /// check of gRPC calls and of the HTTP API (`http_api.rs`).
+    pub fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+        let caller = self.authenticate(metadata)?;
         if !caller.role.may_call(self.needs) {
             return Err(Status::permission_denied(format!(
                 "token {:?} has role {}; this call needs role {}",
@@ -84,6 +84,13 @@ impl Interceptor for Auth {
                 self.needs.as_str()
             )));
         }
+        Ok(caller)
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.authorize(request.metadata())?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -77,7 +77,11 @@ impl Notifier {
     }
 
     /// Answers one request (its body read here, bounded by [`BODY_BYTES_MAX`]).
-    pub async fn respond(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn respond<B>(self: Arc<Self>, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = request.into_parts();
         let bytes = match Limited::new(body, BODY_BYTES_MAX).collect().await {
             Ok(collected) => collected.to_bytes(),

@@ -1,34 +1,39 @@
-//! The Prometheus endpoint: `GET /metrics` on `[server] metrics_listen`, plain HTTP/1.1. The
-//! same port serves the demo notifier (`/demo/notifications`, see `demo_notifier`) when
-//! `[server] demo_notifier` configures one.
+//! The server's HTTP port (`[server] metrics_listen`): `GET /metrics` (the Prometheus text
+//! format 0.0.4, or OpenMetrics 1.0 when the scraper's `Accept` asks for it), the HTTP/JSON API
+//! and probes of `http_api.rs` when a server runs, and the demo notifier (`/demo/notifications`,
+//! see `demo_notifier`) when `[server] demo_notifier` configures one. HTTP/1.1, with
+//! `TCP_NODELAY` on every connection.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::config::parse_addr;
 use super::demo_notifier::Notifier;
 use super::error::Error;
+use super::http_api::HttpApi;
 use crate::engine::Status;
 use crate::executor::Executor;
 
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves the metrics (and the demo notifier, if given) on `bound`, or else on `listen` bound
-/// here, until the task is aborted.
+/// Serves the port on `bound`, or else on `listen` bound here, until the task is aborted:
+/// `/metrics`, the API when `api` is given, the demo notifier when `notifier` is.
 pub async fn start(
     listen: &str,
     bound: Option<TcpListener>,
     executor: Executor,
     notifier: Option<Arc<Notifier>>,
+    api: Option<HttpApi>,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     let listen_error = |source| Error::Listen { addr: listen.to_owned(), what: "metrics", source };
     let listener = match bound {
@@ -39,56 +44,58 @@ pub async fn start(
         }
     };
     let local = listener.local_addr().map_err(listen_error)?;
+    let mut router =
+        Router::new().route("/metrics", get(move |headers: HeaderMap| async move { metrics(&headers, &executor) }));
+    if let Some(api) = api {
+        router = router.merge(api.router());
+    }
+    let router = router.fallback(move |request: Request| {
+        let notifier = notifier.clone();
+        async move {
+            match notifier {
+                Some(notifier) if Notifier::owns(request.uri().path()) => {
+                    notifier.respond(request).await.map(axum::body::Body::new).into_response()
+                }
+                _ => not_found(&request),
+            }
+        }
+    });
+    let router = router.layer(axum::middleware::from_fn(super::request_metrics::track_http));
+    // No Nagle stall on a response's last small write (see the gRPC listener).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "HTTP port: cannot set TCP_NODELAY");
+        }
+    });
     let task = tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    // No Nagle stall on a scrape's response (see the gRPC listener).
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "metrics endpoint: cannot set TCP_NODELAY");
-                    }
-                    stream
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let executor = executor.clone();
-            let notifier = notifier.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let (executor, notifier) = (executor.clone(), notifier.clone());
-                    async move {
-                        let response = match notifier {
-                            Some(notifier) if Notifier::owns(request.uri().path()) => notifier.respond(request).await,
-                            _ => respond(&request, &executor),
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
+        // axum's accept loop backs off on accept errors (out of file descriptors and the like).
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP port: the server ended");
         }
     });
     Ok((local, task))
 }
 
-fn respond(request: &Request<Incoming>, executor: &Executor) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET || request.uri().path() != "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"not found: metrics are at GET /metrics\n")));
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
-    }
+fn not_found(request: &Request) -> Response {
+    let message = format!(
+        "no route {} {}: see GET /v1/openapi.json for the API; metrics are at GET /metrics",
+        request.method(),
+        request.uri().path()
+    );
+    let body = serde_json::json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: OpenMetrics when the `Accept` header names it, else text 0.0.4.
+fn metrics(headers: &HeaderMap, executor: &Executor) -> Response {
     refresh_gauges(executor);
-    let mut response = Response::new(Full::new(Bytes::from(crate::metrics::get().encode())));
-    if let Ok(value) = CONTENT_TYPE.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let metrics = crate::metrics::get();
+    if accept.contains("application/openmetrics-text") {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], metrics.encode()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_004)], metrics.encode_text()).into_response()
     }
-    response
 }
 
 /// The gauges that describe current state, taken right before a scrape.
@@ -110,6 +117,10 @@ fn refresh_gauges(executor: &Executor) {
             "half-open" => 1,
             _ => 0,
         };
-        metrics.breaker_state.get_or_create(&vec![("participant".to_owned(), participant)]).set(value);
+        metrics.breaker_state.get_or_create(&vec![("participant".to_owned(), participant.clone())]).set(value);
+        for each in ["closed", "half-open", "open"] {
+            let labels = vec![("participant".to_owned(), participant.clone()), ("state".to_owned(), each.to_owned())];
+            metrics.circuit_breaker_state.get_or_create(&labels).set(i64::from(each == state));
+        }
     }
 }

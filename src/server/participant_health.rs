@@ -34,14 +34,21 @@ pub fn service_name(name: &str) -> String {
     format!("{SERVICE_PREFIX}{name}")
 }
 
-/// Starts the probing task; abort the handle to stop it.
-pub fn spawn(executor: Executor, names: Vec<String>, health: HealthReporter) -> JoinHandle<()> {
+/// Starts the probing task; abort the handle to stop it. Each round's answers also go to
+/// `reachability` (for `/readyz`).
+pub fn spawn(
+    executor: Executor,
+    names: Vec<String>,
+    health: HealthReporter,
+    reachability: super::http_api::Reachability,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: BTreeMap<String, bool> = BTreeMap::new();
         let mut ticks = tokio::time::interval(PROBE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let mut round = BTreeMap::new();
             for name in &names {
                 let outcome = match executor.participant(name) {
                     Some(p) => match tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await {
@@ -51,6 +58,7 @@ pub fn spawn(executor: Executor, names: Vec<String>, health: HealthReporter) -> 
                     },
                     None => Err("not opened".to_owned()),
                 };
+                round.insert(name.clone(), outcome.clone());
                 let up = outcome.is_ok();
                 let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
                 health.set_service_status(service_name(name), status).await;
@@ -66,6 +74,7 @@ pub fn spawn(executor: Executor, names: Vec<String>, health: HealthReporter) -> 
                     _ => {}
                 }
             }
+            reachability.set(round);
         }
     })
 }

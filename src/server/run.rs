@@ -34,6 +34,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use super::auth::Auth;
 use super::config::{Anonymous, Role, ServerConfig, parse_addr};
 use super::error::Error;
+use super::http_api::{HttpApi, Reachability};
 use super::service::Api;
 use crate::api::pb;
 use crate::node::Node;
@@ -76,14 +77,6 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
     })?;
     let addr =
         listener.local_addr().map_err(|source| Error::Listen { addr: config.listen.clone(), what: "gRPC", source })?;
-    // The HTTP port first: the demo notifier on it is a participant the first health probe asks.
-    let mut node = node;
-    let bound = node.http_listener.take();
-    let (metrics_addr, metrics) = match start_http(&node.executor, data_dir, &config, bound).await? {
-        Some((addr, task)) => (Some(addr), Some(task)),
-        None => (None, None),
-    };
-
     let (stopping, stopping_rx) = watch::channel(false);
     let api = Api {
         executor: node.executor.clone(),
@@ -95,6 +88,18 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         stopping: stopping_rx,
         queues: super::workers::Queues::of(&node.executor, node.catalog.config.participants.keys().cloned()),
     };
+    // The HTTP port before the probes: the demo notifier on it is a participant the first
+    // health probe asks.
+    let mut node = node;
+    let bound = node.http_listener.take();
+    let reachability = Reachability::default();
+    let http_api = HttpApi::new(api.clone(), &config, reachability.clone());
+    let (metrics_addr, metrics) =
+        match start_http_port(&node.executor, data_dir, &config, bound, Some(http_api)).await? {
+            Some((addr, task)) => (Some(addr), Some(task)),
+            None => (None, None),
+        };
+
     let workers_api = super::workers::WorkersApi { executor: node.executor.clone(), queues: api.queues.clone() };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::sagas_server::SagasServer<Api>>().await;
@@ -114,6 +119,7 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         node.executor.clone(),
         node.catalog.config.participants.keys().cloned().collect(),
         health.clone(),
+        reachability,
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -138,6 +144,7 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
         builder = builder.tls_config(tls_config(data_dir, &tls.cert, &tls.key)?)?;
     }
     let router = builder
+        .layer(super::request_metrics::GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -170,12 +177,23 @@ pub async fn start(node: Node, data_dir: &Path, config: ServerConfig) -> Result<
 
 /// Serves the HTTP port (`[server] metrics_listen`: `/metrics`, and the demo notifier when
 /// `[server] demo_notifier` names its database, relative to `data_dir`), if configured: on
-/// `bound` (a node's [`Node::http_listener`]) when given, else on a listener bound here.
+/// `bound` (a node's [`Node::http_listener`]) when given, else on a listener bound here. The
+/// offline tools serve it without the API (`replay` runs the demo notifier's steps).
 pub async fn start_http(
     executor: &crate::executor::Executor,
     data_dir: &Path,
     config: &ServerConfig,
     bound: Option<TcpListener>,
+) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, Error> {
+    start_http_port(executor, data_dir, config, bound, None).await
+}
+
+async fn start_http_port(
+    executor: &crate::executor::Executor,
+    data_dir: &Path,
+    config: &ServerConfig,
+    bound: Option<TcpListener>,
+    api: Option<HttpApi>,
 ) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, Error> {
     if config.metrics_listen.is_empty() {
         return Ok(None);
@@ -187,7 +205,7 @@ pub async fn start_http(
             super::demo_notifier::Notifier::open(&data_dir.join(&config.demo_notifier)).map_err(Error::Config)?;
         Some(Arc::new(notifier))
     };
-    super::metrics_http::start(&config.metrics_listen, bound, executor.clone(), notifier).await.map(Some)
+    super::metrics_http::start(&config.metrics_listen, bound, executor.clone(), notifier, api).await.map(Some)
 }
 
 async fn set_not_serving(health: &tonic_health::server::HealthReporter) {

@@ -5,10 +5,12 @@
 
 mod api_support;
 mod cli_client;
+mod console;
 mod first_boot;
 mod grpc_api;
 mod grpc_reflection;
 mod grpc_restart;
 mod grpc_tls;
+mod http_api;
 mod journal_poisoned;
 mod workers;

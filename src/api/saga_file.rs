@@ -84,6 +84,27 @@ pub fn parse(text: &str, source_name: &str) -> Result<SagaFile, SagaFileError> {
     saga(&root).map_err(|(path, problem)| fail(if path.is_empty() { problem } else { format!("{path}: {problem}") }))
 }
 
+/// Parses a saga in JSON whatever it looks like (the body of `POST /v1/sagas`).
+pub fn parse_json(text: &str, source_name: &str) -> Result<SagaFile, SagaFileError> {
+    let fail = |problem: String| SagaFileError { source_name: source_name.to_owned(), problem };
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    if trimmed.is_empty() {
+        return Err(fail(
+            "empty (expected a saga in JSON: {\"saga_id\": …, \"steps\": [{\"action\": …, \"params\": {…}}]})".into(),
+        ));
+    }
+    let root = json_tree(trimmed).map_err(fail)?;
+    saga(&root).map_err(|(path, problem)| fail(if path.is_empty() { problem } else { format!("{path}: {problem}") }))
+}
+
+/// A fresh saga id: a prefix, the UTC time to the second, and 32 random bits
+/// (`demo-20261124T032204-9f3a1c07`).
+pub fn generated_id(prefix: &str) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect();
+    format!("{prefix}-{stamp}-{:08x}", rand::random::<u32>())
+}
+
 fn json_tree(text: &str) -> Result<Node, String> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("invalid JSON at line {}, column {}: {}", e.line(), e.column(), json_message(&e)))?;
@@ -140,11 +161,18 @@ fn saga(root: &Node) -> Result<SagaFile, Problem> {
     let Node::Table(fields) = root else {
         return Err((String::new(), format!("expected a table/object with `steps`, found {}", root.kind())));
     };
-    only_keys(fields, "", &["id", "steps"])?;
-    let id = match fields.get("id") {
-        None => None,
-        Some(Node::Text(id)) => Some(id.clone()),
-        Some(other) => return Err(("id".into(), format!("expected a string, found {}", other.kind()))),
+    only_keys(fields, "", &["id", "saga_id", "steps"])?;
+    // `saga_id` is the proto's name for the id (the HTTP API's JSON); `id` the original one.
+    let text = |key: &str| match fields.get(key) {
+        None => Ok(None),
+        Some(Node::Text(id)) => Ok(Some(id.clone())),
+        Some(other) => Err((key.to_owned(), format!("expected a string, found {}", other.kind()))),
+    };
+    let id = match (text("id")?, text("saga_id")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(("saga_id".into(), format!("{b:?} differs from id {a:?}: give one of them")));
+        }
+        (a, b) => a.or(b),
     };
     let steps = match fields.get("steps") {
         None => return Err((String::new(), "missing field `steps` (a list of {action, params})".into())),
