@@ -412,11 +412,29 @@ mod tests {
         assert_eq!(err("  \n"), "saga.txt: the file is empty (expected a saga in JSON or TOML)");
     }
 
+    /// `saga_id` (the proto's name, the HTTP API's) is the id as `id` is; both may be given
+    /// only if they agree. `parse_json` reads JSON whatever the name says.
+    #[test]
+    fn saga_id_is_the_id_too() {
+        let both = r#"{"id": "a", "saga_id": "a", "steps": [{"action": "x"}]}"#;
+        assert_eq!(parse(both, "s.json").unwrap().id.as_deref(), Some("a"));
+        let proto = r#"{"saga_id": "p-1", "steps": [{"action": "x"}]}"#;
+        assert_eq!(parse(proto, "s.json").unwrap().id.as_deref(), Some("p-1"));
+        let e = parse(r#"{"id": "a", "saga_id": "b", "steps": [{"action": "x"}]}"#, "s.json").unwrap_err();
+        assert_eq!(e.to_string(), r#"s.json: saga_id: "b" differs from id "a": give one of them"#);
+        let e = parse(r#"{"saga_id": 7, "steps": [{"action": "x"}]}"#, "s.json").unwrap_err();
+        assert_eq!(e.to_string(), "s.json: saga_id: expected a string, found an integer");
+        assert_eq!(parse_json(proto, "request body").unwrap().id.as_deref(), Some("p-1"));
+        let e = parse_json("steps = []", "request body").unwrap_err().to_string();
+        assert!(e.starts_with("request body: invalid JSON at line 1"), "{e}");
+        assert!(parse_json("", "request body").unwrap_err().to_string().starts_with("request body: empty"));
+    }
+
     /// Shape errors name the path inside the document and what is wrong.
     #[test]
     fn shape_errors_name_the_path() {
         let cases = [
-            (r#"{"stepz": []}"#, r#"saga.txt: unknown field "stepz" (expected id, steps)"#),
+            (r#"{"stepz": []}"#, r#"saga.txt: unknown field "stepz" (expected id, saga_id, steps)"#),
             (r#"{"id": "a"}"#, "saga.txt: missing field `steps` (a list of {action, params})"),
             (r#"{"steps": []}"#, "saga.txt: steps: a saga needs at least one step"),
             (r#"{"steps": {"action": "a"}}"#, "saga.txt: steps: expected an array of steps, found a table/object"),
@@ -459,7 +477,7 @@ mod tests {
                 r#"{"steps": [{"action": "a", "params": {"x": {"null": false}}}]}"#,
                 "saga.txt: steps[0].params.x.null: expected `true`",
             ),
-            ("[1]", r#"saga.txt: unknown field "1" (expected id, steps)"#),
+            ("[1]", r#"saga.txt: unknown field "1" (expected id, saga_id, steps)"#),
         ];
         for (text, expected) in cases {
             let e = err(text);

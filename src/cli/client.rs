@@ -526,11 +526,21 @@ pub fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
                     Decision::MarkCompensated => pb::ResolveDecision::MarkCompensated,
                     Decision::RetryCompensation => pb::ResolveDecision::RetryCompensation,
                 };
-                let saga = client.resolve(&id, decision, operator.as_deref()).await?;
+                let journaled = client.resolve(&id, decision, operator.as_deref()).await?;
+                if !json {
+                    println!("saga {id}: decision journaled, now {}", client::status_name(saga_status(&journaled)));
+                }
+                // The state the saga settles in (COMPENSATED, or STUCK again if a retried
+                // compensation fails for good), not the one right after the decision.
+                let saga = if client::is_settled(&journaled) {
+                    journaled
+                } else {
+                    client.watch_until_settled(&id, journaled.version, WatchRetry::default(), |_| {}).await?
+                };
                 if json {
                     print_json(&saga_json(&saga))?;
                 } else {
-                    println!("saga {id}: decision journaled, now {}", client::status_name(saga_status(&saga)));
+                    println!("saga {id}: {}", client::status_name(saga_status(&saga)));
                 }
             }
         }

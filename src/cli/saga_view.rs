@@ -221,6 +221,7 @@ pub fn final_line(saga: &pb::Saga) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value as Json, json};
 
     fn step(index: u32, state: pb::StepState, attempts: u32, error: &str) -> pb::StepStatus {
         pb::StepStatus {

@@ -62,6 +62,14 @@ pub struct StepRecord {
     /// before outputs existed) have none.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub outputs: std::collections::BTreeMap<String, crate::engine::Value>,
+    /// When the step's first forward attempt started, and when it last finished (its
+    /// compensation's end if it was compensated), in ms since the epoch, as a live saga shows
+    /// them. Records written before these fields existed, and steps that never ran, have none
+    /// (fields of a named MessagePack map: older sagalogs skip them, this one defaults them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
 }
 
 /// Why a record cannot be stored or read back.
@@ -105,6 +113,8 @@ impl SagaRecord {
                     compensated: s.compensate.done,
                     last_error: latest_error(&s.forward, &s.compensate),
                     outputs: s.forward.outputs.clone(),
+                    started_at_ms: s.forward.first_started_at_ms,
+                    finished_at_ms: s.compensate.finished_at_ms.or(s.forward.finished_at_ms),
                 })
                 .collect(),
             version: saga.version,

@@ -134,8 +134,8 @@ pub fn archived(r: &SagaRecord, catalog: &Catalog) -> pb::Saga {
                 compensate_attempts: st.compensate_attempts,
                 last_error: st.last_error.clone().unwrap_or_default(),
                 applied_by_marker: st.forward_by_marker,
-                started_at_ms: 0,
-                finished_at_ms: 0,
+                started_at_ms: st.started_at_ms.unwrap_or(0),
+                finished_at_ms: st.finished_at_ms.unwrap_or(0),
                 // The index keeps no deadline.
                 deadline_ms: 0,
                 outputs: st.outputs.iter().map(|(k, v)| (k.clone(), crate::api::convert::value_to_pb(v))).collect(),

@@ -72,8 +72,14 @@ where
                 Err(_) => "UNAVAILABLE",
             };
             let metrics = crate::metrics::get();
-            metrics.grpc_requests.get_or_create(&vec![("method".into(), method.clone()), ("code".into(), code.into())]).inc();
-            metrics.grpc_duration.get_or_create(&vec![("method".into(), method)]).observe(started.elapsed().as_secs_f64());
+            metrics
+                .grpc_requests
+                .get_or_create(&vec![("method".into(), method.clone()), ("code".into(), code.into())])
+                .inc();
+            metrics
+                .grpc_duration
+                .get_or_create(&vec![("method".into(), method)])
+                .observe(started.elapsed().as_secs_f64());
             answer
         })
     }

@@ -467,7 +467,12 @@ async fn metrics_come_in_both_formats_and_pass_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &config()).await;
     let http = Http::new(server.metrics_addr.unwrap());
-    http.call("POST", "/v1/sagas", Some(CLIENT_TOKEN), Some(&saga_body("m-1", 1))).await;
+    let mut body = saga_body("m-1", 1);
+    body["saga_id"] = "m-1".into();
+    assert_eq!(http.call("POST", "/v1/sagas", Some(CLIENT_TOKEN), Some(&body)).await.0, StatusCode::CREATED);
+    let mut grpc = sagas(server.addr, Some(CLIENT_TOKEN)).await;
+    assert!(grpc.get(pb::GetRequest { saga_id: "m-none".into() }).await.is_err());
+    grpc.get(pb::GetRequest { saga_id: "m-1".into() }).await.unwrap();
     let (status, headers, text) = http.raw("GET", "/metrics", None, None, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
@@ -481,6 +486,12 @@ async fn metrics_come_in_both_formats_and_pass_promtool() {
         "sagalog_circuit_breaker_state{participant=\"ledger\",state=\"closed\"} 1",
         "sagalog_circuit_breaker_state{participant=\"ledger\",state=\"open\"} 0",
         "sagalog_journal_poisoned 0",
+        // Requests by method and code (the registry is the process's: other tests add to it).
+        "sagalog_grpc_requests_total{method=\"/sagalog.v1.Sagas/Get\",code=\"NOT_FOUND\"} ",
+        "sagalog_grpc_requests_total{method=\"/sagalog.v1.Sagas/Get\",code=\"OK\"} ",
+        "sagalog_grpc_request_duration_seconds_count{method=\"/sagalog.v1.Sagas/Get\"} ",
+        "sagalog_http_requests_total{route=\"/v1/sagas\",method=\"POST\",code=\"201\"} ",
+        "sagalog_http_request_duration_seconds_count{route=\"/v1/sagas\",method=\"POST\"} ",
     ] {
         assert!(text.contains(family), "missing {family:?} in\n{text}");
     }

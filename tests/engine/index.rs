@@ -154,7 +154,10 @@ fn record_from_saga_round_trips() {
                 compensate_attempts: 1,
                 compensated: true,
                 last_error: Some("timeout".into()),
-                outputs: Default::default()
+                outputs: Default::default(),
+                // Archived sagas keep their step timings: first start, last finish.
+                started_at_ms: Some(11),
+                finished_at_ms: Some(18),
             },
             StepRecord {
                 action: "act1".into(),
@@ -164,7 +167,10 @@ fn record_from_saga_round_trips() {
                 compensate_attempts: 0,
                 compensated: false,
                 last_error: Some("duplicate key".into()),
-                outputs: Default::default()
+                outputs: Default::default(),
+                // A forward attempt that failed for good has no finish, as in the live view.
+                started_at_ms: Some(15),
+                finished_at_ms: None,
             },
         ]
     );
