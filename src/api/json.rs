@@ -242,3 +242,39 @@ pub fn record_json(lsn: u64, kind: &str, payload: &[u8]) -> Json {
     }
     line
 }
+
+/// The journal check as `wal verify --json` prints it and `GET /v1/admin/journal/verify`
+/// answers.
+pub fn verify_json(summary: &crate::journal::LogSummary, seconds: f64) -> Json {
+    let problem = summary.problem.as_ref().map(|p| {
+        json!({
+            "severity": match p.severity { crate::journal::Severity::Warning => "warning", crate::journal::Severity::Corrupt => "corrupt" },
+            "path": p.path,
+            "segment": p.error.segment,
+            "offset": p.error.offset,
+            "valid_data_at": p.error.valid_data_at,
+            // A warning's kind of tail: "unsynced" (a hole in a never-synced last batch, format
+            // version 2; valid frames follow at `unsynced_valid_at` and are dropped) or "torn".
+            "tail": (p.severity == crate::journal::Severity::Warning).then(|| if p.unsynced_valid_at.is_some() { "unsynced" } else { "torn" }),
+            "unsynced_valid_at": p.unsynced_valid_at,
+            "message": p.error.kind.to_string(),
+        })
+    });
+    let status = match &summary.problem {
+        None => "ok",
+        Some(p) if p.severity == crate::journal::Severity::Warning => "torn-tail",
+        Some(_) => "corrupt",
+    };
+    json!({
+        "status": status,
+        "segments": summary.segments.len(),
+        "records": summary.records,
+        "first_lsn": summary.first_lsn,
+        "last_lsn": summary.last_lsn,
+        "epoch": summary.epoch.map(|e| format!("{e:#018x}")),
+        "verified_bytes": summary.verified_bytes,
+        "seconds": seconds,
+        "stray_files": summary.strays,
+        "problem": problem,
+    })
+}

@@ -88,39 +88,7 @@ fn verify(dir: &DirArg, json: bool) -> anyhow::Result<ExitCode> {
     Ok(exit_for(&summary))
 }
 
-fn verify_json(summary: &LogSummary, seconds: f64) -> serde_json::Value {
-    let problem = summary.problem.as_ref().map(|p| {
-        serde_json::json!({
-            "severity": match p.severity { Severity::Warning => "warning", Severity::Corrupt => "corrupt" },
-            "path": p.path,
-            "segment": p.error.segment,
-            "offset": p.error.offset,
-            "valid_data_at": p.error.valid_data_at,
-            // A warning's kind of tail: "unsynced" (a hole in a never-synced last batch, format
-            // version 2; valid frames follow at `unsynced_valid_at` and are dropped) or "torn".
-            "tail": (p.severity == Severity::Warning).then(|| if p.unsynced_valid_at.is_some() { "unsynced" } else { "torn" }),
-            "unsynced_valid_at": p.unsynced_valid_at,
-            "message": p.error.kind.to_string(),
-        })
-    });
-    let status = match &summary.problem {
-        None => "ok",
-        Some(p) if p.severity == Severity::Warning => "torn-tail",
-        Some(_) => "corrupt",
-    };
-    serde_json::json!({
-        "status": status,
-        "segments": summary.segments.len(),
-        "records": summary.records,
-        "first_lsn": summary.first_lsn,
-        "last_lsn": summary.last_lsn,
-        "epoch": summary.epoch.map(|e| format!("{e:#018x}")),
-        "verified_bytes": summary.verified_bytes,
-        "seconds": seconds,
-        "stray_files": summary.strays,
-        "problem": problem,
-    })
-}
+use crate::api::json::verify_json;
 
 fn print_verify(journal_dir: &Path, summary: &LogSummary, seconds: f64) {
     println!("journal:   {}", journal_dir.display());

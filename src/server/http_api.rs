@@ -53,8 +53,10 @@ const CONSOLE: [(&str, &str, &str); 3] = [
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How often an idle event stream sends a keep-alive comment.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// `history` reads the journal; one such read at a time.
+/// `history` and the online journal routes read the journal; one such read at a time.
 const HISTORY_READS_MAX: usize = 1;
+/// The most records one `GET /v1/admin/journal/records` answers.
+const RECORDS_PAGE_MAX: usize = 10_000;
 
 /// The last answer of each participant's health probe, kept by `participant_health.rs` and
 /// read by `/readyz`. `None` until the first round of probes has ended.
@@ -115,6 +117,8 @@ impl HttpApi {
             .route("/v1/admin/queues", get(queues))
             .route("/v1/admin/stats", get(stats))
             .route("/v1/admin/recover", post(recover))
+            .route("/v1/admin/journal/verify", get(journal_verify))
+            .route("/v1/admin/journal/records", get(journal_records))
             .layer(DefaultBodyLimit::max(body_limit))
             .with_state(self)
     }
@@ -422,18 +426,10 @@ async fn history(State(s): State<HttpApi>, headers: HeaderMap, Path(id): Path<St
     // The saga must exist (NOT_FOUND otherwise), and the caller may read it.
     let request = authorized(&s.clients, &headers, pb::GetRequest { saga_id: id.clone() })?;
     Sagas::get(&s.api, request).await?;
-    let _permit = s
-        .history_reads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| tonic::Status::unavailable("server shutting down"))?;
-    let journal = s.api.executor.journal();
-    let (dir, upto) = (journal.dir().to_path_buf(), journal.acked_lsn());
-    let read = tokio::task::spawn_blocking(move || {
+    let ((summary, records, undecodable), upto) = read_durable_prefix(&s, move |dir, upto| {
         let mut records = Vec::new();
         let mut undecodable = None;
-        let summary = crate::journal::scan_upto(&dir, 0, Some(upto), |r, _, _| {
+        let summary = crate::journal::scan_upto(dir, 0, Some(upto), |r, _, _| {
             match crate::engine::Record::decode(r.kind, r.payload) {
                 Ok(record) if record.saga() == Some(id.as_str()) => {
                     records.push(view::record_json(r.lsn, r.kind.name(), r.payload));
@@ -441,16 +437,10 @@ async fn history(State(s): State<HttpApi>, headers: HeaderMap, Path(id): Path<St
                 Ok(_) => {}
                 Err(e) => undecodable = undecodable.take().or(Some(format!("record at LSN {}: {e}", r.lsn))),
             }
-        });
-        (summary, records, undecodable)
+        })?;
+        Ok((summary, records, undecodable))
     })
-    .await
-    .map_err(|e| tonic::Status::internal(format!("reading the journal: {e}")))?;
-    let (summary, records, undecodable) = read;
-    let summary = summary.map_err(|e| {
-        // A checkpoint may delete a segment under the read: the caller may ask again.
-        tonic::Status::unavailable(format!("reading the journal: {e}"))
-    })?;
+    .await?;
     if let Some(problem) = undecodable {
         return Err(tonic::Status::data_loss(problem).into());
     }
@@ -519,4 +509,91 @@ async fn recover(State(s): State<HttpApi>, headers: HeaderMap) -> Answer {
     let request = authorized(&s.admins, &headers, pb::RecoverRequest {})?;
     let r = Admin::recover(&s.api, request).await?.into_inner();
     ok(json!({ "unfinished": r.unfinished, "restarted": r.restarted, "duration_ms": r.duration_ms }))
+}
+
+/// Reads the journal's durable prefix (up to the acknowledged LSN, never what the writer is
+/// appending) with `visit`, one read at a time. A checkpoint may delete a segment under the
+/// read: that is UNAVAILABLE (ask again), not damage.
+async fn read_durable_prefix<T: Send + 'static>(
+    s: &HttpApi,
+    read: impl FnOnce(&std::path::Path, u64) -> Result<T, crate::journal::Error> + Send + 'static,
+) -> Result<(T, u64), ApiError> {
+    let _permit = s
+        .history_reads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| tonic::Status::unavailable("server shutting down"))?;
+    let journal = s.api.executor.journal();
+    let (dir, upto) = (journal.dir().to_path_buf(), journal.acked_lsn());
+    let answer = tokio::task::spawn_blocking(move || read(&dir, upto))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("reading the journal: {e}")))?
+        .map_err(|e| {
+            tonic::Status::unavailable(format!(
+                "reading the journal: {e} (a checkpoint may have removed a segment under the read; ask again)"
+            ))
+        })?;
+    Ok((answer, upto))
+}
+
+/// `GET /v1/admin/journal/verify`: `wal verify --json` of the running server's journal, over
+/// its durable prefix: every record up to the acknowledged LSN is read and checked (checksums,
+/// LSN and epoch chains); the record being appended is not judged. HTTP 200 whatever the
+/// result; `status` says `ok` or `corrupt`.
+async fn journal_verify(State(s): State<HttpApi>, headers: HeaderMap) -> Answer {
+    s.admins.authorize(&MetadataMap::from_headers(headers))?;
+    let started = std::time::Instant::now();
+    let (summary, upto) =
+        read_durable_prefix(&s, |dir, upto| crate::journal::scan_upto(dir, 0, Some(upto), |_, _, _| {})).await?;
+    let mut body = view::verify_json(&summary, started.elapsed().as_secs_f64());
+    body["online"] = true.into();
+    body["read_up_to_lsn"] = upto.into();
+    ok(body)
+}
+
+/// The query of `GET /v1/admin/journal/records`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordsQuery {
+    /// The first LSN wanted (default: the start of the journal).
+    from: Option<u64>,
+    /// At most this many records (default and maximum [`RECORDS_PAGE_MAX`]).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/admin/journal/records?from=LSN&limit=N`: `wal dump` of the running server's
+/// journal, over its durable prefix, as `{"records": [...], "next_from": LSN | null}`.
+async fn journal_records(
+    State(s): State<HttpApi>,
+    headers: HeaderMap,
+    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    s.admins.authorize(&MetadataMap::from_headers(headers))?;
+    let Query(query) = query.map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    let limit = match query.limit {
+        None => RECORDS_PAGE_MAX,
+        Some(n) if (1..=RECORDS_PAGE_MAX).contains(&n) => n,
+        Some(n) => {
+            return Err(tonic::Status::invalid_argument(format!("limit={n}: 1 to {RECORDS_PAGE_MAX}")).into());
+        }
+    };
+    let from = query.from.unwrap_or(0);
+    let ((records, next), _) = read_durable_prefix(&s, move |dir, upto| {
+        let mut records = Vec::new();
+        let mut next = None;
+        crate::journal::scan_upto(dir, from, Some(upto), |r, segment, offset| {
+            if records.len() == limit {
+                next.get_or_insert(r.lsn);
+                return;
+            }
+            let mut line = view::record_json(r.lsn, r.kind.name(), r.payload);
+            line["segment"] = segment.into();
+            line["offset"] = offset.into();
+            records.push(line);
+        })?;
+        Ok((records, next))
+    })
+    .await?;
+    ok(json!({ "records": records, "next_from": next }))
 }
