@@ -39,6 +39,8 @@ pub const EXIT_NOT_FINISHED: u8 = 5;
 
 /// Rows of the demo saga when `--rows` is not given.
 const DEMO_ROWS_DEFAULT: i64 = 1000;
+/// The demo saga's pause before it notifies: long enough to `kill -9` the server mid-flight.
+const DEMO_PAUSE_MS_DEFAULT: i64 = 2000;
 
 /// How to reach the server; every client command takes these.
 #[derive(Debug, Clone, Args)]
@@ -81,7 +83,7 @@ pub struct SubmitArgs {
     /// Saga file in JSON or TOML (`-`: read standard input); see docs/cli.md for the format.
     #[arg(value_name = "FILE", required_unless_present = "demo", conflicts_with = "demo")]
     file: Option<String>,
-    /// Submit the embedded default's demo saga (three steps: SQLite, DuckDB, a file).
+    /// Submit the embedded default's demo saga (SQLite, DuckDB, a pause, HTTP, a file).
     #[arg(long)]
     demo: bool,
     /// Rows of the demo saga: below 0 fails step 0, above 1000000 fails step 1 (compensation).
@@ -90,6 +92,11 @@ pub struct SubmitArgs {
     /// Run id of the demo saga (default: generated).
     #[arg(long, value_name = "RUN", conflicts_with = "file")]
     run_id: Option<String>,
+    /// The demo saga's durable pause before it notifies, in milliseconds (0: none). Skipped
+    /// with a note when the server's catalog has no `pause` action (a data directory
+    /// initialised before it existed).
+    #[arg(long, value_name = "MS", conflicts_with = "file", default_value_t = DEMO_PAUSE_MS_DEFAULT)]
+    demo_pause_ms: i64,
     /// Saga id (the idempotency key); overrides the file's. Generated and printed if neither has one.
     #[arg(long, value_name = "ID")]
     id: Option<String>,
@@ -271,7 +278,12 @@ fn saga_to_submit(args: &SubmitArgs) -> anyhow::Result<(SagaDefinition, bool)> {
         let generated = args.id.is_none();
         let id = args.id.clone().unwrap_or_else(|| generated_id("demo"));
         let run_id = args.run_id.clone().unwrap_or_else(|| generated_id("run"));
-        return Ok((crate::cli::demo::demo_saga(&id, &run_id, args.rows.unwrap_or(DEMO_ROWS_DEFAULT)), generated));
+        let rows = args.rows.unwrap_or(DEMO_ROWS_DEFAULT);
+        let saga = match args.demo_pause_ms {
+            0 => crate::cli::demo::demo_saga(&id, &run_id, rows),
+            pause => crate::cli::demo::demo_saga_with_pause(&id, &run_id, rows, pause),
+        };
+        return Ok((saga, generated));
     }
     let Some(file) = &args.file else { anyhow::bail!("give a saga FILE, `-` for standard input, or --demo") };
     let (text, source_name) = read_saga_text(file)?;
@@ -301,10 +313,19 @@ fn read_saga_text(file: &str) -> anyhow::Result<(String, String)> {
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     // The saga is read and checked before connecting: a bad file is a usage error (exit 2)
     // whether or not a server is up.
-    let (saga, generated) = saga_to_submit(&args)?;
+    let (mut saga, generated) = saga_to_submit(&args)?;
     let json = args.conn.json;
     run_command(json, async move {
         let client = connect(&args.conn).await?;
+        if args.demo && saga.steps.iter().any(|s| s.action == "pause") {
+            let actions = client.list_actions().await?;
+            if !actions.iter().any(|a| a.name == "pause") {
+                eprintln!(
+                    "note: the server's catalog has no `pause` action (a data directory from before it); the demo saga runs without its pause"
+                );
+                saga.steps.retain(|s| s.action != "pause");
+            }
+        }
         let (created, state) = client.submit(&saga).await?;
         let verb = if created { "submitted" } else { "already submitted (same definition)" };
         let id_note = if generated { " (generated id)" } else { "" };

@@ -35,3 +35,18 @@ pub fn demo_saga(saga_id: &str, run_id: &str, rows: i64) -> SagaDefinition {
         ],
     }
 }
+
+/// [`demo_saga`] with a durable pause of `pause_ms` between storing the results and notifying
+/// (`submit --demo`: a saga that is still running a couple of seconds after its submit, so
+/// that the README's `kill -9` catches it mid-flight). The step indices of `from` are those of
+/// [`demo_saga`]'s first two steps, which come first here too.
+pub fn demo_saga_with_pause(saga_id: &str, run_id: &str, rows: i64, pause_ms: i64) -> SagaDefinition {
+    let mut saga = demo_saga(saga_id, run_id, rows);
+    let pause = StepCall {
+        action: "pause".to_owned(),
+        params: [("delay_ms".to_owned(), Value::Int(pause_ms))].into_iter().collect(),
+        from: Default::default(),
+    };
+    saga.steps.insert(2, pause);
+    saga
+}

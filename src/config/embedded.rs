@@ -101,6 +101,12 @@ compensate = { http = "POST /demo/notifications/{output.notification_id}/retract
 retry = { max_attempts = 10, initial_backoff_ms = 100, max_backoff_ms = 5000, jitter = 0.2 }
 timeout_ms = 10000
 
+# A durable pause: the demo saga (`submit --demo`) waits here for a couple of seconds, long
+# enough to kill the server mid-flight and watch recovery finish it.
+[actions.pause]
+delay_ms = "param"
+params = { delay_ms = "int" }
+
 [actions.noop]
 participant = "null"
 forward = { noop = true }

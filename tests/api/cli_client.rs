@@ -174,6 +174,26 @@ fn main_server(dir: &Path) -> Server {
     }
 }
 
+/// `submit --demo` pauses durably before it notifies (issue 14 item 6: the README's `kill -9`
+/// catches a saga mid-flight); against a data directory whose catalog predates the `pause`
+/// action it submits the saga without it and says so.
+#[test]
+fn the_demo_pauses_and_runs_without_its_pause_on_an_older_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let pause = "[actions.pause]\ndelay_ms = \"param\"\nparams = { delay_ms = \"int\" }\n";
+    let config = sqlite_config();
+    assert!(config.contains(pause), "the embedded default changed: update this test");
+    let data_dir = dir.path().join("data");
+    std::fs::write(data_dir.with_extension("toml"), config.replace(pause, "")).unwrap();
+    let mut server = Server::spawn(&data_dir, Some(data_dir.with_extension("toml")), free_port());
+    server.wait_until_answering(&[]);
+    let out = server.run(&["submit", "--demo", "--wait", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let done = json_of(&out);
+    assert_eq!(done["steps"].as_array().unwrap().len(), 4, "{done}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `pause` action"), "{}", text(&out));
+}
+
 /// Issue 11 item 6: `sagalog actions` lists the server's catalog, in text and in JSON.
 #[test]
 fn actions_lists_the_catalog() {
@@ -210,11 +230,13 @@ fn demo_sagas_through_the_cli() {
     assert!(id.starts_with("demo-"), "{id}");
     assert!(done["steps"].as_array().unwrap().iter().all(|s| s["state"] == "APPLIED"), "{done}");
     let progress = String::from_utf8_lossy(&out.stderr);
-    assert!(progress.contains("(generated id)") && progress.contains("step 3 write_artifact"), "{progress}");
+    assert!(progress.contains("(generated id)") && progress.contains("step 4 write_artifact"), "{progress}");
+    // The demo pauses durably for a couple of seconds before it notifies (step 2).
+    assert_eq!(done["steps"][2]["action"], "pause", "{done}");
     // The chain: the ledger's execution id flows to the warehouse and the notifier (outputs).
     let execution_id = &done["steps"][0]["outputs"]["execution_id"];
     assert!(execution_id.is_string() || execution_id.is_i64(), "step 0 returns the execution id: {done}");
-    assert!(done["steps"][2]["outputs"]["notification_id"].is_string(), "the notifier answers an id: {done}");
+    assert!(done["steps"][3]["outputs"]["notification_id"].is_string(), "the notifier answers an id: {done}");
     assert!(progress.contains(&format!("saga {id} COMPLETED in")), "{progress}");
 
     // status --json: COMPLETED, exit 0, with the documented fields.
@@ -222,7 +244,7 @@ fn demo_sagas_through_the_cli() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let status = json_of(&out);
     assert_eq!((status["id"].as_str(), status["status"].as_str()), (Some(id.as_str()), Some("COMPLETED")));
-    assert!(status["version"].as_u64().unwrap() > 0 && status["steps"].as_array().unwrap().len() == 4, "{status}");
+    assert!(status["version"].as_u64().unwrap() > 0 && status["steps"].as_array().unwrap().len() == 5, "{status}");
     assert!(status["submitted_at"].as_str().unwrap().ends_with('Z') && status["finished_at"].is_string(), "{status}");
     assert_eq!(status["errors"], Json::Array(vec![]));
 
