@@ -13,4 +13,5 @@ mod grpc_restart;
 mod grpc_tls;
 mod http_api;
 mod journal_poisoned;
+mod readme;
 mod workers;
