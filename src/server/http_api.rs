@@ -61,14 +61,17 @@ const RECORDS_PAGE_MAX: usize = 10_000;
 /// The last answer of each participant's health probe, kept by `participant_health.rs` and
 /// read by `/readyz`. `None` until the first round of probes has ended.
 #[derive(Clone, Default)]
-pub struct Reachability(Arc<Mutex<Option<BTreeMap<String, Result<(), String>>>>>);
+pub struct Reachability(Arc<Mutex<Option<ProbeRound>>>);
+
+/// One round of probes: each participant's answer (`Err` holds the probe's error).
+pub type ProbeRound = BTreeMap<String, Result<(), String>>;
 
 impl Reachability {
-    pub fn set(&self, round: BTreeMap<String, Result<(), String>>) {
+    pub fn set(&self, round: ProbeRound) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(round);
     }
 
-    fn get(&self) -> Option<BTreeMap<String, Result<(), String>>> {
+    fn get(&self) -> Option<ProbeRound> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
