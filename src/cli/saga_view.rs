@@ -180,6 +180,7 @@ fn step_change(old: Option<&pb::StepStatus>, new: &pb::StepStatus) -> Option<Str
     let state_changed = old.is_none_or(|o| o.state != new.state);
     let retried = old.is_some_and(|o| o.attempts < new.attempts || o.compensate_attempts < new.compensate_attempts);
     let error = one_line(&new.last_error);
+    let same_error = old.is_some_and(|o| one_line(&o.last_error) == error);
     match state {
         // A step that has not started yet is news only when the status started out PENDING.
         pb::StepState::StepPending | pb::StepState::Unspecified => None,
@@ -189,8 +190,15 @@ fn step_change(old: Option<&pb::StepStatus>, new: &pb::StepStatus) -> Option<Str
         }
         pb::StepState::StepFailed if state_changed => Some(format!("  {name}: failed: {error}")),
         pb::StepState::StepCompensated if state_changed => Some(format!("  {name}: compensated")),
+        // A retry after the same error as the one before says so instead of repeating it.
+        pb::StepState::StepJournaled if retried && !error.is_empty() && same_error => {
+            Some(format!("  {name}: attempt {} (same error)", new.attempts))
+        }
         pb::StepState::StepJournaled if retried && !error.is_empty() => {
             Some(format!("  {name}: attempt {} (after: {error})", new.attempts))
+        }
+        pb::StepState::StepCompensating if retried && !error.is_empty() && same_error => {
+            Some(format!("  {name}: compensation attempt {} (same error)", new.compensate_attempts))
         }
         pb::StepState::StepJournaled if state_changed => Some(format!("  {name}: running (attempt {})", new.attempts)),
         pb::StepState::StepCompensating if retried && !error.is_empty() => {
@@ -296,6 +304,13 @@ mod tests {
             vec![step(0, pb::StepState::StepApplied, 1, ""), step(1, pb::StepState::StepJournaled, 2, "busy")],
         );
         assert_eq!(progress_lines(Some(&b), &c), vec!["  step 1 a1 (ledger): attempt 2 (after: busy)"]);
+        // The same error again is not printed again.
+        let mut c3 = c.clone();
+        c3.version = 7;
+        c3.steps[1].attempts = 3;
+        assert_eq!(progress_lines(Some(&c), &c3), vec!["  step 1 a1 (ledger): attempt 3 (same error)"]);
+        c3.steps[1].last_error = "locked".into();
+        assert_eq!(progress_lines(Some(&c), &c3), vec!["  step 1 a1 (ledger): attempt 3 (after: locked)"]);
         let mut d = saga(
             pb::SagaStatus::Compensating,
             8,
