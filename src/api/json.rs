@@ -278,3 +278,30 @@ pub fn verify_json(summary: &crate::journal::LogSummary, seconds: f64) -> Json {
         "problem": problem,
     })
 }
+
+/// RFC 3339 (or a bare date, midnight UTC), or a duration before `now_ms`; in ms since the epoch.
+pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let as_date = (s.len() == 10).then(|| format!("{s}T00:00:00Z"));
+    if let Ok(t) = humantime::parse_rfc3339_weak(as_date.as_deref().unwrap_or(s)) {
+        let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?;
+        return Ok(since.as_millis() as u64);
+    }
+    match humantime::parse_duration(s) {
+        Ok(ago) => Ok(now_ms.saturating_sub(ago.as_millis() as u64)),
+        Err(_) => Err(format!(
+            "{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z, 2026-01-31) nor a duration ago (1h, 30m, 2days)"
+        )),
+    }
+}
+
+/// An action of the catalog as `actions --json` prints it and `GET /v1/actions` lists it.
+pub fn action_json(a: &pb::Action) -> Json {
+    json!({
+        "name": a.name,
+        "participant": a.participant,
+        "participant_kind": a.participant_kind,
+        "params": a.params,
+        "returns": a.returns,
+    })
+}

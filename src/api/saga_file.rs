@@ -81,7 +81,13 @@ pub fn parse(text: &str, source_name: &str) -> Result<SagaFile, SagaFileError> {
         trimmed.starts_with('{')
     };
     let root = if json { json_tree(trimmed) } else { toml_tree(trimmed) }.map_err(fail)?;
-    saga(&root).map_err(|(path, problem)| fail(if path.is_empty() { problem } else { format!("{path}: {problem}") }))
+    saga(&root).map_err(|problem| located(source_name, problem))
+}
+
+/// A shape problem of the walker as an error naming the source and the path.
+fn located(source_name: &str, (path, problem): Problem) -> SagaFileError {
+    let problem = if path.is_empty() { problem } else { format!("{path}: {problem}") };
+    SagaFileError { source_name: source_name.to_owned(), problem }
 }
 
 /// Parses a saga in JSON whatever it looks like (the body of `POST /v1/sagas`).
@@ -94,7 +100,7 @@ pub fn parse_json(text: &str, source_name: &str) -> Result<SagaFile, SagaFileErr
         ));
     }
     let root = json_tree(trimmed).map_err(fail)?;
-    saga(&root).map_err(|(path, problem)| fail(if path.is_empty() { problem } else { format!("{path}: {problem}") }))
+    saga(&root).map_err(|problem| located(source_name, problem))
 }
 
 /// A fresh saga id: a prefix, the UTC time to the second, and 32 random bits

@@ -208,21 +208,7 @@ fn parse_time_arg(s: &str) -> Result<u64, String> {
     parse_time(s, client::now_ms())
 }
 
-/// RFC 3339 (or a bare date, midnight UTC), or a duration before `now_ms`; in ms since the epoch.
-pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
-    let s = s.trim();
-    let as_date = (s.len() == 10).then(|| format!("{s}T00:00:00Z"));
-    if let Ok(t) = humantime::parse_rfc3339_weak(as_date.as_deref().unwrap_or(s)) {
-        let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?;
-        return Ok(since.as_millis() as u64);
-    }
-    match humantime::parse_duration(s) {
-        Ok(ago) => Ok(now_ms.saturating_sub(ago.as_millis() as u64)),
-        Err(_) => Err(format!(
-            "{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z, 2026-01-31) nor a duration ago (1h, 30m, 2days)"
-        )),
-    }
-}
+pub use crate::api::json::parse_time;
 
 /// Runs one client command on a small runtime of its own and turns the outcome into an exit
 /// code. A refusal by the server is reported here (exit 1); anything else that fails is
@@ -463,16 +449,7 @@ pub fn actions(args: ActionsArgs) -> anyhow::Result<ExitCode> {
         let client = connect(&args.conn).await?;
         let actions = client.list_actions().await?;
         if json {
-            let rows = actions.iter().map(|a| {
-                serde_json::json!({
-                    "name": a.name,
-                    "participant": a.participant,
-                    "participant_kind": a.participant_kind,
-                    "params": a.params,
-                    "returns": a.returns,
-                })
-            });
-            print_json(&serde_json::Value::Array(rows.collect()))?;
+            print_json(&serde_json::Value::Array(actions.iter().map(crate::api::json::action_json).collect()))?;
         } else {
             let typed = |m: &std::collections::HashMap<String, String>| {
                 let mut pairs: Vec<_> = m.iter().map(|(k, t)| format!("{k}: {t}")).collect();

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -172,6 +173,12 @@ impl IntoResponse for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
+/// A query string that does not parse (an unknown parameter, a number that is not one) is
+/// INVALID_ARGUMENT, not axum's plain-text rejection.
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())).into())
+}
+
 fn ok(body: Json) -> Answer {
     Ok(axum::Json(body).into_response())
 }
@@ -249,13 +256,7 @@ async fn openapi() -> Response {
 async fn list_actions(State(s): State<HttpApi>, headers: HeaderMap) -> Answer {
     let request = authorized(&s.clients, &headers, pb::ListActionsRequest {})?;
     let actions = Sagas::list_actions(&s.api, request).await?.into_inner().actions;
-    let actions: Vec<Json> = actions
-        .iter()
-        .map(|a| {
-            json!({"name": a.name, "participant": a.participant, "participant_kind": a.participant_kind,
-                   "params": a.params, "returns": a.returns})
-        })
-        .collect();
+    let actions: Vec<Json> = actions.iter().map(view::action_json).collect();
     ok(json!({ "actions": actions }))
 }
 
@@ -318,24 +319,19 @@ struct ListQuery {
     page_token: Option<String>,
 }
 
-/// RFC 3339 (`2026-12-05T10:00:00Z`) or milliseconds since the epoch.
+/// Milliseconds since the epoch, or what `sagalog list --since` takes: RFC 3339
+/// (`2026-12-05T10:00:00Z`), a bare date, or a duration ago (`1h`).
 fn time_ms(name: &str, text: &str) -> Result<u64, ApiError> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }
-    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        tonic::Status::invalid_argument(format!("{name}={text:?}: not RFC 3339 or milliseconds since the epoch ({e})"))
-    })?;
-    let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    Ok(ms)
+    view::parse_time(text, crate::clock::now_ms()).map_err(|e| {
+        tonic::Status::invalid_argument(format!("{name}={text:?}: {e}, or milliseconds since the epoch")).into()
+    })
 }
 
-async fn list(
-    State(s): State<HttpApi>,
-    headers: HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Answer {
-    let Query(query) = query.map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())))?;
+async fn list(State(s): State<HttpApi>, headers: HeaderMap, query: Result<Query<ListQuery>, QueryRejection>) -> Answer {
+    let query = query_of(query)?;
     let mut status = Vec::new();
     for name in query.status.iter().flat_map(|s| s.split(',')).filter(|s| !s.trim().is_empty()) {
         let parsed = view::parse_status(name).ok_or_else(|| {
@@ -378,9 +374,9 @@ async fn events(
     State(s): State<HttpApi>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    let query = query_of(query)?;
     let last_event = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
@@ -396,7 +392,14 @@ async fn events(
         let saga_event = |saga: &pb::Saga| {
             Event::default().event("saga").id(saga.version.to_string()).data(view::saga_json(saga).to_string())
         };
-        while let Some(item) = states.next().await {
+        loop {
+            // A client that went away is noticed at once, not at the saga's next change (a
+            // STUCK saga may not change for days).
+            let item = tokio::select! {
+                item = states.next() => item,
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { break };
             let event = match &item {
                 Ok(saga) => saga_event(saga),
                 Err(status) => Event::default().event("error").data(error_json(status).to_string()),
@@ -570,10 +573,10 @@ struct RecordsQuery {
 async fn journal_records(
     State(s): State<HttpApi>,
     headers: HeaderMap,
-    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<RecordsQuery>, QueryRejection>,
 ) -> Answer {
     s.admins.authorize(&MetadataMap::from_headers(headers))?;
-    let Query(query) = query.map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())))?;
+    let query = query_of(query)?;
     let limit = match query.limit {
         None => RECORDS_PAGE_MAX,
         Some(n) if (1..=RECORDS_PAGE_MAX).contains(&n) => n,

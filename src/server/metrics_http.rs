@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -82,8 +82,7 @@ fn not_found(request: &Request) -> Response {
         request.method(),
         request.uri().path()
     );
-    let body = serde_json::json!({"error": {"code": 404, "status": "NOT_FOUND", "message": message}});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    super::http_api::ApiError::from(tonic::Status::not_found(message)).into_response()
 }
 
 /// `GET /metrics`: OpenMetrics when the `Accept` header names it, else text 0.0.4.

@@ -213,6 +213,9 @@ async fn every_route_answers_json_with_grpc_codes_and_roles() {
     assert_ne!(first["sagas"][0]["saga_id"], second["sagas"][0]["saga_id"]);
     let (_, none) = http.call("GET", "/v1/sagas?status=STUCK", Some(CLIENT_TOKEN), None).await;
     assert_eq!(none["sagas"], json!([]));
+    // `since` takes what `sagalog list --since` takes: a duration ago too.
+    let (_, recent) = http.call("GET", "/v1/sagas?since=1h", Some(CLIENT_TOKEN), None).await;
+    assert!(recent["sagas"].as_array().unwrap().iter().any(|s| s["saga_id"] == "h-1"), "{recent}");
     let (_, later) = http.call("GET", "/v1/sagas?since=2999-01-01T00:00:00Z", Some(CLIENT_TOKEN), None).await;
     assert_eq!(later["sagas"], json!([]));
     for bad in
@@ -290,7 +293,6 @@ async fn every_route_answers_json_with_grpc_codes_and_roles() {
     assert_eq!(ready.1["participants"], json!({"artifacts": "reachable", "ledger": "reachable"}));
     assert_error(&http.call("GET", "/v1/nothing", None, None).await, StatusCode::NOT_FOUND, "NOT_FOUND");
 
-    // A server shutting down is not ready.
     server.shutdown().await.unwrap();
 }
 

@@ -31,7 +31,9 @@ async fn health(addr: std::net::SocketAddr) -> ServingStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_journal_is_not_serving_sets_the_gauge_ends_watches_and_fails_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), CONFIG);
+    let with_http =
+        CONFIG.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"");
+    let config = write_config(dir.path(), &with_http);
     let faults = Arc::new(IoFaults::new());
     let data = dir.path().join("data");
     let node = Node::start_with_faults(&data, Some(&config), Some(faults.clone())).await.unwrap();
@@ -60,6 +62,14 @@ async fn poisoned_journal_is_not_serving_sets_the_gauge_ends_watches_and_fails_s
     }
     let metrics = sagalog::metrics::get().encode();
     assert!(metrics.contains("sagalog_journal_poisoned 1"), "{metrics}");
+    // The Kubernetes probes say so too: liveness and readiness both 503, naming the poisoning.
+    let http = format!("http://{}", running.metrics_addr.expect("the HTTP port"));
+    for probe in ["/healthz", "/readyz"] {
+        let answer = reqwest::get(format!("{http}{probe}")).await.unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE, "{probe}");
+        let body = answer.text().await.unwrap();
+        assert!(body.contains("poisoned"), "{probe}: {body}");
+    }
 
     let ended = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
