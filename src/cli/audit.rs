@@ -1,14 +1,18 @@
 //! `sagalog audit --data-dir D [--config F] [--json]`: the journal and the index against every
 //! participant's markers (see `sagalog::ops::audit`). Read-only.
 //!
+//! While a server holds the data directory (or with `--http URL`) the audit runs online, in
+//! the server, over the durable prefix of its journal (`cli/online.rs`).
+//!
 //! Exit codes: 0 everything agrees, 1 inconsistencies found (each printed with saga, step and
-//! participant), 2 usage or I/O error (including a server holding the data directory).
+//! participant), 2 usage or I/O error, 3 nothing was there to check.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
+use super::online::{self, OnlineArgs};
 use super::{EXIT_CORRUPT, EXIT_USAGE_OR_IO};
 
 /// `sagalog audit` found nothing to check: not a pass.
@@ -18,20 +22,31 @@ use crate::ops::audit::AuditReport;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The data directory to audit.
-    #[arg(long, value_name = "D")]
-    data_dir: PathBuf,
+    /// The data directory to audit (a running server's is audited online, through it).
+    #[arg(long, value_name = "D", required_unless_present = "http")]
+    data_dir: Option<PathBuf>,
     /// Configuration file (default: D/sagalog.toml, else the embedded default).
     #[arg(long, value_name = "F")]
     config: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    online: OnlineArgs,
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = match runtime.block_on(ops::audit::audit(&args.data_dir, args.config.as_deref())) {
+    let audited = runtime.block_on(async {
+        match online::choose(&args.online, args.data_dir.as_deref(), args.config.as_deref())? {
+            Some(server) => server.json::<AuditReport>("/v1/admin/audit").await,
+            None => match args.data_dir.as_deref() {
+                Some(dir) => ops::audit::audit(dir, args.config.as_deref()).await,
+                None => Err(ops::Error::Usage("give --data-dir D or --http URL".into())),
+            },
+        }
+    });
+    let report = match audited {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: {e}");
@@ -54,6 +69,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
 
 fn print_report(r: &AuditReport) {
     println!("audit of {} (config {})", r.data_dir.display(), r.config);
+    if let Some(lsn) = r.judged_up_to_lsn {
+        println!(
+            "online:   the server runs; sagas that finished after lsn {lsn} (when the markers were read) are left \
+             for a later audit"
+        );
+    }
     let markers: Vec<String> = r.markers.iter().map(|(p, n)| format!("{p}: {n}")).collect();
     println!(
         "checked:  {} finished sagas, {} file effects; markers read: {}",

@@ -411,9 +411,16 @@ impl Report {
         (fsyncs.map(|f| self.per_second(f)), per_fsync, cpu)
     }
 
+    /// The report for scripts. Field names are snake_case, as in every other `--json` of
+    /// sagalog; the first camelCase spellings (`sagasPerSecond`, `latencyMs`, `fsyncsPerSecond`,
+    /// `recordsPerFsync`, `cpuMicrosPerSaga`) stay beside them for the scripts that read them.
     fn json(&self) -> serde_json::Value {
         let ms = |us: u64| us as f64 / 1000.0;
         let (fsyncs_per_s, records_per_fsync, cpu_us) = self.server_figures();
+        let latency = self.percentiles_us.map(|[p50, p90, p99, max]| {
+            serde_json::json!({ "p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max) })
+        });
+        let per_second = self.per_second(self.sagas as f64);
         serde_json::json!({
             "clients": self.clients,
             "steps": self.steps,
@@ -422,16 +429,19 @@ impl Report {
             "seconds": self.elapsed.as_secs_f64(),
             "sagas": self.sagas,
             "compensated": self.compensated,
-            "sagasPerSecond": self.per_second(self.sagas as f64),
-            "latencyMs": self.percentiles_us.map(|[p50, p90, p99, max]| serde_json::json!({
-                "p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max),
-            })),
+            "sagas_per_second": per_second,
+            "latency_ms": latency,
             "errors": self.errors,
             "server": {
+                "fsyncs_per_second": fsyncs_per_s,
+                "records_per_fsync": records_per_fsync,
+                "cpu_micros_per_saga": cpu_us,
                 "fsyncsPerSecond": fsyncs_per_s,
                 "recordsPerFsync": records_per_fsync,
                 "cpuMicrosPerSaga": cpu_us,
             },
+            "sagasPerSecond": per_second,
+            "latencyMs": latency,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod config;
 mod debug;
 pub mod demo;
 mod export;
+mod online;
 mod replay;
 mod saga_view;
 mod serve;

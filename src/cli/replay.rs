@@ -1,6 +1,10 @@
 //! `sagalog replay --data-dir D [--dry-run] [--compensate-since LSN|TIME [--yes]]`: recovery,
 //! offline. See `sagalog::ops` for what each mode does and never does.
 //!
+//! `--dry-run` of a data directory a running server holds (or with `--http URL`) asks the
+//! server for the plan a restart would follow now (`cli/online.rs`); the other modes write and
+//! run offline only.
+//!
 //! Exit codes: 0 done (or planned), 1 a problem remains (a corrupt log, STUCK sagas, sagas
 //! still running at the deadline, compensations that could not be selected), 2 usage or I/O
 //! error (a server holds the data directory, a bad argument, no confirmation).
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
 
+use super::online::{self, OnlineArgs};
 use super::{EXIT_CORRUPT, EXIT_USAGE_OR_IO};
 use crate::ops::plan::{Action, DirectionPlan, DryRun, Expected, Journaled, MarkerAnswer, SagaPlan};
 use crate::ops::replay::{self, Offline, Selection, Summary};
@@ -19,9 +24,9 @@ use crate::ops::{self, history};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The data directory to recover.
-    #[arg(long, value_name = "D")]
-    data_dir: PathBuf,
+    /// The data directory to recover (a running server's is planned online with --dry-run).
+    #[arg(long, value_name = "D", required_unless_present = "http")]
+    data_dir: Option<PathBuf>,
     /// Configuration file (default: D/sagalog.toml, else the embedded default; never written).
     #[arg(long, value_name = "F")]
     config: Option<PathBuf>,
@@ -42,6 +47,23 @@ pub struct ReplayArgs {
     /// journal; the next start continues them).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     timeout_secs: u64,
+    #[command(flatten)]
+    online: OnlineArgs,
+}
+
+impl ReplayArgs {
+    /// The data directory of the offline modes (recovery and compensation write: never online).
+    fn offline_dir(&self) -> Result<&std::path::Path, ops::Error> {
+        match (self.data_dir.as_deref(), &self.online.http) {
+            (Some(dir), None) => Ok(dir),
+            _ => Err(ops::Error::Usage(
+                "only --dry-run runs against a running server (--http); recovery and --compensate-since write, \
+                 and run on a stopped server's --data-dir (a running server recovers by itself: \
+                 `sagalog admin recover`)"
+                    .into(),
+            )),
+        }
+    }
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -63,7 +85,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn dry_run(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
-    let report = ops::plan::dry_run(&args.data_dir, args.config.as_deref()).await?;
+    let report = match online::choose(&args.online, args.data_dir.as_deref(), args.config.as_deref())? {
+        Some(server) => server.json::<DryRun>("/v1/admin/recovery-plan").await?,
+        None => ops::plan::dry_run(args.offline_dir()?, args.config.as_deref()).await?,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Streamed, not built as one string: a plan of 100,000 sagas is a large document.
@@ -83,6 +108,12 @@ async fn dry_run(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
 
 fn write_plan(out: &mut impl Write, r: &DryRun) -> std::io::Result<()> {
     writeln!(out, "recovery plan for {} (dry run: nothing was changed)", r.data_dir.display())?;
+    if let Some(lsn) = r.read_up_to_lsn {
+        writeln!(
+            out,
+            "online:    the server runs these sagas meanwhile; this is what a restart at lsn {lsn} would do"
+        )?;
+    }
     writeln!(out, "config:    {}", r.config)?;
     let range = match (r.log.first_lsn, r.log.last_lsn) {
         (Some(a), Some(b)) => format!("lsn {a}..={b}"),
@@ -271,8 +302,9 @@ async fn settle(offline: &Offline, total: usize, timeout: Duration) -> Vec<(Stri
 
 async fn replay(args: &ReplayArgs) -> Result<ExitCode, ops::Error> {
     let started = Instant::now();
-    let offline = Offline::open(&args.data_dir, args.config.as_deref())?;
-    let _http = serve_demo_notifier(&offline, &args.data_dir).await;
+    let data_dir = args.offline_dir()?;
+    let offline = Offline::open(data_dir, args.config.as_deref())?;
+    let _http = serve_demo_notifier(&offline, data_dir).await;
     let report = recover_with_spinner(&offline).await?;
     let running = settle(&offline, report.unfinished, Duration::from_secs(args.timeout_secs)).await;
     finish(args, offline, report, running, started, None).await
@@ -367,7 +399,7 @@ async fn compensate_since(args: &ReplayArgs, since_text: &str) -> Result<ExitCod
     let since = replay::parse_since(since_text, SystemTime::now())?;
     if !args.yes || args.dry_run {
         // Preview under the shared lock: nothing is written.
-        let dir = history::open_data_dir(&args.data_dir, crate::data_dir::Access::Shared)?;
+        let dir = history::open_data_dir(args.offline_dir()?, crate::data_dir::Access::Shared)?;
         let index = ops::audit::open_index_copy(dir.root())?;
         let selection = replay::select(&dir.journal_dir(), index.index(), since)?;
         print_selection(args, &selection)?;
@@ -379,8 +411,9 @@ async fn compensate_since(args: &ReplayArgs, since_text: &str) -> Result<ExitCod
         return Ok(ExitCode::from(EXIT_USAGE_OR_IO));
     }
     let started = Instant::now();
-    let offline = Offline::open(&args.data_dir, args.config.as_deref())?;
-    let _http = serve_demo_notifier(&offline, &args.data_dir).await;
+    let data_dir = args.offline_dir()?;
+    let offline = Offline::open(data_dir, args.config.as_deref())?;
+    let _http = serve_demo_notifier(&offline, data_dir).await;
     let selection = replay::select(offline.journal.dir(), &offline.index, since)?;
     if !args.json {
         print_selection(args, &selection)?;

@@ -1,7 +1,8 @@
 //! `sagalog wal verify | dump | repair --data-dir D`: the log itself, offline.
 //!
-//! `verify` and `dump` hold the data directory's shared lock (they refuse while a server
-//! holds it), `repair` the exclusive one. Exit codes: 0 the log opens (a torn tail is only a
+//! `verify` and `dump` hold the data directory's shared lock; while a server holds it (or with
+//! `--http URL`) they ask the server, which reads the durable prefix of its journal
+//! (`cli/online.rs`). `repair` holds the exclusive lock: offline only. Exit codes: 0 the log opens (a torn tail is only a
 //! warning, since opening repairs it), 1 the log is corrupt, 2 usage or I/O error.
 
 use std::io::{BufWriter, Write};
@@ -14,25 +15,33 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::EXIT_CORRUPT;
+use super::online::{self, Online, OnlineArgs};
 use crate::data_dir::{Access, DataDir};
 
 #[derive(Debug, Subcommand)]
 pub enum WalCommand {
     /// Check every segment and checksum; report segments, records, LSN range and the first problem.
     Verify {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The data directory (the journal is in its `journal/` folder; a running server's is
+        /// verified online, through it).
+        #[arg(long, value_name = "D", required_unless_present = "http")]
+        data_dir: Option<PathBuf>,
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
     /// Print every record as a JSON line: lsn, kind, segment, offset and the decoded payload.
     Dump {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The data directory (a running server's is dumped online, through it).
+        #[arg(long, value_name = "D", required_unless_present = "http")]
+        data_dir: Option<PathBuf>,
         /// Start at this LSN.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
     /// Truncate a torn tail; with --truncate-corrupt, cut the log at the first corruption.
     Repair {
@@ -52,7 +61,16 @@ pub struct DirArg {
     data_dir: PathBuf,
 }
 
+/// The server to ask, when the data directory is held by one (or `--http` names it).
+fn go_online(args: &OnlineArgs, data_dir: Option<&Path>) -> anyhow::Result<Option<Online>> {
+    Ok(online::choose(args, data_dir, None)?)
+}
+
 impl DirArg {
+    fn of(data_dir: Option<PathBuf>) -> anyhow::Result<DirArg> {
+        data_dir.map(|data_dir| DirArg { data_dir }).context("give --data-dir D or --http URL")
+    }
+
     /// Locks the data directory, refusing to create one that does not exist.
     fn open(&self, access: Access) -> anyhow::Result<DataDir> {
         let journal = self.data_dir.join(crate::data_dir::JOURNAL_DIR);
@@ -65,8 +83,14 @@ impl DirArg {
 
 pub fn run(cmd: WalCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WalCommand::Verify { dir, json } => verify(&dir, json),
-        WalCommand::Dump { dir, from } => dump(&dir, from),
+        WalCommand::Verify { data_dir, json, online } => match go_online(&online, data_dir.as_deref())? {
+            Some(server) => verify_online(&server, json),
+            None => verify(&DirArg::of(data_dir)?, json),
+        },
+        WalCommand::Dump { data_dir, from, online } => match go_online(&online, data_dir.as_deref())? {
+            Some(server) => dump_online(&server, from),
+            None => dump(&DirArg::of(data_dir)?, from),
+        },
         WalCommand::Repair { dir, truncate_corrupt } => repair(&dir, truncate_corrupt),
     }
 }
@@ -118,6 +142,61 @@ fn print_verify(journal_dir: &Path, summary: &LogSummary, seconds: f64) {
             );
         }
     }
+}
+
+/// `wal verify` of a running server: `GET /v1/admin/journal/verify`, the same report.
+fn verify_online(server: &Online, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report: serde_json::Value = runtime.block_on(server.json("/v1/admin/journal/verify"))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let n = |key: &str| report[key].as_u64().map_or("-".to_owned(), |v| v.to_string());
+        println!("journal:   the running server's, read up to lsn {} (its acknowledged records)", n("read_up_to_lsn"));
+        println!("segments:  {}", n("segments"));
+        println!("records:   {} (lsn {}..={})", n("records"), n("first_lsn"), n("last_lsn"));
+        let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+        println!("verified:  {} in {seconds:.3} s", human_bytes(report["verified_bytes"].as_u64().unwrap_or(0)));
+        match report["status"].as_str() {
+            Some("corrupt") => {
+                println!("status:    CORRUPT");
+                println!("problem:   {}", report["problem"]["message"].as_str().unwrap_or("?"));
+            }
+            Some(status) => println!("status:    {status}"),
+            None => println!("status:    ?"),
+        }
+    }
+    Ok(if report["status"] == "corrupt" { ExitCode::from(EXIT_CORRUPT) } else { ExitCode::SUCCESS })
+}
+
+/// `wal dump` of a running server: `GET /v1/admin/journal/records`, page after page, one
+/// record per line as the offline dump prints them.
+fn dump_online(server: &Online, from: u64) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut next = Some(from);
+    while let Some(from) = next {
+        let page: serde_json::Value =
+            runtime.block_on(server.json(&format!("/v1/admin/journal/records?from={from}")))?;
+        for record in page["records"].as_array().into_iter().flatten() {
+            let written = serde_json::to_writer(&mut out, record)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(e).context("writing the dump"),
+            }
+        }
+        next = page["next_from"].as_u64();
+    }
+    if let Err(e) = out.flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e).context("writing the dump");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -445,6 +445,12 @@ impl Executor {
     }
 
     /// A configured participant by name.
+    /// Every participant, by name (the online audit and recovery plan read markers through
+    /// them, read-only).
+    pub fn participants(&self) -> &BTreeMap<String, Arc<dyn Participant>> {
+        &self.inner.participants
+    }
+
     pub fn participant(&self, name: &str) -> Option<Arc<dyn Participant>> {
         self.inner.participants.get(name).cloned()
     }

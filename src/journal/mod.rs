@@ -20,5 +20,5 @@ pub use error::Error;
 pub use faults::{CreateStep, IoFaults};
 pub use options::{Options, SyncPolicy};
 pub use repair::{RepairMode, RepairReport, repair};
-pub use scan::{LogSummary, Problem, SegmentReport, Severity, scan, scan_from, scan_upto, verify};
+pub use scan::{LogSummary, Problem, SegmentReport, Severity, scan, scan_from, scan_upto, scan_window, verify};
 pub use writer::{Journal, Opened, Queued};

@@ -230,6 +230,73 @@ pub fn scan_upto(
     Ok(summary)
 }
 
+/// Reads a window of the log for a page of a dump (`GET /v1/admin/journal/records`): the
+/// records from `from_lsn` up to `upto_lsn`, until `visit` answers `Break`. Unlike
+/// [`scan_upto`], the segments before the one that holds `from_lsn` are not read (their
+/// headers only), so paging through a log costs each page its own records, not everything
+/// before them; the records handed over are checksummed and chained from the first segment
+/// read on. Answers the corruption met in the window, if any (a torn tail of the last segment
+/// is not: it was never acknowledged).
+pub fn scan_window(
+    dir: &Path,
+    from_lsn: u64,
+    upto_lsn: Option<u64>,
+    mut visit: impl FnMut(Record<'_>, u64, u64) -> std::ops::ControlFlow<()>,
+) -> Result<Option<Problem>, Error> {
+    let segments = list(dir)?.segments;
+    // The last segment that starts at or before `from_lsn` (a header that does not decode is
+    // read in full, so the damage is reported).
+    let mut start = 0;
+    for (i, (_, path)) in segments.iter().enumerate().rev() {
+        let head = read(path, Some(sagalog_wal_format::SEGMENT_HEADER_BYTES as u64))?;
+        if SegmentHeader::decode(&head).map_or(true, |h| h.first_lsn <= from_lsn) {
+            start = i;
+            break;
+        }
+    }
+    let count = segments.len();
+    let mut expect = Expect::default();
+    let mut stopped = false;
+    for (i, (id, path)) in segments.into_iter().enumerate().skip(start) {
+        let corrupt = |error: DecodeError| Problem {
+            severity: Severity::Corrupt,
+            path: path.clone(),
+            error,
+            unsynced_valid_at: None,
+        };
+        if let Some(expected) = expect.segment_id.filter(|e| *e != id) {
+            return Ok(Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected }))));
+        }
+        let bytes = read(&path, None)?;
+        if upto_lsn.is_some_and(|upto| SegmentHeader::decode(&bytes).is_ok_and(|h| h.first_lsn > upto)) {
+            break;
+        }
+        let scanned = segment::scan(id, &bytes, Expect { segment_id: Some(id), ..expect }, |record, offset| {
+            if stopped || upto_lsn.is_some_and(|upto| record.lsn > upto) || record.lsn < from_lsn {
+                return;
+            }
+            stopped = visit(record, id, offset).is_break();
+        });
+        let seg = match scanned {
+            Ok(seg) => seg,
+            Err(error) => return Ok(Some(corrupt(error))),
+        };
+        if stopped {
+            break;
+        }
+        let last = i + 1 == count;
+        if !last
+            && !matches!(seg.tail, Tail::Clean)
+            && let Err(error) = seg.require_clean()
+        {
+            return Ok(Some(corrupt(error)));
+        }
+        expect =
+            Expect { segment_id: id.checked_add(1), first_lsn: Some(seg.next_lsn()), epoch: Some(seg.header.epoch) };
+    }
+    Ok(None)
+}
+
 /// Scans the log without looking at the records: the check behind `sagalog wal verify`.
 pub fn verify(dir: &Path) -> Result<LogSummary, Error> {
     scan(dir, |_, _, _| {})

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Error;
 use super::history::{self, ConfigSource};
@@ -40,7 +40,7 @@ use crate::index::{Index, ListFilter, SagaRecord};
 use crate::participant::{Direction, Kind, MarkerEntry, Operation, Participant, StepKey};
 
 /// What kind of disagreement a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     /// The journal says the step (or its compensation) applied; its marker is not there.
@@ -70,12 +70,12 @@ pub enum FindingKind {
     Unreadable,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Finding {
     pub kind: FindingKind,
     pub saga: String,
     pub step: Option<u32>,
-    #[serde(serialize_with = "direction_name")]
+    #[serde(serialize_with = "direction_name", deserialize_with = "direction_of_name")]
     pub direction: Option<Direction>,
     pub participant: String,
     pub detail: String,
@@ -89,7 +89,17 @@ fn direction_name<S: serde::Serializer>(direction: &Option<Direction>, s: S) -> 
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The inverse of [`direction_name`] (an online audit's report is read back by the CLI).
+fn direction_of_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Direction>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None => Ok(None),
+        Some("forward") => Ok(Some(Direction::Forward)),
+        Some("compensate") => Ok(Some(Direction::Compensate)),
+        Some(other) => Err(serde::de::Error::custom(format!("direction {other:?}: forward or compensate"))),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditReport {
     pub data_dir: PathBuf,
     pub config: ConfigSource,
@@ -114,6 +124,10 @@ pub struct AuditReport {
     /// participant. Not a pass (a wrong `--data-dir`, or participants pointed elsewhere, look
     /// exactly like this); `sagalog audit` exits 3.
     pub checked_nothing: bool,
+    /// Online (the server runs): sagas finished after this LSN (the acknowledged LSN when the
+    /// markers began to be read) were skipped like unfinished ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged_up_to_lsn: Option<u64>,
 }
 
 impl AuditReport {
@@ -264,65 +278,176 @@ pub fn archived(index: &Index) -> Result<Vec<SagaRecord>, Error> {
     }
 }
 
-/// Audits the data directory `data_dir` (see the module doc).
+/// What an audit reads besides the participants' markers: the journal and the index. The
+/// offline audit reads them from a stopped data directory ([`Offline`]); the online one
+/// (`GET /v1/admin/audit`) from the running server, which implements this over its own index
+/// and the durable prefix of its journal.
+pub trait Sources: Send + Sync + 'static {
+    /// Every archived saga in the index.
+    fn archived(&self) -> Result<Vec<SagaRecord>, Error>;
+    /// The acknowledged LSN now; `None` for a journal no one writes.
+    fn acked_lsn(&self) -> Option<u64>;
+    /// Every saga in the journal, reading up to `upto` (`None`: everything).
+    fn journal(&self, upto: Option<u64>) -> Result<history::Everything, Error>;
+    /// One archived saga, looked up when a marker's saga is known to neither the journal nor
+    /// the index listing (online, it may have been archived and its records reclaimed while
+    /// the markers were read). Offline nothing changes between the reads: `None`.
+    fn archived_one(&self, id: &str) -> Result<Option<SagaRecord>, Error> {
+        let _ = id;
+        Ok(None)
+    }
+    /// Whether the server runs while the audit reads: file participants then have writes in
+    /// flight, whose temporary files are not leftovers.
+    fn online(&self) -> bool {
+        false
+    }
+}
+
+/// What the audit checks against the sources: the configuration and the participants.
+pub struct Setup {
+    pub data_dir: PathBuf,
+    pub config: ConfigSource,
+    pub catalog: Arc<Catalog>,
+    pub participants: BTreeMap<String, Arc<dyn Participant>>,
+    /// Said about the participants while opening them (a database file that does not exist).
+    pub notes: Vec<String>,
+}
+
+/// A stopped data directory's journal and a copy of its index.
+struct Offline {
+    journal_dir: PathBuf,
+    index: IndexCopy,
+}
+
+impl Sources for Offline {
+    fn archived(&self) -> Result<Vec<SagaRecord>, Error> {
+        archived(self.index.index())
+    }
+    fn acked_lsn(&self) -> Option<u64> {
+        None
+    }
+    fn journal(&self, upto: Option<u64>) -> Result<history::Everything, Error> {
+        history::everything_upto(&self.journal_dir, crate::wal_format::FIRST_LSN, upto)
+    }
+}
+
+/// Audits the data directory `data_dir` of a stopped server (see the module doc).
 pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport, Error> {
     let (root, config_path) = (data_dir.to_path_buf(), config.map(Path::to_path_buf));
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let dir = history::open_data_dir(&root, Access::Shared)?;
         let (catalog, source) = history::load_catalog(dir.root(), config_path.as_deref())?;
-        let journal = history::everything(&dir.journal_dir(), crate::wal_format::FIRST_LSN)?;
         let index = open_index_copy(dir.root())?;
-        let records = archived(index.index())?;
-        drop(index);
         let participants = crate::participant::open_all_read_only(&catalog.config.participants, dir.root())?;
-        Ok((dir, catalog, source, journal, records, participants))
+        Ok((dir, catalog, source, index, participants))
     })
     .await
     .map_err(|e| Error::Usage(format!("the audit reader stopped: {e}")))??;
-    let (dir, catalog, source, journal, records, participants) = loaded;
-
-    let mut report = AuditReport {
+    let (dir, catalog, source, index, participants) = loaded;
+    let setup = Setup {
         data_dir: data_dir.to_path_buf(),
         config: source,
+        catalog: Arc::new(catalog),
+        participants: participants.participants,
+        notes: participants.notes,
+    };
+    let sources = Arc::new(Offline { journal_dir: dir.journal_dir(), index });
+    let report = audit_with(setup, sources).await;
+    // The participants' read-only connections are closed in `audit_with`, before the lock
+    // is released here.
+    drop(dir);
+    report
+}
+
+/// Audits `setup` against `sources`.
+///
+/// Order of the reads, which makes an online audit exact while sagas run: the index listing
+/// first; then the acknowledged LSN `L0`; then every participant's markers; then the journal
+/// up to the acknowledged LSN after that. A saga is judged only if it finished at or before
+/// `L0` (so every marker it will ever have was written before the markers were read); one
+/// finished later is skipped like an unfinished one. Every marker's saga was journaled before
+/// its step ran, so the journal read afterwards knows it (or the index does, when its records
+/// were reclaimed meanwhile: [`Sources::archived_one`]).
+pub async fn audit_with(setup: Setup, sources: Arc<dyn Sources>) -> Result<AuditReport, Error> {
+    let Setup { data_dir, config, catalog, participants, notes } = setup;
+    let blocking = |what: &'static str| move |e: tokio::task::JoinError| Error::Usage(format!("{what} stopped: {e}"));
+    let s = sources.clone();
+    let records = tokio::task::spawn_blocking(move || s.archived()).await.map_err(blocking("the index reader"))??;
+    let judged_upto = sources.acked_lsn();
+
+    let mut report = AuditReport {
+        data_dir,
+        config,
         sagas_checked: 0,
         unfinished_skipped: 0,
         markers: BTreeMap::new(),
         purged_markers: 0,
         other_instance_markers: 0,
         effects_checked: 0,
-        notes: participants.notes.clone(),
+        notes,
         findings: Vec::new(),
         checked_nothing: false,
+        judged_up_to_lsn: judged_upto,
     };
-    // Every saga the audit knows: the journal's view wins over the index (it is newer).
+    let (entries, unreadable) = read_markers(&participants, &mut report).await;
+
+    let s = sources.clone();
+    let upto = sources.acked_lsn();
+    let journal =
+        tokio::task::spawn_blocking(move || s.journal(upto)).await.map_err(blocking("the journal reader"))??;
+
+    // Every saga the audit judges: the journal's view wins over the index (it is newer).
     let mut finished: BTreeMap<String, SagaFacts> = BTreeMap::new();
     // Every saga id the audit knows, with the marker scope of its incarnation.
     let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (id, saga) in &journal.sagas {
         known.insert(id.clone(), saga.scope.clone());
-        if saga.is_finished() {
+        let settled = match judged_upto {
+            Some(l0) => journal.finished_lsn.get(id).is_some_and(|lsn| *lsn <= l0),
+            None => true,
+        };
+        if saga.is_finished() && settled {
             finished.insert(id.clone(), from_saga(saga, &catalog));
         } else {
             report.unfinished_skipped += 1;
         }
     }
     for record in &records {
-        known.entry(record.id.clone()).or_insert_with(|| record.scope.clone());
-        finished.entry(record.id.clone()).or_insert_with(|| from_record(record, &catalog));
+        if known.contains_key(&record.id) {
+            continue;
+        }
+        known.insert(record.id.clone(), record.scope.clone());
+        finished.insert(record.id.clone(), from_record(record, &catalog));
     }
     report.sagas_checked = finished.len();
+    if sources.online() {
+        // Sagas archived after the index listing whose records a checkpoint reclaimed before
+        // the journal read: known (not orphans), not judged.
+        let strangers: BTreeSet<String> =
+            entries.values().flatten().map(|e| e.key.saga_id.clone()).filter(|id| !known.contains_key(id)).collect();
+        for id in strangers {
+            let s = sources.clone();
+            let found = tokio::task::spawn_blocking(move || s.archived_one(&id))
+                .await
+                .map_err(blocking("the index reader"))??;
+            if let Some(record) = found {
+                known.insert(record.id.clone(), record.scope.clone());
+            }
+        }
+    }
 
     let retention_hours = catalog.config.index.retention_hours;
-    let instance = std::fs::read_to_string(dir.root().join(crate::node::INSTANCE_FILE)).ok();
+    let instance = std::fs::read_to_string(report.data_dir.join(crate::node::INSTANCE_FILE)).ok();
     let instance = instance.as_deref().map(|text| text.trim_end_matches('\n'));
-    let (markers, unreadable) =
-        read_markers(&participants.participants, &known, instance, retention_hours, &mut report).await;
-    fs_leftovers(&catalog, dir.root(), &unreadable, &mut report);
-    let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: dir.root() };
+    let markers = classify_markers(entries, &known, instance, retention_hours, &mut report);
+    let root = report.data_dir.clone();
+    let in_flight = sources.online().then_some(&finished);
+    fs_leftovers(&catalog, &root, &unreadable, in_flight, &mut report);
+    let checker = Checker { catalog: &catalog, markers: &markers, unreadable: &unreadable, root: &root };
     for (id, facts) in &finished {
         checker.saga(id, facts, &mut report);
     }
-    sql_effects(&catalog, &participants.participants, &finished, &markers, &unreadable, &mut report).await;
+    sql_effects(&catalog, &participants, &finished, &markers, &unreadable, &mut report).await;
     // Markers of known sagas that no step explains (wrong participant, unknown step).
     for (name, set) in &markers {
         for key in set {
@@ -347,7 +472,6 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
         }
     }
     drop(participants);
-    drop(dir);
     report.findings.sort();
     report.checked_nothing = report.nothing_checked();
     Ok(report)
@@ -356,7 +480,16 @@ pub async fn audit(data_dir: &Path, config: Option<&Path>) -> Result<AuditReport
 /// For file participants: every temporary file an interrupted write left and every intent
 /// not yet turned into a marker, each named by its path (read-only: nothing is removed or
 /// completed here).
-fn fs_leftovers(catalog: &Catalog, data_dir: &Path, unreadable: &BTreeSet<String>, report: &mut AuditReport) {
+///
+/// Online (`judged` is the set of sagas judged), writes are in flight: a temporary file is
+/// not a leftover (only counted in a note), and an intent counts only for a judged saga.
+fn fs_leftovers(
+    catalog: &Catalog,
+    data_dir: &Path,
+    unreadable: &BTreeSet<String>,
+    judged: Option<&BTreeMap<String, SagaFacts>>,
+    report: &mut AuditReport,
+) {
     for (name, config) in &catalog.config.participants {
         if config.kind != Kind::Fs || unreadable.contains(name) {
             continue;
@@ -383,7 +516,15 @@ fn fs_leftovers(catalog: &Catalog, data_dir: &Path, unreadable: &BTreeSet<String
                 root.display()
             ));
         }
-        for path in found.stale_temp_files {
+        if judged.is_some() && !found.stale_temp_files.is_empty() {
+            report.notes.push(format!(
+                "participant {name}: {} temporary files under {} not judged (the server runs: writes are in flight)",
+                found.stale_temp_files.len(),
+                root.display()
+            ));
+        }
+        let temp_files = if judged.is_some() { Vec::new() } else { found.stale_temp_files };
+        for path in temp_files {
             report.findings.push(Finding {
                 kind: FindingKind::TempFile,
                 saga: String::new(),
@@ -397,6 +538,10 @@ fn fs_leftovers(catalog: &Catalog, data_dir: &Path, unreadable: &BTreeSet<String
             });
         }
         for intent in found.intents {
+            let of_judged = intent.key.as_ref().is_some_and(|k| judged.is_none_or(|j| j.contains_key(&k.saga_id)));
+            if judged.is_some() && !of_judged {
+                continue;
+            }
             report.findings.push(Finding {
                 kind: FindingKind::UnfinishedIntent,
                 saga: intent.key.as_ref().map(|k| k.saga_id.clone()).unwrap_or_default(),
@@ -477,18 +622,14 @@ async fn sql_effects(
 
 /// Every participant's markers of known sagas, by participant; orphans and unreadable
 /// participants go straight into the report.
+/// Every participant's markers, as listed (read-only). A participant without markers, or one
+/// that cannot list them, is left out with a note or an `unreadable` finding.
 async fn read_markers(
     participants: &BTreeMap<String, Arc<dyn Participant>>,
-    known: &BTreeMap<String, Option<String>>,
-    instance: Option<&str>,
-    retention_hours: u64,
     report: &mut AuditReport,
-) -> (BTreeMap<String, BTreeSet<StepKey>>, BTreeSet<String>) {
-    let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
+) -> (BTreeMap<String, Vec<MarkerEntry>>, BTreeSet<String>) {
+    let mut listed = BTreeMap::new();
     let mut unreadable = BTreeSet::new();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    // Markers older than the retention belong to sagas the index has purged.
-    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
     for (name, p) in participants {
         // Nothing to compare: its steps are left out, like an unreadable participant's, with a
         // note, not a finding.
@@ -501,8 +642,11 @@ async fn read_markers(
             ));
             continue;
         }
-        let entries = match p.all_markers().await {
-            Ok(entries) => entries,
+        match p.all_markers().await {
+            Ok(entries) => {
+                report.markers.insert(name.clone(), entries.len());
+                listed.insert(name.clone(), entries);
+            }
             Err(e) => {
                 unreadable.insert(name.clone());
                 report.findings.push(Finding {
@@ -513,10 +657,26 @@ async fn read_markers(
                     participant: name.clone(),
                     detail: format!("cannot list markers: {e}"),
                 });
-                continue;
             }
-        };
-        report.markers.insert(name.clone(), entries.len());
+        }
+    }
+    (listed, unreadable)
+}
+
+/// Sorts the markers read into those of known sagas (returned, by participant) and the rest:
+/// another instance's, purged sagas' and earlier incarnations' (counted), orphans (findings).
+fn classify_markers(
+    listed: BTreeMap<String, Vec<MarkerEntry>>,
+    known: &BTreeMap<String, Option<String>>,
+    instance: Option<&str>,
+    retention_hours: u64,
+    report: &mut AuditReport,
+) -> BTreeMap<String, BTreeSet<StepKey>> {
+    let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // Markers older than the retention belong to sagas the index has purged.
+    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
+    for (name, entries) in listed {
         let set = markers.entry(name.clone()).or_default();
         for MarkerEntry { key, applied_at_ms } in entries {
             if known.get(&key.saga_id).is_some_and(|scope| *scope == key.scope) {
@@ -536,11 +696,11 @@ async fn read_markers(
                 report.purged_markers += 1;
             } else {
                 let detail = "marker of a saga neither the journal nor the index knows".to_owned();
-                report.findings.push(finding(FindingKind::Orphan, &key, name, detail));
+                report.findings.push(finding(FindingKind::Orphan, &key, &name, detail));
             }
         }
     }
-    (markers, unreadable)
+    markers
 }
 
 fn finding(kind: FindingKind, key: &StepKey, participant: &str, detail: String) -> Finding {

@@ -85,11 +85,11 @@ struct Journaled {
     recoveries: Vec<(u64, u64, u64, Vec<String>)>,
 }
 
-fn read_journal(journal_dir: &Path) -> Result<Journaled, Error> {
+fn read_journal(journal_dir: &Path, upto_lsn: Option<u64>) -> Result<Journaled, Error> {
     let mut out = Journaled::default();
     // Open attempts by (saga, step, direction): index into `out.attempts`.
     let mut open: BTreeMap<(String, u32, Direction), usize> = BTreeMap::new();
-    history::read(journal_dir, crate::wal_format::FIRST_LSN, |lsn, record| {
+    history::read_upto(journal_dir, crate::wal_format::FIRST_LSN, upto_lsn, |lsn, record| {
         match &record {
             Record::StepStarted(s) => {
                 open.insert((s.saga.clone(), s.step, s.direction), out.attempts.len());
@@ -180,13 +180,57 @@ fn ms(v: Option<u64>) -> Option<i64> {
 pub fn export(data_dir: &Path, config: Option<&Path>, target: &Path) -> Result<Counts, Error> {
     let dir = history::open_data_dir(data_dir, Access::Shared)?;
     let (catalog, _) = history::load_catalog(dir.root(), config)?;
-    let journal = read_journal(&dir.journal_dir())?;
+    let journal = read_journal(&dir.journal_dir(), None)?;
     let index = open_index_copy(dir.root())?;
     let records = archived(index.index())?;
     drop(index);
     drop(dir);
     let conn = Connection::open(target).map_err(db_error(&format!("open {}", target.display())))?;
     write(&conn, &catalog, &journal, &records).map_err(db_error(&format!("write {}", target.display())))
+}
+
+/// Exports a running server's history into the DuckDB file `target`: its journal read up to
+/// `upto_lsn` (the acknowledged LSN), and `records`, every saga archived in its index.
+pub fn export_online(
+    catalog: &Catalog,
+    journal_dir: &Path,
+    upto_lsn: u64,
+    records: &[SagaRecord],
+    target: &Path,
+) -> Result<Counts, Error> {
+    let journal = read_journal(journal_dir, Some(upto_lsn))?;
+    let conn = Connection::open(target).map_err(db_error(&format!("open {}", target.display())))?;
+    write(&conn, catalog, &journal, records).map_err(db_error(&format!("write {}", target.display())))
+}
+
+/// The tables of the export, in [`SCHEMA`]'s order.
+const TABLES: [&str; 5] = ["sagas", "steps", "attempts", "recoveries", "recovered_sagas"];
+
+/// Copies the export tables of the DuckDB file `source` (an online export a server sent) into
+/// `target`, replacing only those tables there, as the offline export does.
+pub fn merge_export(source: &Path, target: &Path) -> Result<Counts, Error> {
+    let conn = Connection::open(target).map_err(db_error(&format!("open {}", target.display())))?;
+    let quoted = source.display().to_string().replace('\'', "''");
+    let copy = || -> duckdb::Result<Counts> {
+        conn.execute_batch(&format!("ATTACH '{quoted}' AS online (READ_ONLY);"))?;
+        conn.execute_batch("BEGIN;")?;
+        conn.execute_batch(SCHEMA)?;
+        for table in TABLES {
+            conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM online.{table};"))?;
+        }
+        conn.execute_batch("COMMIT; DETACH online;")?;
+        let count = |table: &str| -> duckdb::Result<u64> {
+            conn.query_row(&format!("SELECT count(*) FROM main.{table}"), [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        };
+        Ok(Counts {
+            sagas: count("sagas")?,
+            steps: count("steps")?,
+            attempts: count("attempts")?,
+            recoveries: count("recoveries")?,
+        })
+    };
+    copy().map_err(db_error(&format!("copy {} into {}", source.display(), target.display())))
 }
 
 fn write(conn: &Connection, catalog: &Catalog, journal: &Journaled, records: &[SagaRecord]) -> duckdb::Result<Counts> {

@@ -33,7 +33,7 @@ pub fn open_data_dir(path: &Path, access: Access) -> Result<DataDir, Error> {
 }
 
 /// Where the configuration came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConfigSource {
     /// `--config F`.
     File(PathBuf),
@@ -41,6 +41,8 @@ pub enum ConfigSource {
     DataDir(PathBuf),
     /// No file: the embedded default, as `serve` would write it (the tools do not write it).
     EmbeddedDefault,
+    /// An online run: the configuration the running server loaded.
+    Server,
 }
 
 impl std::fmt::Display for ConfigSource {
@@ -50,6 +52,7 @@ impl std::fmt::Display for ConfigSource {
             ConfigSource::EmbeddedDefault => {
                 f.write_str("the embedded default (no sagalog.toml in the data directory)")
             }
+            ConfigSource::Server => f.write_str("the running server's"),
         }
     }
 }
@@ -73,7 +76,7 @@ pub fn replay_from(data_dir: &Path) -> Result<u64, Error> {
 }
 
 /// What reading the journal found, apart from the records themselves.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogFacts {
     /// Records handed to the visitor (from the requested LSN on).
     pub records: u64,
@@ -87,10 +90,22 @@ pub struct LogFacts {
 
 /// Reads and decodes every record from `from_lsn` on (all records are verified), handing each
 /// to `visit` with its LSN. Corruption and undecodable records are errors.
-pub fn read(journal_dir: &Path, from_lsn: u64, mut visit: impl FnMut(u64, Record)) -> Result<LogFacts, Error> {
+pub fn read(journal_dir: &Path, from_lsn: u64, visit: impl FnMut(u64, Record)) -> Result<LogFacts, Error> {
+    read_upto(journal_dir, from_lsn, None, visit)
+}
+
+/// [`read`] of a journal a running server is appending to: only the records up to `upto_lsn`
+/// (its acknowledged LSN when the read began, so durable) are read; what the writer appends
+/// after it is never looked at. `None` reads everything (a journal no one writes).
+pub fn read_upto(
+    journal_dir: &Path,
+    from_lsn: u64,
+    upto_lsn: Option<u64>,
+    mut visit: impl FnMut(u64, Record),
+) -> Result<LogFacts, Error> {
     let mut failure = None;
     let mut records = 0u64;
-    let summary = journal::scan_from(journal_dir, from_lsn, |r, _, _| {
+    let summary = journal::scan_upto(journal_dir, from_lsn, upto_lsn, |r, _, _| {
         if failure.is_some() {
             return;
         }
@@ -107,6 +122,8 @@ pub fn read(journal_dir: &Path, from_lsn: u64, mut visit: impl FnMut(u64, Record
     }
     let torn_tail = match summary.problem {
         Some(p) if p.severity == Severity::Corrupt => return Err(Error::Corrupt(p.to_string())),
+        // Online, the bytes past the bound are the writer's append in progress, not a tail.
+        Some(_) if upto_lsn.is_some() => None,
         Some(p) => Some(p.to_string()),
         None => None,
     };
@@ -133,9 +150,14 @@ pub struct Unfinished {
 /// Rebuilds the sagas recovery would find unfinished, replaying from `from_lsn`, holding only
 /// unfinished sagas in memory.
 pub fn unfinished(journal_dir: &Path, from_lsn: u64) -> Result<Unfinished, Error> {
+    unfinished_upto(journal_dir, from_lsn, None)
+}
+
+/// [`unfinished`] over the records up to `upto_lsn` (see [`read_upto`]).
+pub fn unfinished_upto(journal_dir: &Path, from_lsn: u64, upto_lsn: Option<u64>) -> Result<Unfinished, Error> {
     let mut out = Unfinished::default();
     let mut reopened = BTreeSet::new();
-    out.log = read(journal_dir, from_lsn, |lsn, record| {
+    out.log = read_upto(journal_dir, from_lsn, upto_lsn, |lsn, record| {
         if let Record::SagaSubmitted(s) = &record
             && !out.sagas.contains_key(&s.saga)
         {
@@ -162,7 +184,7 @@ pub fn unfinished(journal_dir: &Path, from_lsn: u64) -> Result<Unfinished, Error
         }
     })?;
     if !reopened.is_empty() {
-        let (sagas, first_lsn) = rebuild_only(journal_dir, from_lsn, &reopened)?;
+        let (sagas, first_lsn) = rebuild_only(journal_dir, from_lsn, upto_lsn, &reopened)?;
         for (id, saga) in sagas {
             if saga.is_finished() {
                 continue;
@@ -184,11 +206,12 @@ type SagaMap = BTreeMap<String, Saga>;
 fn rebuild_only(
     journal_dir: &Path,
     from_lsn: u64,
+    upto_lsn: Option<u64>,
     ids: &BTreeSet<String>,
 ) -> Result<(SagaMap, BTreeMap<String, u64>), Error> {
     let mut sagas = BTreeMap::new();
     let mut first_lsn = BTreeMap::new();
-    read(journal_dir, from_lsn, |lsn, record| {
+    read_upto(journal_dir, from_lsn, upto_lsn, |lsn, record| {
         let wanted = match &record {
             Record::RecoveryStarted(_) => true,
             other => other.saga().is_some_and(|id| ids.contains(id)),
@@ -222,8 +245,13 @@ pub struct Everything {
 }
 
 pub fn everything(journal_dir: &Path, from_lsn: u64) -> Result<Everything, Error> {
+    everything_upto(journal_dir, from_lsn, None)
+}
+
+/// [`everything`] over the records up to `upto_lsn` (see [`read_upto`]).
+pub fn everything_upto(journal_dir: &Path, from_lsn: u64, upto_lsn: Option<u64>) -> Result<Everything, Error> {
     let mut out = Everything::default();
-    out.log = read(journal_dir, from_lsn, |lsn, record| {
+    out.log = read_upto(journal_dir, from_lsn, upto_lsn, |lsn, record| {
         match &record {
             Record::SagaSubmitted(s) => {
                 out.first_lsn.entry(s.saga.clone()).or_insert(lsn);

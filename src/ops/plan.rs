@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Error;
 use super::history::{self, ConfigSource, LogFacts, Unfinished};
@@ -28,7 +28,7 @@ use crate::engine::{Next, Outcome, Record, Saga, Status, StepProgress};
 use crate::participant::{Direction, Participant, StepKey};
 
 /// What the journal says about one direction of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Journaled {
     NotStarted,
@@ -50,7 +50,7 @@ pub enum Journaled {
 }
 
 /// What the participant's marker says, when the plan had to ask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MarkerAnswer {
     Present,
@@ -65,7 +65,7 @@ pub enum MarkerAnswer {
 }
 
 /// What recovery will do with one direction of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Nothing: already settled, or not needed.
@@ -87,7 +87,7 @@ pub enum Action {
     Wait,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectionPlan {
     pub journaled: Journaled,
     /// Attempts started so far, in all.
@@ -97,7 +97,7 @@ pub struct DirectionPlan {
     pub action: Action,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepPlan {
     pub step: u32,
     pub action: String,
@@ -105,14 +105,14 @@ pub struct StepPlan {
     /// or is a delay.
     pub participant: Option<String>,
     /// A delay step (no participant; it waits, and is never compensated).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay: bool,
     pub forward: DirectionPlan,
     pub compensate: DirectionPlan,
 }
 
 /// How the saga is expected to end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expected {
     /// Every step applied (assuming the steps still to run succeed).
@@ -125,11 +125,11 @@ pub enum Expected {
     Blocked { step: u32, error: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaPlan {
     pub id: String,
     /// The status as journaled.
-    pub status: &'static str,
+    pub status: String,
     pub recoveries: u32,
     pub first_lsn: u64,
     pub compensation_reason: Option<String>,
@@ -138,7 +138,7 @@ pub struct SagaPlan {
 }
 
 /// Totals over a plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub unfinished: usize,
     pub will_complete: usize,
@@ -477,7 +477,7 @@ impl Work {
             .collect();
         SagaPlan {
             id: self.journaled.id.clone(),
-            status: self.journaled.status().as_str(),
+            status: self.journaled.status().as_str().to_owned(),
             recoveries: self.journaled.recoveries,
             first_lsn: self.first_lsn,
             compensation_reason: self.sim.compensation_reason.clone(),
@@ -511,7 +511,7 @@ pub fn expected_status(expected: &Expected) -> Status {
 }
 
 /// Everything `sagalog replay --dry-run` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DryRun {
     pub data_dir: std::path::PathBuf,
     pub config: ConfigSource,
@@ -526,6 +526,10 @@ pub struct DryRun {
     /// Time spent reading and replaying the journal, and planning (marker lookups included).
     pub read_ms: u64,
     pub plan_ms: u64,
+    /// Online (the server runs): the journal was read up to this LSN, its acknowledged LSN
+    /// when the plan began; the plan is what a restart at that point would do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_up_to_lsn: Option<u64>,
     pub sagas: Vec<SagaPlan>,
 }
 
@@ -564,6 +568,46 @@ pub async fn dry_run(data_dir: &std::path::Path, config: Option<&std::path::Path
         totals: totals(&sagas),
         read_ms,
         plan_ms,
+        read_up_to_lsn: None,
+        sagas,
+    })
+}
+
+/// The recovery plan of a running server (`GET /v1/admin/recovery-plan`, `sagalog replay
+/// --dry-run` against a held data directory): what a restart would do if the server stopped
+/// now. The journal is read up to `upto_lsn` (its acknowledged LSN), from the checkpoint's
+/// LSN; markers are looked up read-only through `participants` (the server's own). The sagas
+/// planned are running meanwhile: the plan is a picture of one moment.
+pub async fn dry_run_online(
+    data_dir: std::path::PathBuf,
+    journal_dir: std::path::PathBuf,
+    upto_lsn: u64,
+    catalog: &Catalog,
+    participants: &BTreeMap<String, Arc<dyn Participant>>,
+) -> Result<DryRun, Error> {
+    let started = std::time::Instant::now();
+    let root = data_dir.clone();
+    let (from, unfinished) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let from = history::replay_from(&root)?;
+        Ok((from, history::unfinished_upto(&journal_dir, from, Some(upto_lsn))?))
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("the journal reader stopped: {e}")))??;
+    let read_ms = started.elapsed().as_millis() as u64;
+    let Unfinished { sagas, first_lsn, finished, log } = unfinished;
+    let sagas = plan(sagas, &first_lsn, catalog, participants).await;
+    let plan_ms = started.elapsed().as_millis() as u64 - read_ms;
+    Ok(DryRun {
+        data_dir,
+        config: history::ConfigSource::Server,
+        replay_from_lsn: from,
+        log,
+        finished_to_archive: finished,
+        notes: Vec::new(),
+        totals: totals(&sagas),
+        read_ms,
+        plan_ms,
+        read_up_to_lsn: Some(upto_lsn),
         sagas,
     })
 }

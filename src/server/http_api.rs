@@ -80,14 +80,19 @@ impl Reachability {
 /// What the routes share.
 #[derive(Clone)]
 pub struct HttpApi {
-    api: Api,
+    pub(super) api: Api,
     clients: Auth,
-    admins: Auth,
+    pub(super) admins: Auth,
     reachability: Reachability,
     history_reads: Arc<Semaphore>,
 }
 
 impl HttpApi {
+    /// The one permit of the journal reads and online tools ([`HISTORY_READS_MAX`]).
+    pub(super) async fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+        self.history_reads.clone().acquire_owned().await.map_err(|_| tonic::Status::unavailable("server shutting down"))
+    }
+
     pub fn new(api: Api, config: &ServerConfig, reachability: Reachability) -> HttpApi {
         HttpApi {
             api,
@@ -123,6 +128,9 @@ impl HttpApi {
             .route("/v1/admin/recover", post(recover))
             .route("/v1/admin/journal/verify", get(journal_verify))
             .route("/v1/admin/journal/records", get(journal_records))
+            .route("/v1/admin/audit", get(super::online_tools::audit))
+            .route("/v1/admin/recovery-plan", get(super::online_tools::recovery_plan))
+            .route("/v1/admin/export", get(super::online_tools::export))
             .layer(DefaultBodyLimit::max(body_limit))
             .with_state(self)
     }
@@ -171,7 +179,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Answer = Result<Response, ApiError>;
+pub(super) type Answer = Result<Response, ApiError>;
 
 /// A query string that does not parse (an unknown parameter, a number that is not one) is
 /// INVALID_ARGUMENT, not axum's plain-text rejection.
@@ -179,7 +187,7 @@ fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| tonic::Status::invalid_argument(format!("query: {}", e.body_text())).into())
 }
 
-fn ok(body: Json) -> Answer {
+pub(super) fn ok(body: Json) -> Answer {
     Ok(axum::Json(body).into_response())
 }
 
@@ -524,22 +532,14 @@ async fn read_durable_prefix<T: Send + 'static>(
     s: &HttpApi,
     read: impl FnOnce(&std::path::Path, u64) -> Result<T, crate::journal::Error> + Send + 'static,
 ) -> Result<(T, u64), ApiError> {
-    let _permit = s
-        .history_reads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| tonic::Status::unavailable("server shutting down"))?;
+    let _permit = s.read_permit().await?;
     let journal = s.api.executor.journal();
     let (dir, upto) = (journal.dir().to_path_buf(), journal.acked_lsn());
-    let answer = tokio::task::spawn_blocking(move || read(&dir, upto))
-        .await
-        .map_err(|e| tonic::Status::internal(format!("reading the journal: {e}")))?
-        .map_err(|e| {
-            tonic::Status::unavailable(format!(
-                "reading the journal: {e} (a checkpoint may have removed a segment under the read; ask again)"
-            ))
-        })?;
+    let answer = super::online_tools::nice_thread(move || read(&dir, upto)).await?.map_err(|e| {
+        tonic::Status::unavailable(format!(
+            "reading the journal: {e} (a checkpoint may have removed a segment under the read; ask again)"
+        ))
+    })?;
     Ok((answer, upto))
 }
 
@@ -585,21 +585,30 @@ async fn journal_records(
         }
     };
     let from = query.from.unwrap_or(0);
-    let ((records, next), _) = read_durable_prefix(&s, move |dir, upto| {
+    let ((records, mut next, problem), _) = read_durable_prefix(&s, move |dir, upto| {
         let mut records = Vec::new();
         let mut next = None;
-        crate::journal::scan_upto(dir, from, Some(upto), |r, segment, offset| {
+        let problem = crate::journal::scan_window(dir, from, Some(upto), |r, segment, offset| {
             if records.len() == limit {
-                next.get_or_insert(r.lsn);
-                return;
+                next = Some(r.lsn);
+                return std::ops::ControlFlow::Break(());
             }
             let mut line = view::record_json(r.lsn, r.kind.name(), r.payload);
             line["segment"] = segment.into();
             line["offset"] = offset.into();
             records.push(line);
+            std::ops::ControlFlow::Continue(())
         })?;
-        Ok((records, next))
+        Ok((records, next, problem))
     })
     .await?;
+    // Damage inside the window: the records before it are answered, and the next page (which
+    // starts at the damage) is DATA_LOSS naming it, so a dump never ends quietly short.
+    if let Some(problem) = problem {
+        match records.last().and_then(|r| r["lsn"].as_u64()) {
+            Some(last) => next = Some(last + 1),
+            None => return Err(tonic::Status::data_loss(format!("the journal is corrupt: {problem}")).into()),
+        }
+    }
     ok(json!({ "records": records, "next_from": next }))
 }

@@ -9,6 +9,7 @@ pub mod demo_notifier;
 mod error;
 pub mod http_api;
 mod metrics_http;
+mod online_tools;
 pub mod participant_health;
 mod request_metrics;
 mod run;

@@ -650,8 +650,20 @@ fn bench_drives_a_server_and_reports_what_it_measured() {
     assert_eq!(report["sagas"], 30, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     assert_eq!((report["wait"].as_str(), report["action"].as_str()), (Some("watch"), Some("noop")), "{report}");
-    let latency = &report["latencyMs"];
+    let latency = &report["latency_ms"];
     let p = |q: &str| latency[q].as_f64().unwrap_or_else(|| panic!("no {q} in {report}"));
+    // snake_case like every other --json; the first camelCase names stay beside them.
+    assert_eq!(report["latencyMs"], report["latency_ms"], "{report}");
+    assert!(report["sagas_per_second"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    assert_eq!(report["sagasPerSecond"], report["sagas_per_second"], "{report}");
+    for (snake, camel) in [
+        ("fsyncs_per_second", "fsyncsPerSecond"),
+        ("records_per_fsync", "recordsPerFsync"),
+        ("cpu_micros_per_saga", "cpuMicrosPerSaga"),
+    ] {
+        let server = &report["server"];
+        assert!(server.get(snake).is_some() && server[snake] == server[camel], "{report}");
+    }
     assert!(0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max"), "{report}");
     // The sagas it counted exist on the server and are COMPLETED.
     let listed = server.run(&["list", "--status", "COMPLETED", "--json"]);

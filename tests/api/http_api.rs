@@ -383,6 +383,9 @@ async fn the_openapi_document_describes_every_route_and_validates() {
         ("post", "/v1/admin/recover"),
         ("get", "/v1/admin/journal/verify"),
         ("get", "/v1/admin/journal/records"),
+        ("get", "/v1/admin/audit"),
+        ("get", "/v1/admin/recovery-plan"),
+        ("get", "/v1/admin/export"),
     ];
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, routes.len(), "the document lists routes the test does not know");

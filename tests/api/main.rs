@@ -13,5 +13,6 @@ mod grpc_restart;
 mod grpc_tls;
 mod http_api;
 mod journal_poisoned;
+mod online_tools;
 mod readme;
 mod workers;

@@ -207,8 +207,9 @@ fn offline_replay_then_start_equals_start_alone() {
     assert_eq!((again["unfinished"].as_u64(), again["steps_run"].as_u64()), (Some(1), Some(0)), "{again}");
 }
 
-/// While a server holds the data directory, replay (dry or not) and audit refuse with exit 2
-/// and say who holds it.
+/// While a server holds the data directory, replay refuses with exit 2 and says who holds it;
+/// the read-only tools (dry run, audit) say who holds it and that they would ask that server
+/// online, which this configuration gives no address for (exit 2, naming `--http`).
 #[test]
 fn refuses_while_the_data_directory_is_held() {
     let dir = crafted();
@@ -218,6 +219,13 @@ fn refuses_while_the_data_directory_is_held() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("in use by another sagalog process"), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(&format!("pid {}", std::process::id())), "{}", stderr(&out));
+        if args != ["replay"] {
+            assert!(
+                stderr(&out).contains("names no HTTP port") && stderr(&out).contains("--http URL"),
+                "{args:?}: {}",
+                stderr(&out)
+            );
+        }
     }
     drop(held);
 }
