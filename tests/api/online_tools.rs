@@ -199,3 +199,113 @@ async fn the_tools_run_online_on_a_held_data_directory_and_agree_with_the_offlin
     assert_eq!(offline_report["findings"], findings);
     assert_eq!(offline_report["markers"]["artifacts"], tools["markers"]["artifacts"]);
 }
+
+/// Sagas completed by `clients` closed-loop clients (Submit, then Watch until the end), counted
+/// in `done`, until `stop` is set. Each saga runs on SQLite and the file participant.
+fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    (0..clients)
+        .map(|c| {
+            let (done, stop) = (done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut client = sagas(addr, Some(CLIENT_TOKEN)).await;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("load-{c}-{n}");
+                    n += 1;
+                    client.submit(saga(&id, 1)).await.unwrap();
+                    let request = sagalog::api::pb::WatchRequest { saga_id: id.clone(), after_version: 0 };
+                    let mut states = client.watch(request).await.unwrap().into_inner();
+                    while let Some(state) = tokio_stream::StreamExt::next(&mut states).await {
+                        if status(&state.unwrap()) == sagalog::api::pb::SagaStatus::Completed {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The online tools do not disturb a loaded server (issue 14, "online tools against a server
+/// under load"): with 16 clients keeping it busy, windows in which `audit`, `export` (DuckDB
+/// builds) and `wal verify` run back to back through the CLI alternate with windows in which
+/// nothing else runs, and the sagas completed in the first stay above half of those completed
+/// in the second. Alternating windows (three of each) keeps a neighbour test's load from
+/// landing on one side only; it is a ratio within one run, not a speed. What keeps the server
+/// fast is the tools' reader thread at niceness 10 and one tool read at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_server_keeps_over_half_its_throughput_while_the_tools_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"");
+    let server = start(dir.path(), &config).await;
+    let url = format!("http://{}", server.metrics_addr.unwrap());
+    let (done, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let clients = load(server.addr, 16, done.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm up: a history for the tools to read
+
+    const WINDOW: Duration = Duration::from_millis(2500);
+    let (mut quiet, mut busy, mut tool_runs) = (0u64, 0u64, 0u32);
+    for round in 0..3 {
+        let before = done.load(Ordering::Relaxed);
+        tokio::time::sleep(WINDOW).await;
+        quiet += done.load(Ordering::Relaxed) - before;
+
+        let before = done.load(Ordering::Relaxed);
+        let until = std::time::Instant::now() + WINDOW;
+        let (url, target) = (url.clone(), dir.path().join(format!("export-{round}.duckdb")));
+        let runs = tokio::task::spawn_blocking(move || {
+            let mut runs = 0;
+            while std::time::Instant::now() < until {
+                let target = target.to_str().unwrap().to_owned();
+                let tools: [&[&str]; 3] = [
+                    &["audit", "--http", &url, "--json"],
+                    &["export", "--http", &url, "--duckdb", &target],
+                    &["wal", "verify", "--http", &url, "--json"],
+                ];
+                for args in tools {
+                    if cfg!(not(feature = "duckdb")) && args[0] == "export" {
+                        continue; // a build without DuckDB cannot write the file
+                    }
+                    let out = sagalog(args, Some(ADMIN_TOKEN));
+                    assert!(out.status.success(), "{args:?}: {}", text(&out));
+                    runs += 1;
+                }
+            }
+            runs
+        })
+        .await
+        .unwrap();
+        busy += done.load(Ordering::Relaxed) - before;
+        tool_runs += runs;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    eprintln!("completed: {quiet} in the quiet windows, {busy} while {tool_runs} tool runs ran");
+    assert!(tool_runs >= 6, "the tools ran {tool_runs} times");
+    assert!(quiet > 100, "too little load to compare: {quiet} sagas in the quiet windows");
+    assert!(
+        busy * 2 > quiet,
+        "throughput while the tools ran ({busy} sagas) fell below half of the quiet windows' ({quiet})"
+    );
+
+    // After the stop, the offline audit agrees: nothing the load did is inconsistent.
+    server.shutdown().await.unwrap();
+    let data = dir.path().join("data");
+    let config_path = dir.path().join("test-config.toml");
+    let offline = sagalog(
+        &["audit", "--data-dir", data.to_str().unwrap(), "--config", config_path.to_str().unwrap(), "--json"],
+        None,
+    );
+    assert!(offline.status.success(), "{}", text(&offline));
+}
