@@ -131,7 +131,16 @@ impl SagaTask {
             && matches!(self.saga.status(), Status::Compensating | Status::Stuck);
         // The attempt number lets the participant refuse an attempt that a fencing lookup
         // fenced off (`in_doubt.rs`); such a refusal is permanent and applied nothing.
-        let outcome = match tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op)).await {
+        let call = tokio::time::timeout(timeout, participant.apply_with_outputs(&key, attempt, &op));
+        let (answer, interrupted) = self.call_interruptible(call, &*participant, &key, attempt).await;
+        let outcome = match answer {
+            // A cancel interrupted the call: whatever it answered, the marker settles the step
+            // (`in_doubt.rs`), as after any attempt whose outcome is uncertain.
+            Ok(Err(e)) if interrupted => Attempt::Failed {
+                error: format!("interrupted because the saga was cancelled: {e}"),
+                retryable: true,
+                maybe_applied: true,
+            },
             Ok(Ok((applied, outputs))) => Attempt::Succeeded { by_marker: applied == Applied::AlreadyApplied, outputs },
             Ok(Err(e)) if verdict && !e.is_retryable() && !e.maybe_applied => Attempt::Failed {
                 error: format!("not applied: the receiver refused the step's idempotency key: {e}"),
@@ -176,6 +185,46 @@ impl SagaTask {
         }
         drop(in_flight);
         Ok(())
+    }
+
+    /// Awaits a forward step's call, applying the control records that arrive meanwhile: a
+    /// cancel (journaled and durable already) asks the participant to interrupt the call
+    /// ([`Participant::interrupt`]), so the saga compensates without waiting for a long
+    /// statement. Answers the call's result and whether it was interrupted. A compensation is
+    /// never interrupted (a cancel does not change it), and a snapshot asked meanwhile waits
+    /// for the next idle point.
+    ///
+    /// [`Participant::interrupt`]: crate::participant::Participant::interrupt
+    async fn call_interruptible<T>(
+        &mut self,
+        call: impl std::future::Future<Output = T>,
+        participant: &dyn crate::participant::Participant,
+        key: &crate::participant::StepKey,
+        attempt: u32,
+    ) -> (T, bool) {
+        tokio::pin!(call);
+        let (mut asked, mut interrupted) = (false, false);
+        loop {
+            tokio::select! {
+                answer = &mut call => return (answer, interrupted),
+                Some(message) = self.control.recv(), if key.direction == Direction::Forward && !asked => {
+                    match message {
+                        super::task::Control::Apply(record) => self.apply(&record),
+                        super::task::Control::Snapshot => self.snapshot_wanted = true,
+                    }
+                    if self.saga.cancel_requested {
+                        interrupted = participant.interrupt(key, attempt);
+                        tracing::info!(
+                            saga_id = %key.saga_id, step = key.step, attempt, interrupted,
+                            "cancel during a running step: interrupting its statement"
+                        );
+                        // Asked once. A participant that cannot interrupt lets the call finish;
+                        // later control records wait for the next idle point.
+                        asked = true;
+                    }
+                }
+            }
+        }
     }
 
     /// The step's retry policy and per-call timeout (defaults if its action vanished from the

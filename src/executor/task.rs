@@ -59,7 +59,7 @@ pub(super) struct SagaTask {
     pub(super) exec: Executor,
     pub(super) saga: Saga,
     view: watch::Sender<Snapshot>,
-    control: mpsc::Receiver<Control>,
+    pub(super) control: mpsc::Receiver<Control>,
     gate: Gate,
     pub(super) parked_on: Option<String>,
     /// Set by the breaker admission instead of waiting in a slot: the drive loop returns and the
@@ -73,7 +73,7 @@ pub(super) struct SagaTask {
     queued: Option<journal::Queued>,
     /// The checkpoint asked for a snapshot ([`Control::Snapshot`]); taken at the next idle
     /// point ([`SagaTask::pause`], a STUCK wait).
-    snapshot_wanted: bool,
+    pub(super) snapshot_wanted: bool,
     /// The participant whose outcome is [`SagaTask::queued`], told once it is durable
     /// ([`Participant::outcome_durable`]: a worker's `Complete` answers then).
     unacked: Option<(Arc<dyn Participant>, StepKey, u32)>,
@@ -300,7 +300,7 @@ impl SagaTask {
         Ok(())
     }
 
-    fn apply(&mut self, record: &Record) {
+    pub(super) fn apply(&mut self, record: &Record) {
         self.apply_own(record);
         self.publish();
     }

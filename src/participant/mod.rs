@@ -91,6 +91,7 @@ pub mod batch;
 pub mod duckdb;
 pub mod fs;
 pub mod http;
+mod interrupt;
 mod marker;
 pub use marker::Tables;
 pub mod memory;
@@ -623,6 +624,15 @@ pub trait Participant: Send + Sync + 'static {
     /// `key` is durable in the journal (a worker's `Complete` answers only then). Default: no-op.
     fn outcome_durable(&self, key: &StepKey, attempt: u32) {
         let _ = (key, attempt);
+    }
+    /// Stops the statement that attempt `attempt` of `key` runs now, because its saga was
+    /// cancelled: SQLite's interrupt, PostgreSQL's cancel request (`participant/interrupt.rs`). Answers whether the attempt was running (and so was asked
+    /// to stop). The attempt then ends with an error, or with its outcome if the statement had
+    /// finished; either way the executor settles it by its marker. A worker learns of the
+    /// cancel from its heartbeat's answer instead. Default: nothing to interrupt.
+    fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
+        let _ = (key, attempt);
+        false
     }
     /// The task queue of a `worker` participant, for the `Workers` API; `None` for other kinds.
     fn worker_queue(&self) -> Option<std::sync::Arc<worker::Queue>> {

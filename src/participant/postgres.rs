@@ -60,6 +60,8 @@ pub struct Postgres {
     read_only: bool,
     /// The marker and fence tables' names.
     tables: Tables,
+    /// The steps whose statements run now, for `interrupt` (a cancelled saga's step).
+    running: super::interrupt::Running,
 }
 
 impl Postgres {
@@ -120,7 +122,8 @@ impl Postgres {
             .recycle_timeout(Some(CONNECT_TIMEOUT_DEFAULT))
             .build()
             .map_err(|e| Error::permanent(name, format!("building the connection pool: {e}")))?;
-        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only, tables })
+        let running = super::interrupt::Running::default();
+        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only, tables, running })
     }
 
     /// A pooled connection, with the marker and fence tables created if this is the first use.
@@ -142,6 +145,8 @@ impl Postgres {
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
         let mut client = self.client().await?;
+        // Interruptible (a cancel request for this connection) until just before the commit.
+        let entered = self.running.enter(key, attempt, client.cancel_token());
         let tx = begin(name, &mut client).await?;
         let insert =
             format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
@@ -186,6 +191,9 @@ impl Postgres {
         let mut outputs = Outputs::new();
         for (i, statement) in statements.iter().enumerate() {
             let context = Statement::context(key, i, statements.len());
+            if entered.interrupted() {
+                return Err(Error::retryable(name, format!("{context}: interrupted (the saga was cancelled)")));
+            }
             let stmt = tx.prepare_cached(&statement.sql).await.map_err(|e| classify(name, &context, &e))?;
             let params = bind(name, stmt.params(), &statement.args)?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
@@ -214,6 +222,7 @@ impl Postgres {
         }
         // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
         // back before the connection runs anything else.
+        drop(entered);
         tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
         Ok((Applied::Applied, outputs))
     }
@@ -272,6 +281,10 @@ impl Participant for Postgres {
                 other => other,
             }
         })
+    }
+
+    fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
+        self.running.interrupt(key, attempt)
     }
 
     fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {

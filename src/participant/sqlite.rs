@@ -38,6 +38,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::batch::{BatchStep, Batching, GroupCommit, StepRun};
+use super::interrupt::Running;
 use super::marker::{self, decode_outputs, encode_outputs, now_ms};
 use super::pool::BlockingPool;
 use super::{
@@ -74,6 +75,8 @@ pub struct Sqlite {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     /// The marker and fence tables' names.
     tables: Arc<Tables>,
+    /// The steps whose statements run now, for `interrupt` (a cancelled saga's step).
+    running: Running,
 }
 
 impl Sqlite {
@@ -134,18 +137,19 @@ impl Sqlite {
             move || connect(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
         let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
-        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
+        let (write_lock, tables, running) = (Arc::default(), Arc::new(tables), Running::default());
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT, &running),
             pool,
             read_only: false,
             has_marker_table: true,
             has_outputs_column: true,
             write_lock,
             tables,
+            running,
         })
     }
 
@@ -184,18 +188,19 @@ impl Sqlite {
             move || connect_read_only(&name, &path, BUSY_TIMEOUT_DEFAULT)
         };
         let pool = Arc::new(BlockingPool::new(name, pool_size, first, connector, Connection::is_autocommit));
-        let (write_lock, tables) = (Arc::default(), Arc::new(tables));
+        let (write_lock, tables, running) = (Arc::default(), Arc::new(tables), Running::default());
         Ok(Sqlite {
             name: name.to_owned(),
             path,
             busy_timeout: BUSY_TIMEOUT_DEFAULT,
-            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT),
+            group: group_commit(name, &pool, &write_lock, &tables, BUSY_TIMEOUT_DEFAULT, &running),
             pool,
             read_only: true,
             has_marker_table,
             has_outputs_column,
             write_lock,
             tables,
+            running,
         })
     }
 
@@ -203,7 +208,7 @@ impl Sqlite {
     /// retryable "database is locked" error.
     pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Sqlite {
         self.busy_timeout = busy_timeout;
-        self.group = group_commit(&self.name, &self.pool, &self.write_lock, &self.tables, busy_timeout);
+        self.group = group_commit(&self.name, &self.pool, &self.write_lock, &self.tables, busy_timeout, &self.running);
         self
     }
 
@@ -250,8 +255,9 @@ fn group_commit(
     write_lock: &Arc<tokio::sync::Mutex<()>>,
     tables: &Arc<Tables>,
     busy_timeout: Duration,
+    running: &Running,
 ) -> GroupCommit<Connection> {
-    let db = Arc::new(SqliteBatching { tables: Arc::clone(tables), busy_timeout });
+    let db = Arc::new(SqliteBatching { tables: Arc::clone(tables), busy_timeout, running: running.clone() });
     GroupCommit::new(name, Arc::clone(pool), Arc::clone(write_lock), db)
 }
 
@@ -259,6 +265,7 @@ fn group_commit(
 struct SqliteBatching {
     tables: Arc<Tables>,
     busy_timeout: Duration,
+    running: Running,
 }
 
 impl Batching<Connection> for SqliteBatching {
@@ -274,7 +281,14 @@ impl Batching<Connection> for SqliteBatching {
         if let Err(e) = conn.execute_batch("SAVEPOINT sagalog_step") {
             return StepRun { result: Err(classify(name, "savepoint", &e)), usable: !conn.is_autocommit() };
         }
-        let result = match apply_in(name, conn, &self.tables, &step.key, step.attempt, &step.statements) {
+        // Registered (interruptible) while the step's own statements run, not its savepoint's
+        // release nor anything after it.
+        let applied = {
+            let entered = self.running.enter(&step.key, step.attempt, conn.get_interrupt_handle());
+            let interrupted = || entered.interrupted();
+            apply_in(name, conn, &self.tables, &step.key, step.attempt, &step.statements, &interrupted)
+        };
+        let result = match applied {
             // Keep the step's work in the transaction.
             Ok((Applied::Applied, outputs)) => conn
                 .execute_batch("RELEASE sagalog_step")
@@ -354,6 +368,10 @@ impl Participant for Sqlite {
             // neither strands the queued step nor cuts a transaction short.
             self.group.apply(BatchStep { key: key.clone(), attempt, statements }).await
         })
+    }
+
+    fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
+        self.running.interrupt(key, attempt)
     }
 
     fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
@@ -512,6 +530,7 @@ fn apply_in(
     key: &StepKey,
     attempt: u32,
     statements: &[Statement],
+    interrupted: &dyn Fn() -> bool,
 ) -> Result<(Applied, Outputs), Error> {
     if let Some(through) = fenced_through(name, tx, tables, key)?
         && through >= attempt
@@ -524,6 +543,9 @@ fn apply_in(
     let mut outputs = Outputs::new();
     for (i, statement) in statements.iter().enumerate() {
         let context = Statement::context(key, i, statements.len());
+        if interrupted() {
+            return Err(Error::retryable(name, format!("{context}: interrupted (the saga was cancelled)")));
+        }
         let mut stmt = tx.prepare_cached(&statement.sql).map_err(|e| classify(name, &context, &e))?;
         let returns_rows = stmt.column_count() > 0;
         // Stepping through the rows (rather than `execute`) also runs `… RETURNING` statements

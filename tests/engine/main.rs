@@ -6,6 +6,7 @@
 //! instead of one per file.
 
 mod archive;
+mod cancel_interrupt;
 mod compensation;
 mod delay;
 mod engine_support;

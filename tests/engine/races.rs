@@ -328,6 +328,11 @@ async fn a_full_control_queue_refuses_more_before_journaling() {
     let rig = rig(&gated, CONFIG, false);
     rig.exec.submit(saga("q", 2)).await.unwrap();
     gated.entered.notified().await;
+    // The task takes the first cancel while its step runs (to interrupt the step), then no
+    // more until the step ends: the queue holds the rest.
+    rig.exec.cancel("q").await.unwrap();
+    until("the running step's task to take the cancel", || rig.exec.get("q").is_some_and(|s| s.saga.cancel_requested))
+        .await;
     for _ in 0..sagalog::executor::CONTROL_QUEUE_MAX {
         rig.exec.cancel("q").await.unwrap();
     }
