@@ -359,6 +359,13 @@ impl Executor {
         self.inner.registry.watch(id)
     }
 
+    /// How many watches (gRPC `Watch` streams, HTTP event streams, waiters) follow a saga in
+    /// memory now; `None` when it is not in memory. A watch whose client went away must not
+    /// stay counted.
+    pub fn watchers(&self, id: &str) -> Option<usize> {
+        self.inner.registry.watchers(id)
+    }
+
     /// Waits until the saga is terminal or STUCK and returns its snapshot.
     pub async fn wait_settled(&self, id: &str) -> Option<Snapshot> {
         let mut rx = self.watch(id)?;

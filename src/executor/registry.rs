@@ -344,6 +344,11 @@ impl Registry {
     pub(super) fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
         self.lock().entries.get(id).map(|e| e.view.subscribe())
     }
+
+    /// How many receivers watch the saga now (the registry's own not counted).
+    pub(super) fn watchers(&self, id: &str) -> Option<usize> {
+        self.lock().entries.get(id).map(|e| e.view.receiver_count())
+    }
 }
 
 /// The answer to a submit of an id already in memory.

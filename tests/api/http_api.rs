@@ -612,3 +612,53 @@ async fn metrics_come_in_both_formats_and_pass_promtool() {
         Err(e) => skip_or_fail(&format!("cannot run {python}: {e}")),
     }
 }
+
+/// A client that leaves an event stream releases the server's watch at once, not at the saga's
+/// next change: a saga parked in a ten-minute delay does not change, and before the stream's
+/// task noticed the closed connection it held its watch (and a task) until then, or forever
+/// for a STUCK saga. Counted with `Executor::watchers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_client_left_releases_its_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &config()).await;
+    let http = Http::new(server.metrics_addr.unwrap());
+    let body = json!({"saga_id": "parked", "steps": [{"action": "pause", "params": {"delay_ms": 600000}}]});
+    let (status, _) = http.call("POST", "/v1/sagas", Some(CLIENT_TOKEN), Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let exec = &server.node().executor;
+    let mut started = false;
+    for _ in 0..500 {
+        if exec.get("parked").is_some_and(|s| s.saga.steps[0].forward.total_attempts >= 1) {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "the delay did not start");
+    let before = exec.watchers("parked").unwrap();
+
+    for round in 0..3 {
+        let mut response = http
+            .client
+            .get(format!("{}/v1/sagas/parked/events", http.base))
+            .bearer_auth(CLIENT_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let events = read_events(&mut response, |e| e.event == "saga").await;
+        assert_eq!(events.last().map(|e| e.event.as_str()), Some("saga"));
+        assert_eq!(exec.watchers("parked"), Some(before + 1), "round {round}: the stream watches the saga");
+        drop(response); // the client goes away; the saga does not change
+        let mut released = false;
+        for _ in 0..250 {
+            if exec.watchers("parked") == Some(before) {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(released, "round {round}: the watch of a stream whose client left is still held");
+    }
+    server.shutdown().await.unwrap();
+}
