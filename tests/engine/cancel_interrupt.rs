@@ -32,7 +32,7 @@ fn definition(id: &str) -> SagaDefinition {
 
 fn executor(dir: &std::path::Path, config: &str, name: &str, participant: Arc<dyn Participant>) -> Executor {
     let options = Options { sync: SyncPolicy::Never, ..Options::default() };
-    let journal = Journal::open_dir(&dir.join("journal"), options).expect("open journal").journal;
+    let journal = Journal::open_dir(dir.join("journal"), options).expect("open journal").journal;
     let catalog = Arc::new(Catalog::parse(config).expect("catalog"));
     Executor::new(journal, catalog, BTreeMap::from([(name.to_owned(), participant)]))
 }
