@@ -53,6 +53,18 @@ pub struct Problem {
     pub unsynced_valid_at: Option<u64>,
 }
 
+impl Problem {
+    fn corrupt(path: &Path, error: DecodeError) -> Problem {
+        Problem { severity: Severity::Corrupt, path: path.to_path_buf(), error, unsynced_valid_at: None }
+    }
+}
+
+/// The damage of a segment id that does not follow the previous one (a segment is missing).
+fn missing_before(expect: &Expect, id: u64, path: &Path) -> Option<Problem> {
+    let expected = expect.segment_id.filter(|e| *e != id)?;
+    Some(Problem::corrupt(path, DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected })))
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.severity, self.unsynced_valid_at) {
@@ -140,14 +152,9 @@ pub fn scan_upto(
     let count = listing.segments.len();
     let mut expect = Expect::default();
     for (i, (id, path)) in listing.segments.into_iter().enumerate() {
-        let corrupt = |error: DecodeError| Problem {
-            severity: Severity::Corrupt,
-            path: path.clone(),
-            error,
-            unsynced_valid_at: None,
-        };
-        if let Some(expected) = expect.segment_id.filter(|e| *e != id) {
-            summary.problem = Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected })));
+        let corrupt = |error: DecodeError| Problem::corrupt(&path, error);
+        if let Some(problem) = missing_before(&expect, id, &path) {
+            summary.problem = Some(problem);
             break;
         }
         let bytes = read(&path, None)?;
@@ -258,14 +265,9 @@ pub fn scan_window(
     let mut expect = Expect::default();
     let mut stopped = false;
     for (i, (id, path)) in segments.into_iter().enumerate().skip(start) {
-        let corrupt = |error: DecodeError| Problem {
-            severity: Severity::Corrupt,
-            path: path.clone(),
-            error,
-            unsynced_valid_at: None,
-        };
-        if let Some(expected) = expect.segment_id.filter(|e| *e != id) {
-            return Ok(Some(corrupt(DecodeError::new(id, 0, ErrorKind::SegmentMissing { expected }))));
+        let corrupt = |error: DecodeError| Problem::corrupt(&path, error);
+        if let Some(problem) = missing_before(&expect, id, &path) {
+            return Ok(Some(problem));
         }
         let bytes = read(&path, None)?;
         if upto_lsn.is_some_and(|upto| SegmentHeader::decode(&bytes).is_ok_and(|h| h.first_lsn > upto)) {
