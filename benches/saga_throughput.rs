@@ -26,6 +26,12 @@
 //! runs out. `SAGALOG_BENCH_MEMORY=index` is its control: the same finished-saga records put
 //! straight into an index, with no executor and no journal, up to 250k.
 //! `SAGALOG_BENCH_DIR` moves the scratch directories (never onto a tmpfs).
+//!
+//! `SAGALOG_BENCH_POSTGRES=1` runs only the PostgreSQL A/B instead (issue 13, item 7): the same
+//! 3-step sagas on a PostgreSQL participant (`SAGALOG_TEST_POSTGRES`, default the local `test`
+//! database) against `direct`, 64 workers each running per step one transaction with the
+//! `INSERT` and the marker `INSERT` over a pool of the same size, alternating rounds on fresh
+//! tables.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -111,6 +117,10 @@ fn main() {
     let benchmarking = args.iter().any(|a| a == "--bench") && !profiling;
     eprintln!("saga_throughput: scratch directories under {}", scratch_base().display());
     let rt = runtime();
+    if std::env::var_os("SAGALOG_BENCH_POSTGRES").is_some() {
+        cross_check_postgres(&rt, if benchmarking { 9 } else { 1 });
+        return;
+    }
     if std::env::var_os("SAGALOG_BENCH_MEMORY").is_some() {
         let budget = std::env::var("SAGALOG_BENCH_MEMORY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(270);
         // Without `--bench` (as under `cargo test --benches`) only a token run.
@@ -709,4 +719,153 @@ fn index_only_curve(total: u64) {
             line(n + 1, start.elapsed());
         }
     }
+}
+
+/// Connections of the PostgreSQL participant, and of the direct baseline's pool.
+const PG_POOL_SIZE: usize = 16;
+
+fn pg_conninfo() -> String {
+    std::env::var("SAGALOG_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+async fn pg_client(conninfo: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// Fresh table names for one round: items, markers, fences.
+fn pg_tables() -> (String, String, String) {
+    let run = format!("{:016x}", rand::random::<u64>());
+    (format!("bench_items_{run}"), format!("bench_markers_{run}"), format!("bench_fences_{run}"))
+}
+
+/// `sagas` 3-step sagas through sagalog on a PostgreSQL participant, 64 closed-loop clients.
+fn pg_engine_sagas(rt: &Runtime, sagas: u64) -> Duration {
+    let conninfo = pg_conninfo();
+    let (items, markers, fences) = pg_tables();
+    let admin = rt.block_on(pg_client(&conninfo));
+    rt.block_on(admin.batch_execute(&format!(
+        "CREATE TABLE {items} (saga text NOT NULL, step bigint NOT NULL, payload text NOT NULL, PRIMARY KEY (saga, step))"
+    )))
+    .expect("create the items table");
+    let config = format!(
+        r#"
+[participants.pg]
+kind = "postgres"
+url = "{conninfo}"
+pool_size = {PG_POOL_SIZE}
+marker_table = "{markers}"
+fence_table = "{fences}"
+
+[actions.insert]
+participant = "pg"
+params = {{ saga = "text", step = "int", payload = "text" }}
+forward = {{ sql = "INSERT INTO {items} (saga, step, payload) VALUES ($1, $2, $3)", args = ["saga", "step", "payload"] }}
+compensate = {{ sql = "DELETE FROM {items} WHERE saga = $1 AND step = $2", args = ["saga", "step"] }}
+"#
+    );
+    let dir = scratch();
+    let journal = Journal::open_dir(dir.path(), Options { sync: SyncPolicy::Always, ..Options::default() })
+        .expect("open the journal")
+        .journal;
+    let catalog = Catalog::parse(&config).expect("the bench config is valid");
+    let participants =
+        sagalog::participant::open_all(&catalog.config.participants, dir.path()).expect("open the participant");
+    let index = Index::open(dir.path().join("index")).expect("open the index");
+    let exec = Executor::with_index(journal.clone(), Arc::new(catalog), participants, Some(index));
+    // Warm the pool and create the marker tables outside the timed region.
+    rt.block_on(closed_loop(&exec, Workload::Sqlite, CLIENTS as u64));
+    let elapsed = rt.block_on(closed_loop(&exec, Workload::Sqlite, sagas));
+    let rows: i64 =
+        rt.block_on(admin.query_one(&format!("SELECT count(*) FROM {items}"), &[])).expect("count the rows").get(0);
+    assert_eq!(rows as u64, (sagas + CLIENTS as u64) * STEPS as u64, "every step applied once");
+    rt.block_on(journal.shutdown()).expect("shut the journal down");
+    drop(exec);
+    rt.block_on(
+        admin.batch_execute(&format!("DROP TABLE {items}; DROP TABLE {markers}; DROP TABLE IF EXISTS {fences}")),
+    )
+    .expect("drop the tables");
+    elapsed
+}
+
+/// The direct baseline on PostgreSQL: per step `BEGIN`, the `INSERT`, the marker `INSERT`,
+/// `COMMIT`, by 64 workers over a pool of `PG_POOL_SIZE` connections.
+fn pg_direct_sagas(rt: &Runtime, sagas: u64) -> Duration {
+    let conninfo = pg_conninfo();
+    let (items, markers, _) = pg_tables();
+    rt.block_on(async {
+        let admin = pg_client(&conninfo).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE {items} (saga text NOT NULL, step bigint NOT NULL, payload text NOT NULL, PRIMARY KEY (saga, step));
+                 CREATE TABLE {markers} (saga_id text NOT NULL, step integer NOT NULL, direction text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (saga_id, step, direction))"
+            ))
+            .await
+            .expect("create the tables");
+        let mut pool = Vec::new();
+        for _ in 0..PG_POOL_SIZE {
+            pool.push(pg_client(&conninfo).await);
+        }
+        let idle = Arc::new(tokio::sync::Mutex::new(pool));
+        let permits = Arc::new(Semaphore::new(PG_POOL_SIZE));
+        let (insert_item, insert_marker) = (
+            Arc::new(format!("INSERT INTO {items} (saga, step, payload) VALUES ($1, $2, $3)")),
+            Arc::new(format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, 'forward')")),
+        );
+        let start = Instant::now();
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|worker| {
+                let (idle, permits) = (idle.clone(), permits.clone());
+                let (insert_item, insert_marker) = (insert_item.clone(), insert_marker.clone());
+                let count = share(sagas, CLIENTS, worker);
+                tokio::spawn(async move {
+                    for i in 0..count {
+                        let id = format!("c{worker}-{i}");
+                        for step in 0..STEPS as i64 {
+                            let _permit = permits.acquire().await.expect("the pool is never closed");
+                            let mut client = idle.lock().await.pop().expect("a permit guarantees a connection");
+                            let tx = client.transaction().await.expect("begin");
+                            tx.execute(insert_item.as_str(), &[&id, &step, &ROW_PAYLOAD]).await.expect("insert");
+                            tx.execute(insert_marker.as_str(), &[&id, &(step as i32)]).await.expect("insert marker");
+                            tx.commit().await.expect("commit");
+                            idle.lock().await.push(client);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("a direct worker panicked");
+        }
+        let elapsed = start.elapsed();
+        admin.batch_execute(&format!("DROP TABLE {items}; DROP TABLE {markers}")).await.expect("drop the tables");
+        elapsed
+    })
+}
+
+/// Issue 13 item 7 on PostgreSQL: engine and direct rounds alternating.
+fn cross_check_postgres(rt: &Runtime, rounds: usize) {
+    let sagas = CLIENTS as u64 * 16;
+    let (mut engine_rates, mut direct_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let engine = sagas as f64 / pg_engine_sagas(rt, sagas).as_secs_f64();
+        let direct = sagas as f64 / pg_direct_sagas(rt, sagas).as_secs_f64();
+        engine_rates.push(engine);
+        direct_rates.push(direct);
+        ratios.push(engine / direct);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "cross-check postgres, {rounds} alternating rounds of {sagas} sagas: engine {:.0} sagas/s, direct {:.0} sagas/s \
+         (medians); engine/direct min {:.1}% median {:.1}% max {:.1}%",
+        median(engine_rates),
+        median(direct_rates),
+        100.0 * ratios[0],
+        100.0 * ratios[ratios.len() / 2],
+        100.0 * ratios[ratios.len() - 1],
+    );
 }
