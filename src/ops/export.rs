@@ -203,6 +203,9 @@ pub fn export_online(
     write(&conn, catalog, &journal, records).map_err(db_error(&format!("write {}", target.display())))
 }
 
+/// The name the downloaded export is attached under while it is copied.
+const SOURCE_ALIAS: &str = "sagalog_online_export_source";
+
 /// The tables of the export, in [`SCHEMA`]'s order.
 const TABLES: [&str; 5] = ["sagas", "steps", "attempts", "recoveries", "recovered_sagas"];
 
@@ -212,13 +215,15 @@ pub fn merge_export(source: &Path, target: &Path) -> Result<Counts, Error> {
     let conn = Connection::open(target).map_err(db_error(&format!("open {}", target.display())))?;
     let quoted = source.display().to_string().replace('\'', "''");
     let copy = || -> duckdb::Result<Counts> {
-        conn.execute_batch(&format!("ATTACH '{quoted}' AS online (READ_ONLY);"))?;
+        // An alias no file name gives: DuckDB names a database after its file (`online.duckdb`
+        // is `online`), and the target's own name must not collide with it.
+        conn.execute_batch(&format!("ATTACH '{quoted}' AS {SOURCE_ALIAS} (READ_ONLY);"))?;
         conn.execute_batch("BEGIN;")?;
         conn.execute_batch(SCHEMA)?;
         for table in TABLES {
-            conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM online.{table};"))?;
+            conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM {SOURCE_ALIAS}.{table};"))?;
         }
-        conn.execute_batch("COMMIT; DETACH online;")?;
+        conn.execute_batch(&format!("COMMIT; DETACH {SOURCE_ALIAS};"))?;
         let count = |table: &str| -> duckdb::Result<u64> {
             conn.query_row(&format!("SELECT count(*) FROM main.{table}"), [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)

@@ -174,7 +174,7 @@ async fn the_tools_run_online_on_a_held_data_directory_and_agree_with_the_offlin
 
     #[cfg(feature = "duckdb")]
     {
-        let target = dir.path().join("online.duckdb");
+        let target = dir.path().join("online.duckdb"); // named like the alias once was: DuckDB calls it `online`
         let (url3, target_arg) = (url.clone(), target.to_str().unwrap().to_owned());
         let export = tokio::task::spawn_blocking(move || {
             sagalog(&["export", "--http", &url3, "--duckdb", &target_arg], Some(ADMIN_TOKEN))
