@@ -137,7 +137,7 @@ impl Catalog {
                 Kind::Sqlite | Kind::Duckdb | Kind::Fs => p.path.is_none().then_some("path"),
                 Kind::Http => p.base_url.is_none().then_some("base_url"),
                 Kind::Worker => p.queue.is_none().then_some("queue"),
-                Kind::Memory => None,
+                Kind::Memory | Kind::Null => None,
             };
             if let Some(field) = needs {
                 return Err(ConfigError::Invalid(format!("participant {name:?} ({:?}) needs `{field}`", p.kind)));

@@ -143,6 +143,9 @@ pub enum Kind {
     Fs,
     /// In-memory, for tests and benchmarks only.
     Memory,
+    /// Runs `noop` steps and keeps nothing (no markers): for load tests and demos, whose
+    /// memory must not grow with the steps run (`participant/null.rs`).
+    Null,
     /// An HTTP service: no local transaction and no marker; each request carries an
     /// `Idempotency-Key` the receiver deduplicates by (at-least-once).
     Http,
@@ -161,6 +164,7 @@ impl Kind {
             Kind::Duckdb => "duckdb",
             Kind::Fs => "fs",
             Kind::Memory => "memory",
+            Kind::Null => "null",
             Kind::Http => "http",
             Kind::Worker => "worker",
         }

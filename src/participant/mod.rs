@@ -95,6 +95,7 @@ mod interrupt;
 mod marker;
 pub use marker::Tables;
 pub mod memory;
+pub mod null;
 mod pool;
 pub mod postgres;
 pub mod sqlite;
@@ -422,6 +423,7 @@ fn open_one(
             std::sync::Arc::new(fs::Fs::open(name, root)?)
         }
         Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+        Kind::Null => std::sync::Arc::new(null::Null::new(name)),
         Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
         Kind::Http => std::sync::Arc::new(http::Http::open(name, p)?),
     };
@@ -488,6 +490,7 @@ pub fn open_all_read_only(
                 }
                 Kind::Fs => std::sync::Arc::new(fs::Fs::open_read_only(name, path)?),
                 Kind::Memory => std::sync::Arc::new(memory::Memory::new(name)),
+                Kind::Null => std::sync::Arc::new(null::Null::new(name)),
                 // A queue with no worker: it keeps no markers to read, and offline nothing
                 // polls it.
                 Kind::Worker => std::sync::Arc::new(worker::Worker::open(name, p)),
