@@ -305,6 +305,11 @@ impl Client {
     /// Follows a saga until it is COMPLETED or COMPENSATED, calling `on_state` for every
     /// state seen (in version order, each once). Reconnects after a broken stream or an
     /// UNAVAILABLE answer, resuming after the last seen version, so no change is missed.
+    ///
+    /// `after_version` is the version of the last state the caller saw; if that state was
+    /// terminal already (a Submit answered after the saga finished), there is nothing left to
+    /// watch: check it first ([`is_terminal`]), or the watch waits for a change that never
+    /// comes and gives up after its retries.
     pub async fn watch_until_terminal(
         &self,
         saga_id: &str,

@@ -196,6 +196,9 @@ async fn one_saga(client: &Client, saga: &SagaDefinition, mode: WaitMode, tally:
     };
     let end = match mode {
         WaitMode::AckOnly => Ok(None),
+        // A saga can finish before its Submit is answered: the answer is then its final
+        // state, and a watch after that version would wait for a change that never comes.
+        WaitMode::Watch if crate::client::is_terminal(&state) => Ok(Some(state)),
         WaitMode::Watch => {
             client.watch_until_terminal(&saga.id, state.version, WatchRetry::default(), |_| {}).await.map(Some)
         }
