@@ -490,17 +490,35 @@ fn cross_check_noop(rt: &Runtime, rounds: usize) {
 /// Target 2 again with engine and direct rounds alternating.
 fn cross_check_sqlite(rt: &Runtime, rounds: usize) {
     let sagas = CLIENTS as u64 * 8;
+    cross_check(
+        "sqlite",
+        rounds,
+        sagas,
+        || engine_sagas(rt, Workload::Sqlite, true, sagas),
+        || direct_sagas(rt, sagas),
+    );
+}
+
+/// `rounds` rounds of `engine` then `direct` (each the wall time of `sagas` sagas), and the
+/// medians and the spread of their ratio.
+fn cross_check(
+    name: &str,
+    rounds: usize,
+    sagas: u64,
+    mut engine: impl FnMut() -> Duration,
+    mut direct: impl FnMut() -> Duration,
+) {
     let (mut engine_rates, mut direct_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let engine = sagas as f64 / engine_sagas(rt, Workload::Sqlite, true, sagas).as_secs_f64();
-        let direct = sagas as f64 / direct_sagas(rt, sagas).as_secs_f64();
+        let engine = sagas as f64 / engine().as_secs_f64();
+        let direct = sagas as f64 / direct().as_secs_f64();
         engine_rates.push(engine);
         direct_rates.push(direct);
         ratios.push(engine / direct);
     }
     ratios.sort_by(f64::total_cmp);
     eprintln!(
-        "cross-check sqlite, {rounds} alternating rounds of {sagas} sagas: engine {:.0} sagas/s, direct {:.0} sagas/s \
+        "cross-check {name}, {rounds} alternating rounds of {sagas} sagas: engine {:.0} sagas/s, direct {:.0} sagas/s \
          (medians); engine/direct min {:.1}% median {:.1}% max {:.1}%",
         median(engine_rates),
         median(direct_rates),
@@ -848,22 +866,5 @@ fn pg_direct_sagas(rt: &Runtime, sagas: u64) -> Duration {
 /// Issue 13 item 7 on PostgreSQL: engine and direct rounds alternating.
 fn cross_check_postgres(rt: &Runtime, rounds: usize) {
     let sagas = CLIENTS as u64 * 16;
-    let (mut engine_rates, mut direct_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let engine = sagas as f64 / pg_engine_sagas(rt, sagas).as_secs_f64();
-        let direct = sagas as f64 / pg_direct_sagas(rt, sagas).as_secs_f64();
-        engine_rates.push(engine);
-        direct_rates.push(direct);
-        ratios.push(engine / direct);
-    }
-    ratios.sort_by(f64::total_cmp);
-    eprintln!(
-        "cross-check postgres, {rounds} alternating rounds of {sagas} sagas: engine {:.0} sagas/s, direct {:.0} sagas/s \
-         (medians); engine/direct min {:.1}% median {:.1}% max {:.1}%",
-        median(engine_rates),
-        median(direct_rates),
-        100.0 * ratios[0],
-        100.0 * ratios[ratios.len() / 2],
-        100.0 * ratios[ratios.len() - 1],
-    );
+    cross_check("postgres", rounds, sagas, || pg_engine_sagas(rt, sagas), || pg_direct_sagas(rt, sagas));
 }
