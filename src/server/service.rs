@@ -42,6 +42,10 @@ pub struct Api {
     pub queues: super::workers::Queues,
 }
 
+/// How long `Admin.Resolve` waits for the saga's task to apply the journaled decision before
+/// it answers.
+const RESOLVE_APPLIED_WAIT: Duration = Duration::from_secs(5);
+
 fn check_id(id: &str) -> Result<(), Status> {
     // The one id rule, the catalog's: a Get or Cancel of an id no submit could have used is
     // INVALID_ARGUMENT, not NOT_FOUND.
@@ -389,8 +393,16 @@ impl pb::admin_server::Admin for Api {
             }
         };
         let operator = if req.operator.is_empty() { caller } else { req.operator };
+        let before = self.executor.get(&req.saga_id).map(|s| s.saga.version);
         self.executor.resolve(&req.saga_id, decision, &operator).await.map_err(convert::error)?;
         tracing::warn!(saga_id = %req.saga_id, decision = decision.as_str(), operator, "admin: STUCK saga resolved by an operator");
+        // The answer shows the decision applied: the saga's task applies it a moment after it
+        // is journaled, and until then the saga still reads STUCK (a console showed "resolved:
+        // now STUCK"). Bounded: a task that is slow to take it leaves the answer as it is.
+        if let (Some(before), Some(mut view)) = (before, self.executor.watch(&req.saga_id)) {
+            let applied = view.wait_for(|s| s.saga.version > before);
+            let _ = tokio::time::timeout(RESOLVE_APPLIED_WAIT, applied).await;
+        }
         self.lookup(&req.saga_id).map(Response::new)
     }
 }

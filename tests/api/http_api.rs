@@ -662,3 +662,45 @@ async fn an_event_stream_whose_client_left_releases_its_watch() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// `POST /v1/sagas/{id}/resolve` (and `Admin.Resolve`) answers the saga with the decision
+/// applied (COMPENSATING on its way, or COMPENSATED), never the STUCK of a moment before the
+/// saga's task took the journaled decision: the console, which waits from the answer for a
+/// settled state, once showed "resolved: now STUCK". Eight sagas, so the race had eight chances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_answers_the_saga_with_the_decision_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config()
+        + r#"
+[actions.bad_undo]
+participant = "ledger"
+params = { run_id = "text" }
+forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, 0)", args = ["run_id"] }
+compensate = { sql = "DELETE FROM no_such_table WHERE run_id = ?1", args = ["run_id"] }
+retry = { max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 20 }
+"#;
+    let server = start(dir.path(), &config).await;
+    let http = Http::new(server.metrics_addr.unwrap());
+    let ids: Vec<String> = (0..8).map(|n| format!("r-{n}")).collect();
+    for id in &ids {
+        let body = json!({"saga_id": id, "steps": [
+            {"action": "bad_undo", "params": {"run_id": id}},
+            {"action": "record_execution", "params": {"run_id": format!("{id}x"), "rows": -1}},
+        ]});
+        let (status, answer) = http.call("POST", "/v1/sagas", Some(CLIENT_TOKEN), Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    for id in &ids {
+        assert_eq!(http.settled(id).await["status"], "STUCK");
+    }
+    for id in &ids {
+        let resolve = json!({"decision": "MARK_COMPENSATED", "operator": "test"});
+        let path = format!("/v1/sagas/{id}/resolve");
+        let (status, saga) = http.call("POST", &path, Some(ADMIN_TOKEN), Some(&resolve)).await;
+        assert_eq!(status, StatusCode::OK, "{saga}");
+        let applied = ["COMPENSATING", "COMPENSATED"].contains(&saga["status"].as_str().unwrap());
+        assert!(applied, "{id}: the answer predates the decision: {saga}");
+        assert_eq!(http.settled(id).await["status"], "COMPENSATED");
+    }
+    server.shutdown().await.unwrap();
+}
