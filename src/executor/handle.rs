@@ -451,13 +451,13 @@ impl Executor {
         self.inner.breakers.iter().map(|(n, b)| (n.clone(), b.state().name())).collect()
     }
 
-    /// A configured participant by name.
     /// Every participant, by name (the online audit and recovery plan read markers through
     /// them, read-only).
     pub fn participants(&self) -> &BTreeMap<String, Arc<dyn Participant>> {
         &self.inner.participants
     }
 
+    /// A configured participant by name.
     pub fn participant(&self, name: &str) -> Option<Arc<dyn Participant>> {
         self.inner.participants.get(name).cloned()
     }

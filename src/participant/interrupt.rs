@@ -7,9 +7,10 @@
 //! group commit; a cancelled DuckDB step finishes, and compensation undoes it.) The executor
 //! asks to interrupt a step by key and attempt; only a step registered right now is
 //! interrupted, under the same lock that ends its registration, so an interrupt never reaches
-//! the statements of the next step run on the same connection (for SQLite, whose interrupt
-//! acts at once and only on a statement running then; PostgreSQL's cancel request travels on a connection of its own and
-//! may land late, which costs the step it lands on one retryable failure, settled like any).
+//! the statements of the next step run on the same connection. That holds for SQLite, whose
+//! interrupt acts at once and only on a statement running then. PostgreSQL's cancel request
+//! travels on a connection of its own and may land late: it then costs the step it lands on
+//! one retryable failure, settled like any.
 //!
 //! An interrupted step is rolled back by its participant, but the executor does not rely on
 //! that: it journals the attempt as maybe applied, and the marker settles it (`in_doubt.rs`).

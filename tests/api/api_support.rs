@@ -71,6 +71,17 @@ retry = { max_attempts = 5, initial_backoff_ms = 20, max_backoff_ms = 200, jitte
 timeout_ms = 10000
 "#;
 
+/// An action whose compensation always fails for good (its table does not exist): a saga that
+/// must compensate it ends STUCK, for the tests of an operator's resolution.
+pub const BAD_UNDO_ACTION: &str = r#"
+[actions.bad_undo]
+participant = "ledger"
+params = { run_id = "text" }
+forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, 0)", args = ["run_id"] }
+compensate = { sql = "DELETE FROM no_such_table WHERE run_id = ?1", args = ["run_id"] }
+retry = { max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 20 }
+"#;
+
 /// Writes `config` into `dir` and returns its path.
 pub fn write_config(dir: &Path, config: &str) -> PathBuf {
     let path = dir.join("test-config.toml");

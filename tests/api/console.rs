@@ -32,14 +32,7 @@ fn config() -> String {
 [actions.pause]
 delay_ms = "param"
 params = { delay_ms = "int" }
-
-[actions.bad_undo]
-participant = "ledger"
-params = { run_id = "text" }
-forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, 0)", args = ["run_id"] }
-compensate = { sql = "DELETE FROM no_such_table WHERE run_id = ?1", args = ["run_id"] }
-retry = { max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 20 }
-"#
+"# + BAD_UNDO_ACTION
 }
 
 struct Driver {

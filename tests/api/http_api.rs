@@ -670,15 +670,7 @@ async fn an_event_stream_whose_client_left_releases_its_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_answers_the_saga_with_the_decision_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config()
-        + r#"
-[actions.bad_undo]
-participant = "ledger"
-params = { run_id = "text" }
-forward = { sql = "INSERT INTO executions (run_id, rows) VALUES (?1, 0)", args = ["run_id"] }
-compensate = { sql = "DELETE FROM no_such_table WHERE run_id = ?1", args = ["run_id"] }
-retry = { max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 20 }
-"#;
+    let config = config() + BAD_UNDO_ACTION;
     let server = start(dir.path(), &config).await;
     let http = Http::new(server.metrics_addr.unwrap());
     let ids: Vec<String> = (0..8).map(|n| format!("r-{n}")).collect();
