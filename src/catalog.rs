@@ -158,6 +158,13 @@ impl Catalog {
                     return Err(ConfigError::Invalid(format!("participant {name:?}: `{key}` {problem}")));
                 }
             }
+            if p.group_commit.is_some() && p.kind != Kind::Postgres {
+                return Err(ConfigError::Invalid(format!(
+                    "participant {name:?} ({}): `group_commit` is for postgres participants only (SQLite and DuckDB \
+                     always group-commit)",
+                    p.kind.as_str()
+                )));
+            }
             check_worker_keys(name, p, &config.participants).map_err(ConfigError::Invalid)?;
             if p.marker_table() == p.fence_table() {
                 return Err(ConfigError::Invalid(format!(
@@ -1176,6 +1183,10 @@ mod tests {
             (
                 "[participants.x]\nkind = \"fs\"\npath = \"a\"\nmarker_table = \"m\"",
                 "`marker_table` is for SQL participants only",
+            ),
+            (
+                "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\ngroup_commit = false",
+                "`group_commit` is for postgres participants only",
             ),
             (
                 "[participants.x]\nkind = \"sqlite\"\npath = \"a\"\nfence_table = \"sagalog_markers\"",

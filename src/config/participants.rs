@@ -32,6 +32,12 @@ pub struct ParticipantConfig {
     /// The fence table of a SQL participant; default `sagalog_fences`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_table: Option<String>,
+    /// Whether a `postgres` participant runs the steps that arrive together in one
+    /// transaction, each under its own savepoint, with one commit for all (default true; see
+    /// `participant/postgres/group.rs`). `false`: every step commits a transaction of its own.
+    /// SQLite and DuckDB participants always group-commit (one writer at a time anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_commit: Option<bool>,
     /// The service an `http` participant calls (`http://host:port`, optionally with a path
     /// prefix); every action's path is appended to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +101,11 @@ impl ParticipantConfig {
     /// The fence table this participant uses.
     pub fn fence_table(&self) -> &str {
         self.fence_table.as_deref().unwrap_or(FENCE_TABLE_DEFAULT)
+    }
+
+    /// Whether a `postgres` participant group-commits its steps.
+    pub fn group_commit(&self) -> bool {
+        self.group_commit.unwrap_or(true)
     }
 
     /// The per-request timeout of an `http` participant.

@@ -78,16 +78,75 @@ pub(crate) struct BatchCounts {
     steps: AtomicU64,
 }
 
+impl BatchCounts {
+    /// Counts one batch of `steps` steps.
+    pub(crate) fn add(&self, steps: usize) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.steps.fetch_add(steps as u64, Ordering::Relaxed);
+    }
+
+    /// Batches run so far, and the steps they held: their ratio is the steps that shared one
+    /// batch (one commit when no step ended a pass early).
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (self.transactions.load(Ordering::Relaxed), self.steps.load(Ordering::Relaxed))
+    }
+}
+
+/// Where one queued step's answer goes.
+pub(crate) type Answer = oneshot::Sender<Result<(Applied, Outputs), Error>>;
+
+/// The steps waiting for a group commit (any database's), in arrival order.
+#[derive(Default)]
+pub(crate) struct Queue(Mutex<Vec<Pending>>);
+
+impl Queue {
+    /// Queues `step`; the receiver gets its answer ([`answered`]).
+    pub(crate) fn push(&self, step: BatchStep) -> oneshot::Receiver<Result<(Applied, Outputs), Error>> {
+        let (answer, answered) = oneshot::channel();
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(Pending { step, answer });
+        answered
+    }
+
+    /// Takes up to [`BATCH_MAX`] queued steps, oldest first (none if an earlier committer
+    /// took them all).
+    pub(crate) fn take(&self) -> (Vec<BatchStep>, Vec<Answer>) {
+        let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = queue.len().min(BATCH_MAX);
+        queue.drain(..n).map(|p| (p.step, p.answer)).unzip()
+    }
+}
+
+/// The answer a queued step (`key` on participant `name`) receives; a committer that ended
+/// without sending one (its task was cancelled: the runtime shut down) leaves the step
+/// retryable, and its marker settles it.
+pub(crate) async fn answered(
+    name: &str,
+    key: &StepKey,
+    answer: oneshot::Receiver<Result<(Applied, Outputs), Error>>,
+) -> Result<(Applied, Outputs), Error> {
+    answer.await.unwrap_or_else(|_| {
+        Err(Error::retryable(name, format!("step {key}: the group commit ended without an answer")))
+    })
+}
+
+/// Sends each step its result, in order; a step whose caller went away (its timeout) is
+/// skipped.
+pub(crate) fn answer_all(answers: Vec<Answer>, results: Vec<Result<(Applied, Outputs), Error>>) {
+    for (answer, result) in answers.into_iter().zip(results) {
+        let _ = answer.send(result);
+    }
+}
+
 /// An apply waiting for a group commit, and where its answer goes.
 struct Pending {
     step: BatchStep,
-    answer: oneshot::Sender<Result<(Applied, Outputs), Error>>,
+    answer: Answer,
 }
 
 /// A participant's group commit: its queue, and what a committer needs.
 pub(crate) struct GroupCommit<C: Send + 'static> {
     name: String,
-    queue: Arc<Mutex<Vec<Pending>>>,
+    queue: Arc<Queue>,
     write_lock: Arc<tokio::sync::Mutex<()>>,
     pool: Arc<BlockingPool<C>>,
     db: Arc<dyn Batching<C>>,
@@ -122,33 +181,25 @@ impl<C: Send + 'static> GroupCommit<C> {
     /// Queues `step` for the next group commit and waits for its answer.
     pub(crate) async fn apply(&self, step: BatchStep) -> Result<(Applied, Outputs), Error> {
         let key = step.key.clone();
-        let (answer, answered) = oneshot::channel();
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(Pending { step, answer });
+        let answer = self.queue.push(step);
         tokio::spawn(self.clone().commit_once());
-        answered.await.unwrap_or_else(|_| {
-            Err(Error::retryable(&self.name, format!("step {key}: the group commit ended without an answer")))
-        })
+        answered(&self.name, &key, answer).await
     }
 
     /// Group commits (batches) run so far, and the steps they held: their ratio is the steps
     /// that shared one batch (one commit when no step ended a pass early).
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.counts.transactions.load(Ordering::Relaxed), self.counts.steps.load(Ordering::Relaxed))
+        self.counts.get()
     }
 
     /// One committer: the write lock, then what is queued (nothing if an earlier committer took
     /// it all).
     async fn commit_once(self) {
         let writer = Arc::clone(&self.write_lock).lock_owned().await;
-        let batch: Vec<Pending> = {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = queue.len().min(BATCH_MAX);
-            queue.drain(..n).collect()
-        };
-        if batch.is_empty() {
+        let (steps, answers) = self.queue.take();
+        if steps.is_empty() {
             return;
         }
-        let (steps, answers): (Vec<BatchStep>, Vec<_>) = batch.into_iter().map(|p| (p.step, p.answer)).unzip();
         let (db, name, counts) = (Arc::clone(&self.db), self.name.clone(), Arc::clone(&self.counts));
         // The guard moves into the blocking task: the lock is released when the transaction
         // ends, whatever happens to this task.
@@ -158,8 +209,7 @@ impl<C: Send + 'static> GroupCommit<C> {
                 let _writer = writer;
                 db.prepare(&name, conn)?;
                 let results = run_passes(&name, conn, db.as_ref(), &steps);
-                counts.transactions.fetch_add(1, Ordering::Relaxed);
-                counts.steps.fetch_add(steps.len() as u64, Ordering::Relaxed);
+                counts.add(steps.len());
                 for (step, result) in steps.iter().zip(&results) {
                     if matches!(result, Ok((Applied::Applied, _))) {
                         db.committed(step);
@@ -169,11 +219,7 @@ impl<C: Send + 'static> GroupCommit<C> {
             })
             .await;
         match results {
-            Ok(results) => {
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(result);
-                }
-            }
+            Ok(results) => answer_all(answers, results),
             // No connection (the pool closed, or opening one failed): nothing ran.
             Err(e) => {
                 for answer in answers {

@@ -414,7 +414,8 @@ fn open_one(
         }
         Kind::Postgres => {
             let url = p.url.as_deref().unwrap_or_default();
-            std::sync::Arc::new(postgres::Postgres::connect_with_tables(name, url, p.pool_size, Tables::of(p))?)
+            let db = postgres::Postgres::connect_with_tables(name, url, p.pool_size, Tables::of(p))?;
+            std::sync::Arc::new(db.with_group_commit(p.group_commit()))
         }
         Kind::Fs => {
             let root = path()?;

@@ -28,6 +28,7 @@
 //! starting the engine while PostgreSQL is down is fine, and `probe` tells when it is back.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
@@ -35,12 +36,15 @@ use tokio::sync::OnceCell;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
+use super::batch::BatchStep;
 use super::marker::{decode_outputs, encode_outputs};
 use super::{
     Applied, BoxFuture, Direction, Error, Kind, MarkerEntry, Operation, Outputs, Participant, Statement, StepKey,
     Tables, fenced_off,
 };
 use crate::engine::value::Value;
+
+mod group;
 
 /// The most connections one PostgreSQL participant keeps.
 pub const POOL_SIZE_MAX: usize = 256;
@@ -51,6 +55,14 @@ pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A PostgreSQL database acting as a saga participant. Cheap to share behind an `Arc`.
 pub struct Postgres {
+    inner: Arc<Inner>,
+    /// The group commit of the steps' applies; `None` with `group_commit = false` (each step
+    /// then commits its own transaction).
+    group: Option<group::Group>,
+}
+
+/// What a call needs, shared with the group commit's committers.
+struct Inner {
     name: String,
     pool: Pool,
     /// Set once the marker and fence tables are known to exist.
@@ -123,9 +135,27 @@ impl Postgres {
             .build()
             .map_err(|e| Error::permanent(name, format!("building the connection pool: {e}")))?;
         let running = super::interrupt::Running::default();
-        Ok(Postgres { name: name.to_owned(), pool, schema: OnceCell::new(), read_only, tables, running })
+        let inner = Inner { name: name.to_owned(), pool, schema: OnceCell::new(), read_only, tables, running };
+        let group = (!read_only).then(|| group::Group::new(pool_size));
+        Ok(Postgres { inner: Arc::new(inner), group })
     }
 
+    /// Turns the group commit on (the default) or off (config key `group_commit`): off, every
+    /// step commits a transaction of its own.
+    pub fn with_group_commit(mut self, on: bool) -> Postgres {
+        let pool_size = self.inner.pool.status().max_size;
+        self.group = (on && !self.inner.read_only).then(|| group::Group::new(pool_size));
+        self
+    }
+
+    /// How many group commits ran so far, and how many steps they held in all: their ratio
+    /// is the steps sharing one commit.
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.group.as_ref().map_or((0, 0), group::Group::counts)
+    }
+}
+
+impl Inner {
     /// A pooled connection, with the marker and fence tables created if this is the first use.
     async fn client(&self) -> Result<Object, Error> {
         let client = self.pool.get().await.map_err(|e| classify_pool(&self.name, &e))?;
@@ -135,19 +165,44 @@ impl Postgres {
         Ok(client)
     }
 
+    /// Applies one step in a transaction of its own.
     async fn apply_sql(
         &self,
         key: &StepKey,
         attempt: u32,
-        statements: Vec<Statement>,
+        statements: &[Statement],
+    ) -> Result<(Applied, Outputs), Error> {
+        let name = self.name.as_str();
+        let mut client = self.client().await?;
+        let tx = begin(name, &mut client).await?;
+        // An error drops the transaction, and tokio-postgres rolls a dropped transaction back
+        // before the connection runs anything else.
+        let (applied, outputs) = self.run_step(&tx, key, attempt, statements).await?;
+        if applied == Applied::Applied {
+            tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
+        } else {
+            tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
+        }
+        Ok((applied, outputs))
+    }
+
+    /// Runs one step inside the open transaction `tx`: the key's lock, the fence check, the
+    /// marker insert, the step's statements and its outputs. Its work is to be kept (committed)
+    /// only when it answers `Applied`: on `AlreadyApplied` or an error the caller rolls it back
+    /// (the transaction, or the step's savepoint in a group commit).
+    async fn run_step(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        key: &StepKey,
+        attempt: u32,
+        statements: &[Statement],
     ) -> Result<(Applied, Outputs), Error> {
         let name = self.name.as_str();
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
-        let mut client = self.client().await?;
-        // Interruptible (a cancel request for this connection) until just before the commit.
-        let entered = self.running.enter(key, attempt, client.cancel_token());
-        let tx = begin(name, &mut client).await?;
+        // Interruptible (a cancel request for this connection) while the step's own
+        // statements run.
+        let entered = self.running.enter(key, attempt, tx.cancel_token());
         let insert =
             format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
         let fence = fence_sql(&self.tables.fences);
@@ -175,7 +230,6 @@ impl Postgres {
         if let Some(through) = fenced_row(name, key, &fence)?
             && through >= attempt
         {
-            tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Err(fenced_off(name, key, attempt, through));
         }
         if inserted == 0 {
@@ -185,7 +239,6 @@ impl Postgres {
             } else {
                 Outputs::new()
             };
-            tx.rollback().await.map_err(|e| classify(name, "rollback", &e))?;
             return Ok((Applied::AlreadyApplied, outputs));
         }
         let mut outputs = Outputs::new();
@@ -211,7 +264,7 @@ impl Postgres {
                 outputs = statement.outputs_from(name, &context, &columns, first, count)?;
                 count
             };
-            // A guard that fails drops the transaction: statement and marker roll back.
+            // A guard that fails rolls back with the step: statements and marker.
             statement.check_rows(name, &context, affected)?;
         }
         if let Some(bytes) = encode_outputs(&outputs) {
@@ -220,10 +273,7 @@ impl Postgres {
                 .await
                 .map_err(|e| classify(name, "store the step's outputs with its marker", &e))?;
         }
-        // An early return drops the transaction, and tokio-postgres rolls a dropped transaction
-        // back before the connection runs anything else.
         drop(entered);
-        tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
         Ok((Applied::Applied, outputs))
     }
 }
@@ -231,13 +281,13 @@ impl Postgres {
 /// Shows the name only: the conninfo may hold a password.
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Postgres").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Postgres").field("name", &self.inner.name).finish_non_exhaustive()
     }
 }
 
 impl Participant for Postgres {
     fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     fn kind(&self) -> Kind {
@@ -255,51 +305,55 @@ impl Participant for Postgres {
         op: &'a Operation,
     ) -> BoxFuture<'a, Result<(Applied, Outputs), Error>> {
         Box::pin(async move {
-            if self.read_only {
-                return Err(Error::permanent(&self.name, "opened read-only: it cannot apply a step"));
+            if self.inner.read_only {
+                return Err(Error::permanent(&self.inner.name, "opened read-only: it cannot apply a step"));
             }
-            self.apply_sql(key, attempt, op.sql(&self.name)?).await
+            let statements = op.sql(&self.inner.name)?;
+            match &self.group {
+                Some(group) => group.apply(&self.inner, BatchStep { key: key.clone(), attempt, statements }).await,
+                None => self.inner.apply_sql(key, attempt, &statements).await,
+            }
         })
     }
 
     fn prepare_check<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<Option<usize>, Error>> {
         Box::pin(async move {
-            let client = self.client().await?;
+            let client = self.inner.client().await?;
             match client.prepare(sql).await {
                 Ok(stmt) => Ok(Some(stmt.params().len())),
-                Err(e) => Err(classify(&self.name, "does not prepare", &e)),
+                Err(e) => Err(classify(&self.inner.name, "does not prepare", &e)),
             }
         })
     }
 
     fn marker_outputs<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<Outputs, Error>> {
         Box::pin(async move {
-            let client = self.client().await?;
-            match stored_outputs(&self.name, &client, &self.tables.markers, key).await {
+            let client = self.inner.client().await?;
+            match stored_outputs(&self.inner.name, &client, &self.inner.tables.markers, key).await {
                 // A read-only session on a table from before outputs (or without a marker table).
-                Err(_) if self.read_only => Ok(Outputs::new()),
+                Err(_) if self.inner.read_only => Ok(Outputs::new()),
                 other => other,
             }
         })
     }
 
     fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
-        self.running.interrupt(key, attempt)
+        self.inner.running.interrupt(key, attempt)
     }
 
     fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            let name = self.name.as_str();
-            if self.read_only {
+            let name = self.inner.name.as_str();
+            if self.inner.read_only {
                 return Err(Error::permanent(name, "opened read-only: it cannot fence a step's attempts"));
             }
             let step = step_param(name, key.step)?;
-            let (markers, fences) = (&self.tables.markers, &self.tables.fences);
-            let mut client = self.client().await?;
+            let (markers, fences) = (&self.inner.tables.markers, &self.inner.tables.fences);
+            let mut client = self.inner.client().await?;
             let tx = begin(name, &mut client).await?;
             let exists =
                 format!("SELECT EXISTS (SELECT 1 FROM {markers} WHERE saga_id = $1 AND step = $2 AND direction = $3)");
-            let fence = fence_sql(&self.tables.fences);
+            let fence = fence_sql(&self.inner.tables.fences);
             let (lock, exists, fence) =
                 tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&exists), tx.prepare_cached(&fence))
                     .map_err(|e| classify(name, "fence: prepare", &e))?;
@@ -343,37 +397,37 @@ impl Participant for Postgres {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
-            let step = step_param(&self.name, key.step)?;
-            let markers = &self.tables.markers;
-            let client = self.client().await?;
+            let step = step_param(&self.inner.name, key.step)?;
+            let markers = &self.inner.tables.markers;
+            let client = self.inner.client().await?;
             let sql =
                 format!("SELECT EXISTS (SELECT 1 FROM {markers} WHERE saga_id = $1 AND step = $2 AND direction = $3)");
             let row = match client.query_one(&sql, &[&&*key.marker_id(), &step, &key.direction.as_str()]).await {
                 Ok(row) => row,
-                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(false),
-                Err(e) => return Err(classify(&self.name, "look up marker", &e)),
+                Err(e) if self.inner.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(false),
+                Err(e) => return Err(classify(&self.inner.name, "look up marker", &e)),
             };
-            row.try_get::<_, bool>(0).map_err(|e| classify(&self.name, "look up marker", &e))
+            row.try_get::<_, bool>(0).map_err(|e| classify(&self.inner.name, "look up marker", &e))
         })
     }
 
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         Box::pin(async move {
-            let markers = &self.tables.markers;
-            let client = self.client().await?;
+            let markers = &self.inner.tables.markers;
+            let client = self.inner.client().await?;
             let sql = format!(
                 "SELECT step, direction FROM {markers} WHERE saga_id = $1 OR left(saga_id, char_length($1) + 1) = $1 || ' '"
             );
             let rows = match client.query(&sql, &[&saga_id]).await {
                 Ok(rows) => rows,
-                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
-                Err(e) => return Err(classify(&self.name, "list markers", &e)),
+                Err(e) if self.inner.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(&self.inner.name, "list markers", &e)),
             };
             let mut markers = Vec::with_capacity(rows.len());
             for row in rows {
-                let step: i32 = row.try_get(0).map_err(|e| classify(&self.name, "list markers", &e))?;
-                let direction: &str = row.try_get(1).map_err(|e| classify(&self.name, "list markers", &e))?;
-                markers.push(super::marker::parse_marker(&self.name, i64::from(step), direction)?);
+                let step: i32 = row.try_get(0).map_err(|e| classify(&self.inner.name, "list markers", &e))?;
+                let direction: &str = row.try_get(1).map_err(|e| classify(&self.inner.name, "list markers", &e))?;
+                markers.push(super::marker::parse_marker(&self.inner.name, i64::from(step), direction)?);
             }
             markers.sort();
             Ok(markers)
@@ -382,25 +436,25 @@ impl Participant for Postgres {
 
     fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
         Box::pin(async move {
-            let markers = &self.tables.markers;
-            let client = self.client().await?;
+            let markers = &self.inner.tables.markers;
+            let client = self.inner.client().await?;
             let sql = format!(
                 "SELECT saga_id, step, direction, (extract(epoch FROM applied_at) * 1000)::bigint FROM {markers} \
                  ORDER BY saga_id, step, direction"
             );
             let rows = match client.query(&sql, &[]).await {
                 Ok(rows) => rows,
-                Err(e) if self.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
-                Err(e) => return Err(classify(&self.name, "list markers", &e)),
+                Err(e) if self.inner.read_only && sqlstate(&e) == Some(UNDEFINED_TABLE) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(&self.inner.name, "list markers", &e)),
             };
             let mut markers = Vec::with_capacity(rows.len());
             for row in rows {
-                let get = |e: tokio_postgres::Error| classify(&self.name, "list markers", &e);
+                let get = |e: tokio_postgres::Error| classify(&self.inner.name, "list markers", &e);
                 let stored: String = row.try_get(0).map_err(get)?;
                 let step: i32 = row.try_get(1).map_err(get)?;
                 let direction: &str = row.try_get(2).map_err(get)?;
                 let at: Option<i64> = row.try_get(3).map_err(get)?;
-                let (step, direction) = super::marker::parse_marker(&self.name, i64::from(step), direction)?;
+                let (step, direction) = super::marker::parse_marker(&self.inner.name, i64::from(step), direction)?;
                 let (saga_id, scope) = StepKey::split_marker_id(&stored);
                 let key = StepKey { saga_id, step, direction, scope };
                 markers.push(MarkerEntry { key, applied_at_ms: at.and_then(|ms| u64::try_from(ms).ok()) });
@@ -412,8 +466,8 @@ impl Participant for Postgres {
 
     fn count<'a>(&'a self, sql: &'a str, args: &'a [Value]) -> BoxFuture<'a, Result<i64, Error>> {
         Box::pin(async move {
-            let name = self.name.as_str();
-            let client = self.client().await?;
+            let name = self.inner.name.as_str();
+            let client = self.inner.client().await?;
             let stmt = client.prepare_cached(sql).await.map_err(|e| classify(name, "effect check", &e))?;
             let params = bind(name, stmt.params(), args)?;
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
@@ -424,16 +478,16 @@ impl Participant for Postgres {
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let mut client = self.client().await?;
-            if self.read_only {
-                client.simple_query("SELECT 1").await.map_err(|e| classify(&self.name, "probe", &e))?;
+            let mut client = self.inner.client().await?;
+            if self.inner.read_only {
+                client.simple_query("SELECT 1").await.map_err(|e| classify(&self.inner.name, "probe", &e))?;
                 return Ok(());
             }
             // A read succeeds on a server that cannot write (disk full, a read-only standby):
             // the probe writes a marker row the way a step does, then rolls it back. An error
             // drops the transaction, which tokio-postgres rolls back.
-            let name = self.name.as_str();
-            let markers = &self.tables.markers;
+            let name = self.inner.name.as_str();
+            let markers = &self.inner.tables.markers;
             let tx = client.transaction().await.map_err(|e| classify(name, "probe: begin transaction", &e))?;
             let insert = format!(
                 "INSERT INTO {markers} (saga_id, step, direction) VALUES ('', -1, 'probe') ON CONFLICT DO NOTHING"

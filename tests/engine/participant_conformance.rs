@@ -213,11 +213,20 @@ async fn postgres_client() -> Option<tokio_postgres::Client> {
 }
 
 async fn make_postgres() -> Option<Harness> {
+    make_postgres_with(true).await
+}
+
+/// With `group_commit = false`: every step in a transaction of its own.
+async fn make_postgres_unbatched() -> Option<Harness> {
+    make_postgres_with(false).await
+}
+
+async fn make_postgres_with(group_commit: bool) -> Option<Harness> {
     let client = postgres_client().await?;
     let run_id = run_id();
     let table = format!("sagalog_conformance_{run_id}");
     client.batch_execute(&effect_table_ddl(&table)).await.unwrap();
-    let postgres = Postgres::connect("postgres", &postgres_conninfo(), 4).unwrap();
+    let postgres = Postgres::connect("postgres", &postgres_conninfo(), 4).unwrap().with_group_commit(group_commit);
     Some(Harness { participant: Arc::new(postgres), effects: Effects::Postgres(client), table, run_id, _dir: None })
 }
 
@@ -929,12 +938,196 @@ mod duckdb {
     }
 }
 
+/// The same suites with the group commit off (`group_commit = false`).
+mod postgres_unbatched {
+    common_suite!(super::make_postgres_unbatched);
+    sql_suite!(super::make_postgres_unbatched);
+    fence_suite!(super::make_postgres_unbatched);
+}
+
 mod postgres {
     use super::*;
 
     common_suite!(super::make_postgres);
     sql_suite!(super::make_postgres);
     fence_suite!(super::make_postgres);
+
+    /// A table for the group-commit cases: a `CHECK` that fails a step at once, and a deferred
+    /// `UNIQUE` that fails it only at `COMMIT`.
+    async fn group_table(client: &tokio_postgres::Client) -> String {
+        let table = format!("sagalog_group_{}", run_id());
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id BIGINT PRIMARY KEY, note TEXT CHECK (note <> 'bad'), \
+                 n BIGINT UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+            ))
+            .await
+            .unwrap();
+        table
+    }
+
+    fn insert_n(table: &str, id: i64, note: &str, n: i64) -> Operation {
+        Operation::Sql {
+            sql: format!("INSERT INTO {table} (id, note, n) VALUES ($1, $2, $3)"),
+            args: vec![Value::Int(id), Value::Text(note.to_owned()), Value::Int(n)],
+            rows: None,
+        }
+    }
+
+    async fn rows(client: &tokio_postgres::Client, table: &str) -> std::collections::BTreeSet<i64> {
+        let rows = client.query(&format!("SELECT id FROM {table}"), &[]).await.unwrap();
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect()
+    }
+
+    /// Issue 13 item 7: steps applied together share a commit, and each is answered as it
+    /// would be alone. 96 concurrent applies: every 7th fails its `CHECK` (permanent, at once),
+    /// and two insert the same value of a deferred `UNIQUE`, which only the `COMMIT` refuses
+    /// (then the batch's steps run again one by one: exactly one of the two applies). Every
+    /// step answered "applied" has its row and its marker; no other step has either; and the
+    /// steps shared fewer commits than there were steps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn steps_applied_together_share_a_commit_and_fail_alone() {
+        let Some(client) = postgres_client().await else { return };
+        let table = group_table(&client).await;
+        let run = run_id();
+        let pg = Arc::new(Postgres::connect("pg", &postgres_conninfo(), 4).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..96i64 {
+            let note = if id % 7 == 3 { "bad" } else { "ok" };
+            // 20 and 60 both insert n = 20 (neither is a multiple-of-7-plus-3).
+            let n = if id == 60 { 20 } else { id };
+            let (pg, op) = (Arc::clone(&pg), insert_n(&table, id, note, n));
+            let key = StepKey::new(format!("group-{run}-{id}"), 0, Direction::Forward);
+            tasks.spawn(async move { (id, key.clone(), pg.apply(&key, 1, &op).await) });
+        }
+        let mut applied = std::collections::BTreeSet::new();
+        let mut unique_failures = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (id, key, result) = joined.unwrap();
+            match result {
+                Ok(Applied::Applied) => {
+                    assert_ne!(id % 7, 3, "step {id} broke its CHECK and was applied");
+                    applied.insert(id);
+                }
+                Err(e) if e.kind == ErrorKind::Permanent && id % 7 == 3 => {
+                    assert!(e.message.contains("23514"), "step {id}: {e}");
+                }
+                Err(e) if e.kind == ErrorKind::Permanent && (id == 20 || id == 60) => {
+                    assert!(e.message.contains("23505"), "step {id}: {e}");
+                    unique_failures += 1;
+                }
+                other => panic!("step {id}: {other:?}"),
+            }
+            assert_eq!(pg.lookup_marker(&key).await.unwrap(), applied.contains(&id), "step {id}'s marker");
+        }
+        assert_eq!(unique_failures, 1, "exactly one of the two steps with n = 20 fails");
+        assert_eq!(applied.len(), 96 - 14 - 1);
+        assert_eq!(rows(&client, &table).await, applied, "the rows are the applied steps' rows");
+        let (transactions, steps) = pg.group_commits();
+        assert_eq!(steps, 96);
+        assert!(transactions < steps, "{steps} steps in {transactions} batches: no step shared a commit");
+        client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+        let like = format!("group-{run}-%");
+        client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&like]).await.unwrap();
+    }
+
+    /// Issue 13 item 7, under a fault: the connection of a batch dies while a step of it waits
+    /// for a row lock. The steps that batch had applied before are answered retryable, not
+    /// applied, and have neither row nor marker (the transaction never committed); the steps
+    /// after it never ran; each applies on its next attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_batch_whose_connection_dies_answers_none_of_its_steps_applied() {
+        let Some(client) = postgres_client().await else { return };
+        let table = group_table(&client).await;
+        let run = run_id();
+        // Two outside transactions hold the rows 1000 and 1001 (uncommitted inserts).
+        let mut holders = Vec::new();
+        for id in [1000i64, 1001] {
+            let holder = postgres_client().await.unwrap();
+            holder
+                .batch_execute(&format!("BEGIN; INSERT INTO {table} (id, note, n) VALUES ({id}, 'held', {id})"))
+                .await
+                .unwrap();
+            holders.push(holder);
+        }
+        // A pool of 2: one batch at a time.
+        let pg = Arc::new(Postgres::connect("pg", &postgres_conninfo(), 2).unwrap());
+        let key = |id: i64| StepKey::new(format!("lost-{run}-{id}"), 0, Direction::Forward);
+        let spawn = |tasks: &mut tokio::task::JoinSet<_>, id: i64, attempt: u32| {
+            let (pg, op, key) = (Arc::clone(&pg), insert_n(&table, id, "ok", id), key(id));
+            tasks.spawn(async move { (id, pg.apply(&key, attempt, &op).await) });
+        };
+        let waiting = |n: i64| {
+            let client = &client;
+            async move {
+                for _ in 0..500 {
+                    let row = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    if row.get::<_, i64>(0) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("no step came to wait for the held row");
+            }
+        };
+        let mut first = tokio::task::JoinSet::new();
+        spawn(&mut first, 1000, 1);
+        waiting(1).await;
+        // The first batch waits on row 1000: these queue for the next one, 1001 among them.
+        let mut second = tokio::task::JoinSet::new();
+        for id in 1..=8 {
+            spawn(&mut second, id, 1);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        spawn(&mut second, 1001, 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for id in 9..=12 {
+            spawn(&mut second, id, 1);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Row 1000 is freed: the first batch commits, the second takes the 13 queued steps and
+        // waits on row 1001. Then its connection dies.
+        holders[0].batch_execute("ROLLBACK").await.unwrap();
+        let (id, result) = first.join_next().await.unwrap().unwrap();
+        assert_eq!((id, result.unwrap()), (1000, Applied::Applied));
+        waiting(1).await;
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        while let Some(joined) = second.join_next().await {
+            let (id, result) = joined.unwrap();
+            match result {
+                Err(e) => assert_eq!(e.kind, ErrorKind::Retryable, "step {id}: {e}"),
+                Ok(applied) => panic!("step {id} answered {applied:?} from a transaction that never committed"),
+            }
+            assert!(!pg.lookup_marker(&key(id)).await.unwrap(), "step {id} left a marker");
+        }
+        assert_eq!(rows(&client, &table).await, [1000].into(), "only the first batch's row exists");
+        // Each step applies on its next attempt (1001 once its holder is gone).
+        holders[1].batch_execute("ROLLBACK").await.unwrap();
+        let mut retry = tokio::task::JoinSet::new();
+        for id in (1..=12).chain([1001]) {
+            spawn(&mut retry, id, 2);
+        }
+        while let Some(joined) = retry.join_next().await {
+            let (id, result) = joined.unwrap();
+            assert_eq!(result.unwrap(), Applied::Applied, "step {id}, attempt 2");
+        }
+        assert_eq!(rows(&client, &table).await.len(), 14);
+        client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+        let like = format!("lost-{run}-%");
+        client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&like]).await.unwrap();
+    }
 
     /// Issue 10 A4: two instances sharing one database, each with its own `marker_table` and
     /// `fence_table`: each writes only its own tables and never sees the other's markers.
