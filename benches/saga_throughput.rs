@@ -591,10 +591,11 @@ fn memory_curve(rt: &Runtime, total: u64, budget: Duration) {
         let archiver = {
             let (exec, journal, index, root) = (exec.clone(), journal.clone(), index.clone(), dir.path().to_owned());
             tokio::spawn(async move {
-                let mut last = 0;
+                let (mut last, no_retention) =
+                    (0, sagalog::config::IndexConfig { retention_hours: 0, ..Default::default() });
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match sagalog::node::archive_pass(&exec, &journal, &index, &root, 0, last).await {
+                    match sagalog::node::archive_pass(&exec, &journal, &index, &root, &no_retention, last).await {
                         Ok(lsn) => last = lsn,
                         Err(e) => panic!("checkpoint pass failed: {e}"),
                     }
@@ -760,8 +761,9 @@ fn pg_tables() -> (String, String, String) {
     (format!("bench_items_{run}"), format!("bench_markers_{run}"), format!("bench_fences_{run}"))
 }
 
-/// `sagas` 3-step sagas through sagalog on a PostgreSQL participant, 64 closed-loop clients.
-fn pg_engine_sagas(rt: &Runtime, sagas: u64) -> Duration {
+/// `sagas` 3-step sagas through sagalog on a PostgreSQL participant, 64 closed-loop clients,
+/// with the participant's group commit on or off.
+fn pg_engine_sagas(rt: &Runtime, sagas: u64, group_commit: bool) -> Duration {
     let conninfo = pg_conninfo();
     let (items, markers, fences) = pg_tables();
     let admin = rt.block_on(pg_client(&conninfo));
@@ -775,6 +777,7 @@ fn pg_engine_sagas(rt: &Runtime, sagas: u64) -> Duration {
 kind = "postgres"
 url = "{conninfo}"
 pool_size = {PG_POOL_SIZE}
+group_commit = {group_commit}
 marker_table = "{markers}"
 fence_table = "{fences}"
 
@@ -863,8 +866,16 @@ fn pg_direct_sagas(rt: &Runtime, sagas: u64) -> Duration {
     })
 }
 
-/// Issue 13 item 7 on PostgreSQL: engine and direct rounds alternating.
+/// Issue 13 item 7 on PostgreSQL: engine and direct rounds alternating, with the group commit
+/// on (the default), then off.
 fn cross_check_postgres(rt: &Runtime, rounds: usize) {
     let sagas = CLIENTS as u64 * 16;
-    cross_check("postgres", rounds, sagas, || pg_engine_sagas(rt, sagas), || pg_direct_sagas(rt, sagas));
+    cross_check("postgres", rounds, sagas, || pg_engine_sagas(rt, sagas, true), || pg_direct_sagas(rt, sagas));
+    cross_check(
+        "postgres, group_commit = false",
+        rounds,
+        sagas,
+        || pg_engine_sagas(rt, sagas, false),
+        || pg_direct_sagas(rt, sagas),
+    );
 }

@@ -146,7 +146,7 @@ impl Node {
 
     /// Every `checkpoint_interval_ms`: flush the index, write a checkpoint at the oldest LSN
     /// still needed, let the journal delete the segments below it, purge sagas older than the
-    /// retention, and ask sagas that pin the checkpoint too far back to re-journal their
+    /// retention (`retention_hours`, `retention_sagas_max`), and ask sagas that pin the checkpoint too far back to re-journal their
     /// state (`index.snapshot_lag_records`). The order matters: a segment is deleted only after the index holding its
     /// finished sagas is durable and the checkpoint says recovery no longer needs it.
     fn spawn_archiver(&self, data_dir: Arc<DataDir>) -> tokio::task::JoinHandle<()> {
@@ -157,7 +157,7 @@ impl Node {
             let mut last = 0;
             loop {
                 tokio::time::sleep(every).await;
-                match archive_pass(&executor, &journal, &index, data_dir.root(), config.retention_hours, last).await {
+                match archive_pass(&executor, &journal, &index, data_dir.root(), &config, last).await {
                     Ok(lsn) => last = lsn,
                     Err(Error::Journal(journal::Error::Closed | journal::Error::Poisoned { .. })) => return,
                     Err(e) => tracing::error!(error = %e, "checkpoint failed; the journal keeps its segments"),
@@ -237,7 +237,7 @@ pub async fn archive_pass(
     journal: &Journal,
     index: &Index,
     data_dir: &Path,
-    retention_hours: u64,
+    retention: &crate::config::IndexConfig,
     last_lsn: u64,
 ) -> Result<u64, Error> {
     let lsn = executor.checkpoint_lsn();
@@ -263,11 +263,21 @@ pub async fn archive_pass(
         let deleted = journal.truncate_before(lsn).await?;
         tracing::debug!(lsn, deleted, "checkpoint written");
     }
-    if retention_hours > 0 {
+    if retention.retention_hours > 0 {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let purged = index.purge_finished_before(now_ms.saturating_sub(retention_hours * 3_600_000))?;
+        let purged = index.purge_finished_before(now_ms.saturating_sub(retention.retention_hours * 3_600_000))?;
         if purged > 0 {
             tracing::info!(purged, "purged finished sagas past their retention");
+        }
+    }
+    if retention.retention_sagas_max > 0 {
+        let purged = index.purge_beyond_count(retention.retention_sagas_max)?;
+        if purged > 0 {
+            tracing::debug!(
+                purged,
+                kept = retention.retention_sagas_max,
+                "purged finished sagas beyond retention_sagas_max"
+            );
         }
     }
     Ok(lsn.max(last_lsn))

@@ -15,6 +15,11 @@ pub const SNAPSHOT_LAG_RECORDS_DEFAULT: u64 = 100_000;
 pub struct IndexConfig {
     /// Finished sagas older than this are purged from the index (0 keeps them forever).
     pub retention_hours: u64,
+    /// The most finished sagas the index keeps: beyond it, those that finished first are
+    /// purged at each checkpoint (0, the default, sets no limit; `retention_hours` applies
+    /// either way). With it the index, and the memory sled keeps for it, stay bounded however
+    /// many sagas finish within the retention time.
+    pub retention_sagas_max: u64,
     /// How often finished sagas are checkpointed so the journal can drop old segments.
     pub checkpoint_interval_ms: u64,
     /// The most memory the index's page cache may use, in bytes. The index holds every
@@ -32,6 +37,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             retention_hours: 30 * 24,
+            retention_sagas_max: 0,
             checkpoint_interval_ms: 5_000,
             cache_bytes_max: CACHE_BYTES_DEFAULT,
             snapshot_lag_records: SNAPSHOT_LAG_RECORDS_DEFAULT,

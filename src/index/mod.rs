@@ -48,6 +48,9 @@ const FINISH_PREFIX_BYTES: usize = size_of::<u64>();
 const SAGAS_TREE: &str = "sagas";
 /// Key, in sled's default tree, of the mark set by [`Index::mark_indexed_through`].
 const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through_lsn";
+/// Meta key (default tree): the latest finish time of a purged saga, milliseconds, 8 bytes
+/// big-endian ([`Index::purged_through_ms`]).
+const PURGED_THROUGH_KEY: &[u8] = b"purged_through_ms";
 const BY_FINISH_TREE: &str = "by_finish";
 
 /// Why the index could not answer.
@@ -228,23 +231,58 @@ impl Index {
 
     /// Removes every saga that finished before `cutoff_ms` from both trees; returns how many.
     pub fn purge_finished_before(&self, cutoff_ms: u64) -> Result<u64, Error> {
-        let end = cutoff_ms.to_be_bytes();
-        let mut purged = 0u64;
-        loop {
+        self.purge_oldest(Some(cutoff_ms), u64::MAX)
+    }
+
+    /// Removes the sagas that finished first until at most `keep` remain (config key
+    /// `[index] retention_sagas_max`); returns how many it removed.
+    pub fn purge_beyond_count(&self, keep: u64) -> Result<u64, Error> {
+        let archived: u64 = self.archived_counts().values().sum();
+        match archived.saturating_sub(keep) {
+            0 => Ok(0),
+            excess => self.purge_oldest(None, excess),
+        }
+    }
+
+    /// The latest finish time of a saga purged from this index (by either retention), or
+    /// `None` if none was: a marker of a saga the index does not know, applied no later than
+    /// this, may be a purged saga's.
+    pub fn purged_through_ms(&self) -> Result<Option<u64>, Error> {
+        let Some(bytes) = self.db.get(PURGED_THROUGH_KEY).map_err(|e| self.storage_error(e))? else {
+            return Ok(None);
+        };
+        let mark = <[u8; 8]>::try_from(bytes.as_ref())
+            .map_err(|_| Error::BadMark { path: self.path.clone(), len: bytes.len() })?;
+        Ok(Some(u64::from_be_bytes(mark)))
+    }
+
+    /// Removes up to `most` sagas, first finished first, that finished before `cutoff_ms`
+    /// (any, without one), and raises the purged-through mark over them.
+    fn purge_oldest(&self, cutoff_ms: Option<u64>, most: u64) -> Result<u64, Error> {
+        let end = cutoff_ms.map_or(Bound::Unbounded, |cutoff| Bound::Excluded(cutoff.to_be_bytes().to_vec()));
+        // Keys scanned (the loop's bound: a saga re-put since its scan is not removed) and
+        // sagas removed.
+        let (mut scanned, mut purged) = (0u64, 0u64);
+        while scanned < most {
+            let take = usize::try_from(most - scanned).unwrap_or(usize::MAX).min(PURGE_BATCH);
             let keys: Vec<sled::IVec> = self
                 .by_finish
-                .range(..end)
+                .range::<Vec<u8>, _>((Bound::Unbounded, end.clone()))
                 .keys()
-                .take(PURGE_BATCH)
+                .take(take)
                 .collect::<Result<_, _>>()
                 .map_err(|e| self.storage_error(e))?;
-            if keys.is_empty() {
-                break;
-            }
+            let Some(last) = keys.last() else { break };
+            let (through_ms, _) = self.split_finish_key(last)?;
             let mut batch = Vec::with_capacity(keys.len());
             for key in &keys {
                 let (_, id) = self.split_finish_key(key)?;
                 batch.push((key.clone(), id.to_owned()));
+            }
+            // The mark first: a crash between the two leaves a mark a little ahead of the
+            // purge, which only makes the audit count a few more markers as purged sagas'.
+            if self.purged_through_ms()?.is_none_or(|marked| marked < through_ms) {
+                self.db.insert(PURGED_THROUGH_KEY, &through_ms.to_be_bytes()).map_err(|e| self.storage_error(e))?;
             }
             // Purging decodes nothing, so it never aborts.
             let result = (&self.sagas, &self.by_finish).transaction(
@@ -260,6 +298,7 @@ impl Index {
                     Ok(removed)
                 },
             );
+            scanned += keys.len() as u64;
             purged += match result {
                 Ok(removed) => {
                     let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -274,7 +313,7 @@ impl Index {
                 Err(TransactionError::Abort(never)) => match never {},
             };
         }
-        tracing::debug!(index = %self.path.display(), cutoff_ms, purged, "purged finished sagas");
+        tracing::debug!(index = %self.path.display(), ?cutoff_ms, purged, "purged finished sagas");
         Ok(purged)
     }
 

@@ -296,6 +296,9 @@ pub trait Sources: Send + Sync + 'static {
         let _ = id;
         Ok(None)
     }
+    /// The latest finish time of a saga purged from the index (`Index::purged_through_ms`):
+    /// a marker of an unknown saga applied no later than this is a purged saga's.
+    fn purged_through_ms(&self) -> Result<Option<u64>, Error>;
     /// Whether the server runs while the audit reads: file participants then have writes in
     /// flight, whose temporary files are not leftovers.
     fn online(&self) -> bool {
@@ -325,6 +328,9 @@ impl Sources for Offline {
     }
     fn acked_lsn(&self) -> Option<u64> {
         None
+    }
+    fn purged_through_ms(&self) -> Result<Option<u64>, Error> {
+        Ok(self.index.index().purged_through_ms()?)
     }
     fn journal(&self, upto: Option<u64>) -> Result<history::Everything, Error> {
         history::everything_upto(&self.journal_dir, crate::wal_format::FIRST_LSN, upto)
@@ -439,7 +445,8 @@ pub async fn audit_with(setup: Setup, sources: Arc<dyn Sources>) -> Result<Audit
     let retention_hours = catalog.config.index.retention_hours;
     let instance = std::fs::read_to_string(report.data_dir.join(crate::node::INSTANCE_FILE)).ok();
     let instance = instance.as_deref().map(|text| text.trim_end_matches('\n'));
-    let markers = classify_markers(entries, &known, instance, retention_hours, &mut report);
+    let purged_through_ms = sources.purged_through_ms()?;
+    let markers = classify_markers(entries, &known, instance, retention_hours, purged_through_ms, &mut report);
     let root = report.data_dir.clone();
     let in_flight = sources.online().then_some(&finished);
     fs_leftovers(&catalog, &root, &unreadable, in_flight, &mut report);
@@ -670,12 +677,15 @@ fn classify_markers(
     known: &BTreeMap<String, Option<String>>,
     instance: Option<&str>,
     retention_hours: u64,
+    purged_through_ms: Option<u64>,
     report: &mut AuditReport,
 ) -> BTreeMap<String, BTreeSet<StepKey>> {
     let mut markers: BTreeMap<String, BTreeSet<StepKey>> = BTreeMap::new();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    // Markers older than the retention belong to sagas the index has purged.
-    let purge_cutoff_ms = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
+    // Markers older than the retention, or applied no later than the last purged saga
+    // finished (`retention_sagas_max` purges by count), belong to sagas the index has purged.
+    let by_age = (retention_hours > 0).then(|| now_ms.saturating_sub(retention_hours * 3_600_000));
+    let purge_cutoff_ms = by_age.max(purged_through_ms.map(|through| through.saturating_add(1)));
     for (name, entries) in listed {
         let set = markers.entry(name.clone()).or_default();
         for MarkerEntry { key, applied_at_ms } in entries {

@@ -116,8 +116,7 @@ impl Offline {
     /// Writes a checkpoint (letting the journal drop what the index now holds), flushes the
     /// index and closes the journal, which releases the data directory.
     pub async fn close(self) -> Result<(), Error> {
-        let retention = self.catalog.config.index.retention_hours;
-        archive_pass(&self.executor, &self.journal, &self.index, &self.root, retention, 0).await?;
+        archive_pass(&self.executor, &self.journal, &self.index, &self.root, &self.catalog.config.index, 0).await?;
         self.index.flush()?;
         self.journal.shutdown().await?;
         Ok(())

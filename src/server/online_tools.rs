@@ -103,6 +103,9 @@ impl ops::audit::Sources for Live {
     fn archived_one(&self, id: &str) -> Result<Option<SagaRecord>, ops::Error> {
         Ok(self.index.get(id)?)
     }
+    fn purged_through_ms(&self) -> Result<Option<u64>, ops::Error> {
+        Ok(self.index.purged_through_ms()?)
+    }
     fn online(&self) -> bool {
         true
     }

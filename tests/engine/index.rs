@@ -342,6 +342,38 @@ fn purge_removes_exactly_the_old_ones() {
     assert_eq!(raw_tree_lens(dir.path()), (300, 300));
 }
 
+/// Retention by count (`[index] retention_sagas_max`): the sagas that finished first go until
+/// at most the limit remain, from both trees, over several purge batches; the purged-through
+/// mark says how far it went (the audit's line between purged sagas' markers and orphans), and
+/// it survives a reopen.
+#[test]
+fn purge_beyond_count_keeps_the_newest_and_marks_how_far_it_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = open(dir.path());
+    assert_eq!(index.purged_through_ms().unwrap(), None);
+    for i in 0..700u64 {
+        index.put(&completed(&format!("c{i:03}"), 1000 + i)).unwrap();
+    }
+    assert_eq!(index.purge_beyond_count(1000).unwrap(), 0, "under the limit nothing goes");
+    assert_eq!(index.purge_beyond_count(100).unwrap(), 600);
+    assert_eq!(index.purge_beyond_count(100).unwrap(), 0);
+    assert_eq!(index.purged_through_ms().unwrap(), Some(1599));
+    assert!(!index.contains("c599").unwrap());
+    assert!(index.contains("c600").unwrap());
+    assert_eq!(index.archived_counts().values().sum::<u64>(), 100);
+    let listed = list_all(&index, &ListFilter::default(), 1000);
+    assert_eq!(listed, (600..700).map(|i| format!("c{i:03}")).collect::<Vec<_>>());
+    // The age retention raises the same mark, never lowers it.
+    assert_eq!(index.purge_finished_before(1650).unwrap(), 50);
+    assert_eq!(index.purged_through_ms().unwrap(), Some(1649));
+    assert_eq!(index.purge_finished_before(10).unwrap(), 0);
+    assert_eq!(index.purged_through_ms().unwrap(), Some(1649));
+    index.flush().unwrap();
+    drop(index);
+    assert_eq!(raw_tree_lens(dir.path()), (50, 50));
+    assert_eq!(open(dir.path()).purged_through_ms().unwrap(), Some(1649));
+}
+
 /// Everything put and flushed is there after the index is dropped and opened again.
 #[test]
 fn reopen_keeps_everything() {

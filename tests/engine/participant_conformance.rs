@@ -798,6 +798,14 @@ mod sqlite {
             v.sort();
             v
         };
+        // The writer's last connection closes on a blocking thread after the drop (checkpointing
+        // and removing `-wal` and `-shm`): wait for that, or it races the comparison below.
+        for _ in 0..500 {
+            if files().iter().all(|(name, _)| !name.ends_with("-wal") && !name.ends_with("-shm")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let before = files();
         let ro = Sqlite::open_read_only("sqlite", &path, 2).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());

@@ -62,6 +62,11 @@ async fn run_sagas(node: &Node, prefix: &str) {
     }
 }
 
+/// No purge by age or count.
+fn no_retention() -> sagalog::config::IndexConfig {
+    sagalog::config::IndexConfig { retention_hours: 0, ..Default::default() }
+}
+
 /// A data directory as a server leaves it: sagas `a*` finished and covered by a checkpoint
 /// (whose segments were deleted), then sagas `b*` finished after it, spread over at least
 /// three segments, and a clean shutdown. Returns the config path.
@@ -70,7 +75,7 @@ async fn healthy(dir: &Path) -> PathBuf {
     std::fs::write(&config, CONFIG).unwrap();
     let mut node = Node::start(dir, Some(&config)).await.unwrap();
     run_sagas(&node, "a").await;
-    archive_pass(&node.executor, &node.journal, &node.index, dir, 0, 0).await.unwrap();
+    archive_pass(&node.executor, &node.journal, &node.index, dir, &no_retention(), 0).await.unwrap();
     run_sagas(&node, "b").await;
     node.shutdown().await.unwrap();
     drop(node);
