@@ -13,6 +13,10 @@
 //!   `retryable`, `permanent` (retries are the `retryable` ones);
 //! - `breaker_state{participant}` (0 closed, 1 half-open, 2 open), and the same as one series
 //!   per state, `circuit_breaker_state{participant,state}` (1 for the current state, else 0);
+//! - `participant_group_commits_total{participant}` and
+//!   `participant_group_commit_steps_total{participant}`: a SQL participant's group commits
+//!   (batches) and the steps they held; their ratio is the steps that shared one commit
+//!   (SQLite, DuckDB, and PostgreSQL with `group_commit` on);
 //! - `journal_fsync_seconds` (histogram), `journal_batch_records` (histogram of records per
 //!   group commit), `journal_lsn` (gauge), `journal_poisoned` (gauge: 1 once a write or fsync
 //!   failure poisoned the journal);
@@ -58,6 +62,9 @@ pub struct Metrics {
     pub step_attempts: Family<Labels, Counter>,
     pub breaker_state: Family<Labels, Gauge>,
     pub circuit_breaker_state: Family<Labels, Gauge>,
+    /// Set from the participants' own counts right before a scrape.
+    pub group_commits: Family<Labels, Counter>,
+    pub group_commit_steps: Family<Labels, Counter>,
     pub journal_fsync: Histogram,
     pub journal_batch_records: Histogram,
     pub journal_lsn: Gauge,
@@ -131,6 +138,18 @@ impl Metrics {
             "Circuit breaker state per participant, one series per state (closed, half-open, open): 1 for the current state",
             circuit_breaker_state.clone(),
         );
+        let group_commits = Family::<Labels, Counter>::default();
+        registry.register(
+            "participant_group_commits",
+            "Group commits (batches of steps in one transaction) per SQL participant",
+            group_commits.clone(),
+        );
+        let group_commit_steps = Family::<Labels, Counter>::default();
+        registry.register(
+            "participant_group_commit_steps",
+            "Steps run in group commits per SQL participant (divided by the group commits: steps per commit)",
+            group_commit_steps.clone(),
+        );
         let features: &str = if cfg!(feature = "duckdb") { "duckdb" } else { "" };
         registry.register(
             "build",
@@ -173,6 +192,8 @@ impl Metrics {
             step_attempts,
             breaker_state,
             circuit_breaker_state,
+            group_commits,
+            group_commit_steps,
             grpc_requests,
             grpc_duration,
             http_requests,

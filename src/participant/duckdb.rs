@@ -251,6 +251,10 @@ impl Participant for Duckdb {
         Kind::Duckdb
     }
 
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        Some(self.group.counts())
+    }
+
     fn apply<'a>(&'a self, key: &'a StepKey, attempt: u32, op: &'a Operation) -> BoxFuture<'a, Result<Applied, Error>> {
         Box::pin(async move { self.apply_with_outputs(key, attempt, op).await.map(|(applied, _)| applied) })
     }

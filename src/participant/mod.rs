@@ -629,6 +629,12 @@ pub trait Participant: Send + Sync + 'static {
     fn outcome_durable(&self, key: &StepKey, attempt: u32) {
         let _ = (key, attempt);
     }
+    /// How many group commits this participant ran and the steps they held, if it
+    /// group-commits (SQLite, DuckDB, PostgreSQL with `group_commit` on); the metrics
+    /// `participant_group_commits_total` and `participant_group_commit_steps_total`.
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Stops the statement that attempt `attempt` of `key` runs now, because its saga was
     /// cancelled: SQLite's interrupt, PostgreSQL's cancel request (`participant/interrupt.rs`). Answers whether the attempt was running (and so was asked
     /// to stop). The attempt then ends with an error, or with its outcome if the statement had

@@ -337,6 +337,10 @@ impl Participant for Postgres {
         })
     }
 
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        self.group.as_ref().map(group::Group::counts)
+    }
+
     fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
         self.inner.running.interrupt(key, attempt)
     }

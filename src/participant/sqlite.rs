@@ -370,6 +370,10 @@ impl Participant for Sqlite {
         })
     }
 
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        Some(self.group.counts())
+    }
+
     fn interrupt(&self, key: &StepKey, attempt: u32) -> bool {
         self.running.interrupt(key, attempt)
     }

@@ -110,6 +110,17 @@ fn refresh_gauges(executor: &Executor) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         metrics.sagas.get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())]).set(n);
     }
+    for (name, participant) in executor.participants() {
+        if let Some((commits, steps)) = participant.group_commits() {
+            let labels = vec![("participant".to_owned(), name.clone())];
+            metrics.group_commits.get_or_create(&labels).inner().store(commits, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .group_commit_steps
+                .get_or_create(&labels)
+                .inner()
+                .store(steps, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     for (participant, state) in executor.breakers() {
         let value = match state {
             "open" => 2,

@@ -537,6 +537,7 @@ async fn metrics_come_in_both_formats_and_pass_promtool() {
     let mut grpc = sagas(server.addr, Some(CLIENT_TOKEN)).await;
     assert!(grpc.get(pb::GetRequest { saga_id: "m-none".into() }).await.is_err());
     grpc.get(pb::GetRequest { saga_id: "m-1".into() }).await.unwrap();
+    assert_eq!(http.settled("m-1").await["status"], "COMPLETED");
     let (status, headers, text) = http.raw("GET", "/metrics", None, None, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
@@ -559,6 +560,14 @@ async fn metrics_come_in_both_formats_and_pass_promtool() {
     ] {
         assert!(text.contains(family), "missing {family:?} in\n{text}");
     }
+    // The SQLite participant's group commits: m-1's step on it ran in one.
+    let value = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("missing {name} in\n{text}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    let commits = value("sagalog_participant_group_commits_total{participant=\"ledger\"}");
+    let steps = value("sagalog_participant_group_commit_steps_total{participant=\"ledger\"}");
+    assert!(commits >= 1 && steps >= commits, "ledger: {steps} steps in {commits} group commits");
     assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "OpenMetrics syntax in text 0.0.4");
     let accept = [("accept", "application/openmetrics-text; version=1.0.0")];
     let (_, headers, open) = http.raw("GET", "/metrics", None, None, &accept).await;
