@@ -68,6 +68,11 @@ pub(crate) struct Entered {
 }
 
 impl Entered {
+    /// The attempt registered.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Whether the step was interrupted (checked before each of its statements: an interrupt
     /// that arrived between two statements stops the next one).
     pub(crate) fn interrupted(&self) -> bool {

@@ -197,12 +197,29 @@ impl Inner {
         attempt: u32,
         statements: &[Statement],
     ) -> Result<(Applied, Outputs), Error> {
+        // Interruptible (a cancel request for this connection) while the step's own
+        // statements run. An interrupted step that failed answers that it was interrupted,
+        // whatever the failure (the cancel's own error, usually): a group commit that runs
+        // its steps again does not run this one again.
+        let entered = self.running.enter(key, attempt, tx.cancel_token());
+        let result = self.run_step_entered(tx, key, statements, &entered).await;
+        if result.is_err() && entered.interrupted() {
+            return Err(interrupted(&self.name, &Statement::context(key, 0, statements.len())));
+        }
+        result
+    }
+
+    async fn run_step_entered(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        key: &StepKey,
+        statements: &[Statement],
+        entered: &super::interrupt::Entered,
+    ) -> Result<(Applied, Outputs), Error> {
         let name = self.name.as_str();
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
-        // Interruptible (a cancel request for this connection) while the step's own
-        // statements run.
-        let entered = self.running.enter(key, attempt, tx.cancel_token());
+        let attempt = entered.attempt();
         let insert =
             format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
         let fence = fence_sql(&self.tables.fences);
@@ -245,7 +262,7 @@ impl Inner {
         for (i, statement) in statements.iter().enumerate() {
             let context = Statement::context(key, i, statements.len());
             if entered.interrupted() {
-                return Err(Error::retryable(name, format!("{context}: interrupted (the saga was cancelled)")));
+                return Err(interrupted(name, &context));
             }
             let stmt = tx.prepare_cached(&statement.sql).await.map_err(|e| classify(name, &context, &e))?;
             let params = bind(name, stmt.params(), &statement.args)?;
@@ -273,9 +290,21 @@ impl Inner {
                 .await
                 .map_err(|e| classify(name, "store the step's outputs with its marker", &e))?;
         }
-        drop(entered);
         Ok((Applied::Applied, outputs))
     }
+}
+
+/// What an interrupted step answers (retryable: its marker settles it).
+fn interrupted(name: &str, context: &str) -> Error {
+    Error::retryable(name, format!("{context}: {INTERRUPTED}"))
+}
+
+/// The end of an interrupted step's error message.
+const INTERRUPTED: &str = "interrupted (the saga was cancelled)";
+
+/// Whether `error` is a step's own interruption ([`interrupted`]).
+fn is_interrupted(error: &Error) -> bool {
+    error.kind == super::ErrorKind::Retryable && error.message.ends_with(INTERRUPTED)
 }
 
 /// Shows the name only: the conninfo may hold a password.

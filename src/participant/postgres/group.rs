@@ -4,24 +4,29 @@
 //! An `apply` queues its step ([`batch::Queue`], shared with SQLite's and DuckDB's group
 //! commit) and spawns a committer. Up to [`committers`] committers run at once, each on a
 //! pooled connection of its own; a committer takes up to `BATCH_MAX` queued steps and runs
-//! them in one READ COMMITTED transaction, each under its own `SAVEPOINT`:
+//! them in one READ COMMITTED transaction, in at most two passes:
 //!
-//! - a step runs exactly as it would alone (`Inner::run_step`: the key's advisory lock, the
-//!   fence check, the marker insert, its statements); its savepoint is released when it
-//!   answers `Applied` and rolled back otherwise (`AlreadyApplied`, fenced off, or any error,
-//!   which PostgreSQL confines to the savepoint), so a failing step fails alone and the
-//!   transaction goes on;
-//! - the savepoint commands travel pipelined with the next step's first round trip, so a step
-//!   costs the round trips it would cost alone, less its `BEGIN` and `COMMIT`;
-//! - one `COMMIT` ends the batch, and only then is any step answered "applied";
+//! - **the pipelined pass**: every step at once, each exactly as it would run alone
+//!   (`Inner::run_step`: the key's advisory lock, the fence check, the marker insert, its
+//!   statements), their statements in flight together on the one connection, no savepoints.
+//!   Steps that all succeed (applied, or already applied: that inserts nothing) end with one
+//!   `COMMIT`, and only then is any step answered "applied". A batch costs about the round
+//!   trips of one step, and the transaction holds no subtransaction;
+//! - **the savepoint pass**, when a step of the first failed: that transaction is rolled back
+//!   (PostgreSQL aborts a transaction at its first error) and every step runs again, one after
+//!   the other, each under its own `SAVEPOINT`: released when the step answers `Applied`,
+//!   rolled back otherwise (already applied, fenced off, or any error, which PostgreSQL
+//!   confines to the savepoint), so a failing step fails alone and the others commit. The
+//!   savepoint commands travel pipelined with the next step's first round trip. A step
+//!   interrupted by a cancel in the first pass keeps that answer and does not run again;
 //! - a savepoint command that fails (the connection went, or a cancel request meant for a
 //!   step landed on it) loses the transaction: it is never committed, the steps it kept and
 //!   those not run yet are answered retryable, and their markers settle them;
-//! - a `COMMIT` the server refuses (a deferred constraint or trigger of one of the steps) has
-//!   rolled the whole transaction back: each step it kept runs again in a transaction of its
-//!   own, so that only the step at fault fails. A `COMMIT` whose answer was lost (the
-//!   connection closed) may have happened: its steps are answered retryable, in doubt, and the
-//!   fencing lookup settles them.
+//! - a `COMMIT` the server refuses with an ERROR (a deferred constraint or trigger of one of
+//!   the steps) has rolled the whole transaction back: each step it held runs again in a
+//!   transaction of its own, so that only the step at fault fails. A `COMMIT` whose answer was
+//!   lost (the connection closed, or a FATAL) may have happened: its steps are answered
+//!   retryable, in doubt, and the fencing lookup settles them.
 //!
 //! The committer is a task of its own: dropping an `apply` future (a step timeout) neither
 //! strands its step in the queue nor cuts a transaction short, and the fencing lookup, which
@@ -36,7 +41,8 @@
 //!
 //! Never does: answer "applied" before the commit, commit a transaction in which any command
 //! failed outside a rolled-back savepoint (PostgreSQL would answer such a `COMMIT` with a
-//! silent `ROLLBACK`), or keep the work of a step that failed.
+//! silent `ROLLBACK`: the pipelined pass commits only when every step succeeded, the savepoint
+//! pass only when every savepoint command did), or keep the work of a step that failed.
 
 use std::sync::Arc;
 
@@ -107,17 +113,95 @@ impl Group {
     }
 }
 
+/// Answers, one per step, in order.
+type Answers = Vec<Result<(Applied, Outputs), Error>>;
+
+/// How a pass ended.
+enum PassEnd {
+    /// Every step answered.
+    Done(Answers),
+    /// The server refused the `COMMIT` and rolled everything back: the steps at these
+    /// positions were applied in the pass and must run again, each alone.
+    Refused(Answers, Vec<usize>),
+    /// A step failed and took the transaction with it (the first pass only): nothing
+    /// committed; the steps answered here (interrupted ones) must not run again.
+    Failed(Vec<Option<Result<(Applied, Outputs), Error>>>),
+}
+
 impl Inner {
     /// Runs `steps` in one transaction (see the module doc); answers each, in order.
-    async fn run_batch(&self, steps: &[BatchStep]) -> Vec<Result<(Applied, Outputs), Error>> {
-        let name = self.name.as_str();
+    async fn run_batch(&self, steps: &[BatchStep]) -> Answers {
         let mut client = match self.client().await {
             Ok(client) => client,
             Err(e) => return vec![Err(e); steps.len()],
         };
-        let tx = match begin(name, &mut client).await {
+        let all: Vec<&BatchStep> = steps.iter().collect();
+        let (mut results, again) = match self.pipelined_pass(&mut client, &all).await {
+            PassEnd::Done(results) => return results,
+            PassEnd::Refused(results, again) => (results, again),
+            PassEnd::Failed(mut earlier) => {
+                // Every step runs again under a savepoint of its own, but an interrupted one
+                // (its saga was cancelled).
+                let rerun: Vec<usize> = (0..steps.len()).filter(|&i| earlier[i].is_none()).collect();
+                let subset: Vec<&BatchStep> = rerun.iter().map(|&i| &steps[i]).collect();
+                let (results, again) = match self.savepoint_pass(&mut client, &subset).await {
+                    PassEnd::Done(results) => (results, Vec::new()),
+                    PassEnd::Refused(results, again) => (results, again.into_iter().map(|j| rerun[j]).collect()),
+                    PassEnd::Failed(_) => unreachable_failed(&self.name, subset.len()),
+                };
+                for (&i, result) in rerun.iter().zip(results) {
+                    earlier[i] = Some(result);
+                }
+                let bug = || Err(Error::retryable(&self.name, "bug: a group commit left a step unanswered"));
+                (earlier.into_iter().map(|r| r.unwrap_or_else(bug)).collect(), again)
+            }
+        };
+        // The refused commit: each step it held runs again alone, on a connection of its own
+        // (this one goes back first: a pool of one would otherwise wait for itself).
+        drop(client);
+        for i in again {
+            let step = &steps[i];
+            results[i] = self.apply_sql(&step.key, step.attempt, &step.statements).await;
+        }
+        results
+    }
+
+    /// The first pass: every step at once, pipelined on the connection (their statements in
+    /// flight together; PostgreSQL runs them in arrival order), in one transaction without
+    /// savepoints, then `COMMIT`. A step that fails rolls the transaction back.
+    async fn pipelined_pass(&self, client: &mut deadpool_postgres::Object, steps: &[&BatchStep]) -> PassEnd {
+        let name = self.name.as_str();
+        let tx = match begin(name, client).await {
             Ok(tx) => tx,
-            Err(e) => return vec![Err(e); steps.len()],
+            Err(e) => return PassEnd::Done(vec![Err(e); steps.len()]),
+        };
+        let results: Answers = futures_util::future::join_all(
+            steps.iter().map(|step| self.run_step(&tx, &step.key, step.attempt, &step.statements)),
+        )
+        .await;
+        if results.iter().any(Result::is_err) {
+            // Dropping the transaction rolls it back before the connection runs anything else.
+            drop(tx);
+            return PassEnd::Failed(
+                results.into_iter().map(|r| r.err().filter(super::is_interrupted).map(Err)).collect(),
+            );
+        }
+        let kept: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Ok((Applied::Applied, _))))
+            .map(|(i, _)| i)
+            .collect();
+        commit(name, tx, results, kept).await
+    }
+
+    /// The fallback pass: the steps one after the other, each under its own savepoint, in
+    /// one transaction (see the module doc). Never `Failed`.
+    async fn savepoint_pass(&self, client: &mut deadpool_postgres::Object, steps: &[&BatchStep]) -> PassEnd {
+        let name = self.name.as_str();
+        let tx = match begin(name, client).await {
+            Ok(tx) => tx,
+            Err(e) => return PassEnd::Done(vec![Err(e); steps.len()]),
         };
         let mut results = Vec::with_capacity(steps.len());
         // The steps whose work the transaction holds, answered once it commits.
@@ -169,28 +253,39 @@ impl Inner {
             for &i in &kept {
                 results[i] = Err(e.clone());
             }
-            return results;
+            return PassEnd::Done(results);
         }
-        let Err(e) = tx.commit().await else { return results };
-        if client.is_closed() || e.as_db_error().is_none() {
-            // The answer was lost: the commit may have happened. Retryable, whatever the
-            // failure: the next attempt's lookup or marker check settles each step.
-            let e = classify(name, "commit (of a group commit)", &e);
-            let e = Error::retryable(name, format!("{}; the commit may have happened", e.message));
-            for &i in &kept {
-                results[i] = Err(e.clone());
-            }
-            return results;
-        }
-        // The server refused the commit and rolled everything back: each step it held runs
-        // again alone, so that the one at fault fails alone.
-        drop(client);
-        for &i in &kept {
-            let step = &steps[i];
-            results[i] = self.apply_sql(&step.key, step.attempt, &step.statements).await;
-        }
-        results
+        commit(name, tx, results, kept).await
     }
+}
+
+/// Commits a pass whose steps all ran: the steps in `kept` (applied) are answered by the
+/// commit; the others keep their answers. A commit whose answer was lost may have happened:
+/// its steps are answered retryable (the next attempt's marker check settles each). A commit
+/// the server refused rolled everything back: `Refused`.
+async fn commit(name: &str, tx: deadpool_postgres::Transaction<'_>, mut results: Answers, kept: Vec<usize>) -> PassEnd {
+    let Err(e) = tx.commit().await else { return PassEnd::Done(results) };
+    // Only an ERROR answered to the COMMIT (not FATAL: the session ends with it) rolled back
+    // for sure.
+    let refused =
+        e.as_db_error().is_some_and(|db| db.parsed_severity() == Some(tokio_postgres::error::Severity::Error));
+    if !refused || e.is_closed() {
+        let e = classify(name, "commit (of a group commit)", &e);
+        let e = Error::retryable(name, format!("{}; the commit may have happened", e.message));
+        for &i in &kept {
+            results[i] = Err(e.clone());
+        }
+        return PassEnd::Done(results);
+    }
+    PassEnd::Refused(results, kept)
+}
+
+/// `savepoint_pass` never answers `Failed`; were it to, its steps are answered retryable.
+fn unreachable_failed(name: &str, steps: usize) -> (Answers, Vec<usize>) {
+    (
+        vec![Err(Error::retryable(name, "bug: the savepoint pass of a group commit failed as a whole")); steps],
+        Vec::new(),
+    )
 }
 
 /// The error of every step of a transaction lost to a failed savepoint command: retryable
