@@ -220,35 +220,27 @@ impl Inner {
         let markers = &self.tables.markers;
         let step = step_param(name, key.step)?;
         let attempt = entered.attempt();
-        let insert =
-            format!("INSERT INTO {markers} (saga_id, step, direction) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
-        let fence = fence_sql(&self.tables.fences);
-        let (lock, fence, insert) =
-            tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&fence), tx.prepare_cached(&insert))
-                .map_err(|e| classify(name, "prepare the marker statements", &e))?;
-        // One round trip: the lock, the fence check and the marker insert are sent together
-        // (pipelined, in this order; see `LOCK_SQL`). A fenced-off attempt rolls the marker
-        // insert back with everything else.
+        let claim = claim_sql(markers, &self.tables.fences);
+        let (lock, claim) = tokio::try_join!(tx.prepare_cached(LOCK_SQL), tx.prepare_cached(&claim))
+            .map_err(|e| classify(name, "prepare the marker statements", &e))?;
+        // One round trip: the lock, then the fence check with the marker insert, sent together
+        // (pipelined, in this order; see `LOCK_SQL`).
         let direction = key.direction.as_str();
-        let (_, fence, inserted) = tokio::try_join!(
+        let (_, claimed) = tokio::try_join!(
             biased;
             async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
             async {
-                tx.query_one(&fence, &[&&*key.marker_id(), &step, &direction])
+                tx.query_one(&claim, &[&&*key.marker_id(), &step, &direction, &i64::from(attempt)])
                     .await
-                    .map_err(|e| classify(name, "look up fence", &e))
-            },
-            async {
-                tx.execute(&insert, &[&&*key.marker_id(), &step, &direction])
-                    .await
-                    .map_err(|e| classify(name, "insert marker", &e))
+                    .map_err(|e| classify(name, "look up fence and insert marker", &e))
             },
         )?;
-        if let Some(through) = fenced_row(name, key, &fence)?
+        if let Some(through) = fenced_row(name, key, &claimed)?
             && through >= attempt
         {
             return Err(fenced_off(name, key, attempt, through));
         }
+        let inserted: i64 = claimed.try_get(1).map_err(|e| classify(name, "insert marker", &e))?;
         if inserted == 0 {
             // The marker existed: answer the outputs stored with it, if the step has any.
             let outputs = if statements.iter().any(|s| !s.returns.is_empty()) {
@@ -572,6 +564,20 @@ async fn begin<'a>(name: &str, client: &'a mut Object) -> Result<deadpool_postgr
 /// everything that committed while the lock was awaited (`tests/engine/late_commit.rs` tests
 /// both orders).
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// A step's claim, one statement: the highest attempt of the key ($1-$3) a fencing lookup
+/// fenced off (NULL if none), and how many marker rows it inserted (0 or 1): the marker is
+/// inserted unless attempt $4 is fenced off or the marker exists. Sent right after `LOCK_SQL`,
+/// so its snapshot sees every fence and marker committed while the lock was awaited.
+fn claim_sql(markers: &str, fences: &str) -> String {
+    format!(
+        "WITH fence AS (SELECT max(through_attempt) AS through FROM {fences} \
+         WHERE saga_id = $1 AND step = $2 AND direction = $3), \
+         marker AS (INSERT INTO {markers} (saga_id, step, direction) SELECT $1, $2, $3 FROM fence \
+         WHERE fence.through IS NULL OR fence.through < $4 ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT (SELECT through FROM fence), (SELECT count(*) FROM marker)"
+    )
+}
 
 /// The highest attempt of a key ($1-$3) a fencing lookup fenced off: one row, NULL if none.
 fn fence_sql(fences: &str) -> String {
