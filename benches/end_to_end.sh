@@ -10,6 +10,9 @@
 #
 # Scratch data goes under $SAGALOG_BENCH_DIR (default: a new directory in /tmp; never a tmpfs).
 # Ports 50061/50062 must be free. Takes about 12 minutes on 2 vCPUs.
+#
+# SAGALOG_BENCH_RETAIN=N sets `[index] retention_sagas_max = N` (the index keeps the last N
+# finished sagas); SAGALOG_BENCH_ONLY=rss runs the RSS curve alone.
 set -euo pipefail
 BIN=${SAGALOG_BIN:-${CARGO_TARGET_DIR:-target}/release/sagalog}
 [ -x "$BIN" ] || { echo "no sagalog binary at $BIN: build with cargo build --release --no-default-features" >&2; exit 2; }
@@ -29,6 +32,10 @@ participant = "null"
 forward = { noop = true }
 compensate = { noop = true }
 TOML
+if [ -n "${SAGALOG_BENCH_RETAIN:-}" ]; then
+  printf '[index]\nretention_sagas_max = %d\n' "$SAGALOG_BENCH_RETAIN" >> "$WORK/bench.toml"
+fi
+ONLY=${SAGALOG_BENCH_ONLY:-all}
 PID=
 stop() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; PID=; }
 trap stop EXIT
@@ -52,10 +59,14 @@ rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$PID/status"; }
 
 serve info
 echo "sagalog $("$BIN" --version | cut -d' ' -f2), server pid $PID"; probe
-echo "== C=1, 20 s"; bench --clients 1 --duration 20s --json > "$WORK/c1.json"; summary "$WORK/c1.json"; probe
-echo "== C=64, 30 s"; bench --clients 64 --duration 30s --json > "$WORK/c64.json"; summary "$WORK/c64.json"; probe
-echo "== RSS, C=64 until 1M finished sagas"
-total=$(sagas "$WORK/c1.json" "$WORK/c64.json"); i=0
+total=0
+if [ "$ONLY" = all ]; then
+  echo "== C=1, 20 s"; bench --clients 1 --duration 20s --json > "$WORK/c1.json"; summary "$WORK/c1.json"; probe
+  echo "== C=64, 30 s"; bench --clients 64 --duration 30s --json > "$WORK/c64.json"; summary "$WORK/c64.json"; probe
+  total=$(sagas "$WORK/c1.json" "$WORK/c64.json")
+fi
+echo "== RSS, C=64 until 1M finished sagas${SAGALOG_BENCH_RETAIN:+ (retention_sagas_max = $SAGALOG_BENCH_RETAIN)}"
+i=0
 for target in 100000 250000 500000 1000000; do
   if [ "$total" -lt "$target" ]; then
     i=$((i + 1)); bench --clients 64 --sagas $((target - total)) --duration 1h --json > "$WORK/mem$i.json"
@@ -64,6 +75,7 @@ for target in 100000 250000 500000 1000000; do
   echo "at $total finished sagas: RSS $(rss)"
 done
 grep -E "VmHWM" "/proc/$PID/status"; du -sh "$WORK/d/index" "$WORK/d/journal"
+[ "$ONLY" = all ] || exit 0
 for level in info warn; do
   serve "$level"
   echo "== C=64, 20 s, RUST_LOG=$level"; bench --clients 64 --duration 20s --json > "$WORK/log-$level.json"; summary "$WORK/log-$level.json"

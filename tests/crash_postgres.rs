@@ -27,6 +27,8 @@
 
 #[path = "wal/common.rs"]
 mod common;
+#[path = "support/postgres.rs"]
+mod pg_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -41,7 +43,6 @@ use sagalog::api::pb;
 use sagalog::api::pb::sagas_client::SagasClient;
 use sagalog::engine::{SagaDefinition, StepCall, Value};
 
-const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 const TIME_BUDGET: Duration = Duration::from_secs(40);
 const ROUNDS_MAX: usize = 40;
 /// One in this many acknowledged sagas is cancelled right after its acknowledgement.
@@ -56,33 +57,6 @@ const FAIL_PAYLOAD: &str = "fail";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-fn postgres_conninfo() -> String {
-    std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
-}
-
-/// A direct client to the test server, or `None` (after a loud notice) when none answers.
-async fn postgres_client() -> Option<tokio_postgres::Client> {
-    let conninfo = postgres_conninfo();
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-    match connected {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            Some(client)
-        }
-        Err(e) if std::env::var("SAGALOG_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("SAGALOG_REQUIRE_POSTGRES=1 but no PostgreSQL at {conninfo:?}: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: PostgreSQL crash test: no PostgreSQL at {conninfo:?} ({e})");
-            None
-        }
-    }
 }
 
 /// This run's tables: the items the sagas insert, and the participant's marker and fence
@@ -111,7 +85,8 @@ impl Drop for Tables {
         let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&postgres_conninfo(), tokio_postgres::NoTls).await?;
+                let (client, connection) =
+                    tokio_postgres::connect(&pg_support::conninfo(), tokio_postgres::NoTls).await?;
                 tokio::spawn(connection);
                 client.batch_execute(&sql).await
             })
@@ -337,8 +312,8 @@ fn saga_of(stored: String) -> String {
 /// SIGKILLs of the server spread over many rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_torture_on_postgres_every_acknowledged_saga_finishes_exactly_once() {
-    let Some(admin) = postgres_client().await else { return };
-    let conninfo = postgres_conninfo();
+    let Some(admin) = pg_support::client("PostgreSQL crash test").await else { return };
+    let conninfo = pg_support::conninfo();
     let tables = Tables::fresh();
     admin
         .batch_execute(&format!(

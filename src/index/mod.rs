@@ -248,12 +248,7 @@ impl Index {
     /// `None` if none was: a marker of a saga the index does not know, applied no later than
     /// this, may be a purged saga's.
     pub fn purged_through_ms(&self) -> Result<Option<u64>, Error> {
-        let Some(bytes) = self.db.get(PURGED_THROUGH_KEY).map_err(|e| self.storage_error(e))? else {
-            return Ok(None);
-        };
-        let mark = <[u8; 8]>::try_from(bytes.as_ref())
-            .map_err(|_| Error::BadMark { path: self.path.clone(), len: bytes.len() })?;
-        Ok(Some(u64::from_be_bytes(mark)))
+        self.mark(PURGED_THROUGH_KEY)
     }
 
     /// Removes up to `most` sagas, first finished first, that finished before `cutoff_ms`
@@ -343,7 +338,12 @@ impl Index {
     /// The highest LSN passed to [`Index::mark_indexed_through`], or `None` if the index was
     /// never marked (new, written before the mark existed, or damaged).
     pub fn indexed_through_lsn(&self) -> Result<Option<u64>, Error> {
-        let Some(bytes) = self.db.get(INDEXED_THROUGH_KEY).map_err(|e| self.storage_error(e))? else {
+        self.mark(INDEXED_THROUGH_KEY)
+    }
+
+    /// The 8-byte big-endian number stored under meta key `key`, if any.
+    fn mark(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+        let Some(bytes) = self.db.get(key).map_err(|e| self.storage_error(e))? else {
             return Ok(None);
         };
         let mark = <[u8; 8]>::try_from(bytes.as_ref())

@@ -23,8 +23,6 @@ use sagalog::participant::{Direction, Participant, StepKey};
 
 use super::engine_support::finished;
 
-const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
 fn definition(id: &str) -> SagaDefinition {
     let call = |action: &str| StepCall { action: action.into(), params: BTreeMap::new(), from: Default::default() };
     SagaDefinition { id: id.into(), steps: vec![call("fast"), call("slow")] }
@@ -107,25 +105,8 @@ timeout_ms = 600000
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_interrupts_a_long_postgres_statement() {
-    let conninfo = std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned());
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-    let client = match connected {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            client
-        }
-        Err(e) if std::env::var("SAGALOG_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("SAGALOG_REQUIRE_POSTGRES=1 but no PostgreSQL at {conninfo:?}: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cancel interrupt test: no PostgreSQL at {conninfo:?} ({e})");
-            return;
-        }
-    };
+    let conninfo = crate::pg_support::conninfo();
+    let Some(client) = crate::pg_support::client("cancel interrupt test").await else { return };
     let run = format!("{:016x}", rand::random::<u64>());
     let table = format!("sagalog_interrupt_{run}");
     client.batch_execute(&format!("CREATE TABLE {table} (n bigint NOT NULL)")).await.unwrap();

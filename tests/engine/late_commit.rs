@@ -16,8 +16,6 @@ use sagalog::participant::postgres::Postgres;
 use sagalog::participant::sqlite::Sqlite;
 use sagalog::participant::{Applied, Direction, Operation, Participant, StepKey};
 
-const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
 fn suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -72,10 +70,6 @@ async fn sqlite_lookup_during_a_timed_out_apply_agrees_with_what_commits() {
     assert_eq!(rows, i64::from(present), "the effect and its marker commit together");
 }
 
-fn postgres_conninfo() -> String {
-    std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
-}
-
 /// `conninfo` with the sessions' default isolation made SERIALIZABLE, in either form
 /// `SAGALOG_TEST_POSTGRES` may take: key/value (`host=… user=…`) or a URL (`postgres://…`).
 fn with_serializable_default(conninfo: &str) -> String {
@@ -87,35 +81,13 @@ fn with_serializable_default(conninfo: &str) -> String {
     }
 }
 
-async fn postgres_client() -> Option<tokio_postgres::Client> {
-    let conninfo = postgres_conninfo();
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-    match connected {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            Some(client)
-        }
-        Err(e) if std::env::var("SAGALOG_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("SAGALOG_REQUIRE_POSTGRES=1 but no PostgreSQL at {conninfo:?}: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: late commit test: no PostgreSQL at {conninfo:?} ({e})");
-            None
-        }
-    }
-}
-
 /// PostgreSQL: attempt 1's COMMIT is slow (a deferred constraint trigger sleeps at commit
 /// time, as a synchronous standby or a deferred check would), the step times out while the
 /// COMMIT is already on its way, and the lookup runs before the commit finishes. Before the
 /// fence, the lookup read "absent" and the effect and marker appeared a moment later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
-    let Some(client) = postgres_client().await else { return };
+    let Some(client) = crate::pg_support::client("late commit test").await else { return };
     let run = suffix();
     let table = format!("sagalog_late_{run}");
     let function = format!("sagalog_late_sleep_{run}");
@@ -129,7 +101,7 @@ async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
         ))
         .await
         .unwrap();
-    let pg = Postgres::connect("postgres", &postgres_conninfo(), 4).unwrap();
+    let pg = Postgres::connect("postgres", &crate::pg_support::conninfo(), 4).unwrap();
     let key = key("late");
     let op = Operation::Sql {
         sql: format!("INSERT INTO {table} (id, note) VALUES ($1, $2)"),
@@ -143,7 +115,7 @@ async fn postgres_lookup_during_a_timed_out_commit_agrees_with_what_commits() {
     // The lookup runs on another pool (another process after a crash, or another connection
     // of this one: the dropped attempt's own connection would queue the lookup behind its
     // COMMIT).
-    let recovering = Postgres::connect("postgres", &postgres_conninfo(), 1).unwrap();
+    let recovering = Postgres::connect("postgres", &crate::pg_support::conninfo(), 1).unwrap();
     let said = tokio::time::timeout(Duration::from_secs(10), recovering.settle_marker(&key, 1)).await.unwrap().unwrap();
 
     // The commit sleeps 2 s: past that, whatever attempt 1 does has happened.
@@ -200,8 +172,8 @@ async fn executor_a_late_commit_after_the_lookup_never_lands() {
 /// applying anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_apply_that_starts_during_a_lookup_sees_its_fence() {
-    let Some(mut client) = postgres_client().await else { return };
-    let pg = Arc::new(Postgres::connect("postgres", &postgres_conninfo(), 2).unwrap());
+    let Some(mut client) = crate::pg_support::client("late commit test").await else { return };
+    let pg = Arc::new(Postgres::connect("postgres", &crate::pg_support::conninfo(), 2).unwrap());
     let key = key("during");
     // First use creates the tables.
     assert!(!pg.settle_marker(&StepKey { step: 9, ..key.clone() }, 1).await.unwrap());
@@ -220,7 +192,7 @@ async fn postgres_an_apply_that_starts_during_a_lookup_sees_its_fence() {
         )
         .await
         .unwrap();
-    let serializable = with_serializable_default(&postgres_conninfo());
+    let serializable = with_serializable_default(&crate::pg_support::conninfo());
     let rr = Arc::new(Postgres::connect("postgres", &serializable, 1).unwrap());
     let apply = tokio::spawn({
         let (rr, key) = (Arc::clone(&rr), key.clone());

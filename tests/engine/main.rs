@@ -19,6 +19,8 @@ mod limits;
 mod outputs;
 mod participant_conformance;
 mod participant_outage;
+#[path = "../support/postgres.rs"]
+mod pg_support;
 mod races;
 mod recovery;
 mod reuse;

@@ -25,8 +25,6 @@ use sagalog::participant::postgres::Postgres;
 use sagalog::participant::sqlite::Sqlite;
 use sagalog::participant::{Applied, Direction, ErrorKind, MarkerEntry, Operation, Participant, StepKey};
 
-const POSTGRES_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
 /// How a kind's effects are inspected directly, bypassing the participant.
 enum Effects {
     Sqlite(PathBuf),
@@ -185,33 +183,6 @@ async fn make_memory() -> Option<Harness> {
     })
 }
 
-fn postgres_conninfo() -> String {
-    std::env::var("SAGALOG_TEST_POSTGRES").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
-}
-
-/// A direct client to the test server, or `None` (after a loud notice) when none answers.
-async fn postgres_client() -> Option<tokio_postgres::Client> {
-    let conninfo = postgres_conninfo();
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-    match connected {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            Some(client)
-        }
-        Err(e) if std::env::var("SAGALOG_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("SAGALOG_REQUIRE_POSTGRES=1 but no PostgreSQL at {conninfo:?}: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: participant conformance test: no PostgreSQL at {conninfo:?} ({e})");
-            None
-        }
-    }
-}
-
 async fn make_postgres() -> Option<Harness> {
     make_postgres_with(true).await
 }
@@ -222,11 +193,12 @@ async fn make_postgres_unbatched() -> Option<Harness> {
 }
 
 async fn make_postgres_with(group_commit: bool) -> Option<Harness> {
-    let client = postgres_client().await?;
+    let client = crate::pg_support::client("participant conformance test").await?;
     let run_id = run_id();
     let table = format!("sagalog_conformance_{run_id}");
     client.batch_execute(&effect_table_ddl(&table)).await.unwrap();
-    let postgres = Postgres::connect("postgres", &postgres_conninfo(), 4).unwrap().with_group_commit(group_commit);
+    let postgres =
+        Postgres::connect("postgres", &crate::pg_support::conninfo(), 4).unwrap().with_group_commit(group_commit);
     Some(Harness { participant: Arc::new(postgres), effects: Effects::Postgres(client), table, run_id, _dir: None })
 }
 
@@ -995,10 +967,10 @@ mod postgres {
     /// steps shared fewer commits than there were steps.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn steps_applied_together_share_a_commit_and_fail_alone() {
-        let Some(client) = postgres_client().await else { return };
+        let Some(client) = crate::pg_support::client("participant conformance test").await else { return };
         let table = group_table(&client).await;
         let run = run_id();
-        let pg = Arc::new(Postgres::connect("pg", &postgres_conninfo(), 4).unwrap());
+        let pg = Arc::new(Postgres::connect("pg", &crate::pg_support::conninfo(), 4).unwrap());
         let mut tasks = tokio::task::JoinSet::new();
         for id in 0..96i64 {
             let note = if id % 7 == 3 { "bad" } else { "ok" };
@@ -1045,13 +1017,13 @@ mod postgres {
     /// after it never ran; each applies on its next attempt.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_batch_whose_connection_dies_answers_none_of_its_steps_applied() {
-        let Some(client) = postgres_client().await else { return };
+        let Some(client) = crate::pg_support::client("participant conformance test").await else { return };
         let table = group_table(&client).await;
         let run = run_id();
         // Two outside transactions hold the rows 1000 and 1001 (uncommitted inserts).
         let mut holders = Vec::new();
         for id in [1000i64, 1001] {
-            let holder = postgres_client().await.unwrap();
+            let holder = crate::pg_support::client("participant conformance test").await.unwrap();
             holder
                 .batch_execute(&format!("BEGIN; INSERT INTO {table} (id, note, n) VALUES ({id}, 'held', {id})"))
                 .await
@@ -1059,7 +1031,7 @@ mod postgres {
             holders.push(holder);
         }
         // A pool of 2: one batch at a time.
-        let pg = Arc::new(Postgres::connect("pg", &postgres_conninfo(), 2).unwrap());
+        let pg = Arc::new(Postgres::connect("pg", &crate::pg_support::conninfo(), 2).unwrap());
         let key = |id: i64| StepKey::new(format!("lost-{run}-{id}"), 0, Direction::Forward);
         let spawn = |tasks: &mut tokio::task::JoinSet<_>, id: i64, attempt: u32| {
             let (pg, op, key) = (Arc::clone(&pg), insert_n(&table, id, "ok", id), key(id));
@@ -1141,14 +1113,14 @@ mod postgres {
     /// `fence_table`: each writes only its own tables and never sees the other's markers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn instances_with_their_own_marker_tables_keep_apart() {
-        let Some(client) = postgres_client().await else { return };
+        let Some(client) = crate::pg_support::client("participant conformance test").await else { return };
         let suffix = run_id();
         let tables = |who: &str| sagalog::participant::Tables {
             markers: format!("m_{who}_{suffix}"),
             fences: format!("f_{who}_{suffix}"),
         };
-        let a = Postgres::connect_with_tables("a", &postgres_conninfo(), 2, tables("a")).unwrap();
-        let b = Postgres::connect_with_tables("b", &postgres_conninfo(), 2, tables("b")).unwrap();
+        let a = Postgres::connect_with_tables("a", &crate::pg_support::conninfo(), 2, tables("a")).unwrap();
+        let b = Postgres::connect_with_tables("b", &crate::pg_support::conninfo(), 2, tables("b")).unwrap();
         let key = StepKey::new(format!("shared-{suffix}"), 0, Direction::Forward);
         assert_eq!(a.apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
         assert!(!b.lookup_marker(&key).await.unwrap(), "b answered from a's marker table");
@@ -1188,7 +1160,7 @@ mod postgres {
         let Some(h) = make_postgres().await else { return };
         let key = h.key("ro-fence", 0, Direction::Forward);
         h.p().apply(&key, 1, &Operation::Noop).await.unwrap();
-        let ro = Postgres::connect_read_only("ro", &postgres_conninfo(), 1).unwrap();
+        let ro = Postgres::connect_read_only("ro", &crate::pg_support::conninfo(), 1).unwrap();
         assert!(ro.lookup_marker(&key).await.unwrap());
         let message = assert_permanent(ro.settle_marker(&StepKey { step: 1, ..key.clone() }, 1).await);
         assert!(message.contains("read-only"), "{message}");
