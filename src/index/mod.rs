@@ -47,10 +47,10 @@ const FINISH_PREFIX_BYTES: usize = size_of::<u64>();
 
 const SAGAS_TREE: &str = "sagas";
 /// Key, in sled's default tree, of the mark set by [`Index::mark_indexed_through`].
-const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through_lsn";
+const INDEXED_THROUGH_KEY: &str = "indexed_through_lsn";
 /// Meta key (default tree): the latest finish time of a purged saga, milliseconds, 8 bytes
 /// big-endian ([`Index::purged_through_ms`]).
-const PURGED_THROUGH_KEY: &[u8] = b"purged_through_ms";
+const PURGED_THROUGH_KEY: &str = "purged_through_ms";
 const BY_FINISH_TREE: &str = "by_finish";
 
 /// Why the index could not answer.
@@ -71,8 +71,8 @@ pub enum Error {
     },
     #[error("index {}: by_finish key {key_hex} is damaged (no time prefix or an id that is not UTF-8)", path.display())]
     BadFinishKey { path: PathBuf, key_hex: String },
-    #[error("index {}: its indexed_through_lsn mark is {len} bytes long, not 8", path.display())]
-    BadMark { path: PathBuf, len: usize },
+    #[error("index {}: its {key} mark is {len} bytes long, not 8", path.display())]
+    BadMark { path: PathBuf, key: &'static str, len: usize },
     #[error("index {}: page token {token:?} was not issued by this index", path.display())]
     BadPageToken { path: PathBuf, token: String },
 }
@@ -342,12 +342,12 @@ impl Index {
     }
 
     /// The 8-byte big-endian number stored under meta key `key`, if any.
-    fn mark(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+    fn mark(&self, key: &'static str) -> Result<Option<u64>, Error> {
         let Some(bytes) = self.db.get(key).map_err(|e| self.storage_error(e))? else {
             return Ok(None);
         };
         let mark = <[u8; 8]>::try_from(bytes.as_ref())
-            .map_err(|_| Error::BadMark { path: self.path.clone(), len: bytes.len() })?;
+            .map_err(|_| Error::BadMark { path: self.path.clone(), key, len: bytes.len() })?;
         Ok(Some(u64::from_be_bytes(mark)))
     }
 
