@@ -12,7 +12,8 @@
 # Ports 50061/50062 must be free. Takes about 12 minutes on 2 vCPUs.
 #
 # SAGALOG_BENCH_RETAIN=N sets `[index] retention_sagas_max = N` (the index keeps the last N
-# finished sagas); SAGALOG_BENCH_ONLY=rss runs the RSS curve alone.
+# finished sagas), SAGALOG_BENCH_CACHE=BYTES `[index] cache_bytes_max`; SAGALOG_BENCH_ONLY=rss
+# runs the RSS curve alone.
 set -euo pipefail
 BIN=${SAGALOG_BIN:-${CARGO_TARGET_DIR:-target}/release/sagalog}
 [ -x "$BIN" ] || { echo "no sagalog binary at $BIN: build with cargo build --release --no-default-features" >&2; exit 2; }
@@ -32,8 +33,10 @@ participant = "null"
 forward = { noop = true }
 compensate = { noop = true }
 TOML
-if [ -n "${SAGALOG_BENCH_RETAIN:-}" ]; then
-  printf '[index]\nretention_sagas_max = %d\n' "$SAGALOG_BENCH_RETAIN" >> "$WORK/bench.toml"
+if [ -n "${SAGALOG_BENCH_RETAIN:-}${SAGALOG_BENCH_CACHE:-}" ]; then
+  echo '[index]' >> "$WORK/bench.toml"
+  [ -z "${SAGALOG_BENCH_RETAIN:-}" ] || echo "retention_sagas_max = $SAGALOG_BENCH_RETAIN" >> "$WORK/bench.toml"
+  [ -z "${SAGALOG_BENCH_CACHE:-}" ] || echo "cache_bytes_max = $SAGALOG_BENCH_CACHE" >> "$WORK/bench.toml"
 fi
 ONLY=${SAGALOG_BENCH_ONLY:-all}
 PID=
@@ -65,7 +68,7 @@ if [ "$ONLY" = all ]; then
   echo "== C=64, 30 s"; bench --clients 64 --duration 30s --json > "$WORK/c64.json"; summary "$WORK/c64.json"; probe
   total=$(sagas "$WORK/c1.json" "$WORK/c64.json")
 fi
-echo "== RSS, C=64 until 1M finished sagas${SAGALOG_BENCH_RETAIN:+ (retention_sagas_max = $SAGALOG_BENCH_RETAIN)}"
+echo "== RSS, C=64 until 1M finished sagas${SAGALOG_BENCH_RETAIN:+, retention_sagas_max = $SAGALOG_BENCH_RETAIN}${SAGALOG_BENCH_CACHE:+, cache_bytes_max = $SAGALOG_BENCH_CACHE}"
 i=0
 for target in 100000 250000 500000 1000000; do
   if [ "$total" -lt "$target" ]; then
