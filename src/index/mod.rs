@@ -346,8 +346,11 @@ impl Index {
         let Some(bytes) = self.db.get(key).map_err(|e| self.storage_error(e))? else {
             return Ok(None);
         };
-        let mark = <[u8; 8]>::try_from(bytes.as_ref())
-            .map_err(|_| Error::BadMark { path: self.path.clone(), key, len: bytes.len() })?;
+        let mark = <[u8; 8]>::try_from(bytes.as_ref()).map_err(|_| Error::BadMark {
+            path: self.path.clone(),
+            key,
+            len: bytes.len(),
+        })?;
         Ok(Some(u64::from_be_bytes(mark)))
     }
 

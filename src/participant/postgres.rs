@@ -177,7 +177,7 @@ impl Inner {
         let tx = begin(name, &mut client).await?;
         // An error drops the transaction, and tokio-postgres rolls a dropped transaction back
         // before the connection runs anything else.
-        let (applied, outputs) = self.run_step(&tx, key, attempt, statements).await?;
+        let (applied, outputs) = self.run_step(&tx, key, attempt, statements, Locked::No).await?;
         if applied == Applied::Applied {
             tx.commit().await.map_err(|e| classify(name, "commit", &e))?;
         } else {
@@ -196,13 +196,14 @@ impl Inner {
         key: &StepKey,
         attempt: u32,
         statements: &[Statement],
+        locked: Locked,
     ) -> Result<(Applied, Outputs), Error> {
         // Interruptible (a cancel request for this connection) while the step's own
         // statements run. An interrupted step that failed answers that it was interrupted,
         // whatever the failure (the cancel's own error, usually): a group commit that runs
         // its steps again does not run this one again.
         let entered = self.running.enter(key, attempt, tx.cancel_token());
-        let result = self.run_step_entered(tx, key, statements, &entered).await;
+        let result = self.run_step_entered(tx, key, statements, &entered, locked).await;
         if result.is_err() && entered.interrupted() {
             return Err(interrupted(&self.name, &Statement::context(key, 0, statements.len())));
         }
@@ -215,6 +216,7 @@ impl Inner {
         key: &StepKey,
         statements: &[Statement],
         entered: &super::interrupt::Entered,
+        locked: Locked,
     ) -> Result<(Applied, Outputs), Error> {
         let name = self.name.as_str();
         let markers = &self.tables.markers;
@@ -228,7 +230,15 @@ impl Inner {
         let direction = key.direction.as_str();
         let (_, claimed) = tokio::try_join!(
             biased;
-            async { tx.execute(&lock, &[&key_lock_id(key)]).await.map_err(|e| classify(name, "lock the step key", &e)) },
+            async {
+                match locked {
+                    Locked::Already => Ok(0),
+                    Locked::No => tx
+                        .execute(&lock, &[&key_lock_id(key)])
+                        .await
+                        .map_err(|e| classify(name, "lock the step key", &e)),
+                }
+            },
             async {
                 tx.query_one(&claim, &[&&*key.marker_id(), &step, &direction, &i64::from(attempt)])
                     .await
@@ -284,6 +294,16 @@ impl Inner {
         }
         Ok((Applied::Applied, outputs))
     }
+}
+
+/// Whether the transaction holds a step's key lock before the step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locked {
+    /// The step takes it (`LOCK_SQL`), pipelined with its claim.
+    No,
+    /// Its batch took it, with the other steps' keys (`LOCK_MANY_SQL`), in a statement that
+    /// ended before the step's claim started.
+    Already,
 }
 
 /// What an interrupted step answers (retryable: its marker settles it).
@@ -564,6 +584,11 @@ async fn begin<'a>(name: &str, client: &'a mut Object) -> Result<deadpool_postgr
 /// everything that committed while the lock was awaited (`tests/engine/late_commit.rs` tests
 /// both orders).
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// Takes the advisory locks of many keys (`$1`: their [`key_lock_id`]s), in the array's order:
+/// a group commit passes them sorted, so that two batches waiting for each other's keys take
+/// them in the same order and do not deadlock.
+const LOCK_MANY_SQL: &str = "SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS id";
 
 /// A step's claim, one statement: the highest attempt of the key ($1-$3) a fencing lookup
 /// fenced off (NULL if none), and how many marker rows it inserted (0 or 1): the marker is

@@ -6,9 +6,11 @@
 //! pooled connection of its own; a committer takes up to `BATCH_MAX` queued steps and runs
 //! them in one READ COMMITTED transaction, in at most two passes:
 //!
-//! - **the pipelined pass**: every step at once, each exactly as it would run alone
-//!   (`Inner::run_step`: the key's advisory lock, the fence check, the marker insert, its
-//!   statements), their statements in flight together on the one connection, no savepoints.
+//! - **the pipelined pass**: the advisory locks of every step's key in one statement (sorted,
+//!   so that two batches take shared keys in the same order), then every step at once, each as
+//!   it would run alone after its lock (`Inner::run_step`: the claim, which checks the fence and
+//!   inserts the marker, then its statements), all in flight together on the one connection,
+//!   no savepoints.
 //!   Steps that all succeed (applied, or already applied: that inserts nothing) end with one
 //!   `COMMIT`, and only then is any step answered "applied". A batch costs about the round
 //!   trips of one step, and the transaction holds no subtransaction;
@@ -48,7 +50,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::{Inner, begin, classify};
+use super::{Inner, LOCK_MANY_SQL, Locked, begin, classify, key_lock_id};
 use crate::participant::batch::{self, Answer, BatchCounts, BatchStep, Queue};
 use crate::participant::{Applied, Error, Outputs};
 
@@ -175,11 +177,25 @@ impl Inner {
             Ok(tx) => tx,
             Err(e) => return PassEnd::Done(vec![Err(e); steps.len()]),
         };
-        let results: Answers = futures_util::future::join_all(
-            steps.iter().map(|step| self.run_step(&tx, &step.key, step.attempt, &step.statements)),
-        )
-        .await;
-        if results.iter().any(Result::is_err) {
+        // Every key's lock in one statement, then every step, pipelined behind it: the lock is
+        // prepared first, so that its request is surely sent before any step's claim (whose
+        // snapshot must see what committed while the locks were awaited; see `LOCK_SQL`).
+        let mut ids: Vec<i64> = steps.iter().map(|step| key_lock_id(&step.key)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let lock = match tx.prepare_cached(LOCK_MANY_SQL).await {
+            Ok(lock) => lock,
+            Err(_) => return PassEnd::Failed(vec![None; steps.len()]),
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let (locked, results) = tokio::join!(
+            biased;
+            tx.execute(&lock, &params),
+            futures_util::future::join_all(
+                steps.iter().map(|step| self.run_step(&tx, &step.key, step.attempt, &step.statements, Locked::Already)),
+            ),
+        );
+        if locked.is_err() || results.iter().any(Result::is_err) {
             // Dropping the transaction rolls it back before the connection runs anything else.
             drop(tx);
             return PassEnd::Failed(
@@ -224,7 +240,7 @@ impl Inner {
             let (started, result) = tokio::join!(
                 biased;
                 tx.batch_execute(&prelude),
-                self.run_step(&tx, &step.key, step.attempt, &step.statements),
+                self.run_step(&tx, &step.key, step.attempt, &step.statements, Locked::No),
             );
             if let Err(e) = started {
                 // The step ran, if at all, outside a savepoint of its own: nothing of this
