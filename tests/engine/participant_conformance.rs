@@ -932,6 +932,30 @@ mod postgres {
     sql_suite!(super::make_postgres);
     fence_suite!(super::make_postgres);
 
+    /// `group_commit` in a participant's config reaches the participant: on by default (its
+    /// steps are counted in group commits), off with `group_commit = false` (none are).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_group_commit_key_turns_batching_on_and_off() {
+        let Some(client) = crate::pg_support::client("participant conformance test").await else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::pg_support::conninfo();
+        let config = sagalog::catalog::Catalog::parse(&format!(
+            "[participants.on]\nkind = \"postgres\"\nurl = \"{url}\"\n\
+             [participants.off]\nkind = \"postgres\"\nurl = \"{url}\"\ngroup_commit = false\n"
+        ))
+        .unwrap();
+        let opened = sagalog::participant::open_all(&config.config.participants, dir.path()).unwrap();
+        let run = run_id();
+        for name in ["on", "off"] {
+            let key = StepKey::new(format!("switch-{run}-{name}"), 0, Direction::Forward);
+            assert_eq!(opened[name].apply(&key, 1, &Operation::Noop).await.unwrap(), Applied::Applied);
+        }
+        assert_eq!(opened["on"].group_commits(), Some((1, 1)));
+        assert_eq!(opened["off"].group_commits(), None);
+        let like = format!("switch-{run}-%");
+        client.execute("DELETE FROM sagalog_markers WHERE saga_id LIKE $1", &[&like]).await.unwrap();
+    }
+
     /// A table for the group-commit cases: a `CHECK` that fails a step at once, and a deferred
     /// `UNIQUE` that fails it only at `COMMIT`.
     async fn group_table(client: &tokio_postgres::Client) -> String {
