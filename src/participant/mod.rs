@@ -535,6 +535,12 @@ pub fn fenced_off(participant: &str, key: &StepKey, attempt: u32, through_attemp
 /// A boxed future, so participants can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The answer of a marker call (`lookup_marker`, `settle_marker`, `markers`, `all_markers`) to
+/// a participant without markers (`has_markers() == false`): a permanent error saying `why`.
+pub(crate) fn no_markers<'a, T: Send + 'a>(participant: &str, why: &str) -> BoxFuture<'a, Result<T, Error>> {
+    Box::pin(std::future::ready(Err(Error::permanent(participant, why))))
+}
+
 /// A database or file tree that steps act on. See the module documentation for the contract.
 pub trait Participant: Send + Sync + 'static {
     fn name(&self) -> &str;

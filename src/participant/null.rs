@@ -50,21 +50,21 @@ impl Participant for Null {
 
     fn lookup_marker<'a>(&'a self, key: &'a StepKey) -> BoxFuture<'a, Result<bool, Error>> {
         let _ = key;
-        Box::pin(async move { Err(Error::permanent(&self.name, NO_MARKERS)) })
+        super::no_markers(&self.name, NO_MARKERS)
     }
 
     fn settle_marker<'a>(&'a self, key: &'a StepKey, through_attempt: u32) -> BoxFuture<'a, Result<bool, Error>> {
         let _ = (key, through_attempt);
-        Box::pin(async move { Err(Error::permanent(&self.name, NO_MARKERS)) })
+        super::no_markers(&self.name, NO_MARKERS)
     }
 
     fn markers<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Vec<(u32, Direction)>, Error>> {
         let _ = saga_id;
-        Box::pin(async move { Err(Error::permanent(&self.name, NO_MARKERS)) })
+        super::no_markers(&self.name, NO_MARKERS)
     }
 
     fn all_markers(&self) -> BoxFuture<'_, Result<Vec<MarkerEntry>, Error>> {
-        Box::pin(async move { Err(Error::permanent(&self.name, NO_MARKERS)) })
+        super::no_markers(&self.name, NO_MARKERS)
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), Error>> {

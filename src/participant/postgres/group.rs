@@ -118,17 +118,14 @@ impl Group {
 /// Answers, one per step, in order.
 type Answers = Vec<Result<(Applied, Outputs), Error>>;
 
-/// How a pass ended.
-enum PassEnd {
-    /// Every step answered.
-    Done(Answers),
-    /// The server refused the `COMMIT` and rolled everything back: the steps at these
-    /// positions were applied in the pass and must run again, each alone.
-    Refused(Answers, Vec<usize>),
-    /// A step failed and took the transaction with it (the first pass only): nothing
-    /// committed; the steps answered here (interrupted ones) must not run again.
-    Failed(Vec<Option<Result<(Applied, Outputs), Error>>>),
-}
+/// How a pass that ran to its `COMMIT` ended: every step's answer, and the positions of the
+/// steps the pass applied whose `COMMIT` the server refused (it rolled everything back): those
+/// run again, each alone. Empty when the commit went through (or its answer was lost).
+type Ended = (Answers, Vec<usize>);
+
+/// A first pass in which a step failed and took the transaction with it: nothing committed;
+/// the steps answered here (interrupted ones) must not run again.
+type Failed = Vec<Option<Result<(Applied, Outputs), Error>>>;
 
 impl Inner {
     /// Runs `steps` in one transaction (see the module doc); answers each, in order.
@@ -139,18 +136,14 @@ impl Inner {
         };
         let all: Vec<&BatchStep> = steps.iter().collect();
         let (mut results, again) = match self.pipelined_pass(&mut client, &all).await {
-            PassEnd::Done(results) => return results,
-            PassEnd::Refused(results, again) => (results, again),
-            PassEnd::Failed(mut earlier) => {
+            Ok(ended) => ended,
+            Err(mut earlier) => {
                 // Every step runs again under a savepoint of its own, but an interrupted one
                 // (its saga was cancelled).
                 let rerun: Vec<usize> = (0..steps.len()).filter(|&i| earlier[i].is_none()).collect();
                 let subset: Vec<&BatchStep> = rerun.iter().map(|&i| &steps[i]).collect();
-                let (results, again) = match self.savepoint_pass(&mut client, &subset).await {
-                    PassEnd::Done(results) => (results, Vec::new()),
-                    PassEnd::Refused(results, again) => (results, again.into_iter().map(|j| rerun[j]).collect()),
-                    PassEnd::Failed(_) => unreachable_failed(&self.name, subset.len()),
-                };
+                let (results, again) = self.savepoint_pass(&mut client, &subset).await;
+                let again = again.into_iter().map(|j| rerun[j]).collect();
                 for (&i, result) in rerun.iter().zip(results) {
                     earlier[i] = Some(result);
                 }
@@ -171,11 +164,15 @@ impl Inner {
     /// The first pass: every step at once, pipelined on the connection (their statements in
     /// flight together; PostgreSQL runs them in arrival order), in one transaction without
     /// savepoints, then `COMMIT`. A step that fails rolls the transaction back.
-    async fn pipelined_pass(&self, client: &mut deadpool_postgres::Object, steps: &[&BatchStep]) -> PassEnd {
+    async fn pipelined_pass(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        steps: &[&BatchStep],
+    ) -> Result<Ended, Failed> {
         let name = self.name.as_str();
         let tx = match begin(name, client).await {
             Ok(tx) => tx,
-            Err(e) => return PassEnd::Done(vec![Err(e); steps.len()]),
+            Err(e) => return Ok((vec![Err(e); steps.len()], Vec::new())),
         };
         // Every key's lock in one statement, then every step, pipelined behind it: the lock is
         // prepared first, so that its request is surely sent before any step's claim (whose
@@ -185,7 +182,7 @@ impl Inner {
         ids.dedup();
         let lock = match tx.prepare_cached(LOCK_MANY_SQL).await {
             Ok(lock) => lock,
-            Err(_) => return PassEnd::Failed(vec![None; steps.len()]),
+            Err(_) => return Err(vec![None; steps.len()]),
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
         let (locked, results) = tokio::join!(
@@ -198,9 +195,7 @@ impl Inner {
         if locked.is_err() || results.iter().any(Result::is_err) {
             // Dropping the transaction rolls it back before the connection runs anything else.
             drop(tx);
-            return PassEnd::Failed(
-                results.into_iter().map(|r| r.err().filter(super::is_interrupted).map(Err)).collect(),
-            );
+            return Err(results.into_iter().map(|r| r.err().filter(super::is_interrupted).map(Err)).collect());
         }
         let kept: Vec<usize> = results
             .iter()
@@ -208,16 +203,16 @@ impl Inner {
             .filter(|(_, r)| matches!(r, Ok((Applied::Applied, _))))
             .map(|(i, _)| i)
             .collect();
-        commit(name, tx, results, kept).await
+        Ok(commit(name, tx, results, kept).await)
     }
 
     /// The fallback pass: the steps one after the other, each under its own savepoint, in
-    /// one transaction (see the module doc). Never `Failed`.
-    async fn savepoint_pass(&self, client: &mut deadpool_postgres::Object, steps: &[&BatchStep]) -> PassEnd {
+    /// one transaction (see the module doc).
+    async fn savepoint_pass(&self, client: &mut deadpool_postgres::Object, steps: &[&BatchStep]) -> Ended {
         let name = self.name.as_str();
         let tx = match begin(name, client).await {
             Ok(tx) => tx,
-            Err(e) => return PassEnd::Done(vec![Err(e); steps.len()]),
+            Err(e) => return (vec![Err(e); steps.len()], Vec::new()),
         };
         let mut results = Vec::with_capacity(steps.len());
         // The steps whose work the transaction holds, answered once it commits.
@@ -269,7 +264,7 @@ impl Inner {
             for &i in &kept {
                 results[i] = Err(e.clone());
             }
-            return PassEnd::Done(results);
+            return (results, Vec::new());
         }
         commit(name, tx, results, kept).await
     }
@@ -278,9 +273,9 @@ impl Inner {
 /// Commits a pass whose steps all ran: the steps in `kept` (applied) are answered by the
 /// commit; the others keep their answers. A commit whose answer was lost may have happened:
 /// its steps are answered retryable (the next attempt's marker check settles each). A commit
-/// the server refused rolled everything back: `Refused`.
-async fn commit(name: &str, tx: deadpool_postgres::Transaction<'_>, mut results: Answers, kept: Vec<usize>) -> PassEnd {
-    let Err(e) = tx.commit().await else { return PassEnd::Done(results) };
+/// the server refused rolled everything back: `kept` is answered, to run again alone.
+async fn commit(name: &str, tx: deadpool_postgres::Transaction<'_>, mut results: Answers, kept: Vec<usize>) -> Ended {
+    let Err(e) = tx.commit().await else { return (results, Vec::new()) };
     // Only an ERROR answered to the COMMIT (not FATAL: the session ends with it) rolled back
     // for sure.
     let refused =
@@ -291,17 +286,9 @@ async fn commit(name: &str, tx: deadpool_postgres::Transaction<'_>, mut results:
         for &i in &kept {
             results[i] = Err(e.clone());
         }
-        return PassEnd::Done(results);
+        return (results, Vec::new());
     }
-    PassEnd::Refused(results, kept)
-}
-
-/// `savepoint_pass` never answers `Failed`; were it to, its steps are answered retryable.
-fn unreachable_failed(name: &str, steps: usize) -> (Answers, Vec<usize>) {
-    (
-        vec![Err(Error::retryable(name, "bug: the savepoint pass of a group commit failed as a whole")); steps],
-        Vec::new(),
-    )
+    (results, kept)
 }
 
 /// The error of every step of a transaction lost to a failed savepoint command: retryable
