@@ -1044,14 +1044,16 @@ mod postgres {
         let Some(client) = crate::pg_support::client("participant conformance test").await else { return };
         let table = group_table(&client).await;
         let run = run_id();
-        // Two outside transactions hold the rows 1000 and 1001 (uncommitted inserts).
-        let mut holders = Vec::new();
+        // Two outside transactions hold the rows 1000 and 1001 (uncommitted inserts). Only the
+        // backends their pids block are watched and killed: other tests share the database.
+        let (mut holders, mut pids) = (Vec::new(), Vec::new());
         for id in [1000i64, 1001] {
             let holder = crate::pg_support::client("participant conformance test").await.unwrap();
             holder
                 .batch_execute(&format!("BEGIN; INSERT INTO {table} (id, note, n) VALUES ({id}, 'held', {id})"))
                 .await
                 .unwrap();
+            pids.push(holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0));
             holders.push(holder);
         }
         // A pool of 2: one batch at a time.
@@ -1061,18 +1063,18 @@ mod postgres {
             let (pg, op, key) = (Arc::clone(&pg), insert_n(&table, id, "ok", id), key(id));
             tasks.spawn(async move { (id, pg.apply(&key, attempt, &op).await) });
         };
-        let waiting = |n: i64| {
+        let waiting = |holder: i32| {
             let client = &client;
             async move {
                 for _ in 0..500 {
                     let row = client
                         .query_one(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                            &[],
+                            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                            &[&holder],
                         )
                         .await
                         .unwrap();
-                    if row.get::<_, i64>(0) >= n {
+                    if row.get::<_, i64>(0) >= 1 {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1082,7 +1084,7 @@ mod postgres {
         };
         let mut first = tokio::task::JoinSet::new();
         spawn(&mut first, 1000, 1);
-        waiting(1).await;
+        waiting(pids[0]).await;
         // The first batch waits on row 1000: these queue for the next one, 1001 among them.
         let mut second = tokio::task::JoinSet::new();
         for id in 1..=8 {
@@ -1100,11 +1102,11 @@ mod postgres {
         holders[0].batch_execute("ROLLBACK").await.unwrap();
         let (id, result) = first.join_next().await.unwrap().unwrap();
         assert_eq!((id, result.unwrap()), (1000, Applied::Applied));
-        waiting(1).await;
+        waiting(pids[1]).await;
         client
             .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                &[],
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pids[1]],
             )
             .await
             .unwrap();
